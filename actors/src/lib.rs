@@ -1,0 +1,9 @@
+//! Coda's actors: the event hub, the WebSocket sessions, storage and authentication, and
+//! (as they land) the subsystem actors. One module ("room") per actor: its state, its
+//! messages and its tests live together.
+
+pub mod auth;
+pub mod components;
+pub mod hub;
+pub mod session;
+pub mod store;

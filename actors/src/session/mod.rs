@@ -1,0 +1,873 @@
+//! WsSession: one actor per WebSocket connection. Owns the connection's auth state, its
+//! event-type filter, its bounded outbound queue, its rate limit and its heartbeat.
+//!
+//! Frames from the client arrive through `StreamHandler`; events from the hub through
+//! [`HubDelivery`]. Everything the client is sent goes through one ordered, bounded queue
+//! drained by a single writer task (a handler never writes to the socket itself, so frames
+//! cannot be reordered). A client that lets the queue fill is cut off; nobody else waits.
+
+pub mod guard;
+mod rate;
+pub mod upgrade;
+
+pub use rate::TokenBucket;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use bytes::Bytes;
+use bytestring::ByteString;
+use coda_protocol::{
+    check_compatible, parse_command, Command, CommandError, CommandRejection, CommandResult,
+    ConnectionState, ConnectionStatus, ErrorCode, EventPayload, EventType, HelloReply,
+    SystemInfo, PROTOCOL_VERSION, SYSTEM_SESSION,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::auth::{Authenticator, Principal};
+use crate::components::ComponentRegistry;
+use crate::hub::{
+    GetStatus, HubDelivery, HubHandle, HubStatus, Register, ReplayBatch, StartAt, Subscribe,
+    TypeMask, Unregister,
+};
+
+/// Per-connection limits (from the `[server]` and `[auth]` config sections).
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Largest text or binary message accepted and answered (`too_large` above it).
+    pub max_frame_bytes: usize,
+    /// Outbound messages queued for one client before it is cut off as too slow.
+    pub max_queue: usize,
+    /// Sustained commands per second per client.
+    pub rate_per_s: f64,
+    /// Commands allowed in a burst.
+    pub rate_burst: f64,
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// How long past a ping interval a silent client is kept.
+    pub ping_timeout: Duration,
+    /// How long a new client may take to send `hello` before it gets the default replay.
+    pub hello_wait: Duration,
+    /// Deadline for the first `auth` message when the upgrade carried no token.
+    pub auth_timeout: Duration,
+    /// Whether a token is required.
+    pub auth_required: bool,
+    /// Consecutive invalid frames tolerated before the connection is closed.
+    pub max_violations: u32,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            max_frame_bytes: 256 * 1024,
+            max_queue: 4096,
+            rate_per_s: 50.0,
+            rate_burst: 100.0,
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(10),
+            hello_wait: Duration::from_millis(150),
+            auth_timeout: Duration::from_secs(5),
+            auth_required: false,
+            max_violations: 100,
+        }
+    }
+}
+
+/// Facts about the running server that sessions report (`get_system_info`, `get_config`).
+#[derive(Clone)]
+pub struct ServerFacts {
+    /// Unix time the server started.
+    pub started_at: f64,
+    /// Monotonic start.
+    pub started: Instant,
+    /// `host:port` the server listens on.
+    pub listen: Option<String>,
+    /// The effective configuration, secrets redacted.
+    pub config: serde_json::Value,
+    /// The profile in use.
+    pub profile: Option<String>,
+    /// Component states.
+    pub components: ComponentRegistry,
+}
+
+/// Everything sessions share. One per server.
+pub struct SessionShared {
+    /// Limits.
+    pub settings: SessionSettings,
+    /// The hub.
+    pub hub: HubHandle,
+    /// Token checks.
+    pub auth: Arc<Authenticator>,
+    /// Facts for info commands.
+    pub facts: ServerFacts,
+    next_id: AtomicU64,
+}
+
+impl SessionShared {
+    /// Bundles the shared state.
+    pub fn new(
+        settings: SessionSettings,
+        hub: HubHandle,
+        auth: Arc<Authenticator>,
+        facts: ServerFacts,
+    ) -> Arc<Self> {
+        Arc::new(SessionShared {
+            settings,
+            hub,
+            auth,
+            facts,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn next_client_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Publishes a `connection_status` event.
+    pub fn connection_event(
+        &self,
+        client_id: &str,
+        peer: &str,
+        origin: Option<&str>,
+        state: ConnectionState,
+        reason: Option<String>,
+    ) {
+        self.hub.publish(
+            SYSTEM_SESSION,
+            &ConnectionStatus {
+                client_id: client_id.to_string(),
+                peer: peer.to_string(),
+                state,
+                reason,
+                origin: origin.map(str::to_string),
+            },
+        );
+    }
+}
+
+/// What the writer task sends, in order.
+#[derive(Debug)]
+enum Outbound {
+    Text(ByteString),
+    Ping(Bytes),
+    Pong(Bytes),
+    Close(Option<CloseReason>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum AuthState {
+    /// Waiting for an `auth` message.
+    Pending,
+    /// Authenticated (or auth is off).
+    Ok(Option<Principal>),
+}
+
+/// One WebSocket connection.
+pub struct WsSession {
+    shared: Arc<SessionShared>,
+    id: u64,
+    client_id: String,
+    peer: String,
+    origin: Option<String>,
+    auth: AuthState,
+    out: mpsc::Sender<Outbound>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    /// Live delivery has started (hello, first command, or the hello wait ran out).
+    subscribed: bool,
+    include: Option<Vec<String>>,
+    exclude: Vec<String>,
+    mask: TypeMask,
+    /// Seq of the last stream event sent: direct replies repeat it, so they never look
+    /// like a gap.
+    last_sent_seq: u64,
+    bucket: TokenBucket,
+    rate_notice: Option<Instant>,
+    violations: u32,
+    last_heard: Instant,
+    close_reason: Option<String>,
+}
+
+/// How a connection authenticated at upgrade time.
+pub enum UpgradeAuth {
+    /// Auth is off: no token needed.
+    NotRequired,
+    /// A valid token came with the upgrade.
+    Authenticated(Principal),
+    /// Auth is on and no token came: the first message must be `auth`.
+    AwaitMessage,
+}
+
+impl WsSession {
+    /// Starts a session actor for an upgraded connection.
+    pub fn start_session(
+        shared: Arc<SessionShared>,
+        ws: actix_ws::Session,
+        stream: actix_ws::MessageStream,
+        peer: String,
+        origin: Option<String>,
+        auth: UpgradeAuth,
+    ) -> Addr<WsSession> {
+        let id = shared.next_client_id();
+        let settings = shared.settings.clone();
+        // Frames above max_frame_bytes are read (up to 4x) and answered `too_large` so
+        // the connection survives; beyond that the codec cannot resync and we close 1009.
+        let hard_cap = settings.max_frame_bytes.saturating_mul(4).max(1024);
+        let stream = stream
+            .max_frame_size(hard_cap)
+            .aggregate_continuations()
+            .max_continuation_size(hard_cap);
+        let (tx, rx) = mpsc::channel(settings.max_queue.max(1));
+        let writer = actix_rt::spawn(write_loop(ws, rx));
+        let auth_state = match auth {
+            UpgradeAuth::NotRequired => AuthState::Ok(None),
+            UpgradeAuth::Authenticated(p) => AuthState::Ok(Some(p)),
+            UpgradeAuth::AwaitMessage => AuthState::Pending,
+        };
+        WsSession::create(move |ctx| {
+            ctx.add_stream(stream);
+            WsSession {
+                client_id: format!("c-{id}"),
+                id,
+                peer,
+                origin,
+                auth: auth_state,
+                out: tx,
+                writer: Some(writer),
+                subscribed: false,
+                include: None,
+                exclude: Vec::new(),
+                mask: TypeMask::ALL,
+                last_sent_seq: 0,
+                bucket: TokenBucket::new(settings.rate_per_s, settings.rate_burst),
+                rate_notice: None,
+                violations: 0,
+                last_heard: Instant::now(),
+                close_reason: None,
+                shared,
+            }
+        })
+    }
+
+    fn settings(&self) -> &SessionSettings {
+        &self.shared.settings
+    }
+
+    /// Queues a frame; a full queue means the client is too slow and is cut off.
+    fn push(&mut self, frame: Outbound, ctx: &mut Context<Self>) {
+        match self.out.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let reason = format!(
+                    "slow consumer: {} outbound messages queued",
+                    self.settings().max_queue
+                );
+                tracing::warn!(client = %self.client_id, peer = %self.peer, "{reason}; closing");
+                self.close_reason = Some(reason);
+                // The writer is stuck behind the full socket; no close frame can get
+                // through, so drop the connection.
+                if let Some(w) = self.writer.take() {
+                    w.abort();
+                }
+                ctx.stop();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                if self.close_reason.is_none() {
+                    self.close_reason = Some("connection lost".into());
+                }
+                ctx.stop();
+            }
+        }
+    }
+
+    fn direct<P: EventPayload>(&mut self, payload: &P, ctx: &mut Context<Self>) {
+        let frame = direct_frame(self.last_sent_seq, payload);
+        self.push(Outbound::Text(frame), ctx);
+    }
+
+    fn reply_ok(&mut self, id: Option<String>, data: serde_json::Value, ctx: &mut Context<Self>) {
+        self.direct(&CommandResult { id, ok: true, data }, ctx);
+    }
+
+    fn reply_err(
+        &mut self,
+        id: Option<String>,
+        code: ErrorCode,
+        message: impl Into<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.direct(
+            &CommandError {
+                id,
+                code,
+                message: message.into(),
+            },
+            ctx,
+        );
+    }
+
+    /// Closes with a close frame after everything queued so far.
+    fn close(&mut self, code: CloseCode, reason: &str, ctx: &mut Context<Self>) {
+        if self.close_reason.is_none() {
+            self.close_reason = Some(reason.to_string());
+        }
+        let _ = self.out.try_send(Outbound::Close(Some(CloseReason {
+            code,
+            description: Some(reason.to_string()),
+        })));
+        ctx.stop();
+    }
+
+    /// A frame the client should not have sent: answered, and counted.
+    fn violation(
+        &mut self,
+        id: Option<String>,
+        code: ErrorCode,
+        message: String,
+        ctx: &mut Context<Self>,
+    ) {
+        self.reply_err(id, code, message, ctx);
+        self.violations += 1;
+        if self.violations > self.settings().max_violations {
+            let reason = format!("{} invalid frames in a row", self.violations);
+            self.close(CloseCode::Policy, &reason, ctx);
+        }
+    }
+
+    fn subscribe(&mut self, start: StartAt) {
+        self.subscribed = true;
+        self.shared.hub.addr().do_send(Subscribe {
+            client_id: self.id,
+            mask: self.mask,
+            start,
+        });
+    }
+
+    fn recompute_mask(&mut self) -> Result<(), crate::hub::FilterError> {
+        let include = match &self.include {
+            Some(p) => TypeMask::from_patterns(p)?,
+            None => TypeMask::ALL,
+        };
+        let exclude = TypeMask::from_patterns(&self.exclude).unwrap_or(TypeMask::NONE);
+        self.mask = include.minus(exclude);
+        Ok(())
+    }
+
+    fn filter_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "include": self.include.clone().unwrap_or_else(|| vec!["*".to_string()]),
+            "exclude": self.exclude,
+            "types": self.mask.names(),
+        })
+    }
+
+    fn on_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
+        if text.len() > self.settings().max_frame_bytes {
+            let msg = format!(
+                "frame of {} bytes exceeds the limit of {} bytes",
+                text.len(),
+                self.settings().max_frame_bytes
+            );
+            self.violation(None, ErrorCode::TooLarge, msg, ctx);
+            return;
+        }
+        if !self.bucket.try_take() {
+            // Answer at most once a second: a flood must not be amplified.
+            let now = Instant::now();
+            if self
+                .rate_notice
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                self.rate_notice = Some(now);
+                let msg = format!(
+                    "rate limit exceeded ({} commands/s, burst {}); commands are being dropped",
+                    self.settings().rate_per_s,
+                    self.settings().rate_burst
+                );
+                self.reply_err(None, ErrorCode::RateLimited, msg, ctx);
+            }
+            return;
+        }
+        let request = match parse_command(&text) {
+            Ok(r) => r,
+            Err(CommandRejection { id, code, message }) => {
+                self.violation(id, code, message, ctx);
+                return;
+            }
+        };
+        let id = request.id;
+        if self.auth == AuthState::Pending {
+            match request.command {
+                Command::Auth(a) => self.authenticate(id, &a.token, ctx),
+                other => {
+                    let msg = format!(
+                        "`{}` before authentication: send {{\"type\":\"auth\",\"data\":{{\"token\":...}}}} first",
+                        other.command_type()
+                    );
+                    self.reply_err(id, ErrorCode::Unauthorized, msg, ctx);
+                    self.close(CloseCode::Policy, "authentication required", ctx);
+                }
+            }
+            return;
+        }
+        self.violations = 0;
+        self.dispatch(id, request.command, ctx);
+    }
+
+    fn authenticate(&mut self, id: Option<String>, token: &str, ctx: &mut Context<Self>) {
+        match self.shared.auth.check(Some(token)) {
+            Ok(principal) => {
+                tracing::info!(client = %self.client_id, peer = %self.peer, principal = ?principal, "authenticated by auth message");
+                self.shared.connection_event(
+                    &self.client_id,
+                    &self.peer,
+                    self.origin.as_deref(),
+                    ConnectionState::Authenticated,
+                    None,
+                );
+                self.auth = AuthState::Ok(Some(principal));
+                self.reply_ok(id, serde_json::json!({"authenticated": true}), ctx);
+                self.start_hello_wait(ctx);
+            }
+            Err(failure) => {
+                let reason = format!("auth message refused: {failure}");
+                tracing::warn!(client = %self.client_id, peer = %self.peer, "{reason}");
+                self.shared.connection_event(
+                    &self.client_id,
+                    &self.peer,
+                    self.origin.as_deref(),
+                    ConnectionState::Refused,
+                    Some(reason.clone()),
+                );
+                self.reply_err(id, ErrorCode::Unauthorized, reason, ctx);
+                self.close(CloseCode::Policy, "unauthorized", ctx);
+            }
+        }
+    }
+
+    fn start_hello_wait(&mut self, ctx: &mut Context<Self>) {
+        let wait = self.settings().hello_wait;
+        ctx.run_later(wait, |act, _| {
+            if !act.subscribed {
+                act.subscribe(StartAt::Replay);
+            }
+        });
+    }
+
+    fn dispatch(&mut self, id: Option<String>, command: Command, ctx: &mut Context<Self>) {
+        // Any command but hello starts live delivery with the default replay first, so the
+        // answer to the command follows the replay on the wire.
+        if !self.subscribed && !matches!(command, Command::Hello(_) | Command::Resume(_)) {
+            self.subscribe(StartAt::Replay);
+        }
+        match command {
+            Command::Hello(h) => {
+                if let Err(e) = check_compatible(&h.protocol_version) {
+                    let msg = format!(
+                        "protocol {} is not compatible with this server's {PROTOCOL_VERSION}: {e}",
+                        h.protocol_version
+                    );
+                    self.direct(
+                        &coda_protocol::SystemError {
+                            level: coda_protocol::Level::Error,
+                            component: "server".into(),
+                            code: ErrorCode::VersionMismatch.as_str().into(),
+                            message: msg.clone(),
+                        },
+                        ctx,
+                    );
+                    self.reply_err(id, ErrorCode::VersionMismatch, msg, ctx);
+                    self.close(CloseCode::Protocol, "protocol version mismatch", ctx);
+                    return;
+                }
+                if let Some(types) = &h.subscribe {
+                    let prev = self.include.replace(types.clone());
+                    if let Err(e) = self.recompute_mask() {
+                        self.include = prev;
+                        let _ = self.recompute_mask();
+                        self.reply_err(id, ErrorCode::InvalidData, e.to_string(), ctx);
+                        return;
+                    }
+                }
+                if let Some(c) = &h.client {
+                    tracing::debug!(client = %self.client_id, name = %c, "hello");
+                }
+                let start = match h.last_seq {
+                    Some(last_seq) => StartAt::Resume {
+                        epoch: h.epoch.clone(),
+                        last_seq,
+                    },
+                    None if self.subscribed => StartAt::Live,
+                    None => StartAt::Replay,
+                };
+                self.subscribe(start);
+                self.answer_with_hub_status(ctx, move |act, status, ctx| {
+                    let reply = HelloReply {
+                        protocol_version: PROTOCOL_VERSION.to_string(),
+                        server_version: env!("CARGO_PKG_VERSION").to_string(),
+                        epoch: status.epoch.to_string(),
+                        last_seq: status.last_seq,
+                    };
+                    act.reply_ok(id, to_value(&reply), ctx);
+                });
+            }
+            Command::Auth(_) => {
+                self.reply_ok(id, serde_json::json!({"authenticated": true, "note": "already authenticated"}), ctx);
+            }
+            Command::Subscribe(s) => {
+                let prev = (self.include.clone(), self.exclude.clone());
+                match &mut self.include {
+                    Some(inc) => inc.extend(s.types.iter().cloned()),
+                    None => self.include = Some(s.types.clone()),
+                }
+                self.exclude.retain(|p| !s.types.contains(p));
+                self.after_filter_change(id, prev, ctx);
+            }
+            Command::Unsubscribe(s) => {
+                let prev = (self.include.clone(), self.exclude.clone());
+                if let Some(inc) = &mut self.include {
+                    inc.retain(|p| !s.types.contains(p));
+                }
+                for p in &s.types {
+                    if !self.exclude.contains(p) {
+                        self.exclude.push(p.clone());
+                    }
+                }
+                self.after_filter_change(id, prev, ctx);
+            }
+            Command::Resume(r) => {
+                self.subscribe(StartAt::Resume {
+                    epoch: r.epoch,
+                    last_seq: r.last_seq,
+                });
+                // The replay arrives through the hub, ahead of this answer's successors.
+                self.reply_ok(id, serde_json::json!({"resumed_from": r.last_seq}), ctx);
+            }
+            Command::Ping => {
+                self.reply_ok(id, serde_json::json!({"pong": super::hub::unix_now()}), ctx);
+            }
+            Command::GetSystemInfo => {
+                self.answer_with_hub_status(ctx, move |act, status, ctx| {
+                    let info = act.system_info(&status);
+                    match id {
+                        Some(id) => act.reply_ok(Some(id), to_value(&info), ctx),
+                        None => act.direct(&info, ctx),
+                    }
+                });
+            }
+            Command::GetConfig => {
+                let cfg = coda_protocol::Config {
+                    config: self.shared.facts.config.clone(),
+                    profile: self.shared.facts.profile.clone(),
+                };
+                match id {
+                    Some(id) => self.reply_ok(Some(id), to_value(&cfg), ctx),
+                    None => self.direct(&cfg, ctx),
+                }
+            }
+            other => {
+                let msg = format!(
+                    "`{}` is not available in this build yet",
+                    other.command_type()
+                );
+                self.reply_err(id, ErrorCode::Unavailable, msg, ctx);
+            }
+        }
+    }
+
+    fn after_filter_change(
+        &mut self,
+        id: Option<String>,
+        prev: (Option<Vec<String>>, Vec<String>),
+        ctx: &mut Context<Self>,
+    ) {
+        match self.recompute_mask() {
+            Ok(()) => {
+                self.subscribe(StartAt::Live);
+                let f = self.filter_json();
+                self.reply_ok(id, f, ctx);
+            }
+            Err(e) => {
+                (self.include, self.exclude) = prev;
+                let _ = self.recompute_mask();
+                self.reply_err(id, ErrorCode::InvalidData, e.to_string(), ctx);
+            }
+        }
+    }
+
+    /// Asks the hub for its status and answers in order: `ctx.wait` holds every other
+    /// message (live events included) until the answer is queued.
+    fn answer_with_hub_status<F>(&mut self, ctx: &mut Context<Self>, f: F)
+    where
+        F: FnOnce(&mut Self, HubStatus, &mut Context<Self>) + 'static,
+    {
+        let fut = self.shared.hub.addr().send(GetStatus);
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(status) => f(act, status, ctx),
+            Err(_) => act.reply_err(None, ErrorCode::Internal, "event hub unavailable", ctx),
+        }));
+    }
+
+    fn system_info(&self, status: &HubStatus) -> SystemInfo {
+        let facts = &self.shared.facts;
+        SystemInfo {
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: PROTOCOL_VERSION.to_string(),
+            epoch: status.epoch.to_string(),
+            last_seq: status.last_seq,
+            started_at: facts.started_at,
+            uptime_s: facts.started.elapsed().as_secs_f64(),
+            pid: std::process::id(),
+            listen: facts.listen.clone(),
+            auth_required: self.settings().auth_required,
+            clients: status.clients as u32,
+            components: facts.components.snapshot(),
+        }
+    }
+
+    fn send_replay(&mut self, batch: ReplayBatch, ctx: &mut Context<Self>) {
+        let frame = replay_frame(&batch, self.mask);
+        self.last_sent_seq = self.last_sent_seq.max(batch.last_seq);
+        self.push(Outbound::Text(frame), ctx);
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// A direct (one-client) envelope. Its `seq` repeats the last stream seq the client was
+/// sent; direct replies are not part of the numbered stream.
+pub fn direct_frame<P: EventPayload>(seq: u64, payload: &P) -> ByteString {
+    let data = serde_json::to_string(payload).unwrap_or_else(|_| "{}".to_string());
+    ByteString::from(format!(
+        r#"{{"version":"{PROTOCOL_VERSION}","seq":{seq},"timestamp":{:.6},"type":"{}","session_id":"{SYSTEM_SESSION}","data":{data}}}"#,
+        super::hub::unix_now(),
+        P::TYPE.as_str(),
+    ))
+}
+
+/// The `replay` envelope for a batch, keeping only the types in `mask`. The events are
+/// spliced in as the exact bytes every other client got.
+pub fn replay_frame(batch: &ReplayBatch, mask: TypeMask) -> ByteString {
+    let size: usize = batch.events.iter().map(|e| e.json.len() + 1).sum();
+    let mut s = String::with_capacity(size + 256);
+    use std::fmt::Write;
+    let _ = write!(
+        s,
+        r#"{{"version":"{PROTOCOL_VERSION}","seq":{},"timestamp":{:.6},"type":"{}","session_id":"{SYSTEM_SESSION}","data":{{"events":["#,
+        batch.last_seq,
+        super::hub::unix_now(),
+        EventType::Replay.as_str()
+    );
+    let mut first = true;
+    for e in batch.events.iter().filter(|e| mask.contains(e.event_type)) {
+        if !first {
+            s.push(',');
+        }
+        first = false;
+        s.push_str(&e.json);
+    }
+    let epoch = serde_json::to_string(&*batch.epoch).unwrap_or_else(|_| "\"\"".into());
+    let _ = write!(
+        s,
+        r#"],"complete":{},"epoch":{},"last_seq":{}}}}}"#,
+        batch.complete, epoch, batch.last_seq
+    );
+    ByteString::from(s)
+}
+
+/// The single writer: drains the queue in order, several frames per wake-up.
+async fn write_loop(mut ws: actix_ws::Session, mut rx: mpsc::Receiver<Outbound>) {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        for frame in batch.drain(..) {
+            let sent = match frame {
+                Outbound::Text(t) => ws.text(t).await,
+                Outbound::Ping(p) => ws.ping(&p).await,
+                Outbound::Pong(p) => ws.pong(&p).await,
+                Outbound::Close(reason) => {
+                    let _ = ws.close(reason).await;
+                    return;
+                }
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+impl Actor for WsSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.shared.hub.addr().do_send(Register {
+            client_id: self.id,
+            recipient: ctx.address().recipient(),
+        });
+        tracing::info!(client = %self.client_id, peer = %self.peer, origin = ?self.origin, "connected");
+        self.shared.connection_event(
+            &self.client_id,
+            &self.peer,
+            self.origin.as_deref(),
+            ConnectionState::Connected,
+            None,
+        );
+        if let AuthState::Ok(Some(principal)) = &self.auth {
+            tracing::info!(client = %self.client_id, principal = ?principal, "authenticated at upgrade");
+            self.shared.connection_event(
+                &self.client_id,
+                &self.peer,
+                self.origin.as_deref(),
+                ConnectionState::Authenticated,
+                None,
+            );
+        }
+        let interval = self.settings().ping_interval;
+        let timeout = self.settings().ping_timeout;
+        ctx.run_interval(interval, move |act, ctx| {
+            if act.last_heard.elapsed() > interval + timeout {
+                let reason = format!(
+                    "ping timeout: nothing heard for {:.0} s",
+                    act.last_heard.elapsed().as_secs_f64()
+                );
+                tracing::info!(client = %act.client_id, "{reason}");
+                act.close_reason = Some(reason);
+                if let Some(w) = act.writer.take() {
+                    w.abort();
+                }
+                ctx.stop();
+            } else {
+                act.push(Outbound::Ping(Bytes::from_static(b"coda")), ctx);
+            }
+        });
+        match self.auth {
+            AuthState::Pending => {
+                let deadline = self.settings().auth_timeout;
+                ctx.run_later(deadline, move |act, ctx| {
+                    if act.auth == AuthState::Pending {
+                        let reason = format!("no auth message within {} s", deadline.as_secs_f64());
+                        act.shared.connection_event(
+                            &act.client_id,
+                            &act.peer,
+                            act.origin.as_deref(),
+                            ConnectionState::Refused,
+                            Some(reason.clone()),
+                        );
+                        act.reply_err(None, ErrorCode::Unauthorized, reason.clone(), ctx);
+                        act.close(CloseCode::Policy, &reason, ctx);
+                    }
+                });
+            }
+            AuthState::Ok(_) => self.start_hello_wait(ctx),
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.shared
+            .hub
+            .addr()
+            .do_send(Unregister { client_id: self.id });
+        let reason = self
+            .close_reason
+            .take()
+            .unwrap_or_else(|| "client closed".to_string());
+        tracing::info!(client = %self.client_id, peer = %self.peer, %reason, "closed");
+        self.shared.connection_event(
+            &self.client_id,
+            &self.peer,
+            self.origin.as_deref(),
+            ConnectionState::Closed,
+            Some(reason),
+        );
+    }
+}
+
+impl Handler<HubDelivery> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: HubDelivery, ctx: &mut Context<Self>) {
+        match msg {
+            HubDelivery::Event(ev) => {
+                if self.subscribed && self.mask.contains(ev.event_type) {
+                    self.last_sent_seq = ev.seq;
+                    self.push(Outbound::Text(ev.json.clone()), ctx);
+                }
+            }
+            HubDelivery::Replay(batch) => self.send_replay(batch, ctx),
+            HubDelivery::Shutdown(reason) => self.close(CloseCode::Away, &reason, ctx),
+        }
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(text, ctx),
+            Ok(AggregatedMessage::Binary(bin)) => {
+                if bin.len() > self.settings().max_frame_bytes {
+                    let msg = format!(
+                        "binary frame of {} bytes exceeds the limit of {} bytes",
+                        bin.len(),
+                        self.settings().max_frame_bytes
+                    );
+                    self.violation(None, ErrorCode::TooLarge, msg, ctx);
+                } else if self.auth == AuthState::Pending {
+                    self.reply_err(None, ErrorCode::Unauthorized, "binary frame before authentication", ctx);
+                    self.close(CloseCode::Policy, "authentication required", ctx);
+                } else {
+                    let msg = "binary audio frames are accepted only between stt_start {\"source\":\"client\"} and stt_stop".to_string();
+                    self.violation(None, ErrorCode::InvalidData, msg, ctx);
+                }
+            }
+            Ok(AggregatedMessage::Ping(p)) => self.push(Outbound::Pong(p), ctx),
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                self.close_reason = Some(match &reason {
+                    Some(r) => format!(
+                        "client closed ({:?}{})",
+                        r.code,
+                        r.description
+                            .as_deref()
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    ),
+                    None => "client closed".to_string(),
+                });
+                let _ = self.out.try_send(Outbound::Close(reason));
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => {
+                let reason = format!(
+                    "frame far above the {} byte limit",
+                    self.settings().max_frame_bytes
+                );
+                self.close(CloseCode::Size, &reason, ctx);
+            }
+            Err(e) => {
+                let reason = format!("protocol error: {e}");
+                if matches!(e, ProtocolError::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData)
+                {
+                    // Invalid UTF-8 in a text frame: the frame was consumed; answer and go on.
+                    self.violation(None, ErrorCode::BadJson, "text frame is not valid UTF-8".into(), ctx);
+                } else {
+                    self.close(CloseCode::Protocol, &reason, ctx);
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.close_reason.is_none() {
+            self.close_reason = Some("connection closed by client".into());
+        }
+        ctx.stop();
+    }
+}

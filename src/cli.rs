@@ -1,0 +1,264 @@
+//! The command line: `coda serve | events | token | config | protocol | bench | completions`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::config::{self, ConfigError, LoadOptions, Loaded, OverrideValue};
+use crate::server::{self, StartError};
+use crate::synthetic::SyntheticOptions;
+
+/// Coda: a voice-first AI assistant core that streams every internal event over a local
+/// WebSocket.
+#[derive(Debug, Parser)]
+#[command(name = "coda", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Config file (default: $XDG_CONFIG_HOME/coda/config.toml if it exists).
+    #[arg(long, global = true, env = "CODA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Profile: a built-in (dev, remote) or $XDG_CONFIG_HOME/coda/profiles/NAME.toml.
+    /// Also CODA_PROFILE.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run the assistant core: event hub, WebSocket server, HTTP endpoints.
+    Serve(ServeArgs),
+    /// Tail the event stream of a running server (reconnects and resumes).
+    Events(crate::events::EventsArgs),
+    /// Manage access tokens (stored hashed).
+    Token {
+        #[command(subcommand)]
+        cmd: crate::token_cmd::TokenCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCommand,
+    },
+    /// Protocol tools.
+    Protocol {
+        #[command(subcommand)]
+        cmd: ProtocolCommand,
+    },
+    /// Benchmarks against the real server.
+    Bench {
+        #[command(subcommand)]
+        cmd: crate::bench::BenchCommand,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `coda serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to bind (server.host). Non-loopback requires --auth.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port (server.port; 0 picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Require token auth (auth.required = true).
+    #[arg(long)]
+    pub auth: bool,
+    /// Diagnostic load: publish RATE `diagnostic_tick` events per second.
+    #[arg(long, value_name = "RATE")]
+    pub emit_synthetic: Option<f64>,
+    /// Size of each synthetic event envelope, in bytes.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub synthetic_bytes: usize,
+    /// Start the synthetic load once N clients are receiving events.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub synthetic_wait_clients: usize,
+}
+
+/// `coda config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration, secrets redacted, with each value's source.
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `coda protocol ...`
+#[derive(Debug, Subcommand)]
+pub enum ProtocolCommand {
+    /// Print the JSON Schema of the envelope, every event payload and every command.
+    Schema,
+}
+
+/// Exit codes.
+pub mod exit {
+    /// Runtime failure.
+    pub const FAILURE: i32 = 1;
+    /// Bad configuration or usage.
+    pub const CONFIG: i32 = 2;
+}
+
+/// Parses the command line, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            let code = exit_code(&e);
+            eprintln!("error: {e:#}");
+            code
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if let Some(se) = e.downcast_ref::<StartError>() {
+        return se.exit_code();
+    }
+    if e.downcast_ref::<ConfigError>().is_some() {
+        return exit::CONFIG;
+    }
+    exit::FAILURE
+}
+
+/// Loads the configuration for `cli` with extra flag overrides.
+pub fn load_config(
+    cli_config: &Option<PathBuf>,
+    profile: &Option<String>,
+    overrides: Vec<(String, OverrideValue, String)>,
+) -> Result<Loaded, ConfigError> {
+    config::load(&LoadOptions {
+        config_file: cli_config.clone(),
+        profile: profile.clone(),
+        overrides,
+        ..Default::default()
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Commands::Serve(args) => {
+            let mut overrides = Vec::new();
+            if let Some(h) = &args.host {
+                overrides.push(("server.host".into(), OverrideValue::Str(h.clone()), "--host".into()));
+            }
+            if let Some(p) = args.port {
+                overrides.push(("server.port".into(), OverrideValue::Int(i64::from(p)), "--port".into()));
+            }
+            if args.auth {
+                overrides.push(("auth.required".into(), OverrideValue::Bool(true), "--auth".into()));
+            }
+            let loaded = load_config(&cli.config, &cli.profile, overrides)?;
+            init_logging(&loaded.settings.log.level, &loaded.settings.log.format);
+            let synthetic = match args.emit_synthetic {
+                Some(rate) if !(rate.is_finite() && rate > 0.0) => {
+                    return Err(ConfigError::Invalid {
+                        key: "--emit-synthetic".into(),
+                        problem: "must be a positive rate (events per second)".into(),
+                    }
+                    .into())
+                }
+                Some(rate) => Some(SyntheticOptions {
+                    rate,
+                    bytes: args.synthetic_bytes,
+                    wait_clients: args.synthetic_wait_clients,
+                }),
+                None => None,
+            };
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let running = server::start(&loaded, synthetic).await?;
+                // One machine-readable line on stdout: scripts and `coda bench` read it.
+                println!("listening ws://{}/ws", running.addr);
+                let _ = std::io::stdout().flush();
+                running
+                    .serve_until_signal()
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        Commands::Events(args) => {
+            init_logging("warn", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::events::run(&loaded, args)
+        }
+        Commands::Token { cmd } => {
+            init_logging("warn", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::token_cmd::run(&loaded, cmd)
+        }
+        Commands::Config { cmd: ConfigCommand::Show { json } } => {
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            print_config(&loaded, json)
+        }
+        Commands::Protocol { cmd: ProtocolCommand::Schema } => {
+            let schema = coda_protocol::schema::schema_json();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(())
+        }
+        Commands::Bench { cmd } => {
+            init_logging("warn", "text");
+            crate::bench::run(cmd)
+        }
+        Commands::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "coda", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+fn print_config(loaded: &Loaded, json: bool) -> anyhow::Result<()> {
+    let effective = loaded.redacted_json();
+    if json {
+        let out = serde_json::json!({
+            "profile": loaded.profile,
+            "config": effective,
+            "sources": loaded.sources,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "# effective configuration (profile: {})",
+        loaded.profile.as_deref().unwrap_or("none")
+    );
+    let flat = config::flatten_json(&effective);
+    let width = flat
+        .iter()
+        .map(|(k, v)| k.len() + v.to_string().len() + 3)
+        .max()
+        .unwrap_or(0);
+    for (k, v) in &flat {
+        let line = format!("{k} = {v}");
+        let src = loaded.sources.get(k).map(String::as_str).unwrap_or("default");
+        println!("{line:<width$}  # {src}");
+    }
+    Ok(())
+}
+
+/// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.
+pub fn init_logging(level: &str, format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,557 @@
+//! Configuration: one typed tree, layered as ARCHITECTURE.md says — built-in defaults
+//! (config/default.toml, compiled in) < user file < profile < `CODA__SECTION__KEY`
+//! environment < command-line flags — with the source of every value remembered for
+//! `coda config show`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Profiles shipped in the binary (`config/profiles/*.toml`).
+pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
+    ("dev", include_str!("../config/profiles/dev.toml")),
+    ("remote", include_str!("../config/profiles/remote.toml")),
+];
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub max_frame_bytes: usize,
+    pub max_queue: usize,
+    pub rate_limit_per_s: f64,
+    pub rate_limit_burst: u32,
+    pub max_violations: u32,
+    pub ping_interval_s: f64,
+    pub ping_timeout_s: f64,
+    pub hello_wait_ms: u64,
+    pub shutdown_grace_s: f64,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub required: bool,
+    pub timeout_s: f64,
+    pub token_file: String,
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    pub replay_size: usize,
+    pub resume_max_events: usize,
+    pub resume_max_age_s: f64,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub path: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub events: EventsConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+}
+
+impl Settings {
+    /// The built-in defaults alone.
+    pub fn defaults() -> Settings {
+        // The compiled-in file is tested to parse (config::tests::defaults_parse).
+        load(&LoadOptions::hermetic())
+            .map(|l| l.settings)
+            .unwrap_or_else(|e| panic!("built-in config/default.toml is invalid: {e}"))
+    }
+
+    /// The store directory.
+    pub fn storage_dir(&self) -> PathBuf {
+        if self.storage.path.is_empty() {
+            dirs::data_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("coda")
+                .join("store")
+        } else {
+            PathBuf::from(&self.storage.path)
+        }
+    }
+
+    /// The per-boot token file for a server on `port`.
+    pub fn token_file(&self, port: u16) -> PathBuf {
+        if self.auth.token_file.is_empty() {
+            coda_actors::auth::BootToken::default_path(port)
+        } else {
+            PathBuf::from(&self.auth.token_file)
+        }
+    }
+
+    /// Duration helpers.
+    pub fn secs(v: f64) -> Duration {
+        Duration::from_secs_f64(v.max(0.0))
+    }
+}
+
+/// Where the layers come from. `None` fields mean "the real environment".
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--config FILE` (must exist).
+    pub config_file: Option<PathBuf>,
+    /// `--profile NAME` (else `CODA_PROFILE`).
+    pub profile: Option<String>,
+    /// Environment variables; `None` reads the process environment.
+    pub env: Option<HashMap<String, String>>,
+    /// The user config directory; `None` uses `$XDG_CONFIG_HOME/coda`.
+    pub config_dir: Option<PathBuf>,
+    /// Skip the user file and config directory entirely (tests, `defaults()`).
+    pub no_user_files: bool,
+    /// Flag overrides: (key, value, flag name).
+    pub overrides: Vec<(String, OverrideValue, String)>,
+}
+
+/// A flag's value.
+#[derive(Debug, Clone)]
+pub enum OverrideValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl LoadOptions {
+    /// Defaults only: no files, no environment.
+    pub fn hermetic() -> LoadOptions {
+        LoadOptions {
+            env: Some(HashMap::new()),
+            no_user_files: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// The loaded configuration with provenance.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub settings: Settings,
+    /// Dotted key → where its value came from.
+    pub sources: BTreeMap<String, String>,
+    /// The active profile.
+    pub profile: Option<String>,
+}
+
+impl Loaded {
+    /// The effective configuration as JSON with secrets redacted.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.settings).unwrap_or(serde_json::Value::Null);
+        redact(&mut v);
+        v
+    }
+}
+
+/// A configuration problem. Its message names the key (or file) and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    FileMissing(PathBuf),
+    #[error("cannot read {source_name}: {message}")]
+    Parse { source_name: String, message: String },
+    #[error("unknown profile `{name}` (built-in: {builtin}; user profiles are read from {dir})")]
+    UnknownProfile {
+        name: String,
+        builtin: String,
+        dir: String,
+    },
+    #[error("unknown config key `{key}` (from {source_name}); see `coda config show` for every key")]
+    UnknownKey { key: String, source_name: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+/// Loads and validates the configuration.
+pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
+    let env: HashMap<String, String> = match &opts.env {
+        Some(e) => e.clone(),
+        None => std::env::vars().collect(),
+    };
+    let config_dir = opts
+        .config_dir
+        .clone()
+        .or_else(|| dirs::config_dir().map(|d| d.join("coda")));
+
+    // Each layer is built alone first so we know which keys it sets.
+    let mut layers: Vec<(String, Config)> = Vec::new();
+    let default = Config::builder()
+        .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+        .build()
+        .map_err(|e| parse_err("built-in defaults", e))?;
+    layers.push(("default".into(), default));
+
+    if let Some(path) = &opts.config_file {
+        if !path.exists() {
+            return Err(ConfigError::FileMissing(path.clone()));
+        }
+        layers.push((format!("file {}", path.display()), file_layer(path)?));
+    } else if !opts.no_user_files {
+        if let Some(dir) = &config_dir {
+            let path = dir.join("config.toml");
+            if path.exists() {
+                layers.push((format!("file {}", path.display()), file_layer(&path)?));
+            }
+        }
+    }
+
+    let profile = opts
+        .profile
+        .clone()
+        .or_else(|| env.get("CODA_PROFILE").cloned())
+        .filter(|p| !p.is_empty());
+    if let Some(name) = &profile {
+        let user = (!opts.no_user_files)
+            .then(|| config_dir.as_ref().map(|d| d.join("profiles").join(format!("{name}.toml"))))
+            .flatten()
+            .filter(|p| p.exists());
+        if let Some(path) = user {
+            layers.push((format!("profile {name} ({})", path.display()), file_layer(&path)?));
+        } else if let Some((_, text)) = BUILTIN_PROFILES.iter().find(|(n, _)| n == name) {
+            let layer = Config::builder()
+                .add_source(File::from_str(text, FileFormat::Toml))
+                .build()
+                .map_err(|e| parse_err(&format!("built-in profile {name}"), e))?;
+            layers.push((format!("profile {name} (built-in)"), layer));
+        } else {
+            return Err(ConfigError::UnknownProfile {
+                name: name.clone(),
+                builtin: BUILTIN_PROFILES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+                dir: config_dir
+                    .map(|d| d.join("profiles").display().to_string())
+                    .unwrap_or_else(|| "(no config dir)".into()),
+            });
+        }
+    }
+
+    let coda_env: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("CODA__"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !coda_env.is_empty() {
+        let layer = Config::builder()
+            .add_source(env_source(coda_env))
+            .build()
+            .map_err(|e| parse_err("environment (CODA__*)", e))?;
+        layers.push(("env".into(), layer));
+    }
+
+    if !opts.overrides.is_empty() {
+        let mut b = Config::builder();
+        for (key, value, _) in &opts.overrides {
+            b = match value {
+                OverrideValue::Str(s) => b.set_override(key.as_str(), s.clone()),
+                OverrideValue::Int(i) => b.set_override(key.as_str(), *i),
+                OverrideValue::Bool(v) => b.set_override(key.as_str(), *v),
+            }
+            .map_err(|e| parse_err("command line", e))?;
+        }
+        layers.push(("flags".into(), b.build().map_err(|e| parse_err("command line", e))?));
+    }
+
+    // Provenance, and unknown keys named with where they came from.
+    let known = flatten_config(&layers[0].1)?;
+    let mut sources = BTreeMap::new();
+    for (label, layer) in &layers {
+        for key in flatten_config(layer)?.into_keys() {
+            if !known.contains_key(&key) {
+                let source_name = if label == "env" {
+                    format!("environment variable CODA__{}", key.replace('.', "__").to_uppercase())
+                } else {
+                    label.clone()
+                };
+                return Err(ConfigError::UnknownKey { key, source_name });
+            }
+            let src = match label.as_str() {
+                "env" => format!("env CODA__{}", key.replace('.', "__").to_uppercase()),
+                "flags" => opts
+                    .overrides
+                    .iter()
+                    .find(|(k, _, _)| *k == key)
+                    .map(|(_, _, flag)| format!("flag {flag}"))
+                    .unwrap_or_else(|| "flag".into()),
+                other => other.to_string(),
+            };
+            sources.insert(key, src);
+        }
+    }
+
+    let mut merged = Config::builder();
+    for (_, layer) in layers {
+        merged = merged.add_source(layer);
+    }
+    let merged = merged.build().map_err(|e| parse_err("merged config", e))?;
+    let settings: Settings = merged.try_deserialize().map_err(|e| {
+        let message = e.to_string();
+        let key = extract_key(&message).unwrap_or_else(|| "?".into());
+        ConfigError::Invalid { key, problem: message }
+    })?;
+    validate(&settings)?;
+    Ok(Loaded {
+        settings,
+        sources,
+        profile,
+    })
+}
+
+fn env_source(vars: HashMap<String, String>) -> Environment {
+    Environment::with_prefix("CODA")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("server.allowed_hosts")
+        .with_list_parse_key("server.allowed_origins")
+        .source(Some(vars))
+}
+
+fn file_layer(path: &Path) -> Result<Config, ConfigError> {
+    Config::builder()
+        .add_source(File::from(path).format(FileFormat::Toml).required(true))
+        .build()
+        .map_err(|e| parse_err(&format!("{}", path.display()), e))
+}
+
+fn parse_err(source_name: &str, e: config::ConfigError) -> ConfigError {
+    ConfigError::Parse {
+        source_name: source_name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// `... for key `server.port`` → `server.port`.
+fn extract_key(message: &str) -> Option<String> {
+    let i = message.find("for key `")?;
+    let rest = &message[i + 9..];
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn flatten_config(c: &Config) -> Result<BTreeMap<String, serde_json::Value>, ConfigError> {
+    let v: serde_json::Value = c
+        .clone()
+        .try_deserialize()
+        .map_err(|e| parse_err("config layer", e))?;
+    let mut out = BTreeMap::new();
+    flatten("", &v, &mut out);
+    Ok(out)
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+/// Flattened `key → value` of a JSON tree (for display).
+pub fn flatten_json(v: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    flatten("", v, &mut out);
+    out
+}
+
+/// Is this key a secret? (`api_key`, `password`, `secret`, `token` — but not the names of
+/// files or environment variables that hold them.)
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    if k.ends_with("_file") || k.ends_with("_env") || k.ends_with("_path") {
+        return false;
+    }
+    ["api_key", "apikey", "password", "secret", "token", "private_key"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+fn redact(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, val) in map.iter_mut() {
+            if is_secret_key(k) {
+                if matches!(val, serde_json::Value::String(s) if !s.is_empty()) {
+                    *val = serde_json::Value::String("***redacted***".into());
+                }
+            } else {
+                redact(val);
+            }
+        }
+    }
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn validate(s: &Settings) -> Result<(), ConfigError> {
+    let sv = &s.server;
+    if sv.host.trim().is_empty() {
+        return Err(invalid("server.host", "must not be empty"));
+    }
+    if sv.workers > 256 {
+        return Err(invalid("server.workers", "at most 256"));
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&sv.max_frame_bytes) {
+        return Err(invalid("server.max_frame_bytes", "must be between 1024 and 67108864"));
+    }
+    if sv.max_queue == 0 {
+        return Err(invalid("server.max_queue", "must be at least 1"));
+    }
+    if !(sv.rate_limit_per_s.is_finite() && sv.rate_limit_per_s > 0.0) {
+        return Err(invalid("server.rate_limit_per_s", "must be a positive number"));
+    }
+    if sv.rate_limit_burst == 0 {
+        return Err(invalid("server.rate_limit_burst", "must be at least 1"));
+    }
+    for (k, v) in [
+        ("server.ping_interval_s", sv.ping_interval_s),
+        ("server.ping_timeout_s", sv.ping_timeout_s),
+        ("auth.timeout_s", s.auth.timeout_s),
+        ("events.resume_max_age_s", s.events.resume_max_age_s),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v < 1e7) {
+            return Err(invalid(k, "must be a positive number of seconds"));
+        }
+    }
+    if !(sv.shutdown_grace_s.is_finite() && (0.0..=60.0).contains(&sv.shutdown_grace_s)) {
+        return Err(invalid("server.shutdown_grace_s", "must be between 0 and 60"));
+    }
+    if s.events.resume_max_events == 0 || s.events.resume_max_events > 10_000_000 {
+        return Err(invalid("events.resume_max_events", "must be between 1 and 10000000"));
+    }
+    if s.events.replay_size > 100_000 {
+        return Err(invalid("events.replay_size", "at most 100000"));
+    }
+    if !matches!(s.log.format.as_str(), "text" | "json") {
+        return Err(invalid("log.format", format!("must be \"text\" or \"json\", not {:?}", s.log.format)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> LoadOptions {
+        LoadOptions {
+            env: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            no_user_files: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let l = load(&LoadOptions::hermetic()).unwrap();
+        assert_eq!(l.settings.server.port, 8765);
+        assert_eq!(l.settings.server.host, "127.0.0.1");
+        assert!(l.sources.values().all(|s| s == "default"));
+    }
+
+    #[test]
+    fn env_overrides_and_names_source() {
+        let l = load(&env(&[
+            ("CODA__SERVER__PORT", "9001"),
+            ("CODA__SERVER__MAX_FRAME_BYTES", "2048"),
+            ("CODA__SERVER__ALLOWED_ORIGINS", "https://a.example,https://b.example"),
+        ]))
+        .unwrap();
+        assert_eq!(l.settings.server.port, 9001);
+        assert_eq!(l.settings.server.max_frame_bytes, 2048);
+        assert_eq!(l.settings.server.allowed_origins.len(), 2);
+        assert_eq!(l.sources["server.port"], "env CODA__SERVER__PORT");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = load(&env(&[("CODA__SERVER__PORT", "abc")])).unwrap_err().to_string();
+        assert!(e.contains("server.port"), "{e}");
+        let e = load(&env(&[("CODA__SERVER__PROT", "1")])).unwrap_err().to_string();
+        assert!(e.contains("server.prot") && e.contains("CODA__SERVER__PROT"), "{e}");
+        let e = load(&env(&[("CODA__LOG__FORMAT", "xml")])).unwrap_err().to_string();
+        assert!(e.contains("log.format"), "{e}");
+        let e = load(&env(&[("CODA__SERVER__MAX_QUEUE", "0")])).unwrap_err().to_string();
+        assert!(e.contains("server.max_queue"), "{e}");
+    }
+
+    #[test]
+    fn profile_and_flags_layer_in_order() {
+        let mut o = env(&[("CODA__SERVER__PORT", "9002")]);
+        o.profile = Some("dev".into());
+        let l = load(&o).unwrap();
+        assert_eq!(l.settings.server.port, 9002, "env beats profile");
+        assert_eq!(l.settings.log.level, "debug");
+        assert_eq!(l.sources["log.level"], "profile dev (built-in)");
+        o.overrides.push(("server.port".into(), OverrideValue::Int(9003), "--port".into()));
+        let l = load(&o).unwrap();
+        assert_eq!(l.settings.server.port, 9003, "flag beats env");
+        assert_eq!(l.sources["server.port"], "flag --port");
+        let mut bad = env(&[]);
+        bad.profile = Some("nope".into());
+        assert!(load(&bad).unwrap_err().to_string().contains("unknown profile `nope`"));
+    }
+
+    #[test]
+    fn user_file_and_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[server]\nport = 9100\n").unwrap();
+        let mut o = env(&[]);
+        o.config_file = Some(f.clone());
+        let l = load(&o).unwrap();
+        assert_eq!(l.settings.server.port, 9100);
+        assert!(l.sources["server.port"].starts_with("file "));
+        std::fs::write(&f, "[server\nport = ").unwrap();
+        assert!(matches!(load(&o), Err(ConfigError::Parse { .. })));
+        o.config_file = Some(dir.path().join("missing.toml"));
+        assert!(matches!(load(&o), Err(ConfigError::FileMissing(_))));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut v = serde_json::json!({"llm": {"openai": {"api_key": "sk-123", "api_key_env": "OPENAI_API_KEY"}}, "auth": {"token_file": "/x"}});
+        redact(&mut v);
+        assert_eq!(v["llm"]["openai"]["api_key"], "***redacted***");
+        assert_eq!(v["llm"]["openai"]["api_key_env"], "OPENAI_API_KEY");
+        assert_eq!(v["auth"]["token_file"], "/x");
+    }
+}

@@ -1,0 +1,16 @@
+//! The `coda` binary's library half: CLI, configuration, server wiring and the built-in
+//! clients (`coda events`, `coda bench`). The binary (`main.rs`) only parses and dispatches.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod server;
+pub mod synthetic;
+pub mod token_cmd;
+
+/// Unix seconds now (the clock `coda bench` compares event timestamps against).
+pub fn bench_clock() -> f64 {
+    coda_actors::hub::unix_now()
+}

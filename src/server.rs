@@ -1,0 +1,398 @@
+//! `coda serve`: wires the hub, the store, authentication and the HTTP/WebSocket server
+//! together, and shuts them down in order on SIGINT/SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use coda_actors::auth::{Authenticator, BootToken, TokenStore};
+use coda_actors::components::ComponentRegistry;
+use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
+use coda_actors::session::guard::GuardPolicy;
+use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
+use coda_actors::session::{ServerFacts, SessionSettings, SessionShared};
+use coda_actors::store::{SledStore, Storage, StoreError};
+use coda_protocol::{ComponentState, ConnectionState, SystemInfo, PROTOCOL_VERSION};
+
+use crate::config::{Loaded, Settings};
+use crate::synthetic::{self, SyntheticOptions};
+
+/// Why `coda serve` could not start. Each maps to an exit code in `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Non-loopback bind without auth.
+    #[error("refusing to listen on {host}: binding a non-loopback address requires token auth.\n  Turn it on with `--auth` (or auth.required = true / CODA__AUTH__REQUIRED=true), create a token with `coda token create NAME`, or bind 127.0.0.1.")]
+    InsecureBind { host: String },
+    /// Another server holds the store.
+    #[error("{0}\n  Is `coda serve` already running? Stop it, or point this one at another store with --config / CODA__STORAGE__PATH.")]
+    StoreLocked(StoreError),
+    /// Other store problems.
+    #[error("cannot open the store: {0}")]
+    Store(StoreError),
+    /// Bind failure.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl StartError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::InsecureBind { .. } => 2,
+            StartError::StoreLocked(_) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Is `host` a loopback address (or `localhost`)?
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim().trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    h.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+/// A server that is up: where it listens, and handles to stop it.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The hub (publish events into the running server).
+    pub hub: HubHandle,
+    /// Stops the HTTP server.
+    pub http: actix_web::dev::ServerHandle,
+    /// Where the per-boot token was written.
+    pub token_file: PathBuf,
+    /// The per-boot token (the CLI's own clients use it).
+    pub boot_token: String,
+    server: actix_web::dev::Server,
+    store: Arc<SledStore>,
+    grace: Duration,
+}
+
+/// Starts everything (must be called inside an actix `System`).
+pub async fn start(loaded: &Loaded, synthetic: Option<SyntheticOptions>) -> Result<Running, StartError> {
+    let s = &loaded.settings;
+    if !is_loopback_host(&s.server.host) && !s.auth.required {
+        return Err(StartError::InsecureBind {
+            host: s.server.host.clone(),
+        });
+    }
+
+    let store_dir = s.storage_dir();
+    let store = match SledStore::open(&store_dir) {
+        Ok(st) => Arc::new(st),
+        Err(e @ StoreError::Locked { .. }) => return Err(StartError::StoreLocked(e)),
+        Err(e) => return Err(StartError::Store(e)),
+    };
+    let storage: Arc<dyn Storage> = store.clone();
+    let boot = BootToken::generate();
+    let boot_secret = boot.expose_secret().to_string();
+    let authenticator = Arc::new(Authenticator::new(boot, Some(TokenStore::new(storage))));
+
+    let hub = EventHub::start_hub(hub_settings(s));
+    let components = ComponentRegistry::new();
+    components.set(&hub, "event_hub", ComponentState::Running, None);
+    components.set(&hub, "store", ComponentState::Running, None);
+    components.set(&hub, "server", ComponentState::Starting, None);
+
+    let facts = ServerFacts {
+        started_at: coda_actors::hub::unix_now(),
+        started: Instant::now(),
+        listen: None,
+        config: loaded.redacted_json(),
+        profile: loaded.profile.clone(),
+        components: components.clone(),
+    };
+
+    // The port is only known after binding (port 0), and the guard needs it: bind a
+    // std listener first.
+    let bind_addr = format!("{}:{}", s.server.host, s.server.port);
+    let listener = std::net::TcpListener::bind(
+        (s.server.host.trim_start_matches('[').trim_end_matches(']'), s.server.port),
+    )
+    .map_err(|source| StartError::Bind {
+        addr: bind_addr.clone(),
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: bind_addr.clone(),
+        source,
+    })?;
+    let facts = ServerFacts {
+        listen: Some(addr.to_string()),
+        ..facts
+    };
+    let shared = SessionShared::new(session_settings(s), hub.clone(), authenticator, facts);
+    let guard = GuardPolicy::new(
+        &s.server.host,
+        addr.port(),
+        &s.server.allowed_hosts,
+        &s.server.allowed_origins,
+    );
+    let state = web::Data::new(UpgradeState {
+        shared: shared.clone(),
+        guard,
+    });
+
+    let workers = if s.server.workers == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        s.server.workers
+    };
+    let grace = Settings::secs(s.server.shutdown_grace_s);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(host_guard))
+            .route("/ws", web::get().to(ws_upgrade))
+            .route("/", web::get().to(index))
+            .route("/healthz", web::get().to(healthz))
+            .route("/api/system_info", web::get().to(api_system_info))
+            .route("/api/config", web::get().to(api_config))
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(grace.as_secs().max(1))
+    .listen(listener)
+    .map_err(|source| StartError::Bind {
+        addr: bind_addr.clone(),
+        source,
+    })?
+    .run();
+    let http = server.handle();
+
+    let token_file = s.token_file(addr.port());
+    let boot_for_file = BootToken::from_secret(boot_secret.clone());
+    if let Err(e) = boot_for_file.write(&token_file) {
+        tracing::warn!(path = %token_file.display(), error = %e, "cannot write the per-boot token file; local CLI clients will need a token");
+    }
+
+    components.set(&hub, "server", ComponentState::Running, None);
+    tracing::info!(%addr, auth_required = s.auth.required, store = %store_dir.display(), "coda serve listening on ws://{addr}/ws");
+
+    if let Some(opts) = synthetic {
+        actix_rt::spawn(synthetic::run(hub.clone(), opts));
+    }
+
+    Ok(Running {
+        addr,
+        hub,
+        http,
+        token_file,
+        boot_token: boot_secret,
+        server,
+        store,
+        grace,
+    })
+}
+
+impl Running {
+    /// Runs until SIGINT/SIGTERM (or `http.stop`), then shuts down in order: clients told
+    /// (close 1001), HTTP stopped, store flushed, token file removed.
+    pub async fn serve_until_signal(self) -> anyhow::Result<()> {
+        let hub = self.hub.clone();
+        let http = self.http.clone();
+        let grace = self.grace;
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown(&hub, &http, grace).await;
+        });
+        self.finish().await
+    }
+
+    /// Waits for the HTTP server to stop, then flushes and cleans up.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        let result = self.server.await;
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "store flush failed at shutdown");
+        }
+        let _ = BootToken::remove(&self.token_file);
+        tracing::info!("stopped");
+        result.map_err(anyhow::Error::from)
+    }
+}
+
+/// Tells every client, waits (up to `grace`) for them to go, then stops HTTP.
+pub async fn shutdown(hub: &HubHandle, http: &actix_web::dev::ServerHandle, grace: Duration) {
+    let _ = hub
+        .addr()
+        .send(Shutdown {
+            reason: "server shutting down".into(),
+        })
+        .await;
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        match hub.addr().send(GetStatus).await {
+            Ok(st) if st.clients > 0 => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => break,
+        }
+    }
+    http.stop(true).await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn hub_settings(s: &Settings) -> HubSettings {
+    HubSettings {
+        replay_size: s.events.replay_size,
+        resume_max_events: s.events.resume_max_events,
+        resume_max_age: Settings::secs(s.events.resume_max_age_s),
+    }
+}
+
+/// The session limits from config.
+pub fn session_settings(s: &Settings) -> SessionSettings {
+    SessionSettings {
+        max_frame_bytes: s.server.max_frame_bytes,
+        max_queue: s.server.max_queue,
+        rate_per_s: s.server.rate_limit_per_s,
+        rate_burst: f64::from(s.server.rate_limit_burst),
+        ping_interval: Settings::secs(s.server.ping_interval_s),
+        ping_timeout: Settings::secs(s.server.ping_timeout_s),
+        hello_wait: Duration::from_millis(s.server.hello_wait_ms),
+        auth_timeout: Settings::secs(s.auth.timeout_s),
+        auth_required: s.auth.required,
+        max_violations: s.server.max_violations,
+    }
+}
+
+/// Host allow-list on every request (DNS rebinding).
+async fn host_guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string());
+    let allowed = req
+        .app_data::<web::Data<UpgradeState>>()
+        .map(|st| st.guard.host_allowed(host.as_deref()))
+        .unwrap_or(false);
+    if allowed {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let peer = req
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let reason = format!(
+        "host `{}` is not allowed (server.allowed_hosts)",
+        host.as_deref().unwrap_or("")
+    );
+    tracing::warn!(%peer, %reason, path = %req.path(), "request refused");
+    if let Some(st) = req.app_data::<web::Data<UpgradeState>>() {
+        st.shared
+            .connection_event("-", &peer, None, ConnectionState::Refused, Some(reason.clone()));
+    }
+    let resp = HttpResponse::Forbidden()
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{reason}\n"));
+    Ok(req.into_response(resp).map_into_right_body())
+}
+
+async fn index(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<UpgradeState>,
+) -> actix_web::Result<HttpResponse> {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if upgrade {
+        return ws_upgrade(req, body, state).await;
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(concat!(
+            "<!doctype html><meta charset=utf-8><title>Coda</title>",
+            "<h1>Coda</h1><p>The dashboard is not part of this build yet.</p>",
+            "<ul><li>WebSocket event stream: <code>/ws</code></li>",
+            "<li><a href=/healthz>/healthz</a></li>",
+            "<li><a href=/api/system_info>/api/system_info</a></li>",
+            "<li><a href=/api/config>/api/config</a></li></ul>"
+        )))
+}
+
+async fn healthz(state: web::Data<UpgradeState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "ok",
+        "protocol_version": PROTOCOL_VERSION,
+        "server_version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.shared.facts.started.elapsed().as_secs_f64(),
+    }))
+}
+
+async fn api_system_info(state: web::Data<UpgradeState>) -> HttpResponse {
+    let shared = &state.shared;
+    match shared.hub.addr().send(GetStatus).await {
+        Ok(st) => {
+            let facts = &shared.facts;
+            HttpResponse::Ok().json(SystemInfo {
+                server_version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol_version: PROTOCOL_VERSION.to_string(),
+                epoch: st.epoch.to_string(),
+                last_seq: st.last_seq,
+                started_at: facts.started_at,
+                uptime_s: facts.started.elapsed().as_secs_f64(),
+                pid: std::process::id(),
+                listen: facts.listen.clone(),
+                auth_required: shared.settings.auth_required,
+                clients: st.clients as u32,
+                components: facts.components.snapshot(),
+            })
+        }
+        Err(_) => HttpResponse::ServiceUnavailable().body("event hub unavailable\n"),
+    }
+}
+
+async fn api_config(state: web::Data<UpgradeState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "config": state.shared.facts.config,
+        "profile": state.shared.facts.profile,
+    }))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    HttpResponse::NotFound()
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("no such endpoint: {}\n", req.path()))
+}
