@@ -713,6 +713,13 @@ pub struct MemoryItem {
     pub created_at: Option<f64>,
 }
 
+/// The `data` of the `command_result` answering `memory_search` or `memory_list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MemoryItems {
+    /// The memories, best first (`memory_search`) or newest first (`memory_list`).
+    pub items: Vec<MemoryItem>,
+}
+
 /// `memory_error`: a memory operation failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemoryError {

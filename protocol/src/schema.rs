@@ -1,11 +1,13 @@
 //! The JSON Schema of the whole protocol, as one document.
 
 use schemars::generate::SchemaSettings;
-use schemars::SchemaGenerator;
+use schemars::{Schema, SchemaGenerator};
 use serde_json::{Map, Value};
 
 use crate::commands::data_schema;
-use crate::events::{payload_schema, HelloReply, RawEnvelope};
+use crate::events::{
+    payload_schema, ComponentTiming, Config, HelloReply, MemoryItems, RawEnvelope, SystemInfo,
+};
 use crate::kinds::{CommandType, EventType};
 use crate::version::PROTOCOL_VERSION;
 
@@ -21,9 +23,12 @@ pub const JSON_SCHEMA_DIALECT: &str = "https://json-schema.org/draft/2020-12/sch
 ///   "envelope": { "...": "schema of every server message (RawEnvelope)" },
 ///   "events":   { "stt_result": { "...": "schema of its data" } },
 ///   "commands": { "text_input": { "...": "schema of its data" } },
-///   "replies":  { "hello": { "...": "schema of the command_result data answering hello" } }
+///   "replies":  { "hello": { "...": "schema of the command_result data answering it" } }
 /// }
 /// ```
+///
+/// `replies` covers the commands whose `command_result` carries more than `{}`: `hello`,
+/// the `get_*` commands and the memory commands.
 ///
 /// Each schema is self-contained (JSON Schema 2020-12, subschemas inlined, no `$ref`), and
 /// describes what a reader accepts: unknown properties are allowed everywhere.
@@ -48,10 +53,11 @@ pub fn schema_json() -> Value {
     }
 
     let mut replies = Map::new();
-    replies.insert(
-        CommandType::Hello.as_str().to_owned(),
-        generator.root_schema_for::<HelloReply>().to_value(),
-    );
+    for &command_type in CommandType::ALL {
+        if let Some(schema) = reply_schema(&mut generator, command_type) {
+            replies.insert(command_type.as_str().to_owned(), schema.to_value());
+        }
+    }
 
     let mut document = Map::new();
     document.insert("protocol_version".to_owned(), PROTOCOL_VERSION.into());
@@ -61,6 +67,31 @@ pub fn schema_json() -> Value {
     document.insert("commands".to_owned(), Value::Object(commands));
     document.insert("replies".to_owned(), Value::Object(replies));
     Value::Object(document)
+}
+
+/// The schema of the `data` of the `command_result` answering `command_type`, when it is
+/// more than `{}`.
+fn reply_schema(generator: &mut SchemaGenerator, command_type: CommandType) -> Option<Schema> {
+    let schema = match command_type {
+        CommandType::Hello => generator.root_schema_for::<HelloReply>(),
+        CommandType::GetSystemInfo => generator.root_schema_for::<SystemInfo>(),
+        CommandType::GetPerformanceMetrics => generator.root_schema_for::<ComponentTiming>(),
+        CommandType::GetConfig => generator.root_schema_for::<Config>(),
+        CommandType::MemorySearch | CommandType::MemoryList => {
+            generator.root_schema_for::<MemoryItems>()
+        }
+        CommandType::Auth
+        | CommandType::Subscribe
+        | CommandType::Unsubscribe
+        | CommandType::Resume
+        | CommandType::TextInput
+        | CommandType::SttStart
+        | CommandType::SttStop
+        | CommandType::Interrupt
+        | CommandType::DemoFlow
+        | CommandType::Ping => return None,
+    };
+    Some(schema)
 }
 
 #[cfg(test)]
