@@ -86,16 +86,36 @@ pub struct FanoutReport {
 
 impl FanoutReport {
     fn print(&self) {
-        println!("fanout: {} clients x {} events/s x {} B for {:.1} s", self.clients, self.rate, self.bytes, self.duration_s);
-        println!("  delivered        {} of {} expected ({:.1}%), {:.0} msg/s", self.delivered, self.expected_deliveries, self.delivered_ratio * 100.0, self.delivered_per_s);
-        println!("  latency          p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms", self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms);
-        println!("  gaps             {}   clients cut off {}", self.gaps, self.clients_cut_off);
-        println!("  server CPU       {:.2} s  = {:.2} us per delivered message", self.server_cpu_s, self.server_cpu_us_per_delivered);
+        println!(
+            "fanout: {} clients x {} events/s x {} B for {:.1} s",
+            self.clients, self.rate, self.bytes, self.duration_s
+        );
+        println!(
+            "  delivered        {} of {} expected ({:.1}%), {:.0} msg/s",
+            self.delivered,
+            self.expected_deliveries,
+            self.delivered_ratio * 100.0,
+            self.delivered_per_s
+        );
+        println!(
+            "  latency          p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
+            self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms
+        );
+        println!(
+            "  gaps             {}   clients cut off {}",
+            self.gaps, self.clients_cut_off
+        );
+        println!(
+            "  server CPU       {:.2} s  = {:.2} us per delivered message",
+            self.server_cpu_s, self.server_cpu_us_per_delivered
+        );
         println!(
             "  server RSS       idle {:.1} MB   end {:.1} MB   peak {}",
             self.server_rss_idle_mb,
             self.server_rss_end_mb,
-            self.server_rss_peak_mb.map(|p| format!("{p:.1} MB")).unwrap_or_else(|| "n/a".into())
+            self.server_rss_peak_mb
+                .map(|p| format!("{p:.1} MB"))
+                .unwrap_or_else(|| "n/a".into())
         );
     }
 }
@@ -131,8 +151,14 @@ struct Shared {
 /// Runs the fan-out benchmark.
 pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
-    anyhow::ensure!(args.rate > 0.0 && args.rate.is_finite(), "--rate must be positive");
-    anyhow::ensure!(args.duration > 0.0 && args.duration.is_finite(), "--duration must be positive");
+    anyhow::ensure!(
+        args.rate > 0.0 && args.rate.is_finite(),
+        "--rate must be positive"
+    );
+    anyhow::ensure!(
+        args.duration > 0.0 && args.duration.is_finite(),
+        "--duration must be positive"
+    );
     let tmp = tempfile::tempdir()?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
@@ -151,7 +177,10 @@ pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout from server"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout from server"))?;
     let child = ChildGuard(child);
     let pid = child.0.id();
     let mut line = String::new();
@@ -181,11 +210,17 @@ pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         }
         // Warm-up: every client has seen ticks flowing.
         let warm = Instant::now();
-        while shared.ticks_seen.load(Ordering::Relaxed) < args.clients as u64 && warm.elapsed() < Duration::from_secs(30) {
+        while shared.ticks_seen.load(Ordering::Relaxed) < args.clients as u64
+            && warm.elapsed() < Duration::from_secs(30)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        *shared.hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(Histogram::new_with_bounds(1, 600_000_000, 3)?);
+        *shared
+            .hist
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))? =
+            Some(Histogram::new_with_bounds(1, 60_000_000, 3)?);
         let (cpu0, _) = proc_sample(pid);
         let t0 = Instant::now();
         shared.measuring.store(true, Ordering::SeqCst);
@@ -194,11 +229,16 @@ pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         let elapsed = t0.elapsed().as_secs_f64();
         let (cpu1, rss_end) = proc_sample(pid);
         shared.stop.store(true, Ordering::SeqCst);
+        // Clients see `stop` on their next message and merge their figures.
         for t in tasks {
-            t.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         let delivered = shared.delivered.load(Ordering::Relaxed);
-        let hist = shared.hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take();
+        let hist = shared
+            .hist
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .take();
         let (p50, p99, max) = hist
             .map(|h| {
                 (
@@ -220,14 +260,22 @@ pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
             expected_deliveries: expected,
             delivered,
             delivered_per_s: delivered as f64 / elapsed,
-            delivered_ratio: if expected > 0 { delivered as f64 / expected as f64 } else { 0.0 },
+            delivered_ratio: if expected > 0 {
+                delivered as f64 / expected as f64
+            } else {
+                0.0
+            },
             latency_p50_ms: p50,
             latency_p99_ms: p99,
             latency_max_ms: max,
             gaps: shared.gaps.load(Ordering::Relaxed),
             clients_cut_off: shared.cut_off.load(Ordering::Relaxed),
             server_cpu_s: cpu_s,
-            server_cpu_us_per_delivered: if delivered > 0 { cpu_s * 1e6 / delivered as f64 } else { f64::NAN },
+            server_cpu_us_per_delivered: if delivered > 0 {
+                cpu_s * 1e6 / delivered as f64
+            } else {
+                f64::NAN
+            },
             server_rss_idle_mb: rss_idle as f64 / 1e6,
             server_rss_end_mb: rss_end as f64 / 1e6,
             server_rss_peak_mb: rss_peak(pid).map(|b| b as f64 / 1e6),
@@ -240,10 +288,10 @@ pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
 
 async fn client_loop(mut ws: crate::client::Ws, shared: Arc<Shared>) {
     let mut last_seq: Option<u64> = None;
-    let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).ok();
+    // One histogram per client, merged once at the end: recording is a few ns.
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
     let mut local_delivered = 0u64;
     let mut seen_tick = false;
-    let mut flush_at = Instant::now() + Duration::from_millis(250);
     while let Some(msg) = ws.next().await {
         let text = match msg {
             Ok(Message::Text(t)) => t,
@@ -256,7 +304,12 @@ async fn client_loop(mut ws: crate::client::Ws, shared: Arc<Shared>) {
             Ok(_) => continue,
         };
         let now = crate::bench_clock();
-        let Ok(head) = serde_json::from_str::<Head>(&text) else { continue };
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Ok(head) = serde_json::from_str::<Head>(&text) else {
+            continue;
+        };
         match head.kind {
             "replay" => {
                 last_seq = Some(head.seq);
@@ -267,7 +320,9 @@ async fn client_loop(mut ws: crate::client::Ws, shared: Arc<Shared>) {
         }
         if let Some(prev) = last_seq {
             if head.seq > prev + 1 && shared.measuring.load(Ordering::Relaxed) {
-                shared.gaps.fetch_add(head.seq - prev - 1, Ordering::Relaxed);
+                shared
+                    .gaps
+                    .fetch_add(head.seq - prev - 1, Ordering::Relaxed);
             }
         }
         last_seq = Some(head.seq);
@@ -280,13 +335,9 @@ async fn client_loop(mut ws: crate::client::Ws, shared: Arc<Shared>) {
                 local_delivered += 1;
                 if let Some(h) = local.as_mut() {
                     let us = ((now - head.timestamp) * 1e6).max(1.0) as u64;
-                    let _ = h.record(us.min(600_000_000));
+                    let _ = h.record(us.min(60_000_000));
                 }
             }
-        }
-        if Instant::now() >= flush_at {
-            flush_at = Instant::now() + Duration::from_millis(250);
-            flush(&shared, &mut local, &mut local_delivered);
         }
     }
     flush(&shared, &mut local, &mut local_delivered);
@@ -309,7 +360,9 @@ fn flush(shared: &Shared, local: &mut Option<Histogram<u64>>, delivered: &mut u6
 /// (accumulated CPU ms, RSS bytes) of a process.
 fn proc_sample(pid: u32) -> (u64, u64) {
     use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
-    let Ok(mut sys) = System::new() else { return (0, 0) };
+    let Ok(mut sys) = System::new() else {
+        return (0, 0);
+    };
     let pid = Pid::from_u32(pid);
     sys.refresh_processes_specifics(
         ProcessesToUpdate::Some(&[pid]),

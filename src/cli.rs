@@ -150,13 +150,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Serve(args) => {
             let mut overrides = Vec::new();
             if let Some(h) = &args.host {
-                overrides.push(("server.host".into(), OverrideValue::Str(h.clone()), "--host".into()));
+                overrides.push((
+                    "server.host".into(),
+                    OverrideValue::Str(h.clone()),
+                    "--host".into(),
+                ));
             }
             if let Some(p) = args.port {
-                overrides.push(("server.port".into(), OverrideValue::Int(i64::from(p)), "--port".into()));
+                overrides.push((
+                    "server.port".into(),
+                    OverrideValue::Int(i64::from(p)),
+                    "--port".into(),
+                ));
             }
             if args.auth {
-                overrides.push(("auth.required".into(), OverrideValue::Bool(true), "--auth".into()));
+                overrides.push((
+                    "auth.required".into(),
+                    OverrideValue::Bool(true),
+                    "--auth".into(),
+                ));
             }
             let loaded = load_config(&cli.config, &cli.profile, overrides)?;
             init_logging(&loaded.settings.log.level, &loaded.settings.log.format);
@@ -197,11 +209,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
             crate::token_cmd::run(&loaded, cmd)
         }
-        Commands::Config { cmd: ConfigCommand::Show { json } } => {
+        Commands::Config {
+            cmd: ConfigCommand::Show { json },
+        } => {
             let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
             print_config(&loaded, json)
         }
-        Commands::Protocol { cmd: ProtocolCommand::Schema } => {
+        Commands::Protocol {
+            cmd: ProtocolCommand::Schema,
+        } => {
             let schema = coda_protocol::schema::schema_json();
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
@@ -241,7 +257,11 @@ fn print_config(loaded: &Loaded, json: bool) -> anyhow::Result<()> {
         .unwrap_or(0);
     for (k, v) in &flat {
         let line = format!("{k} = {v}");
-        let src = loaded.sources.get(k).map(String::as_str).unwrap_or("default");
+        let src = loaded
+            .sources
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or("default");
         println!("{line:<width$}  # {src}");
     }
     Ok(())

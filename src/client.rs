@@ -41,10 +41,7 @@ pub fn resolve(loaded: &Loaded, url: Option<String>, token: Option<String>) -> T
         h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
         h => h.to_string(),
     };
-    let port = url
-        .as_deref()
-        .and_then(port_of)
-        .unwrap_or(s.server.port);
+    let port = url.as_deref().and_then(port_of).unwrap_or(s.server.port);
     let url = url.unwrap_or_else(|| format!("ws://{host}:{}/ws", s.server.port));
     let token = token
         .or_else(|| std::env::var("CODA_TOKEN").ok().filter(|t| !t.is_empty()))

@@ -180,14 +180,19 @@ pub enum ConfigError {
     #[error("config file {0} does not exist")]
     FileMissing(PathBuf),
     #[error("cannot read {source_name}: {message}")]
-    Parse { source_name: String, message: String },
+    Parse {
+        source_name: String,
+        message: String,
+    },
     #[error("unknown profile `{name}` (built-in: {builtin}; user profiles are read from {dir})")]
     UnknownProfile {
         name: String,
         builtin: String,
         dir: String,
     },
-    #[error("unknown config key `{key}` (from {source_name}); see `coda config show` for every key")]
+    #[error(
+        "unknown config key `{key}` (from {source_name}); see `coda config show` for every key"
+    )]
     UnknownKey { key: String, source_name: String },
     #[error("config key `{key}`: {problem}")]
     Invalid { key: String, problem: String },
@@ -233,11 +238,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         .filter(|p| !p.is_empty());
     if let Some(name) = &profile {
         let user = (!opts.no_user_files)
-            .then(|| config_dir.as_ref().map(|d| d.join("profiles").join(format!("{name}.toml"))))
+            .then(|| {
+                config_dir
+                    .as_ref()
+                    .map(|d| d.join("profiles").join(format!("{name}.toml")))
+            })
             .flatten()
             .filter(|p| p.exists());
         if let Some(path) = user {
-            layers.push((format!("profile {name} ({})", path.display()), file_layer(&path)?));
+            layers.push((
+                format!("profile {name} ({})", path.display()),
+                file_layer(&path)?,
+            ));
         } else if let Some((_, text)) = BUILTIN_PROFILES.iter().find(|(n, _)| n == name) {
             let layer = Config::builder()
                 .add_source(File::from_str(text, FileFormat::Toml))
@@ -247,7 +259,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         } else {
             return Err(ConfigError::UnknownProfile {
                 name: name.clone(),
-                builtin: BUILTIN_PROFILES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+                builtin: BUILTIN_PROFILES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 dir: config_dir
                     .map(|d| d.join("profiles").display().to_string())
                     .unwrap_or_else(|| "(no config dir)".into()),
@@ -278,7 +294,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
             }
             .map_err(|e| parse_err("command line", e))?;
         }
-        layers.push(("flags".into(), b.build().map_err(|e| parse_err("command line", e))?));
+        layers.push((
+            "flags".into(),
+            b.build().map_err(|e| parse_err("command line", e))?,
+        ));
     }
 
     // Provenance, and unknown keys named with where they came from.
@@ -288,7 +307,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         for key in flatten_config(layer)?.into_keys() {
             if !known.contains_key(&key) {
                 let source_name = if label == "env" {
-                    format!("environment variable CODA__{}", key.replace('.', "__").to_uppercase())
+                    format!(
+                        "environment variable CODA__{}",
+                        key.replace('.', "__").to_uppercase()
+                    )
                 } else {
                     label.clone()
                 };
@@ -316,7 +338,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let settings: Settings = merged.try_deserialize().map_err(|e| {
         let message = e.to_string();
         let key = extract_key(&message).unwrap_or_else(|| "?".into());
-        ConfigError::Invalid { key, problem: message }
+        ConfigError::Invalid {
+            key,
+            problem: message,
+        }
     })?;
     validate(&settings)?;
     Ok(Loaded {
@@ -372,7 +397,11 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde
     match v {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -396,9 +425,16 @@ pub fn is_secret_key(key: &str) -> bool {
     if k.ends_with("_file") || k.ends_with("_env") || k.ends_with("_path") {
         return false;
     }
-    ["api_key", "apikey", "password", "secret", "token", "private_key"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "api_key",
+        "apikey",
+        "password",
+        "secret",
+        "token",
+        "private_key",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 fn redact(v: &mut serde_json::Value) {
@@ -431,13 +467,19 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         return Err(invalid("server.workers", "at most 256"));
     }
     if !(1024..=64 * 1024 * 1024).contains(&sv.max_frame_bytes) {
-        return Err(invalid("server.max_frame_bytes", "must be between 1024 and 67108864"));
+        return Err(invalid(
+            "server.max_frame_bytes",
+            "must be between 1024 and 67108864",
+        ));
     }
     if sv.max_queue == 0 {
         return Err(invalid("server.max_queue", "must be at least 1"));
     }
     if !(sv.rate_limit_per_s.is_finite() && sv.rate_limit_per_s > 0.0) {
-        return Err(invalid("server.rate_limit_per_s", "must be a positive number"));
+        return Err(invalid(
+            "server.rate_limit_per_s",
+            "must be a positive number",
+        ));
     }
     if sv.rate_limit_burst == 0 {
         return Err(invalid("server.rate_limit_burst", "must be at least 1"));
@@ -453,16 +495,25 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         }
     }
     if !(sv.shutdown_grace_s.is_finite() && (0.0..=60.0).contains(&sv.shutdown_grace_s)) {
-        return Err(invalid("server.shutdown_grace_s", "must be between 0 and 60"));
+        return Err(invalid(
+            "server.shutdown_grace_s",
+            "must be between 0 and 60",
+        ));
     }
     if s.events.resume_max_events == 0 || s.events.resume_max_events > 10_000_000 {
-        return Err(invalid("events.resume_max_events", "must be between 1 and 10000000"));
+        return Err(invalid(
+            "events.resume_max_events",
+            "must be between 1 and 10000000",
+        ));
     }
     if s.events.replay_size > 100_000 {
         return Err(invalid("events.replay_size", "at most 100000"));
     }
     if !matches!(s.log.format.as_str(), "text" | "json") {
-        return Err(invalid("log.format", format!("must be \"text\" or \"json\", not {:?}", s.log.format)));
+        return Err(invalid(
+            "log.format",
+            format!("must be \"text\" or \"json\", not {:?}", s.log.format),
+        ));
     }
     Ok(())
 }
@@ -473,7 +524,12 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> LoadOptions {
         LoadOptions {
-            env: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            env: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             no_user_files: true,
             ..Default::default()
         }
@@ -492,7 +548,10 @@ mod tests {
         let l = load(&env(&[
             ("CODA__SERVER__PORT", "9001"),
             ("CODA__SERVER__MAX_FRAME_BYTES", "2048"),
-            ("CODA__SERVER__ALLOWED_ORIGINS", "https://a.example,https://b.example"),
+            (
+                "CODA__SERVER__ALLOWED_ORIGINS",
+                "https://a.example,https://b.example",
+            ),
         ]))
         .unwrap();
         assert_eq!(l.settings.server.port, 9001);
@@ -503,13 +562,24 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = load(&env(&[("CODA__SERVER__PORT", "abc")])).unwrap_err().to_string();
+        let e = load(&env(&[("CODA__SERVER__PORT", "abc")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("server.port"), "{e}");
-        let e = load(&env(&[("CODA__SERVER__PROT", "1")])).unwrap_err().to_string();
-        assert!(e.contains("server.prot") && e.contains("CODA__SERVER__PROT"), "{e}");
-        let e = load(&env(&[("CODA__LOG__FORMAT", "xml")])).unwrap_err().to_string();
+        let e = load(&env(&[("CODA__SERVER__PROT", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.prot") && e.contains("CODA__SERVER__PROT"),
+            "{e}"
+        );
+        let e = load(&env(&[("CODA__LOG__FORMAT", "xml")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("log.format"), "{e}");
-        let e = load(&env(&[("CODA__SERVER__MAX_QUEUE", "0")])).unwrap_err().to_string();
+        let e = load(&env(&[("CODA__SERVER__MAX_QUEUE", "0")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("server.max_queue"), "{e}");
     }
 
@@ -521,13 +591,20 @@ mod tests {
         assert_eq!(l.settings.server.port, 9002, "env beats profile");
         assert_eq!(l.settings.log.level, "debug");
         assert_eq!(l.sources["log.level"], "profile dev (built-in)");
-        o.overrides.push(("server.port".into(), OverrideValue::Int(9003), "--port".into()));
+        o.overrides.push((
+            "server.port".into(),
+            OverrideValue::Int(9003),
+            "--port".into(),
+        ));
         let l = load(&o).unwrap();
         assert_eq!(l.settings.server.port, 9003, "flag beats env");
         assert_eq!(l.sources["server.port"], "flag --port");
         let mut bad = env(&[]);
         bad.profile = Some("nope".into());
-        assert!(load(&bad).unwrap_err().to_string().contains("unknown profile `nope`"));
+        assert!(load(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown profile `nope`"));
     }
 
     #[test]

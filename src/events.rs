@@ -87,7 +87,10 @@ async fn tail(target: &Target, args: &EventsArgs) -> anyhow::Result<()> {
         if args.no_reconnect {
             return Ok(());
         }
-        eprintln!("coda events: reconnecting in {:.1} s", backoff.as_secs_f64());
+        eprintln!(
+            "coda events: reconnecting in {:.1} s",
+            backoff.as_secs_f64()
+        );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -98,7 +101,11 @@ enum Done {
     Disconnected(String),
 }
 
-async fn session(mut ws: client::Ws, args: &EventsArgs, pos: &mut Position) -> anyhow::Result<Done> {
+async fn session(
+    mut ws: client::Ws,
+    args: &EventsArgs,
+    pos: &mut Position,
+) -> anyhow::Result<Done> {
     let mut hello = serde_json::json!({
         "id": "hello",
         "type": "hello",
@@ -141,7 +148,11 @@ async fn session(mut ws: client::Ws, args: &EventsArgs, pos: &mut Position) -> a
                     }
                     pos.epoch = Some(epoch.to_string());
                 }
-                let complete = env.data.get("complete").and_then(|c| c.as_bool()).unwrap_or(true);
+                let complete = env
+                    .data
+                    .get("complete")
+                    .and_then(|c| c.as_bool())
+                    .unwrap_or(true);
                 if resuming && !complete {
                     eprintln!("coda events: resume incomplete: some events were no longer retained by the server");
                 }
@@ -172,7 +183,10 @@ async fn session(mut ws: client::Ws, args: &EventsArgs, pos: &mut Position) -> a
             "command_error" | "system_error" => {
                 eprintln!(
                     "coda events: server says: {}",
-                    env.data.get("message").and_then(|m| m.as_str()).unwrap_or("?")
+                    env.data
+                        .get("message")
+                        .and_then(|m| m.as_str())
+                        .unwrap_or("?")
                 );
             }
             _ => {

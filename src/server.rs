@@ -63,7 +63,9 @@ pub fn is_loopback_host(host: &str) -> bool {
     if h.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    h.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    h.parse::<IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
 }
 
 /// A server that is up: where it listens, and handles to stop it.
@@ -84,7 +86,10 @@ pub struct Running {
 }
 
 /// Starts everything (must be called inside an actix `System`).
-pub async fn start(loaded: &Loaded, synthetic: Option<SyntheticOptions>) -> Result<Running, StartError> {
+pub async fn start(
+    loaded: &Loaded,
+    synthetic: Option<SyntheticOptions>,
+) -> Result<Running, StartError> {
     let s = &loaded.settings;
     if !is_loopback_host(&s.server.host) && !s.auth.required {
         return Err(StartError::InsecureBind {
@@ -121,9 +126,10 @@ pub async fn start(loaded: &Loaded, synthetic: Option<SyntheticOptions>) -> Resu
     // The port is only known after binding (port 0), and the guard needs it: bind a
     // std listener first.
     let bind_addr = format!("{}:{}", s.server.host, s.server.port);
-    let listener = std::net::TcpListener::bind(
-        (s.server.host.trim_start_matches('[').trim_end_matches(']'), s.server.port),
-    )
+    let listener = std::net::TcpListener::bind((
+        s.server.host.trim_start_matches('[').trim_end_matches(']'),
+        s.server.port,
+    ))
     .map_err(|source| StartError::Bind {
         addr: bind_addr.clone(),
         source,
@@ -149,7 +155,9 @@ pub async fn start(loaded: &Loaded, synthetic: Option<SyntheticOptions>) -> Resu
     });
 
     let workers = if s.server.workers == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         s.server.workers
     };
@@ -250,7 +258,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
                     _ = int.recv() => {}
@@ -318,8 +329,13 @@ async fn host_guard(
     );
     tracing::warn!(%peer, %reason, path = %req.path(), "request refused");
     if let Some(st) = req.app_data::<web::Data<UpgradeState>>() {
-        st.shared
-            .connection_event("-", &peer, None, ConnectionState::Refused, Some(reason.clone()));
+        st.shared.connection_event(
+            "-",
+            &peer,
+            None,
+            ConnectionState::Refused,
+            Some(reason.clone()),
+        );
     }
     let resp = HttpResponse::Forbidden()
         .content_type("text/plain; charset=utf-8")
@@ -361,7 +377,42 @@ async fn healthz(state: web::Data<UpgradeState>) -> HttpResponse {
     }))
 }
 
-async fn api_system_info(state: web::Data<UpgradeState>) -> HttpResponse {
+/// With auth on, the read-only API wants the same token as the WebSocket.
+fn api_refusal(req: &HttpRequest, state: &UpgradeState) -> Option<HttpResponse> {
+    if !state.shared.settings.auth_required {
+        return None;
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(coda_actors::auth::extract_bearer);
+    match state.shared.auth.check(token) {
+        Ok(_) => None,
+        Err(failure) => {
+            let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let reason = format!("{} refused: {failure}", req.path());
+            tracing::warn!(%peer, %reason, "request refused");
+            state.shared.connection_event(
+                "-",
+                &peer,
+                None,
+                ConnectionState::Refused,
+                Some(reason.clone()),
+            );
+            Some(
+                HttpResponse::Unauthorized()
+                    .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+                    .body(format!("{reason}\n")),
+            )
+        }
+    }
+}
+
+async fn api_system_info(req: HttpRequest, state: web::Data<UpgradeState>) -> HttpResponse {
+    if let Some(r) = api_refusal(&req, &state) {
+        return r;
+    }
     let shared = &state.shared;
     match shared.hub.addr().send(GetStatus).await {
         Ok(st) => {
@@ -384,7 +435,10 @@ async fn api_system_info(state: web::Data<UpgradeState>) -> HttpResponse {
     }
 }
 
-async fn api_config(state: web::Data<UpgradeState>) -> HttpResponse {
+async fn api_config(req: HttpRequest, state: web::Data<UpgradeState>) -> HttpResponse {
+    if let Some(r) = api_refusal(&req, &state) {
+        return r;
+    }
     HttpResponse::Ok().json(serde_json::json!({
         "config": state.shared.facts.config,
         "profile": state.shared.facts.profile,

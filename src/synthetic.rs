@@ -25,7 +25,10 @@ const OVERHEAD: usize = 150;
 /// Runs the generator until the process ends.
 pub async fn run(hub: HubHandle, opts: SyntheticOptions) {
     if opts.wait_clients > 0 {
-        tracing::info!(clients = opts.wait_clients, "synthetic load: waiting for clients");
+        tracing::info!(
+            clients = opts.wait_clients,
+            "synthetic load: waiting for clients"
+        );
         loop {
             match hub.addr().send(GetStatus).await {
                 Ok(st) if st.subscribed >= opts.wait_clients => break,
@@ -34,7 +37,11 @@ pub async fn run(hub: HubHandle, opts: SyntheticOptions) {
             }
         }
     }
-    tracing::info!(rate = opts.rate, bytes = opts.bytes, "synthetic load: started");
+    tracing::info!(
+        rate = opts.rate,
+        bytes = opts.bytes,
+        "synthetic load: started"
+    );
     let padding = "x".repeat(opts.bytes.saturating_sub(OVERHEAD));
     let start = Instant::now();
     let mut sent: u64 = 0;

@@ -73,11 +73,19 @@ fn open(loaded: &Loaded) -> anyhow::Result<TokenStore> {
 pub fn run(loaded: &Loaded, cmd: TokenCommand) -> anyhow::Result<()> {
     let store = open(loaded)?;
     match cmd {
-        TokenCommand::Create { name, expires, json } => {
+        TokenCommand::Create {
+            name,
+            expires,
+            json,
+        } => {
             let (info, secret) = store.create(&name, expires)?;
             print_secret(&info, &secret, json, "created")
         }
-        TokenCommand::Rotate { token, expires, json } => {
+        TokenCommand::Rotate {
+            token,
+            expires,
+            json,
+        } => {
             let (info, secret) = store.rotate(&token, expires)?;
             print_secret(&info, &secret, json, "rotated")
         }
@@ -100,7 +108,10 @@ pub fn run(loaded: &Loaded, cmd: TokenCommand) -> anyhow::Result<()> {
                 println!("no tokens (create one with `coda token create NAME`)");
                 return Ok(());
             }
-            println!("{:<10} {:<24} {:<22} {:<22} STATUS", "ID", "NAME", "CREATED", "EXPIRES");
+            println!(
+                "{:<10} {:<24} {:<22} {:<22} STATUS",
+                "ID", "NAME", "CREATED", "EXPIRES"
+            );
             let now = coda_actors::hub::unix_now();
             for t in list {
                 let status = if t.revoked_at.is_some() {
@@ -137,5 +148,8 @@ fn print_secret(info: &TokenInfo, secret: &str, json: bool, verb: &str) -> anyho
 }
 
 fn time(unix: f64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs_f64(unix.max(0.0))).to_string()
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs_f64(unix.max(0.0)),
+    )
+    .to_string()
 }

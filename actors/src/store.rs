@@ -14,13 +14,18 @@
 //! `flock` belongs to the open file description, a second open in the *same* process fails
 //! the same way as one from another process. [`SledStore::open`] turns that into
 //! [`StoreError::Locked`].
+//!
+//! Damaged files: sled returns `Corruption` or `Unsupported` for most, but opens a store
+//! whose data file is garbage or missing (and no snapshot helps) as an *empty* store, with
+//! no error. A marker file written once the store is initialised turns that silent loss
+//! into [`StoreError::Corruption`].
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Schema version this build writes and understands (the number of [`MIGRATIONS`] steps).
+/// Schema version this build writes and understands (the number of migration steps).
 pub const SCHEMA_VERSION: u64 = 1;
 
 /// Tree that holds the store's own bookkeeping; callers of [`Storage`] may not use it.
@@ -179,6 +184,9 @@ fn is_lock_error(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock || err.to_string().contains("could not acquire lock")
 }
 
+/// One entry: (key, value).
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// A small key/value store with named trees (keyspaces).
 ///
 /// Calls block on disk I/O; run them off the actors' event loops.
@@ -191,15 +199,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Writes all `items` to `tree` atomically (all or none) with one flush; durable when it
     /// returns `Ok`.
-    fn put_many(&self, tree: &str, items: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError>;
+    fn put_many(&self, tree: &str, items: &[KeyValue]) -> Result<(), StoreError>;
 
     /// Removes `key` from `tree`; `true` if it was there. Durable when it returns `Ok`
     /// (a revocation must not come back after a crash).
     fn delete(&self, tree: &str, key: &[u8]) -> Result<bool, StoreError>;
 
     /// Every entry of `tree` whose key starts with `prefix`, in key order (`b""` = all).
-    fn scan_prefix(&self, tree: &str, prefix: &[u8])
-        -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
 
     /// Flushes every pending write to disk.
     fn flush(&self) -> Result<(), StoreError>;
@@ -315,7 +322,7 @@ impl Storage for SledStore {
         self.flush_db()
     }
 
-    fn put_many(&self, tree: &str, items: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+    fn put_many(&self, tree: &str, items: &[KeyValue]) -> Result<(), StoreError> {
         let tree = self.tree(tree)?;
         let mut batch = sled::Batch::default();
         for (key, value) in items {
@@ -331,11 +338,7 @@ impl Storage for SledStore {
         Ok(old.is_some())
     }
 
-    fn scan_prefix(
-        &self,
-        tree: &str,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         self.tree(tree)?
             .scan_prefix(prefix)
             .map(|entry| {

@@ -487,7 +487,8 @@ pub fn parse_command(text: &str) -> Result<CommandRequest, CommandRejection> {
             ))
         }
     };
-    let reject = |code: ErrorCode, message: String| CommandRejection::new(id.clone(), code, message);
+    let reject =
+        |code: ErrorCode, message: String| CommandRejection::new(id.clone(), code, message);
 
     let type_name = match frame.get("type") {
         Some(Value::String(name)) => name.as_str(),
@@ -573,9 +574,7 @@ fn offending_field<T: DeserializeOwned>(data: &Value) -> Option<String> {
         let mut alone = Map::new();
         alone.insert(key.clone(), value.clone());
         match T::deserialize(&Value::Object(alone)) {
-            Err(error) if !error.to_string().starts_with("missing field") => {
-                Some(truncate(key))
-            }
+            Err(error) if !error.to_string().starts_with("missing field") => Some(truncate(key)),
             _ => None,
         }
     })
@@ -596,7 +595,10 @@ fn validate_text(field: &str, text: &str) -> Result<(), String> {
 
 fn validate_session_id(session: &str) -> Result<(), String> {
     if session.trim().is_empty() {
-        return Err("`session_id` must not be empty (leave it out to use this connection's session)".to_owned());
+        return Err(
+            "`session_id` must not be empty (leave it out to use this connection's session)"
+                .to_owned(),
+        );
     }
     if session.chars().count() > MAX_SESSION_ID_CHARS {
         return Err(format!(

@@ -110,6 +110,5 @@ pub use events::*;
 pub use kinds::{CommandType, ErrorCode, EventType, Retention};
 pub use schema::{schema_json, JSON_SCHEMA_DIALECT};
 pub use version::{
-    check_compatible, parse_version, VersionError, PROTOCOL_MAJOR, PROTOCOL_MINOR,
-    PROTOCOL_VERSION,
+    check_compatible, parse_version, VersionError, PROTOCOL_MAJOR, PROTOCOL_MINOR, PROTOCOL_VERSION,
 };

@@ -144,7 +144,10 @@ mod tests {
     #[test]
     fn schemas_are_self_contained() {
         let schema = schema_json();
-        assert!(!contains_ref(&schema), "a $ref would not resolve inside the bundle");
+        assert!(
+            !contains_ref(&schema),
+            "a $ref would not resolve inside the bundle"
+        );
     }
 
     #[test]

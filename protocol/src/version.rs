@@ -143,14 +143,30 @@ mod tests {
             }
         }
         let message = check_compatible("2.0").unwrap_err().to_string();
-        assert!(message.contains("2.0") && message.contains("1.0"), "{message}");
+        assert!(
+            message.contains("2.0") && message.contains("1.0"),
+            "{message}"
+        );
     }
 
     #[test]
     fn malformed_versions() {
         for v in [
-            "", ".", "1.", ".1", "a.b", "1.x", "v1.0", " 1.0", "1.0 ", "1.0.0.0", "1..0", "-1.0",
-            "+1.0", "1,0", "99999999999.0",
+            "",
+            ".",
+            "1.",
+            ".1",
+            "a.b",
+            "1.x",
+            "v1.0",
+            " 1.0",
+            "1.0 ",
+            "1.0.0.0",
+            "1..0",
+            "-1.0",
+            "+1.0",
+            "1,0",
+            "99999999999.0",
         ] {
             assert!(
                 matches!(check_compatible(v), Err(VersionError::Malformed(_))),

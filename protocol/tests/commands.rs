@@ -20,7 +20,13 @@ fn accept(text: &str) -> CommandRequest {
 
 #[test]
 fn bad_json() {
-    for text in ["", "{", "not json", r#"{"type":"ping",}"#, "{\"type\":\"ping\"} x"] {
+    for text in [
+        "",
+        "{",
+        "not json",
+        r#"{"type":"ping",}"#,
+        "{\"type\":\"ping\"} x",
+    ] {
         let r = reject(text);
         assert_eq!(r.code, ErrorCode::BadJson, "{text:?}");
         assert_eq!(r.id, None);
@@ -30,7 +36,14 @@ fn bad_json() {
 
 #[test]
 fn not_an_object() {
-    for text in ["[]", "5", "\"ping\"", "null", "true", r#"[{"type":"ping"}]"#] {
+    for text in [
+        "[]",
+        "5",
+        "\"ping\"",
+        "null",
+        "true",
+        r#"[{"type":"ping"}]"#,
+    ] {
         let r = reject(text);
         assert_eq!(r.code, ErrorCode::InvalidData, "{text}");
         assert_eq!(r.id, None);
@@ -41,15 +54,28 @@ fn not_an_object() {
 #[test]
 fn missing_or_wrong_type() {
     let r = reject(r#"{"id":"a","data":{}}"#);
-    assert_eq!((r.code, r.id.as_deref()), (ErrorCode::InvalidData, Some("a")));
+    assert_eq!(
+        (r.code, r.id.as_deref()),
+        (ErrorCode::InvalidData, Some("a"))
+    );
     assert!(r.message.contains("missing `type`"), "{}", r.message);
 
     let r = reject(r#"{"id":"b","type":null}"#);
-    assert_eq!((r.code, r.id.as_deref()), (ErrorCode::InvalidData, Some("b")));
+    assert_eq!(
+        (r.code, r.id.as_deref()),
+        (ErrorCode::InvalidData, Some("b"))
+    );
 
     let r = reject(r#"{"id":"c","type":7}"#);
-    assert_eq!((r.code, r.id.as_deref()), (ErrorCode::InvalidData, Some("c")));
-    assert!(r.message.contains("`type` must be a string"), "{}", r.message);
+    assert_eq!(
+        (r.code, r.id.as_deref()),
+        (ErrorCode::InvalidData, Some("c"))
+    );
+    assert!(
+        r.message.contains("`type` must be a string"),
+        "{}",
+        r.message
+    );
 }
 
 #[test]
@@ -85,10 +111,22 @@ fn id_is_carried_by_every_later_rejection() {
     let cases = [
         (r#"{"id":"x1","type":"nope"}"#, ErrorCode::UnknownCommand),
         (r#"{"id":"x2"}"#, ErrorCode::InvalidData),
-        (r#"{"id":"x3","type":"ping","data":[1]}"#, ErrorCode::InvalidData),
-        (r#"{"id":"x4","type":"ping","timestamp":true}"#, ErrorCode::InvalidData),
-        (r#"{"id":"x5","type":"text_input","data":{"text":5}}"#, ErrorCode::InvalidData),
-        (r#"{"id":"x6","type":"text_input","data":{"text":"  "}}"#, ErrorCode::InvalidData),
+        (
+            r#"{"id":"x3","type":"ping","data":[1]}"#,
+            ErrorCode::InvalidData,
+        ),
+        (
+            r#"{"id":"x4","type":"ping","timestamp":true}"#,
+            ErrorCode::InvalidData,
+        ),
+        (
+            r#"{"id":"x5","type":"text_input","data":{"text":5}}"#,
+            ErrorCode::InvalidData,
+        ),
+        (
+            r#"{"id":"x6","type":"text_input","data":{"text":"  "}}"#,
+            ErrorCode::InvalidData,
+        ),
     ];
     for (text, code) in cases {
         let r = reject(text);
@@ -103,15 +141,25 @@ fn data_must_be_an_object() {
     for data in ["[]", "5", "\"text\"", "true"] {
         let r = reject(&format!(r#"{{"type":"ping","data":{data}}}"#));
         assert_eq!(r.code, ErrorCode::InvalidData, "{data}");
-        assert!(r.message.contains("`data` must be a JSON object"), "{}", r.message);
+        assert!(
+            r.message.contains("`data` must be a JSON object"),
+            "{}",
+            r.message
+        );
     }
 }
 
 #[test]
 fn missing_or_null_data_is_empty() {
     assert_eq!(accept(r#"{"type":"ping"}"#).command, Command::Ping);
-    assert_eq!(accept(r#"{"type":"ping","data":null}"#).command, Command::Ping);
-    assert_eq!(accept(r#"{"type":"interrupt"}"#).command, Command::Interrupt(Interrupt {}));
+    assert_eq!(
+        accept(r#"{"type":"ping","data":null}"#).command,
+        Command::Ping
+    );
+    assert_eq!(
+        accept(r#"{"type":"interrupt"}"#).command,
+        Command::Interrupt(Interrupt {})
+    );
     assert_eq!(
         accept(r#"{"type":"demo_flow"}"#).command,
         Command::DemoFlow(DemoFlow { text: None })
@@ -145,13 +193,25 @@ fn wrong_field_types_name_the_field() {
     let cases = [
         (r#"{"type":"text_input","data":{"text":5}}"#, "`text`"),
         (r#"{"type":"resume","data":{"last_seq":-1}}"#, "`last_seq`"),
-        (r#"{"type":"resume","data":{"last_seq":"12"}}"#, "`last_seq`"),
+        (
+            r#"{"type":"resume","data":{"last_seq":"12"}}"#,
+            "`last_seq`",
+        ),
         (r#"{"type":"stt_start","data":{"mode":"shout"}}"#, "`mode`"),
-        (r#"{"type":"stt_start","data":{"mode":"continuous","source":"cloud"}}"#, "`source`"),
-        (r#"{"type":"subscribe","data":{"types":"stt_*"}}"#, "`types`"),
+        (
+            r#"{"type":"stt_start","data":{"mode":"continuous","source":"cloud"}}"#,
+            "`source`",
+        ),
+        (
+            r#"{"type":"subscribe","data":{"types":"stt_*"}}"#,
+            "`types`",
+        ),
         (r#"{"type":"subscribe","data":{"types":[1]}}"#, "`types`"),
         (r#"{"type":"memory_list","data":{"limit":1.5}}"#, "`limit`"),
-        (r#"{"type":"hello","data":{"protocol_version":1.0}}"#, "`protocol_version`"),
+        (
+            r#"{"type":"hello","data":{"protocol_version":1.0}}"#,
+            "`protocol_version`",
+        ),
         (r#"{"type":"auth","data":{"token":["a"]}}"#, "`token`"),
     ];
     for (text, field) in cases {
@@ -172,9 +232,15 @@ fn timestamp_forms() {
         Some(CommandTimestamp::Iso("2025-05-01T12:34:56.789Z".into()))
     );
     let request = accept(r#"{"type":"ping","timestamp":1746102896.789}"#);
-    assert_eq!(request.timestamp, Some(CommandTimestamp::Unix(1746102896.789)));
+    assert_eq!(
+        request.timestamp,
+        Some(CommandTimestamp::Unix(1746102896.789))
+    );
     let request = accept(r#"{"type":"ping","timestamp":1746102896}"#);
-    assert_eq!(request.timestamp, Some(CommandTimestamp::Unix(1746102896.0)));
+    assert_eq!(
+        request.timestamp,
+        Some(CommandTimestamp::Unix(1746102896.0))
+    );
     for bad in ["true", "{}", "[1]"] {
         let r = reject(&format!(r#"{{"type":"ping","timestamp":{bad}}}"#));
         assert_eq!(r.code, ErrorCode::InvalidData, "{bad}");
@@ -194,7 +260,10 @@ fn unknown_fields_are_ignored() {
             session_id: None
         })
     );
-    assert_eq!(accept(r#"{"type":"ping","data":{"x":1}}"#).command, Command::Ping);
+    assert_eq!(
+        accept(r#"{"type":"ping","data":{"x":1}}"#).command,
+        Command::Ping
+    );
 }
 
 #[test]
@@ -261,7 +330,10 @@ fn to_json_wire_form() {
         types: vec!["llm_token".into()],
     }))
     .expect("ser");
-    assert_eq!(command, json!({"type": "unsubscribe", "data": {"types": ["llm_token"]}}));
+    assert_eq!(
+        command,
+        json!({"type": "unsubscribe", "data": {"types": ["llm_token"]}})
+    );
 }
 
 #[test]
@@ -291,10 +363,14 @@ fn text_input_limits() {
 #[test]
 fn subscribe_limits() {
     accept(&json!({"type": "subscribe", "data": {"types": []}}).to_string());
-    let many: Vec<String> = (0..MAX_SUBSCRIBE_PATTERNS).map(|i| format!("t{i}")).collect();
+    let many: Vec<String> = (0..MAX_SUBSCRIBE_PATTERNS)
+        .map(|i| format!("t{i}"))
+        .collect();
     accept(&json!({"type": "subscribe", "data": {"types": many}}).to_string());
 
-    let too_many: Vec<String> = (0..=MAX_SUBSCRIBE_PATTERNS).map(|i| format!("t{i}")).collect();
+    let too_many: Vec<String> = (0..=MAX_SUBSCRIBE_PATTERNS)
+        .map(|i| format!("t{i}"))
+        .collect();
     let bad = [
         json!({"type": "subscribe", "data": {"types": too_many}}),
         json!({"type": "subscribe", "data": {"types": ["stt_*", ""]}}),
@@ -308,7 +384,11 @@ fn subscribe_limits() {
         assert_eq!(r.code, ErrorCode::InvalidData, "{case}");
     }
     let r = reject(&json!({"type": "subscribe", "data": {"types": ["a*b"]}}).to_string());
-    assert!(r.message.contains("only allowed once, at the end"), "{}", r.message);
+    assert!(
+        r.message.contains("only allowed once, at the end"),
+        "{}",
+        r.message
+    );
 }
 
 #[test]

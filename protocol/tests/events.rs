@@ -416,7 +416,10 @@ fn command_ids_are_null_not_absent() {
         message: "x".into(),
     })
     .expect("ser");
-    assert_eq!(error, json!({"id": null, "code": "bad_json", "message": "x"}));
+    assert_eq!(
+        error,
+        json!({"id": null, "code": "bad_json", "message": "x"})
+    );
 }
 
 #[test]
@@ -475,7 +478,10 @@ fn known_type_with_bad_data_is_an_error() {
 
 #[test]
 fn replayed_events_decode() {
-    let Some(EventData::Replay(replay)) = samples().into_iter().find(|e| e.event_type() == EventType::Replay) else {
+    let Some(EventData::Replay(replay)) = samples()
+        .into_iter()
+        .find(|e| e.event_type() == EventType::Replay)
+    else {
         panic!("no replay sample");
     };
     let inner = replay.events[0].decode().expect("known").expect("valid");
@@ -494,7 +500,13 @@ fn retention_classes_follow_the_design() {
     for t in [SystemMetrics, ModeChange, SystemInfo] {
         assert_eq!(t.retention(), Retention::LatestOnly, "{t}");
     }
-    for t in [SttResult, LlmResult, ComponentStatus, ConversationMessage, SystemError] {
+    for t in [
+        SttResult,
+        LlmResult,
+        ComponentStatus,
+        ConversationMessage,
+        SystemError,
+    ] {
         assert_eq!(t.retention(), Retention::Important, "{t}");
     }
 }
@@ -502,31 +514,58 @@ fn retention_classes_follow_the_design() {
 #[test]
 fn closed_enums_use_snake_case() {
     for level in Level::ALL {
-        assert_eq!(serde_json::to_value(level).expect("ser"), json!(level.as_str()));
+        assert_eq!(
+            serde_json::to_value(level).expect("ser"),
+            json!(level.as_str())
+        );
     }
     for mode in Mode::ALL {
-        assert_eq!(serde_json::to_value(mode).expect("ser"), json!(mode.as_str()));
+        assert_eq!(
+            serde_json::to_value(mode).expect("ser"),
+            json!(mode.as_str())
+        );
     }
     for state in ComponentState::ALL {
-        assert_eq!(serde_json::to_value(state).expect("ser"), json!(state.as_str()));
+        assert_eq!(
+            serde_json::to_value(state).expect("ser"),
+            json!(state.as_str())
+        );
     }
     for state in ConnectionState::ALL {
-        assert_eq!(serde_json::to_value(state).expect("ser"), json!(state.as_str()));
+        assert_eq!(
+            serde_json::to_value(state).expect("ser"),
+            json!(state.as_str())
+        );
     }
     for route in Route::ALL {
-        assert_eq!(serde_json::to_value(route).expect("ser"), json!(route.as_str()));
+        assert_eq!(
+            serde_json::to_value(route).expect("ser"),
+            json!(route.as_str())
+        );
     }
     for mode in SttMode::ALL {
-        assert_eq!(serde_json::to_value(mode).expect("ser"), json!(mode.as_str()));
+        assert_eq!(
+            serde_json::to_value(mode).expect("ser"),
+            json!(mode.as_str())
+        );
     }
     for source in AudioSource::ALL {
-        assert_eq!(serde_json::to_value(source).expect("ser"), json!(source.as_str()));
+        assert_eq!(
+            serde_json::to_value(source).expect("ser"),
+            json!(source.as_str())
+        );
     }
     for role in Role::ALL {
-        assert_eq!(serde_json::to_value(role).expect("ser"), json!(role.as_str()));
+        assert_eq!(
+            serde_json::to_value(role).expect("ser"),
+            json!(role.as_str())
+        );
     }
     assert!(Level::Debug < Level::Critical);
-    assert_eq!(serde_json::to_value(SttMode::PushToTalk).expect("ser"), Value::from("push_to_talk"));
+    assert_eq!(
+        serde_json::to_value(SttMode::PushToTalk).expect("ser"),
+        Value::from("push_to_talk")
+    );
 }
 
 #[test]

@@ -213,7 +213,7 @@ impl TokenStore {
         validate_name(name)?;
         let expires_at = expiry(ttl, now)?;
         let existing = self.records()?;
-        let (info, secret, key) = self.mint(name, now, expires_at, None, &existing)?;
+        let (info, secret, key) = mint(name, now, expires_at, None, &existing)?;
         self.storage
             .put(TOKEN_TREE, key.as_bytes(), &to_record(&info)?)?;
         tracing::info!(id = %info.id, name = %info.name, "token created");
@@ -274,8 +274,7 @@ impl TokenStore {
                 name: old.name,
             });
         }
-        let (info, secret, key) =
-            self.mint(&old.name, now, expires_at, Some(old.id.clone()), &records)?;
+        let (info, secret, key) = mint(&old.name, now, expires_at, Some(old.id.clone()), &records)?;
         old.revoked_at = Some(now);
         self.storage.put_many(
             TOKEN_TREE,
@@ -339,39 +338,38 @@ impl TokenStore {
             })
             .collect()
     }
+}
 
-    /// A new token (info, secret, storage key) with an id unused in `existing`.
-    fn mint(
-        &self,
-        name: &str,
-        now: f64,
-        expires_at: Option<f64>,
-        rotated_from: Option<String>,
-        existing: &[(String, TokenInfo)],
-    ) -> Result<(TokenInfo, String, String), TokenError> {
-        let random = |e: rand::rand_core::OsError| TokenError::Random(e.to_string());
-        let id = loop {
-            let mut bytes = [0u8; 4];
-            rand::rngs::OsRng
-                .try_fill_bytes(&mut bytes)
-                .map_err(random)?;
-            let id = hex::encode(bytes);
-            if !existing.iter().any(|(_, info)| info.id == id) {
-                break id;
-            }
-        };
-        let secret = new_secret().map_err(random)?;
-        let key = hash_key(&secret);
-        let info = TokenInfo {
-            id,
-            name: name.to_owned(),
-            created_at: now,
-            expires_at,
-            revoked_at: None,
-            rotated_from,
-        };
-        Ok((info, secret, key))
-    }
+/// A new token (info, secret, storage key) with an id unused in `existing`.
+fn mint(
+    name: &str,
+    now: f64,
+    expires_at: Option<f64>,
+    rotated_from: Option<String>,
+    existing: &[(String, TokenInfo)],
+) -> Result<(TokenInfo, String, String), TokenError> {
+    let random = |e: rand::rand_core::OsError| TokenError::Random(e.to_string());
+    let id = loop {
+        let mut bytes = [0u8; 4];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(random)?;
+        let id = hex::encode(bytes);
+        if !existing.iter().any(|(_, info)| info.id == id) {
+            break id;
+        }
+    };
+    let secret = new_secret().map_err(random)?;
+    let key = hash_key(&secret);
+    let info = TokenInfo {
+        id,
+        name: name.to_owned(),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        rotated_from,
+    };
+    Ok((info, secret, key))
 }
 
 fn to_record(info: &TokenInfo) -> Result<Vec<u8>, TokenError> {
@@ -534,7 +532,7 @@ mod tests {
     fn revoke_by_id_and_name() {
         let tokens = store();
         let (a, secret_a) = tokens.create_at("a-token", None, T0).expect("create");
-        let (b, secret_b) = tokens.create_at("b-token", None, T0).expect("create");
+        let (b, secret_b) = tokens.create_at("b-token", None, T0 + 1.0).expect("create");
 
         let revoked = tokens.revoke_at(&a.id, T0 + 5.0).expect("revoke by id");
         assert_eq!(revoked.revoked_at, Some(T0 + 5.0));

@@ -213,7 +213,8 @@ impl EventHub {
     /// A hub with a fresh random epoch (history is not kept across restarts, so each boot
     /// is a new stream).
     pub fn new(settings: HubSettings) -> EventHub {
-        let epoch: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+        let epoch: Arc<str> =
+            Arc::from(uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
         EventHub {
             settings,
             epoch,
@@ -264,7 +265,8 @@ impl EventHub {
     fn accept(&mut self, msg: Publish) -> SharedEvent {
         self.seq += 1;
         let timestamp = unix_now();
-        let session = serde_json::to_string(&msg.session_id).unwrap_or_else(|_| "\"system\"".into());
+        let session =
+            serde_json::to_string(&msg.session_id).unwrap_or_else(|_| "\"system\"".into());
         let mut json = String::with_capacity(msg.data.get().len() + session.len() + 96);
         use std::fmt::Write;
         // Hand-built so the payload bytes are copied once; every piece is valid JSON.
@@ -438,7 +440,8 @@ impl Handler<Shutdown> for EventHub {
 
     fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> usize {
         for c in self.clients.values() {
-            c.recipient.do_send(HubDelivery::Shutdown(msg.reason.clone()));
+            c.recipient
+                .do_send(HubDelivery::Shutdown(msg.reason.clone()));
         }
         self.clients.len()
     }

@@ -15,7 +15,12 @@ impl GuardPolicy {
     /// Builds the policy for a server bound to `bind_host:port`. The loopback names, the
     /// bind address and the dashboard's own origins are always allowed; `extra_hosts` and
     /// `extra_origins` come from config.
-    pub fn new(bind_host: &str, port: u16, extra_hosts: &[String], extra_origins: &[String]) -> Self {
+    pub fn new(
+        bind_host: &str,
+        port: u16,
+        extra_hosts: &[String],
+        extra_origins: &[String],
+    ) -> Self {
         let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()];
         let bind = bind_host.trim();
         if !bind.is_empty() && bind != "0.0.0.0" && bind != "::" && bind != "[::]" {
@@ -54,7 +59,12 @@ impl GuardPolicy {
 
     /// Is this `Origin` acceptable for a WebSocket upgrade from `peer`? No Origin (CLI
     /// tools, scripts) is allowed from loopback peers and, with auth on, from anywhere.
-    pub fn origin_allowed(&self, origin: Option<&str>, peer: Option<IpAddr>, auth_on: bool) -> bool {
+    pub fn origin_allowed(
+        &self,
+        origin: Option<&str>,
+        peer: Option<IpAddr>,
+        auth_on: bool,
+    ) -> bool {
         match origin {
             None => auth_on || peer.is_none_or(|p| p.is_loopback()),
             Some(o) => self
@@ -87,16 +97,34 @@ mod tests {
     use super::*;
 
     fn policy() -> GuardPolicy {
-        GuardPolicy::new("127.0.0.1", 8765, &["coda.lan".into()], &["https://dash.example".into()])
+        GuardPolicy::new(
+            "127.0.0.1",
+            8765,
+            &["coda.lan".into()],
+            &["https://dash.example".into()],
+        )
     }
 
     #[test]
     fn hosts() {
         let p = policy();
-        for ok in ["localhost", "localhost:8765", "127.0.0.1:8765", "[::1]:8765", "LOCALHOST:8765", "coda.lan:8765"] {
+        for ok in [
+            "localhost",
+            "localhost:8765",
+            "127.0.0.1:8765",
+            "[::1]:8765",
+            "LOCALHOST:8765",
+            "coda.lan:8765",
+        ] {
             assert!(p.host_allowed(Some(ok)), "{ok}");
         }
-        for bad in ["evil.com", "evil.com:8765", "127.0.0.1.evil.com:8765", "localhost:9999", "attacker.localhost"] {
+        for bad in [
+            "evil.com",
+            "evil.com:8765",
+            "127.0.0.1.evil.com:8765",
+            "localhost:9999",
+            "attacker.localhost",
+        ] {
             assert!(!p.host_allowed(Some(bad)), "{bad}");
         }
         assert!(p.host_allowed(None));

@@ -7,8 +7,12 @@
 //! cannot be reordered). A client that lets the queue fill is cut off; nobody else waits.
 
 pub mod guard;
+mod outbox;
 mod rate;
 pub mod upgrade;
+
+pub use outbox::OutboundBody;
+use outbox::{Frame, Outbox, PushError};
 
 pub use rate::TokenBucket;
 
@@ -22,11 +26,10 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use coda_protocol::{
     check_compatible, parse_command, Command, CommandError, CommandRejection, CommandResult,
-    ConnectionState, ConnectionStatus, ErrorCode, EventPayload, EventType, HelloReply,
-    SystemInfo, PROTOCOL_VERSION, SYSTEM_SESSION,
+    ConnectionState, ConnectionStatus, ErrorCode, EventPayload, EventType, HelloReply, SystemInfo,
+    PROTOCOL_VERSION, SYSTEM_SESSION,
 };
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::auth::{Authenticator, Principal};
 use crate::components::ComponentRegistry;
@@ -150,15 +153,6 @@ impl SessionShared {
     }
 }
 
-/// What the writer task sends, in order.
-#[derive(Debug)]
-enum Outbound {
-    Text(ByteString),
-    Ping(Bytes),
-    Pong(Bytes),
-    Close(Option<CloseReason>),
-}
-
 #[derive(Debug, Clone, PartialEq)]
 enum AuthState {
     /// Waiting for an `auth` message.
@@ -175,8 +169,7 @@ pub struct WsSession {
     peer: String,
     origin: Option<String>,
     auth: AuthState,
-    out: mpsc::Sender<Outbound>,
-    writer: Option<tokio::task::JoinHandle<()>>,
+    out: Outbox,
     /// Live delivery has started (hello, first command, or the hello wait ran out).
     subscribed: bool,
     include: Option<Vec<String>>,
@@ -203,15 +196,17 @@ pub enum UpgradeAuth {
 }
 
 impl WsSession {
-    /// Starts a session actor for an upgraded connection.
+    /// Starts a session actor for an upgraded connection and returns the response body
+    /// that carries its outbound frames. `actix_body` is actix-ws's own body: held, never
+    /// polled, so actix-ws's incoming stream ends when the connection does.
     pub fn start_session(
         shared: Arc<SessionShared>,
-        ws: actix_ws::Session,
         stream: actix_ws::MessageStream,
+        actix_body: actix_web::body::BoxBody,
         peer: String,
         origin: Option<String>,
         auth: UpgradeAuth,
-    ) -> Addr<WsSession> {
+    ) -> OutboundBody {
         let id = shared.next_client_id();
         let settings = shared.settings.clone();
         // Frames above max_frame_bytes are read (up to 4x) and answered `too_large` so
@@ -221,8 +216,7 @@ impl WsSession {
             .max_frame_size(hard_cap)
             .aggregate_continuations()
             .max_continuation_size(hard_cap);
-        let (tx, rx) = mpsc::channel(settings.max_queue.max(1));
-        let writer = actix_rt::spawn(write_loop(ws, rx));
+        let (out, body) = Outbox::new(settings.max_queue, actix_body);
         let auth_state = match auth {
             UpgradeAuth::NotRequired => AuthState::Ok(None),
             UpgradeAuth::Authenticated(p) => AuthState::Ok(Some(p)),
@@ -236,8 +230,7 @@ impl WsSession {
                 peer,
                 origin,
                 auth: auth_state,
-                out: tx,
-                writer: Some(writer),
+                out,
                 subscribed: false,
                 include: None,
                 exclude: Vec::new(),
@@ -250,7 +243,8 @@ impl WsSession {
                 close_reason: None,
                 shared,
             }
-        })
+        });
+        body
     }
 
     fn settings(&self) -> &SessionSettings {
@@ -258,24 +252,21 @@ impl WsSession {
     }
 
     /// Queues a frame; a full queue means the client is too slow and is cut off.
-    fn push(&mut self, frame: Outbound, ctx: &mut Context<Self>) {
-        match self.out.try_send(frame) {
+    fn push(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        match self.out.push(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 let reason = format!(
                     "slow consumer: {} outbound messages queued",
                     self.settings().max_queue
                 );
                 tracing::warn!(client = %self.client_id, peer = %self.peer, "{reason}; closing");
                 self.close_reason = Some(reason);
-                // The writer is stuck behind the full socket; no close frame can get
-                // through, so drop the connection.
-                if let Some(w) = self.writer.take() {
-                    w.abort();
-                }
+                // The socket is full; no close frame can get through: drop the connection.
+                self.out.abort();
                 ctx.stop();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(PushError::Closed) => {
                 if self.close_reason.is_none() {
                     self.close_reason = Some("connection lost".into());
                 }
@@ -286,7 +277,7 @@ impl WsSession {
 
     fn direct<P: EventPayload>(&mut self, payload: &P, ctx: &mut Context<Self>) {
         let frame = direct_frame(self.last_sent_seq, payload);
-        self.push(Outbound::Text(frame), ctx);
+        self.push(Frame::Text(frame), ctx);
     }
 
     fn reply_ok(&mut self, id: Option<String>, data: serde_json::Value, ctx: &mut Context<Self>) {
@@ -315,10 +306,10 @@ impl WsSession {
         if self.close_reason.is_none() {
             self.close_reason = Some(reason.to_string());
         }
-        let _ = self.out.try_send(Outbound::Close(Some(CloseReason {
+        self.out.close(Some(CloseReason {
             code,
             description: Some(reason.to_string()),
-        })));
+        }));
         ctx.stop();
     }
 
@@ -467,10 +458,7 @@ impl WsSession {
         match command {
             Command::Hello(h) => {
                 if let Err(e) = check_compatible(&h.protocol_version) {
-                    let msg = format!(
-                        "protocol {} is not compatible with this server's {PROTOCOL_VERSION}: {e}",
-                        h.protocol_version
-                    );
+                    let msg = e.to_string();
                     self.direct(
                         &coda_protocol::SystemError {
                             level: coda_protocol::Level::Error,
@@ -516,7 +504,11 @@ impl WsSession {
                 });
             }
             Command::Auth(_) => {
-                self.reply_ok(id, serde_json::json!({"authenticated": true, "note": "already authenticated"}), ctx);
+                self.reply_ok(
+                    id,
+                    serde_json::json!({"authenticated": true, "note": "already authenticated"}),
+                    ctx,
+                );
             }
             Command::Subscribe(s) => {
                 let prev = (self.include.clone(), self.exclude.clone());
@@ -632,7 +624,7 @@ impl WsSession {
     fn send_replay(&mut self, batch: ReplayBatch, ctx: &mut Context<Self>) {
         let frame = replay_frame(&batch, self.mask);
         self.last_sent_seq = self.last_sent_seq.max(batch.last_seq);
-        self.push(Outbound::Text(frame), ctx);
+        self.push(Frame::Text(frame), ctx);
     }
 }
 
@@ -681,28 +673,6 @@ pub fn replay_frame(batch: &ReplayBatch, mask: TypeMask) -> ByteString {
     ByteString::from(s)
 }
 
-/// The single writer: drains the queue in order, several frames per wake-up.
-async fn write_loop(mut ws: actix_ws::Session, mut rx: mpsc::Receiver<Outbound>) {
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 64).await > 0 {
-        for frame in batch.drain(..) {
-            let sent = match frame {
-                Outbound::Text(t) => ws.text(t).await,
-                Outbound::Ping(p) => ws.ping(&p).await,
-                Outbound::Pong(p) => ws.pong(&p).await,
-                Outbound::Close(reason) => {
-                    let _ = ws.close(reason).await;
-                    return;
-                }
-            };
-            if sent.is_err() {
-                return;
-            }
-        }
-    }
-    let _ = ws.close(None).await;
-}
-
 impl Actor for WsSession {
     type Context = Context<Self>;
 
@@ -739,12 +709,10 @@ impl Actor for WsSession {
                 );
                 tracing::info!(client = %act.client_id, "{reason}");
                 act.close_reason = Some(reason);
-                if let Some(w) = act.writer.take() {
-                    w.abort();
-                }
+                act.out.abort();
                 ctx.stop();
             } else {
-                act.push(Outbound::Ping(Bytes::from_static(b"coda")), ctx);
+                act.push(Frame::Ping(Bytes::from_static(b"coda")), ctx);
             }
         });
         match self.auth {
@@ -797,7 +765,7 @@ impl Handler<HubDelivery> for WsSession {
             HubDelivery::Event(ev) => {
                 if self.subscribed && self.mask.contains(ev.event_type) {
                     self.last_sent_seq = ev.seq;
-                    self.push(Outbound::Text(ev.json.clone()), ctx);
+                    self.push(Frame::Text(ev.json.clone()), ctx);
                 }
             }
             HubDelivery::Replay(batch) => self.send_replay(batch, ctx),
@@ -820,14 +788,19 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                     );
                     self.violation(None, ErrorCode::TooLarge, msg, ctx);
                 } else if self.auth == AuthState::Pending {
-                    self.reply_err(None, ErrorCode::Unauthorized, "binary frame before authentication", ctx);
+                    self.reply_err(
+                        None,
+                        ErrorCode::Unauthorized,
+                        "binary frame before authentication",
+                        ctx,
+                    );
                     self.close(CloseCode::Policy, "authentication required", ctx);
                 } else {
                     let msg = "binary audio frames are accepted only between stt_start {\"source\":\"client\"} and stt_stop".to_string();
                     self.violation(None, ErrorCode::InvalidData, msg, ctx);
                 }
             }
-            Ok(AggregatedMessage::Ping(p)) => self.push(Outbound::Pong(p), ctx),
+            Ok(AggregatedMessage::Ping(p)) => self.push(Frame::Pong(p), ctx),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {
                 self.close_reason = Some(match &reason {
@@ -841,7 +814,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                     ),
                     None => "client closed".to_string(),
                 });
-                let _ = self.out.try_send(Outbound::Close(reason));
+                self.out.close(reason);
                 ctx.stop();
             }
             Err(ProtocolError::Overflow) => {
@@ -856,7 +829,12 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                 if matches!(e, ProtocolError::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData)
                 {
                     // Invalid UTF-8 in a text frame: the frame was consumed; answer and go on.
-                    self.violation(None, ErrorCode::BadJson, "text frame is not valid UTF-8".into(), ctx);
+                    self.violation(
+                        None,
+                        ErrorCode::BadJson,
+                        "text frame is not valid UTF-8".into(),
+                        ctx,
+                    );
                 } else {
                     self.close(CloseCode::Protocol, &reason, ctx);
                 }

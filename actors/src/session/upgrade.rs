@@ -29,7 +29,9 @@ pub async fn ws_upgrade(
 ) -> actix_web::Result<HttpResponse> {
     let shared = &state.shared;
     let peer_addr = req.peer_addr();
-    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+    let peer = peer_addr
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -39,7 +41,13 @@ pub async fn ws_upgrade(
 
     let refuse = |status: actix_web::http::StatusCode, reason: String| {
         tracing::warn!(%peer, origin = ?origin, %reason, "connection refused");
-        shared.connection_event("-", &peer, origin.as_deref(), ConnectionState::Refused, Some(reason.clone()));
+        shared.connection_event(
+            "-",
+            &peer,
+            origin.as_deref(),
+            ConnectionState::Refused,
+            Some(reason.clone()),
+        );
         HttpResponse::build(status)
             .content_type("text/plain; charset=utf-8")
             .body(format!("{reason}\n"))
@@ -87,8 +95,12 @@ pub async fn ws_upgrade(
         }
     };
 
-    let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
-    let addr_peer = peer.clone();
-    WsSession::start_session(state.shared.clone(), ws, stream, addr_peer, origin.clone(), auth);
-    Ok(response)
+    // actix-ws does the handshake and reads frames; the outbound side is our own ordered
+    // queue (see outbox.rs), so its `Session` handle is not used.
+    let (response, _unused_session, stream) =
+        actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
+    let (head, actix_body) = response.into_parts();
+    let out =
+        WsSession::start_session(state.shared.clone(), stream, actix_body, peer, origin, auth);
+    Ok(head.set_body(out).map_into_boxed_body())
 }

@@ -1,0 +1,270 @@
+//! The connection's outbound side: one ordered, bounded queue shared by the session actor
+//! (which fills it) and the HTTP response body (which drains it).
+//!
+//! Both live on the same worker thread (the actor is started by the upgrade handler on
+//! that worker's arbiter, and the same worker's dispatcher polls the body), so the queue is
+//! an `Rc<RefCell<..>>` with a waker: no channel, no extra task, and every frame that is
+//! ready when the dispatcher polls goes out in one buffer — one socket write for a burst.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use actix_codec::Encoder;
+use actix_http::ws::{CloseReason, Codec, Message};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+
+/// A frame waiting to go out.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Text(ByteString),
+    Ping(Bytes),
+    Pong(Bytes),
+    Close(Option<CloseReason>),
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue holds `max` frames: the client is not keeping up.
+    Full,
+    /// The connection is closing or gone.
+    Closed,
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<Frame>,
+    waker: Option<Waker>,
+    /// A close frame is queued (or the actor is gone): end the body after the queue.
+    closing: bool,
+    /// Drop the connection now, without flushing (slow consumer, dead peer).
+    aborted: bool,
+    /// The body was dropped: the connection is gone.
+    body_gone: bool,
+}
+
+/// The actor's handle on the queue.
+pub(crate) struct Outbox {
+    inner: Rc<RefCell<Inner>>,
+    max: usize,
+}
+
+impl Outbox {
+    /// A queue of at most `max` frames, and the response body that drains it. `keep`
+    /// is actix-ws's own response body: it is held (never polled) so that actix-ws's
+    /// incoming stream learns the connection ended exactly when this body is dropped.
+    pub(crate) fn new(max: usize, keep: BoxBody) -> (Outbox, OutboundBody) {
+        let inner = Rc::new(RefCell::new(Inner::default()));
+        (
+            Outbox {
+                inner: inner.clone(),
+                max: max.max(1),
+            },
+            OutboundBody {
+                inner,
+                codec: Codec::new(),
+                buf: BytesMut::with_capacity(8 * 1024),
+                _keep: keep,
+                done: false,
+            },
+        )
+    }
+
+    /// Queues a frame.
+    pub(crate) fn push(&self, frame: Frame) -> Result<(), PushError> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.closing || inner.aborted || inner.body_gone {
+            return Err(PushError::Closed);
+        }
+        if inner.queue.len() >= self.max {
+            return Err(PushError::Full);
+        }
+        let closing = matches!(frame, Frame::Close(_));
+        inner.queue.push_back(frame);
+        inner.closing |= closing;
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues a close frame (after everything queued so far) and ends the stream.
+    pub(crate) fn close(&self, reason: Option<CloseReason>) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.closing || inner.aborted {
+            return;
+        }
+        // A close frame goes out even when the queue is at its bound.
+        inner.queue.push_back(Frame::Close(reason));
+        inner.closing = true;
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Drops the connection without flushing what is queued.
+    pub(crate) fn abort(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.aborted = true;
+        inner.queue.clear();
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Frames waiting.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.inner.borrow().queue.len()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // The actor is gone: whatever is queued still goes out, then the body ends.
+        let mut inner = self.inner.borrow_mut();
+        inner.closing = true;
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The WebSocket response body: encodes queued frames, as many as are ready per poll.
+pub struct OutboundBody {
+    inner: Rc<RefCell<Inner>>,
+    codec: Codec,
+    buf: BytesMut,
+    _keep: BoxBody,
+    done: bool,
+}
+
+impl MessageBody for OutboundBody {
+    type Error = actix_http::ws::ProtocolError;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut inner = this.inner.borrow_mut();
+        if inner.aborted {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        let mut end = false;
+        while let Some(frame) = inner.queue.pop_front() {
+            let msg = match frame {
+                Frame::Text(t) => Message::Text(t),
+                Frame::Ping(p) => Message::Ping(p),
+                Frame::Pong(p) => Message::Pong(p),
+                Frame::Close(reason) => {
+                    end = true;
+                    Message::Close(reason.map(truncate_reason))
+                }
+            };
+            if let Err(e) = this.codec.encode(msg, &mut this.buf) {
+                this.done = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+            if end {
+                inner.queue.clear();
+                break;
+            }
+        }
+        if end || (inner.closing && inner.queue.is_empty()) {
+            this.done = true;
+        }
+        if !this.buf.is_empty() {
+            return Poll::Ready(Some(Ok(this.buf.split().freeze())));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for OutboundBody {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.body_gone = true;
+            inner.queue.clear();
+        }
+    }
+}
+
+/// RFC 6455: a close frame's reason is at most 123 bytes.
+fn truncate_reason(mut r: CloseReason) -> CloseReason {
+    if let Some(d) = r.description.as_mut() {
+        if d.len() > 123 {
+            let mut end = 123;
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d.truncate(end);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    fn body() -> (Outbox, OutboundBody) {
+        Outbox::new(3, BoxBody::new(()))
+    }
+
+    async fn next(b: &mut OutboundBody) -> Option<Bytes> {
+        poll_fn(|cx| Pin::new(&mut *b).poll_next(cx))
+            .await
+            .map(|r| r.unwrap())
+    }
+
+    #[actix_rt::test]
+    async fn frames_batch_in_order_and_bound_holds() {
+        let (out, mut b) = body();
+        out.push(Frame::Text("a".into())).unwrap();
+        out.push(Frame::Text("b".into())).unwrap();
+        out.push(Frame::Text("c".into())).unwrap();
+        assert_eq!(out.push(Frame::Text("d".into())), Err(PushError::Full));
+        let bytes = next(&mut b).await.unwrap();
+        // Three unmasked text frames: 0x81 len payload, in order, in one chunk.
+        assert_eq!(&bytes[..], b"\x81\x01a\x81\x01b\x81\x01c");
+        assert_eq!(out.len(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn close_ends_after_queue_and_abort_drops() {
+        let (out, mut b) = body();
+        out.push(Frame::Text("x".into())).unwrap();
+        out.close(None);
+        assert_eq!(out.push(Frame::Text("y".into())), Err(PushError::Closed));
+        let bytes = next(&mut b).await.unwrap();
+        assert_eq!(&bytes[..], b"\x81\x01x\x88\x00");
+        assert!(next(&mut b).await.is_none());
+
+        let (out, mut b) = body();
+        out.push(Frame::Text("x".into())).unwrap();
+        out.abort();
+        assert!(next(&mut b).await.is_none());
+    }
+}
