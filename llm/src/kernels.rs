@@ -1,0 +1,410 @@
+//! The hot loops: Q8_0 weight rows dotted with Q8-quantised activations (int8 × int8 with
+//! one f32 scale per 32 values on each side, as llama.cpp does), with an AVX-512 VNNI path,
+//! an AVX2 path and a portable one, chosen once at run time.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::quant::{quantize_block_q8, QK};
+
+/// A Q8_0 matrix in the engine's layout: int8 quants row-major, and one f32 scale per
+/// 32-value block (row-major too). Separate arrays keep the SIMD loads aligned to blocks.
+#[derive(Debug, Clone, Default)]
+pub struct QMatrix {
+    /// Output size.
+    pub rows: usize,
+    /// Input size (a multiple of 32).
+    pub cols: usize,
+    /// `rows * cols` quants.
+    pub q: Vec<i8>,
+    /// `rows * cols / 32` scales.
+    pub d: Vec<f32>,
+}
+
+impl QMatrix {
+    /// Quantises a row-major f32 matrix.
+    pub fn from_f32(rows: usize, cols: usize, x: &[f32]) -> QMatrix {
+        debug_assert_eq!(x.len(), rows * cols);
+        let mut q = vec![0i8; rows * cols];
+        let mut d = vec![0f32; rows * cols / QK];
+        for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(&mut d) {
+            *db = quantize_block_q8(xb, qb);
+        }
+        QMatrix { rows, cols, q, d }
+    }
+
+    /// From GGUF Q8_0 blocks (f16 scale + 32 int8 each), without requantising.
+    pub fn from_q8_0_blocks(rows: usize, cols: usize, data: &[u8]) -> QMatrix {
+        let nb = rows * cols / QK;
+        let mut q = Vec::with_capacity(rows * cols);
+        let mut d = Vec::with_capacity(nb);
+        for b in data.chunks_exact(34).take(nb) {
+            d.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            q.extend(b[2..].iter().map(|&v| v as i8));
+        }
+        QMatrix { rows, cols, q, d }
+    }
+
+    /// Stacks matrices with the same `cols` (e.g. Q, K and V into one QKV projection).
+    pub fn concat(parts: &[QMatrix]) -> QMatrix {
+        let cols = parts.first().map(|p| p.cols).unwrap_or(0);
+        let mut out = QMatrix {
+            rows: 0,
+            cols,
+            q: Vec::new(),
+            d: Vec::new(),
+        };
+        for p in parts {
+            debug_assert_eq!(p.cols, cols);
+            out.rows += p.rows;
+            out.q.extend_from_slice(&p.q);
+            out.d.extend_from_slice(&p.d);
+        }
+        out
+    }
+
+    /// One row, dequantised (embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let q = &self.q[r * self.cols..(r + 1) * self.cols];
+        let d = &self.d[r * self.cols / QK..(r + 1) * self.cols / QK];
+        for ((o, qb), &db) in out.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).zip(d) {
+            for (ov, &qv) in o.iter_mut().zip(qb) {
+                *ov = f32::from(qv) * db;
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.q.len() + self.d.len() * 4
+    }
+}
+
+/// Activations quantised to Q8 blocks: `n` vectors of `cols` values.
+#[derive(Debug, Clone, Default)]
+pub struct QActs {
+    /// Vector length.
+    pub cols: usize,
+    /// Quants, vector-major.
+    pub q: Vec<i8>,
+    /// Scales, one per block.
+    pub d: Vec<f32>,
+}
+
+impl QActs {
+    /// Quantises `x` (`n * cols` values, vector-major).
+    pub fn quantize(x: &[f32], cols: usize) -> QActs {
+        let mut q = vec![0i8; x.len()];
+        let mut d = vec![0f32; x.len() / QK];
+        for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(&mut d) {
+            *db = quantize_block_q8(xb, qb);
+        }
+        QActs { cols, q, d }
+    }
+
+    /// Number of vectors.
+    pub fn n(&self) -> usize {
+        if self.cols == 0 {
+            0
+        } else {
+            self.q.len() / self.cols
+        }
+    }
+}
+
+/// Which dot-product implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 BW + VNNI (64 int8 products per instruction).
+    Avx512Vnni,
+    /// AVX2 + FMA.
+    Avx2,
+    /// Portable Rust.
+    Scalar,
+}
+
+impl Kernel {
+    /// The best one this CPU runs, unless `CODA_LLM_KERNEL` (`scalar`, `avx2`, `avx512`)
+    /// asks for a slower one (benchmarks and tests).
+    pub fn detect() -> Kernel {
+        let best = Kernel::best();
+        match std::env::var("CODA_LLM_KERNEL").as_deref() {
+            Ok("scalar") => Kernel::Scalar,
+            Ok("avx2") if best != Kernel::Scalar => Kernel::Avx2,
+            _ => best,
+        }
+    }
+
+    /// The fastest kernel this CPU supports.
+    pub fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                return Kernel::Avx512Vnni;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Scalar
+    }
+
+    /// The kernel used by this process (detected once).
+    pub fn current() -> Kernel {
+        static K: OnceLock<Kernel> = OnceLock::new();
+        *K.get_or_init(Kernel::detect)
+    }
+
+    /// Σ over blocks of wd·xd·(wq·xq) for one row: `wq`/`xq` are `nb * 32` long, `wd`/`xd`
+    /// `nb` long. The caller guarantees the lengths (checked in debug builds).
+    #[inline]
+    pub fn dot(self, wq: &[i8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+        let nb = wd.len();
+        debug_assert!(wq.len() >= nb * QK && xq.len() >= nb * QK && xd.len() >= nb);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: this variant is only constructed after the CPU features were detected,
+            // and the slices hold nb blocks (asserted above in debug builds, guaranteed by
+            // the callers' shapes).
+            Kernel::Avx512Vnni => unsafe {
+                x86::dot_avx512(wq.as_ptr(), wd.as_ptr(), xq.as_ptr(), xd.as_ptr(), nb)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2 and FMA were detected.
+            Kernel::Avx2 => unsafe {
+                x86::dot_avx2(wq.as_ptr(), wd.as_ptr(), xq.as_ptr(), xd.as_ptr(), nb)
+            },
+            _ => dot_scalar(wq, wd, xq, xd),
+        }
+    }
+}
+
+/// The portable dot product.
+pub fn dot_scalar(wq: &[i8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, (&dw, &dx)) in wd.iter().zip(xd).enumerate() {
+        let w = &wq[b * QK..(b + 1) * QK];
+        let x = &xq[b * QK..(b + 1) * QK];
+        let s: i32 = w
+            .iter()
+            .zip(x)
+            .map(|(&a, &c)| i32::from(a) * i32::from(c))
+            .sum();
+        sum += dw * dx * s as f32;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Two blocks per 512-bit step: |x| (u8) · (w with x's sign) (i8) summed in groups of 4
+    /// by VPDPBUSD, then each half scaled by its blocks' scales.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx512dq,avx2,fma")]
+    pub unsafe fn dot_avx512(
+        wq: *const i8,
+        wd: *const f32,
+        xq: *const i8,
+        xd: *const f32,
+        nb: usize,
+    ) -> f32 {
+        let zero = _mm512_setzero_si512();
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut b = 0;
+        while b + 4 <= nb {
+            let w0 = _mm512_loadu_si512(wq.add(b * 32) as *const _);
+            let x0 = _mm512_loadu_si512(xq.add(b * 32) as *const _);
+            let w1 = _mm512_loadu_si512(wq.add(b * 32 + 64) as *const _);
+            let x1 = _mm512_loadu_si512(xq.add(b * 32 + 64) as *const _);
+            let s0 = _mm512_dpbusd_epi32(
+                zero,
+                _mm512_abs_epi8(x0),
+                _mm512_mask_sub_epi8(w0, _mm512_movepi8_mask(x0), zero, w0),
+            );
+            let s1 = _mm512_dpbusd_epi32(
+                zero,
+                _mm512_abs_epi8(x1),
+                _mm512_mask_sub_epi8(w1, _mm512_movepi8_mask(x1), zero, w1),
+            );
+            let d0 = _mm512_insertf32x8(
+                _mm512_set1_ps(*wd.add(b) * *xd.add(b)),
+                _mm256_set1_ps(*wd.add(b + 1) * *xd.add(b + 1)),
+                1,
+            );
+            let d1 = _mm512_insertf32x8(
+                _mm512_set1_ps(*wd.add(b + 2) * *xd.add(b + 2)),
+                _mm256_set1_ps(*wd.add(b + 3) * *xd.add(b + 3)),
+                1,
+            );
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), d0, acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), d1, acc1);
+            b += 4;
+        }
+        while b + 2 <= nb {
+            let w0 = _mm512_loadu_si512(wq.add(b * 32) as *const _);
+            let x0 = _mm512_loadu_si512(xq.add(b * 32) as *const _);
+            let s0 = _mm512_dpbusd_epi32(
+                zero,
+                _mm512_abs_epi8(x0),
+                _mm512_mask_sub_epi8(w0, _mm512_movepi8_mask(x0), zero, w0),
+            );
+            let d0 = _mm512_insertf32x8(
+                _mm512_set1_ps(*wd.add(b) * *xd.add(b)),
+                _mm256_set1_ps(*wd.add(b + 1) * *xd.add(b + 1)),
+                1,
+            );
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), d0, acc0);
+            b += 2;
+        }
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        if b < nb {
+            sum += dot_avx2(wq.add(b * 32), wd.add(b), xq.add(b * 32), xd.add(b), nb - b);
+        }
+        sum
+    }
+
+    /// One block per 256-bit step: sign trick, VPMADDUBSW then VPMADDWD to int32.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(
+        wq: *const i8,
+        wd: *const f32,
+        xq: *const i8,
+        xd: *const f32,
+        nb: usize,
+    ) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            let w = _mm256_loadu_si256(wq.add(b * 32) as *const __m256i);
+            let x = _mm256_loadu_si256(xq.add(b * 32) as *const __m256i);
+            let ax = _mm256_sign_epi8(x, x);
+            let sw = _mm256_sign_epi8(w, x);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), ones);
+            let d = _mm256_set1_ps(*wd.add(b) * *xd.add(b));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+        }
+        let hi = _mm256_extractf128_ps(acc, 1);
+        let lo = _mm256_castps256_ps128(acc);
+        let s = _mm_add_ps(hi, lo);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// A raw pointer that may cross threads: each worker writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: used only in `matmul`, where every (vector, row) element is written by exactly
+// one task and the buffer outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// `out[v][r] = W[r] · x[v]` for every activation vector `v` and row `r`, rows split across
+/// the pool's threads. `out` is `x.n() * w.rows` long.
+pub fn matmul(pool: &rayon::ThreadPool, kernel: Kernel, w: &QMatrix, x: &QActs, out: &mut [f32]) {
+    let n = x.n();
+    assert_eq!(w.cols, x.cols, "matmul shape mismatch");
+    assert_eq!(out.len(), n * w.rows, "matmul output size");
+    let nb = w.cols / QK;
+    let threads = pool.current_num_threads().max(1);
+    // A few chunks per thread balance a core that another process is also using.
+    let chunks = if w.rows >= 64 * threads { threads * 4 } else { threads };
+    let per = w.rows.div_ceil(chunks);
+    let ptr = OutPtr(out.as_mut_ptr());
+    let rows = w.rows;
+    pool.install(|| {
+        (0..chunks).into_par_iter().for_each(|c| {
+            let ptr = ptr;
+            let start = c * per;
+            let end = ((c + 1) * per).min(rows);
+            for r in start..end {
+                let wq = &w.q[r * w.cols..(r + 1) * w.cols];
+                let wd = &w.d[r * nb..(r + 1) * nb];
+                for v in 0..n {
+                    let xq = &x.q[v * x.cols..(v + 1) * x.cols];
+                    let xd = &x.d[v * nb..(v + 1) * nb];
+                    let y = kernel.dot(wq, wd, xq, xd);
+                    // SAFETY: v < n and r < rows, so the index is inside `out`; each
+                    // (v, r) is written by this task only.
+                    unsafe { *ptr.0.add(v * rows + r) = y };
+                }
+            }
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_scalar() {
+        // 9, 24 and 3 blocks: exercises the 4-, 2- and 1-block tails of the SIMD paths.
+        for cols in [288usize, 768, 96] {
+            let w = QMatrix::from_f32(5, cols, &data(5 * cols, 1));
+            let x = QActs::quantize(&data(cols, 2), cols);
+            let nb = cols / QK;
+            for r in 0..5 {
+                let wq = &w.q[r * cols..(r + 1) * cols];
+                let wd = &w.d[r * nb..(r + 1) * nb];
+                let want = dot_scalar(wq, wd, &x.q, &x.d);
+                for k in [Kernel::best(), Kernel::Avx2, Kernel::Scalar] {
+                    if k == Kernel::Avx2 && Kernel::best() == Kernel::Scalar {
+                        continue;
+                    }
+                    let got = k.dot(wq, wd, &x.q, &x.d);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{k:?}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_matches_f32_reference() {
+        let (rows, cols, n) = (70, 128, 3);
+        let wf = data(rows * cols, 3);
+        let xf = data(n * cols, 4);
+        let w = QMatrix::from_f32(rows, cols, &wf);
+        let x = QActs::quantize(&xf, cols);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("pool");
+        let mut out = vec![0f32; n * rows];
+        matmul(&pool, Kernel::current(), &w, &x, &mut out);
+        for v in 0..n {
+            for r in 0..rows {
+                let want: f32 = (0..cols)
+                    .map(|c| wf[r * cols + c] * xf[v * cols + c])
+                    .sum();
+                let got = out[v * rows + r];
+                assert!((got - want).abs() < 0.05, "({v},{r}): {got} vs {want}");
+            }
+        }
+    }
+}

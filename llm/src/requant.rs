@@ -1,0 +1,117 @@
+//! Requantisation at import: a GGUF whose matrices are Q4_0/Q4_1/Q5_x/F16/BF16/F32 is
+//! rewritten with Q8_0 matrices (the engine's fast kernel format) and F32 vectors, keeping
+//! every metadata key (tokenizer and chat template included).
+
+use std::path::Path;
+
+use crate::gguf::{self, Gguf, GgufError, TensorSpec, Value};
+use crate::quant::{dequantize, quantize_q8_0, GgmlType, QK};
+
+/// `general.file_type` for "mostly Q8_0" (llama.cpp's LLAMA_FTYPE_MOSTLY_Q8_0).
+const FILE_TYPE_Q8_0: u32 = 7;
+
+/// What a conversion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequantReport {
+    /// Tensors rewritten to Q8_0.
+    pub requantized: usize,
+    /// Tensors converted to F32.
+    pub to_f32: usize,
+    /// Tensors copied as they were.
+    pub copied: usize,
+    /// The matrices' type before (e.g. `Q4_1`), when it was not already Q8_0.
+    pub from: Option<String>,
+}
+
+/// Does `g` need rewriting for the engine (any matrix not Q8_0, or any vector not F32)?
+pub fn needs_requant(g: &Gguf) -> bool {
+    g.tensors.iter().any(|t| target(t.ty, t.dims.len(), t.dims[0]) != t.ty)
+}
+
+fn target(ty: GgmlType, n_dims: usize, row: u64) -> GgmlType {
+    if n_dims >= 2 && row % QK as u64 == 0 {
+        GgmlType::Q8_0
+    } else if ty == GgmlType::Q8_0 && n_dims >= 2 {
+        ty
+    } else {
+        GgmlType::F32
+    }
+}
+
+/// Rewrites `src` to `dst` with Q8_0 matrices. `progress(done, total)` is called with
+/// source bytes processed.
+pub fn requantize(
+    src: &Path,
+    dst: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<RequantReport, GgufError> {
+    let g = Gguf::open(src)?;
+    let mut file = g.open_data()?;
+    let mut report = RequantReport {
+        requantized: 0,
+        to_f32: 0,
+        copied: 0,
+        from: None,
+    };
+    let specs: Vec<TensorSpec> = g
+        .tensors
+        .iter()
+        .map(|t| {
+            if !t.ty.readable() {
+                return Err(GgufError::UnsupportedType {
+                    path: g.path.clone(),
+                    tensor: t.name.clone(),
+                    ty: t.ty.name().to_string(),
+                });
+            }
+            Ok(TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: target(t.ty, t.dims.len(), t.dims[0]),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (t, s) in g.tensors.iter().zip(&specs) {
+        if s.ty == GgmlType::Q8_0 && t.ty != GgmlType::Q8_0 && report.from.is_none() {
+            report.from = Some(t.ty.name().to_string());
+        }
+    }
+    let mut metadata = g.metadata.clone();
+    metadata.insert(
+        "general.file_type".into(),
+        Value::U32(FILE_TYPE_Q8_0),
+    );
+    if let Some(from) = &report.from {
+        metadata.insert(
+            "coda.requantized_from".into(),
+            Value::String(from.clone()),
+        );
+    }
+    let total: u64 = g.tensors.iter().map(|t| t.byte_size()).sum();
+    let mut done = 0u64;
+    gguf::write(dst, &metadata, &specs, |i| {
+        let (t, s) = (&g.tensors[i], &specs[i]);
+        let raw = g.read_raw(&mut file, t)?;
+        done += raw.len() as u64;
+        progress(done, total);
+        if s.ty == t.ty {
+            report.copied += 1;
+            return Ok(raw);
+        }
+        let mut f = vec![0f32; t.elements() as usize];
+        if !dequantize(t.ty, &raw, &mut f) {
+            return Err(GgufError::Corrupt {
+                path: g.path.clone(),
+                what: format!("tensor `{}` has the wrong size", t.name),
+            });
+        }
+        Ok(if s.ty == GgmlType::Q8_0 {
+            report.requantized += 1;
+            quantize_q8_0(&f)
+        } else {
+            report.to_f32 += 1;
+            f.iter().flat_map(|v| v.to_le_bytes()).collect()
+        })
+    })?;
+    Ok(report)
+}

@@ -1,0 +1,343 @@
+//! The model's own tokenizer, built from the GGUF metadata alone (no side files): byte-level
+//! BPE (`tokenizer.ggml.model = "gpt2"`, used by SmolLM, Llama 3, Qwen and most recent
+//! models) via the `tokenizers` crate for encoding, and a byte table for decoding so a
+//! stream of tokens can be turned into UTF-8 text piece by piece.
+
+use std::collections::{HashMap, HashSet};
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::tokenizer::SplitDelimiterBehavior;
+use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
+
+use crate::gguf::{Gguf, GgufError, Value};
+
+/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+const TYPE_CONTROL: u64 = 3;
+const TYPE_USER_DEFINED: u64 = 4;
+const TYPE_UNUSED: u64 = 5;
+
+/// Texts of control tokens that end a turn in common chat formats.
+const END_OF_TURN: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|end_of_text|>",
+    "</s>",
+];
+
+/// Splits used by llama.cpp for the named pre-tokenizers.
+const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The tokenizer of one model.
+pub struct Tokenizer {
+    hf: HfTokenizer,
+    /// Bytes each token decodes to (`None`: a control token, never shown).
+    bytes: Vec<Option<Vec<u8>>>,
+    /// Token texts as stored (for templates and diagnostics).
+    texts: Vec<String>,
+    /// Tokens that end generation.
+    eog: HashSet<u32>,
+    /// Beginning-of-sequence token.
+    pub bos: Option<u32>,
+    /// End-of-sequence token.
+    pub eos: Option<u32>,
+    add_bos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.texts.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+/// GPT-2's byte ↔ printable-character table: byte-level BPE vocabularies store each byte
+/// as one of these characters.
+fn unicode_to_byte() -> HashMap<char, u8> {
+    let mut map = HashMap::with_capacity(256);
+    let mut extra = 0u32;
+    for b in 0u32..256 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+        let c = if printable {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        if let Some(ch) = char::from_u32(c) {
+            map.insert(ch, b as u8);
+        }
+    }
+    map
+}
+
+fn id_of(g: &Gguf, key: &str) -> Option<u32> {
+    g.get(key)
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(g: &Gguf) -> Result<Tokenizer, GgufError> {
+        let model = g.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(g.missing(format!(
+                "tokenizer `{model}` is not supported by the embedded engine (it reads byte-level BPE, `gpt2`)"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>, GgufError> {
+            let arr = g
+                .get(key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| g.missing(format!("metadata `{key}` (an array) is missing")))?;
+            arr.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| g.missing(format!("`{key}` holds a non-string")))
+                })
+                .collect()
+        };
+        let texts = strings("tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect();
+        let types: Vec<u64> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+            Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            None => vec![1; texts.len()],
+        };
+        let vocab: tokenizers::models::bpe::Vocab = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| g.missing(format!("cannot build the BPE tokenizer: {e}")))?;
+        let mut hf = HfTokenizer::new(bpe);
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("gpt2");
+        hf.with_pre_tokenizer(Some(pre_tokenizer(pre).map_err(|e| {
+            g.missing(format!("cannot build the `{pre}` pre-tokenizer: {e}"))
+        })?));
+        hf.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control and user-defined tokens are matched whole in the text, as llama.cpp does
+        // with special-token parsing on (chat templates write them literally).
+        let specials: Vec<AddedToken> = texts
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        hf.add_special_tokens(specials)
+            .map_err(|e| g.missing(format!("cannot add the special tokens: {e}")))?;
+
+        let table = unicode_to_byte();
+        let bytes = texts
+            .iter()
+            .zip(&types)
+            .map(|(s, &t)| match t {
+                TYPE_CONTROL | TYPE_UNUSED => None,
+                TYPE_USER_DEFINED => Some(s.as_bytes().to_vec()),
+                _ => {
+                    let mut out = Vec::with_capacity(s.len());
+                    for ch in s.chars() {
+                        match table.get(&ch) {
+                            Some(&b) => out.push(b),
+                            None => {
+                                let mut buf = [0u8; 4];
+                                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                            }
+                        }
+                    }
+                    Some(out)
+                }
+            })
+            .collect();
+
+        let bos = id_of(g, "tokenizer.ggml.bos_token_id");
+        let eos = id_of(g, "tokenizer.ggml.eos_token_id");
+        let mut eog: HashSet<u32> = [
+            eos,
+            id_of(g, "tokenizer.ggml.eot_token_id"),
+            id_of(g, "tokenizer.ggml.eom_token_id"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for (i, (s, &t)) in texts.iter().zip(&types).enumerate() {
+            if t == TYPE_CONTROL && END_OF_TURN.contains(&s.as_str()) {
+                eog.insert(i as u32);
+            }
+        }
+        Ok(Tokenizer {
+            hf,
+            bytes,
+            texts,
+            eog,
+            bos,
+            eos,
+            add_bos: g
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
+    /// Token ids of `text`, with special-token texts matched whole, and BOS first when the
+    /// model asks for it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        let enc = self.hf.encode(text, false).map_err(|e| e.to_string())?;
+        let mut ids = enc.get_ids().to_vec();
+        if self.add_bos {
+            if let Some(b) = self.bos {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The bytes a token adds to the output (empty for control tokens).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.bytes
+            .get(id as usize)
+            .and_then(|b| b.as_deref())
+            .unwrap_or(&[])
+    }
+
+    /// Does this token end generation?
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// A token's stored text.
+    pub fn text(&self, id: u32) -> Option<&str> {
+        self.texts.get(id as usize).map(String::as_str)
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// Decodes ids to text (lossy for incomplete UTF-8).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| self.token_bytes(i).iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, String> {
+    // No prefix space: llama.cpp never adds one for BPE, and with one `<|im_start|>user`
+    // would tokenise `user` as ` user`.
+    let byte_level = |regex: bool| ByteLevel::new(false, true, regex);
+    let split = |re: &str| -> Result<PreTokenizerWrapper, String> {
+        Ok(Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| e.to_string())?
+        .into())
+    };
+    Ok(match pre {
+        // Digits one by one, then GPT-2's split.
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
+        }
+        "llama3" | "llama-bpe" | "smaug-bpe" | "falcon3" | "pixtral" => {
+            Sequence::new(vec![split(REGEX_LLAMA3)?, byte_level(false).into()]).into()
+        }
+        "qwen2" | "deepseek-r1-qwen" => {
+            Sequence::new(vec![split(REGEX_QWEN2)?, byte_level(false).into()]).into()
+        }
+        _ => byte_level(true).into(),
+    })
+}
+
+/// Turns a stream of token bytes into valid UTF-8 pieces: bytes of a character split across
+/// tokens are held until the character is complete.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds bytes; returns the text that is now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                let out = s.to_string();
+                self.pending.clear();
+                out
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // An invalid sequence (not just an unfinished one) is replaced, not held.
+                let cut = match e.error_len() {
+                    None => valid,
+                    Some(bad) => valid + bad,
+                };
+                let out = String::from_utf8_lossy(&self.pending[..cut]).into_owned();
+                self.pending.drain(..cut);
+                out
+            }
+        }
+    }
+
+    /// Whatever is left (lossy).
+    pub fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_covers_every_byte() {
+        let t = unicode_to_byte();
+        assert_eq!(t.len(), 256);
+        assert_eq!(t[&'Ġ'], b' ');
+        assert_eq!(t[&'Ċ'], b'\n');
+        assert_eq!(t[&'a'], b'a');
+    }
+
+    #[test]
+    fn utf8_stream_holds_split_characters() {
+        let mut s = Utf8Stream::default();
+        let e = "é".as_bytes();
+        assert_eq!(s.push(b"caf"), "caf");
+        assert_eq!(s.push(&e[..1]), "");
+        assert_eq!(s.push(&e[1..]), "é");
+        assert_eq!(s.push(&[0xff, b'x']), "\u{fffd}x");
+        assert_eq!(s.push(&e[..1]), "");
+        assert_eq!(s.finish(), "\u{fffd}");
+    }
+}
