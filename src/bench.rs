@@ -20,6 +20,9 @@ use tokio_tungstenite::tungstenite::Message;
 pub enum BenchCommand {
     /// Event fan-out: one server, N clients, R events/s for S seconds.
     Fanout(FanoutArgs),
+    /// The embedded LLM: load time, time to first token, tokens/s, RSS (optionally beside
+    /// llama.cpp on the same GGUF).
+    Llm(crate::bench_llm::LlmBenchArgs),
 }
 
 /// `coda bench fanout` flags.
@@ -56,6 +59,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 report.print();
             }
             Ok(())
+        }
+        BenchCommand::Llm(args) => {
+            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
+            crate::bench_llm::run(&loaded, args)
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The command line: `coda serve | events | token | config | protocol | bench | completions`.
+//! The command line: `coda serve | events | token | config | protocol | bench | models |
+//! completions`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,6 +52,11 @@ pub enum Commands {
     Bench {
         #[command(subcommand)]
         cmd: crate::bench::BenchCommand,
+    },
+    /// Manage model files: pull, list, import, remove.
+    Models {
+        #[command(subcommand)]
+        cmd: crate::models::ModelsCommand,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -222,9 +228,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
         }
+        Commands::Bench {
+            cmd: crate::bench::BenchCommand::Llm(args),
+        } => {
+            init_logging("warn", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::bench_llm::run(&loaded, args)
+        }
         Commands::Bench { cmd } => {
             init_logging("warn", "text");
             crate::bench::run(cmd)
+        }
+        Commands::Models { cmd } => {
+            init_logging("warn", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::models::run(&loaded.settings.model_store(), cmd)
         }
         Commands::Completions { shell } => {
             let mut cmd = Cli::command();

@@ -72,6 +72,26 @@ pub struct LogConfig {
     pub format: String,
 }
 
+/// `[llm]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    pub provider: String,
+    pub model: String,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: u32,
+    pub seed: u64,
+    pub threads: usize,
+}
+
+/// `[models]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub dir: String,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +101,8 @@ pub struct Settings {
     pub events: EventsConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub llm: LlmConfig,
+    pub models: ModelsConfig,
 }
 
 impl Settings {
@@ -110,6 +132,24 @@ impl Settings {
             coda_actors::auth::BootToken::default_path(port)
         } else {
             PathBuf::from(&self.auth.token_file)
+        }
+    }
+
+    /// The model store (`models.dir`, default `$XDG_DATA_HOME/coda/models`).
+    pub fn model_store(&self) -> coda_actors::models::ModelStore {
+        coda_actors::models::ModelStore::at_or_default(&self.models.dir)
+    }
+
+    /// What the local LLM provider needs from `[llm]` and `[models]`.
+    pub fn local_llm(&self) -> coda_actors::llm::local::LocalLlmConfig {
+        coda_actors::llm::local::LocalLlmConfig {
+            model: self.llm.model.clone(),
+            models_dir: Some(self.model_store().dir().to_path_buf()),
+            temperature: self.llm.temperature,
+            top_p: self.llm.top_p,
+            max_tokens: self.llm.max_tokens,
+            seed: self.llm.seed,
+            threads: self.llm.threads,
         }
     }
 
@@ -515,6 +555,28 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
             format!("must be \"text\" or \"json\", not {:?}", s.log.format),
         ));
     }
+    validate_llm(&s.llm)
+}
+
+fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {
+    if l.provider.trim().is_empty() {
+        return Err(invalid("llm.provider", "must not be empty"));
+    }
+    if l.model.trim().is_empty() {
+        return Err(invalid("llm.model", "must not be empty"));
+    }
+    if !(l.temperature.is_finite() && (0.0..=5.0).contains(&l.temperature)) {
+        return Err(invalid("llm.temperature", "must be between 0 and 5"));
+    }
+    if !(l.top_p > 0.0 && l.top_p <= 1.0) {
+        return Err(invalid("llm.top_p", "must be in (0, 1]"));
+    }
+    if l.max_tokens == 0 {
+        return Err(invalid("llm.max_tokens", "must be at least 1"));
+    }
+    if l.threads > 256 {
+        return Err(invalid("llm.threads", "at most 256"));
+    }
     Ok(())
 }
 
@@ -581,6 +643,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("server.max_queue"), "{e}");
+        let e = load(&env(&[("CODA__LLM__TOP_P", "1.5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("llm.top_p"), "{e}");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! clients (`coda events`, `coda bench`). The binary (`main.rs`) only parses and dispatches.
 
 pub mod bench;
+pub mod bench_llm;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod models;
 pub mod server;
 pub mod synthetic;
 pub mod token_cmd;

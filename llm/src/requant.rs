@@ -115,3 +115,85 @@ pub fn requantize(
     })?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use half::f16;
+
+    use super::*;
+    use crate::gguf::ValueType;
+
+    /// Q4_1 blocks for `rows × 32` values v[i] = (i % 16) * 0.25 - 1.0.
+    fn q4_1_rows(rows: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..rows {
+            out.extend_from_slice(&f16::from_f32(0.25).to_le_bytes());
+            out.extend_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+            for j in 0..16u8 {
+                out.push(j | (j << 4));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn q4_1_file_becomes_q8_0_with_metadata_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src.gguf");
+        let dst = dir.path().join("dst.gguf");
+        let mut meta = BTreeMap::new();
+        meta.insert("general.architecture".into(), Value::String("llama".into()));
+        meta.insert(
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(
+                ValueType::String,
+                vec![Value::String("a".into()), Value::String("b".into())],
+            ),
+        );
+        meta.insert("llama.rope.freq_base".into(), Value::F32(100000.0));
+        meta.insert("x.flag".into(), Value::Bool(true));
+        let specs = vec![
+            TensorSpec {
+                name: "w".into(),
+                dims: vec![32, 3],
+                ty: GgmlType::Q4_1,
+            },
+            TensorSpec {
+                name: "norm".into(),
+                dims: vec![5],
+                ty: GgmlType::F32,
+            },
+        ];
+        let norm: Vec<u8> = (0..5).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        gguf::write(&src, &meta, &specs, |i| {
+            Ok(if i == 0 { q4_1_rows(3) } else { norm.clone() })
+        })
+        .expect("write");
+        let g = Gguf::open(&src).expect("reads back");
+        assert!(needs_requant(&g));
+        assert_eq!(g.metadata, meta);
+
+        let report = requantize(&src, &dst, |_, _| {}).expect("requantises");
+        assert_eq!(report.requantized, 1);
+        assert_eq!(report.copied, 1);
+        assert_eq!(report.from.as_deref(), Some("Q4_1"));
+        let out = Gguf::open(&dst).expect("output reads");
+        assert!(!needs_requant(&out));
+        assert_eq!(out.get("coda.requantized_from"), Some(&Value::String("Q4_1".into())));
+        assert_eq!(out.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.tokens"));
+        let w = out.tensor("w").expect("w");
+        assert_eq!(w.ty, GgmlType::Q8_0);
+        let mut f = out.open_data().expect("open");
+        let raw = out.read_raw(&mut f, w).expect("raw");
+        let mut vals = vec![0f32; 96];
+        assert!(dequantize(GgmlType::Q8_0, &raw, &mut vals));
+        for (i, v) in vals.iter().enumerate() {
+            let want = ((i % 32) % 16) as f32 * 0.25 - 1.0;
+            assert!((v - want).abs() < 0.02, "{i}: {v} vs {want}");
+        }
+        let n = out.tensor("norm").expect("norm");
+        assert_eq!(out.read_raw(&mut f, n).expect("raw"), norm);
+    }
+}

