@@ -280,7 +280,10 @@ fn run_llama_cpp(
 fn print_report(r: &LlmBenchReport) {
     let row = |e: &EngineFigures| {
         println!("{}", e.engine);
-        println!("  model            {} ({} threads)", e.model_file, e.threads);
+        println!(
+            "  model            {} ({} threads)",
+            e.model_file, e.threads
+        );
         println!("  load             {:.3} s", e.load_s);
         println!(
             "  first token      {:.1} ms ({} prompt tokens)",

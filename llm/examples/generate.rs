@@ -9,7 +9,9 @@ use coda_llm::{Engine, GenParams};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or("usage: generate MODEL.gguf [PROMPT] [MAX_TOKENS]")?;
+    let path = args
+        .next()
+        .ok_or("usage: generate MODEL.gguf [PROMPT] [MAX_TOKENS]")?;
     let prompt = args
         .next()
         .unwrap_or_else(|| "What is the capital of France?".into());

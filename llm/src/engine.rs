@@ -359,7 +359,7 @@ impl Sampler {
 
     /// Picks the next token (modifies `logits`).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
-        if !(self.temperature > 1e-4) || logits.len() < 2 {
+        if self.temperature.is_nan() || self.temperature <= 1e-4 || logits.len() < 2 {
             return argmax(logits);
         }
         for l in logits.iter_mut() {
@@ -367,7 +367,7 @@ impl Sampler {
         }
         softmax(logits);
         let r: f32 = self.rng.random();
-        if !(self.top_p < 1.0) {
+        if self.top_p.is_nan() || self.top_p >= 1.0 {
             return pick(logits.iter().copied().enumerate(), 1.0, r).unwrap_or(0);
         }
         // The nucleus almost always lies among the few tokens above a tiny probability;
@@ -526,7 +526,10 @@ mod tests {
         };
         let a = run();
         assert_eq!(a, run());
-        assert!(a.iter().any(|&t| t != a[0]), "temperature 1 should vary: {a:?}");
+        assert!(
+            a.iter().any(|&t| t != a[0]),
+            "temperature 1 should vary: {a:?}"
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub enum GgufError {
         version: u32,
     },
     /// The file ends early.
-    #[error("{path}: truncated GGUF ({what}); the file is incomplete — download or import it again")]
+    #[error(
+        "{path}: truncated GGUF ({what}); the file is incomplete — download or import it again"
+    )]
     Truncated {
         /// The file.
         path: PathBuf,
@@ -313,7 +315,9 @@ impl<R: Read> Reader<R> {
         }
         let len = usize::try_from(n).map_err(|_| self.corrupt(format!("{what} too large")))?;
         let mut buf = vec![0u8; len];
-        self.inner.read_exact(&mut buf).map_err(|e| self.io(e, what))?;
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|e| self.io(e, what))?;
         self.pos += n;
         Ok(buf)
     }
@@ -323,7 +327,9 @@ impl<R: Read> Reader<R> {
         if (N as u64) > self.size.saturating_sub(self.pos) {
             return Err(self.truncated(what));
         }
-        self.inner.read_exact(&mut buf).map_err(|e| self.io(e, what))?;
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|e| self.io(e, what))?;
         self.pos += N as u64;
         Ok(buf)
     }
@@ -586,7 +592,8 @@ impl Gguf {
                 }
             }
         };
-        let len = usize::try_from(t.byte_size()).map_err(|_| self.corrupt("tensor too large".into()))?;
+        let len =
+            usize::try_from(t.byte_size()).map_err(|_| self.corrupt("tensor too large".into()))?;
         file.seek(SeekFrom::Start(self.data_offset + t.offset))
             .map_err(io)?;
         let mut buf = vec![0u8; len];
@@ -696,7 +703,8 @@ pub fn write(
         let pad = |len: u64| (len.div_ceil(alignment) * alignment - len) as usize;
         let zeros = vec![0u8; alignment as usize];
         w.write_all(&header).map_err(io)?;
-        w.write_all(&zeros[..pad(header.len() as u64)]).map_err(io)?;
+        w.write_all(&zeros[..pad(header.len() as u64)])
+            .map_err(io)?;
         for (i, t) in tensors.iter().enumerate() {
             let bytes = data(i)?;
             if bytes.len() as u64 != t.byte_size() {

@@ -105,11 +105,7 @@ impl QActs {
 
     /// Number of vectors.
     pub fn n(&self) -> usize {
-        if self.cols == 0 {
-            0
-        } else {
-            self.q.len() / self.cols
-        }
+        self.q.len().checked_div(self.cols).unwrap_or(0)
     }
 }
 
@@ -311,6 +307,13 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// Taking `self` makes closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `out[v][r] = W[r] · x[v]` for every activation vector `v` and row `r`, rows split across
 /// the pool's threads. `out` is `x.n() * w.rows` long.
 pub fn matmul(pool: &rayon::ThreadPool, kernel: Kernel, w: &QMatrix, x: &QActs, out: &mut [f32]) {
@@ -320,13 +323,16 @@ pub fn matmul(pool: &rayon::ThreadPool, kernel: Kernel, w: &QMatrix, x: &QActs, 
     let nb = w.cols / QK;
     let threads = pool.current_num_threads().max(1);
     // A few chunks per thread balance a core that another process is also using.
-    let chunks = if w.rows >= 64 * threads { threads * 4 } else { threads };
+    let chunks = if w.rows >= 64 * threads {
+        threads * 4
+    } else {
+        threads
+    };
     let per = w.rows.div_ceil(chunks);
     let ptr = OutPtr(out.as_mut_ptr());
     let rows = w.rows;
     pool.install(|| {
         (0..chunks).into_par_iter().for_each(|c| {
-            let ptr = ptr;
             let start = c * per;
             let end = ((c + 1) * per).min(rows);
             for r in start..end {
@@ -338,7 +344,7 @@ pub fn matmul(pool: &rayon::ThreadPool, kernel: Kernel, w: &QMatrix, x: &QActs, 
                     let y = kernel.dot(wq, wd, xq, xd);
                     // SAFETY: v < n and r < rows, so the index is inside `out`; each
                     // (v, r) is written by this task only.
-                    unsafe { *ptr.0.add(v * rows + r) = y };
+                    unsafe { *ptr.get().add(v * rows + r) = y };
                 }
             }
         });
@@ -399,9 +405,7 @@ mod tests {
         matmul(&pool, Kernel::current(), &w, &x, &mut out);
         for v in 0..n {
             for r in 0..rows {
-                let want: f32 = (0..cols)
-                    .map(|c| wf[r * cols + c] * xf[v * cols + c])
-                    .sum();
+                let want: f32 = (0..cols).map(|c| wf[r * cols + c] * xf[v * cols + c]).sum();
                 let got = out[v * rows + r];
                 assert!((got - want).abs() < 0.05, "({v},{r}): {got} vs {want}");
             }

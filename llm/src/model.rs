@@ -106,7 +106,7 @@ fn load_matrix(
     cols: usize,
 ) -> Result<QMatrix, GgufError> {
     check_shape(gguf, t, &[cols, rows])?;
-    if cols % QK != 0 {
+    if !cols.is_multiple_of(QK) {
         return Err(gguf.missing(format!(
             "tensor `{}` has rows of {cols}, not a multiple of {QK}",
             t.name
@@ -433,7 +433,7 @@ impl Model {
             let mut scores: Vec<f32> = (0..upto)
                 .map(|t| {
                     let k = &kc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
-                    q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
+                    dot_f32(q, k) * scale
                 })
                 .collect();
             softmax(&mut scores);
@@ -445,8 +445,8 @@ impl Model {
                 }
             }
         };
-        // Short sequences are cheaper on this thread than a trip through the pool.
-        if n * c.heads * (pos0 + n) < 4096 {
+        // Very short sequences are cheaper on this thread than a trip through the pool.
+        if n * c.heads * (pos0 + n) < 256 {
             out.chunks_mut(hd).enumerate().for_each(task);
         } else {
             pool.install(|| out.par_chunks_mut(hd).enumerate().for_each(task));
@@ -454,10 +454,31 @@ impl Model {
     }
 }
 
+/// A dot product with eight independent partial sums, so it vectorises (a single running
+/// float sum cannot be reordered by the compiler).
+#[inline]
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (xi, oi) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = xi.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let ms = dot_f32(xi, xi) / d as f32;
         let s = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &g) in oi.iter_mut().zip(xi).zip(w) {
             *o = v * s * g;

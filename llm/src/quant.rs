@@ -342,7 +342,9 @@ mod tests {
 
     #[test]
     fn q8_0_round_trip_is_close() {
-        let x: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let x: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let bytes = quantize_q8_0(&x);
         assert_eq!(bytes.len(), 256 / 32 * 34);
         let mut y = vec![0f32; 256];

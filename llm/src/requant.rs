@@ -25,11 +25,13 @@ pub struct RequantReport {
 
 /// Does `g` need rewriting for the engine (any matrix not Q8_0, or any vector not F32)?
 pub fn needs_requant(g: &Gguf) -> bool {
-    g.tensors.iter().any(|t| target(t.ty, t.dims.len(), t.dims[0]) != t.ty)
+    g.tensors
+        .iter()
+        .any(|t| target(t.ty, t.dims.len(), t.dims[0]) != t.ty)
 }
 
 fn target(ty: GgmlType, n_dims: usize, row: u64) -> GgmlType {
-    if n_dims >= 2 && row % QK as u64 == 0 {
+    if n_dims >= 2 && row.is_multiple_of(QK as u64) {
         GgmlType::Q8_0
     } else if ty == GgmlType::Q8_0 && n_dims >= 2 {
         ty
@@ -77,15 +79,9 @@ pub fn requantize(
         }
     }
     let mut metadata = g.metadata.clone();
-    metadata.insert(
-        "general.file_type".into(),
-        Value::U32(FILE_TYPE_Q8_0),
-    );
+    metadata.insert("general.file_type".into(), Value::U32(FILE_TYPE_Q8_0));
     if let Some(from) = &report.from {
-        metadata.insert(
-            "coda.requantized_from".into(),
-            Value::String(from.clone()),
-        );
+        metadata.insert("coda.requantized_from".into(), Value::String(from.clone()));
     }
     let total: u64 = g.tensors.iter().map(|t| t.byte_size()).sum();
     let mut done = 0u64;
@@ -181,8 +177,14 @@ mod tests {
         assert_eq!(report.from.as_deref(), Some("Q4_1"));
         let out = Gguf::open(&dst).expect("output reads");
         assert!(!needs_requant(&out));
-        assert_eq!(out.get("coda.requantized_from"), Some(&Value::String("Q4_1".into())));
-        assert_eq!(out.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.tokens"));
+        assert_eq!(
+            out.get("coda.requantized_from"),
+            Some(&Value::String("Q4_1".into()))
+        );
+        assert_eq!(
+            out.get("tokenizer.ggml.tokens"),
+            meta.get("tokenizer.ggml.tokens")
+        );
         let w = out.tensor("w").expect("w");
         assert_eq!(w.ty, GgmlType::Q8_0);
         let mut f = out.open_data().expect("open");

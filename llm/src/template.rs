@@ -42,7 +42,12 @@ fn raise_exception(msg: String) -> Result<String, Error> {
 
 impl ChatTemplate {
     /// Compiles `source`. `bos`/`eos` are the token texts templates may refer to.
-    pub fn new(source: &str, bos: &str, eos: &str, from_gguf: bool) -> Result<ChatTemplate, String> {
+    pub fn new(
+        source: &str,
+        bos: &str,
+        eos: &str,
+        from_gguf: bool,
+    ) -> Result<ChatTemplate, String> {
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()

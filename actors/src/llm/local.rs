@@ -94,8 +94,8 @@ mod engine_impl {
 
     use super::LocalLlmConfig;
     use crate::llm::{
-        ChatRequest, ChatRole, ChatStream, FinishReason, Health, LlmError, LlmProvider,
-        ModelInfo, StreamChunk, Usage,
+        ChatRequest, ChatRole, ChatStream, FinishReason, Health, LlmError, LlmProvider, ModelInfo,
+        StreamChunk, Usage,
     };
     use crate::models::{ModelError, ModelKind};
 
@@ -277,7 +277,8 @@ mod engine_impl {
                         }
                     };
                     let cancelled = || tx.is_closed();
-                    let mut send = |text: &str| tx.send(Ok(StreamChunk::Token(text.into()))).is_ok();
+                    let mut send =
+                        |text: &str| tx.send(Ok(StreamChunk::Token(text.into()))).is_ok();
                     match engine.generate(&prompt, &params, &cancelled, &mut send) {
                         Ok(out) => {
                             tracing::debug!(
@@ -306,7 +307,9 @@ mod engine_impl {
                         }
                     }
                 })
-                .map_err(|e| LlmError::Unavailable(format!("cannot start a generation thread: {e}")))?;
+                .map_err(|e| {
+                    LlmError::Unavailable(format!("cannot start a generation thread: {e}"))
+                })?;
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
             });
