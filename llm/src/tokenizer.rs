@@ -291,22 +291,30 @@ impl Utf8Stream {
     /// Adds bytes; returns the text that is now complete.
     pub fn push(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);
-        match std::str::from_utf8(&self.pending) {
-            Ok(s) => {
-                let out = s.to_string();
-                self.pending.clear();
-                out
-            }
-            Err(e) => {
-                let valid = e.valid_up_to();
-                // An invalid sequence (not just an unfinished one) is replaced, not held.
-                let cut = match e.error_len() {
-                    None => valid,
-                    Some(bad) => valid + bad,
-                };
-                let out = String::from_utf8_lossy(&self.pending[..cut]).into_owned();
-                self.pending.drain(..cut);
-                out
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+                    match e.error_len() {
+                        // An unfinished character: hold its bytes for the next token.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        // An invalid sequence is replaced, not held.
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
             }
         }
     }
