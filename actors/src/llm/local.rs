@@ -374,3 +374,16 @@ mod engine_impl {
         }
     }
 }
+
+#[cfg(all(test, not(feature = "local-llm")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_feature_local_is_unavailable() {
+        match local_provider(&LocalLlmConfig::default()) {
+            Err(LlmError::Unavailable(msg)) => assert!(msg.contains("local-llm"), "{msg}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+}
