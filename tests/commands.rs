@@ -310,3 +310,178 @@ async fn rate_limit_drops_a_flood_then_recovers() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     c.ping().await;
 }
+
+#[tokio::test]
+async fn raw_frames_invalid_utf8_and_fragments() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = Server::start(&[], &[]);
+    let mut c = server.client().await;
+
+    // A text frame that is not UTF-8: bad_json, and the connection goes on.
+    let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(bad)).await.unwrap();
+    expect_error(&mut c, "bad_json", None).await;
+    c.ping().await;
+
+    // A command split over a text frame and a continuation frame is one command.
+    let first = Frame::message(
+        &b"{\"id\":\"frag\",\"ty"[..],
+        OpCode::Data(Data::Text),
+        false,
+    );
+    let rest = Frame::message(&b"pe\":\"ping\"}"[..], OpCode::Data(Data::Continue), true);
+    c.ws.send(Message::Frame(first)).await.unwrap();
+    c.ws.send(Message::Frame(rest)).await.unwrap();
+    let r = c.wait_reply("frag", RECV_TIMEOUT).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+}
+
+#[tokio::test]
+async fn persistent_garbage_closes_with_1008() {
+    let server = Server::start(&[], &[("CODA__SERVER__MAX_VIOLATIONS", "5")]);
+    let mut c = server.client().await;
+    // A valid command resets the count.
+    for _ in 0..4 {
+        c.send_text("nope").await;
+    }
+    c.ping().await;
+    for _ in 0..6 {
+        c.send_text("nope").await;
+    }
+    let mut errors = 0;
+    let close = bounded("close after garbage", Duration::from_secs(20), async {
+        loop {
+            match c.next_json(RECV_TIMEOUT).await {
+                Ok(v) if ty(&v) == "command_error" => {
+                    assert_eq!(v["data"]["code"], json!("bad_json"), "{v}");
+                    errors += 1;
+                }
+                Ok(_) => {}
+                Err(End::Closed(f)) => return f,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
+    // (The 4 errors before the ping were skipped while waiting for its answer.) Each of
+    // the 6 was answered before the close.
+    assert_eq!(errors, 6);
+    assert_eq!(close.map(|f| f.0), Some(1008));
+}
+
+#[tokio::test]
+async fn the_root_path_accepts_websockets_too() {
+    let server = Server::start(&[], &[]);
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{}/", server.port), &[]).await;
+    c.ping().await;
+    let (status, body) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("/ws"), "{body}");
+    let (status, _) = server.get("/no/such/thing").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn heartbeat_drops_silent_clients_only() {
+    let server = Server::start(
+        &[],
+        &[
+            ("CODA__SERVER__PING_INTERVAL_S", "0.3"),
+            ("CODA__SERVER__PING_TIMEOUT_S", "0.3"),
+        ],
+    );
+    let mut watcher = server.client().await;
+    watcher
+        .hello(json!({"subscribe": ["connection_status"]}))
+        .await;
+    let silent = server.client().await; // never reads, never answers pings
+    let connected = watcher
+        .wait_for("silent client connected", RECV_TIMEOUT, |v| {
+            v["data"]["state"] == json!("connected")
+        })
+        .await;
+    let id = connected["data"]["client_id"].as_str().unwrap().to_string();
+    let closed = watcher
+        .wait_for("silent client dropped", RECV_TIMEOUT, |v| {
+            v["data"]["state"] == json!("closed") && v["data"]["client_id"] == json!(id)
+        })
+        .await;
+    assert!(
+        closed["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ping timeout"),
+        "{closed}"
+    );
+    // The watcher answers the server's pings (by reading: the client library replies) and
+    // stays connected well past the timeout.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match watcher.next_json(left).await {
+            Ok(_) => {}
+            Err(End::Timeout) => break,
+            Err(e) => panic!("the reading client was dropped: {e:?}"),
+        }
+    }
+    watcher.ping().await;
+    drop(silent);
+}
+
+/// With a first command other than `hello`, the session code promises "the answer to the
+/// command follows the replay on the wire" (actors/src/session/mod.rs, `dispatch`).
+#[tokio::test]
+#[ignore = "server bug: the answer to a first command is sent before the replay"]
+async fn first_command_answer_follows_the_replay() {
+    let server = Server::start(&[], &[]);
+    let mut c = server.client().await;
+    c.send_cmd("ping", json!({}), Some("first")).await;
+    let v = c.recv_json(RECV_TIMEOUT).await;
+    assert_eq!(ty(&v), "replay", "first message: {v}");
+    let v = c.recv_json(RECV_TIMEOUT).await;
+    assert_eq!(v["data"]["id"], json!("first"), "{v}");
+}
+
+/// Two frames written a moment apart must not wait for the client's delayed ACK (Nagle):
+/// a first command's answer and the replay both arrive within a few milliseconds.
+#[tokio::test]
+#[ignore = "server bug: TCP_NODELAY is off, back-to-back frames wait ~40 ms for a delayed ACK"]
+async fn back_to_back_frames_are_not_delayed() {
+    let server = Server::start(&[], &[]);
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let mut c = server.client().await;
+        let t = std::time::Instant::now();
+        c.send_cmd("ping", json!({}), Some("a")).await;
+        c.wait_reply("a", RECV_TIMEOUT).await;
+        // The replay is in the queue right behind (or ahead of) the answer.
+        c.wait_type("replay", RECV_TIMEOUT).await;
+        worst = worst.max(t.elapsed());
+    }
+    assert!(
+        worst < Duration::from_millis(25),
+        "answer + replay took {worst:?}"
+    );
+}
+
+/// After the close handshake the server should close TCP at once (RFC 6455 §7.1.1: the
+/// server closes the connection first); it lingers ~1 s instead.
+#[tokio::test]
+#[ignore = "server bug: TCP stays open ~1 s after the close handshake (actix client_disconnect_timeout)"]
+async fn tcp_closes_promptly_after_the_close_handshake() {
+    let server = Server::start(&[], &[]);
+    let mut c = server.client().await;
+    c.ping().await;
+    let t = std::time::Instant::now();
+    c.ws.close(None).await.unwrap();
+    bounded("server EOF", Duration::from_secs(10), async {
+        while let Some(Ok(_)) = c.ws.next().await {}
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "TCP closed after {:?}",
+        t.elapsed()
+    );
+}

@@ -395,6 +395,24 @@ impl Server {
         status
     }
 
+    /// Waits (bounded) for the process to exit on its own, e.g. after a signal sent
+    /// with [`sigterm`]. Stderr is complete afterwards.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("server already stopped");
+        let status = match wait_bounded(&mut child, timeout) {
+            Some(s) => s,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("coda serve did not exit within {timeout:?}");
+            }
+        };
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        status
+    }
+
     /// Has the process exited (without waiting)?
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child
@@ -691,11 +709,17 @@ impl Client {
         }
     }
 
-    /// Closes cleanly: sends a close frame and reads until the server's close (bounded).
+    /// Closes cleanly: sends a close frame, reads until the server's close frame (bounded),
+    /// then drops the socket. (Waiting for the server to close TCP first costs up to a
+    /// second per connection: the HTTP layer lingers; see `close_handshake_tcp_teardown`.)
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             let _ = self.ws.close(None).await;
-            while let Some(Ok(_)) = self.ws.next().await {}
+            while let Some(Ok(m)) = self.ws.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
         })
         .await;
     }
