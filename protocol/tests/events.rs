@@ -300,9 +300,7 @@ fn samples() -> Vec<EventData> {
             turn_id: "t-1".into(),
             index: 0,
             user_text: "what time is it".into(),
-            assistant_text: "It is noon.".into(),
-            interrupted: false,
-            duration_ms: 1800.0,
+            source: "text".into(),
         }
         .into(),
         ConversationEnd {
@@ -317,6 +315,8 @@ fn samples() -> Vec<EventData> {
             message_id: "msg-1".into(),
             role: Role::Assistant,
             content: "It is noon.".into(),
+            interrupted: Some(true),
+            cut: Some(" And then some.".into()),
         }
         .into(),
         ModeChange {
