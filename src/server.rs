@@ -14,10 +14,16 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use coda_actors::auth::{Authenticator, BootToken, TokenStore};
 use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
+use coda_actors::kernel::{Kernel, KernelSettings};
+use coda_actors::llm::actor::ProviderSlot;
+use coda_actors::llm::LlmError;
+use coda_actors::orchestrator::ConversationSettings;
 use coda_actors::session::guard::GuardPolicy;
 use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
 use coda_actors::session::{ServerFacts, SessionSettings, SessionShared};
 use coda_actors::store::{SledStore, Storage, StoreError};
+use coda_actors::supervise::RestartBudget;
+use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
 use coda_protocol::{ComponentState, ConnectionState, SystemInfo, PROTOCOL_VERSION};
 
 use crate::config::{Loaded, Settings};
@@ -142,7 +148,14 @@ pub async fn start(
         listen: Some(addr.to_string()),
         ..facts
     };
-    let shared = SessionShared::new(session_settings(s), hub.clone(), authenticator, facts);
+    let kernel = start_kernel(s, &hub, &components);
+    let shared = SessionShared::new(
+        session_settings(s),
+        hub.clone(),
+        authenticator,
+        facts,
+        Some(kernel),
+    );
     let guard = GuardPolicy::new(
         &s.server.host,
         addr.port(),
@@ -277,6 +290,41 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The language model named by config. (The providers arrive with their issues; until
+/// then every turn that needs one ends with a clear `llm_error`.)
+pub fn llm_provider(_s: &Settings) -> ProviderSlot {
+    Err(LlmError::Unavailable(
+        "no language model provider is built into this version of coda yet".into(),
+    ))
+}
+
+fn start_kernel(s: &Settings, hub: &HubHandle, components: &ComponentRegistry) -> Kernel {
+    let settings = KernelSettings {
+        budget: RestartBudget {
+            max_restarts: s.kernel.max_restarts,
+            period: Settings::secs(s.kernel.restart_period_s),
+        },
+        conversation: ConversationSettings {
+            system_prompt: s.conversation.system_prompt.clone(),
+            history_turns: s.conversation.history_turns,
+            max_tokens: (s.conversation.max_tokens > 0).then_some(s.conversation.max_tokens),
+        },
+    };
+    let engine = Arc::new(EspeakEngine::new(EspeakConfig {
+        binary: PathBuf::from(&s.tts.binary),
+        voice: s.tts.voice.clone(),
+        rate: s.tts.rate,
+    }));
+    Kernel::start(
+        hub.clone(),
+        components.clone(),
+        settings,
+        llm_provider(s),
+        engine,
+        None,
+    )
 }
 
 fn hub_settings(s: &Settings) -> HubSettings {

@@ -37,6 +37,7 @@ use crate::hub::{
     GetStatus, HubDelivery, HubHandle, HubStatus, Register, ReplayBatch, StartAt, Subscribe,
     TypeMask, Unregister,
 };
+use crate::orchestrator::{Interrupt, KernelError, TextTurn, TurnSource};
 
 /// Per-connection limits (from the `[server]` and `[auth]` config sections).
 #[derive(Debug, Clone)]
@@ -107,6 +108,8 @@ pub struct SessionShared {
     pub auth: Arc<Authenticator>,
     /// Facts for info commands.
     pub facts: ServerFacts,
+    /// The conversation pipeline (absent: turn commands answer `unavailable`).
+    pub kernel: Option<crate::kernel::Kernel>,
     next_id: AtomicU64,
 }
 
@@ -117,12 +120,14 @@ impl SessionShared {
         hub: HubHandle,
         auth: Arc<Authenticator>,
         facts: ServerFacts,
+        kernel: Option<crate::kernel::Kernel>,
     ) -> Arc<Self> {
         Arc::new(SessionShared {
             settings,
             hub,
             auth,
             facts,
+            kernel,
             next_id: AtomicU64::new(1),
         })
     }
@@ -561,6 +566,39 @@ impl WsSession {
                     None => self.direct(&cfg, ctx),
                 }
             }
+            Command::TextInput(t) => {
+                let session_id = t.session_id.unwrap_or_else(|| self.client_id.clone());
+                self.start_turn(id, session_id, t.text, TurnSource::Text, ctx);
+            }
+            Command::DemoFlow(d) => {
+                let text = d.text.unwrap_or_else(|| {
+                    "Tell me one interesting fact about the planet Mars.".to_string()
+                });
+                let session_id = format!("demo-{}", self.client_id);
+                self.start_turn(id, session_id, text, TurnSource::Demo, ctx);
+            }
+            Command::Interrupt(_) => {
+                let Some(kernel) = self.shared.kernel.clone() else {
+                    self.reply_err(
+                        id,
+                        ErrorCode::Unavailable,
+                        "the conversation pipeline is not running",
+                        ctx,
+                    );
+                    return;
+                };
+                // The assistant has one voice: interrupt stops every turn in flight.
+                let fut = kernel.orchestrator.send(Interrupt { session_id: None });
+                ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(report) => act.reply_ok(id, to_value(&report), ctx),
+                    Err(_) => act.reply_err(
+                        id,
+                        ErrorCode::Unavailable,
+                        "the orchestrator is restarting",
+                        ctx,
+                    ),
+                }));
+            }
             Command::TokenCreate(_)
             | Command::TokenList
             | Command::TokenRevoke(_)
@@ -573,6 +611,41 @@ impl WsSession {
                 self.reply_err(id, ErrorCode::Unavailable, msg, ctx);
             }
         }
+    }
+
+    /// Hands a turn to the orchestrator and answers with its `turn_id`.
+    fn start_turn(
+        &mut self,
+        id: Option<String>,
+        session_id: String,
+        text: String,
+        source: TurnSource,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(kernel) = self.shared.kernel.clone() else {
+            self.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "the conversation pipeline is not running",
+                ctx,
+            );
+            return;
+        };
+        let fut = kernel.orchestrator.send(TextTurn {
+            session_id,
+            text,
+            source,
+        });
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(started)) => act.reply_ok(
+                id,
+                serde_json::json!({"turn_id": started.turn_id, "conversation_id": started.conversation_id}),
+                ctx,
+            ),
+            Ok(Err(KernelError::Invalid(why))) => act.reply_err(id, ErrorCode::InvalidData, why, ctx),
+            Ok(Err(KernelError::Unavailable(why))) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
+            Err(_) => act.reply_err(id, ErrorCode::Unavailable, "the orchestrator is restarting", ctx),
+        }));
     }
 
     /// The `token_*` admin commands: only for the per-boot principal (the local CLI,
