@@ -410,6 +410,11 @@ pub struct LatencyTrace {
     pub tts_ms: Option<f64>,
     /// From the end of the input to the end of the answer.
     pub total_ms: f64,
+    /// The kernel's own share of `total_ms`: the total minus the time spent inside the
+    /// engines on the turn's critical path (model generation, and speech synthesis after
+    /// generation ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_ms: Option<f64>,
 }
 
 /// `component_timing`: periodic latency summary per stage; the answer to

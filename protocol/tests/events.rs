@@ -123,6 +123,7 @@ fn samples() -> Vec<EventData> {
             tts_first_audio_ms: Some(420.0),
             tts_ms: Some(600.0),
             total_ms: 1800.0,
+            kernel_ms: Some(1.2),
         }
         .into(),
         ComponentTiming {
@@ -439,6 +440,7 @@ fn optional_fields_are_left_out_when_none() {
         tts_first_audio_ms: None,
         tts_ms: None,
         total_ms: 5.0,
+        kernel_ms: None,
     })
     .expect("ser");
     assert_eq!(value, json!({"turn_id": "t", "total_ms": 5.0}));

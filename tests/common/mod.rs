@@ -583,6 +583,32 @@ impl Client {
         }
     }
 
+    /// Connects with a large socket receive buffer (`SO_RCVBUF`, capped by the kernel), so
+    /// a client that reads continuously rides out scheduling hiccups on a busy machine.
+    pub async fn connect_big_buffer(url: &str, rcvbuf: u32) -> Client {
+        let req = url.into_client_request().expect("request");
+        let port = req.uri().port_u16().expect("port in URL");
+        let fut = async {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+            let stream = sock
+                .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .expect("TCP connect");
+            stream.set_nodelay(true).expect("TCP_NODELAY");
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await
+        };
+        match tokio::time::timeout(RECV_TIMEOUT, fut).await {
+            Ok(Ok((ws, response))) => Client {
+                ws,
+                response,
+                next_id: 0,
+            },
+            Ok(Err(e)) => panic!("connect to {url} failed: {e}"),
+            Err(_) => panic!("connect to {url} timed out"),
+        }
+    }
+
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: impl Into<String>) {
         let text: String = text.into();

@@ -108,10 +108,27 @@ impl Handler<Generate> for LlmActor {
     type Result = Result<(), LlmError>;
 
     fn handle(&mut self, msg: Generate, ctx: &mut Context<Self>) -> Self::Result {
-        if self.sup.is_degraded() {
-            return Err(LlmError::Unavailable(self.sup.unavailable()));
-        }
-        let provider = self.provider.clone()?;
+        let provider = if self.sup.is_degraded() {
+            Err(LlmError::Unavailable(self.sup.unavailable()))
+        } else {
+            self.provider.clone()
+        };
+        let provider = match provider {
+            Ok(p) => p,
+            Err(error) => {
+                // Every failure is an event, not only a reply.
+                self.sup.hub().publish(
+                    &msg.session_id,
+                    &coda_protocol::LlmError {
+                        turn_id: Some(msg.turn_id.clone()),
+                        code: error.code().to_string(),
+                        message: error.to_string(),
+                        level: Level::Error,
+                    },
+                );
+                return Err(error);
+            }
+        };
         let hub = self.sup.hub().clone();
         let turn_id = msg.turn_id.clone();
         let session = msg.session_id.clone();

@@ -137,6 +137,10 @@ struct Turn {
     llm_ms: Option<f64>,
     tts_first_audio_ms: Option<f64>,
     tts_ms: Option<f64>,
+    /// When generation ended (speech after it is on the critical path).
+    llm_done_at: Option<Instant>,
+    /// Synthesis time on the critical path after generation ended.
+    tts_tail_ms: f64,
     answer: String,
     splitter: SentenceSplitter,
     queued: u32,
@@ -278,6 +282,8 @@ impl Orchestrator {
                 llm_ms: None,
                 tts_first_audio_ms: None,
                 tts_ms: None,
+                llm_done_at: None,
+                tts_tail_ms: 0.0,
                 answer: String::new(),
                 splitter: SentenceSplitter::new(),
                 queued: 0,
@@ -368,8 +374,23 @@ impl Orchestrator {
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let error = match res {
                 Ok(Ok(())) => return,
+                // The llm actor published its llm_error.
                 Ok(Err(e)) => e,
-                Err(_) => LlmError::Unavailable("the llm component is restarting".into()),
+                Err(_) => {
+                    let e = LlmError::Unavailable("the llm component is restarting".into());
+                    if let Some(turn) = act.turns.get(&id) {
+                        act.sup.hub().publish(
+                            &turn.session_id,
+                            &coda_protocol::LlmError {
+                                turn_id: Some(id.clone()),
+                                code: e.code().to_string(),
+                                message: e.to_string(),
+                                level: Level::Error,
+                            },
+                        );
+                    }
+                    e
+                }
             };
             act.llm_failed(&id, error, ctx);
         }));
@@ -497,10 +518,14 @@ impl Orchestrator {
 
     // ---- stage 4: speech ----------------------------------------------------------------
 
-    fn on_spoken(&mut self, turn_id: &str, text: String) {
+    fn on_spoken(&mut self, turn_id: &str, text: String, synth_ms: f64) {
         let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
+        if let Some(done) = turn.llm_done_at {
+            // Only the part of this synthesis after generation ended was on the critical path.
+            turn.tts_tail_ms += synth_ms.min(done.elapsed().as_secs_f64() * 1000.0);
+        }
         let first = turn.tts_first_audio_ms.is_none();
         if first {
             turn.tts_first_audio_ms = Some(turn.t0.elapsed().as_secs_f64() * 1000.0);
@@ -560,6 +585,9 @@ impl Orchestrator {
                 tts_first_audio_ms: turn.tts_first_audio_ms,
                 tts_ms: turn.tts_ms,
                 total_ms,
+                kernel_ms: Some(
+                    (total_ms - turn.llm_ms.unwrap_or(0.0) - turn.tts_tail_ms).max(0.0),
+                ),
             },
         );
         if let Some(s) = self.sessions.get_mut(&turn.session_id) {
@@ -700,6 +728,7 @@ impl Handler<LlmUpdate> for Orchestrator {
                 if let Some(turn) = self.turns.get_mut(&turn_id) {
                     turn.generating = false;
                     turn.llm_ms = Some(total_ms);
+                    turn.llm_done_at = Some(Instant::now());
                 }
                 self.answer_done(&turn_id, ctx);
             }
@@ -713,7 +742,12 @@ impl Handler<TtsUpdate> for Orchestrator {
 
     fn handle(&mut self, msg: TtsUpdate, _: &mut Context<Self>) {
         match msg {
-            TtsUpdate::Spoken { turn_id, text, .. } => self.on_spoken(&turn_id, text),
+            TtsUpdate::Spoken {
+                turn_id,
+                text,
+                synth_ms,
+                ..
+            } => self.on_spoken(&turn_id, text, synth_ms),
             TtsUpdate::Done {
                 turn_id,
                 duration_ms,

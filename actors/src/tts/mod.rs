@@ -84,6 +84,8 @@ pub enum TtsUpdate {
         text: String,
         /// Its audio length.
         audio_ms: f64,
+        /// Time the engine took to synthesise it.
+        synth_ms: f64,
     },
     /// Every sentence of the turn is done.
     Done {
@@ -193,12 +195,15 @@ impl TtsActor {
         }
         let id = turn_id.to_string();
         let fut = async move {
+            let t = std::time::Instant::now();
             let r = engine.synthesize(&text).await;
-            (text, r)
+            (text, r, t.elapsed().as_secs_f64() * 1000.0)
         };
-        let handle = ctx.spawn(fut.into_actor(self).map(move |(text, result), act, ctx| {
-            act.sentence_done(&id, index, text, result, ctx);
-        }));
+        let handle = ctx.spawn(fut.into_actor(self).map(
+            move |(text, result, synth_ms), act, ctx| {
+                act.sentence_done(&id, index, text, result, synth_ms, ctx);
+            },
+        ));
         if let Some(turn) = self.turns.get_mut(turn_id) {
             turn.busy = Some(handle);
         }
@@ -210,6 +215,7 @@ impl TtsActor {
         index: u32,
         text: String,
         result: Result<Audio, TtsEngineError>,
+        synth_ms: f64,
         ctx: &mut Context<Self>,
     ) {
         let hub = self.sup.hub().clone();
@@ -234,6 +240,7 @@ impl TtsActor {
                     index,
                     text,
                     audio_ms,
+                    synth_ms,
                 });
                 self.pump(turn_id, ctx);
             }
