@@ -193,14 +193,39 @@ fn check_config(d: &Value, server: &Server) {
 async fn unavailable_commands_say_so() {
     let server = Server::start(&[], &[]);
     let mut c = server.client().await;
+    // Not built yet: `unavailable`. (Update this list as features land.)
     for (t, data) in [
-        ("text_input", json!({"text": "what time is it"})),
         ("stt_start", json!({"mode": "push_to_talk"})),
-        ("demo_flow", json!({})),
+        ("memory_search", json!({"query": "mars"})),
     ] {
         let r = c.request(t, data).await;
         assert_eq!(ty(&r), "command_error", "{r}");
         assert_eq!(r["data"]["code"], json!("unavailable"), "{t}: {r}");
+    }
+    // Conversation commands: exactly one answer, a result or an `unavailable` error
+    // (this build may have no language model), never silence or a dropped connection.
+    for (t, data) in [
+        ("text_input", json!({"text": "what time is it"})),
+        ("demo_flow", json!({})),
+    ] {
+        let id = c.fresh_id();
+        c.send_cmd(t, data, Some(&id)).await;
+        let r = c.wait_reply(&id, RECV_TIMEOUT).await;
+        if ty(&r) == "command_error" {
+            assert_eq!(r["data"]["code"], json!("unavailable"), "{t}: {r}");
+        }
+        let again = bounded("no second answer", Duration::from_secs(5), async {
+            loop {
+                match c.next_json(Duration::from_millis(500)).await {
+                    Ok(v) if v["data"]["id"] == json!(id) && is_direct(&v) => return Some(v),
+                    Ok(_) => continue,
+                    Err(End::Timeout) => return None,
+                    Err(e) => panic!("{t}: {e:?}"),
+                }
+            }
+        })
+        .await;
+        assert!(again.is_none(), "{t} answered twice: {again:?}");
     }
     c.ping().await;
 }
