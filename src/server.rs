@@ -189,6 +189,12 @@ pub async fn start(
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(grace.as_secs().max(1))
+    // Small frames must not wait for the client's delayed ACK (Nagle).
+    .tcp_nodelay(true)
+    // Close the TCP connection right after a WebSocket close handshake (RFC 6455: the
+    // server closes first) instead of lingering; every endpoint is a GET, so there is
+    // no unread request body to protect.
+    .client_disconnect_timeout(Duration::ZERO)
     .listen(listener)
     .map_err(|source| StartError::Bind {
         addr: bind_addr.clone(),

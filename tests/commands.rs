@@ -457,7 +457,6 @@ async fn heartbeat_drops_silent_clients_only() {
 /// With a first command other than `hello`, the session code promises "the answer to the
 /// command follows the replay on the wire" (actors/src/session/mod.rs, `dispatch`).
 #[tokio::test]
-#[ignore = "server bug: the answer to a first command is sent before the replay"]
 async fn first_command_answer_follows_the_replay() {
     let server = Server::start(&[], &[]);
     let mut c = server.client().await;
@@ -471,29 +470,29 @@ async fn first_command_answer_follows_the_replay() {
 /// Two frames written a moment apart must not wait for the client's delayed ACK (Nagle):
 /// a first command's answer and the replay both arrive within a few milliseconds.
 #[tokio::test]
-#[ignore = "server bug: TCP_NODELAY is off, back-to-back frames wait ~40 ms for a delayed ACK"]
 async fn back_to_back_frames_are_not_delayed() {
     let server = Server::start(&[], &[]);
-    let mut worst = Duration::ZERO;
-    for _ in 0..5 {
+    let mut times = Vec::new();
+    for _ in 0..7 {
         let mut c = server.client().await;
         let t = std::time::Instant::now();
         c.send_cmd("ping", json!({}), Some("a")).await;
         c.wait_reply("a", RECV_TIMEOUT).await;
         // The replay is in the queue right behind (or ahead of) the answer.
         c.wait_type("replay", RECV_TIMEOUT).await;
-        worst = worst.max(t.elapsed());
+        times.push(t.elapsed());
     }
+    times.sort();
+    // The median, so one scheduling hiccup on a busy machine does not decide it.
     assert!(
-        worst < Duration::from_millis(25),
-        "answer + replay took {worst:?}"
+        times[3] < Duration::from_millis(25),
+        "answer + replay took {times:?}"
     );
 }
 
 /// After the close handshake the server should close TCP at once (RFC 6455 §7.1.1: the
 /// server closes the connection first); it lingers ~1 s instead.
 #[tokio::test]
-#[ignore = "server bug: TCP stays open ~1 s after the close handshake (actix client_disconnect_timeout)"]
 async fn tcp_closes_promptly_after_the_close_handshake() {
     let server = Server::start(&[], &[]);
     let mut c = server.client().await;

@@ -212,7 +212,6 @@ async fn connection_churn_leaves_no_sessions() {
 /// read, not for the server's own scheduling. The burst is made by pausing the server
 /// (SIGSTOP) for 100 ms at 5000 events/s: the synthetic generator then catches up at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a hub burst > max_queue cuts off clients that read fine (outbox is drained only when the actor yields)"]
 async fn a_burst_does_not_cut_off_a_reading_client() {
     let _heavy = HEAVY.lock().await;
     let server = Server::start(

@@ -568,6 +568,9 @@ pub struct Client {
     /// The upgrade response.
     pub response: Response,
     next_id: u64,
+    /// A `replay` skipped while waiting for something else (it precedes the answer to a
+    /// connection's first command), kept for a later `wait_type("replay")`.
+    skipped_replay: Option<Value>,
 }
 
 impl Client {
@@ -578,6 +581,7 @@ impl Client {
                 ws,
                 response,
                 next_id: 0,
+                skipped_replay: None,
             },
             Err(e) => panic!("connect to {url} failed: {e}"),
         }
@@ -603,6 +607,7 @@ impl Client {
                 ws,
                 response,
                 next_id: 0,
+                skipped_replay: None,
             },
             Ok(Err(e)) => panic!("connect to {url} failed: {e}"),
             Err(_) => panic!("connect to {url} timed out"),
@@ -697,12 +702,22 @@ impl Client {
         timeout: Duration,
         mut pred: F,
     ) -> Value {
+        if let Some(r) = self.skipped_replay.take() {
+            if pred(&r) {
+                return r;
+            }
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_json(left).await {
                 Ok(v) if pred(&v) => return v,
-                Ok(_) => continue,
+                Ok(v) => {
+                    if ty(&v) == "replay" {
+                        self.skipped_replay = Some(v);
+                    }
+                    continue;
+                }
                 Err(e) => panic!("waiting for {what}: {e:?}"),
             }
         }

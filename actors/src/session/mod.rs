@@ -183,6 +183,10 @@ pub struct WsSession {
     /// Seq of the last stream event sent: direct replies repeat it, so they never look
     /// like a gap.
     last_sent_seq: u64,
+    /// A replay was asked of the hub and has not arrived: direct replies wait for it, so
+    /// a command's answer never overtakes the replay its command started.
+    awaiting_replay: bool,
+    deferred: Vec<DeferredFrame>,
     bucket: TokenBucket,
     rate_notice: Option<Instant>,
     violations: u32,
@@ -241,6 +245,8 @@ impl WsSession {
                 exclude: Vec::new(),
                 mask: TypeMask::ALL,
                 last_sent_seq: 0,
+                awaiting_replay: false,
+                deferred: Vec::new(),
                 bucket: TokenBucket::new(settings.rate_per_s, settings.rate_burst),
                 rate_notice: None,
                 violations: 0,
@@ -281,6 +287,14 @@ impl WsSession {
     }
 
     fn direct<P: EventPayload>(&mut self, payload: &P, ctx: &mut Context<Self>) {
+        if self.awaiting_replay {
+            // Built when sent, so its seq is the one the client will have seen by then.
+            let data = serde_json::to_value(payload).unwrap_or(serde_json::Value::Null);
+            let kind = P::TYPE;
+            self.deferred
+                .push(Box::new(move |seq| direct_frame_value(seq, kind, &data)));
+            return;
+        }
         let frame = direct_frame(self.last_sent_seq, payload);
         self.push(Frame::Text(frame), ctx);
     }
@@ -336,6 +350,9 @@ impl WsSession {
 
     fn subscribe(&mut self, start: StartAt) {
         self.subscribed = true;
+        if !matches!(start, StartAt::Live) {
+            self.awaiting_replay = true;
+        }
         self.shared.hub.addr().do_send(Subscribe {
             client_id: self.id,
             mask: self.mask,
@@ -761,6 +778,18 @@ fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
+/// A direct reply waiting for a replay, built with the seq current when it is sent.
+type DeferredFrame = Box<dyn FnOnce(u64) -> ByteString>;
+
+/// [`direct_frame`] from an already-converted payload.
+fn direct_frame_value(seq: u64, kind: EventType, data: &serde_json::Value) -> ByteString {
+    ByteString::from(format!(
+        r#"{{"version":"{PROTOCOL_VERSION}","seq":{seq},"timestamp":{:.6},"type":"{}","session_id":"{SYSTEM_SESSION}","data":{data}}}"#,
+        super::hub::unix_now(),
+        kind.as_str(),
+    ))
+}
+
 /// A direct (one-client) envelope. Its `seq` repeats the last stream seq the client was
 /// sent; direct replies are not part of the numbered stream.
 pub fn direct_frame<P: EventPayload>(seq: u64, payload: &P) -> ByteString {
@@ -897,7 +926,14 @@ impl Handler<HubDelivery> for WsSession {
                     self.push(Frame::Text(ev.json.clone()), ctx);
                 }
             }
-            HubDelivery::Replay(batch) => self.send_replay(batch, ctx),
+            HubDelivery::Replay(batch) => {
+                self.send_replay(batch, ctx);
+                self.awaiting_replay = false;
+                for build in std::mem::take(&mut self.deferred) {
+                    let frame = build(self.last_sent_seq);
+                    self.push(Frame::Text(frame), ctx);
+                }
+            }
             HubDelivery::Shutdown(reason) => self.close(CloseCode::Away, &reason, ctx),
         }
     }
