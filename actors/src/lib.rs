@@ -9,3 +9,4 @@ pub mod llm;
 pub mod memory;
 pub mod session;
 pub mod store;
+pub mod tools;

@@ -798,6 +798,71 @@ mod tests {
     }
 
     #[test]
+    fn version_1_store_migrates_to_2_and_keeps_its_data() {
+        let t = tmp();
+        let dir = store_dir(&t);
+        {
+            let db = sled::Config::new().path(&dir).open().expect("sled");
+            let store = SledStore::init(db, dir.clone(), &MIGRATIONS[..1]).expect("v1");
+            assert_eq!(store.schema_version().expect("v"), 1);
+            store.put("auth_tokens", b"k", b"v").expect("put");
+            assert!(!store
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"memories"));
+        }
+        let store = SledStore::open(&dir).expect("open migrates");
+        assert_eq!(store.schema_version().expect("v"), 2);
+        assert_eq!(
+            store.get("auth_tokens", b"k").expect("get"),
+            Some(b"v".to_vec())
+        );
+        let names = store.db.tree_names();
+        for tree in MEMORY_TREES {
+            assert!(
+                names.iter().any(|n| n.as_ref() == tree.as_bytes()),
+                "{tree}"
+            );
+        }
+        let meta = store.db.open_tree(META_TREE).expect("meta");
+        assert!(meta.get(b"migration.0002").expect("get").is_some());
+    }
+
+    #[test]
+    fn write_groups_and_reverse_scan() {
+        let t = tmp();
+        let dir = store_dir(&t);
+        {
+            let store = SledStore::open(&dir).expect("open");
+            let mut a = WriteGroup::new("t");
+            a.put(b"k1".to_vec(), b"1".to_vec())
+                .put(b"k2".to_vec(), b"2".to_vec())
+                .put(b"k3".to_vec(), b"3".to_vec());
+            let mut b = WriteGroup::new("u");
+            b.put(b"x".to_vec(), b"y".to_vec());
+            store.write_groups(&[a, b]).expect("write");
+            let mut c = WriteGroup::new("t");
+            c.delete(b"k2".to_vec());
+            store.write_groups(&[c]).expect("delete");
+            let mut bad = WriteGroup::new(META_TREE);
+            bad.put(b"x".to_vec(), b"y".to_vec());
+            assert!(store.write_groups(&[bad]).is_err(), "reserved tree");
+        }
+        let store = SledStore::open(&dir).expect("reopen");
+        let rev = store.scan_prefix_rev("t", b"k", 10).expect("rev");
+        assert_eq!(
+            rev,
+            vec![
+                (b"k3".to_vec(), b"3".to_vec()),
+                (b"k1".to_vec(), b"1".to_vec())
+            ]
+        );
+        assert_eq!(store.scan_prefix_rev("t", b"k", 1).expect("rev").len(), 1);
+        assert_eq!(store.get("u", b"x").expect("get"), Some(b"y".to_vec()));
+    }
+
+    #[test]
     fn second_open_in_same_process_is_locked() {
         let t = tmp();
         let dir = store_dir(&t);

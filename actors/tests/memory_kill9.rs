@@ -60,7 +60,7 @@ fn kill9_child() {
         let mut jobs = Vec::new();
         for k in 0..n {
             let j = i + k;
-            jobs.push(if j % 2 == 0 {
+            jobs.push(if j.is_multiple_of(2) {
                 WriteJob::Store(NewMemory {
                     content: content(round, j),
                     tags: vec![format!("r{round}")],
@@ -133,7 +133,7 @@ fn acknowledged_writes_survive_kill_9() {
         // reads its whole log: opens get slower as a crashed store grows, and one store
         // for all rounds would make this test slow without testing more.)
         let dir = tmp.path().join(format!("store-{}", round / 5));
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             acked.clear();
         }
         seed ^= seed << 13;

@@ -99,6 +99,10 @@ pub struct Index {
     slot_of: HashMap<u64, u32>,
     live: usize,
     live_len: u64,
+    /// Slots are in id order (ids only grow), so "newest" is a reverse walk; false once
+    /// an older id was inserted after a newer one.
+    out_of_order: bool,
+    max_id: u64,
 }
 
 impl Index {
@@ -119,7 +123,7 @@ impl Index {
 
     /// The highest id indexed (dead ones included), to seed the id clock.
     pub fn max_id(&self) -> u64 {
-        self.docs.iter().map(|d| d.record.id).max().unwrap_or(0)
+        self.max_id
     }
 
     /// The tokenizer (shared with callers that need the same terms).
@@ -130,6 +134,10 @@ impl Index {
     /// Adds (or replaces) a memory.
     pub fn insert(&mut self, record: Arc<MemoryRecord>) {
         self.remove(record.id);
+        if record.id < self.max_id {
+            self.out_of_order = true;
+        }
+        self.max_id = self.max_id.max(record.id);
         let slot = self.docs.len() as u32;
         let mut counts: HashMap<String, u16> = HashMap::new();
         let mut len = 0u32;
@@ -187,10 +195,14 @@ impl Index {
             .filter(|d| d.alive)
             .map(|d| d.record.clone())
             .collect();
+        let max_id = self.max_id;
         *self = Index {
             tokenizer: std::mem::take(&mut self.tokenizer),
             ..Index::default()
         };
+        let mut records = records;
+        records.sort_unstable_by_key(|r| r.id);
+        self.max_id = max_id;
         for r in records {
             self.insert(r);
         }
@@ -205,9 +217,19 @@ impl Index {
 
     /// Newest first, skipping `offset`.
     pub fn newest(&self, offset: usize, limit: usize) -> Vec<Arc<MemoryRecord>> {
+        if !self.out_of_order {
+            return self
+                .docs
+                .iter()
+                .rev()
+                .filter(|d| d.alive)
+                .skip(offset)
+                .take(limit)
+                .map(|d| d.record.clone())
+                .collect();
+        }
         let mut live: Vec<&Doc> = self.docs.iter().filter(|d| d.alive).collect();
-        // Slots are in insertion order, which is id order except after a replacement.
-        live.sort_unstable_by(|a, b| b.record.id.cmp(&a.record.id));
+        live.sort_unstable_by_key(|d| std::cmp::Reverse(d.record.id));
         live.into_iter()
             .skip(offset)
             .take(limit)
@@ -420,6 +442,9 @@ mod tests {
         assert_eq!(ids, [5, 4, 3]);
         let ids: Vec<u64> = ix.newest(3, 10).iter().map(|r| r.id).collect();
         assert_eq!(ids, [2, 1]);
+        ix.insert(rec(0, "an older one, inserted late", &[]));
+        let ids: Vec<u64> = ix.newest(0, 10).iter().map(|r| r.id).collect();
+        assert_eq!(ids, [5, 4, 3, 2, 1, 0]);
         let hits = ix.search("note", 2);
         assert_eq!(hits.len(), 2);
         assert_eq!(hits[0].record.id, 5, "equal scores: newest first");
