@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod memory_cmd;
 pub mod server;
 pub mod synthetic;
 pub mod token_cmd;
