@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 pub enum BenchCommand {
     /// Event fan-out: one server, N clients, R events/s for S seconds.
     Fanout(FanoutArgs),
+    /// Memory store: acknowledged writes, ranked search and turn context on N memories.
+    Memory(crate::bench_memory::MemoryBenchArgs),
 }
 
 /// `coda bench fanout` flags.
@@ -48,6 +50,7 @@ pub struct FanoutArgs {
 /// Runs a benchmark command.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Memory(args) => crate::bench_memory::main(&args),
         BenchCommand::Fanout(args) => {
             let report = fanout(&args)?;
             if args.json {

@@ -2,6 +2,7 @@
 //! clients (`coda events`, `coda bench`). The binary (`main.rs`) only parses and dispatches.
 
 pub mod bench;
+pub mod bench_memory;
 pub mod cli;
 pub mod client;
 pub mod config;
