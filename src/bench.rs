@@ -22,6 +22,8 @@ pub enum BenchCommand {
     Fanout(FanoutArgs),
     /// Text turns through the real pipeline (the configured LLM and speech engines).
     Turn(TurnArgs),
+    /// Memory store: acknowledged writes, ranked search and turn context on N memories.
+    Memory(crate::bench_memory::MemoryBenchArgs),
 }
 
 /// `coda bench turn` flags.
@@ -64,6 +66,7 @@ pub struct FanoutArgs {
 /// Runs a benchmark command.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Memory(args) => crate::bench_memory::main(&args),
         BenchCommand::Fanout(args) => {
             let report = fanout(&args)?;
             if args.json {

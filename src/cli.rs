@@ -1,4 +1,5 @@
-//! The command line: `coda serve | events | token | config | protocol | bench | completions`.
+//! The command line: `coda serve | events | token | memory | config | protocol | bench |
+//! completions`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,6 +37,11 @@ pub enum Commands {
     Token {
         #[command(subcommand)]
         cmd: crate::token_cmd::TokenCommand,
+    },
+    /// Long-term memories and conversations in the store.
+    Memory {
+        #[command(subcommand)]
+        cmd: crate::memory_cmd::MemoryCommand,
     },
     /// Inspect the configuration.
     Config {
@@ -131,6 +137,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ConfigError>().is_some() {
         return exit::CONFIG;
     }
+    if e.downcast_ref::<crate::memory_cmd::StoreInUse>().is_some() {
+        return 3;
+    }
     exit::FAILURE
 }
 
@@ -209,6 +218,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn", "text");
             let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
             crate::token_cmd::run(&loaded, cmd)
+        }
+        Commands::Memory { cmd } => {
+            init_logging("warn", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::memory_cmd::run(&loaded, cmd)
         }
         Commands::Config {
             cmd: ConfigCommand::Show { json },

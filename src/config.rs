@@ -91,6 +91,62 @@ pub struct StorageConfig {
     pub path: String,
 }
 
+/// `[memory]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    pub context_token_budget: usize,
+    pub recent_turns: usize,
+    pub summary_token_budget: usize,
+    pub search_limit: usize,
+    pub default_limit: usize,
+}
+
+impl MemoryConfig {
+    /// The engine's settings.
+    pub fn engine_settings(&self) -> coda_actors::memory::MemorySettings {
+        coda_actors::memory::MemorySettings {
+            recent_turns: self.recent_turns,
+            summary_token_budget: self.summary_token_budget,
+            search_limit: self.search_limit,
+            context_token_budget: self.context_token_budget,
+            default_limit: self.default_limit,
+        }
+    }
+}
+
+/// `[tools]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    pub default_timeout_s: f64,
+    pub max_output_bytes: usize,
+    pub default_permission: String,
+    pub permissions: BTreeMap<String, String>,
+}
+
+impl ToolsConfig {
+    /// The registry's settings (validated at load, so the parse cannot fail here).
+    pub fn registry_settings(&self) -> coda_actors::tools::RegistrySettings {
+        coda_actors::tools::RegistrySettings {
+            default_timeout: Settings::secs(self.default_timeout_s),
+            default_permission: self
+                .default_permission
+                .parse()
+                .unwrap_or(coda_actors::tools::Permission::Ask),
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
+
+    /// The per-tool permissions.
+    pub fn permission_map(&self) -> BTreeMap<String, coda_actors::tools::Permission> {
+        self.permissions
+            .iter()
+            .filter_map(|(k, v)| v.parse().ok().map(|p| (k.clone(), p)))
+            .collect()
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +166,8 @@ pub struct Settings {
     pub tts: TtsConfig,
     pub kernel: KernelConfig,
     pub storage: StorageConfig,
+    pub memory: MemoryConfig,
+    pub tools: ToolsConfig,
     pub log: LogConfig,
 }
 
@@ -563,6 +621,7 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
             "must be a positive number of seconds",
         ));
     }
+    validate_memory_tools(s)?;
     if !matches!(s.log.format.as_str(), "text" | "json") {
         return Err(invalid(
             "log.format",
@@ -572,9 +631,92 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn validate_memory_tools(s: &Settings) -> Result<(), ConfigError> {
+    let m = &s.memory;
+    if !(64..=1_000_000).contains(&m.context_token_budget) {
+        return Err(invalid(
+            "memory.context_token_budget",
+            "must be between 64 and 1000000",
+        ));
+    }
+    if !(1..=100).contains(&m.recent_turns) {
+        return Err(invalid("memory.recent_turns", "must be between 1 and 100"));
+    }
+    if m.summary_token_budget > 100_000 {
+        return Err(invalid("memory.summary_token_budget", "at most 100000"));
+    }
+    if m.search_limit > 100 {
+        return Err(invalid("memory.search_limit", "at most 100"));
+    }
+    if !(1..=coda_protocol::MAX_MEMORY_LIMIT as usize).contains(&m.default_limit) {
+        return Err(invalid(
+            "memory.default_limit",
+            format!("must be between 1 and {}", coda_protocol::MAX_MEMORY_LIMIT),
+        ));
+    }
+    let t = &s.tools;
+    if !(t.default_timeout_s.is_finite()
+        && t.default_timeout_s > 0.0
+        && t.default_timeout_s <= 3600.0)
+    {
+        return Err(invalid(
+            "tools.default_timeout_s",
+            "must be a positive number of seconds, at most 3600",
+        ));
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&t.max_output_bytes) {
+        return Err(invalid(
+            "tools.max_output_bytes",
+            "must be between 1024 and 67108864",
+        ));
+    }
+    if let Err(e) = t
+        .default_permission
+        .parse::<coda_actors::tools::Permission>()
+    {
+        return Err(invalid("tools.default_permission", e));
+    }
+    for (tool, p) in &t.permissions {
+        if let Err(e) = p.parse::<coda_actors::tools::Permission>() {
+            return Err(invalid(&format!("tools.permissions.{tool}"), e));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_and_tools_sections() {
+        let l = load(&LoadOptions::hermetic()).unwrap();
+        let perms = l.settings.tools.permission_map();
+        for tool in coda_actors::tools::BUILTIN_TOOLS {
+            assert!(perms.contains_key(*tool), "default.toml names {tool}");
+        }
+        assert_eq!(
+            l.settings.memory.engine_settings().recent_turns,
+            l.settings.memory.recent_turns
+        );
+        let e = load(&env(&[("CODA__TOOLS__PERMISSIONS__CALCULATOR", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tools.permissions.calculator"), "{e}");
+        let l = load(&env(&[("CODA__TOOLS__PERMISSIONS__TIMER", "deny")])).unwrap();
+        assert_eq!(
+            l.settings.tools.permission_map()["timer"],
+            coda_actors::tools::Permission::Deny
+        );
+        let e = load(&env(&[("CODA__MEMORY__RECENT_TURNS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory.recent_turns"), "{e}");
+        let e = load(&env(&[("CODA__TOOLS__PERMISSIONS__NOT_A_TOOL", "safe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown config key"), "{e}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> LoadOptions {
         LoadOptions {

@@ -2,10 +2,12 @@
 //! clients (`coda events`, `coda bench`). The binary (`main.rs`) only parses and dispatches.
 
 pub mod bench;
+pub mod bench_memory;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod memory_cmd;
 pub mod server;
 pub mod synthetic;
 pub mod token_cmd;

@@ -14,7 +14,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use coda_actors::auth::{Authenticator, BootToken, TokenStore};
 use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
-use coda_actors::kernel::{Kernel, KernelSettings};
+use coda_actors::kernel::{Kernel, KernelSettings, Rooms};
 use coda_actors::llm::actor::ProviderSlot;
 use coda_actors::llm::LlmError;
 use coda_actors::orchestrator::ConversationSettings;
@@ -112,7 +112,10 @@ pub async fn start(
     let storage: Arc<dyn Storage> = store.clone();
     let boot = BootToken::generate();
     let boot_secret = boot.expose_secret().to_string();
-    let authenticator = Arc::new(Authenticator::new(boot, Some(TokenStore::new(storage))));
+    let authenticator = Arc::new(Authenticator::new(
+        boot,
+        Some(TokenStore::new(storage.clone())),
+    ));
 
     let hub = EventHub::start_hub(hub_settings(s));
     let components = ComponentRegistry::new();
@@ -148,7 +151,8 @@ pub async fn start(
         listen: Some(addr.to_string()),
         ..facts
     };
-    let kernel = start_kernel(s, &hub, &components);
+    let rooms = start_rooms(s, storage, &hub, &components)?;
+    let kernel = start_kernel(s, &hub, &components, rooms);
     let shared = SessionShared::new(
         session_settings(s),
         hub.clone(),
@@ -306,7 +310,54 @@ pub fn llm_provider(_s: &Settings) -> ProviderSlot {
     ))
 }
 
-fn start_kernel(s: &Settings, hub: &HubHandle, components: &ComponentRegistry) -> Kernel {
+/// Memory (on the same store) and Tools, which the kernel uses.
+fn start_rooms(
+    s: &Settings,
+    storage: Arc<dyn Storage>,
+    hub: &HubHandle,
+    components: &ComponentRegistry,
+) -> Result<Rooms, StartError> {
+    use actix::{Actor, Supervisor};
+    use coda_actors::memory::{MemoryActor, MemoryEngine};
+    use coda_actors::tools::{register_builtins, BuiltinDeps, ToolRegistry, ToolsActor};
+    let engine = MemoryEngine::open(storage, s.memory.engine_settings())
+        .map_err(|e| StartError::Other(anyhow::anyhow!("cannot open the memory store: {e}")))?;
+    let actor = MemoryActor::new(Arc::new(engine), Some(hub.clone()))
+        .map_err(|e| StartError::Other(anyhow::anyhow!("cannot start the memory writer: {e}")))?;
+    let memory = Supervisor::start(move |_| actor);
+    components.set(hub, "memory", ComponentState::Running, None);
+
+    let timers =
+        coda_actors::tools::builtin::timer::TimerService::new(Some(hub.clone()), None).start();
+    let mut registry = ToolRegistry::new(s.tools.registry_settings());
+    register_builtins(
+        &mut registry,
+        BuiltinDeps {
+            memory: Some(memory.clone()),
+            components: Some(components.clone()),
+            timers: Some(timers),
+        },
+    )
+    .map_err(|e| StartError::Other(anyhow::anyhow!("cannot register the built-in tools: {e}")))?;
+    registry
+        .set_permissions(&s.tools.permission_map())
+        .map_err(|e| StartError::Other(anyhow::anyhow!("tools.permissions: {e}")))?;
+    let tools_actor = ToolsActor::new(registry, Some(hub.clone()));
+    let tools = Supervisor::start(move |_| tools_actor);
+    components.set(hub, "tools", ComponentState::Running, None);
+    Ok(Rooms {
+        memory: Some(memory),
+        tools: Some(tools),
+        matcher: None,
+    })
+}
+
+fn start_kernel(
+    s: &Settings,
+    hub: &HubHandle,
+    components: &ComponentRegistry,
+    rooms: Rooms,
+) -> Kernel {
     let settings = KernelSettings {
         budget: RestartBudget {
             max_restarts: s.kernel.max_restarts,
@@ -329,7 +380,7 @@ fn start_kernel(s: &Settings, hub: &HubHandle, components: &ComponentRegistry) -
         settings,
         llm_provider(s),
         engine,
-        None,
+        rooms,
     )
 }
 

@@ -196,7 +196,7 @@ async fn unavailable_commands_say_so() {
     // Not built yet: `unavailable`. (Update this list as features land.)
     for (t, data) in [
         ("stt_start", json!({"mode": "push_to_talk"})),
-        ("memory_search", json!({"query": "mars"})),
+        ("stt_stop", json!({})),
     ] {
         let r = c.request(t, data).await;
         assert_eq!(ty(&r), "command_error", "{r}");
@@ -508,4 +508,55 @@ async fn tcp_closes_promptly_after_the_close_handshake() {
         "TCP closed after {:?}",
         t.elapsed()
     );
+}
+
+/// A tool turn through the real server: rules route "what time is it" to the clock tool,
+/// whose answer is spoken; and the memory viewer commands answer.
+#[tokio::test]
+async fn tool_turns_and_memory_commands_work() {
+    let server = Server::start(&[], &[]);
+    let mut c = server.client().await;
+    let r = c
+        .request("text_input", json!({"text": "what time is it"}))
+        .await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let turn = r["data"]["data"]["turn_id"]
+        .as_str()
+        .expect("turn_id")
+        .to_string();
+    let intent = c
+        .wait_for("intent_result", RECV_TIMEOUT, |v| {
+            ty(v) == "intent_result" && v["data"]["turn_id"] == json!(turn)
+        })
+        .await;
+    assert_eq!(intent["data"]["route"], json!("tool"), "{intent}");
+    let result = c
+        .wait_for("tool_result", RECV_TIMEOUT, |v| {
+            ty(v) == "tool_result" && v["data"]["turn_id"] == json!(turn)
+        })
+        .await;
+    assert_eq!(result["data"]["tool"], json!("clock"), "{result}");
+    let said = c
+        .wait_for("assistant message", RECV_TIMEOUT, |v| {
+            ty(v) == "conversation_message"
+                && v["data"]["role"] == json!("assistant")
+                && v["data"]["turn_id"] == json!(turn)
+        })
+        .await;
+    assert!(
+        said["data"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("It is "),
+        "{said}"
+    );
+    c.wait_for("latency_trace", RECV_TIMEOUT, |v| {
+        ty(v) == "latency_trace" && v["data"]["turn_id"] == json!(turn)
+    })
+    .await;
+    for t in ["memory_list", "memory_search"] {
+        let r = c.request(t, json!({"query": "time", "limit": 5})).await;
+        assert_eq!(ty(&r), "command_result", "{t}: {r}");
+        assert!(r["data"]["data"]["items"].is_array(), "{t}: {r}");
+    }
 }

@@ -70,7 +70,7 @@ fn main() {
             },
             Err(LlmError::Unavailable("bench".into())),
             engine,
-            None,
+            Default::default(),
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         println!(

@@ -26,6 +26,17 @@ pub struct KernelSettings {
     pub conversation: ConversationSettings,
 }
 
+/// The rooms started outside the kernel that it uses when present.
+#[derive(Clone, Default)]
+pub struct Rooms {
+    /// Conversations and context.
+    pub memory: Option<Addr<crate::memory::MemoryActor>>,
+    /// Tool calls (and, by default, tool intents by rule).
+    pub tools: Option<Addr<crate::tools::ToolsActor>>,
+    /// A tool-intent matcher other than the tools room's rules.
+    pub matcher: Option<ToolMatcher>,
+}
+
 /// The running kernel's actors.
 #[derive(Clone)]
 pub struct Kernel {
@@ -37,6 +48,10 @@ pub struct Kernel {
     pub llm: Addr<LlmActor>,
     /// Speech.
     pub tts: Addr<TtsActor>,
+    /// Conversations and long-term memory, when running.
+    pub memory: Option<Addr<crate::memory::MemoryActor>>,
+    /// Tools, when running.
+    pub tools: Option<Addr<crate::tools::ToolsActor>>,
 }
 
 impl Kernel {
@@ -47,8 +62,17 @@ impl Kernel {
         settings: KernelSettings,
         provider: ProviderSlot,
         tts_engine: Arc<dyn TtsEngine>,
-        tools: Option<ToolMatcher>,
+        rooms: Rooms,
     ) -> Kernel {
+        let tools = rooms.matcher.clone().or_else(|| {
+            rooms.tools.as_ref().map(|_| {
+                let m: ToolMatcher = Arc::new(|text: &str| {
+                    crate::tools::match_intent(text)
+                        .map(|m| (m.tool.to_string(), m.arguments, m.confidence))
+                });
+                m
+            })
+        });
         let sup = |name: &'static str| {
             components.set(&hub, name, ComponentState::Starting, None);
             Supervision::new(name, settings.budget, hub.clone(), components.clone())
@@ -66,8 +90,12 @@ impl Kernel {
         let orch_sup = sup("orchestrator");
         let (r, l, t) = (router.clone(), llm.clone(), tts.clone());
         let conversation = settings.conversation.clone();
-        let orchestrator =
-            Supervisor::start(move |_| Orchestrator::new(orch_sup, r, l, t, conversation));
+        let (memory, tools_addr) = (rooms.memory.clone(), rooms.tools.clone());
+        let orchestrator = Supervisor::start(move |_| {
+            Orchestrator::new(orch_sup, r, l, t, conversation)
+                .with_memory(memory)
+                .with_tools(tools_addr)
+        });
 
         // Can the speech engine speak at all? Say so once, up front.
         let (h, c) = (hub.clone(), components.clone());
@@ -83,6 +111,8 @@ impl Kernel {
             router,
             llm,
             tts,
+            memory: rooms.memory,
+            tools: rooms.tools,
         };
         kernel.watch(hub, components);
         kernel

@@ -140,7 +140,7 @@ async fn rig(answer: &str, delay_ms: u64, budget: RestartBudget) -> Rig {
         },
         Ok(provider.clone()),
         engine,
-        None,
+        Default::default(),
     );
     Rig {
         kernel,

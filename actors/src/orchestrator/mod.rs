@@ -160,6 +160,8 @@ pub struct Orchestrator {
     sessions: HashMap<String, SessionState>,
     turns: HashMap<String, Turn>,
     next_id: u64,
+    memory: Option<Addr<crate::memory::MemoryActor>>,
+    tools: Option<Addr<crate::tools::ToolsActor>>,
 }
 
 impl Orchestrator {
@@ -180,7 +182,21 @@ impl Orchestrator {
             sessions: HashMap::new(),
             turns: HashMap::new(),
             next_id: 1,
+            memory: None,
+            tools: None,
         }
+    }
+
+    /// Conversations and context come from the Memory actor (else: in-process history).
+    pub fn with_memory(mut self, memory: Option<Addr<crate::memory::MemoryActor>>) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// Tool turns run on the Tools actor (else: the LLM answers them).
+    pub fn with_tools(mut self, tools: Option<Addr<crate::tools::ToolsActor>>) -> Self {
+        self.tools = tools;
+        self
     }
 
     fn next(&mut self, prefix: &str) -> String {
@@ -333,15 +349,52 @@ impl Orchestrator {
         match d.decision {
             Decision::Llm => self.start_llm(turn_id, ctx),
             Decision::System(intent) => self.run_system(turn_id, intent, ctx),
-            Decision::Tool { name, .. } => {
-                // The tools room is not part of this build: the LLM answers instead.
-                tracing::warn!(tool = %name, "tool route without a tools component; using the LLM");
-                self.start_llm(turn_id, ctx)
-            }
+            Decision::Tool { name, arguments } => match self.tools.clone() {
+                Some(tools) => self.run_tool(turn_id, tools, name, arguments, ctx),
+                None => {
+                    tracing::warn!(tool = %name, "tool route without a tools component; using the LLM");
+                    self.start_llm(turn_id, ctx)
+                }
+            },
         }
     }
 
     // ---- stage 3: the answer ------------------------------------------------------------
+
+    /// Runs a tool; its answer is spoken like a model's.
+    fn run_tool(
+        &mut self,
+        turn_id: &str,
+        tools: Addr<crate::tools::ToolsActor>,
+        name: String,
+        arguments: serde_json::Value,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(turn) = self.turns.get(turn_id) else {
+            return;
+        };
+        let id = turn_id.to_string();
+        let fut = tools.send(crate::tools::Call {
+            name: name.clone(),
+            arguments,
+            turn_id: Some(turn_id.to_string()),
+            session_id: Some(turn.session_id.clone()),
+            ..Default::default()
+        });
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            // The Tools actor published tool_result / tool_error itself.
+            let text = match res {
+                Ok(Ok(value)) => spoken_tool_answer(&value),
+                Ok(Err(failure)) => format!("Sorry, the {name} tool failed: {failure}."),
+                Err(_) => format!("Sorry, the {name} tool is not available right now."),
+            };
+            if let Some(turn) = act.turns.get_mut(&id) {
+                turn.answer = text.clone();
+            }
+            act.on_answer_text(&id, &text, ctx);
+            act.answer_done(&id, ctx);
+        }));
+    }
 
     fn start_llm(&mut self, turn_id: &str, ctx: &mut Context<Self>) {
         let Some(turn) = self.turns.get_mut(turn_id) else {
@@ -349,16 +402,48 @@ impl Orchestrator {
         };
         turn.generating = true;
         let session_id = turn.session_id.clone();
+        let user_text = turn.user_text.clone();
+        let Some(memory) = self.memory.clone() else {
+            let mut messages = Vec::new();
+            if let Some(s) = self.sessions.get(&session_id) {
+                let keep = self.settings.history_turns * 2;
+                let start = s.history.len().saturating_sub(keep);
+                messages.extend(s.history[start..].iter().cloned());
+            }
+            messages.push(ChatMessage::new(ChatRole::User, &user_text));
+            self.generate(turn_id, messages, ctx);
+            return;
+        };
+        // Recent turns and relevant memories within the budget, from the Memory actor.
+        let id = turn_id.to_string();
+        let fut = memory.send(crate::memory::BuildContext {
+            session_id,
+            user_text: user_text.clone(),
+            token_budget: None,
+            turn_id: Some(turn_id.to_string()),
+        });
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let messages = match res {
+                Ok(Ok(context)) => context.messages,
+                _ => {
+                    tracing::warn!(turn = %id, "memory context unavailable; answering without it");
+                    vec![ChatMessage::new(ChatRole::User, &user_text)]
+                }
+            };
+            act.generate(&id, messages, ctx);
+        }));
+    }
+
+    fn generate(&mut self, turn_id: &str, context: Vec<ChatMessage>, ctx: &mut Context<Self>) {
+        let Some(turn) = self.turns.get(turn_id) else {
+            return;
+        };
+        let session_id = turn.session_id.clone();
         let mut messages = vec![ChatMessage::new(
             ChatRole::System,
             &self.settings.system_prompt,
         )];
-        if let Some(s) = self.sessions.get(&session_id) {
-            let keep = self.settings.history_turns * 2;
-            let start = s.history.len().saturating_sub(keep);
-            messages.extend(s.history[start..].iter().cloned());
-        }
-        messages.push(ChatMessage::new(ChatRole::User, &turn.user_text));
+        messages.extend(context);
         let request = ChatRequest {
             messages,
             max_tokens: self.settings.max_tokens,
@@ -556,8 +641,28 @@ impl Orchestrator {
         self.close(turn);
     }
 
-    /// Keeps the exchange in the session's context.
+    /// Keeps the exchange in the session's context (and in the Memory actor's store).
     fn remember(&mut self, turn: &Turn, said: String) {
+        if let Some(memory) = &self.memory {
+            let pair = [
+                (ChatRole::User, turn.user_text.clone()),
+                (ChatRole::Assistant, said.clone()),
+            ];
+            for (role, content) in pair {
+                if content.is_empty() {
+                    continue;
+                }
+                memory.do_send(crate::memory::AppendMessage {
+                    session_id: turn.session_id.clone(),
+                    role,
+                    content,
+                    turn_id: Some(turn.id.clone()),
+                    tool_calls: Vec::new(),
+                    tool_call_id: None,
+                    metadata: serde_json::Value::Null,
+                });
+            }
+        }
         if let Some(s) = self.sessions.get_mut(&turn.session_id) {
             s.history
                 .push(ChatMessage::new(ChatRole::User, &turn.user_text));
@@ -625,6 +730,15 @@ impl Orchestrator {
         self.close(turn);
         Some((active, spoken, cut))
     }
+}
+
+/// What to say for a tool's answer: its `spoken` or `text` field, else compact JSON.
+fn spoken_tool_answer(value: &serde_json::Value) -> String {
+    ["spoken", "text", "message", "summary"]
+        .iter()
+        .find_map(|k| value.get(k).and_then(|v| v.as_str()))
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string())
 }
 
 /// The unspoken rest of `answer` given the sentences spoken so far.

@@ -594,6 +594,30 @@ impl WsSession {
                 let session_id = format!("demo-{}", self.client_id);
                 self.start_turn(id, session_id, text, TurnSource::Demo, ctx);
             }
+            Command::MemorySearch(q) => {
+                let memory = self.shared.kernel.as_ref().and_then(|k| k.memory.clone());
+                let Some(memory) = memory else {
+                    self.reply_err(id, ErrorCode::Unavailable, "memory is not running", ctx);
+                    return;
+                };
+                let fut = memory.send(crate::memory::Search::from_query(&q));
+                ctx.wait(
+                    fut.into_actor(self)
+                        .map(move |res, act, ctx| act.memory_answer(id, res, ctx)),
+                );
+            }
+            Command::MemoryList(q) => {
+                let memory = self.shared.kernel.as_ref().and_then(|k| k.memory.clone());
+                let Some(memory) = memory else {
+                    self.reply_err(id, ErrorCode::Unavailable, "memory is not running", ctx);
+                    return;
+                };
+                let fut = memory.send(crate::memory::List::from_query(&q));
+                ctx.wait(
+                    fut.into_actor(self)
+                        .map(move |res, act, ctx| act.memory_answer(id, res, ctx)),
+                );
+            }
             Command::Interrupt(_) => {
                 let Some(kernel) = self.shared.kernel.clone() else {
                     self.reply_err(
@@ -627,6 +651,26 @@ impl WsSession {
                 );
                 self.reply_err(id, ErrorCode::Unavailable, msg, ctx);
             }
+        }
+    }
+
+    fn memory_answer(
+        &mut self,
+        id: Option<String>,
+        res: Result<Result<coda_protocol::MemoryItems, crate::memory::MemoryFailure>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match res {
+            Ok(Ok(items)) => self.reply_ok(id, to_value(&items), ctx),
+            Ok(Err(failure)) => {
+                let code = match failure.code() {
+                    "invalid" => ErrorCode::InvalidData,
+                    "unavailable" => ErrorCode::Unavailable,
+                    _ => ErrorCode::Internal,
+                };
+                self.reply_err(id, code, failure.to_string(), ctx)
+            }
+            Err(_) => self.reply_err(id, ErrorCode::Unavailable, "memory is restarting", ctx),
         }
     }
 
