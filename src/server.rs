@@ -14,6 +14,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use coda_actors::auth::{Authenticator, BootToken, TokenStore};
 use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
+use coda_actors::metrics::{MetricsActor, MetricsSettings, RenderPrometheus};
 use coda_actors::session::guard::GuardPolicy;
 use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
 use coda_actors::session::{ServerFacts, SessionSettings, SessionShared};
@@ -143,6 +144,13 @@ pub async fn start(
         ..facts
     };
     let shared = SessionShared::new(session_settings(s), hub.clone(), authenticator, facts);
+    let metrics_settings = metrics_settings(s)?;
+    let metrics = actix::Supervisor::start({
+        let (hub, components) = (hub.clone(), components.clone());
+        // Registers itself as component "metrics" (running) once started.
+        move |_| MetricsActor::new(hub, metrics_settings, components)
+    });
+    shared.set_metrics(metrics);
     let guard = GuardPolicy::new(
         &s.server.host,
         addr.port(),
@@ -169,6 +177,7 @@ pub async fn start(
             .route("/ws", web::get().to(ws_upgrade))
             .route("/", web::get().to(index))
             .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(prometheus_metrics))
             .route("/api/system_info", web::get().to(api_system_info))
             .route("/api/config", web::get().to(api_config))
             .default_service(web::to(not_found))
@@ -287,6 +296,16 @@ fn hub_settings(s: &Settings) -> HubSettings {
     }
 }
 
+/// The metrics actor's settings from config (the rules were validated at load time).
+pub fn metrics_settings(s: &Settings) -> anyhow::Result<MetricsSettings> {
+    Ok(MetricsSettings {
+        interval: Settings::secs(s.metrics.interval_s),
+        timing_interval: Settings::secs(s.metrics.timing_interval_s),
+        window: Settings::secs(s.metrics.window_s),
+        alerts: s.metrics.alert_rules()?,
+    })
+}
+
 /// The session limits from config.
 pub fn session_settings(s: &Settings) -> SessionSettings {
     SessionSettings {
@@ -363,6 +382,7 @@ async fn index(
             "<h1>Coda</h1><p>The dashboard is not part of this build yet.</p>",
             "<ul><li>WebSocket event stream: <code>/ws</code></li>",
             "<li><a href=/healthz>/healthz</a></li>",
+            "<li><a href=/metrics>/metrics</a> (Prometheus)</li>",
             "<li><a href=/api/system_info>/api/system_info</a></li>",
             "<li><a href=/api/config>/api/config</a></li></ul>"
         )))
@@ -432,6 +452,23 @@ async fn api_system_info(req: HttpRequest, state: web::Data<UpgradeState>) -> Ht
             })
         }
         Err(_) => HttpResponse::ServiceUnavailable().body("event hub unavailable\n"),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format (token required when auth is on, as for `/api`).
+async fn prometheus_metrics(req: HttpRequest, state: web::Data<UpgradeState>) -> HttpResponse {
+    if let Some(r) = api_refusal(&req, &state) {
+        return r;
+    }
+    let Some(metrics) = state.shared.metrics() else {
+        return HttpResponse::ServiceUnavailable().body("metrics are not running\n");
+    };
+    match metrics.send(RenderPrometheus).await {
+        Ok(text) => HttpResponse::Ok()
+            .content_type(coda_actors::metrics::prometheus::CONTENT_TYPE)
+            .body(text),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .body(format!("the metrics component did not answer ({e})\n")),
     }
 }
 

@@ -6,5 +6,6 @@ pub mod auth;
 pub mod components;
 pub mod hub;
 pub mod llm;
+pub mod metrics;
 pub mod session;
 pub mod store;
