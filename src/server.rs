@@ -14,7 +14,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use coda_actors::auth::{Authenticator, BootToken, TokenStore};
 use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
-use coda_actors::metrics::{MetricsActor, MetricsSettings, RenderPrometheus};
+use coda_actors::metrics::{GetPerformance, MetricsActor, MetricsSettings, RenderPrometheus};
 use coda_actors::session::guard::GuardPolicy;
 use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
 use coda_actors::session::{ServerFacts, SessionSettings, SessionShared};
@@ -150,6 +150,11 @@ pub async fn start(
         // Registers itself as component "metrics" (running) once started.
         move |_| MetricsActor::new(hub, metrics_settings, components)
     });
+    // A first answer means `started()` ran: its `component_status` is queued at the hub
+    // ahead of the server's own `running` below, which stays the last startup event.
+    if let Err(e) = metrics.send(GetPerformance).await {
+        tracing::warn!(error = %e, "metrics actor did not start");
+    }
     shared.set_metrics(metrics);
     let guard = GuardPolicy::new(
         &s.server.host,

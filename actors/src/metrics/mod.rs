@@ -8,10 +8,20 @@
 //! `kernel_overhead`). Do not send `RecordStage` for a stage that is also in a published
 //! `latency_trace`: it would be counted twice.
 //!
-//! ```ignore
-//! let metrics = actix::Supervisor::start(move |_| MetricsActor::new(hub, settings, components));
+//! ```no_run
+//! # use coda_actors::components::ComponentRegistry;
+//! # use coda_actors::hub::{EventHub, HubSettings};
+//! # use coda_actors::metrics::{GetPerformance, MetricsActor, MetricsSettings, RecordStage};
+//! # async fn demo() -> Result<(), actix::MailboxError> {
+//! let hub = EventHub::start_hub(HubSettings::default());
+//! let metrics = actix::Supervisor::start(|_| {
+//!     MetricsActor::new(hub, MetricsSettings::default(), ComponentRegistry::new())
+//! });
 //! metrics.do_send(RecordStage { stage: "kernel_overhead".into(), ms: 0.4 });
-//! let timing: ComponentTiming = metrics.send(GetPerformance).await?;
+//! let timing = metrics.send(GetPerformance).await?;
+//! println!("{} turns, {} stages", timing.turns, timing.stages.len());
+//! # Ok(())
+//! # }
 //! ```
 
 pub mod alerts;
