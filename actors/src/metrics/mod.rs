@@ -404,6 +404,21 @@ impl Handler<HubDelivery> for MetricsActor {
     }
 }
 
+/// Test hook: stop the actor as a failure would, so its supervisor restarts it.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Crash;
+
+#[cfg(test)]
+impl Handler<Crash> for MetricsActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Crash, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -632,6 +647,84 @@ mod tests {
             text.contains("coda_events_total{type=\"alert\"} 2\n"),
             "{text}"
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_restart_keeps_history_and_alert_state_and_resumes_sampling() {
+        let hub = EventHub::start_hub(HubSettings::default());
+        let seen = collect(&hub, &["component_status", "alert", "system_metrics"]);
+        let rule = AlertRule::from_spec(&alerts::AlertSpec {
+            metric: "memory_mb",
+            above: Some(1.0),
+            clear_below: Some(0.5),
+            below: None,
+            clear_above: None,
+            for_s: 0.0,
+            level: Level::Info,
+        })
+        .unwrap();
+        let components = ComponentRegistry::new();
+        let m = Supervisor::start({
+            let (hub, components) = (hub.clone(), components.clone());
+            move |_| MetricsActor::new(hub, settings(50, vec![rule]), components)
+        });
+        let count = |t: EventType| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.event_type == t)
+                .count()
+        };
+        wait_until("the memory alert", || count(EventType::Alert) == 1).await;
+        m.do_send(RecordStage {
+            stage: "total".into(),
+            ms: 42.0,
+        });
+        m.do_send(Crash);
+        let before = count(EventType::SystemMetrics);
+        wait_until("sampling resumes", || {
+            count(EventType::SystemMetrics) >= before + 3
+        })
+        .await;
+        let states: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.event_type == EventType::ComponentStatus)
+            .map(|e| data(e)["state"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(states, ["running", "restarting", "running"]);
+        let info = components.snapshot();
+        assert_eq!(info[0].restarts, 1);
+        assert_eq!(
+            count(EventType::Alert),
+            1,
+            "the active alert is not fired again"
+        );
+        let t = m.send(GetPerformance).await.unwrap();
+        assert_eq!(t.turns, 1, "latency history kept: {t:?}");
+        // The hub observer was renewed: a trace after the restart is recorded.
+        hub.publish(
+            "s",
+            &LatencyTrace {
+                turn_id: "t".into(),
+                stt_ms: None,
+                intent_ms: None,
+                llm_ttft_ms: None,
+                llm_ms: None,
+                tts_first_audio_ms: None,
+                tts_ms: None,
+                total_ms: 10.0,
+            },
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while m.send(GetPerformance).await.unwrap().turns != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "trace after restart not recorded"
+            );
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[actix_rt::test]
