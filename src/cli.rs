@@ -190,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 None => None,
             };
+            coda_actors::supervise::install_panic_hook();
             let system = actix_rt::System::new();
             system.block_on(async move {
                 let running = server::start(&loaded, synthetic).await?;

@@ -57,6 +57,33 @@ pub struct EventsConfig {
     pub resume_max_age_s: f64,
 }
 
+/// `[conversation]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationConfig {
+    pub system_prompt: String,
+    pub history_turns: usize,
+    pub max_tokens: u32,
+}
+
+/// `[tts]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsConfig {
+    pub engine: String,
+    pub binary: String,
+    pub voice: String,
+    pub rate: u32,
+}
+
+/// `[kernel]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelConfig {
+    pub max_restarts: u32,
+    pub restart_period_s: f64,
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +164,9 @@ pub struct Settings {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub events: EventsConfig,
+    pub conversation: ConversationConfig,
+    pub tts: TtsConfig,
+    pub kernel: KernelConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -578,6 +608,30 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         }
     }
     s.metrics.alert_rules()?;
+    if s.conversation.history_turns > 1000 {
+        return Err(invalid("conversation.history_turns", "at most 1000"));
+    }
+    if s.tts.engine != "espeak-ng" {
+        return Err(invalid(
+            "tts.engine",
+            format!(
+                "unknown engine {:?} (this build has: \"espeak-ng\")",
+                s.tts.engine
+            ),
+        ));
+    }
+    if !(80..=500).contains(&s.tts.rate) {
+        return Err(invalid(
+            "tts.rate",
+            "must be between 80 and 500 words per minute",
+        ));
+    }
+    if !(s.kernel.restart_period_s.is_finite() && s.kernel.restart_period_s > 0.0) {
+        return Err(invalid(
+            "kernel.restart_period_s",
+            "must be a positive number of seconds",
+        ));
+    }
     if !matches!(s.log.format.as_str(), "text" | "json") {
         return Err(invalid(
             "log.format",

@@ -14,11 +14,17 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use coda_actors::auth::{Authenticator, BootToken, TokenStore};
 use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
+use coda_actors::kernel::{Kernel, KernelSettings};
+use coda_actors::llm::actor::ProviderSlot;
+use coda_actors::llm::LlmError;
 use coda_actors::metrics::{GetPerformance, MetricsActor, MetricsSettings, RenderPrometheus};
+use coda_actors::orchestrator::ConversationSettings;
 use coda_actors::session::guard::GuardPolicy;
 use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
 use coda_actors::session::{ServerFacts, SessionSettings, SessionShared};
 use coda_actors::store::{SledStore, Storage, StoreError};
+use coda_actors::supervise::RestartBudget;
+use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
 use coda_protocol::{ComponentState, ConnectionState, SystemInfo, PROTOCOL_VERSION};
 
 use crate::config::{Loaded, Settings};
@@ -143,7 +149,14 @@ pub async fn start(
         listen: Some(addr.to_string()),
         ..facts
     };
-    let shared = SessionShared::new(session_settings(s), hub.clone(), authenticator, facts);
+    let kernel = start_kernel(s, &hub, &components);
+    let shared = SessionShared::new(
+        session_settings(s),
+        hub.clone(),
+        authenticator,
+        facts,
+        Some(kernel),
+    );
     let metrics_settings = metrics_settings(s)?;
     let metrics = actix::Supervisor::start({
         let (hub, components) = (hub.clone(), components.clone());
@@ -190,6 +203,12 @@ pub async fn start(
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(grace.as_secs().max(1))
+    // Small frames must not wait for the client's delayed ACK (Nagle).
+    .tcp_nodelay(true)
+    // Close the TCP connection right after a WebSocket close handshake (RFC 6455: the
+    // server closes first) instead of lingering; every endpoint is a GET, so there is
+    // no unread request body to protect.
+    .client_disconnect_timeout(Duration::ZERO)
     .listen(listener)
     .map_err(|source| StartError::Bind {
         addr: bind_addr.clone(),
@@ -293,6 +312,41 @@ async fn wait_for_signal() {
     }
 }
 
+/// The language model named by config. (The providers arrive with their issues; until
+/// then every turn that needs one ends with a clear `llm_error`.)
+pub fn llm_provider(_s: &Settings) -> ProviderSlot {
+    Err(LlmError::Unavailable(
+        "no language model provider is built into this version of coda yet".into(),
+    ))
+}
+
+fn start_kernel(s: &Settings, hub: &HubHandle, components: &ComponentRegistry) -> Kernel {
+    let settings = KernelSettings {
+        budget: RestartBudget {
+            max_restarts: s.kernel.max_restarts,
+            period: Settings::secs(s.kernel.restart_period_s),
+        },
+        conversation: ConversationSettings {
+            system_prompt: s.conversation.system_prompt.clone(),
+            history_turns: s.conversation.history_turns,
+            max_tokens: (s.conversation.max_tokens > 0).then_some(s.conversation.max_tokens),
+        },
+    };
+    let engine = Arc::new(EspeakEngine::new(EspeakConfig {
+        binary: PathBuf::from(&s.tts.binary),
+        voice: s.tts.voice.clone(),
+        rate: s.tts.rate,
+    }));
+    Kernel::start(
+        hub.clone(),
+        components.clone(),
+        settings,
+        llm_provider(s),
+        engine,
+        None,
+    )
+}
+
 fn hub_settings(s: &Settings) -> HubSettings {
     HubSettings {
         replay_size: s.events.replay_size,
@@ -308,6 +362,10 @@ pub fn metrics_settings(s: &Settings) -> anyhow::Result<MetricsSettings> {
         timing_interval: Settings::secs(s.metrics.timing_interval_s),
         window: Settings::secs(s.metrics.window_s),
         alerts: s.metrics.alert_rules()?,
+        budget: RestartBudget {
+            max_restarts: s.kernel.max_restarts,
+            period: Settings::secs(s.kernel.restart_period_s),
+        },
     })
 }
 

@@ -193,14 +193,39 @@ fn check_config(d: &Value, server: &Server) {
 async fn unavailable_commands_say_so() {
     let server = Server::start(&[], &[]);
     let mut c = server.client().await;
+    // Not built yet: `unavailable`. (Update this list as features land.)
     for (t, data) in [
-        ("text_input", json!({"text": "what time is it"})),
         ("stt_start", json!({"mode": "push_to_talk"})),
-        ("demo_flow", json!({})),
+        ("memory_search", json!({"query": "mars"})),
     ] {
         let r = c.request(t, data).await;
         assert_eq!(ty(&r), "command_error", "{r}");
         assert_eq!(r["data"]["code"], json!("unavailable"), "{t}: {r}");
+    }
+    // Conversation commands: exactly one answer, a result or an `unavailable` error
+    // (this build may have no language model), never silence or a dropped connection.
+    for (t, data) in [
+        ("text_input", json!({"text": "what time is it"})),
+        ("demo_flow", json!({})),
+    ] {
+        let id = c.fresh_id();
+        c.send_cmd(t, data, Some(&id)).await;
+        let r = c.wait_reply(&id, RECV_TIMEOUT).await;
+        if ty(&r) == "command_error" {
+            assert_eq!(r["data"]["code"], json!("unavailable"), "{t}: {r}");
+        }
+        let again = bounded("no second answer", Duration::from_secs(5), async {
+            loop {
+                match c.next_json(Duration::from_millis(500)).await {
+                    Ok(v) if v["data"]["id"] == json!(id) && is_direct(&v) => return Some(v),
+                    Ok(_) => continue,
+                    Err(End::Timeout) => return None,
+                    Err(e) => panic!("{t}: {e:?}"),
+                }
+            }
+        })
+        .await;
+        assert!(again.is_none(), "{t} answered twice: {again:?}");
     }
     c.ping().await;
 }
@@ -432,7 +457,6 @@ async fn heartbeat_drops_silent_clients_only() {
 /// With a first command other than `hello`, the session code promises "the answer to the
 /// command follows the replay on the wire" (actors/src/session/mod.rs, `dispatch`).
 #[tokio::test]
-#[ignore = "server bug: the answer to a first command is sent before the replay"]
 async fn first_command_answer_follows_the_replay() {
     let server = Server::start(&[], &[]);
     let mut c = server.client().await;
@@ -446,29 +470,29 @@ async fn first_command_answer_follows_the_replay() {
 /// Two frames written a moment apart must not wait for the client's delayed ACK (Nagle):
 /// a first command's answer and the replay both arrive within a few milliseconds.
 #[tokio::test]
-#[ignore = "server bug: TCP_NODELAY is off, back-to-back frames wait ~40 ms for a delayed ACK"]
 async fn back_to_back_frames_are_not_delayed() {
     let server = Server::start(&[], &[]);
-    let mut worst = Duration::ZERO;
-    for _ in 0..5 {
+    let mut times = Vec::new();
+    for _ in 0..7 {
         let mut c = server.client().await;
         let t = std::time::Instant::now();
         c.send_cmd("ping", json!({}), Some("a")).await;
         c.wait_reply("a", RECV_TIMEOUT).await;
         // The replay is in the queue right behind (or ahead of) the answer.
         c.wait_type("replay", RECV_TIMEOUT).await;
-        worst = worst.max(t.elapsed());
+        times.push(t.elapsed());
     }
+    times.sort();
+    // The median, so one scheduling hiccup on a busy machine does not decide it.
     assert!(
-        worst < Duration::from_millis(25),
-        "answer + replay took {worst:?}"
+        times[3] < Duration::from_millis(25),
+        "answer + replay took {times:?}"
     );
 }
 
 /// After the close handshake the server should close TCP at once (RFC 6455 §7.1.1: the
 /// server closes the connection first); it lingers ~1 s instead.
 #[tokio::test]
-#[ignore = "server bug: TCP stays open ~1 s after the close handshake (actix client_disconnect_timeout)"]
 async fn tcp_closes_promptly_after_the_close_handshake() {
     let server = Server::start(&[], &[]);
     let mut c = server.client().await;

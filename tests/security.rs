@@ -426,3 +426,51 @@ async fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16,
     })
     .await
 }
+
+/// The `token_*` admin commands need the per-boot token, whatever `auth.required` says.
+#[tokio::test]
+async fn token_admin_commands_need_the_boot_token() {
+    let home = Home::new();
+    let (_, user) = home.create_token("user", None);
+    let server = Server::start_in(home, &["--auth"], &[]);
+    let mut c = Client::connect(
+        &server.url(),
+        &[("Authorization", &format!("Bearer {user}"))],
+    )
+    .await;
+    for (t, data) in [
+        ("token_create", json!({"name": "sneaky"})),
+        ("token_list", json!({})),
+        ("token_revoke", json!({"token": "user"})),
+        ("token_rotate", json!({"token": "user"})),
+    ] {
+        let r = c.request(t, data).await;
+        assert_eq!(ty(&r), "command_error", "{t}: {r}");
+        assert_eq!(r["data"]["code"], json!("unauthorized"), "{t}: {r}");
+    }
+    c.ping().await;
+
+    let boot = format!("Bearer {}", server.boot_token());
+    let mut admin = Client::connect(&server.url(), &[("Authorization", &boot)]).await;
+    let r = admin.request("token_list", json!({})).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let names: Vec<&str> = r["data"]["data"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["user"], "{r}");
+    assert!(!r.to_string().contains(&user), "list never shows secrets");
+
+    // Auth off: an anonymous local client is still not an admin.
+    let open = Server::start(&[], &[]);
+    let mut anon = open.client().await;
+    let r = anon.request("token_create", json!({"name": "x"})).await;
+    assert_eq!(r["data"]["code"], json!("unauthorized"), "{r}");
+    let boot = format!("Bearer {}", open.boot_token());
+    let mut admin = Client::connect(&open.url(), &[("Authorization", &boot)]).await;
+    let r = admin.request("token_create", json!({"name": "x"})).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    assert!(r["data"]["data"]["secret"].is_string(), "{r}");
+}

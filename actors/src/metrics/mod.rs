@@ -4,9 +4,10 @@
 //!
 //! Latency reaches the tracker two ways: every `latency_trace` event published on the hub
 //! is observed and recorded stage by stage (so a turn's trace cannot drift from the
-//! percentiles), and [`RecordStage`] records any other stage directly (e.g.
-//! `kernel_overhead`). Do not send `RecordStage` for a stage that is also in a published
-//! `latency_trace`: it would be counted twice.
+//! percentiles; stages are named like its fields without `_ms`: `stt`, `intent`,
+//! `llm_ttft`, `llm`, `tts_first_audio`, `tts`, `total`, `kernel`), and [`RecordStage`]
+//! records any other stage directly. Do not send `RecordStage` for a stage that is also
+//! in a published `latency_trace`: it would be counted twice.
 //!
 //! ```no_run
 //! # use coda_actors::components::ComponentRegistry;
@@ -40,6 +41,7 @@ use coda_protocol::{
 
 use crate::components::ComponentRegistry;
 use crate::hub::{GetCounters, HubDelivery, HubHandle, Observe, TypeMask};
+use crate::supervise::{catch, RestartBudget, Supervision};
 use alerts::{AlertEngine, AlertMetric, AlertRule, LatencyStat};
 use perf::{PerfTracker, StageSummary};
 use sampler::{Gpu, Sampler};
@@ -58,6 +60,9 @@ pub struct MetricsSettings {
     pub window: Duration,
     /// Alert rules.
     pub alerts: Vec<AlertRule>,
+    /// Restarts tolerated before the component is marked degraded (sampling stops;
+    /// latency answers go on).
+    pub budget: RestartBudget,
 }
 
 impl Default for MetricsSettings {
@@ -67,6 +72,7 @@ impl Default for MetricsSettings {
             timing_interval: Duration::from_secs(30),
             window: Duration::from_secs(300),
             alerts: Vec::new(),
+            budget: RestartBudget::default(),
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct LatestSample;
 
 /// The metrics actor. Start it under a supervisor: `actix::Supervisor::start(|_| actor)`.
 pub struct MetricsActor {
+    /// Restart budget and `component_status` (the kernel's supervision glue).
+    sup: Supervision,
     hub: HubHandle,
     settings: MetricsSettings,
     components: ComponentRegistry,
@@ -135,6 +143,7 @@ impl MetricsActor {
             Err(e) => (None, Some(e.to_string())),
         };
         MetricsActor {
+            sup: Supervision::new(COMPONENT, settings.budget, hub.clone(), components.clone()),
             tracker: PerfTracker::new(settings.window, now),
             alerts: AlertEngine::new(settings.alerts.clone()),
             hub,
@@ -148,13 +157,29 @@ impl MetricsActor {
         }
     }
 
-    /// One sampling round: sample, publish, evaluate the alerts.
-    fn tick(&mut self) {
+    /// One sampling round: sample, publish, evaluate the alerts. sysinfo and NVML are
+    /// foreign code: a panic in them is caught and restarts the actor.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.sup.is_degraded() {
+            return;
+        }
         if let Some(sampler) = self.sampler.as_mut() {
-            let mut m = sampler.sample();
-            self.gpu.fill(&mut m);
-            self.hub.publish(SYSTEM_SESSION, &m);
-            self.latest = Some(m);
+            let gpu = &mut self.gpu;
+            match catch(|| {
+                let mut m = sampler.sample();
+                gpu.fill(&mut m);
+                m
+            }) {
+                Ok(m) => {
+                    self.hub.publish(SYSTEM_SESSION, &m);
+                    self.latest = Some(m);
+                }
+                Err(panic) => {
+                    self.sup.crashed(&panic);
+                    ctx.stop();
+                    return;
+                }
+            }
         }
         self.check_alerts(Instant::now());
     }
@@ -212,6 +237,7 @@ impl MetricsActor {
             ("tts_first_audio", t.tts_first_audio_ms),
             ("tts", t.tts_ms),
             ("total", Some(t.total_ms)),
+            ("kernel", t.kernel_ms),
         ];
         for (stage, ms) in stages {
             if let Some(ms) = ms {
@@ -299,17 +325,17 @@ impl Actor for MetricsActor {
             mask: latency_mask,
             recipient: ctx.address().recipient(),
         });
-        ctx.run_interval(self.settings.interval, |act, _| act.tick());
+        ctx.run_interval(self.settings.interval, |act, ctx| act.tick(ctx));
         ctx.run_interval(self.settings.timing_interval, |act, _| {
             if act.tracker.take_dirty() > 0 {
                 let timing = act.timing(Instant::now());
                 act.hub.publish(SYSTEM_SESSION, &timing);
             }
         });
+        self.sup.started();
         match &self.sampler_error {
-            None => self
-                .components
-                .set(&self.hub, COMPONENT, ComponentState::Running, None),
+            None => {}
+            Some(_) if self.sup.is_degraded() => {}
             Some(e) => {
                 tracing::warn!(error = %e, "no system_metrics: cannot read system information");
                 self.components.set(
@@ -330,11 +356,11 @@ impl Actor for MetricsActor {
 }
 
 impl Supervised for MetricsActor {
-    /// Re-opens sysinfo (its CPU baseline restarts). The latency history, the alert states
-    /// (so an active alert is not fired twice) and NVML are kept.
+    /// Counts the restart against the budget and re-opens sysinfo (its CPU baseline
+    /// restarts). The latency history, the alert states (so an active alert is not fired
+    /// twice) and NVML are kept.
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.components
-            .set(&self.hub, COMPONENT, ComponentState::Restarting, None);
+        self.sup.restarting();
         (self.sampler, self.sampler_error) = match Sampler::new() {
             Ok(s) => (Some(s), None),
             Err(e) => (None, Some(e.to_string())),
@@ -404,20 +430,7 @@ impl Handler<HubDelivery> for MetricsActor {
     }
 }
 
-/// Test hook: stop the actor as a failure would, so its supervisor restarts it.
-#[cfg(test)]
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Crash;
-
-#[cfg(test)]
-impl Handler<Crash> for MetricsActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Crash, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+crate::impl_fault_injection!(MetricsActor);
 
 #[cfg(test)]
 mod tests {
@@ -474,6 +487,7 @@ mod tests {
             timing_interval: Duration::from_millis(interval_ms),
             window: Duration::from_secs(60),
             alerts,
+            budget: RestartBudget::default(),
         }
     }
 
@@ -550,6 +564,7 @@ mod tests {
                     tts_first_audio_ms: None,
                     tts_ms: None,
                     total_ms: 200.0 * i as f64,
+                    kernel_ms: Some(1.5),
                 },
             );
         }
@@ -578,6 +593,7 @@ mod tests {
         assert!((total.p50_ms - 1000.0).abs() <= 10.0, "{total:?}");
         assert_eq!(stage("llm").unwrap().count, 10);
         assert_eq!(stage("intent").unwrap().count, 10);
+        assert_eq!(stage("kernel").unwrap().max_ms, 1.5);
         assert_eq!(stage("kernel_overhead").unwrap().count, 1, "NaN dropped");
         assert!(stage("stt").is_none(), "absent stages are not invented");
         assert!(t.counters["events_published"] >= 10);
@@ -680,7 +696,7 @@ mod tests {
             stage: "total".into(),
             ms: 42.0,
         });
-        m.do_send(Crash);
+        m.do_send(crate::supervise::InjectFault::PanicInHandler);
         let before = count(EventType::SystemMetrics);
         wait_until("sampling resumes", || {
             count(EventType::SystemMetrics) >= before + 3
@@ -715,6 +731,7 @@ mod tests {
                 tts_first_audio_ms: None,
                 tts_ms: None,
                 total_ms: 10.0,
+                kernel_ms: None,
             },
         );
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -38,6 +38,7 @@ use crate::hub::{
     TypeMask, Unregister,
 };
 use crate::metrics::{GetPerformance, MetricsActor};
+use crate::orchestrator::{Interrupt, KernelError, TextTurn, TurnSource};
 
 /// Per-connection limits (from the `[server]` and `[auth]` config sections).
 #[derive(Debug, Clone)]
@@ -110,6 +111,8 @@ pub struct SessionShared {
     pub facts: ServerFacts,
     /// The metrics actor, once started (answers `get_performance_metrics`).
     metrics: OnceLock<Addr<MetricsActor>>,
+    /// The conversation pipeline (absent: turn commands answer `unavailable`).
+    pub kernel: Option<crate::kernel::Kernel>,
     next_id: AtomicU64,
 }
 
@@ -120,6 +123,7 @@ impl SessionShared {
         hub: HubHandle,
         auth: Arc<Authenticator>,
         facts: ServerFacts,
+        kernel: Option<crate::kernel::Kernel>,
     ) -> Arc<Self> {
         Arc::new(SessionShared {
             settings,
@@ -127,6 +131,7 @@ impl SessionShared {
             auth,
             facts,
             metrics: OnceLock::new(),
+            kernel,
             next_id: AtomicU64::new(1),
         })
     }
@@ -193,6 +198,10 @@ pub struct WsSession {
     /// Seq of the last stream event sent: direct replies repeat it, so they never look
     /// like a gap.
     last_sent_seq: u64,
+    /// A replay was asked of the hub and has not arrived: direct replies wait for it, so
+    /// a command's answer never overtakes the replay its command started.
+    awaiting_replay: bool,
+    deferred: Vec<DeferredFrame>,
     bucket: TokenBucket,
     rate_notice: Option<Instant>,
     violations: u32,
@@ -251,6 +260,8 @@ impl WsSession {
                 exclude: Vec::new(),
                 mask: TypeMask::ALL,
                 last_sent_seq: 0,
+                awaiting_replay: false,
+                deferred: Vec::new(),
                 bucket: TokenBucket::new(settings.rate_per_s, settings.rate_burst),
                 rate_notice: None,
                 violations: 0,
@@ -292,6 +303,14 @@ impl WsSession {
     }
 
     fn direct<P: EventPayload>(&mut self, payload: &P, ctx: &mut Context<Self>) {
+        if self.awaiting_replay {
+            // Built when sent, so its seq is the one the client will have seen by then.
+            let data = serde_json::to_value(payload).unwrap_or(serde_json::Value::Null);
+            let kind = P::TYPE;
+            self.deferred
+                .push(Box::new(move |seq| direct_frame_value(seq, kind, &data)));
+            return;
+        }
         let frame = direct_frame(self.last_sent_seq, payload);
         self.push(Frame::Text(frame), ctx);
     }
@@ -348,6 +367,9 @@ impl WsSession {
 
     fn subscribe(&mut self, start: StartAt) {
         self.subscribed = true;
+        if !matches!(start, StartAt::Live) {
+            self.awaiting_replay = true;
+        }
         self.shared.hub.addr().do_send(Subscribe {
             client_id: self.id,
             mask: self.mask,
@@ -580,6 +602,39 @@ impl WsSession {
                     None => self.direct(&cfg, ctx),
                 }
             }
+            Command::TextInput(t) => {
+                let session_id = t.session_id.unwrap_or_else(|| self.client_id.clone());
+                self.start_turn(id, session_id, t.text, TurnSource::Text, ctx);
+            }
+            Command::DemoFlow(d) => {
+                let text = d.text.unwrap_or_else(|| {
+                    "Tell me one interesting fact about the planet Mars.".to_string()
+                });
+                let session_id = format!("demo-{}", self.client_id);
+                self.start_turn(id, session_id, text, TurnSource::Demo, ctx);
+            }
+            Command::Interrupt(_) => {
+                let Some(kernel) = self.shared.kernel.clone() else {
+                    self.reply_err(
+                        id,
+                        ErrorCode::Unavailable,
+                        "the conversation pipeline is not running",
+                        ctx,
+                    );
+                    return;
+                };
+                // The assistant has one voice: interrupt stops every turn in flight.
+                let fut = kernel.orchestrator.send(Interrupt { session_id: None });
+                ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(report) => act.reply_ok(id, to_value(&report), ctx),
+                    Err(_) => act.reply_err(
+                        id,
+                        ErrorCode::Unavailable,
+                        "the orchestrator is restarting",
+                        ctx,
+                    ),
+                }));
+            }
             Command::TokenCreate(_)
             | Command::TokenList
             | Command::TokenRevoke(_)
@@ -592,6 +647,41 @@ impl WsSession {
                 self.reply_err(id, ErrorCode::Unavailable, msg, ctx);
             }
         }
+    }
+
+    /// Hands a turn to the orchestrator and answers with its `turn_id`.
+    fn start_turn(
+        &mut self,
+        id: Option<String>,
+        session_id: String,
+        text: String,
+        source: TurnSource,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(kernel) = self.shared.kernel.clone() else {
+            self.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "the conversation pipeline is not running",
+                ctx,
+            );
+            return;
+        };
+        let fut = kernel.orchestrator.send(TextTurn {
+            session_id,
+            text,
+            source,
+        });
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(started)) => act.reply_ok(
+                id,
+                serde_json::json!({"turn_id": started.turn_id, "conversation_id": started.conversation_id}),
+                ctx,
+            ),
+            Ok(Err(KernelError::Invalid(why))) => act.reply_err(id, ErrorCode::InvalidData, why, ctx),
+            Ok(Err(KernelError::Unavailable(why))) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
+            Err(_) => act.reply_err(id, ErrorCode::Unavailable, "the orchestrator is restarting", ctx),
+        }));
     }
 
     /// The `token_*` admin commands: only for the per-boot principal (the local CLI,
@@ -734,6 +824,18 @@ fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
+/// A direct reply waiting for a replay, built with the seq current when it is sent.
+type DeferredFrame = Box<dyn FnOnce(u64) -> ByteString>;
+
+/// [`direct_frame`] from an already-converted payload.
+fn direct_frame_value(seq: u64, kind: EventType, data: &serde_json::Value) -> ByteString {
+    ByteString::from(format!(
+        r#"{{"version":"{PROTOCOL_VERSION}","seq":{seq},"timestamp":{:.6},"type":"{}","session_id":"{SYSTEM_SESSION}","data":{data}}}"#,
+        super::hub::unix_now(),
+        kind.as_str(),
+    ))
+}
+
 /// A direct (one-client) envelope. Its `seq` repeats the last stream seq the client was
 /// sent; direct replies are not part of the numbered stream.
 pub fn direct_frame<P: EventPayload>(seq: u64, payload: &P) -> ByteString {
@@ -870,7 +972,14 @@ impl Handler<HubDelivery> for WsSession {
                     self.push(Frame::Text(ev.json.clone()), ctx);
                 }
             }
-            HubDelivery::Replay(batch) => self.send_replay(batch, ctx),
+            HubDelivery::Replay(batch) => {
+                self.send_replay(batch, ctx);
+                self.awaiting_replay = false;
+                for build in std::mem::take(&mut self.deferred) {
+                    let frame = build(self.last_sent_seq);
+                    self.push(Frame::Text(frame), ctx);
+                }
+            }
             HubDelivery::Shutdown(reason) => self.close(CloseCode::Away, &reason, ctx),
         }
     }
