@@ -407,3 +407,91 @@ alerts = [
     assert_eq!(active.get("clients"), Some(&0.0), "\n{body}");
     assert!(body.contains("coda_alerts_fired_total 2\n"), "\n{body}");
 }
+
+/// The orchestrator's `latency_trace` reaches the tracker through the hub: the periodic
+/// `component_timing`, `get_performance_metrics` and `/metrics` all show the turn.
+#[tokio::test]
+async fn a_turn_feeds_the_latency_tracker() {
+    let server = Server::start(&[], &[("CODA__METRICS__TIMING_INTERVAL_S", "0.2")]);
+    let (mut c, _) = server.hello_client().await;
+    c.wait_type("replay", RECV_TIMEOUT).await;
+    // Whatever the answer (this build may have no language model), the turn is traced.
+    c.send_cmd(
+        "text_input",
+        json!({"text": "what time is it"}),
+        Some("turn"),
+    )
+    .await;
+    let trace = c.wait_type("latency_trace", RECV_TIMEOUT).await;
+    let total_ms = trace["data"]["total_ms"].as_f64().expect("total_ms");
+
+    let timing = c.wait_type("component_timing", RECV_TIMEOUT).await;
+    assert_envelope(&timing);
+    let d = &timing["data"];
+    assert_eq!(d["turns"], json!(1), "{timing}");
+    let stages = d["stages"].as_array().unwrap();
+    let total = stages
+        .iter()
+        .find(|s| s["stage"] == json!("total"))
+        .unwrap_or_else(|| panic!("no total stage: {timing}"));
+    assert_eq!(total["count"], json!(1), "{timing}");
+    assert_eq!(
+        total["max_ms"].as_f64(),
+        Some(total_ms),
+        "exact max: {timing}"
+    );
+    // Every stage the trace carried, and no other.
+    let traced: Vec<String> = trace["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.strip_suffix("_ms").map(str::to_string))
+        .collect();
+    let mut named: Vec<String> = stages
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .collect();
+    named.sort();
+    let mut traced_sorted = traced.clone();
+    traced_sorted.sort();
+    assert_eq!(named, traced_sorted, "{trace} {timing}");
+
+    let r = c.request("get_performance_metrics", json!({})).await;
+    assert_eq!(r["data"]["data"]["turns"], json!(1), "{r}");
+
+    let (status, body) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    let scrape = parse_exposition(&body);
+    let count = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "coda_stage_latency_seconds_count" && s.labels.get("stage") == Some("total")
+        })
+        .unwrap_or_else(|| panic!("no total count\n{body}"));
+    assert!(
+        matches!(count.value, prometheus_parse::Value::Untyped(v) if v == 1.0),
+        "{count:?}"
+    );
+    let quantiles = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "coda_stage_latency_seconds" && s.labels.get("stage") == Some("total")
+        })
+        .unwrap_or_else(|| panic!("no total quantiles\n{body}"));
+    match &quantiles.value {
+        prometheus_parse::Value::Summary(q) => {
+            assert_eq!(q.len(), 3, "{q:?}");
+            for sq in q {
+                // One sample: every quantile is that sample (1% histogram precision).
+                let ms = sq.count * 1000.0;
+                assert!(
+                    (ms - total_ms).abs() <= total_ms * 0.01 + 0.002,
+                    "{sq:?} vs {total_ms}"
+                );
+            }
+        }
+        other => panic!("not a summary: {other:?}"),
+    }
+}
