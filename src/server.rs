@@ -17,6 +17,7 @@ use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
 use coda_actors::kernel::{Kernel, KernelSettings, Rooms};
 use coda_actors::llm::actor::ProviderSlot;
 use coda_actors::llm::LlmError;
+use coda_actors::metrics::{GetPerformance, MetricsActor, MetricsSettings, RenderPrometheus};
 use coda_actors::orchestrator::ConversationSettings;
 use coda_actors::session::guard::GuardPolicy;
 use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
@@ -160,6 +161,18 @@ pub async fn start(
         facts,
         Some(kernel),
     );
+    let metrics_settings = metrics_settings(s)?;
+    let metrics = actix::Supervisor::start({
+        let (hub, components) = (hub.clone(), components.clone());
+        // Registers itself as component "metrics" (running) once started.
+        move |_| MetricsActor::new(hub, metrics_settings, components)
+    });
+    // A first answer means `started()` ran: its `component_status` is queued at the hub
+    // ahead of the server's own `running` below, which stays the last startup event.
+    if let Err(e) = metrics.send(GetPerformance).await {
+        tracing::warn!(error = %e, "metrics actor did not start");
+    }
+    shared.set_metrics(metrics);
     let guard = GuardPolicy::new(
         &s.server.host,
         addr.port(),
@@ -186,6 +199,7 @@ pub async fn start(
             .route("/ws", web::get().to(ws_upgrade))
             .route("/", web::get().to(index))
             .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(prometheus_metrics))
             .route("/api/system_info", web::get().to(api_system_info))
             .route("/api/config", web::get().to(api_config))
             .default_service(web::to(not_found))
@@ -392,6 +406,20 @@ fn hub_settings(s: &Settings) -> HubSettings {
     }
 }
 
+/// The metrics actor's settings from config (the rules were validated at load time).
+pub fn metrics_settings(s: &Settings) -> anyhow::Result<MetricsSettings> {
+    Ok(MetricsSettings {
+        interval: Settings::secs(s.metrics.interval_s),
+        timing_interval: Settings::secs(s.metrics.timing_interval_s),
+        window: Settings::secs(s.metrics.window_s),
+        alerts: s.metrics.alert_rules()?,
+        budget: RestartBudget {
+            max_restarts: s.kernel.max_restarts,
+            period: Settings::secs(s.kernel.restart_period_s),
+        },
+    })
+}
+
 /// The session limits from config.
 pub fn session_settings(s: &Settings) -> SessionSettings {
     SessionSettings {
@@ -468,6 +496,7 @@ async fn index(
             "<h1>Coda</h1><p>The dashboard is not part of this build yet.</p>",
             "<ul><li>WebSocket event stream: <code>/ws</code></li>",
             "<li><a href=/healthz>/healthz</a></li>",
+            "<li><a href=/metrics>/metrics</a> (Prometheus)</li>",
             "<li><a href=/api/system_info>/api/system_info</a></li>",
             "<li><a href=/api/config>/api/config</a></li></ul>"
         )))
@@ -537,6 +566,23 @@ async fn api_system_info(req: HttpRequest, state: web::Data<UpgradeState>) -> Ht
             })
         }
         Err(_) => HttpResponse::ServiceUnavailable().body("event hub unavailable\n"),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format (token required when auth is on, as for `/api`).
+async fn prometheus_metrics(req: HttpRequest, state: web::Data<UpgradeState>) -> HttpResponse {
+    if let Some(r) = api_refusal(&req, &state) {
+        return r;
+    }
+    let Some(metrics) = state.shared.metrics() else {
+        return HttpResponse::ServiceUnavailable().body("metrics are not running\n");
+    };
+    match metrics.send(RenderPrometheus).await {
+        Ok(text) => HttpResponse::Ok()
+            .content_type(coda_actors::metrics::prometheus::CONTENT_TYPE)
+            .body(text),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .body(format!("the metrics component did not answer ({e})\n")),
     }
 }
 

@@ -218,7 +218,13 @@ async fn host_allow_list_on_every_request() {
         403,
     )
     .await;
-    for path in ["/healthz", "/api/system_info", "/", "/api/config"] {
+    for path in [
+        "/healthz",
+        "/api/system_info",
+        "/",
+        "/api/config",
+        "/metrics",
+    ] {
         let (status, body) = http_get(port, path, Some("evil.example")).await;
         assert_eq!(status, 403, "{path}: {body}");
         let (status, _) = http_get(port, path, Some(&format!("attacker.localhost:{port}"))).await;
@@ -368,7 +374,8 @@ async fn tokens_in_the_url_are_ignored() {
     assert_eq!(code, Some(1008));
 }
 
-/// With auth on, the read-only HTTP API wants the token too; /healthz stays open.
+/// With auth on, the read-only HTTP API and /metrics want the token too; /healthz stays
+/// open.
 #[tokio::test]
 async fn http_api_requires_the_token_when_auth_is_on() {
     let home = Home::new();
@@ -377,7 +384,7 @@ async fn http_api_requires_the_token_when_auth_is_on() {
     let port = server.port;
     let (status, _) = server.get("/healthz").await;
     assert_eq!(status, 200);
-    for path in ["/api/system_info", "/api/config"] {
+    for path in ["/api/system_info", "/api/config", "/metrics"] {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 401, "{path}: {body}");
         let (status, body) = http_get_with(

@@ -9,6 +9,7 @@ pub mod intent;
 pub mod kernel;
 pub mod llm;
 pub mod memory;
+pub mod metrics;
 pub mod orchestrator;
 pub mod session;
 pub mod store;

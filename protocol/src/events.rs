@@ -275,7 +275,8 @@ pub struct ComponentStatus {
 /// is back under, never one per sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Alert {
-    /// The metric, e.g. `"memory_mb"`, `"cpu_percent"`, `"latency_total_ms"`.
+    /// The metric as named in the `metrics.alerts` config, e.g. `"memory_mb"`,
+    /// `"cpu_percent"`, `"clients"`, `"latency.total.p95"`.
     pub metric: String,
     /// The value that triggered (or cleared) the alert.
     pub value: f64,

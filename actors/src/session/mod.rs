@@ -17,7 +17,7 @@ use outbox::{Frame, Outbox, PushError};
 pub use rate::TokenBucket;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -37,6 +37,7 @@ use crate::hub::{
     GetStatus, HubDelivery, HubHandle, HubStatus, Register, ReplayBatch, StartAt, Subscribe,
     TypeMask, Unregister,
 };
+use crate::metrics::{GetPerformance, MetricsActor};
 use crate::orchestrator::{Interrupt, KernelError, TextTurn, TurnSource};
 
 /// Per-connection limits (from the `[server]` and `[auth]` config sections).
@@ -108,6 +109,8 @@ pub struct SessionShared {
     pub auth: Arc<Authenticator>,
     /// Facts for info commands.
     pub facts: ServerFacts,
+    /// The metrics actor, once started (answers `get_performance_metrics`).
+    metrics: OnceLock<Addr<MetricsActor>>,
     /// The conversation pipeline (absent: turn commands answer `unavailable`).
     pub kernel: Option<crate::kernel::Kernel>,
     next_id: AtomicU64,
@@ -127,9 +130,21 @@ impl SessionShared {
             hub,
             auth,
             facts,
+            metrics: OnceLock::new(),
             kernel,
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// Hands sessions the metrics actor (once; later calls are ignored). Without it,
+    /// `get_performance_metrics` is answered `unavailable`.
+    pub fn set_metrics(&self, metrics: Addr<MetricsActor>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The metrics actor, if one was handed over.
+    pub fn metrics(&self) -> Option<&Addr<MetricsActor>> {
+        self.metrics.get()
     }
 
     fn next_client_id(&self) -> u64 {
@@ -267,6 +282,7 @@ impl WsSession {
         match self.out.push(frame) {
             Ok(()) => {}
             Err(PushError::Full) => {
+                self.shared.hub.counters().slow_disconnect();
                 let reason = format!(
                     "slow consumer: {} outbound messages queued",
                     self.settings().max_queue
@@ -310,6 +326,7 @@ impl WsSession {
         message: impl Into<String>,
         ctx: &mut Context<Self>,
     ) {
+        self.shared.hub.counters().command_error();
         self.direct(
             &CommandError {
                 id,
@@ -413,6 +430,7 @@ impl WsSession {
             }
         };
         let id = request.id;
+        self.shared.hub.counters().command();
         if self.auth == AuthState::Pending {
             match request.command {
                 Command::Auth(a) => self.authenticate(id, &a.token, ctx),
@@ -573,6 +591,7 @@ impl WsSession {
                     }
                 });
             }
+            Command::GetPerformanceMetrics => self.answer_performance(id, ctx),
             Command::GetConfig => {
                 let cfg = coda_protocol::Config {
                     config: self.shared.facts.config.clone(),
@@ -791,6 +810,33 @@ impl WsSession {
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(status) => f(act, status, ctx),
             Err(_) => act.reply_err(None, ErrorCode::Internal, "event hub unavailable", ctx),
+        }));
+    }
+
+    /// `get_performance_metrics`: the metrics actor's `component_timing`, answered in order
+    /// like `get_system_info` (`ctx.wait`).
+    fn answer_performance(&mut self, id: Option<String>, ctx: &mut Context<Self>) {
+        let Some(metrics) = self.shared.metrics.get() else {
+            self.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "performance metrics are not running in this server",
+                ctx,
+            );
+            return;
+        };
+        let fut = metrics.send(GetPerformance).timeout(Duration::from_secs(5));
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(timing) => match id {
+                Some(id) => act.reply_ok(Some(id), to_value(&timing), ctx),
+                None => act.direct(&timing, ctx),
+            },
+            Err(e) => act.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                format!("the metrics component did not answer ({e}); it may be restarting"),
+                ctx,
+            ),
         }));
     }
 
