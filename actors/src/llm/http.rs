@@ -168,6 +168,11 @@ pub fn map_status(
     } else {
         format!("{provider}: {msg} (HTTP {})", status.as_u16())
     };
+    // OCI's request id is what its support asks for.
+    let msg = match headers.get("opc-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) => format!("{msg} [opc-request-id: {id}]"),
+        None => msg,
+    };
     match status.as_u16() {
         401 | 403 => LlmError::Auth(msg),
         404 => LlmError::NotFound(msg),

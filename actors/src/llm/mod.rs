@@ -12,6 +12,7 @@ pub mod oci;
 pub mod ollama;
 pub mod openai;
 pub mod registry;
+pub mod scripted;
 
 use std::fmt;
 use std::pin::Pin;
