@@ -1,0 +1,141 @@
+//! From the `[llm]` config section (and `--provider` / `--model`) to a running provider
+//! chain for the CLI's LLM commands, with fallbacks announced on stderr.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use coda_actors::llm::http::HttpOptions;
+use coda_actors::llm::oci::auth::{self as oci_auth, OciAuth};
+use coda_actors::llm::oci::OciConfig;
+use coda_actors::llm::ollama::OllamaConfig;
+use coda_actors::llm::openai::OpenAiConfig;
+use coda_actors::llm::registry::{self, Chain, FallbackNotice, LlmSettings, LocalSettings};
+use coda_actors::llm::GenerationDefaults;
+
+use crate::config::{LlmConfig, OverrideValue, Settings};
+
+/// `--provider` / `--model`, shared by `ask`, `chat` and `models`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ProviderArgs {
+    /// Provider for this command: local, ollama, openai or oci (llm.provider).
+    #[arg(long, value_name = "P")]
+    pub provider: Option<String>,
+    /// Model for this command (the provider's configured model otherwise).
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+}
+
+impl ProviderArgs {
+    /// Config overrides these flags make.
+    pub fn overrides(&self) -> Vec<(String, OverrideValue, String)> {
+        self.provider
+            .iter()
+            .map(|p| {
+                (
+                    "llm.provider".to_string(),
+                    OverrideValue::Str(p.clone()),
+                    "--provider".to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The registry's settings for `cfg`, with `model` for the primary provider.
+pub fn llm_settings(cfg: &LlmConfig, model: Option<String>) -> LlmSettings {
+    let http = HttpOptions {
+        connect_timeout: Settings::secs(cfg.connect_timeout_s),
+        idle_timeout: Settings::secs(cfg.idle_timeout_s),
+        max_retries: cfg.max_retries,
+        ..HttpOptions::default()
+    };
+    let api_key = if !cfg.openai.api_key.is_empty() {
+        Some(cfg.openai.api_key.clone())
+    } else if !cfg.openai.api_key_env.is_empty() {
+        std::env::var(&cfg.openai.api_key_env)
+            .ok()
+            .filter(|k| !k.is_empty())
+    } else {
+        None
+    };
+    LlmSettings {
+        provider: cfg.provider.clone(),
+        model: model.filter(|m| !m.is_empty()),
+        fallback: cfg.fallback.clone(),
+        defaults: GenerationDefaults {
+            temperature: Some(cfg.temperature),
+            top_p: Some(cfg.top_p),
+            max_tokens: Some(cfg.max_tokens),
+            seed: (cfg.seed != 0).then_some(cfg.seed),
+        },
+        local: LocalSettings {
+            model: cfg.model.clone(),
+            threads: cfg.threads,
+        },
+        ollama: OllamaConfig {
+            base_url: cfg.ollama.base_url.clone(),
+            model: cfg.ollama.model.clone(),
+            http: http.clone(),
+        },
+        openai: OpenAiConfig {
+            base_url: cfg.openai.base_url.clone(),
+            api_key,
+            model: cfg.openai.model.clone(),
+            include_usage: true,
+            http: http.clone(),
+        },
+        oci: OciConfig {
+            config_file: if cfg.oci.config_file.trim().is_empty() {
+                oci_auth::default_config_file()
+            } else {
+                oci_auth::expand_tilde(cfg.oci.config_file.trim())
+            },
+            profile: if cfg.oci.profile.trim().is_empty() {
+                "DEFAULT".into()
+            } else {
+                cfg.oci.profile.trim().to_string()
+            },
+            region: cfg.oci.region.clone(),
+            compartment_id: cfg.oci.compartment_id.clone(),
+            // Validated when the config was loaded.
+            auth: OciAuth::parse(&cfg.oci.auth).unwrap_or(OciAuth::Auto),
+            model: cfg.oci.model.clone(),
+            endpoint: cfg.oci.endpoint.clone(),
+            management_endpoint: cfg.oci.management_endpoint.clone(),
+            cache_dir: Some(cache_dir()),
+            http,
+        },
+    }
+}
+
+/// `$XDG_CACHE_HOME/coda`.
+pub fn cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("coda")
+}
+
+/// `$XDG_DATA_HOME/coda`.
+pub fn data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("coda")
+}
+
+/// The line printed on stderr for every fallback.
+pub fn notice_line(n: &FallbackNotice) -> String {
+    format!("coda: warning: {n}")
+}
+
+/// Builds the chain, announcing fallbacks on stderr.
+pub fn build_chain(s: &LlmSettings) -> anyhow::Result<Arc<Chain>> {
+    let hook: registry::NoticeHook = Arc::new(|n: &FallbackNotice| eprintln!("{}", notice_line(n)));
+    Ok(Arc::new(registry::build(s, None, Some(hook))?))
+}
+
+/// A runtime for one CLI command (single thread: the work is one HTTP stream).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
