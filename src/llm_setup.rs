@@ -133,6 +133,16 @@ pub fn build_chain(s: &LlmSettings) -> anyhow::Result<Arc<Chain>> {
     Ok(Arc::new(registry::build(s, None, Some(hook))?))
 }
 
+/// A runtime for an interactive command: one worker thread that keeps running between
+/// turns, so a cancelled answer's connection is closed at once (with a current-thread
+/// runtime, nothing would run while the REPL waits for input).
+pub fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
 /// A runtime for one CLI command (single thread: the work is one HTTP stream).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

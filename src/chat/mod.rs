@@ -707,7 +707,7 @@ pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
         session: None,
         created_at: unix_now(),
         store: Box::new(JsonDirStore::new(data.join("chat-sessions"))),
-        rt: llm_setup::runtime()?,
+        rt: llm_setup::background_runtime()?,
         color: std::io::stdout().is_terminal(),
         turns: 0,
     };
