@@ -20,6 +20,10 @@ use tokio_tungstenite::tungstenite::Message;
 pub enum BenchCommand {
     /// Event fan-out: one server, N clients, R events/s for S seconds.
     Fanout(FanoutArgs),
+    /// LLM engine overhead per token: provider socket write → stream yield (loopback).
+    LlmToken(crate::bench_llm::LlmTokenArgs),
+    /// `coda ask` start-up: process spawn → first byte at the provider (loopback).
+    AskStartup(crate::bench_llm::AskStartupArgs),
 }
 
 /// `coda bench fanout` flags.
@@ -48,6 +52,8 @@ pub struct FanoutArgs {
 /// Runs a benchmark command.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::LlmToken(args) => crate::bench_llm::run_llm_token(&args),
+        BenchCommand::AskStartup(args) => crate::bench_llm::run_ask_startup(&args),
         BenchCommand::Fanout(args) => {
             let report = fanout(&args)?;
             if args.json {

@@ -206,10 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // One machine-readable line on stdout: scripts and `coda bench` read it.
                 println!("listening ws://{}/ws", running.addr);
                 let _ = std::io::stdout().flush();
-                running
-                    .serve_until_signal()
-                    .await
-                    .map_err(anyhow::Error::from)
+                running.serve_until_signal().await
             })
         }
         Commands::Events(args) => {

@@ -3,6 +3,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod bench_llm;
 pub mod chat;
 pub mod cli;
 pub mod client;

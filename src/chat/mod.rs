@@ -213,6 +213,12 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("/exit", "quit with a usage summary (also /quit, Ctrl-D)"),
 ];
 
+/// Keys and input forms, for `/help`.
+const HELP_KEYS: &[(&str, &str)] = &[
+    ("line ending in \\  or  \"\"\"...\"\"\"", "multi-line input"),
+    ("Ctrl-C while answering", "stop the answer"),
+];
+
 /// Parses a line: `None` when it is not a command.
 pub fn parse_command(line: &str) -> Option<Command> {
     let line = line.trim();
@@ -434,11 +440,9 @@ impl Repl {
                 for (c, what) in COMMANDS {
                     println!("  {c:<44} {what}");
                 }
-                println!(
-                    "  {:<44} {}",
-                    "line ending in \\  or  \"\"\"...\"\"\"", "multi-line input"
-                );
-                println!("  {:<44} {}", "Ctrl-C while answering", "stop the answer");
+                for (keys, what) in HELP_KEYS {
+                    println!("  {keys:<44} {what}");
+                }
             }
             Command::Model(None) => {
                 println!("model: {} on {}", self.current_model(), self.provider)

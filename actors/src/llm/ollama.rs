@@ -120,9 +120,8 @@ impl OllamaProvider {
     /// A provider with `cfg` (discovery, when needed, happens on first use).
     pub fn new(cfg: OllamaConfig) -> Result<Self, LlmError> {
         let configured = cfg.base_url.trim().trim_end_matches('/').to_string();
-        if !configured.is_empty()
-            && !(configured.starts_with("http://") || configured.starts_with("https://"))
-        {
+        let is_url = configured.starts_with("http://") || configured.starts_with("https://");
+        if !configured.is_empty() && !is_url {
             return Err(LlmError::Invalid(format!(
                 "ollama: base_url must start with http:// or https://, not {:?}",
                 cfg.base_url

@@ -196,7 +196,7 @@ impl ScriptedServer {
         self.hangups.load(Ordering::SeqCst)
     }
 
-    /// When each `Write` step finished (flushed to the socket), in order.
+    /// When each `Write` step began writing to the socket, in order.
     pub fn write_times(&self) -> Vec<Instant> {
         self.writes
             .lock()
@@ -327,6 +327,11 @@ async fn serve(
         for step in &reply.steps {
             match step {
                 Step::Write(bytes) => {
+                    // Stamped before the write: the moment the bytes go onto the socket.
+                    writes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Instant::now());
                     if reply.chunked {
                         let mut frame = format!("{:x}\r\n", bytes.len()).into_bytes();
                         frame.extend_from_slice(bytes);
@@ -336,10 +341,6 @@ async fn serve(
                         sock.write_all(bytes).await?;
                     }
                     sock.flush().await?;
-                    writes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(Instant::now());
                 }
                 Step::Sleep(d) => tokio::time::sleep(*d).await,
                 Step::Close => return Ok(()),
