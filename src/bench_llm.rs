@@ -150,11 +150,18 @@ pub fn llm_token(args: &LlmTokenArgs) -> anyhow::Result<LlmTokenReport> {
         matches!(args.provider.as_str(), "openai" | "ollama"),
         "--provider must be openai or ollama"
     );
-    anyhow::ensure!(args.tokens > 0 && args.streams > 0, "--tokens and --streams must be > 0");
+    anyhow::ensure!(
+        args.tokens > 0 && args.streams > 0,
+        "--tokens and --streams must be > 0"
+    );
     // The server on its own thread and runtime, as a real provider is another process.
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let reply = token_reply(&args.provider, args.tokens, Duration::from_micros(args.pace_us));
+    let reply = token_reply(
+        &args.provider,
+        args.tokens,
+        Duration::from_micros(args.pace_us),
+    );
     let server_thread = std::thread::spawn(move || -> anyhow::Result<Vec<Instant>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

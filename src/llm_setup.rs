@@ -149,3 +149,64 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load, LoadOptions};
+
+    #[test]
+    fn settings_follow_the_config() {
+        let mut cfg = load(&LoadOptions::hermetic()).unwrap().settings.llm;
+        cfg.provider = "oci".into();
+        cfg.fallback = vec!["ollama".into()];
+        cfg.openai.api_key = "sk-direct".into();
+        cfg.connect_timeout_s = 1.5;
+        cfg.max_retries = 4;
+        let s = llm_settings(&cfg, Some("grok-3".into()));
+        assert_eq!(s.provider, "oci");
+        assert_eq!(s.model.as_deref(), Some("grok-3"));
+        assert_eq!(s.fallback, vec!["ollama".to_string()]);
+        assert_eq!(s.openai.api_key.as_deref(), Some("sk-direct"));
+        assert_eq!(
+            s.ollama.http.connect_timeout,
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(s.oci.http.max_retries, 4);
+        assert_eq!(s.oci.profile, "DEFAULT");
+        assert_eq!(s.oci.auth, OciAuth::Auto);
+        assert!(s.oci.cache_dir.is_some());
+        // seed 0 means "not fixed": nothing is sent.
+        assert_eq!(s.defaults.seed, None);
+        assert_eq!(s.defaults.max_tokens, Some(cfg.max_tokens));
+        cfg.seed = 42;
+        cfg.openai.api_key.clear();
+        cfg.openai.api_key_env.clear();
+        let s = llm_settings(&cfg, Some(String::new()));
+        assert_eq!(s.defaults.seed, Some(42));
+        assert_eq!(s.openai.api_key, None);
+        assert_eq!(s.model, None);
+    }
+
+    #[test]
+    fn bad_llm_config_names_the_key() {
+        let env = |k: &str, v: &str| LoadOptions {
+            env: Some([(k.to_string(), v.to_string())].into_iter().collect()),
+            no_user_files: true,
+            ..Default::default()
+        };
+        for (k, v, key) in [
+            ("CODA__LLM__PROVIDER", "gpt", "llm.provider"),
+            ("CODA__LLM__FALLBACK", "ollama,nope", "llm.fallback"),
+            ("CODA__LLM__TEMPERATURE", "3", "llm.temperature"),
+            ("CODA__LLM__IDLE_TIMEOUT_S", "0", "llm.idle_timeout_s"),
+            ("CODA__LLM__OCI__AUTH", "password", "llm.oci.auth"),
+            ("CODA__LLM__OPENAI__BASE", "x", "llm.openai.base"),
+        ] {
+            let e = load(&env(k, v)).unwrap_err().to_string();
+            assert!(e.contains(key), "{k}={v}: {e}");
+        }
+        let l = load(&env("CODA__LLM__FALLBACK", "ollama,local")).unwrap();
+        assert_eq!(l.settings.llm.fallback, vec!["ollama", "local"]);
+    }
+}

@@ -249,8 +249,11 @@ impl LlmProvider for Chain {
             };
             let attempt = match &slot.provider {
                 Ok(p) => {
-                    let model = r.model.clone().unwrap_or_else(|| p.default_model());
-                    p.chat_stream(r).await.map(|s| (s, model))
+                    let named = r.model.clone();
+                    // Asked after the call: a provider may discover its model on first use.
+                    p.chat_stream(r)
+                        .await
+                        .map(|s| (s, named.unwrap_or_else(|| p.default_model())))
                 }
                 Err(e) => Err(e.clone()),
             };
