@@ -24,6 +24,10 @@ pub enum BenchCommand {
     Turn(TurnArgs),
     /// Memory store: acknowledged writes, ranked search and turn context on N memories.
     Memory(crate::bench_memory::MemoryBenchArgs),
+    /// LLM engine overhead per token: provider socket write → stream yield (loopback).
+    LlmToken(crate::bench_llm::LlmTokenArgs),
+    /// `coda ask` start-up: process spawn → first byte at the provider (loopback).
+    AskStartup(crate::bench_llm::AskStartupArgs),
 }
 
 /// `coda bench turn` flags.
@@ -67,6 +71,8 @@ pub struct FanoutArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Memory(args) => crate::bench_memory::main(&args),
+        BenchCommand::LlmToken(args) => crate::bench_llm::run_llm_token(&args),
+        BenchCommand::AskStartup(args) => crate::bench_llm::run_ask_startup(&args),
         BenchCommand::Fanout(args) => {
             let report = fanout(&args)?;
             if args.json {

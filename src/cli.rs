@@ -58,6 +58,15 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: crate::bench::BenchCommand,
     },
+    /// Ask the language model one question; the answer streams to stdout.
+    Ask(crate::ask::AskArgs),
+    /// Chat with the language model in the terminal.
+    Chat(crate::chat::ChatArgs),
+    /// List, inspect, health-check and pull language models.
+    Models {
+        #[command(subcommand)]
+        cmd: crate::models_cmd::ModelsCommand,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -105,6 +114,10 @@ pub enum ProtocolCommand {
     /// Print the JSON Schema of the envelope, every event payload and every command.
     Schema,
 }
+
+/// Log filter of the LLM commands: warnings (retries) on stderr; fallbacks are printed by
+/// the commands themselves, so the registry's own warning is not repeated.
+const LLM_CLI_LOG: &str = "warn,coda_actors::llm::registry=error";
 
 /// Exit codes.
 pub mod exit {
@@ -240,6 +253,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Bench { cmd } => {
             init_logging("warn", "text");
             crate::bench::run(cmd)
+        }
+        Commands::Ask(args) => {
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = load_config(&cli.config, &cli.profile, args.provider.overrides())?;
+            crate::ask::run(&loaded.settings.llm, args)
+        }
+        Commands::Chat(args) => {
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = load_config(&cli.config, &cli.profile, args.provider.overrides())?;
+            crate::chat::run(&loaded.settings.llm, args)
+        }
+        Commands::Models { cmd } => {
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = load_config(&cli.config, &cli.profile, cmd.overrides())?;
+            crate::models_cmd::run(&loaded.settings.llm, cmd)
         }
         Commands::Completions { shell } => {
             let mut cmd = Cli::command();

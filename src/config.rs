@@ -213,6 +213,59 @@ impl MetricsConfig {
     }
 }
 
+/// `[llm]`: the language model. The sampling keys apply to every provider (a request's own
+/// values win); `model` and `threads` are the embedded (`local`) model's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    pub provider: String,
+    pub model: String,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: u32,
+    pub seed: u64,
+    pub threads: usize,
+    pub fallback: Vec<String>,
+    pub connect_timeout_s: f64,
+    pub idle_timeout_s: f64,
+    pub max_retries: u32,
+    pub ollama: LlmOllamaConfig,
+    pub openai: LlmOpenAiConfig,
+    pub oci: LlmOciConfig,
+}
+
+/// `[llm.ollama]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmOllamaConfig {
+    pub base_url: String,
+    pub model: String,
+}
+
+/// `[llm.openai]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmOpenAiConfig {
+    pub base_url: String,
+    pub api_key: String,
+    pub api_key_env: String,
+    pub model: String,
+}
+
+/// `[llm.oci]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmOciConfig {
+    pub config_file: String,
+    pub profile: String,
+    pub region: String,
+    pub compartment_id: String,
+    pub auth: String,
+    pub model: String,
+    pub endpoint: String,
+    pub management_endpoint: String,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +281,7 @@ pub struct Settings {
     pub tools: ToolsConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub llm: LlmConfig,
 }
 
 impl Settings {
@@ -506,6 +560,7 @@ fn env_source(vars: HashMap<String, String>) -> Environment {
         .list_separator(",")
         .with_list_parse_key("server.allowed_hosts")
         .with_list_parse_key("server.allowed_origins")
+        .with_list_parse_key("llm.fallback")
         .source(Some(vars))
 }
 
@@ -695,6 +750,50 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         return Err(invalid(
             "log.format",
             format!("must be \"text\" or \"json\", not {:?}", s.log.format),
+        ));
+    }
+    validate_llm(&s.llm)
+}
+
+fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {
+    use coda_actors::llm::registry::PROVIDERS;
+    let known = || PROVIDERS.join(", ");
+    if !PROVIDERS.contains(&l.provider.as_str()) {
+        return Err(invalid(
+            "llm.provider",
+            format!("unknown provider {:?} (known: {})", l.provider, known()),
+        ));
+    }
+    if let Some(f) = l.fallback.iter().find(|f| !PROVIDERS.contains(&f.as_str())) {
+        return Err(invalid(
+            "llm.fallback",
+            format!("unknown provider {f:?} (known: {})", known()),
+        ));
+    }
+    if !(l.temperature.is_finite() && (0.0..=2.0).contains(&l.temperature)) {
+        return Err(invalid("llm.temperature", "must be between 0 and 2"));
+    }
+    if !(l.top_p.is_finite() && l.top_p > 0.0 && l.top_p <= 1.0) {
+        return Err(invalid("llm.top_p", "must be in (0, 1]"));
+    }
+    if l.max_tokens == 0 {
+        return Err(invalid("llm.max_tokens", "must be at least 1"));
+    }
+    for (k, v) in [
+        ("llm.connect_timeout_s", l.connect_timeout_s),
+        ("llm.idle_timeout_s", l.idle_timeout_s),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v < 1e6) {
+            return Err(invalid(k, "must be a positive number of seconds"));
+        }
+    }
+    if l.max_retries > 10 {
+        return Err(invalid("llm.max_retries", "at most 10"));
+    }
+    if coda_actors::llm::oci::auth::OciAuth::parse(&l.oci.auth).is_none() {
+        return Err(invalid(
+            "llm.oci.auth",
+            "must be auto, api_key, security_token, instance_principal or resource_principal",
         ));
     }
     Ok(())

@@ -16,7 +16,6 @@ use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
 use coda_actors::kernel::{Kernel, KernelSettings, Rooms};
 use coda_actors::llm::actor::ProviderSlot;
-use coda_actors::llm::LlmError;
 use coda_actors::metrics::{GetPerformance, MetricsActor, MetricsSettings, RenderPrometheus};
 use coda_actors::orchestrator::ConversationSettings;
 use coda_actors::session::guard::GuardPolicy;
@@ -316,12 +315,12 @@ async fn wait_for_signal() {
     }
 }
 
-/// The language model named by config. (The providers arrive with their issues; until
-/// then every turn that needs one ends with a clear `llm_error`.)
-pub fn llm_provider(_s: &Settings) -> ProviderSlot {
-    Err(LlmError::Unavailable(
-        "no language model provider is built into this version of coda yet".into(),
-    ))
+/// The language model named by config (`[llm]`), with its fallback chain; fallbacks
+/// are announced as events through the hub.
+pub fn llm_provider(s: &Settings, hub: &HubHandle) -> ProviderSlot {
+    let settings = crate::llm_setup::llm_settings(&s.llm, None);
+    coda_actors::llm::registry::build(&settings, Some(hub.clone()), None)
+        .map(|chain| Arc::new(chain) as Arc<dyn coda_actors::llm::LlmProvider>)
 }
 
 /// Memory (on the same store) and Tools, which the kernel uses.
@@ -392,7 +391,7 @@ fn start_kernel(
         hub.clone(),
         components.clone(),
         settings,
-        llm_provider(s),
+        llm_provider(s, hub),
         engine,
         rooms,
     )

@@ -1,0 +1,217 @@
+//! `coda models list | show | health | pull`: what a provider serves, whether it answers,
+//! and downloading Ollama models with a progress bar.
+
+use std::io::IsTerminal;
+
+use clap::Subcommand;
+use coda_actors::llm::ollama::{OllamaProvider, PullProgress};
+use coda_actors::llm::{LlmProvider, ModelInfo};
+
+use crate::config::LlmConfig;
+use crate::llm_setup::{self, ProviderArgs};
+
+/// `coda models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the models a provider serves.
+    List {
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// Machine-readable output (a JSON array).
+        #[arg(long)]
+        json: bool,
+        /// Ask the provider again instead of using a cached list (OCI keeps one for 24 h).
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// One model's details.
+    Show {
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// Model name (friendly names work for OCI).
+        #[arg(value_name = "MODEL")]
+        name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the provider answers.
+    Health {
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a model into Ollama, with a progress bar.
+    Pull {
+        /// Model name, e.g. `llama3.2` or `qwen2.5-coder:7b`.
+        model: String,
+    },
+}
+
+impl ModelsCommand {
+    /// Config overrides its `--provider` makes.
+    pub fn overrides(&self) -> Vec<(String, crate::config::OverrideValue, String)> {
+        match self {
+            ModelsCommand::List { provider, .. }
+            | ModelsCommand::Show { provider, .. }
+            | ModelsCommand::Health { provider, .. } => provider.overrides(),
+            ModelsCommand::Pull { .. } => Vec::new(),
+        }
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn print_table(models: &[ModelInfo]) {
+    let w = models.iter().map(|m| m.id.len()).max().unwrap_or(2).max(2);
+    println!(
+        "{:<w$}  {:<28}  {:>9}  {:>8}",
+        "ID", "NAME", "SIZE", "CONTEXT"
+    );
+    for m in models {
+        println!(
+            "{:<w$}  {:<28}  {:>9}  {:>8}",
+            m.id,
+            m.name.as_deref().unwrap_or("-"),
+            m.size_bytes.map(human_size).unwrap_or_else(|| "-".into()),
+            m.context_length
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+}
+
+/// Runs a `coda models` command. `cfg` already has `--provider` applied.
+pub fn run(cfg: &LlmConfig, cmd: ModelsCommand) -> anyhow::Result<()> {
+    let rt = llm_setup::runtime()?;
+    match cmd {
+        ModelsCommand::List {
+            provider,
+            json,
+            refresh,
+        } => {
+            // Listing is about one provider: no fallback chain.
+            let mut s = llm_setup::llm_settings(cfg, provider.model);
+            s.fallback.clear();
+            let chain = llm_setup::build_chain(&s)?;
+            let models = rt.block_on(async {
+                if refresh {
+                    chain.refresh_models().await
+                } else {
+                    chain.list_models().await
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&models)?);
+            } else if models.is_empty() {
+                println!("{} serves no models", chain.name());
+            } else {
+                print_table(&models);
+            }
+            Ok(())
+        }
+        ModelsCommand::Show {
+            provider,
+            name,
+            json,
+        } => {
+            let mut s = llm_setup::llm_settings(cfg, provider.model);
+            s.fallback.clear();
+            let chain = llm_setup::build_chain(&s)?;
+            let info = rt.block_on(chain.model_info(&name))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print_table(std::slice::from_ref(&info));
+                if let Some(d) = &info.details {
+                    println!("{}", serde_json::to_string_pretty(d)?);
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Health { provider, json } => {
+            let mut s = llm_setup::llm_settings(cfg, provider.model);
+            s.fallback.clear();
+            let chain = llm_setup::build_chain(&s)?;
+            let h = rt.block_on(chain.health())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                println!("ok: {} ({:.0} ms)", h.detail, h.latency_ms);
+            }
+            Ok(())
+        }
+        ModelsCommand::Pull { model } => {
+            let s = llm_setup::llm_settings(cfg, None);
+            let ollama = OllamaProvider::new(s.ollama)?;
+            rt.block_on(pull(&ollama, &model))
+        }
+    }
+}
+
+async fn pull(ollama: &OllamaProvider, model: &str) -> anyhow::Result<()> {
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::hidden();
+    if tty {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:<24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+    }
+    let mut last_status = String::new();
+    let res = ollama
+        .pull(model, |p: &PullProgress| {
+            if let (Some(total), Some(done)) = (p.total, p.completed) {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            if p.status != last_status {
+                let short: String = p.status.chars().take(24).collect();
+                bar.set_message(short);
+                if !tty {
+                    // No terminal: one line per status change, not per byte.
+                    eprintln!("{}", p.status);
+                }
+                last_status = p.status.clone();
+            }
+        })
+        .await;
+    bar.finish_and_clear();
+    res?;
+    println!("pulled {model}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(super::human_size(512), "512 B");
+        assert_eq!(super::human_size(2_019_393_189), "2.0 GB");
+    }
+}
