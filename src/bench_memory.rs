@@ -81,10 +81,7 @@ impl MemoryBenchReport {
             "  turn context     p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
             self.context_p50_ms, self.context_p99_ms, self.context_max_ms
         );
-        println!(
-            "  open + index     {:.2} s",
-            self.open_with_index_s
-        );
+        println!("  open + index     {:.2} s", self.open_with_index_s);
         println!(
             "  size on disk     {:.1} MiB ({:.1} KiB per 1000 memories; files {:.1} MiB)",
             self.size_on_disk_bytes as f64 / 1048576.0,
@@ -122,7 +119,10 @@ struct Vocabulary {
 
 impl Vocabulary {
     fn new(size: usize, rng: &mut Rng) -> Vocabulary {
-        const ONSETS: &[&str] = &["b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v", "br", "st", "tr", "pl", "gr"];
+        const ONSETS: &[&str] = &[
+            "b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v", "br", "st", "tr",
+            "pl", "gr",
+        ];
         const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ou", "ea"];
         let mut words = Vec::with_capacity(size);
         let mut seen = std::collections::HashSet::new();
@@ -151,7 +151,10 @@ impl Vocabulary {
 
     fn word(&self, rng: &mut Rng) -> &str {
         let u = rng.unit();
-        let i = self.cdf.partition_point(|&c| c < u).min(self.words.len() - 1);
+        let i = self
+            .cdf
+            .partition_point(|&c| c < u)
+            .min(self.words.len() - 1);
         &self.words[i]
     }
 
@@ -185,7 +188,9 @@ fn dir_size(path: &Path) -> u64 {
 
 /// Runs the benchmark.
 pub fn run(args: &MemoryBenchArgs) -> anyhow::Result<MemoryBenchReport> {
-    let tmp = tempfile::Builder::new().prefix("coda-bench-memory-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("coda-bench-memory-")
+        .tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().join("store"));
     let settings = MemorySettings::default();
     let open = |dir: &Path| -> anyhow::Result<MemoryEngine> {
@@ -194,7 +199,16 @@ pub fn run(args: &MemoryBenchArgs) -> anyhow::Result<MemoryBenchReport> {
     };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let vocab = Vocabulary::new(20_000, &mut rng);
-    const TAGS: &[&str] = &["preference", "family", "work", "health", "travel", "food", "music", "home"];
+    const TAGS: &[&str] = &[
+        "preference",
+        "family",
+        "work",
+        "health",
+        "travel",
+        "food",
+        "music",
+        "home",
+    ];
 
     // Load.
     let engine = open(&dir)?;
