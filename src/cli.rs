@@ -117,6 +117,9 @@ pub mod exit {
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Commands::Serve(_)) {
+        restore_sigpipe();
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -196,16 +199,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 None => None,
             };
+            coda_actors::supervise::install_panic_hook();
             let system = actix_rt::System::new();
             system.block_on(async move {
                 let running = server::start(&loaded, synthetic).await?;
                 // One machine-readable line on stdout: scripts and `coda bench` read it.
                 println!("listening ws://{}/ws", running.addr);
                 let _ = std::io::stdout().flush();
-                running
-                    .serve_until_signal()
-                    .await
-                    .map_err(anyhow::Error::from)
+                running.serve_until_signal().await
             })
         }
         Commands::Events(args) => {
@@ -279,6 +280,17 @@ fn print_config(loaded: &Loaded, json: bool) -> anyhow::Result<()> {
         println!("{line:<width$}  # {src}");
     }
     Ok(())
+}
+
+/// Terminal commands die quietly when their output pipe closes (`coda events | head`),
+/// like other Unix tools, instead of panicking in `println!`. Not for `coda serve`.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal disposition to its default at start-up, before any thread
+    // that could race on it is spawned.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.

@@ -57,6 +57,33 @@ pub struct EventsConfig {
     pub resume_max_age_s: f64,
 }
 
+/// `[conversation]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationConfig {
+    pub system_prompt: String,
+    pub history_turns: usize,
+    pub max_tokens: u32,
+}
+
+/// `[tts]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsConfig {
+    pub engine: String,
+    pub binary: String,
+    pub voice: String,
+    pub rate: u32,
+}
+
+/// `[kernel]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelConfig {
+    pub max_restarts: u32,
+    pub restart_period_s: f64,
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +155,64 @@ pub struct LogConfig {
     pub format: String,
 }
 
+/// `[metrics]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub interval_s: f64,
+    pub timing_interval_s: f64,
+    pub window_s: f64,
+    pub alerts: Vec<AlertConfig>,
+}
+
+/// One entry of `metrics.alerts`: `above` + `clear_below`, or `below` + `clear_above`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_below: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_above: Option<f64>,
+    #[serde(default)]
+    pub for_s: f64,
+    #[serde(default = "AlertConfig::default_level")]
+    pub level: coda_protocol::Level,
+}
+
+impl AlertConfig {
+    fn default_level() -> coda_protocol::Level {
+        coda_protocol::Level::Warning
+    }
+}
+
+impl MetricsConfig {
+    /// The alert rules, validated; an error names the key, e.g. `metrics.alerts[1].clear_below`.
+    pub fn alert_rules(&self) -> Result<Vec<coda_actors::metrics::alerts::AlertRule>, ConfigError> {
+        use coda_actors::metrics::alerts::{AlertRule, AlertSpec};
+        self.alerts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                AlertRule::from_spec(&AlertSpec {
+                    metric: &a.metric,
+                    above: a.above,
+                    clear_below: a.clear_below,
+                    below: a.below,
+                    clear_above: a.clear_above,
+                    for_s: a.for_s,
+                    level: a.level,
+                })
+                .map_err(|e| invalid(&format!("metrics.alerts[{i}].{}", e.field), e.problem))
+            })
+            .collect()
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,10 +220,14 @@ pub struct Settings {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub events: EventsConfig,
+    pub conversation: ConversationConfig,
+    pub tts: TtsConfig,
+    pub kernel: KernelConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     pub tools: ToolsConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Settings {
@@ -567,6 +656,40 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     if s.events.replay_size > 100_000 {
         return Err(invalid("events.replay_size", "at most 100000"));
     }
+    for (k, v) in [
+        ("metrics.interval_s", s.metrics.interval_s),
+        ("metrics.timing_interval_s", s.metrics.timing_interval_s),
+        ("metrics.window_s", s.metrics.window_s),
+    ] {
+        if !(v.is_finite() && (0.1..=86_400.0).contains(&v)) {
+            return Err(invalid(k, "must be between 0.1 and 86400 seconds"));
+        }
+    }
+    s.metrics.alert_rules()?;
+    if s.conversation.history_turns > 1000 {
+        return Err(invalid("conversation.history_turns", "at most 1000"));
+    }
+    if s.tts.engine != "espeak-ng" {
+        return Err(invalid(
+            "tts.engine",
+            format!(
+                "unknown engine {:?} (this build has: \"espeak-ng\")",
+                s.tts.engine
+            ),
+        ));
+    }
+    if !(80..=500).contains(&s.tts.rate) {
+        return Err(invalid(
+            "tts.rate",
+            "must be between 80 and 500 words per minute",
+        ));
+    }
+    if !(s.kernel.restart_period_s.is_finite() && s.kernel.restart_period_s > 0.0) {
+        return Err(invalid(
+            "kernel.restart_period_s",
+            "must be a positive number of seconds",
+        ));
+    }
     validate_memory_tools(s)?;
     if !matches!(s.log.format.as_str(), "text" | "json") {
         return Err(invalid(
@@ -763,6 +886,58 @@ mod tests {
         assert!(matches!(load(&o), Err(ConfigError::Parse { .. })));
         o.config_file = Some(dir.path().join("missing.toml"));
         assert!(matches!(load(&o), Err(ConfigError::FileMissing(_))));
+    }
+
+    #[test]
+    fn metrics_alerts_from_a_file_replace_the_defaults_and_are_validated() {
+        let defaults = load(&LoadOptions::hermetic()).unwrap().settings.metrics;
+        assert!(defaults.alert_rules().is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[metrics]\ninterval_s = 0.5\nalerts = [ { metric = \"clients\", above = 2, clear_below = 1, for_s = 3 } ]\n",
+        )
+        .unwrap();
+        let mut o = env(&[]);
+        o.config_file = Some(f.clone());
+        let l = load(&o).unwrap();
+        let m = &l.settings.metrics;
+        assert_eq!(m.interval_s, 0.5);
+        assert_eq!(m.alerts.len(), 1, "a file's list replaces the default list");
+        let rules = m.alert_rules().unwrap();
+        assert_eq!(rules[0].metric.name(), "clients");
+        assert_eq!((rules[0].fire, rules[0].clear), (2.0, 1.0));
+        assert_eq!(rules[0].level, coda_protocol::Level::Warning);
+        assert!(l.sources["metrics.alerts"].starts_with("file "));
+
+        let bad = |body: &str| {
+            std::fs::write(&f, format!("[metrics]\n{body}\n")).unwrap();
+            load(&o).unwrap_err().to_string()
+        };
+        let e = bad("alerts = [ { metric = \"memory_mb\", above = 100.0, clear_below = 100.0 } ]");
+        assert!(e.contains("metrics.alerts[0].clear_below"), "{e}");
+        let e = bad("alerts = [ { metric = \"clients\", above = 2, clear_below = 1 }, { metric = \"cpu\", above = 2, clear_below = 1 } ]");
+        assert!(
+            e.contains("metrics.alerts[1].metric") && e.contains("cpu_percent"),
+            "{e}"
+        );
+        let e = bad("alerts = [ { metric = \"clients\", below = 2 } ]");
+        assert!(e.contains("metrics.alerts[0].clear_above"), "{e}");
+        let e = bad(
+            "alerts = [ { metric = \"clients\", above = 2, clear_below = 1, level = \"loud\" } ]",
+        );
+        assert!(e.contains("loud"), "{e}");
+        let e = bad(
+            "alerts = [ { metric = \"clients\", above = 2, clear_below = 1, fire_after = 3 } ]",
+        );
+        assert!(e.contains("fire_after"), "{e}");
+        let e = load(&env(&[("CODA__METRICS__INTERVAL_S", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.interval_s"), "{e}");
+        let l = load(&env(&[("CODA__METRICS__INTERVAL_S", "0.2")])).unwrap();
+        assert_eq!(l.settings.metrics.interval_s, 0.2);
     }
 
     #[test]

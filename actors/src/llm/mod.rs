@@ -4,6 +4,8 @@
 //!
 //! Engines live in sub-modules of this room and are chosen by `llm.provider` in config.
 
+pub mod actor;
+
 use std::fmt;
 use std::pin::Pin;
 use std::time::Duration;

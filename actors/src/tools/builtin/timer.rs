@@ -182,6 +182,8 @@ impl Handler<SetTimer> for TimerService {
                             message_id: timer.timer_id.clone(),
                             role: Role::Assistant,
                             content: text.clone(),
+                            interrupted: None,
+                            cut: None,
                         },
                     );
                 }
