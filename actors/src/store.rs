@@ -496,6 +496,26 @@ impl Storage for SledStore {
 
 /// Opens sled, turning its errors (and any panic on damaged files) into [`StoreError`]s.
 fn open_db(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
+    // A store just dropped in this process can hold its lock a moment longer (sled's
+    // background threads release their handles asynchronously; seen on a loaded machine).
+    // A few short retries cover that; a store held by a live process still fails within
+    // a quarter of a second — an answer, not a hang.
+    let mut attempt = 0;
+    loop {
+        match open_db_once(config, path) {
+            Err(StoreError::Locked { .. }) if attempt < LOCK_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Extra attempts when the store's lock is held (25 ms apart).
+const LOCK_RETRIES: u32 = 10;
+
+fn open_db_once(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
     // sled 0.34 has panicking paths in recovery; damaged files must give an error, not
     // take the server down. The lock file is dropped (released) during the unwind.
     match panic::catch_unwind(AssertUnwindSafe(|| config.open())) {
@@ -767,7 +787,7 @@ mod tests {
         let t = tmp();
         let dir = store_dir(&t);
         let open = |steps: &[Migration]| {
-            let db = sled::Config::new().path(&dir).open().expect("sled");
+            let db = open_db(&sled::Config::new().path(&dir), &dir).expect("sled");
             SledStore::init(db, dir.clone(), steps)
         };
         let two: &[Migration] = &[migrate_0_to_1, step];
@@ -802,7 +822,7 @@ mod tests {
         let t = tmp();
         let dir = store_dir(&t);
         {
-            let db = sled::Config::new().path(&dir).open().expect("sled");
+            let db = open_db(&sled::Config::new().path(&dir), &dir).expect("sled");
             let store = SledStore::init(db, dir.clone(), &MIGRATIONS[..1]).expect("v1");
             assert_eq!(store.schema_version().expect("v"), 1);
             store.put("auth_tokens", b"k", b"v").expect("put");

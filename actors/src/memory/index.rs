@@ -6,6 +6,7 @@
 //! well under a second) and kept in step by the engine after each acknowledged write.
 //! Records are held here too (`Arc`), so a search answers without touching the disk.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -73,13 +74,6 @@ struct Posting {
     tf: u16,
 }
 
-#[derive(Debug)]
-struct Doc {
-    record: Arc<MemoryRecord>,
-    len: u32,
-    alive: bool,
-}
-
 /// A scored hit.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -89,13 +83,26 @@ pub struct Hit {
     pub score: f64,
 }
 
+thread_local! {
+    /// Per-thread score accumulator, reused across queries (zeroed where it was touched).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The index. Not thread-safe by itself: the engine holds it behind a `RwLock`.
+///
+/// Documents live in slots (columns kept apart so a query's passes stay cache-friendly);
+/// posting lists are in slot order, so a list can be binary-searched for one document.
 #[derive(Debug, Default)]
 pub struct Index {
     tokenizer: Tokenizer,
     terms: HashMap<String, u32>,
     postings: Vec<Vec<Posting>>,
-    docs: Vec<Doc>,
+    /// Live documents per term.
+    df: Vec<u32>,
+    records: Vec<Arc<MemoryRecord>>,
+    lens: Vec<u32>,
+    alive: Vec<bool>,
+    doc_terms: Vec<Box<[u32]>>,
     slot_of: HashMap<u64, u32>,
     live: usize,
     live_len: u64,
@@ -138,11 +145,12 @@ impl Index {
             self.out_of_order = true;
         }
         self.max_id = self.max_id.max(record.id);
-        let slot = self.docs.len() as u32;
+        let slot = self.records.len() as u32;
         let mut counts: HashMap<String, u16> = HashMap::new();
         let mut len = 0u32;
         for term in self.tokenizer.terms(&record.content) {
-            *counts.entry(term).or_default() += 1;
+            let c = counts.entry(term).or_default();
+            *c = c.saturating_add(1);
             len += 1;
         }
         for tag in &record.tags {
@@ -152,20 +160,23 @@ impl Index {
                 len += 1;
             }
         }
+        let mut ids = Vec::with_capacity(counts.len());
         for (term, tf) in counts {
             let next = self.postings.len() as u32;
             let id = *self.terms.entry(term).or_insert(next);
             if id == next {
                 self.postings.push(Vec::new());
+                self.df.push(0);
             }
             self.postings[id as usize].push(Posting { doc: slot, tf });
+            self.df[id as usize] += 1;
+            ids.push(id);
         }
         self.slot_of.insert(record.id, slot);
-        self.docs.push(Doc {
-            record,
-            len,
-            alive: true,
-        });
+        self.records.push(record);
+        self.lens.push(len);
+        self.alive.push(true);
+        self.doc_terms.push(ids.into_boxed_slice());
         self.live += 1;
         self.live_len += u64::from(len);
     }
@@ -175,13 +186,16 @@ impl Index {
         let Some(slot) = self.slot_of.remove(&id) else {
             return false;
         };
-        let doc = &mut self.docs[slot as usize];
-        doc.alive = false;
+        let slot = slot as usize;
+        self.alive[slot] = false;
+        for &t in self.doc_terms[slot].iter() {
+            self.df[t as usize] -= 1;
+        }
         self.live -= 1;
-        self.live_len -= u64::from(doc.len);
+        self.live_len -= u64::from(self.lens[slot]);
         // Postings of dead documents are skipped at query time; rebuild once they are
         // a large share, so searches do not slow down after many deletions.
-        let dead = self.docs.len() - self.live;
+        let dead = self.records.len() - self.live;
         if dead > 1024 && dead > self.live {
             self.rebuild();
         }
@@ -189,18 +203,18 @@ impl Index {
     }
 
     fn rebuild(&mut self) {
-        let records: Vec<Arc<MemoryRecord>> = self
-            .docs
+        let mut records: Vec<Arc<MemoryRecord>> = self
+            .records
             .iter()
-            .filter(|d| d.alive)
-            .map(|d| d.record.clone())
+            .zip(&self.alive)
+            .filter(|(_, &alive)| alive)
+            .map(|(r, _)| r.clone())
             .collect();
         let max_id = self.max_id;
         *self = Index {
             tokenizer: std::mem::take(&mut self.tokenizer),
             ..Index::default()
         };
-        let mut records = records;
         records.sort_unstable_by_key(|r| r.id);
         self.max_id = max_id;
         for r in records {
@@ -212,33 +226,39 @@ impl Index {
     pub fn get(&self, id: u64) -> Option<Arc<MemoryRecord>> {
         self.slot_of
             .get(&id)
-            .map(|&slot| self.docs[slot as usize].record.clone())
+            .map(|&slot| self.records[slot as usize].clone())
     }
 
     /// Newest first, skipping `offset`.
     pub fn newest(&self, offset: usize, limit: usize) -> Vec<Arc<MemoryRecord>> {
+        let live = self
+            .records
+            .iter()
+            .zip(&self.alive)
+            .filter(|(_, &alive)| alive)
+            .map(|(r, _)| r);
         if !self.out_of_order {
-            return self
-                .docs
-                .iter()
+            let rev: Vec<&Arc<MemoryRecord>> = live.collect();
+            return rev
+                .into_iter()
                 .rev()
-                .filter(|d| d.alive)
                 .skip(offset)
                 .take(limit)
-                .map(|d| d.record.clone())
+                .cloned()
                 .collect();
         }
-        let mut live: Vec<&Doc> = self.docs.iter().filter(|d| d.alive).collect();
-        live.sort_unstable_by_key(|d| std::cmp::Reverse(d.record.id));
-        live.into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|d| d.record.clone())
-            .collect()
+        let mut all: Vec<&Arc<MemoryRecord>> = live.collect();
+        all.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
+        all.into_iter().skip(offset).take(limit).cloned().collect()
     }
 
     /// The best `limit` memories for `query` (BM25; ties go to the newer memory). A query
     /// with no searchable word finds nothing.
+    ///
+    /// Term at a time, rarest (highest-weight) terms first, with MaxScore pruning: once
+    /// the documents already scored hold a top `limit` whose weakest member beats what
+    /// the remaining terms could add to a new document, the remaining (common) terms only
+    /// update the candidates, found by binary search in their lists instead of a scan.
     pub fn search(&self, query: &str, limit: usize) -> Vec<Hit> {
         if limit == 0 || self.live == 0 {
             return Vec::new();
@@ -248,6 +268,7 @@ impl Index {
             .terms(query)
             .iter()
             .filter_map(|t| self.terms.get(t).copied())
+            .filter(|&t| self.df[t as usize] > 0)
             .collect();
         query_terms.sort_unstable();
         query_terms.dedup();
@@ -256,66 +277,113 @@ impl Index {
         }
         let n = self.live as f32;
         let avg_len = (self.live_len as f32 / n).max(1.0);
-        // Dense accumulator: one pass over each posting list, no hashing per posting.
-        let mut scores = vec![0f32; self.docs.len()];
-        let mut touched: Vec<u32> = Vec::new();
-        for term in query_terms {
-            let list = &self.postings[term as usize];
-            let df = list
-                .iter()
-                .filter(|p| self.docs[p.doc as usize].alive)
-                .count() as f32;
-            if df == 0.0 {
-                continue;
+        let idf = |t: u32| {
+            let df = self.df[t as usize] as f32;
+            (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+        };
+        // Highest weight first; `ub` bounds what a term can add to any document.
+        let mut weighted: Vec<(u32, f32)> = query_terms.iter().map(|&t| (t, idf(t))).collect();
+        weighted.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let mut rest_ub: f32 = weighted.iter().map(|(_, w)| w * (K1 + 1.0)).sum();
+        let norm_a = K1 * (1.0 - B);
+        let norm_b = K1 * B / avg_len;
+
+        SCRATCH.with(|cell| {
+            let mut scores = cell.borrow_mut();
+            if scores.len() < self.records.len() {
+                scores.resize(self.records.len(), 0.0);
             }
-            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-            for p in list {
-                let doc = &self.docs[p.doc as usize];
-                if !doc.alive {
-                    continue;
+            let mut candidates: Vec<u32> = Vec::new();
+            let mut pruned = false;
+            for &(term, w) in &weighted {
+                let list = &self.postings[term as usize];
+                rest_ub -= w * (K1 + 1.0);
+                let score_of = |p: &Posting| {
+                    let tf = f32::from(p.tf);
+                    w * tf * (K1 + 1.0) / (tf + norm_a + norm_b * self.lens[p.doc as usize] as f32)
+                };
+                if !pruned {
+                    for p in list {
+                        if !self.alive[p.doc as usize] {
+                            continue;
+                        }
+                        let slot = &mut scores[p.doc as usize];
+                        if *slot == 0.0 {
+                            candidates.push(p.doc);
+                        }
+                        *slot += score_of(p);
+                    }
+                } else if candidates.len() * 16 < list.len() {
+                    for &doc in &candidates {
+                        if let Ok(i) = list.binary_search_by_key(&doc, |p| p.doc) {
+                            scores[doc as usize] += score_of(&list[i]);
+                        }
+                    }
+                } else {
+                    for p in list {
+                        let slot = &mut scores[p.doc as usize];
+                        if *slot != 0.0 {
+                            *slot += score_of(p);
+                        }
+                    }
                 }
-                let tf = f32::from(p.tf);
-                let norm = K1 * (1.0 - B + B * doc.len as f32 / avg_len);
-                let s = idf * tf * (K1 + 1.0) / (tf + norm);
-                let slot = &mut scores[p.doc as usize];
-                if *slot == 0.0 {
-                    touched.push(p.doc);
+                // Can a document not yet seen still reach the top `limit`?
+                if candidates.len() >= limit && rest_ub > 0.0 {
+                    let threshold = kth_best(&scores, &candidates, limit);
+                    if rest_ub < threshold {
+                        pruned = true;
+                        // Candidates that cannot reach the threshold are dropped.
+                        candidates.retain(|&d| {
+                            let keep = scores[d as usize] + rest_ub >= threshold;
+                            if !keep {
+                                scores[d as usize] = 0.0;
+                            }
+                            keep
+                        });
+                    }
                 }
-                *slot += s;
             }
-        }
-        // Top-k with a min-heap of size `limit`.
-        let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(limit + 1);
-        for doc in touched {
-            let r = Ranked {
-                score: scores[doc as usize],
-                id: self.docs[doc as usize].record.id,
-                slot: doc,
-            };
-            if heap.len() < limit {
-                heap.push(r);
-            } else if let Some(worst) = heap.peek() {
-                if r.better_than(worst) {
-                    heap.pop();
+            // Top-k with a min-heap of size `limit`.
+            let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(limit + 1);
+            for &doc in &candidates {
+                let r = Ranked {
+                    score: scores[doc as usize],
+                    id: self.records[doc as usize].id,
+                    slot: doc,
+                };
+                scores[doc as usize] = 0.0;
+                if heap.len() < limit {
                     heap.push(r);
+                } else if let Some(worst) = heap.peek() {
+                    if r.better_than(worst) {
+                        heap.pop();
+                        heap.push(r);
+                    }
                 }
             }
-        }
-        let mut best = heap.into_vec();
-        best.sort_unstable_by(|a, b| {
-            if a.better_than(b) {
-                Ordering::Less
-            } else {
-                Ordering::Greater
-            }
-        });
-        best.into_iter()
-            .map(|r| Hit {
-                record: self.docs[r.slot as usize].record.clone(),
-                score: f64::from(r.score),
-            })
-            .collect()
+            let mut best = heap.into_vec();
+            best.sort_unstable_by(|a, b| {
+                if a.better_than(b) {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            });
+            best.into_iter()
+                .map(|r| Hit {
+                    record: self.records[r.slot as usize].clone(),
+                    score: f64::from(r.score),
+                })
+                .collect()
+        })
     }
+}
+
+/// The `k`-th best score among `candidates` (k ≥ 1, candidates.len() ≥ k).
+fn kth_best(scores: &[f32], candidates: &[u32], k: usize) -> f32 {
+    let mut s: Vec<f32> = candidates.iter().map(|&d| scores[d as usize]).collect();
+    let (_, kth, _) = s.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    *kth
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -450,6 +518,86 @@ mod tests {
         assert_eq!(hits[0].record.id, 5, "equal scores: newest first");
     }
 
+    /// Pruned search must give exactly what scoring every document would.
+    #[test]
+    fn pruned_search_matches_exhaustive_bm25() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        // Skewed vocabulary: word i appears with weight ~ 1/(i+1).
+        let word = |r: u64| format!("w{}", (200.0 / (r as f64 + 1.0)) as u64);
+        let mut ix = Index::new();
+        for id in 0..3000u64 {
+            let n = 3 + rnd(12);
+            let text: Vec<String> = (0..n).map(|_| word(rnd(200))).collect();
+            ix.insert(rec(id, &text.join(" "), &[]));
+        }
+        for id in (0..3000u64).step_by(7) {
+            ix.remove(id);
+        }
+        let avg = ix.live_len as f64 / ix.live as f64;
+        let tokenized: Vec<Vec<String>> = ix
+            .records
+            .iter()
+            .map(|r| ix.tokenizer.terms(&r.content))
+            .collect();
+        for _ in 0..200 {
+            let q: Vec<String> = (0..1 + rnd(5)).map(|_| word(rnd(200))).collect();
+            let query = q.join(" ");
+            let k = 1 + rnd(10) as usize;
+            let got: Vec<(u64, f64)> = ix
+                .search(&query, k)
+                .iter()
+                .map(|h| (h.record.id, h.score))
+                .collect();
+            // Exhaustive BM25.
+            let mut terms = ix.tokenizer.terms(&query);
+            terms.sort();
+            terms.dedup();
+            let n = ix.live as f64;
+            let mut all: Vec<(u64, f64)> = Vec::new();
+            for (slot, r) in ix.records.iter().enumerate() {
+                if !ix.alive[slot] {
+                    continue;
+                }
+                let doc_terms = &tokenized[slot];
+                let mut score = 0.0;
+                for t in &terms {
+                    let tf = doc_terms.iter().filter(|d| *d == t).count() as f64;
+                    if tf == 0.0 {
+                        continue;
+                    }
+                    let df = ix.terms.get(t).map(|&i| ix.df[i as usize]).unwrap_or(0) as f64;
+                    let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                    let norm = 1.2 * (1.0 - 0.75 + 0.75 * ix.lens[slot] as f64 / avg);
+                    score += idf * tf * 2.2 / (tf + norm);
+                }
+                if score > 0.0 {
+                    all.push((r.id, score));
+                }
+            }
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+            all.truncate(k);
+            assert_eq!(got.len(), all.len(), "{query}");
+            for (g, w) in got.iter().zip(&all) {
+                assert!((g.1 - w.1).abs() < 1e-3, "{query}: {got:?} vs {all:?}");
+            }
+            // Same set of scores (ids may differ only between near-equal scores).
+            let got_ids: Vec<u64> = got.iter().map(|g| g.0).collect();
+            for w in &all {
+                assert!(
+                    got_ids.contains(&w.0)
+                        || all.iter().any(|x| x.0 != w.0 && (x.1 - w.1).abs() < 1e-3),
+                    "{query}: missing {w:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn many_deletions_rebuild_the_index() {
         let mut ix = Index::new();
@@ -460,7 +608,7 @@ mod tests {
             assert!(ix.remove(i));
         }
         assert_eq!(ix.len(), 500);
-        assert!(ix.docs.len() < 3000, "rebuilt: dead slots dropped");
+        assert!(ix.records.len() < 3000, "rebuilt: dead slots dropped");
         assert_eq!(ix.search("common", 1000).len(), 500);
         assert!(ix.get(2999).is_some() && ix.get(0).is_none());
     }
