@@ -614,28 +614,10 @@ impl WsSession {
                 self.start_turn(id, session_id, text, TurnSource::Demo, ctx);
             }
             Command::MemorySearch(q) => {
-                let memory = self.shared.kernel.as_ref().and_then(|k| k.memory.clone());
-                let Some(memory) = memory else {
-                    self.reply_err(id, ErrorCode::Unavailable, "memory is not running", ctx);
-                    return;
-                };
-                let fut = memory.send(crate::memory::Search::from_query(&q));
-                ctx.wait(
-                    fut.into_actor(self)
-                        .map(move |res, act, ctx| act.memory_answer(id, res, ctx)),
-                );
+                self.memory_request(id, crate::memory::Search::from_query(&q), ctx)
             }
             Command::MemoryList(q) => {
-                let memory = self.shared.kernel.as_ref().and_then(|k| k.memory.clone());
-                let Some(memory) = memory else {
-                    self.reply_err(id, ErrorCode::Unavailable, "memory is not running", ctx);
-                    return;
-                };
-                let fut = memory.send(crate::memory::List::from_query(&q));
-                ctx.wait(
-                    fut.into_actor(self)
-                        .map(move |res, act, ctx| act.memory_answer(id, res, ctx)),
-                );
+                self.memory_request(id, crate::memory::List::from_query(&q), ctx)
             }
             Command::Interrupt(_) => {
                 let Some(kernel) = self.shared.kernel.clone() else {
@@ -671,6 +653,26 @@ impl WsSession {
                 self.reply_err(id, ErrorCode::Unavailable, msg, ctx);
             }
         }
+    }
+
+    /// Asks the Memory actor and answers in order (`ctx.wait`).
+    fn memory_request<M>(&mut self, id: Option<String>, msg: M, ctx: &mut Context<Self>)
+    where
+        M: Message<Result = Result<coda_protocol::MemoryItems, crate::memory::MemoryFailure>>
+            + Send
+            + 'static,
+        crate::memory::MemoryActor: Handler<M>,
+    {
+        let memory = self.shared.kernel.as_ref().and_then(|k| k.memory.clone());
+        let Some(memory) = memory else {
+            self.reply_err(id, ErrorCode::Unavailable, "memory is not running", ctx);
+            return;
+        };
+        let fut = memory.send(msg);
+        ctx.wait(
+            fut.into_actor(self)
+                .map(move |res, act, ctx| act.memory_answer(id, res, ctx)),
+        );
     }
 
     fn memory_answer(
