@@ -15,7 +15,20 @@ use crate::llm::ChatRole;
 use crate::store::{SledStore, Storage};
 
 fn open_engine(dir: &Path, settings: MemorySettings) -> Arc<MemoryEngine> {
-    let storage: Arc<dyn Storage> = Arc::new(SledStore::open(dir).expect("open store"));
+    // A store this test just dropped may still be held for a moment by the previous
+    // actor's writer thread (it lets go of its engine when it exits): wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let store = loop {
+        match SledStore::open(dir) {
+            Err(crate::store::StoreError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => break other.expect("open store"),
+        }
+    };
+    let storage: Arc<dyn Storage> = Arc::new(store);
     Arc::new(MemoryEngine::open(storage, settings).expect("open engine"))
 }
 
