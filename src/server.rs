@@ -14,10 +14,16 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use coda_actors::auth::{Authenticator, BootToken, TokenStore};
 use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
+use coda_actors::kernel::{Kernel, KernelSettings, Rooms};
+use coda_actors::llm::actor::ProviderSlot;
+use coda_actors::metrics::{GetPerformance, MetricsActor, MetricsSettings, RenderPrometheus};
+use coda_actors::orchestrator::ConversationSettings;
 use coda_actors::session::guard::GuardPolicy;
 use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
 use coda_actors::session::{ServerFacts, SessionSettings, SessionShared};
 use coda_actors::store::{SledStore, Storage, StoreError};
+use coda_actors::supervise::RestartBudget;
+use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
 use coda_protocol::{ComponentState, ConnectionState, SystemInfo, PROTOCOL_VERSION};
 
 use crate::config::{Loaded, Settings};
@@ -106,7 +112,10 @@ pub async fn start(
     let storage: Arc<dyn Storage> = store.clone();
     let boot = BootToken::generate();
     let boot_secret = boot.expose_secret().to_string();
-    let authenticator = Arc::new(Authenticator::new(boot, Some(TokenStore::new(storage))));
+    let authenticator = Arc::new(Authenticator::new(
+        boot,
+        Some(TokenStore::new(storage.clone())),
+    ));
 
     let hub = EventHub::start_hub(hub_settings(s));
     let components = ComponentRegistry::new();
@@ -142,7 +151,27 @@ pub async fn start(
         listen: Some(addr.to_string()),
         ..facts
     };
-    let shared = SessionShared::new(session_settings(s), hub.clone(), authenticator, facts);
+    let rooms = start_rooms(s, storage, &hub, &components)?;
+    let kernel = start_kernel(s, &hub, &components, rooms);
+    let shared = SessionShared::new(
+        session_settings(s),
+        hub.clone(),
+        authenticator,
+        facts,
+        Some(kernel),
+    );
+    let metrics_settings = metrics_settings(s)?;
+    let metrics = actix::Supervisor::start({
+        let (hub, components) = (hub.clone(), components.clone());
+        // Registers itself as component "metrics" (running) once started.
+        move |_| MetricsActor::new(hub, metrics_settings, components)
+    });
+    // A first answer means `started()` ran: its `component_status` is queued at the hub
+    // ahead of the server's own `running` below, which stays the last startup event.
+    if let Err(e) = metrics.send(GetPerformance).await {
+        tracing::warn!(error = %e, "metrics actor did not start");
+    }
+    shared.set_metrics(metrics);
     let guard = GuardPolicy::new(
         &s.server.host,
         addr.port(),
@@ -169,6 +198,7 @@ pub async fn start(
             .route("/ws", web::get().to(ws_upgrade))
             .route("/", web::get().to(index))
             .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(prometheus_metrics))
             .route("/api/system_info", web::get().to(api_system_info))
             .route("/api/config", web::get().to(api_config))
             .default_service(web::to(not_found))
@@ -176,6 +206,12 @@ pub async fn start(
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(grace.as_secs().max(1))
+    // Small frames must not wait for the client's delayed ACK (Nagle).
+    .tcp_nodelay(true)
+    // Close the TCP connection right after a WebSocket close handshake (RFC 6455: the
+    // server closes first) instead of lingering; every endpoint is a GET, so there is
+    // no unread request body to protect.
+    .client_disconnect_timeout(Duration::ZERO)
     .listen(listener)
     .map_err(|source| StartError::Bind {
         addr: bind_addr.clone(),
@@ -279,12 +315,108 @@ async fn wait_for_signal() {
     }
 }
 
+/// The language model named by config (`[llm]`), with its fallback chain; fallbacks
+/// are announced as events through the hub.
+pub fn llm_provider(s: &Settings, hub: &HubHandle) -> ProviderSlot {
+    let settings = crate::llm_setup::llm_settings(&s.llm, None);
+    coda_actors::llm::registry::build(&settings, Some(hub.clone()), None)
+        .map(|chain| Arc::new(chain) as Arc<dyn coda_actors::llm::LlmProvider>)
+}
+
+/// Memory (on the same store) and Tools, which the kernel uses.
+fn start_rooms(
+    s: &Settings,
+    storage: Arc<dyn Storage>,
+    hub: &HubHandle,
+    components: &ComponentRegistry,
+) -> Result<Rooms, StartError> {
+    use actix::{Actor, Supervisor};
+    use coda_actors::memory::{MemoryActor, MemoryEngine};
+    use coda_actors::tools::{register_builtins, BuiltinDeps, ToolRegistry, ToolsActor};
+    let engine = MemoryEngine::open(storage, s.memory.engine_settings())
+        .map_err(|e| StartError::Other(anyhow::anyhow!("cannot open the memory store: {e}")))?;
+    let actor = MemoryActor::new(Arc::new(engine), Some(hub.clone()))
+        .map_err(|e| StartError::Other(anyhow::anyhow!("cannot start the memory writer: {e}")))?;
+    let memory = Supervisor::start(move |_| actor);
+    components.set(hub, "memory", ComponentState::Running, None);
+
+    let timers =
+        coda_actors::tools::builtin::timer::TimerService::new(Some(hub.clone()), None).start();
+    let mut registry = ToolRegistry::new(s.tools.registry_settings());
+    register_builtins(
+        &mut registry,
+        BuiltinDeps {
+            memory: Some(memory.clone()),
+            components: Some(components.clone()),
+            timers: Some(timers),
+        },
+    )
+    .map_err(|e| StartError::Other(anyhow::anyhow!("cannot register the built-in tools: {e}")))?;
+    registry
+        .set_permissions(&s.tools.permission_map())
+        .map_err(|e| StartError::Other(anyhow::anyhow!("tools.permissions: {e}")))?;
+    let tools_actor = ToolsActor::new(registry, Some(hub.clone()));
+    let tools = Supervisor::start(move |_| tools_actor);
+    components.set(hub, "tools", ComponentState::Running, None);
+    Ok(Rooms {
+        memory: Some(memory),
+        tools: Some(tools),
+        matcher: None,
+    })
+}
+
+fn start_kernel(
+    s: &Settings,
+    hub: &HubHandle,
+    components: &ComponentRegistry,
+    rooms: Rooms,
+) -> Kernel {
+    let settings = KernelSettings {
+        budget: RestartBudget {
+            max_restarts: s.kernel.max_restarts,
+            period: Settings::secs(s.kernel.restart_period_s),
+        },
+        conversation: ConversationSettings {
+            system_prompt: s.conversation.system_prompt.clone(),
+            history_turns: s.conversation.history_turns,
+            max_tokens: (s.conversation.max_tokens > 0).then_some(s.conversation.max_tokens),
+        },
+    };
+    let engine = Arc::new(EspeakEngine::new(EspeakConfig {
+        binary: PathBuf::from(&s.tts.binary),
+        voice: s.tts.voice.clone(),
+        rate: s.tts.rate,
+    }));
+    Kernel::start(
+        hub.clone(),
+        components.clone(),
+        settings,
+        llm_provider(s, hub),
+        engine,
+        rooms,
+    )
+}
+
 fn hub_settings(s: &Settings) -> HubSettings {
     HubSettings {
         replay_size: s.events.replay_size,
         resume_max_events: s.events.resume_max_events,
         resume_max_age: Settings::secs(s.events.resume_max_age_s),
     }
+}
+
+/// The metrics actor's settings from config (the rules were validated at load time).
+pub fn metrics_settings(s: &Settings) -> anyhow::Result<MetricsSettings> {
+    Ok(MetricsSettings {
+        interval: Settings::secs(s.metrics.interval_s),
+        timing_interval: Settings::secs(s.metrics.timing_interval_s),
+        window: Settings::secs(s.metrics.window_s),
+        alerts: s.metrics.alert_rules()?,
+        budget: RestartBudget {
+            max_restarts: s.kernel.max_restarts,
+            period: Settings::secs(s.kernel.restart_period_s),
+        },
+    })
 }
 
 /// The session limits from config.
@@ -363,6 +495,7 @@ async fn index(
             "<h1>Coda</h1><p>The dashboard is not part of this build yet.</p>",
             "<ul><li>WebSocket event stream: <code>/ws</code></li>",
             "<li><a href=/healthz>/healthz</a></li>",
+            "<li><a href=/metrics>/metrics</a> (Prometheus)</li>",
             "<li><a href=/api/system_info>/api/system_info</a></li>",
             "<li><a href=/api/config>/api/config</a></li></ul>"
         )))
@@ -432,6 +565,23 @@ async fn api_system_info(req: HttpRequest, state: web::Data<UpgradeState>) -> Ht
             })
         }
         Err(_) => HttpResponse::ServiceUnavailable().body("event hub unavailable\n"),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format (token required when auth is on, as for `/api`).
+async fn prometheus_metrics(req: HttpRequest, state: web::Data<UpgradeState>) -> HttpResponse {
+    if let Some(r) = api_refusal(&req, &state) {
+        return r;
+    }
+    let Some(metrics) = state.shared.metrics() else {
+        return HttpResponse::ServiceUnavailable().body("metrics are not running\n");
+    };
+    match metrics.send(RenderPrometheus).await {
+        Ok(text) => HttpResponse::Ok()
+            .content_type(coda_actors::metrics::prometheus::CONTENT_TYPE)
+            .body(text),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .body(format!("the metrics component did not answer ({e})\n")),
     }
 }
 

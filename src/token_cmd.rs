@@ -8,6 +8,7 @@ use clap::Subcommand;
 use coda_actors::auth::{TokenInfo, TokenStore};
 use coda_actors::store::{SledStore, Storage, StoreError};
 
+use crate::client::{self, Target};
 use crate::config::Loaded;
 
 /// `coda token ...`
@@ -55,18 +56,122 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30d, 12h, 90m)"))
 }
 
-fn open(loaded: &Loaded) -> anyhow::Result<TokenStore> {
+/// Where token operations go: the store itself, or — while `coda serve` holds the store
+/// — the running server, over its WebSocket with the per-boot token.
+enum Backend {
+    Local(TokenStore),
+    Server(Target),
+}
+
+fn open(loaded: &Loaded) -> anyhow::Result<Backend> {
     let dir = loaded.settings.storage_dir();
     match SledStore::open(&dir) {
         Ok(s) => {
             let storage: Arc<dyn Storage> = Arc::new(s);
-            Ok(TokenStore::new(storage))
+            Ok(Backend::Local(TokenStore::new(storage)))
         }
-        Err(e @ StoreError::Locked { .. }) => Err(anyhow::anyhow!(
-            "{e}\n  Token changes need the store: stop `coda serve`, run this again, then start it (tokens are checked on every new connection)."
-        )),
+        Err(e @ StoreError::Locked { .. }) => {
+            let target = client::resolve(loaded, None, None);
+            if target.token.is_none() {
+                anyhow::bail!(
+                    "{e}\n  A server holds the store, but its per-boot token file ({}) cannot be read: run this as the user running `coda serve`, or stop it first.",
+                    loaded.settings.token_file(loaded.settings.server.port).display()
+                );
+            }
+            Ok(Backend::Server(target))
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+impl Backend {
+    fn create(&self, name: &str, ttl: Option<Duration>) -> anyhow::Result<(TokenInfo, String)> {
+        match self {
+            Backend::Local(s) => Ok(s.create(name, ttl)?),
+            Backend::Server(t) => with_secret(admin(
+                t,
+                serde_json::json!({"type": "token_create", "data": {"name": name, "expires_s": ttl.map(|d| d.as_secs_f64())}}),
+            )?),
+        }
+    }
+
+    fn rotate(&self, token: &str, ttl: Option<Duration>) -> anyhow::Result<(TokenInfo, String)> {
+        match self {
+            Backend::Local(s) => Ok(s.rotate(token, ttl)?),
+            Backend::Server(t) => with_secret(admin(
+                t,
+                serde_json::json!({"type": "token_rotate", "data": {"token": token, "expires_s": ttl.map(|d| d.as_secs_f64())}}),
+            )?),
+        }
+    }
+
+    fn revoke(&self, token: &str) -> anyhow::Result<TokenInfo> {
+        match self {
+            Backend::Local(s) => Ok(s.revoke(token)?),
+            Backend::Server(t) => {
+                let data = admin(
+                    t,
+                    serde_json::json!({"type": "token_revoke", "data": {"token": token}}),
+                )?;
+                Ok(serde_json::from_value(data["token"].clone())?)
+            }
+        }
+    }
+
+    fn list(&self) -> anyhow::Result<Vec<TokenInfo>> {
+        match self {
+            Backend::Local(s) => Ok(s.list()?),
+            Backend::Server(t) => {
+                let data = admin(t, serde_json::json!({"type": "token_list"}))?;
+                Ok(serde_json::from_value(data["tokens"].clone())?)
+            }
+        }
+    }
+}
+
+fn with_secret(data: serde_json::Value) -> anyhow::Result<(TokenInfo, String)> {
+    let info: TokenInfo = serde_json::from_value(data["token"].clone())?;
+    let secret = data["secret"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("server answered without a secret"))?
+        .to_string();
+    Ok((info, secret))
+}
+
+/// Sends one admin command to the running server and returns its `command_result` data.
+fn admin(target: &Target, mut command: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    command["id"] = serde_json::json!("admin-1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut ws = client::connect(target).await?;
+        ws.send(Message::Text(command.to_string().into())).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("the server did not answer within 10 s"))?;
+            let Some(msg) = msg else {
+                anyhow::bail!("the server closed the connection")
+            };
+            let Message::Text(text) = msg? else { continue };
+            let env: coda_protocol::RawEnvelope = serde_json::from_str(&text)?;
+            if env.data.get("id").and_then(|i| i.as_str()) != Some("admin-1") {
+                continue;
+            }
+            let _ = ws.close(None).await;
+            return match env.event_type.as_str() {
+                "command_result" => Ok(env.data["data"].clone()),
+                _ => Err(anyhow::anyhow!(
+                    "server refused: {}",
+                    env.data["message"].as_str().unwrap_or("unknown error")
+                )),
+            };
+        }
+    })
 }
 
 /// Runs a token command.

@@ -218,7 +218,13 @@ async fn host_allow_list_on_every_request() {
         403,
     )
     .await;
-    for path in ["/healthz", "/api/system_info", "/", "/api/config"] {
+    for path in [
+        "/healthz",
+        "/api/system_info",
+        "/",
+        "/api/config",
+        "/metrics",
+    ] {
         let (status, body) = http_get(port, path, Some("evil.example")).await;
         assert_eq!(status, 403, "{path}: {body}");
         let (status, _) = http_get(port, path, Some(&format!("attacker.localhost:{port}"))).await;
@@ -339,4 +345,132 @@ async fn refusals_are_events_and_tokens_stay_out_of_logs() {
             "part of the {name} token appears in the log"
         );
     }
+}
+
+/// A token in the URL is never used (proxies and histories keep URLs).
+#[tokio::test]
+async fn tokens_in_the_url_are_ignored() {
+    let home = Home::new();
+    let (_, valid) = home.create_token("url", None);
+    let server = Server::start_in(home, &["--auth"], &[("CODA__AUTH__TIMEOUT_S", "1")]);
+    for query in [format!("?token={valid}"), format!("?access_token={valid}")] {
+        let url = format!("{}{query}", server.url());
+        let mut c = Client::connect(&url, &[]).await;
+        let (seen, code) = until_close(&mut c, Duration::from_secs(15)).await;
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0]["data"]["code"], json!("unauthorized"), "{seen:?}");
+        assert_eq!(code, Some(1008));
+    }
+    // Binary before auth: refused and closed.
+    let mut c = server.client().await;
+    futures_util::SinkExt::send(
+        &mut c.ws,
+        tokio_tungstenite::tungstenite::Message::binary(vec![0u8; 640]),
+    )
+    .await
+    .unwrap();
+    let (seen, code) = until_close(&mut c, Duration::from_secs(15)).await;
+    assert_eq!(seen[0]["data"]["code"], json!("unauthorized"), "{seen:?}");
+    assert_eq!(code, Some(1008));
+}
+
+/// With auth on, the read-only HTTP API and /metrics want the token too; /healthz stays
+/// open.
+#[tokio::test]
+async fn http_api_requires_the_token_when_auth_is_on() {
+    let home = Home::new();
+    let (_, valid) = home.create_token("api", None);
+    let server = Server::start_in(home, &["--auth"], &[]);
+    let port = server.port;
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+    for path in ["/api/system_info", "/api/config", "/metrics"] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        let (status, body) = http_get_with(
+            port,
+            path,
+            &[
+                ("Host", &format!("127.0.0.1:{port}")),
+                ("Authorization", &format!("Bearer {valid}")),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.contains(&valid));
+    }
+}
+
+/// GET with arbitrary headers over a raw socket: (status, body).
+async fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded("GET", RECV_TIMEOUT, async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .await
+}
+
+/// The `token_*` admin commands need the per-boot token, whatever `auth.required` says.
+#[tokio::test]
+async fn token_admin_commands_need_the_boot_token() {
+    let home = Home::new();
+    let (_, user) = home.create_token("user", None);
+    let server = Server::start_in(home, &["--auth"], &[]);
+    let mut c = Client::connect(
+        &server.url(),
+        &[("Authorization", &format!("Bearer {user}"))],
+    )
+    .await;
+    for (t, data) in [
+        ("token_create", json!({"name": "sneaky"})),
+        ("token_list", json!({})),
+        ("token_revoke", json!({"token": "user"})),
+        ("token_rotate", json!({"token": "user"})),
+    ] {
+        let r = c.request(t, data).await;
+        assert_eq!(ty(&r), "command_error", "{t}: {r}");
+        assert_eq!(r["data"]["code"], json!("unauthorized"), "{t}: {r}");
+    }
+    c.ping().await;
+
+    let boot = format!("Bearer {}", server.boot_token());
+    let mut admin = Client::connect(&server.url(), &[("Authorization", &boot)]).await;
+    let r = admin.request("token_list", json!({})).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let names: Vec<&str> = r["data"]["data"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["user"], "{r}");
+    assert!(!r.to_string().contains(&user), "list never shows secrets");
+
+    // Auth off: an anonymous local client is still not an admin.
+    let open = Server::start(&[], &[]);
+    let mut anon = open.client().await;
+    let r = anon.request("token_create", json!({"name": "x"})).await;
+    assert_eq!(r["data"]["code"], json!("unauthorized"), "{r}");
+    let boot = format!("Bearer {}", open.boot_token());
+    let mut admin = Client::connect(&open.url(), &[("Authorization", &boot)]).await;
+    let r = admin.request("token_create", json!({"name": "x"})).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    assert!(r["data"]["data"]["secret"].is_string(), "{r}");
 }

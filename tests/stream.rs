@@ -516,3 +516,77 @@ async fn type_filters_subscribe_and_unsubscribe() {
     let r = d.wait_reply("h", RECV_TIMEOUT).await;
     assert_eq!(r["data"]["code"], json!("invalid_data"), "{r}");
 }
+
+/// `resume` (instead of hello) as the first command: the same exact continuation.
+#[tokio::test]
+async fn resume_command_replays_missed_events() {
+    let server = Server::start(
+        &["--emit-synthetic", "400", "--synthetic-wait-clients", "1"],
+        &[],
+    );
+    let mut a = server.client().await;
+    let (answer, _) = hello_and_replay(&mut a, json!({})).await;
+    let epoch = answer["epoch"].as_str().unwrap().to_string();
+    let last = read_ticks(&mut a, 20).await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut b = server.client().await;
+    b.send_cmd(
+        "resume",
+        json!({"epoch": epoch, "last_seq": last}),
+        Some("r"),
+    )
+    .await;
+    let mut expect = last + 1;
+    let mut got_answer = false;
+    let mut got_replay = false;
+    let mut live = 0;
+    bounded("resume", SECS(60), async {
+        while !(got_answer && got_replay && live >= 100) {
+            let v = b.recv_json(RECV_TIMEOUT).await;
+            match ty(&v) {
+                "command_result" => {
+                    assert_eq!(v["data"]["id"], json!("r"), "{v}");
+                    assert_eq!(v["data"]["data"]["resumed_from"], json!(last), "{v}");
+                    got_answer = true;
+                }
+                "replay" => {
+                    assert!(!got_replay, "one replay only");
+                    got_replay = true;
+                    assert_eq!(v["data"]["complete"], json!(true), "{v}");
+                    for e in v["data"]["events"].as_array().unwrap() {
+                        assert_eq!(seq(e), expect);
+                        expect += 1;
+                    }
+                }
+                _ => {
+                    assert!(got_replay, "live event before the replay: {v}");
+                    assert_eq!(seq(&v), expect, "{v}");
+                    expect += 1;
+                    live += 1;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(expect > last + 100);
+}
+
+/// `events.replay_size` bounds the replay a new client gets.
+#[tokio::test]
+async fn replay_size_bounds_the_replay() {
+    let server = Server::start(&[], &[("CODA__EVENTS__REPLAY_SIZE", "2")]);
+    let mut c = server.client().await;
+    let replay = c.wait_type("replay", RECV_TIMEOUT).await;
+    let events = replay["data"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{replay}");
+    // The most recent ones, not the first: at least four component_status events are
+    // published at startup (event_hub, store, server starting, server running).
+    assert!(
+        events.iter().all(|e| ty(e) == "component_status"),
+        "{replay}"
+    );
+    assert!(seq(&events[0]) < seq(&events[1]), "{replay}");
+    assert!(seq(&events[0]) >= 3, "the oldest were dropped: {replay}");
+}

@@ -5,7 +5,15 @@
 pub mod auth;
 pub mod components;
 pub mod hub;
+pub mod intent;
+pub mod kernel;
 pub mod llm;
+pub mod memory;
+pub mod metrics;
 pub mod models;
+pub mod orchestrator;
 pub mod session;
 pub mod store;
+pub mod supervise;
+pub mod tools;
+pub mod tts;

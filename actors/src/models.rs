@@ -176,6 +176,25 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+fn configured() -> &'static std::sync::RwLock<Option<PathBuf>> {
+    static DIR: std::sync::OnceLock<std::sync::RwLock<Option<PathBuf>>> =
+        std::sync::OnceLock::new();
+    DIR.get_or_init(|| std::sync::RwLock::new(None))
+}
+
+/// Sets the process-wide store directory (the binary's `models.dir`, once config is
+/// loaded), so every provider and command resolving model names uses the same store.
+pub fn set_configured_dir(dir: Option<PathBuf>) {
+    *configured().write().unwrap_or_else(|p| p.into_inner()) = dir;
+}
+
+fn configured_dir() -> Option<PathBuf> {
+    configured()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 /// The store: a directory of model files and their index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelStore {
@@ -197,8 +216,12 @@ impl ModelStore {
         }
     }
 
+    /// The directory set with [`set_configured_dir`] (`models.dir`), else
     /// `$XDG_DATA_HOME/coda/models` (`~/.local/share/coda/models`).
     pub fn default_dir() -> PathBuf {
+        if let Some(dir) = configured_dir() {
+            return dir;
+        }
         std::env::var_os("XDG_DATA_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Schema version this build writes and understands (the number of migration steps).
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Tree that holds the store's own bookkeeping; callers of [`Storage`] may not use it.
 pub const META_TREE: &str = "meta";
@@ -49,7 +49,7 @@ const MARKER_TEXT: &str = "This directory is a Coda store (sled 0.34). Do not ed
 pub type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 
 /// Migration steps, applied in order; `MIGRATIONS[i]` goes from version `i` to `i + 1`.
-const MIGRATIONS: &[Migration] = &[migrate_0_to_1];
+const MIGRATIONS: &[Migration] = &[migrate_0_to_1, migrate_1_to_2];
 
 // A new step must come with a bump of SCHEMA_VERSION (and the other way round).
 const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
@@ -58,6 +58,22 @@ const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
 fn migrate_0_to_1(_db: &sled::Db) -> Result<(), StoreError> {
     Ok(())
 }
+
+/// Version 2 adds the memory room's trees (long-term memories, conversations, saved chat
+/// sessions; layouts in `crate::memory::records`). Creating them here, not lazily, means
+/// a store that says version 2 always has them, and a build that knows version 2 can rely
+/// on their record format (each record also carries its own format number for later
+/// in-place upgrades).
+fn migrate_1_to_2(db: &sled::Db) -> Result<(), StoreError> {
+    for tree in MEMORY_TREES {
+        db.open_tree(tree)
+            .map_err(|e| StoreError::from_sled(e, Path::new("<migration 1→2>")))?;
+    }
+    Ok(())
+}
+
+/// The trees schema version 2 introduced (owned by the memory room).
+pub const MEMORY_TREES: &[&str] = &["memories", "conversations", "chat_sessions"];
 
 /// Errors from the store. Every variant that comes from disk names the store's path.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +203,57 @@ fn is_lock_error(err: &io::Error) -> bool {
 /// One entry: (key, value).
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// One operation of a [`WriteGroup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (no error when absent).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// Writes to one tree that are applied together or not at all ([`Storage::write_groups`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteGroup {
+    /// The tree.
+    pub tree: String,
+    /// The operations, in order.
+    pub ops: Vec<WriteOp>,
+}
+
+impl WriteGroup {
+    /// An empty group for `tree`.
+    pub fn new(tree: &str) -> WriteGroup {
+        WriteGroup {
+            tree: tree.to_owned(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(WriteOp::Delete { key: key.into() });
+        self
+    }
+}
+
 /// A small key/value store with named trees (keyspaces).
 ///
 /// Calls block on disk I/O; run them off the actors' event loops.
@@ -210,6 +277,42 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Flushes every pending write to disk.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Up to `limit` entries of `tree` whose key starts with `prefix`, in *reverse* key
+    /// order (the last keys first): "the newest N" for keys that sort by time.
+    ///
+    /// The default scans the whole prefix; engines override it with a reverse cursor.
+    fn scan_prefix_rev(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let mut all = self.scan_prefix(tree, prefix)?;
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// Group commit: applies every group (each one atomically: all of its operations or
+    /// none) and flushes once; everything is durable when it returns `Ok`. On `Err`, some
+    /// groups may have been applied, none is known to be durable.
+    ///
+    /// The default applies the operations one by one (durable, not atomic per group);
+    /// engines override it.
+    fn write_groups(&self, groups: &[WriteGroup]) -> Result<(), StoreError> {
+        for group in groups {
+            for op in &group.ops {
+                match op {
+                    WriteOp::Put { key, value } => self.put(&group.tree, key, value)?,
+                    WriteOp::Delete { key } => {
+                        self.delete(&group.tree, key)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// Bytes the store takes on disk (sled rewrites in place lazily: expect overhead).
     fn size_on_disk(&self) -> Result<u64, StoreError>;
@@ -356,10 +459,63 @@ impl Storage for SledStore {
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(|e| self.err(e))
     }
+
+    fn scan_prefix_rev(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        self.tree(tree)?
+            .scan_prefix(prefix)
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                entry
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|e| self.err(e))
+            })
+            .collect()
+    }
+
+    fn write_groups(&self, groups: &[WriteGroup]) -> Result<(), StoreError> {
+        for group in groups {
+            let tree = self.tree(&group.tree)?;
+            let mut batch = sled::Batch::default();
+            for op in &group.ops {
+                match op {
+                    WriteOp::Put { key, value } => batch.insert(key.as_slice(), value.as_slice()),
+                    WriteOp::Delete { key } => batch.remove(key.as_slice()),
+                }
+            }
+            tree.apply_batch(batch).map_err(|e| self.err(e))?;
+        }
+        self.flush_db()
+    }
 }
 
 /// Opens sled, turning its errors (and any panic on damaged files) into [`StoreError`]s.
 fn open_db(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
+    // A store just dropped in this process can hold its lock a moment longer (sled's
+    // background threads release their handles asynchronously; seen on a loaded machine).
+    // A few short retries cover that; a store held by a live process still fails within
+    // a quarter of a second — an answer, not a hang.
+    let mut attempt = 0;
+    loop {
+        match open_db_once(config, path) {
+            Err(StoreError::Locked { .. }) if attempt < LOCK_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Extra attempts when the store's lock is held (25 ms apart).
+const LOCK_RETRIES: u32 = 10;
+
+fn open_db_once(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
     // sled 0.34 has panicking paths in recovery; damaged files must give an error, not
     // take the server down. The lock file is dropped (released) during the unwind.
     match panic::catch_unwind(AssertUnwindSafe(|| config.open())) {
@@ -631,7 +787,7 @@ mod tests {
         let t = tmp();
         let dir = store_dir(&t);
         let open = |steps: &[Migration]| {
-            let db = sled::Config::new().path(&dir).open().expect("sled");
+            let db = open_db(&sled::Config::new().path(&dir), &dir).expect("sled");
             SledStore::init(db, dir.clone(), steps)
         };
         let two: &[Migration] = &[migrate_0_to_1, step];
@@ -659,6 +815,71 @@ mod tests {
         );
         let store = open(two).expect("still v2");
         assert_eq!(store.schema_version().expect("v"), 2);
+    }
+
+    #[test]
+    fn version_1_store_migrates_to_2_and_keeps_its_data() {
+        let t = tmp();
+        let dir = store_dir(&t);
+        {
+            let db = open_db(&sled::Config::new().path(&dir), &dir).expect("sled");
+            let store = SledStore::init(db, dir.clone(), &MIGRATIONS[..1]).expect("v1");
+            assert_eq!(store.schema_version().expect("v"), 1);
+            store.put("auth_tokens", b"k", b"v").expect("put");
+            assert!(!store
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"memories"));
+        }
+        let store = SledStore::open(&dir).expect("open migrates");
+        assert_eq!(store.schema_version().expect("v"), 2);
+        assert_eq!(
+            store.get("auth_tokens", b"k").expect("get"),
+            Some(b"v".to_vec())
+        );
+        let names = store.db.tree_names();
+        for tree in MEMORY_TREES {
+            assert!(
+                names.iter().any(|n| n.as_ref() == tree.as_bytes()),
+                "{tree}"
+            );
+        }
+        let meta = store.db.open_tree(META_TREE).expect("meta");
+        assert!(meta.get(b"migration.0002").expect("get").is_some());
+    }
+
+    #[test]
+    fn write_groups_and_reverse_scan() {
+        let t = tmp();
+        let dir = store_dir(&t);
+        {
+            let store = SledStore::open(&dir).expect("open");
+            let mut a = WriteGroup::new("t");
+            a.put(b"k1".to_vec(), b"1".to_vec())
+                .put(b"k2".to_vec(), b"2".to_vec())
+                .put(b"k3".to_vec(), b"3".to_vec());
+            let mut b = WriteGroup::new("u");
+            b.put(b"x".to_vec(), b"y".to_vec());
+            store.write_groups(&[a, b]).expect("write");
+            let mut c = WriteGroup::new("t");
+            c.delete(b"k2".to_vec());
+            store.write_groups(&[c]).expect("delete");
+            let mut bad = WriteGroup::new(META_TREE);
+            bad.put(b"x".to_vec(), b"y".to_vec());
+            assert!(store.write_groups(&[bad]).is_err(), "reserved tree");
+        }
+        let store = SledStore::open(&dir).expect("reopen");
+        let rev = store.scan_prefix_rev("t", b"k", 10).expect("rev");
+        assert_eq!(
+            rev,
+            vec![
+                (b"k3".to_vec(), b"3".to_vec()),
+                (b"k1".to_vec(), b"1".to_vec())
+            ]
+        );
+        assert_eq!(store.scan_prefix_rev("t", b"k", 1).expect("rev").len(), 1);
+        assert_eq!(store.get("u", b"x").expect("get"), Some(b"y".to_vec()));
     }
 
     #[test]

@@ -219,10 +219,10 @@ fn a_missing_model_names_the_command_that_installs_it() {
         ..LocalLlmConfig::default()
     };
     match local_provider(&cfg) {
-        Err(LlmError::NotFound(msg)) => {
+        Err(LlmError::Unavailable(msg)) => {
             assert!(msg.contains("coda models pull smollm2"), "{msg}")
         }
-        other => panic!("expected NotFound, got {other:?}"),
+        other => panic!("expected Unavailable, got {other:?}"),
     }
 }
 

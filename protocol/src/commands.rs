@@ -150,6 +150,34 @@ pub struct MemoryQuery {
     pub limit: Option<u32>,
 }
 
+/// `token_create`: create an access token (admin: only for a connection authenticated
+/// with the server's per-boot token, i.e. the local `coda token` command).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TokenCreate {
+    /// A name for the token (who or what uses it).
+    pub name: String,
+    /// Lifetime in seconds; absent means no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_s: Option<f64>,
+}
+
+/// `token_revoke`: revoke a token by id or name (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TokenRef {
+    /// Token id (from `token_list`) or name.
+    pub token: String,
+}
+
+/// `token_rotate`: give a token a new secret; the old one stops working at once (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TokenRotate {
+    /// Token id or name.
+    pub token: String,
+    /// Lifetime of the new secret in seconds; absent means no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_s: Option<f64>,
+}
+
 // ---------------------------------------------------------------------------------------
 // Command, CommandRequest
 // ---------------------------------------------------------------------------------------
@@ -192,6 +220,14 @@ pub enum Command {
     MemoryList(MemoryQuery),
     /// `ping`
     Ping,
+    /// `token_create` (admin)
+    TokenCreate(TokenCreate),
+    /// `token_list` (admin)
+    TokenList,
+    /// `token_revoke` (admin)
+    TokenRevoke(TokenRef),
+    /// `token_rotate` (admin)
+    TokenRotate(TokenRotate),
 }
 
 impl Command {
@@ -214,6 +250,10 @@ impl Command {
             Command::MemorySearch(_) => CommandType::MemorySearch,
             Command::MemoryList(_) => CommandType::MemoryList,
             Command::Ping => CommandType::Ping,
+            Command::TokenCreate(_) => CommandType::TokenCreate,
+            Command::TokenList => CommandType::TokenList,
+            Command::TokenRevoke(_) => CommandType::TokenRevoke,
+            Command::TokenRotate(_) => CommandType::TokenRotate,
         }
     }
 
@@ -250,6 +290,13 @@ impl Command {
                 data_as::<Empty>(command_type, data)?;
                 Command::Ping
             }
+            CommandType::TokenCreate => Command::TokenCreate(data_as(command_type, data)?),
+            CommandType::TokenList => {
+                data_as::<Empty>(command_type, data)?;
+                Command::TokenList
+            }
+            CommandType::TokenRevoke => Command::TokenRevoke(data_as(command_type, data)?),
+            CommandType::TokenRotate => Command::TokenRotate(data_as(command_type, data)?),
         };
         command
             .validate()
@@ -285,6 +332,13 @@ impl Command {
                 }
             }
             Command::MemorySearch(query) | Command::MemoryList(query) => validate_memory(query),
+            Command::TokenCreate(TokenCreate { expires_s, .. })
+            | Command::TokenRotate(TokenRotate { expires_s, .. }) => match expires_s {
+                Some(s) if !(s.is_finite() && *s > 0.0) => {
+                    Err("`expires_s` must be a positive number of seconds".to_string())
+                }
+                _ => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -305,9 +359,13 @@ impl Command {
             Command::MemorySearch(data) | Command::MemoryList(data) => {
                 out.serialize_field("data", data)
             }
+            Command::TokenCreate(data) => out.serialize_field("data", data),
+            Command::TokenRevoke(data) => out.serialize_field("data", data),
+            Command::TokenRotate(data) => out.serialize_field("data", data),
             Command::GetSystemInfo
             | Command::GetPerformanceMetrics
             | Command::GetConfig
+            | Command::TokenList
             | Command::Ping => out.serialize_field("data", &Empty {}),
         }
     }
@@ -706,7 +764,11 @@ pub(crate) fn data_schema(
         CommandType::GetSystemInfo
         | CommandType::GetPerformanceMetrics
         | CommandType::GetConfig
+        | CommandType::TokenList
         | CommandType::Ping => generator.root_schema_for::<Empty>(),
+        CommandType::TokenCreate => generator.root_schema_for::<TokenCreate>(),
+        CommandType::TokenRevoke => generator.root_schema_for::<TokenRef>(),
+        CommandType::TokenRotate => generator.root_schema_for::<TokenRotate>(),
         CommandType::MemorySearch | CommandType::MemoryList => {
             generator.root_schema_for::<MemoryQuery>()
         }

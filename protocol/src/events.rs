@@ -275,7 +275,8 @@ pub struct ComponentStatus {
 /// is back under, never one per sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Alert {
-    /// The metric, e.g. `"memory_mb"`, `"cpu_percent"`, `"latency_total_ms"`.
+    /// The metric as named in the `metrics.alerts` config, e.g. `"memory_mb"`,
+    /// `"cpu_percent"`, `"clients"`, `"latency.total.p95"`.
     pub metric: String,
     /// The value that triggered (or cleared) the alert.
     pub value: f64,
@@ -410,6 +411,11 @@ pub struct LatencyTrace {
     pub tts_ms: Option<f64>,
     /// From the end of the input to the end of the answer.
     pub total_ms: f64,
+    /// The kernel's own share of `total_ms`: the total minus the time spent inside the
+    /// engines on the turn's critical path (model generation, and speech synthesis after
+    /// generation ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_ms: Option<f64>,
 }
 
 /// `component_timing`: periodic latency summary per stage; the answer to
@@ -802,7 +808,8 @@ pub struct ConversationStart {
     pub client_id: Option<String>,
 }
 
-/// `conversation_turn`: summary of one completed turn (input and answer).
+/// `conversation_turn`: a turn began — the first event of every turn, carrying the
+/// `turn_id` every later event of the turn repeats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ConversationTurn {
     /// Id of the conversation.
@@ -813,12 +820,8 @@ pub struct ConversationTurn {
     pub index: u32,
     /// What the user said or typed.
     pub user_text: String,
-    /// What the assistant answered (as far as it got when interrupted).
-    pub assistant_text: String,
-    /// Whether the turn was cut short by barge-in.
-    pub interrupted: bool,
-    /// From the end of the input to the end of the answer, ms.
-    pub duration_ms: f64,
+    /// Where the input came from: `text`, `voice` or `demo`.
+    pub source: String,
 }
 
 /// `conversation_end`: a conversation ended.
@@ -847,6 +850,14 @@ pub struct ConversationMessage {
     pub role: Role,
     /// The text.
     pub content: String,
+    /// For an assistant message cut short by barge-in: true, and `content` holds only
+    /// what was actually spoken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<bool>,
+    /// For an interrupted assistant message: the part of the answer that was never
+    /// spoken (not kept in the conversation context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
 }
 
 /// `mode_change`: the assistant changed mode. Only the latest is replayed.

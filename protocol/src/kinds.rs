@@ -196,6 +196,14 @@ name_enum! {
         MemoryList = "memory_list",
         /// Liveness check, answered with `command_result`.
         Ping = "ping",
+        /// Admin: create a token (per-boot token only).
+        TokenCreate = "token_create",
+        /// Admin: list tokens (per-boot token only).
+        TokenList = "token_list",
+        /// Admin: revoke a token (per-boot token only).
+        TokenRevoke = "token_revoke",
+        /// Admin: rotate a token (per-boot token only).
+        TokenRotate = "token_rotate",
     }
 }
 

@@ -89,7 +89,11 @@ fn reply_schema(generator: &mut SchemaGenerator, command_type: CommandType) -> O
         | CommandType::SttStop
         | CommandType::Interrupt
         | CommandType::DemoFlow
-        | CommandType::Ping => return None,
+        | CommandType::Ping
+        | CommandType::TokenCreate
+        | CommandType::TokenList
+        | CommandType::TokenRevoke
+        | CommandType::TokenRotate => return None,
     };
     Some(schema)
 }

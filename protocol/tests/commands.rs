@@ -285,6 +285,10 @@ fn every_command_type_parses() {
         json!({"type": "memory_search", "data": {"query": "tea", "limit": 5}}),
         json!({"type": "memory_list", "data": {"limit": 20}}),
         json!({"type": "ping"}),
+        json!({"type": "token_create", "data": {"name": "dash", "expires_s": 60.0}}),
+        json!({"type": "token_list"}),
+        json!({"type": "token_revoke", "data": {"token": "dash"}}),
+        json!({"type": "token_rotate", "data": {"token": "dash"}}),
     ];
     let mut seen = Vec::new();
     for case in cases {

@@ -123,6 +123,7 @@ fn samples() -> Vec<EventData> {
             tts_first_audio_ms: Some(420.0),
             tts_ms: Some(600.0),
             total_ms: 1800.0,
+            kernel_ms: Some(1.2),
         }
         .into(),
         ComponentTiming {
@@ -300,9 +301,7 @@ fn samples() -> Vec<EventData> {
             turn_id: "t-1".into(),
             index: 0,
             user_text: "what time is it".into(),
-            assistant_text: "It is noon.".into(),
-            interrupted: false,
-            duration_ms: 1800.0,
+            source: "text".into(),
         }
         .into(),
         ConversationEnd {
@@ -317,6 +316,8 @@ fn samples() -> Vec<EventData> {
             message_id: "msg-1".into(),
             role: Role::Assistant,
             content: "It is noon.".into(),
+            interrupted: Some(true),
+            cut: Some(" And then some.".into()),
         }
         .into(),
         ModeChange {
@@ -439,6 +440,7 @@ fn optional_fields_are_left_out_when_none() {
         tts_first_audio_ms: None,
         tts_ms: None,
         total_ms: 5.0,
+        kernel_ms: None,
     })
     .expect("ser");
     assert_eq!(value, json!({"turn_id": "t", "total_ms": 5.0}));

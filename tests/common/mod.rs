@@ -395,6 +395,24 @@ impl Server {
         status
     }
 
+    /// Waits (bounded) for the process to exit on its own, e.g. after a signal sent
+    /// with [`sigterm`]. Stderr is complete afterwards.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("server already stopped");
+        let status = match wait_bounded(&mut child, timeout) {
+            Some(s) => s,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("coda serve did not exit within {timeout:?}");
+            }
+        };
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        status
+    }
+
     /// Has the process exited (without waiting)?
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child
@@ -550,6 +568,9 @@ pub struct Client {
     /// The upgrade response.
     pub response: Response,
     next_id: u64,
+    /// A `replay` skipped while waiting for something else (it precedes the answer to a
+    /// connection's first command), kept for a later `wait_type("replay")`.
+    skipped_replay: Option<Value>,
 }
 
 impl Client {
@@ -560,8 +581,36 @@ impl Client {
                 ws,
                 response,
                 next_id: 0,
+                skipped_replay: None,
             },
             Err(e) => panic!("connect to {url} failed: {e}"),
+        }
+    }
+
+    /// Connects with a large socket receive buffer (`SO_RCVBUF`, capped by the kernel), so
+    /// a client that reads continuously rides out scheduling hiccups on a busy machine.
+    pub async fn connect_big_buffer(url: &str, rcvbuf: u32) -> Client {
+        let req = url.into_client_request().expect("request");
+        let port = req.uri().port_u16().expect("port in URL");
+        let fut = async {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+            let stream = sock
+                .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .expect("TCP connect");
+            stream.set_nodelay(true).expect("TCP_NODELAY");
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await
+        };
+        match tokio::time::timeout(RECV_TIMEOUT, fut).await {
+            Ok(Ok((ws, response))) => Client {
+                ws,
+                response,
+                next_id: 0,
+                skipped_replay: None,
+            },
+            Ok(Err(e)) => panic!("connect to {url} failed: {e}"),
+            Err(_) => panic!("connect to {url} timed out"),
         }
     }
 
@@ -653,12 +702,22 @@ impl Client {
         timeout: Duration,
         mut pred: F,
     ) -> Value {
+        if let Some(r) = self.skipped_replay.take() {
+            if pred(&r) {
+                return r;
+            }
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_json(left).await {
                 Ok(v) if pred(&v) => return v,
-                Ok(_) => continue,
+                Ok(v) => {
+                    if ty(&v) == "replay" {
+                        self.skipped_replay = Some(v);
+                    }
+                    continue;
+                }
                 Err(e) => panic!("waiting for {what}: {e:?}"),
             }
         }
@@ -691,11 +750,17 @@ impl Client {
         }
     }
 
-    /// Closes cleanly: sends a close frame and reads until the server's close (bounded).
+    /// Closes cleanly: sends a close frame, reads until the server's close frame (bounded),
+    /// then drops the socket. (Waiting for the server to close TCP first costs up to a
+    /// second per connection: the HTTP layer lingers; see `close_handshake_tcp_teardown`.)
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             let _ = self.ws.close(None).await;
-            while let Some(Ok(_)) = self.ws.next().await {}
+            while let Some(Ok(m)) = self.ws.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
         })
         .await;
     }

@@ -68,6 +68,11 @@ impl Authenticator {
         &self.boot
     }
 
+    /// The token store, for the admin commands of the per-boot principal.
+    pub fn tokens(&self) -> Option<&TokenStore> {
+        self.store.as_ref()
+    }
+
     /// Checks a presented secret (`None` when the client sent none).
     ///
     /// The boot token is compared in constant time; a stored token is looked up by its

@@ -5,8 +5,10 @@
 //! cheap shared handle to those bytes. Publishing goes through [`HubHandle`], which never
 //! blocks and never fails the caller.
 
+mod counters;
 mod filter;
 
+pub use counters::{CounterSnapshot, HubCounters};
 pub use filter::{FilterError, TypeMask};
 
 use std::collections::{HashMap, VecDeque};
@@ -177,6 +179,27 @@ pub struct HubStatus {
     pub replay_len: usize,
 }
 
+/// Ask the hub for its counters, read between two events so the per-type counts add up
+/// to `last_seq` exactly.
+#[derive(Message)]
+#[rtype(result = "CounterSnapshot")]
+pub struct GetCounters;
+
+/// Deliver the events of `mask` to an in-process observer (e.g. the metrics actor, which
+/// feeds its latency tracker from `latency_trace`). Observers are not clients: they are
+/// not counted, get no replay and no shutdown notice. Registering the same `name` again
+/// replaces the earlier registration (an actor restarting re-registers).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Observe {
+    /// Who observes (one registration per name).
+    pub name: &'static str,
+    /// The types to deliver.
+    pub mask: TypeMask,
+    /// Where they go (as [`HubDelivery::Event`]).
+    pub recipient: Recipient<HubDelivery>,
+}
+
 /// Tell every connection the server is going down.
 #[derive(Message)]
 #[rtype(result = "usize")]
@@ -207,6 +230,8 @@ pub struct EventHub {
     latest: HashMap<EventType, SharedEvent>,
     window: VecDeque<SharedEvent>,
     published: Arc<AtomicU64>,
+    counters: Arc<HubCounters>,
+    observers: Vec<(&'static str, TypeMask, Recipient<HubDelivery>)>,
 }
 
 impl EventHub {
@@ -225,6 +250,8 @@ impl EventHub {
             latest: HashMap::new(),
             window: VecDeque::new(),
             published: Arc::new(AtomicU64::new(0)),
+            counters: Arc::new(HubCounters::default()),
+            observers: Vec::new(),
         }
     }
 
@@ -232,12 +259,14 @@ impl EventHub {
     pub fn start_hub(settings: HubSettings) -> HubHandle {
         let hub = EventHub::new(settings);
         let published = hub.published.clone();
+        let counters = hub.counters.clone();
         let epoch = hub.epoch.clone();
         let addr = hub.start();
         HubHandle {
             addr,
             epoch,
             published,
+            counters,
         }
     }
 
@@ -247,6 +276,8 @@ impl EventHub {
             .iter()
             .filter_map(|(id, c)| c.mask.map(|m| (*id, m, c.recipient.clone())))
             .collect();
+        self.counters
+            .set_connections(self.clients.len(), self.subscribers.len());
     }
 
     fn trim_window(&mut self, now: Instant) {
@@ -361,9 +392,15 @@ impl Handler<Publish> for EventHub {
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
         let ev = self.accept(msg);
-        self.published.store(self.seq, Ordering::Relaxed);
         let t = ev.event_type;
+        self.counters.event_accepted(t);
+        self.published.store(self.seq, Ordering::Relaxed);
         for (_, mask, r) in &self.subscribers {
+            if mask.contains(t) {
+                r.do_send(HubDelivery::Event(ev.clone()));
+            }
+        }
+        for (_, mask, r) in &self.observers {
             if mask.contains(t) {
                 r.do_send(HubDelivery::Event(ev.clone()));
             }
@@ -382,6 +419,8 @@ impl Handler<Register> for EventHub {
                 mask: None,
             },
         );
+        self.counters
+            .set_connections(self.clients.len(), self.subscribers.len());
     }
 }
 
@@ -392,6 +431,9 @@ impl Handler<Unregister> for EventHub {
         if let Some(c) = self.clients.remove(&msg.client_id) {
             if c.mask.is_some() {
                 self.rebuild_subscribers();
+            } else {
+                self.counters
+                    .set_connections(self.clients.len(), self.subscribers.len());
             }
         }
     }
@@ -435,6 +477,23 @@ impl Handler<GetStatus> for EventHub {
     }
 }
 
+impl Handler<GetCounters> for EventHub {
+    type Result = MessageResult<GetCounters>;
+
+    fn handle(&mut self, _: GetCounters, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.counters.snapshot(self.seq))
+    }
+}
+
+impl Handler<Observe> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Observe, _: &mut Context<Self>) {
+        self.observers.retain(|(name, _, _)| *name != msg.name);
+        self.observers.push((msg.name, msg.mask, msg.recipient));
+    }
+}
+
 impl Handler<Shutdown> for EventHub {
     type Result = usize;
 
@@ -459,6 +518,7 @@ pub struct HubHandle {
     addr: Addr<EventHub>,
     epoch: Arc<str>,
     published: Arc<AtomicU64>,
+    counters: Arc<HubCounters>,
 }
 
 impl HubHandle {
@@ -499,5 +559,10 @@ impl HubHandle {
     /// The latest seq the hub has assigned (relaxed read, for status displays).
     pub fn last_seq(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+
+    /// The process-wide counters (events per type, clients, commands, slow consumers).
+    pub fn counters(&self) -> &Arc<HubCounters> {
+        &self.counters
     }
 }

@@ -63,7 +63,7 @@ impl LocalLlmConfig {
 
 /// Builds the local provider, loading the model now (blocking: about a second for the
 /// default model; call it from a blocking context). A missing model is
-/// `LlmError::NotFound` naming the command that installs it.
+/// `LlmError::Unavailable` naming the command that installs it.
 #[cfg(feature = "local-llm")]
 pub fn local_provider(cfg: &LocalLlmConfig) -> Result<Arc<dyn LlmProvider>, LlmError> {
     Ok(Arc::new(LocalProvider::new(cfg)?))
@@ -137,6 +137,7 @@ mod engine_impl {
         Ok(engine)
     }
 
+    /// A model named in a request that is not there is `NotFound`.
     fn model_err(e: ModelError) -> LlmError {
         match e {
             ModelError::NotInstalled { .. }
@@ -156,7 +157,12 @@ mod engine_impl {
     impl LocalProvider {
         /// Resolves and loads `cfg.model` (blocking).
         pub fn new(cfg: &LocalLlmConfig) -> Result<LocalProvider, LlmError> {
-            let path = cfg.store().resolve(&cfg.model).map_err(model_err)?;
+            // The provider's own model missing makes the provider unavailable (a fallback
+            // chain moves on); the message names the command that installs it.
+            let path = cfg
+                .store()
+                .resolve(&cfg.model)
+                .map_err(|e| LlmError::Unavailable(e.to_string()))?;
             Ok(LocalProvider {
                 cfg: cfg.clone(),
                 engine: load_engine(&path, cfg.threads)?,

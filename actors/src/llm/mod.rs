@@ -2,7 +2,19 @@
 //! Ollama, OpenAI-compatible servers, OCI GenAI), the request/response types they share,
 //! and the error set every provider maps its failures into.
 //!
-//! Engines live in sub-modules of this room and are chosen by `llm.provider` in config.
+//! Engines live in sub-modules of this room and are chosen by `llm.provider` in config:
+//! [`ollama`] (Ollama's native API), [`openai`] (any OpenAI-compatible server: LiteLLM
+//! proxy, vLLM, llama.cpp's server, LM Studio), [`oci`] (OCI Generative AI, signed
+//! requests). [`registry`] builds the configured provider with its fallback chain.
+
+pub mod http;
+pub mod oci;
+pub mod ollama;
+pub mod openai;
+pub mod registry;
+pub mod scripted;
+
+pub mod actor;
 
 pub mod local;
 
@@ -97,6 +109,29 @@ pub struct ChatRequest {
     pub tools: Vec<ToolSpec>,
     /// Provider-specific extra fields passed through verbatim (e.g. `tool_choice`).
     pub extra: Option<serde_json::Value>,
+}
+
+/// Sampling settings applied to requests that leave them unset (`[llm]` in config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationDefaults {
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Most tokens to generate.
+    pub max_tokens: Option<u32>,
+    /// Seed for reproducible sampling.
+    pub seed: Option<u64>,
+}
+
+impl GenerationDefaults {
+    /// Fills the fields `req` leaves unset.
+    pub fn apply(&self, req: &mut ChatRequest) {
+        req.temperature = req.temperature.or(self.temperature);
+        req.top_p = req.top_p.or(self.top_p);
+        req.max_tokens = req.max_tokens.or(self.max_tokens);
+        req.seed = req.seed.or(self.seed);
+    }
 }
 
 /// Token counts.
@@ -261,6 +296,12 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
 
     /// Models this provider can serve.
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError>;
+
+    /// Models this provider can serve, bypassing any cache (the same as `list_models` for
+    /// providers that keep none).
+    async fn refresh_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        self.list_models().await
+    }
 
     /// One model's details.
     async fn model_info(&self, model: &str) -> Result<ModelInfo, LlmError> {

@@ -17,7 +17,7 @@ use outbox::{Frame, Outbox, PushError};
 pub use rate::TokenBucket;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -37,6 +37,8 @@ use crate::hub::{
     GetStatus, HubDelivery, HubHandle, HubStatus, Register, ReplayBatch, StartAt, Subscribe,
     TypeMask, Unregister,
 };
+use crate::metrics::{GetPerformance, MetricsActor};
+use crate::orchestrator::{Interrupt, KernelError, TextTurn, TurnSource};
 
 /// Per-connection limits (from the `[server]` and `[auth]` config sections).
 #[derive(Debug, Clone)]
@@ -107,6 +109,10 @@ pub struct SessionShared {
     pub auth: Arc<Authenticator>,
     /// Facts for info commands.
     pub facts: ServerFacts,
+    /// The metrics actor, once started (answers `get_performance_metrics`).
+    metrics: OnceLock<Addr<MetricsActor>>,
+    /// The conversation pipeline (absent: turn commands answer `unavailable`).
+    pub kernel: Option<crate::kernel::Kernel>,
     next_id: AtomicU64,
 }
 
@@ -117,14 +123,28 @@ impl SessionShared {
         hub: HubHandle,
         auth: Arc<Authenticator>,
         facts: ServerFacts,
+        kernel: Option<crate::kernel::Kernel>,
     ) -> Arc<Self> {
         Arc::new(SessionShared {
             settings,
             hub,
             auth,
             facts,
+            metrics: OnceLock::new(),
+            kernel,
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// Hands sessions the metrics actor (once; later calls are ignored). Without it,
+    /// `get_performance_metrics` is answered `unavailable`.
+    pub fn set_metrics(&self, metrics: Addr<MetricsActor>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The metrics actor, if one was handed over.
+    pub fn metrics(&self) -> Option<&Addr<MetricsActor>> {
+        self.metrics.get()
     }
 
     fn next_client_id(&self) -> u64 {
@@ -178,6 +198,10 @@ pub struct WsSession {
     /// Seq of the last stream event sent: direct replies repeat it, so they never look
     /// like a gap.
     last_sent_seq: u64,
+    /// A replay was asked of the hub and has not arrived: direct replies wait for it, so
+    /// a command's answer never overtakes the replay its command started.
+    awaiting_replay: bool,
+    deferred: Vec<DeferredFrame>,
     bucket: TokenBucket,
     rate_notice: Option<Instant>,
     violations: u32,
@@ -236,6 +260,8 @@ impl WsSession {
                 exclude: Vec::new(),
                 mask: TypeMask::ALL,
                 last_sent_seq: 0,
+                awaiting_replay: false,
+                deferred: Vec::new(),
                 bucket: TokenBucket::new(settings.rate_per_s, settings.rate_burst),
                 rate_notice: None,
                 violations: 0,
@@ -256,6 +282,7 @@ impl WsSession {
         match self.out.push(frame) {
             Ok(()) => {}
             Err(PushError::Full) => {
+                self.shared.hub.counters().slow_disconnect();
                 let reason = format!(
                     "slow consumer: {} outbound messages queued",
                     self.settings().max_queue
@@ -276,6 +303,14 @@ impl WsSession {
     }
 
     fn direct<P: EventPayload>(&mut self, payload: &P, ctx: &mut Context<Self>) {
+        if self.awaiting_replay {
+            // Built when sent, so its seq is the one the client will have seen by then.
+            let data = serde_json::to_value(payload).unwrap_or(serde_json::Value::Null);
+            let kind = P::TYPE;
+            self.deferred
+                .push(Box::new(move |seq| direct_frame_value(seq, kind, &data)));
+            return;
+        }
         let frame = direct_frame(self.last_sent_seq, payload);
         self.push(Frame::Text(frame), ctx);
     }
@@ -291,6 +326,7 @@ impl WsSession {
         message: impl Into<String>,
         ctx: &mut Context<Self>,
     ) {
+        self.shared.hub.counters().command_error();
         self.direct(
             &CommandError {
                 id,
@@ -331,6 +367,9 @@ impl WsSession {
 
     fn subscribe(&mut self, start: StartAt) {
         self.subscribed = true;
+        if !matches!(start, StartAt::Live) {
+            self.awaiting_replay = true;
+        }
         self.shared.hub.addr().do_send(Subscribe {
             client_id: self.id,
             mask: self.mask,
@@ -391,6 +430,7 @@ impl WsSession {
             }
         };
         let id = request.id;
+        self.shared.hub.counters().command();
         if self.auth == AuthState::Pending {
             match request.command {
                 Command::Auth(a) => self.authenticate(id, &a.token, ctx),
@@ -551,6 +591,7 @@ impl WsSession {
                     }
                 });
             }
+            Command::GetPerformanceMetrics => self.answer_performance(id, ctx),
             Command::GetConfig => {
                 let cfg = coda_protocol::Config {
                     config: self.shared.facts.config.clone(),
@@ -561,12 +602,182 @@ impl WsSession {
                     None => self.direct(&cfg, ctx),
                 }
             }
+            Command::TextInput(t) => {
+                let session_id = t.session_id.unwrap_or_else(|| self.client_id.clone());
+                self.start_turn(id, session_id, t.text, TurnSource::Text, ctx);
+            }
+            Command::DemoFlow(d) => {
+                let text = d.text.unwrap_or_else(|| {
+                    "Tell me one interesting fact about the planet Mars.".to_string()
+                });
+                let session_id = format!("demo-{}", self.client_id);
+                self.start_turn(id, session_id, text, TurnSource::Demo, ctx);
+            }
+            Command::MemorySearch(q) => {
+                self.memory_request(id, crate::memory::Search::from_query(&q), ctx)
+            }
+            Command::MemoryList(q) => {
+                self.memory_request(id, crate::memory::List::from_query(&q), ctx)
+            }
+            Command::Interrupt(_) => {
+                let Some(kernel) = self.shared.kernel.clone() else {
+                    self.reply_err(
+                        id,
+                        ErrorCode::Unavailable,
+                        "the conversation pipeline is not running",
+                        ctx,
+                    );
+                    return;
+                };
+                // The assistant has one voice: interrupt stops every turn in flight.
+                let fut = kernel.orchestrator.send(Interrupt { session_id: None });
+                ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(report) => act.reply_ok(id, to_value(&report), ctx),
+                    Err(_) => act.reply_err(
+                        id,
+                        ErrorCode::Unavailable,
+                        "the orchestrator is restarting",
+                        ctx,
+                    ),
+                }));
+            }
+            Command::TokenCreate(_)
+            | Command::TokenList
+            | Command::TokenRevoke(_)
+            | Command::TokenRotate(_) => self.admin_token(id, command, ctx),
             other => {
                 let msg = format!(
                     "`{}` is not available in this build yet",
                     other.command_type()
                 );
                 self.reply_err(id, ErrorCode::Unavailable, msg, ctx);
+            }
+        }
+    }
+
+    /// Asks the Memory actor and answers in order (`ctx.wait`).
+    fn memory_request<M>(&mut self, id: Option<String>, msg: M, ctx: &mut Context<Self>)
+    where
+        M: Message<Result = Result<coda_protocol::MemoryItems, crate::memory::MemoryFailure>>
+            + Send
+            + 'static,
+        crate::memory::MemoryActor: Handler<M>,
+    {
+        let memory = self.shared.kernel.as_ref().and_then(|k| k.memory.clone());
+        let Some(memory) = memory else {
+            self.reply_err(id, ErrorCode::Unavailable, "memory is not running", ctx);
+            return;
+        };
+        let fut = memory.send(msg);
+        ctx.wait(
+            fut.into_actor(self)
+                .map(move |res, act, ctx| act.memory_answer(id, res, ctx)),
+        );
+    }
+
+    fn memory_answer(
+        &mut self,
+        id: Option<String>,
+        res: Result<Result<coda_protocol::MemoryItems, crate::memory::MemoryFailure>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match res {
+            Ok(Ok(items)) => self.reply_ok(id, to_value(&items), ctx),
+            Ok(Err(failure)) => {
+                let code = match failure.code() {
+                    "invalid" => ErrorCode::InvalidData,
+                    "unavailable" => ErrorCode::Unavailable,
+                    _ => ErrorCode::Internal,
+                };
+                self.reply_err(id, code, failure.to_string(), ctx)
+            }
+            Err(_) => self.reply_err(id, ErrorCode::Unavailable, "memory is restarting", ctx),
+        }
+    }
+
+    /// Hands a turn to the orchestrator and answers with its `turn_id`.
+    fn start_turn(
+        &mut self,
+        id: Option<String>,
+        session_id: String,
+        text: String,
+        source: TurnSource,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(kernel) = self.shared.kernel.clone() else {
+            self.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "the conversation pipeline is not running",
+                ctx,
+            );
+            return;
+        };
+        let fut = kernel.orchestrator.send(TextTurn {
+            session_id,
+            text,
+            source,
+        });
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(started)) => act.reply_ok(
+                id,
+                serde_json::json!({"turn_id": started.turn_id, "conversation_id": started.conversation_id}),
+                ctx,
+            ),
+            Ok(Err(KernelError::Invalid(why))) => act.reply_err(id, ErrorCode::InvalidData, why, ctx),
+            Ok(Err(KernelError::Unavailable(why))) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
+            Err(_) => act.reply_err(id, ErrorCode::Unavailable, "the orchestrator is restarting", ctx),
+        }));
+    }
+
+    /// The `token_*` admin commands: only for the per-boot principal (the local CLI,
+    /// which can read the 0600 token file), whatever `auth.required` says.
+    fn admin_token(&mut self, id: Option<String>, command: Command, ctx: &mut Context<Self>) {
+        if !matches!(self.auth, AuthState::Ok(Some(Principal::Boot))) {
+            let msg = format!(
+                "`{}` needs the server's per-boot token (use the `coda token` command on this machine)",
+                command.command_type()
+            );
+            self.reply_err(id, ErrorCode::Unauthorized, msg, ctx);
+            return;
+        }
+        let Some(store) = self.shared.auth.tokens() else {
+            self.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "this server has no token store",
+                ctx,
+            );
+            return;
+        };
+        let ttl = |s: Option<f64>| s.map(Duration::from_secs_f64);
+        let result = match command {
+            Command::TokenCreate(c) => store
+                .create(&c.name, ttl(c.expires_s))
+                .map(|(info, secret)| serde_json::json!({"token": info, "secret": secret})),
+            Command::TokenRotate(c) => store
+                .rotate(&c.token, ttl(c.expires_s))
+                .map(|(info, secret)| serde_json::json!({"token": info, "secret": secret})),
+            Command::TokenRevoke(c) => store
+                .revoke(&c.token)
+                .map(|info| serde_json::json!({"token": info})),
+            Command::TokenList => store.list().map(|list| serde_json::json!({"tokens": list})),
+            _ => return,
+        };
+        match result {
+            Ok(data) => {
+                tracing::info!(client = %self.client_id, "token admin command done");
+                self.reply_ok(id, data, ctx);
+            }
+            Err(e) => {
+                use crate::auth::TokenError;
+                let code = match e {
+                    TokenError::Store(_) | TokenError::BadRecord(_) | TokenError::Random(_) => {
+                        ErrorCode::Internal
+                    }
+                    _ => ErrorCode::InvalidData,
+                };
+                self.reply_err(id, code, e.to_string(), ctx)
             }
         }
     }
@@ -604,6 +815,33 @@ impl WsSession {
         }));
     }
 
+    /// `get_performance_metrics`: the metrics actor's `component_timing`, answered in order
+    /// like `get_system_info` (`ctx.wait`).
+    fn answer_performance(&mut self, id: Option<String>, ctx: &mut Context<Self>) {
+        let Some(metrics) = self.shared.metrics.get() else {
+            self.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "performance metrics are not running in this server",
+                ctx,
+            );
+            return;
+        };
+        let fut = metrics.send(GetPerformance).timeout(Duration::from_secs(5));
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(timing) => match id {
+                Some(id) => act.reply_ok(Some(id), to_value(&timing), ctx),
+                None => act.direct(&timing, ctx),
+            },
+            Err(e) => act.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                format!("the metrics component did not answer ({e}); it may be restarting"),
+                ctx,
+            ),
+        }));
+    }
+
     fn system_info(&self, status: &HubStatus) -> SystemInfo {
         let facts = &self.shared.facts;
         SystemInfo {
@@ -630,6 +868,18 @@ impl WsSession {
 
 fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// A direct reply waiting for a replay, built with the seq current when it is sent.
+type DeferredFrame = Box<dyn FnOnce(u64) -> ByteString>;
+
+/// [`direct_frame`] from an already-converted payload.
+fn direct_frame_value(seq: u64, kind: EventType, data: &serde_json::Value) -> ByteString {
+    ByteString::from(format!(
+        r#"{{"version":"{PROTOCOL_VERSION}","seq":{seq},"timestamp":{:.6},"type":"{}","session_id":"{SYSTEM_SESSION}","data":{data}}}"#,
+        super::hub::unix_now(),
+        kind.as_str(),
+    ))
 }
 
 /// A direct (one-client) envelope. Its `seq` repeats the last stream seq the client was
@@ -768,7 +1018,14 @@ impl Handler<HubDelivery> for WsSession {
                     self.push(Frame::Text(ev.json.clone()), ctx);
                 }
             }
-            HubDelivery::Replay(batch) => self.send_replay(batch, ctx),
+            HubDelivery::Replay(batch) => {
+                self.send_replay(batch, ctx);
+                self.awaiting_replay = false;
+                for build in std::mem::take(&mut self.deferred) {
+                    let frame = build(self.last_sent_seq);
+                    self.push(Frame::Text(frame), ctx);
+                }
+            }
             HubDelivery::Shutdown(reason) => self.close(CloseCode::Away, &reason, ctx),
         }
     }

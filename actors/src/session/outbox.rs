@@ -11,6 +11,13 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// How long the body may go unpolled, with frames waiting, before a full queue counts as
+/// a slow consumer (a burst on a reading connection is not).
+const STALL_GRACE: Duration = Duration::from_millis(250);
+/// Hard bound on the queue, in multiples of `max`, whatever the grace.
+const HARD_FACTOR: usize = 64;
 
 use actix_codec::Encoder;
 use actix_http::ws::{CloseReason, Codec, Message};
@@ -36,8 +43,9 @@ pub(crate) enum PushError {
     Closed,
 }
 
-#[derive(Default)]
 struct Inner {
+    /// Last time the response body asked for frames.
+    last_poll: Instant,
     queue: VecDeque<Frame>,
     waker: Option<Waker>,
     /// A close frame is queued (or the actor is gone): end the body after the queue.
@@ -46,6 +54,19 @@ struct Inner {
     aborted: bool,
     /// The body was dropped: the connection is gone.
     body_gone: bool,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            last_poll: Instant::now(),
+            queue: VecDeque::new(),
+            waker: None,
+            closing: false,
+            aborted: false,
+            body_gone: false,
+        }
+    }
 }
 
 /// The actor's handle on the queue.
@@ -81,7 +102,14 @@ impl Outbox {
         if inner.closing || inner.aborted || inner.body_gone {
             return Err(PushError::Closed);
         }
-        if inner.queue.len() >= self.max {
+        if inner.waker.is_some() {
+            // The body is parked waiting for frames: the connection is keeping up.
+            inner.last_poll = Instant::now();
+        }
+        if inner.queue.len() >= self.max
+            && (inner.last_poll.elapsed() >= STALL_GRACE
+                || inner.queue.len() >= self.max.saturating_mul(HARD_FACTOR))
+        {
             return Err(PushError::Full);
         }
         let closing = matches!(frame, Frame::Close(_));
@@ -160,6 +188,7 @@ impl MessageBody for OutboundBody {
             return Poll::Ready(None);
         }
         let mut inner = this.inner.borrow_mut();
+        inner.last_poll = Instant::now();
         if inner.aborted {
             this.done = true;
             return Poll::Ready(None);
@@ -245,11 +274,26 @@ mod tests {
         out.push(Frame::Text("a".into())).unwrap();
         out.push(Frame::Text("b".into())).unwrap();
         out.push(Frame::Text("c".into())).unwrap();
-        assert_eq!(out.push(Frame::Text("d".into())), Err(PushError::Full));
         let bytes = next(&mut b).await.unwrap();
         // Three unmasked text frames: 0x81 len payload, in order, in one chunk.
         assert_eq!(&bytes[..], b"\x81\x01a\x81\x01b\x81\x01c");
         assert_eq!(out.len(), 0);
+        // A burst past the bound on a connection that is reading is tolerated...
+        for _ in 0..3 * HARD_FACTOR {
+            out.push(Frame::Text("x".into())).unwrap();
+        }
+        // ...up to the hard bound.
+        assert_eq!(out.push(Frame::Text("y".into())), Err(PushError::Full));
+    }
+
+    #[actix_rt::test]
+    async fn a_body_that_stops_polling_is_a_slow_consumer() {
+        let (out, _b) = body();
+        for _ in 0..3 {
+            out.push(Frame::Text("a".into())).unwrap();
+        }
+        out.inner.borrow_mut().last_poll = Instant::now() - STALL_GRACE;
+        assert_eq!(out.push(Frame::Text("d".into())), Err(PushError::Full));
     }
 
     #[actix_rt::test]

@@ -79,7 +79,16 @@ pub async fn ws_upgrade(
     let presented = bearer.or(from_protocol);
 
     let auth = if !auth_on {
-        UpgradeAuth::NotRequired
+        // Auth is off: no token is needed, but one that checks out still names the
+        // principal (the per-boot token unlocks the local admin commands).
+        match presented.as_deref().map(|t| shared.auth.check(Some(t))) {
+            Some(Ok(principal)) => UpgradeAuth::Authenticated(principal),
+            Some(Err(failure)) => {
+                tracing::debug!(%peer, %failure, "token ignored: auth is off");
+                UpgradeAuth::NotRequired
+            }
+            None => UpgradeAuth::NotRequired,
+        }
     } else {
         match presented.as_deref() {
             None => UpgradeAuth::AwaitMessage,

@@ -1,0 +1,160 @@
+//! The kernel: starts the subsystem actors under supervision and hands out their
+//! addresses. Each actor runs under an actix `Supervisor` (restart on stop) with a
+//! [`Supervision`] record (restart budget, `component_status`); a watchdog marks an actor
+//! whose task died outright as `stopped` so callers get `unavailable` instead of silence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use coda_protocol::{ComponentState, Level, SystemError, SYSTEM_SESSION};
+
+use crate::components::ComponentRegistry;
+use crate::hub::HubHandle;
+use crate::intent::{IntentRouter, ToolMatcher};
+use crate::llm::actor::{LlmActor, ProviderSlot};
+use crate::orchestrator::{ConversationSettings, Orchestrator};
+use crate::supervise::{RestartBudget, Supervision};
+use crate::tts::{TtsActor, TtsEngine};
+
+/// Kernel settings.
+#[derive(Debug, Clone, Default)]
+pub struct KernelSettings {
+    /// Restarts per component before it is degraded.
+    pub budget: RestartBudget,
+    /// Conversation behaviour.
+    pub conversation: ConversationSettings,
+}
+
+/// The rooms started outside the kernel that it uses when present.
+#[derive(Clone, Default)]
+pub struct Rooms {
+    /// Conversations and context.
+    pub memory: Option<Addr<crate::memory::MemoryActor>>,
+    /// Tool calls (and, by default, tool intents by rule).
+    pub tools: Option<Addr<crate::tools::ToolsActor>>,
+    /// A tool-intent matcher other than the tools room's rules.
+    pub matcher: Option<ToolMatcher>,
+}
+
+/// The running kernel's actors.
+#[derive(Clone)]
+pub struct Kernel {
+    /// The turn state machine.
+    pub orchestrator: Addr<Orchestrator>,
+    /// Intent routing.
+    pub router: Addr<IntentRouter>,
+    /// The language model.
+    pub llm: Addr<LlmActor>,
+    /// Speech.
+    pub tts: Addr<TtsActor>,
+    /// Conversations and long-term memory, when running.
+    pub memory: Option<Addr<crate::memory::MemoryActor>>,
+    /// Tools, when running.
+    pub tools: Option<Addr<crate::tools::ToolsActor>>,
+}
+
+impl Kernel {
+    /// Starts every actor on the current arbiter.
+    pub fn start(
+        hub: HubHandle,
+        components: ComponentRegistry,
+        settings: KernelSettings,
+        provider: ProviderSlot,
+        tts_engine: Arc<dyn TtsEngine>,
+        rooms: Rooms,
+    ) -> Kernel {
+        let tools = rooms.matcher.clone().or_else(|| {
+            rooms.tools.as_ref().map(|_| {
+                let m: ToolMatcher = Arc::new(|text: &str| {
+                    crate::tools::match_intent(text)
+                        .map(|m| (m.tool.to_string(), m.arguments, m.confidence))
+                });
+                m
+            })
+        });
+        let sup = |name: &'static str| {
+            components.set(&hub, name, ComponentState::Starting, None);
+            Supervision::new(name, settings.budget, hub.clone(), components.clone())
+        };
+        if let Err(e) = &provider {
+            tracing::warn!(error = %e, "no language model: turns that need one will fail with llm_error");
+        }
+        let router_sup = sup("intent_router");
+        let router = Supervisor::start(move |_| IntentRouter::new(router_sup, tools));
+        let llm_sup = sup("llm");
+        let llm = Supervisor::start(move |_| LlmActor::new(llm_sup, provider));
+        let tts_sup = sup("tts");
+        let engine = tts_engine.clone();
+        let tts = Supervisor::start(move |_| TtsActor::new(tts_sup, engine));
+        let orch_sup = sup("orchestrator");
+        let (r, l, t) = (router.clone(), llm.clone(), tts.clone());
+        let conversation = settings.conversation.clone();
+        let (memory, tools_addr) = (rooms.memory.clone(), rooms.tools.clone());
+        let orchestrator = Supervisor::start(move |_| {
+            Orchestrator::new(orch_sup, r, l, t, conversation)
+                .with_memory(memory)
+                .with_tools(tools_addr)
+        });
+
+        // Can the speech engine speak at all? Say so once, up front.
+        let (h, c) = (hub.clone(), components.clone());
+        actix_rt::spawn(async move {
+            if let Err(e) = tts_engine.check().await {
+                tracing::warn!(error = %e, "speech engine not usable; answers will be text only");
+                c.set(&h, "tts", ComponentState::Degraded, Some(e.to_string()));
+            }
+        });
+
+        let kernel = Kernel {
+            orchestrator,
+            router,
+            llm,
+            tts,
+            memory: rooms.memory,
+            tools: rooms.tools,
+        };
+        kernel.watch(hub, components);
+        kernel
+    }
+
+    /// Every second: an actor whose task died (a panic that escaped containment) is
+    /// reported as `stopped` once.
+    fn watch(&self, hub: HubHandle, components: ComponentRegistry) {
+        let k = self.clone();
+        actix_rt::spawn(async move {
+            let mut reported = [false; 4];
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let alive = [
+                    ("orchestrator", k.orchestrator.connected()),
+                    ("intent_router", k.router.connected()),
+                    ("llm", k.llm.connected()),
+                    ("tts", k.tts.connected()),
+                ];
+                for (i, (name, up)) in alive.iter().enumerate() {
+                    if !up && !reported[i] {
+                        reported[i] = true;
+                        tracing::error!(component = name, "component task died");
+                        hub.publish(
+                            SYSTEM_SESSION,
+                            &SystemError {
+                                level: Level::Critical,
+                                component: name.to_string(),
+                                code: "stopped".into(),
+                                message: format!("{name} stopped unexpectedly; requests to it fail until restart"),
+                            },
+                        );
+                        components.set(
+                            &hub,
+                            name,
+                            ComponentState::Stopped,
+                            Some("task died".into()),
+                        );
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,264 @@
+//! LlmActor: holds the configured provider and runs generations for turns, streaming.
+//! Publishes `llm_start`, one `llm_token` per piece of text, then `llm_result` or
+//! `llm_error`; forwards every token to the turn's owner ([`LlmUpdate`]) so speech can
+//! start on the first sentence. Dropping a generation (barge-in) drops the provider's
+//! stream, which cancels it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use coda_protocol::{Level, LlmResult, LlmStart, LlmToken};
+use futures_util::{FutureExt, StreamExt};
+
+use super::{ChatRequest, LlmError, LlmProvider, StreamChunk};
+use crate::supervise::{panic_message, Supervision};
+
+/// What the LlmActor tells a turn's owner.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub enum LlmUpdate {
+    /// A piece of the answer.
+    Token {
+        /// The turn.
+        turn_id: String,
+        /// The text.
+        text: String,
+    },
+    /// The answer is complete.
+    Done {
+        /// The turn.
+        turn_id: String,
+        /// The whole text.
+        text: String,
+        /// From request to first token, ms.
+        ttft_ms: Option<f64>,
+        /// From request to the end, ms.
+        total_ms: f64,
+    },
+    /// Generation failed.
+    Failed {
+        /// The turn.
+        turn_id: String,
+        /// Why.
+        error: LlmError,
+    },
+}
+
+/// Generate an answer for a turn.
+#[derive(Message)]
+#[rtype(result = "Result<(), LlmError>")]
+pub struct Generate {
+    /// The turn.
+    pub turn_id: String,
+    /// The conversation session (envelope `session_id`).
+    pub session_id: String,
+    /// The request (messages and sampling).
+    pub request: ChatRequest,
+    /// Where updates go.
+    pub reply_to: Recipient<LlmUpdate>,
+}
+
+/// Stop a turn's generation now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelGeneration {
+    /// The turn.
+    pub turn_id: String,
+}
+
+/// The provider, or why there is none.
+pub type ProviderSlot = Result<Arc<dyn LlmProvider>, LlmError>;
+
+/// The LLM actor.
+pub struct LlmActor {
+    sup: Supervision,
+    provider: ProviderSlot,
+    active: HashMap<String, SpawnHandle>,
+}
+
+impl LlmActor {
+    /// An actor using `provider` (an `Err` makes every request fail with that error).
+    pub fn new(sup: Supervision, provider: ProviderSlot) -> Self {
+        LlmActor {
+            sup,
+            provider,
+            active: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for LlmActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.sup.started();
+    }
+}
+
+impl actix::Supervised for LlmActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.active.clear();
+        self.sup.restarting();
+    }
+}
+
+impl Handler<Generate> for LlmActor {
+    type Result = Result<(), LlmError>;
+
+    fn handle(&mut self, msg: Generate, ctx: &mut Context<Self>) -> Self::Result {
+        let provider = if self.sup.is_degraded() {
+            Err(LlmError::Unavailable(self.sup.unavailable()))
+        } else {
+            self.provider.clone()
+        };
+        let provider = match provider {
+            Ok(p) => p,
+            Err(error) => {
+                // Every failure is an event, not only a reply.
+                self.sup.hub().publish(
+                    &msg.session_id,
+                    &coda_protocol::LlmError {
+                        turn_id: Some(msg.turn_id.clone()),
+                        code: error.code().to_string(),
+                        message: error.to_string(),
+                        level: Level::Error,
+                    },
+                );
+                return Err(error);
+            }
+        };
+        let hub = self.sup.hub().clone();
+        let turn_id = msg.turn_id.clone();
+        let session = msg.session_id.clone();
+        let reply_to = msg.reply_to.clone();
+        let model = msg
+            .request
+            .model
+            .clone()
+            .unwrap_or_else(|| provider.default_model());
+        let prompt = msg
+            .request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == super::ChatRole::User)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        hub.publish(
+            &session,
+            &LlmStart {
+                turn_id: Some(turn_id.clone()),
+                provider: provider.name().to_string(),
+                model,
+                prompt,
+            },
+        );
+        let request = msg.request;
+        let t_id = turn_id.clone();
+        let work = async move {
+            let started = Instant::now();
+            let mut stream = provider.chat_stream(request).await?;
+            let mut text = String::new();
+            let mut index = 0u32;
+            let mut ttft = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk? {
+                    StreamChunk::Token(piece) => {
+                        if ttft.is_none() {
+                            ttft = Some(started.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        hub.publish(
+                            &session,
+                            &LlmToken {
+                                turn_id: t_id.clone(),
+                                index,
+                                text: piece.clone(),
+                            },
+                        );
+                        index += 1;
+                        text.push_str(&piece);
+                        reply_to.do_send(LlmUpdate::Token {
+                            turn_id: t_id.clone(),
+                            text: piece,
+                        });
+                    }
+                    StreamChunk::ToolCall(_) => {}
+                    StreamChunk::Done { .. } => break,
+                }
+            }
+            let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let secs = (total_ms / 1000.0).max(1e-9);
+            hub.publish(
+                &session,
+                &LlmResult {
+                    turn_id: Some(t_id.clone()),
+                    text: text.clone(),
+                    duration_ms: total_ms,
+                    tokens: index,
+                    tokens_per_second: f64::from(index) / secs,
+                },
+            );
+            Ok::<_, LlmError>((text, ttft, total_ms))
+        };
+        let reply = msg.reply_to;
+        let session = msg.session_id;
+        let id = turn_id.clone();
+        // A panic while polling the provider's stream must not kill the actor silently.
+        let handle = ctx.spawn(
+            std::panic::AssertUnwindSafe(work)
+                .catch_unwind()
+                .into_actor(self)
+                .map(move |outcome, act, ctx| {
+                    act.active.remove(&id);
+                    match outcome {
+                        Ok(Ok((text, ttft_ms, total_ms))) => reply.do_send(LlmUpdate::Done {
+                            turn_id: id,
+                            text,
+                            ttft_ms,
+                            total_ms,
+                        }),
+                        Ok(Err(error)) => {
+                            act.sup.hub().publish(
+                                &session,
+                                &coda_protocol::LlmError {
+                                    turn_id: Some(id.clone()),
+                                    code: error.code().to_string(),
+                                    message: error.to_string(),
+                                    level: Level::Error,
+                                },
+                            );
+                            reply.do_send(LlmUpdate::Failed { turn_id: id, error });
+                        }
+                        Err(panic) => {
+                            let what = panic_message(panic.as_ref());
+                            act.sup.crashed(&what);
+                            reply.do_send(LlmUpdate::Failed {
+                                turn_id: id,
+                                error: LlmError::Unavailable(format!(
+                                    "the llm component crashed: {what}"
+                                )),
+                            });
+                            ctx.stop();
+                        }
+                    }
+                }),
+        );
+        self.active.insert(turn_id, handle);
+        Ok(())
+    }
+}
+
+impl Handler<CancelGeneration> for LlmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelGeneration, ctx: &mut Context<Self>) {
+        if let Some(h) = self.active.remove(&msg.turn_id) {
+            // Drops the stream: the provider stops (HTTP request closed / local loop told).
+            ctx.cancel_future(h);
+        }
+    }
+}
+
+crate::impl_fault_injection!(LlmActor);

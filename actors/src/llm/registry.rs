@@ -1,0 +1,360 @@
+//! The provider registry: builds the provider `llm.provider` names and wraps it in the
+//! fallback chain `llm.fallback`. When a provider is unavailable (cannot be reached, timed
+//! out, or is not set up) the chain moves to the next one — before any token was
+//! produced, never midway — and says so every time: a `llm_error` event with level
+//! `warning` and code `provider_fallback` through the hub (when there is one), a `warn`
+//! log line, and the caller's notice hook (the CLI prints a line on stderr).
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use coda_protocol::events::{Level, LlmError as LlmErrorEvent};
+
+use super::oci::{OciConfig, OciProvider};
+use super::ollama::{OllamaConfig, OllamaProvider};
+use super::openai::{OpenAiConfig, OpenAiProvider};
+use super::{
+    ChatRequest, ChatStream, GenerationDefaults, Health, LlmError, LlmProvider, ModelInfo,
+};
+use crate::hub::HubHandle;
+
+/// Every provider name `llm.provider` and `llm.fallback` accept.
+pub const PROVIDERS: &[&str] = &["local", "ollama", "openai", "oci"];
+
+/// Settings of the embedded model (`[llm]` keys the `local` provider reads).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LocalSettings {
+    /// Model name (`llm.model`).
+    pub model: String,
+    /// Inference threads (`llm.threads`, 0 = automatic).
+    pub threads: usize,
+}
+
+/// Everything the registry needs, already resolved from config, environment and flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmSettings {
+    /// The primary provider.
+    pub provider: String,
+    /// Model for the primary provider, overriding its configured one (`--model`).
+    pub model: Option<String>,
+    /// Providers to try, in order, when the previous one is unavailable.
+    pub fallback: Vec<String>,
+    /// Sampling settings applied to requests that leave them unset.
+    pub defaults: GenerationDefaults,
+    /// `local`.
+    pub local: LocalSettings,
+    /// `ollama`.
+    pub ollama: OllamaConfig,
+    /// `openai`.
+    pub openai: OpenAiConfig,
+    /// `oci`.
+    pub oci: OciConfig,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        LlmSettings {
+            provider: "local".into(),
+            model: None,
+            fallback: Vec::new(),
+            defaults: GenerationDefaults::default(),
+            local: LocalSettings::default(),
+            ollama: OllamaConfig::default(),
+            openai: OpenAiConfig::default(),
+            oci: OciConfig::default(),
+        }
+    }
+}
+
+/// A move down the fallback chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackNotice {
+    /// The provider that was unavailable.
+    pub from: String,
+    /// The provider tried next.
+    pub to: String,
+    /// Why `from` was skipped.
+    pub error: LlmError,
+}
+
+impl fmt::Display for FallbackNotice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "provider `{}` is unavailable ({}); falling back to `{}`",
+            self.from, self.error, self.to
+        )
+    }
+}
+
+/// Called on every fallback (the CLI prints it on stderr).
+pub type NoticeHook = Arc<dyn Fn(&FallbackNotice) + Send + Sync>;
+
+/// Checks a provider name.
+pub fn check_name(name: &str) -> Result<(), LlmError> {
+    if PROVIDERS.contains(&name) {
+        Ok(())
+    } else {
+        Err(LlmError::Invalid(format!(
+            "unknown LLM provider `{name}` (known: {})",
+            PROVIDERS.join(", ")
+        )))
+    }
+}
+
+/// Builds one provider by name.
+pub fn build_one(name: &str, s: &LlmSettings) -> Result<Arc<dyn LlmProvider>, LlmError> {
+    check_name(name)?;
+    Ok(match name {
+        "local" => return build_local(s),
+        "ollama" => Arc::new(OllamaProvider::new(s.ollama.clone())?),
+        "openai" => Arc::new(OpenAiProvider::new(s.openai.clone())?),
+        _ => Arc::new(OciProvider::new(s.oci.clone())?),
+    })
+}
+
+/// The embedded GGUF model (loads it now, about a second for the default model; shared
+/// with every other provider naming the same file). Without the `local-llm` feature this
+/// is `Unavailable`, saying so.
+pub fn build_local(s: &LlmSettings) -> Result<Arc<dyn LlmProvider>, LlmError> {
+    let primary = s.provider == "local";
+    let d = &s.defaults;
+    let fallback = super::local::LocalLlmConfig::default();
+    super::local::local_provider(&super::local::LocalLlmConfig {
+        // `--model` names the primary provider's model.
+        model: s
+            .model
+            .clone()
+            .filter(|_| primary)
+            .unwrap_or_else(|| s.local.model.clone()),
+        models_dir: None,
+        temperature: d.temperature.unwrap_or(fallback.temperature),
+        top_p: d.top_p.unwrap_or(fallback.top_p),
+        max_tokens: d.max_tokens.unwrap_or(fallback.max_tokens),
+        seed: d.seed.unwrap_or(0),
+        threads: s.local.threads,
+    })
+}
+
+/// One link of the chain: a built provider, or why it could not be built.
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    provider: Result<Arc<dyn LlmProvider>, LlmError>,
+}
+
+/// The configured provider with its fallback chain, itself an [`LlmProvider`].
+pub struct Chain {
+    slots: Vec<Slot>,
+    model: Option<String>,
+    defaults: GenerationDefaults,
+    hub: Option<HubHandle>,
+    hook: Option<NoticeHook>,
+    /// (provider, model) of the last answer that started.
+    last: Mutex<Option<(String, String)>>,
+}
+
+impl fmt::Debug for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain")
+            .field("slots", &self.slots)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the chain `s` describes. A primary provider that cannot be built is an error
+/// right away when there is no fallback to go to (so `coda ask` fails fast and clearly);
+/// with a fallback, it is skipped — with a notice — when used.
+pub fn build(
+    s: &LlmSettings,
+    hub: Option<HubHandle>,
+    hook: Option<NoticeHook>,
+) -> Result<Chain, LlmError> {
+    check_name(&s.provider)?;
+    let mut names = vec![s.provider.clone()];
+    for f in &s.fallback {
+        check_name(f)?;
+        if !names.contains(f) {
+            names.push(f.clone());
+        }
+    }
+    let slots: Vec<Slot> = names
+        .into_iter()
+        .map(|name| Slot {
+            provider: build_one(&name, s),
+            name,
+        })
+        .collect();
+    if slots.len() == 1 {
+        if let Err(e) = &slots[0].provider {
+            return Err(e.clone());
+        }
+    }
+    Ok(Chain {
+        slots,
+        model: s.model.clone().filter(|m| !m.is_empty()),
+        defaults: s.defaults,
+        hub,
+        hook,
+        last: Mutex::new(None),
+    })
+}
+
+impl Chain {
+    /// Provider names in the order they are tried.
+    pub fn names(&self) -> Vec<&str> {
+        self.slots.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// The (provider, model) of the last answer that started streaming.
+    pub fn answered_by(&self) -> Option<(String, String)> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn primary(&self) -> Result<&Arc<dyn LlmProvider>, LlmError> {
+        self.slots[0].provider.as_ref().map_err(Clone::clone)
+    }
+
+    fn announce(&self, notice: &FallbackNotice) {
+        tracing::warn!(from = %notice.from, to = %notice.to, error = %notice.error, "LLM provider fallback");
+        if let Some(hub) = &self.hub {
+            hub.publish(
+                "system",
+                &LlmErrorEvent {
+                    turn_id: None,
+                    code: "provider_fallback".into(),
+                    message: notice.to_string(),
+                    level: Level::Warning,
+                },
+            );
+        }
+        if let Some(hook) = &self.hook {
+            hook(notice);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LlmProvider for Chain {
+    fn name(&self) -> &str {
+        &self.slots[0].name
+    }
+
+    fn default_model(&self) -> String {
+        if let Some(m) = &self.model {
+            return m.clone();
+        }
+        self.primary()
+            .map(|p| p.default_model())
+            .unwrap_or_default()
+    }
+
+    async fn chat_stream(&self, mut req: ChatRequest) -> Result<ChatStream, LlmError> {
+        self.defaults.apply(&mut req);
+        let explicit = req.model.clone().filter(|m| !m.is_empty());
+        let n = self.slots.len();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let mut r = req.clone();
+            // The named model belongs to the primary provider; the others use their own.
+            r.model = if i == 0 {
+                explicit.clone().or_else(|| self.model.clone())
+            } else {
+                None
+            };
+            let attempt = match &slot.provider {
+                Ok(p) => {
+                    let named = r.model.clone();
+                    // Asked after the call: a provider may discover its model on first use.
+                    p.chat_stream(r)
+                        .await
+                        .map(|s| (s, named.unwrap_or_else(|| p.default_model())))
+                }
+                Err(e) => Err(e.clone()),
+            };
+            match attempt {
+                Ok((stream, model)) => {
+                    *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((slot.name.clone(), model));
+                    return Ok(stream);
+                }
+                Err(e) if e.is_unavailable() && i + 1 < n => self.announce(&FallbackNotice {
+                    from: slot.name.clone(),
+                    to: self.slots[i + 1].name.clone(),
+                    error: e,
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        // The loop returns on the last slot whatever happens; an empty chain cannot be built.
+        Err(LlmError::Unavailable("no LLM provider configured".into()))
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        self.primary()?.list_models().await
+    }
+
+    async fn refresh_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        self.primary()?.refresh_models().await
+    }
+
+    async fn model_info(&self, model: &str) -> Result<ModelInfo, LlmError> {
+        self.primary()?.model_info(model).await
+    }
+
+    async fn health(&self) -> Result<Health, LlmError> {
+        self.primary()?.health().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_are_refused() {
+        let s = LlmSettings {
+            provider: "gpt".into(),
+            ..Default::default()
+        };
+        let e = build(&s, None, None).unwrap_err();
+        assert_eq!(e.code(), "invalid");
+        assert!(e.to_string().contains("local, ollama, openai, oci"), "{e}");
+        let s = LlmSettings {
+            provider: "openai".into(),
+            fallback: vec!["nope".into()],
+            ..Default::default()
+        };
+        assert!(build(&s, None, None).is_err());
+    }
+
+    #[test]
+    fn local_alone_fails_fast_with_its_reason() {
+        let s = LlmSettings {
+            local: LocalSettings {
+                model: "/nonexistent/model.gguf".into(),
+                threads: 1,
+            },
+            ..Default::default()
+        };
+        let e = build(&s, None, None).unwrap_err();
+        assert_eq!(e.code(), "unavailable");
+        let why = if cfg!(feature = "local-llm") {
+            "does not exist"
+        } else {
+            "built without the local-llm feature"
+        };
+        assert!(e.to_string().contains(why), "{e}");
+    }
+
+    #[test]
+    fn chain_dedupes_and_keeps_order() {
+        let s = LlmSettings {
+            provider: "openai".into(),
+            fallback: vec!["ollama".into(), "openai".into(), "local".into()],
+            ..Default::default()
+        };
+        let c = build(&s, None, None).unwrap();
+        assert_eq!(c.names(), vec!["openai", "ollama", "local"]);
+    }
+}

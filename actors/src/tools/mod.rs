@@ -1,0 +1,240 @@
+//! Tools: owns the tool registry (name, description, JSON-Schema arguments, timeout,
+//! permission) and runs calls so that a tool that panics, hangs or returns garbage is
+//! contained and reported as `tool_error`.
+//!
+//! # Messages
+//!
+//! | message | answer | events |
+//! |---|---|---|
+//! | [`Call`] | `Result<serde_json::Value, ToolFailure>` | `tool_call`, then `tool_result` or `tool_error` |
+//! | [`Specs`] | `Vec<ToolSpec>`: the tools offered to the LLM (`ChatRequest::tools`) | — |
+//! | [`ListTools`] | `Vec<ToolInfo>` (with permissions and timeouts) | — |
+//!
+//! # Choosing a tool
+//!
+//! * By rules, for the IntentRouter: [`match_intent`]`(text) -> Option<IntentMatch>`
+//!   (`tool`, `arguments`, `confidence`; "what time is it" → `clock`, "what is 12*7" →
+//!   `calculator`, "remember that ..." → `remember`, "set a timer for 5 minutes" →
+//!   `timer`). Send `Call { name: m.tool, arguments: m.arguments, .. }`.
+//! * By the LLM, where the provider does function calling: put [`Specs`] in
+//!   `ChatRequest::tools`; for each `ToolCallRequest` the model returns, send
+//!   [`Call::from_request`] and give the model [`tool_message`] of the answer.
+//!
+//! # Containment
+//!
+//! Each call: permission (`deny` → `denied`; `ask` → `needs_confirmation` unless the call
+//! is `confirmed`), arguments validated against the tool's JSON Schema (`jsonschema`),
+//! then the tool runs on a thread of its own under its timeout. A panic is caught (`catch_unwind`)
+//! → `panicked`; no answer in time → `timeout` (the call's `cancelled` flag is set; the
+//! thread cannot be killed and is left to finish, its result dropped); a result over
+//! `tools.max_output_bytes` or not matching the tool's declared output schema →
+//! `bad_output`. The actor never waits on a tool: each call is its own future.
+
+pub mod builtin;
+pub mod intent;
+pub mod registry;
+
+pub use builtin::{register_builtins, BuiltinDeps, BUILTIN_TOOLS};
+pub use intent::{match_intent, parse_duration, IntentMatch};
+pub use registry::{
+    Permission, RegistryError, RegistrySettings, Tool, ToolContext, ToolFailure, ToolInfo,
+    ToolRegistry,
+};
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use coda_protocol::{
+    ToolCall as ToolCallEvent, ToolError as ToolErrorEvent, ToolResult as ToolResultEvent,
+    SYSTEM_SESSION,
+};
+use serde_json::Value;
+
+use crate::hub::HubHandle;
+use crate::llm::{ChatMessage, ChatRole, ToolCallRequest, ToolSpec};
+
+/// Call a tool.
+#[derive(Message, Debug, Clone, Default)]
+#[rtype(result = "Result<Value, ToolFailure>")]
+pub struct Call {
+    /// Tool name.
+    pub name: String,
+    /// Arguments (an object; `null` means none).
+    pub arguments: Value,
+    /// The turn.
+    pub turn_id: Option<String>,
+    /// The conversation session (events go to it; `system` when absent).
+    pub session_id: Option<String>,
+    /// Call id (the LLM's tool-call id); one is made up when absent.
+    pub call_id: Option<String>,
+    /// The user confirmed this call (needed by tools whose permission is `ask`).
+    pub confirmed: bool,
+}
+
+impl Call {
+    /// A call the LLM asked for. Arguments that are not JSON are passed on as the raw
+    /// string, which fails validation (`invalid_arguments`), reported like any failure.
+    pub fn from_request(
+        req: &ToolCallRequest,
+        turn_id: Option<String>,
+        session_id: Option<String>,
+    ) -> Call {
+        let arguments = if req.arguments.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&req.arguments)
+                .unwrap_or_else(|_| Value::String(req.arguments.clone()))
+        };
+        Call {
+            name: req.name.clone(),
+            arguments,
+            turn_id,
+            session_id,
+            call_id: Some(req.id.clone()).filter(|id| !id.is_empty()),
+            confirmed: false,
+        }
+    }
+}
+
+/// The message to give the model after a call: the result (or the error) as JSON text.
+pub fn tool_message(call_id: &str, result: &Result<Value, ToolFailure>) -> ChatMessage {
+    let content = match result {
+        Ok(v) => v.to_string(),
+        Err(e) => serde_json::json!({"error": e.code(), "message": e.to_string()}).to_string(),
+    };
+    ChatMessage {
+        role: ChatRole::Tool,
+        content,
+        tool_calls: Vec::new(),
+        tool_call_id: Some(call_id.to_string()),
+    }
+}
+
+/// The tools offered to the LLM.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Vec<ToolSpec>")]
+pub struct Specs;
+
+/// Every registered tool.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Vec<ToolInfo>")]
+pub struct ListTools;
+
+/// The Tools actor.
+pub struct ToolsActor {
+    registry: Arc<ToolRegistry>,
+    hub: Option<HubHandle>,
+    calls: u64,
+}
+
+impl std::fmt::Debug for ToolsActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolsActor")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolsActor {
+    /// An actor over `registry`, publishing through `hub` when given.
+    pub fn new(registry: ToolRegistry, hub: Option<HubHandle>) -> ToolsActor {
+        ToolsActor {
+            registry: Arc::new(registry),
+            hub,
+            calls: 0,
+        }
+    }
+}
+
+impl Actor for ToolsActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for ToolsActor {}
+
+impl Handler<Call> for ToolsActor {
+    type Result = ResponseFuture<Result<Value, ToolFailure>>;
+
+    fn handle(&mut self, msg: Call, _: &mut Context<Self>) -> Self::Result {
+        self.calls += 1;
+        let call_id = msg
+            .call_id
+            .clone()
+            .unwrap_or_else(|| format!("k-{:04}", self.calls));
+        let session = msg
+            .session_id
+            .clone()
+            .unwrap_or_else(|| SYSTEM_SESSION.to_string());
+        let registry = self.registry.clone();
+        let hub = self.hub.clone();
+        if let Some(hub) = &hub {
+            hub.publish(
+                &session,
+                &ToolCallEvent {
+                    turn_id: msg.turn_id.clone(),
+                    call_id: call_id.clone(),
+                    tool: msg.name.clone(),
+                    arguments: msg.arguments.clone(),
+                },
+            );
+        }
+        Box::pin(async move {
+            let started = Instant::now();
+            let ctx = ToolContext {
+                call_id: call_id.clone(),
+                session_id: msg.session_id.clone(),
+                turn_id: msg.turn_id.clone(),
+                cancelled: Default::default(),
+            };
+            let result = registry
+                .call(&msg.name, msg.arguments.clone(), ctx, msg.confirmed)
+                .await;
+            if let Some(hub) = &hub {
+                match &result {
+                    Ok(value) => hub.publish(
+                        &session,
+                        &ToolResultEvent {
+                            turn_id: msg.turn_id.clone(),
+                            call_id,
+                            tool: msg.name.clone(),
+                            result: value.clone(),
+                            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                        },
+                    ),
+                    Err(e) => hub.publish(
+                        &session,
+                        &ToolErrorEvent {
+                            turn_id: msg.turn_id.clone(),
+                            call_id,
+                            tool: msg.name.clone(),
+                            code: e.code().to_string(),
+                            message: e.to_string(),
+                            level: e.level(),
+                        },
+                    ),
+                }
+            }
+            result
+        })
+    }
+}
+
+impl Handler<Specs> for ToolsActor {
+    type Result = MessageResult<Specs>;
+
+    fn handle(&mut self, _: Specs, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.registry.specs())
+    }
+}
+
+impl Handler<ListTools> for ToolsActor {
+    type Result = MessageResult<ListTools>;
+
+    fn handle(&mut self, _: ListTools, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.registry.list())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,455 @@
+//! The tool registry: what a tool is ([`Tool`]), what it may do ([`Permission`]), and how
+//! a call is run so that a tool that panics, hangs or returns garbage is contained and
+//! reported ([`ToolRegistry::call`]).
+
+use std::collections::BTreeMap;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::llm::ToolSpec;
+
+/// What a tool is allowed to do without asking (the `tools.permissions` config map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Runs when called.
+    Safe,
+    /// Runs only on a call marked `confirmed` (the user said yes); otherwise the call fails
+    /// with `needs_confirmation`, so the caller can ask.
+    Ask,
+    /// Never runs, and is not offered to the LLM.
+    Deny,
+}
+
+impl std::str::FromStr for Permission {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Permission, String> {
+        match s {
+            "safe" => Ok(Permission::Safe),
+            "ask" => Ok(Permission::Ask),
+            "deny" => Ok(Permission::Deny),
+            other => Err(format!(
+                "`{other}` is not a permission (use \"safe\", \"ask\" or \"deny\")"
+            )),
+        }
+    }
+}
+
+/// Why a tool call failed. [`ToolFailure::code`] is the `tool_error.code`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ToolFailure {
+    /// No tool by that name.
+    #[error("there is no tool named `{0}`")]
+    UnknownTool(String),
+    /// The configuration denies it.
+    #[error("the tool `{0}` is not allowed (tools.permissions)")]
+    Denied(String),
+    /// Its permission is `ask` and the call was not confirmed.
+    #[error("the tool `{0}` needs the user's confirmation before it runs")]
+    NeedsConfirmation(String),
+    /// The arguments do not match the tool's JSON Schema (or are not JSON).
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    /// The tool ran and reported a failure.
+    #[error("{0}")]
+    Failed(String),
+    /// The tool did not answer in time.
+    #[error("the tool did not answer within {:.1} s", .0.as_secs_f64())]
+    Timeout(Duration),
+    /// The tool panicked.
+    #[error("the tool crashed: {0}")]
+    Panicked(String),
+    /// The tool answered something unusable (too large, or not what it declared).
+    #[error("the tool returned an unusable result: {0}")]
+    BadOutput(String),
+    /// The tool system is not running.
+    #[error("tools are unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ToolFailure {
+    /// The stable code for `tool_error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ToolFailure::UnknownTool(_) => "unknown_tool",
+            ToolFailure::Denied(_) => "denied",
+            ToolFailure::NeedsConfirmation(_) => "needs_confirmation",
+            ToolFailure::InvalidArguments(_) => "invalid_arguments",
+            ToolFailure::Failed(_) => "failed",
+            ToolFailure::Timeout(_) => "timeout",
+            ToolFailure::Panicked(_) => "panicked",
+            ToolFailure::BadOutput(_) => "bad_output",
+            ToolFailure::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Severity for `tool_error.level`: the tool's own faults are errors, refusals are
+    /// warnings.
+    pub fn level(&self) -> coda_protocol::Level {
+        use coda_protocol::Level;
+        match self {
+            ToolFailure::Timeout(_)
+            | ToolFailure::Panicked(_)
+            | ToolFailure::BadOutput(_)
+            | ToolFailure::Unavailable(_)
+            | ToolFailure::Failed(_) => Level::Error,
+            _ => Level::Warning,
+        }
+    }
+}
+
+/// What a running call knows about itself.
+#[derive(Debug, Clone, Default)]
+pub struct ToolContext {
+    /// Id of this call (as in `tool_call` / `tool_result`).
+    pub call_id: String,
+    /// The conversation session, if any.
+    pub session_id: Option<String>,
+    /// The turn, if any.
+    pub turn_id: Option<String>,
+    /// Set when the caller gave up (timeout): a long tool should check it and stop.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl ToolContext {
+    /// Has the caller given up on this call?
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// A tool. Implementations are shared (`Arc<dyn Tool>`).
+///
+/// `call` runs on a thread of its own (driven by `Handle::block_on`), so it may block or
+/// compute without stalling any actor, and may also `.await` (actor messages, timers). It
+/// is given up on after its timeout (an awaiting tool is dropped then; a blocking one
+/// should check [`ToolContext::is_cancelled`]); a panic is caught.
+#[async_trait::async_trait]
+pub trait Tool: Send + Sync + 'static {
+    /// Unique name (`[a-z0-9_]`, as function-calling APIs require).
+    fn name(&self) -> &str;
+
+    /// What it does, for the LLM and for people.
+    fn description(&self) -> &str;
+
+    /// JSON Schema of the arguments object.
+    fn parameters(&self) -> Value;
+
+    /// JSON Schema the result must match, when the tool declares one (checked: a result
+    /// that does not match is reported as `bad_output`, never passed on).
+    fn output_schema(&self) -> Option<Value> {
+        None
+    }
+
+    /// This tool's timeout, when it needs another than `tools.default_timeout_s`.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs the tool on valid arguments.
+    async fn call(&self, args: Value, ctx: ToolContext) -> Result<Value, ToolFailure>;
+}
+
+/// A registered tool, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolInfo {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+    /// Permission in force.
+    pub permission: Permission,
+    /// Timeout, seconds.
+    pub timeout_s: f64,
+}
+
+/// Problems registering a tool (programming or configuration errors, found at start).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegistryError {
+    /// Two tools with one name.
+    #[error("a tool named `{0}` is already registered")]
+    Duplicate(String),
+    /// A name function-calling APIs would refuse.
+    #[error("tool name `{0}` must be 1-64 characters of a-z, 0-9 and _")]
+    BadName(String),
+    /// The tool's schema is not a valid JSON Schema.
+    #[error("the {which} schema of tool `{tool}` is invalid: {message}")]
+    BadSchema {
+        /// The tool.
+        tool: String,
+        /// `arguments` or `output`.
+        which: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A permission names a tool that does not exist.
+    #[error("tools.permissions names `{0}`, which is not a registered tool")]
+    UnknownInPermissions(String),
+}
+
+struct Entry {
+    tool: Arc<dyn Tool>,
+    arguments: jsonschema::Validator,
+    output: Option<jsonschema::Validator>,
+    permission: Permission,
+    timeout: Duration,
+}
+
+/// Registry settings (the `[tools]` config section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrySettings {
+    /// Timeout of a tool that names none.
+    pub default_timeout: Duration,
+    /// Permission of a tool the config does not name.
+    pub default_permission: Permission,
+    /// Largest result accepted, in bytes of JSON.
+    pub max_output_bytes: usize,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            default_timeout: Duration::from_secs(5),
+            default_permission: Permission::Ask,
+            max_output_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The tools, their validators and permissions.
+pub struct ToolRegistry {
+    entries: BTreeMap<String, Entry>,
+    settings: RegistrySettings,
+}
+
+impl std::fmt::Debug for ToolRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolRegistry")
+            .field("tools", &self.entries.keys().collect::<Vec<_>>())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+fn compile(
+    tool: &str,
+    which: &'static str,
+    schema: &Value,
+) -> Result<jsonschema::Validator, RegistryError> {
+    jsonschema::validator_for(schema).map_err(|e| RegistryError::BadSchema {
+        tool: tool.to_string(),
+        which,
+        message: e.to_string(),
+    })
+}
+
+impl ToolRegistry {
+    /// An empty registry.
+    pub fn new(settings: RegistrySettings) -> ToolRegistry {
+        ToolRegistry {
+            entries: BTreeMap::new(),
+            settings,
+        }
+    }
+
+    /// Adds a tool (permission: the default until [`ToolRegistry::set_permissions`]).
+    pub fn register(&mut self, tool: Arc<dyn Tool>) -> Result<(), RegistryError> {
+        let name = tool.name().to_string();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(RegistryError::BadName(name));
+        }
+        if self.entries.contains_key(&name) {
+            return Err(RegistryError::Duplicate(name));
+        }
+        let arguments = compile(&name, "arguments", &tool.parameters())?;
+        let output = match tool.output_schema() {
+            Some(s) => Some(compile(&name, "output", &s)?),
+            None => None,
+        };
+        let timeout = tool.timeout().unwrap_or(self.settings.default_timeout);
+        self.entries.insert(
+            name,
+            Entry {
+                tool,
+                arguments,
+                output,
+                permission: self.settings.default_permission,
+                timeout,
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies the configured permissions; a name that is not registered is an error.
+    pub fn set_permissions(
+        &mut self,
+        permissions: &BTreeMap<String, Permission>,
+    ) -> Result<(), RegistryError> {
+        for (name, p) in permissions {
+            let entry = self
+                .entries
+                .get_mut(name)
+                .ok_or_else(|| RegistryError::UnknownInPermissions(name.clone()))?;
+            entry.permission = *p;
+        }
+        Ok(())
+    }
+
+    /// Every tool.
+    pub fn list(&self) -> Vec<ToolInfo> {
+        self.entries
+            .iter()
+            .map(|(name, e)| ToolInfo {
+                name: name.clone(),
+                description: e.tool.description().to_string(),
+                parameters: e.tool.parameters(),
+                permission: e.permission,
+                timeout_s: e.timeout.as_secs_f64(),
+            })
+            .collect()
+    }
+
+    /// The tools offered to the LLM for function calling (every tool not denied).
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.permission != Permission::Deny)
+            .map(|(name, e)| ToolSpec {
+                name: name.clone(),
+                description: e.tool.description().to_string(),
+                parameters: e.tool.parameters(),
+            })
+            .collect()
+    }
+
+    /// Whether a tool exists, and its permission.
+    pub fn permission(&self, name: &str) -> Option<Permission> {
+        self.entries.get(name).map(|e| e.permission)
+    }
+
+    /// Runs one call: permission, argument validation, then the tool on a thread of its own
+    /// under its timeout, with panics caught and the result checked (size, declared
+    /// schema). Must be called inside a tokio runtime.
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: Value,
+        ctx: ToolContext,
+        confirmed: bool,
+    ) -> Result<Value, ToolFailure> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ToolFailure::UnknownTool(name.to_string()))?;
+        match entry.permission {
+            Permission::Deny => return Err(ToolFailure::Denied(name.to_string())),
+            Permission::Ask if !confirmed => {
+                return Err(ToolFailure::NeedsConfirmation(name.to_string()))
+            }
+            _ => {}
+        }
+        // Function-calling models sometimes send `null` for "no arguments".
+        let arguments = if arguments.is_null() {
+            Value::Object(Default::default())
+        } else {
+            arguments
+        };
+        let problems: Vec<String> = entry
+            .arguments
+            .iter_errors(&arguments)
+            .take(3)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(ToolFailure::InvalidArguments(problems.join("; ")));
+        }
+
+        let tool = entry.tool.clone();
+        let cancelled = ctx.cancelled.clone();
+        let timeout = entry.timeout;
+        let handle = tokio::runtime::Handle::current();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A thread of its own, not the blocking pool: a runtime waits for its blocking
+        // pool when it shuts down, so one tool stuck in a loop would hang `coda serve`'s
+        // exit; a detached thread does not hold the process. The timeout also runs inside
+        // the thread, so an async tool that never finishes is dropped and its thread ends.
+        std::thread::Builder::new()
+            .name(format!("coda-tool-{name}"))
+            .spawn(move || {
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                    // The timer is made inside `block_on`, where the runtime is entered.
+                    handle.block_on(async move {
+                        tokio::time::timeout(timeout, tool.call(arguments, ctx)).await
+                    })
+                }));
+                let _ = tx.send(outcome);
+            })
+            .map_err(|e| {
+                ToolFailure::Unavailable(format!("cannot start a thread for the call: {e}"))
+            })?;
+        let value = match tokio::time::timeout(timeout, rx).await {
+            Err(_) | Ok(Ok(Ok(Err(_)))) => {
+                cancelled.store(true, Ordering::Relaxed);
+                tracing::warn!(tool = name, "tool call timed out");
+                return Err(ToolFailure::Timeout(timeout));
+            }
+            Ok(Ok(Err(payload))) => {
+                let message = panic_message(payload);
+                tracing::error!(tool = name, panic = %message, "tool panicked");
+                return Err(ToolFailure::Panicked(message));
+            }
+            Ok(Err(_)) => {
+                return Err(ToolFailure::Unavailable(
+                    "the tool's thread ended without an answer".into(),
+                ))
+            }
+            Ok(Ok(Ok(Ok(result)))) => result?,
+        };
+        let size = serde_json::to_vec(&value)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > self.settings.max_output_bytes {
+            return Err(ToolFailure::BadOutput(format!(
+                "{size} bytes, more than the {} allowed (tools.max_output_bytes)",
+                self.settings.max_output_bytes
+            )));
+        }
+        if let Some(output) = &entry.output {
+            if let Some(e) = output.iter_errors(&value).next() {
+                return Err(ToolFailure::BadOutput(format!(
+                    "it does not match the tool's declared result: {e}"
+                )));
+            }
+        }
+        Ok(value)
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_string()
+    }
+}
