@@ -17,3 +17,4 @@ pub mod store;
 pub mod supervise;
 pub mod tools;
 pub mod tts;
+pub mod voice;

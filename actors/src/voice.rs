@@ -1,0 +1,69 @@
+//! The hand-off between where speech comes from (the input device through AudioCapture,
+//! or a client's binary WebSocket frames) and what turns it into a turn (Stt, then the
+//! Orchestrator). Producers send [`SpeechAudio`] to a `Recipient<SpeechAudio>` given to
+//! them at wiring time; they never know who transcribes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Message;
+use coda_protocol::{AudioSource, SttMode};
+
+/// Sample rate of every [`SpeechAudio`]: whisper's.
+pub const SPEECH_SAMPLE_RATE: u32 = 16_000;
+
+/// What a speech producer reports about one utterance of one session.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub enum SpeechAudio {
+    /// Listening started (push-to-talk pressed, or voice activity began in continuous mode).
+    Started {
+        /// The conversation session the speech belongs to.
+        session_id: String,
+        /// Push-to-talk or continuous.
+        mode: SttMode,
+        /// Device or client frames.
+        source: AudioSource,
+    },
+    /// The audio so far while speaking (for `stt_interim`); not a delta: the whole
+    /// utterance up to now. Producers send these at most every few hundred ms.
+    Partial {
+        /// The session.
+        session_id: String,
+        /// 16 kHz mono samples in [-1, 1].
+        samples: Arc<[f32]>,
+    },
+    /// The utterance is complete (push-to-talk released, or silence after speech).
+    Ended {
+        /// The session.
+        session_id: String,
+        /// 16 kHz mono samples in [-1, 1], the whole utterance.
+        samples: Arc<[f32]>,
+        /// When the speaker stopped (for the end-of-speech → first-audio figure).
+        speech_ended: Instant,
+    },
+    /// Listening stopped with nothing to transcribe (cancelled, or no speech at all).
+    Cancelled {
+        /// The session.
+        session_id: String,
+        /// Why, for the log and `stt_error` when it is an error.
+        reason: String,
+    },
+}
+
+impl SpeechAudio {
+    /// The session this report belongs to.
+    pub fn session_id(&self) -> &str {
+        match self {
+            SpeechAudio::Started { session_id, .. }
+            | SpeechAudio::Partial { session_id, .. }
+            | SpeechAudio::Ended { session_id, .. }
+            | SpeechAudio::Cancelled { session_id, .. } => session_id,
+        }
+    }
+}
+
+/// Converts signed 16-bit PCM to the [-1, 1] floats [`SpeechAudio`] carries.
+pub fn pcm16_to_f32(samples: &[i16]) -> Vec<f32> {
+    samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
+}
