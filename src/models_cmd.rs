@@ -219,7 +219,18 @@ fn run_provider(cfg: &LlmConfig, cmd: ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::Pull { model, .. } => {
             let s = llm_setup::llm_settings(cfg, None);
             let ollama = OllamaProvider::new(s.ollama)?;
-            rt.block_on(pull(&ollama, &model))
+            rt.block_on(pull(&ollama, &model)).map_err(|e| {
+                // A typo of a local model lands here too: name what the store can pull.
+                let known: Vec<&str> = coda_actors::models::CATALOG
+                    .iter()
+                    .map(|c| c.name)
+                    .collect();
+                anyhow::anyhow!(
+                    "{e:#}\n`{model}` is not a model the local store can pull ({}); \
+                     a GGUF file on disk can be added with `coda models import FILE`",
+                    known.join(", ")
+                )
+            })
         }
         ModelsCommand::Import { .. } | ModelsCommand::Remove { .. } => {
             anyhow::bail!("import and remove act on the local model store")

@@ -323,6 +323,13 @@ pub fn llm_provider(s: &Settings, hub: &HubHandle) -> ProviderSlot {
         .map(|chain| Arc::new(chain) as Arc<dyn coda_actors::llm::LlmProvider>)
 }
 
+fn restart_budget(s: &Settings) -> RestartBudget {
+    RestartBudget {
+        max_restarts: s.kernel.max_restarts,
+        period: Settings::secs(s.kernel.restart_period_s),
+    }
+}
+
 /// Memory (on the same store) and Tools, which the kernel uses.
 fn start_rooms(
     s: &Settings,
@@ -335,10 +342,21 @@ fn start_rooms(
     use coda_actors::tools::{register_builtins, BuiltinDeps, ToolRegistry, ToolsActor};
     let engine = MemoryEngine::open(storage, s.memory.engine_settings())
         .map_err(|e| StartError::Other(anyhow::anyhow!("cannot open the memory store: {e}")))?;
+    // Memory and Tools start before the kernel (the tools use memory) but under the same
+    // restart budget as the kernel's actors.
+    let sup = |name: &'static str| {
+        components.set(hub, name, ComponentState::Starting, None);
+        coda_actors::supervise::Supervision::new(
+            name,
+            restart_budget(s),
+            hub.clone(),
+            components.clone(),
+        )
+    };
     let actor = MemoryActor::new(Arc::new(engine), Some(hub.clone()))
-        .map_err(|e| StartError::Other(anyhow::anyhow!("cannot start the memory writer: {e}")))?;
+        .map_err(|e| StartError::Other(anyhow::anyhow!("cannot start the memory writer: {e}")))?
+        .supervised(sup("memory"));
     let memory = Supervisor::start(move |_| actor);
-    components.set(hub, "memory", ComponentState::Running, None);
 
     let timers =
         coda_actors::tools::builtin::timer::TimerService::new(Some(hub.clone()), None).start();
@@ -355,9 +373,8 @@ fn start_rooms(
     registry
         .set_permissions(&s.tools.permission_map())
         .map_err(|e| StartError::Other(anyhow::anyhow!("tools.permissions: {e}")))?;
-    let tools_actor = ToolsActor::new(registry, Some(hub.clone()));
+    let tools_actor = ToolsActor::new(registry, Some(hub.clone())).supervised(sup("tools"));
     let tools = Supervisor::start(move |_| tools_actor);
-    components.set(hub, "tools", ComponentState::Running, None);
     Ok(Rooms {
         memory: Some(memory),
         tools: Some(tools),
@@ -372,10 +389,7 @@ fn start_kernel(
     rooms: Rooms,
 ) -> Kernel {
     let settings = KernelSettings {
-        budget: RestartBudget {
-            max_restarts: s.kernel.max_restarts,
-            period: Settings::secs(s.kernel.restart_period_s),
-        },
+        budget: restart_budget(s),
         conversation: ConversationSettings {
             system_prompt: s.conversation.system_prompt.clone(),
             history_turns: s.conversation.history_turns,
@@ -412,10 +426,7 @@ pub fn metrics_settings(s: &Settings) -> anyhow::Result<MetricsSettings> {
         timing_interval: Settings::secs(s.metrics.timing_interval_s),
         window: Settings::secs(s.metrics.window_s),
         alerts: s.metrics.alert_rules()?,
-        budget: RestartBudget {
-            max_restarts: s.kernel.max_restarts,
-            period: Settings::secs(s.kernel.restart_period_s),
-        },
+        budget: restart_budget(s),
     })
 }
 

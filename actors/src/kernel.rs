@@ -123,7 +123,7 @@ impl Kernel {
     fn watch(&self, hub: HubHandle, components: ComponentRegistry) {
         let k = self.clone();
         actix_rt::spawn(async move {
-            let mut reported = [false; 4];
+            let mut reported = [false; 6];
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -132,6 +132,8 @@ impl Kernel {
                     ("intent_router", k.router.connected()),
                     ("llm", k.llm.connected()),
                     ("tts", k.tts.connected()),
+                    ("memory", k.memory.as_ref().is_none_or(|a| a.connected())),
+                    ("tools", k.tools.as_ref().is_none_or(|a| a.connected())),
                 ];
                 for (i, (name, up)) in alive.iter().enumerate() {
                     if !up && !reported[i] {

@@ -214,11 +214,20 @@ pub enum InjectFault {
 }
 
 /// Implements the test-only [`InjectFault`] handler for a supervised actor whose
-/// [`Supervision`] is in a field named `sup`: a panic in the handler or in blocking work,
-/// caught, reported, and followed by `ctx.stop()` so the Supervisor restarts the actor.
+/// [`Supervision`] is in a field named `sup` (`impl_fault_injection!(Actor)`), or in an
+/// `Option<Supervision>` field named `sup` for rooms that also run unsupervised, in the
+/// CLI and benchmarks (`impl_fault_injection!(Actor, optional)`): a panic in the handler
+/// or in blocking work, caught, reported, and followed by `ctx.stop()` so the Supervisor
+/// restarts the actor.
 #[macro_export]
 macro_rules! impl_fault_injection {
     ($actor:ty) => {
+        $crate::impl_fault_injection!(@impl $actor, |a: &mut $actor| Some(&mut a.sup));
+    };
+    ($actor:ty, optional) => {
+        $crate::impl_fault_injection!(@impl $actor, |a: &mut $actor| a.sup.as_mut());
+    };
+    (@impl $actor:ty, $sup:expr) => {
         #[cfg(feature = "fault-injection")]
         impl actix::Handler<$crate::supervise::InjectFault> for $actor {
             type Result = ();
@@ -229,21 +238,26 @@ macro_rules! impl_fault_injection {
                 ctx: &mut actix::Context<Self>,
             ) {
                 use actix::{ActorContext, ActorFutureExt, AsyncContext, WrapFuture};
-                use $crate::supervise::{blocking, catch, InjectFault};
-                let name = self.sup.name();
+                use $crate::supervise::{blocking, catch, InjectFault, Supervision};
+                let sup: fn(&mut $actor) -> Option<&mut Supervision> = $sup;
+                let name = sup(self).map(|s| s.name()).unwrap_or("actor");
                 match msg {
                     InjectFault::PanicInHandler => {
                         if let Err(p) = catch(|| panic!("injected fault in the {name} handler")) {
-                            self.sup.crashed(&p);
+                            if let Some(s) = sup(self) {
+                                s.crashed(&p);
+                            }
                             ctx.stop();
                         }
                     }
                     InjectFault::PanicInBlocking => {
                         let fut =
                             blocking(move || panic!("injected fault in {name} blocking work"));
-                        ctx.spawn(fut.into_actor(self).map(|r: Result<(), String>, act, ctx| {
+                        ctx.spawn(fut.into_actor(self).map(move |r: Result<(), String>, act, ctx| {
                             if let Err(p) = r {
-                                act.sup.crashed(&p);
+                                if let Some(s) = sup(act) {
+                                    s.crashed(&p);
+                                }
                                 ctx.stop();
                             }
                         }));

@@ -2,6 +2,7 @@
 //! scripted LLM provider standing in for a model (written for these tests; the real
 //! providers have their own tests). Events are read from the real hub.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,12 +11,19 @@ use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{
     EventHub, HubDelivery, HubHandle, HubSettings, Register, StartAt, Subscribe, TypeMask,
 };
-use coda_actors::kernel::{Kernel, KernelSettings};
+use coda_actors::kernel::{Kernel, KernelSettings, Rooms};
 use coda_actors::llm::{
     ChatRequest, ChatStream, Health, LlmError, LlmProvider, ModelInfo, StreamChunk,
 };
+use coda_actors::memory::{MemoryActor, MemoryEngine, MemoryFailure, MemorySettings, Search};
 use coda_actors::orchestrator::{Interrupt, TextTurn, TurnSource};
-use coda_actors::supervise::{InjectFault, RestartBudget};
+use coda_actors::store::{SledStore, Storage};
+use coda_actors::supervise::{InjectFault, RestartBudget, Supervision};
+use coda_actors::tools::builtin::timer::TimerService;
+use coda_actors::tools::{
+    register_builtins, BuiltinDeps, Call, Permission, RegistrySettings, ToolFailure, ToolRegistry,
+    ToolsActor, BUILTIN_TOOLS,
+};
 use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
 use coda_protocol::RawEnvelope;
 
@@ -106,6 +114,46 @@ struct Rig {
     events: Arc<Mutex<Vec<RawEnvelope>>>,
     provider: Arc<Scripted>,
     _hub: HubHandle,
+    _store: tempfile::TempDir,
+}
+
+/// Memory on a real sled store and Tools with the built-ins, under the kernel's budget
+/// (as `coda serve` starts them).
+fn rooms(
+    hub: &HubHandle,
+    components: &ComponentRegistry,
+    budget: RestartBudget,
+    dir: &std::path::Path,
+) -> Rooms {
+    let sup = |name| Supervision::new(name, budget, hub.clone(), components.clone());
+    let storage: Arc<dyn Storage> = Arc::new(SledStore::open(&dir.join("store")).expect("store"));
+    let engine = MemoryEngine::open(storage, MemorySettings::default()).expect("engine");
+    let memory = MemoryActor::new(Arc::new(engine), Some(hub.clone()))
+        .expect("memory")
+        .supervised(sup("memory"));
+    let memory = Supervisor::start(move |_| memory);
+    let mut registry = ToolRegistry::new(RegistrySettings::default());
+    register_builtins(
+        &mut registry,
+        BuiltinDeps {
+            memory: Some(memory.clone()),
+            components: Some(components.clone()),
+            timers: Some(TimerService::new(Some(hub.clone()), None).start()),
+        },
+    )
+    .expect("builtins");
+    let safe: BTreeMap<String, Permission> = BUILTIN_TOOLS
+        .iter()
+        .map(|n| (n.to_string(), Permission::Safe))
+        .collect();
+    registry.set_permissions(&safe).expect("permissions");
+    let tools = ToolsActor::new(registry, Some(hub.clone())).supervised(sup("tools"));
+    let tools = Supervisor::start(move |_| tools);
+    Rooms {
+        memory: Some(memory),
+        tools: Some(tools),
+        matcher: None,
+    }
 }
 
 async fn rig(answer: &str, delay_ms: u64, budget: RestartBudget) -> Rig {
@@ -131,22 +179,26 @@ async fn rig(answer: &str, delay_ms: u64, budget: RestartBudget) -> Rig {
         voice: "en-us".into(),
         rate: 175,
     }));
+    let store = tempfile::tempdir().expect("tempdir");
+    let components = ComponentRegistry::new();
+    let rooms = rooms(&hub, &components, budget, store.path());
     let kernel = Kernel::start(
         hub.clone(),
-        ComponentRegistry::new(),
+        components,
         KernelSettings {
             budget,
             ..Default::default()
         },
         Ok(provider.clone()),
         engine,
-        Default::default(),
+        rooms,
     );
     Rig {
         kernel,
         events,
         provider,
         _hub: hub,
+        _store: store,
     }
 }
 
@@ -389,6 +441,8 @@ async fn inject(rig: &Rig, component: &str, fault: InjectFault) {
         "intent_router" => rig.kernel.router.do_send(fault),
         "llm" => rig.kernel.llm.do_send(fault),
         "tts" => rig.kernel.tts.do_send(fault),
+        "memory" => rig.kernel.memory.as_ref().expect("memory").do_send(fault),
+        "tools" => rig.kernel.tools.as_ref().expect("tools").do_send(fault),
         _ => unreachable!(),
     }
 }
@@ -405,7 +459,14 @@ async fn every_actor_restarts_after_a_panic_and_the_next_turn_succeeds() {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let rig = rig("Fine. Thanks.", 1, RestartBudget::default()).await;
-    for component in ["orchestrator", "intent_router", "llm", "tts"] {
+    for component in [
+        "orchestrator",
+        "intent_router",
+        "llm",
+        "tts",
+        "memory",
+        "tools",
+    ] {
         for fault in [InjectFault::PanicInHandler, InjectFault::PanicInBlocking] {
             let before = statuses(&rig.events.lock().unwrap(), component).len();
             inject(&rig, component, fault).await;
@@ -431,6 +492,82 @@ async fn every_actor_restarts_after_a_panic_and_the_next_turn_succeeds() {
             );
         }
     }
+    // The restarted rooms still do their own work: a tool turn, and memory answering.
+    let turn = rig.turn("s1", "what time is it").await;
+    let ev = rig.wait_turn_done(&turn).await;
+    let mine = of_turn(&ev, &turn);
+    assert!(
+        mine.iter().any(|e| e.event_type == "tool_result"),
+        "tool turn after restarts: {:?}",
+        types(&mine)
+    );
+    let found = rig
+        .kernel
+        .memory
+        .as_ref()
+        .expect("memory")
+        .send(search("still"))
+        .await
+        .expect("mailbox");
+    assert!(found.is_ok(), "memory after restarts: {found:?}");
+    std::panic::set_hook(prev);
+}
+
+fn search(query: &str) -> Search {
+    Search {
+        query: query.into(),
+        limit: Some(5),
+        session_id: None,
+        turn_id: None,
+    }
+}
+
+#[actix_rt::test]
+async fn degraded_memory_and_tools_refuse_and_turns_still_answer() {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let budget = RestartBudget {
+        max_restarts: 1,
+        period: Duration::from_secs(60),
+    };
+    let rig = rig("Answered without memory.", 1, budget).await;
+    for _ in 0..2 {
+        inject(&rig, "memory", InjectFault::PanicInBlocking).await;
+        inject(&rig, "tools", InjectFault::PanicInHandler).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rig.wait_for("memory and tools degraded", |ev| {
+        statuses(ev, "memory").last().map(String::as_str) == Some("degraded")
+            && statuses(ev, "tools").last().map(String::as_str) == Some("degraded")
+    })
+    .await;
+    let memory = rig.kernel.memory.as_ref().expect("memory");
+    match memory.send(search("anything")).await.expect("mailbox") {
+        Err(MemoryFailure::Unavailable(m)) => assert!(m.contains("degraded"), "{m}"),
+        other => panic!("degraded memory answered {other:?}"),
+    }
+    let tools = rig.kernel.tools.as_ref().expect("tools");
+    let call = Call {
+        name: "clock".into(),
+        arguments: serde_json::json!({}),
+        session_id: None,
+        turn_id: None,
+        call_id: None,
+        confirmed: false,
+    };
+    match tools.send(call).await.expect("mailbox") {
+        Err(ToolFailure::Unavailable(m)) => assert!(m.contains("degraded"), "{m}"),
+        other => panic!("degraded tools answered {other:?}"),
+    }
+    // The conversation goes on without them.
+    let turn = rig.turn("s1", "hello again").await;
+    let ev = rig.wait_turn_done(&turn).await;
+    let mine = of_turn(&ev, &turn);
+    assert!(
+        mine.iter().any(|e| e.event_type == "llm_result"),
+        "turn with degraded rooms: {:?}",
+        types(&mine)
+    );
     std::panic::set_hook(prev);
 }
 

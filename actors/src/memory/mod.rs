@@ -68,6 +68,7 @@ use tokio::sync::oneshot;
 
 use crate::hub::HubHandle;
 use crate::llm::{ChatRole, ToolCallRequest};
+use crate::supervise::Supervision;
 
 /// Most jobs committed with one flush.
 const MAX_GROUP: usize = 256;
@@ -323,6 +324,9 @@ pub struct MemoryActor {
     engine: Arc<MemoryEngine>,
     writer: Writer,
     hub: Option<HubHandle>,
+    /// The kernel's restart budget and `component_status`, when run under it (`coda
+    /// serve`); the CLI and benchmarks run the actor on its own.
+    sup: Option<Supervision>,
 }
 
 impl std::fmt::Debug for MemoryActor {
@@ -342,7 +346,23 @@ impl MemoryActor {
             engine,
             writer,
             hub,
+            sup: None,
         })
+    }
+
+    /// Runs the actor under `sup`: a panic in a handler or in the read it started restarts
+    /// it against the restart budget; out of budget, every request gets `unavailable`.
+    pub fn supervised(mut self, sup: Supervision) -> MemoryActor {
+        self.sup = Some(sup);
+        self
+    }
+
+    /// `Some(error)` while degraded: the answer every request gets.
+    fn refused(&self) -> Option<MemoryFailure> {
+        self.sup
+            .as_ref()
+            .filter(|s| s.is_degraded())
+            .map(|s| MemoryFailure::Unavailable(s.unavailable()))
     }
 
     /// The engine (shared; for direct synchronous use).
@@ -353,16 +373,49 @@ impl MemoryActor {
 
 impl Actor for MemoryActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        if let Some(s) = &mut self.sup {
+            s.started();
+        }
+    }
 }
 
 impl Supervised for MemoryActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::warn!("memory actor restarting (engine and writer kept)");
+        if let Some(s) = &mut self.sup {
+            s.restarting();
+        }
     }
 }
 
-/// Runs `f(engine)` on the blocking pool; a panic becomes `Unavailable`.
-async fn blocking<T, F>(engine: &Arc<MemoryEngine>, f: F) -> Result<T, MemoryFailure>
+crate::impl_fault_injection!(MemoryActor, optional);
+
+/// A read on the blocking pool panicked: the actor restarts (under supervision) so the
+/// crash counts against its budget like a handler panic.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReadPanicked(String);
+
+impl Handler<ReadPanicked> for MemoryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadPanicked, ctx: &mut Context<Self>) {
+        if let Some(s) = &mut self.sup {
+            s.crashed(&msg.0);
+            ctx.stop();
+        }
+    }
+}
+
+/// Runs `f(engine)` on the blocking pool; a panic becomes `Unavailable` and is reported
+/// to the actor at `me`.
+async fn blocking<T, F>(
+    engine: &Arc<MemoryEngine>,
+    me: Addr<MemoryActor>,
+    f: F,
+) -> Result<T, MemoryFailure>
 where
     T: Send + 'static,
     F: FnOnce(&MemoryEngine) -> Result<T, MemoryFailure> + Send + 'static,
@@ -371,7 +424,9 @@ where
     match tokio::task::spawn_blocking(move || f(&engine)).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => {
-            tracing::error!("a memory read panicked");
+            let what = crate::supervise::panic_message(e.into_panic().as_ref());
+            tracing::error!(panic = %what, "a memory read panicked");
+            me.do_send(ReadPanicked(what));
             Err(MemoryFailure::Unavailable(
                 "the memory read failed unexpectedly (panic; logged)".into(),
             ))
@@ -420,6 +475,9 @@ impl Handler<Store> for MemoryActor {
     type Result = ResponseFuture<Result<MemoryItem, MemoryFailure>>;
 
     fn handle(&mut self, msg: Store, _: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
         let writer = self.writer.clone();
         let hub = self.hub.clone();
         Box::pin(async move {
@@ -467,6 +525,9 @@ impl Handler<Forget> for MemoryActor {
     type Result = ResponseFuture<Result<bool, MemoryFailure>>;
 
     fn handle(&mut self, msg: Forget, _: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
         let writer = self.writer.clone();
         let hub = self.hub.clone();
         Box::pin(async move {
@@ -486,14 +547,18 @@ impl Handler<Forget> for MemoryActor {
 impl Handler<Search> for MemoryActor {
     type Result = ResponseFuture<Result<MemoryItems, MemoryFailure>>;
 
-    fn handle(&mut self, msg: Search, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Search, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
+        let me = ctx.address();
         let engine = self.engine.clone();
         let hub = self.hub.clone();
         Box::pin(async move {
             let limit = limit_or(msg.limit, engine.settings().default_limit)?;
             let started = Instant::now();
             let query = msg.query.clone();
-            let result = blocking(&engine, move |e| {
+            let result = blocking(&engine, me, move |e| {
                 Ok(e.search(&query, limit)
                     .into_iter()
                     .map(|h| h.record.to_item(Some(h.score)))
@@ -527,12 +592,16 @@ impl Handler<Search> for MemoryActor {
 impl Handler<List> for MemoryActor {
     type Result = ResponseFuture<Result<MemoryItems, MemoryFailure>>;
 
-    fn handle(&mut self, msg: List, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: List, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
+        let me = ctx.address();
         let engine = self.engine.clone();
         let hub = self.hub.clone();
         Box::pin(async move {
             let limit = limit_or(msg.limit, engine.settings().default_limit)?;
-            let result = blocking(&engine, move |e| {
+            let result = blocking(&engine, me, move |e| {
                 Ok(e.list(msg.offset, limit)
                     .into_iter()
                     .map(|r| r.to_item(None))
@@ -550,6 +619,9 @@ impl Handler<AppendMessage> for MemoryActor {
     type Result = ResponseFuture<Result<AppendedMessage, MemoryFailure>>;
 
     fn handle(&mut self, msg: AppendMessage, _: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
         // Submitted now, in the handler, so messages keep the order they were sent in.
         let (reply, rx) = oneshot::channel();
         let session = msg.session_id.clone();
@@ -597,7 +669,11 @@ impl Handler<AppendMessage> for MemoryActor {
 impl Handler<BuildContext> for MemoryActor {
     type Result = ResponseFuture<Result<TurnContext, MemoryFailure>>;
 
-    fn handle(&mut self, msg: BuildContext, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: BuildContext, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
+        let me = ctx.address();
         let engine = self.engine.clone();
         let hub = self.hub.clone();
         Box::pin(async move {
@@ -607,7 +683,10 @@ impl Handler<BuildContext> for MemoryActor {
                 msg.user_text.clone(),
                 msg.token_budget,
             );
-            let result = blocking(&engine, move |e| e.build_context(&session, &text, budget)).await;
+            let result = blocking(&engine, me, move |e| {
+                e.build_context(&session, &text, budget)
+            })
+            .await;
             match result {
                 Ok(ctx) => {
                     if let Some(hub) = &hub {
@@ -635,20 +714,28 @@ impl Handler<BuildContext> for MemoryActor {
 impl Handler<History> for MemoryActor {
     type Result = ResponseFuture<Result<Vec<MessageRecord>, MemoryFailure>>;
 
-    fn handle(&mut self, msg: History, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: History, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
+        let me = ctx.address();
         let engine = self.engine.clone();
-        Box::pin(
-            async move { blocking(&engine, move |e| e.history(&msg.session_id, msg.limit)).await },
-        )
+        Box::pin(async move {
+            blocking(&engine, me, move |e| e.history(&msg.session_id, msg.limit)).await
+        })
     }
 }
 
 impl Handler<Sessions> for MemoryActor {
     type Result = ResponseFuture<Result<Vec<SessionMeta>, MemoryFailure>>;
 
-    fn handle(&mut self, _: Sessions, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Sessions, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
+        let me = ctx.address();
         let engine = self.engine.clone();
-        Box::pin(async move { blocking(&engine, |e| e.sessions()).await })
+        Box::pin(async move { blocking(&engine, me, |e| e.sessions()).await })
     }
 }
 
@@ -656,6 +743,9 @@ impl Handler<ForgetSession> for MemoryActor {
     type Result = ResponseFuture<Result<Option<u64>, MemoryFailure>>;
 
     fn handle(&mut self, msg: ForgetSession, _: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.refused() {
+            return Box::pin(async move { Err(e) });
+        }
         let writer = self.writer.clone();
         let hub = self.hub.clone();
         Box::pin(async move {

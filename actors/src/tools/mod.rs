@@ -53,6 +53,7 @@ use serde_json::Value;
 
 use crate::hub::HubHandle;
 use crate::llm::{ChatMessage, ChatRole, ToolCallRequest, ToolSpec};
+use crate::supervise::Supervision;
 
 /// Call a tool.
 #[derive(Message, Debug, Clone, Default)]
@@ -126,6 +127,8 @@ pub struct ToolsActor {
     registry: Arc<ToolRegistry>,
     hub: Option<HubHandle>,
     calls: u64,
+    /// The kernel's restart budget and `component_status`, when run under it.
+    sup: Option<Supervision>,
 }
 
 impl std::fmt::Debug for ToolsActor {
@@ -143,20 +146,51 @@ impl ToolsActor {
             registry: Arc::new(registry),
             hub,
             calls: 0,
+            sup: None,
         }
+    }
+
+    /// Runs the actor under `sup`: a panic in a handler restarts it against the restart
+    /// budget; out of budget, calls get `unavailable` and no tools are offered. (A panic
+    /// inside a tool is the tool's failure, `tool_error` `panicked`, not the actor's.)
+    pub fn supervised(mut self, sup: Supervision) -> ToolsActor {
+        self.sup = Some(sup);
+        self
+    }
+
+    fn degraded(&self) -> Option<&Supervision> {
+        self.sup.as_ref().filter(|s| s.is_degraded())
     }
 }
 
 impl Actor for ToolsActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        if let Some(s) = &mut self.sup {
+            s.started();
+        }
+    }
 }
 
-impl Supervised for ToolsActor {}
+impl Supervised for ToolsActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        if let Some(s) = &mut self.sup {
+            s.restarting();
+        }
+    }
+}
+
+crate::impl_fault_injection!(ToolsActor, optional);
 
 impl Handler<Call> for ToolsActor {
     type Result = ResponseFuture<Result<Value, ToolFailure>>;
 
     fn handle(&mut self, msg: Call, _: &mut Context<Self>) -> Self::Result {
+        if let Some(s) = self.degraded() {
+            let e = ToolFailure::Unavailable(s.unavailable());
+            return Box::pin(async move { Err(e) });
+        }
         self.calls += 1;
         let call_id = msg
             .call_id
@@ -224,6 +258,9 @@ impl Handler<Specs> for ToolsActor {
     type Result = MessageResult<Specs>;
 
     fn handle(&mut self, _: Specs, _: &mut Context<Self>) -> Self::Result {
+        if self.degraded().is_some() {
+            return MessageResult(Vec::new());
+        }
         MessageResult(self.registry.specs())
     }
 }
