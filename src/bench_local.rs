@@ -166,6 +166,8 @@ pub fn run(loaded: &Loaded, args: LlmBenchArgs) -> anyhow::Result<()> {
     let mut generated = 0;
     let mut sample_text = String::new();
     for i in 0..=runs {
+        // Every run reads the whole prompt, as llama.cpp's side does.
+        engine.clear_prefix();
         let out = engine.generate(&prompt, &params, &|| false, &mut |_| true)?;
         if i == 0 {
             sample_text = out.text.clone();

@@ -235,3 +235,51 @@ async fn the_model_is_loaded_once_and_shared() {
     assert_eq!(models[0].context_length, Some(8192));
     assert!(a.health().await.expect("health").ok);
 }
+
+/// The next turn of a conversation reuses the keys and values of the one before (its
+/// prompt starts the same way), and the answer is exactly what a full prompt gives.
+#[test]
+fn a_follow_up_reuses_the_shared_prefix_and_answers_the_same() {
+    use coda_llm::template::TemplateMessage;
+    use coda_llm::{Engine, GenParams};
+    let engine = Engine::load(&model_path(), 1).expect("load");
+    let greedy = GenParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        max_tokens: 12,
+        seed: 1,
+        stop: Vec::new(),
+    };
+    let msg = |role: &str, content: &str| TemplateMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    let first = vec![msg("user", "Name a colour.")];
+    let p1 = engine.prompt_tokens(&first).expect("prompt");
+    let out1 = engine
+        .generate(&p1, &greedy, &|| false, &mut |_| true)
+        .expect("first");
+    assert_eq!(out1.reused_tokens, 0);
+    let second = vec![
+        msg("user", "Name a colour."),
+        msg("assistant", &out1.text),
+        msg("user", "And another one?"),
+    ];
+    let p2 = engine.prompt_tokens(&second).expect("prompt");
+    let cached = engine
+        .generate(&p2, &greedy, &|| false, &mut |_| true)
+        .expect("follow-up");
+    assert!(
+        cached.reused_tokens >= p1.len() - 1,
+        "reused {} of a {}-token shared start",
+        cached.reused_tokens,
+        p1.len()
+    );
+    engine.clear_prefix();
+    let full = engine
+        .generate(&p2, &greedy, &|| false, &mut |_| true)
+        .expect("full prompt");
+    assert_eq!(full.reused_tokens, 0);
+    assert!(!full.text.is_empty());
+    assert_eq!(cached.text, full.text, "the cache changed the answer");
+}

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::gguf::{Gguf, GgufError};
 use crate::kernels::Kernel;
-use crate::model::{softmax, ForwardError, Model, ModelConfig};
+use crate::model::{softmax, ForwardError, KvCache, Model, ModelConfig};
 use crate::template::{ChatTemplate, TemplateMessage};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
 
@@ -106,6 +106,9 @@ pub struct GenOutput {
     pub time_to_first_token: Duration,
     /// Time spent after the first token.
     pub decode_time: Duration,
+    /// Prompt tokens whose keys and values were reused from the previous generation
+    /// (not computed again).
+    pub reused_tokens: usize,
 }
 
 /// Counters, for observability and tests.
@@ -137,6 +140,10 @@ pub struct Engine {
     pub stats: EngineStats,
     pool: rayon::ThreadPool,
     busy: Mutex<()>,
+    /// The previous generation's tokens and their keys and values. A conversation's next
+    /// prompt starts with the same system prompt and history, so only the new tokens
+    /// need a forward pass (what llama.cpp's server calls prompt caching).
+    prefix: Mutex<Option<(Vec<u32>, KvCache)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -195,6 +202,7 @@ impl Engine {
             stats: EngineStats::default(),
             pool,
             busy: Mutex::new(()),
+            prefix: Mutex::new(None),
         })
     }
 
@@ -211,6 +219,12 @@ impl Engine {
     /// The dot-product kernel in use.
     pub fn kernel(&self) -> Kernel {
         self.model.kernel()
+    }
+
+    /// Forgets the cached prefix: the next generation computes its whole prompt (for
+    /// benchmarks that compare prompt processing).
+    pub fn clear_prefix(&self) {
+        *self.prefix.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Renders and tokenises a conversation.
@@ -267,14 +281,28 @@ impl Engine {
             queued,
             time_to_first_token: Duration::ZERO,
             decode_time: Duration::ZERO,
+            reused_tokens: 0,
         };
-        let mut cache = self.model.new_cache();
+        let cached = self.prefix.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (mut seq, mut cache) = cached.unwrap_or_else(|| (Vec::new(), self.model.new_cache()));
+        // At least the last prompt token runs: its logits pick the first answer token.
+        let common = seq
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len().saturating_sub(1));
+        seq.truncate(common);
+        cache.truncate(common);
+        out.reused_tokens = common;
         let mut logits = Vec::new();
-        for chunk in prompt.chunks(PREFILL_CHUNK) {
+        for chunk in prompt[common..].chunks(PREFILL_CHUNK) {
             if cancelled() {
+                self.keep_prefix(seq, cache);
                 return Ok(out);
             }
             logits = self.model.forward(&self.pool, &mut cache, chunk)?;
+            seq.extend_from_slice(chunk);
         }
         let mut sampler = Sampler::new(params);
         let mut utf8 = Utf8Stream::default();
@@ -320,7 +348,9 @@ impl Engine {
                 break;
             }
             logits = self.model.forward(&self.pool, &mut cache, &[token])?;
+            seq.push(token);
         }
+        self.keep_prefix(seq, cache);
         if out.finish != Finish::Cancelled && !hit_stop {
             // Held-back text: a partial stop sequence that never completed, or bytes of an
             // unfinished character.
@@ -336,6 +366,14 @@ impl Engine {
             out.decode_time = t.elapsed();
         }
         Ok(out)
+    }
+}
+
+impl Engine {
+    /// Keeps `seq` (the tokens whose keys and values `cache` holds) for the next prompt.
+    fn keep_prefix(&self, seq: Vec<u32>, cache: KvCache) {
+        debug_assert_eq!(seq.len(), cache.len);
+        *self.prefix.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, cache));
     }
 }
 

@@ -82,6 +82,20 @@ pub struct KvCache {
     pub len: usize,
 }
 
+impl KvCache {
+    /// Keeps the first `len` positions (a shared prefix), dropping the rest.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let per_position = layer.len() / self.len.max(1);
+            layer.truncate(len * per_position);
+        }
+        self.len = len;
+    }
+}
+
 /// Why a forward pass could not run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ForwardError {

@@ -289,6 +289,7 @@ mod engine_impl {
                         Ok(out) => {
                             tracing::debug!(
                                 prompt_tokens = out.prompt_tokens,
+                                reused_tokens = out.reused_tokens,
                                 completion_tokens = out.completion_tokens,
                                 ttft_ms = out.time_to_first_token.as_secs_f64() * 1e3,
                                 decode_s = out.decode_time.as_secs_f64(),
