@@ -64,6 +64,7 @@ pub struct ConversationConfig {
     pub system_prompt: String,
     pub history_turns: usize,
     pub max_tokens: u32,
+    pub speak_first_clause: bool,
 }
 
 /// `[tts]`

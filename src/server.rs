@@ -394,6 +394,7 @@ fn start_kernel(
             system_prompt: s.conversation.system_prompt.clone(),
             history_turns: s.conversation.history_turns,
             max_tokens: (s.conversation.max_tokens > 0).then_some(s.conversation.max_tokens),
+            speak_first_clause: s.conversation.speak_first_clause,
         },
     };
     let engine = Arc::new(EspeakEngine::new(EspeakConfig {

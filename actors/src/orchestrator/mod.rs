@@ -35,6 +35,9 @@ pub struct ConversationSettings {
     pub history_turns: usize,
     /// Most tokens per answer (`None`: the provider's default).
     pub max_tokens: Option<u32>,
+    /// Speak the first clause of an answer as soon as it is complete, not only whole
+    /// sentences (see [`SentenceSplitter::first_clause`]).
+    pub speak_first_clause: bool,
 }
 
 impl Default for ConversationSettings {
@@ -43,6 +46,7 @@ impl Default for ConversationSettings {
             system_prompt: "You are Coda, a helpful voice assistant. Answer briefly, in plain spoken sentences.".into(),
             history_turns: 8,
             max_tokens: Some(128),
+            speak_first_clause: true,
         }
     }
 }
@@ -301,7 +305,7 @@ impl Orchestrator {
                 llm_done_at: None,
                 tts_tail_ms: 0.0,
                 answer: String::new(),
-                splitter: SentenceSplitter::new(),
+                splitter: SentenceSplitter::new().first_clause(self.settings.speak_first_clause),
                 queued: 0,
                 spoken: Vec::new(),
                 generating: false,

@@ -4,7 +4,15 @@
 #[derive(Debug, Default, Clone)]
 pub struct SentenceSplitter {
     buf: String,
+    /// Cut the first chunk at a clause end too (see [`SentenceSplitter::first_clause`]).
+    first_clause: bool,
+    /// A chunk has been emitted.
+    emitted: bool,
 }
+
+/// Words a first clause needs before a `,`/`;`/`:` may end it: a lone "Sure," or "Well,"
+/// spoken apart sounds clipped and saves little.
+const FIRST_CLAUSE_MIN_WORDS: usize = 3;
 
 /// Abbreviations whose period does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
@@ -18,6 +26,14 @@ impl SentenceSplitter {
         Self::default()
     }
 
+    /// Also ends the *first* chunk at a clause end (`,` `;` `:` after at least three
+    /// words), so speech starts before the whole first sentence has been generated; later
+    /// chunks are whole sentences.
+    pub fn first_clause(mut self, on: bool) -> Self {
+        self.first_clause = on;
+        self
+    }
+
     /// Adds streamed text; returns the sentences it completed, in order.
     pub fn push(&mut self, text: &str) -> Vec<String> {
         self.buf.push_str(text);
@@ -27,6 +43,7 @@ impl SentenceSplitter {
             let sentence = sentence.trim();
             if !sentence.is_empty() {
                 out.push(sentence.to_string());
+                self.emitted = true;
             }
         }
         out
@@ -50,6 +67,13 @@ impl SentenceSplitter {
                 let end = i + 1;
                 if !b[..i].trim().is_empty() {
                     return Some(end);
+                }
+                continue;
+            }
+            if self.first_clause && !self.emitted && matches!(c, ',' | ';' | ':') {
+                let next_is_space = chars.peek().is_some_and(|&(_, n)| n.is_whitespace());
+                if next_is_space && b[..i].split_whitespace().count() >= FIRST_CLAUSE_MIN_WORDS {
+                    return Some(i + 1);
                 }
                 continue;
             }
@@ -110,6 +134,42 @@ mod tests {
         }
         out.extend(s.finish());
         out
+    }
+
+    #[test]
+    fn the_first_clause_may_start_speech() {
+        let run = |tokens: &[&str]| {
+            let mut s = SentenceSplitter::new().first_clause(true);
+            let mut out = Vec::new();
+            for t in tokens {
+                out.extend(s.push(t));
+            }
+            out.extend(s.finish());
+            out
+        };
+        assert_eq!(
+            run(&[
+                "The capital of France",
+                ", Paris,",
+                " is lovely. Yes, it is",
+                " big, really."
+            ]),
+            vec![
+                "The capital of France,",
+                "Paris, is lovely.",
+                "Yes, it is big, really."
+            ]
+        );
+        // Too short to stand alone, numbers, and a clause mark not followed by a space.
+        assert_eq!(
+            run(&["Sure, ok: 1,000 ways. Done."]),
+            vec!["Sure, ok: 1,000 ways.", "Done."]
+        );
+        // Off: whole sentences only.
+        assert_eq!(
+            split(&["The capital of France, Paris, is lovely."]),
+            vec!["The capital of France, Paris, is lovely."]
+        );
     }
 
     #[test]
