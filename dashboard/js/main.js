@@ -130,6 +130,7 @@ class App {
       }
     });
     const start = this.conn.request('stt_start', { mode: 'push_to_talk', source: 'client' });
+    start.catch(() => {}); // handled below, once the microphone is open
     try {
       p.stop = await capture;
     } catch (e) {

@@ -308,11 +308,11 @@ async fn a_text_turn_shows_in_every_view_and_metrics_update() {
             "only llm_* rows",
             SHOW,
             "const rows = [...document.querySelectorAll('.ev-row:not([hidden])')]; \
-             return rows.length >= 6 && rows.map(r => r.dataset.type)",
+             return rows.length >= 6 && rows.every(r => r.dataset.type.startsWith('llm_')) \
+               && rows.map(r => r.dataset.type)",
         )
         .await;
     let types: Vec<String> = serde_json::from_value(types).expect("types");
-    assert!(types.iter().all(|t| t.starts_with("llm_")), "{types:?}");
     assert!(types.iter().any(|t| t == "llm_token"), "tokens are shown: {types:?}");
     b.js("document.querySelector('.ev-row[data-type=llm_result]').click(); return true")
         .await;
@@ -384,10 +384,12 @@ async fn a_server_restart_is_survived_and_the_gap_is_marked() {
     .await;
 
     // Kill it hard (no close frame), then start a new server on the same port and store.
-    let _ = std::process::Command::new("kill")
-        .arg("-KILL")
-        .arg(server.pid().to_string())
-        .status();
+    let pid = libc::pid_t::try_from(server.pid()).expect("pid");
+    assert!(pid > 1, "a real server pid: {pid}");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
     server.wait_exit(Duration::from_secs(20));
     b.wait(
         "the reconnecting state",

@@ -191,7 +191,7 @@ export class EventsView {
       const n = this.filtered[first + i];
       const e = this.entry(n);
       row.hidden = false;
-      if (row.dataset.n === String(n) && !row.classList.contains('stale')) {
+      if (row.dataset.n === String(n)) {
         row.classList.toggle('selected', n === this.selected);
         continue;
       }

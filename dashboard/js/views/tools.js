@@ -16,6 +16,7 @@ export class ToolsView {
 
   onEvent(ev) {
     const d = ev.data || {};
+    if (ev.type === '_gap' && d.epoch !== d.previous_epoch) this.calls.clear(); // ids restart
     if (!['tool_call', 'tool_result', 'tool_error'].includes(ev.type)) return;
     let c = this.calls.get(d.call_id);
     if (!c) {
@@ -27,10 +28,10 @@ export class ToolsView {
       this.calls.set(d.call_id, c);
       this.list.prepend(c.node);
       this.empty.hidden = true;
-      if (this.calls.size > 200) {
-        const [oldest] = this.calls.keys();
-        this.calls.get(oldest).node.remove();
-        this.calls.delete(oldest);
+      while (this.list.children.length > 200) {
+        const old = this.list.lastChild;
+        if (this.calls.get(old.dataset.call)?.node === old) this.calls.delete(old.dataset.call);
+        old.remove();
       }
     }
     const status = c.node.querySelector('.t-status');

@@ -31,10 +31,10 @@ export class TraceView {
       el('dl.t-stats'));
     this.cards.set(turn, c);
     this.list.prepend(c.node);
-    if (this.cards.size > MAX_CARDS) {
-      const [oldest] = this.cards.keys();
-      this.cards.get(oldest).node.remove();
-      this.cards.delete(oldest);
+    while (this.list.children.length > MAX_CARDS) {
+      const old = this.list.lastChild;
+      if (this.cards.get(old.dataset.turn)?.node === old) this.cards.delete(old.dataset.turn);
+      old.remove();
     }
     this.empty.hidden = true;
     return c;
@@ -42,6 +42,7 @@ export class TraceView {
 
   onEvent(ev) {
     const d = ev.data || {};
+    if (ev.type === '_gap' && d.epoch !== d.previous_epoch) this.cards.clear(); // ids restart
     if (!d.turn_id) return;
     let c;
     switch (ev.type) {

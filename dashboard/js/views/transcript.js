@@ -49,6 +49,8 @@ export class TranscriptView {
     switch (ev.type) {
       case '_gap':
         this.add({ role: 'gap', label: 'gap', text: d.reason, ts: ev.timestamp });
+        // A new stream numbers its turns afresh: ids of the old one must not match.
+        if (d.epoch !== d.previous_epoch) this.byTurn.clear();
         break;
       case 'conversation_turn': {
         const t = this.turn(d.turn_id);
