@@ -105,7 +105,7 @@ export class LineChart {
       g.fillText(`#${xmin}`, L, h - 4);
       g.fillText(`#${xmax}`, w - R - 30, h - 4);
     }
-    for (const r of this.refs) {
+    for (const [i, r] of this.refs.entries()) {
       g.strokeStyle = r.color || fg;
       g.setLineDash([4, 4]);
       g.beginPath();
@@ -115,7 +115,9 @@ export class LineChart {
       g.stroke();
       g.setLineDash([]);
       g.fillStyle = r.color || fg;
-      g.fillText(`${r.label} ${fmt(r.value)}${this.unit}`, w - R - 110, y - 3);
+      const label = `${r.label} ${fmt(r.value)}${this.unit}`;
+      const lw = g.measureText(label).width;
+      g.fillText(label, i % 2 ? w - R - lw - 4 : w - R - lw * 2 - 16, y - 3);
     }
     let lx = L + 4;
     for (const [name, s] of this.series) {

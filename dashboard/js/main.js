@@ -290,6 +290,8 @@ class App {
     mode.textContent = this.mode || '–';
     mode.dataset.mode = this.mode || '';
     $('#rate').textContent = `${Math.round(this.rate.value)} ev/s`;
+    const c = this.conn;
+    $('#conn-pos').textContent = c.epoch ? `epoch ${c.epoch} · seq ${c.lastSeq}` : '';
     let worst = -1;
     for (const level of this.alerts.values()) worst = Math.max(worst, LEVELS.indexOf(level));
     const chip = $('#alerts-chip');

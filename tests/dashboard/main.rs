@@ -174,6 +174,19 @@ async fn a_text_turn_shows_in_every_view_and_metrics_update() {
         ),
     )
     .await;
+    // Two more turns: the latency charts get a few points.
+    for (i, text) in ["and at sunset?", "thank you"].into_iter().enumerate() {
+        say(&b, text).await;
+        b.wait(
+            "the next answer",
+            SHOW,
+            &format!(
+                "return document.querySelectorAll('.msg.assistant:not(.streaming)').length === {}",
+                i + 2
+            ),
+        )
+        .await;
+    }
     maybe_screenshot(&b, "transcript").await;
 
     // The LLM trace: the answer, its tokens and timings.
@@ -192,8 +205,23 @@ async fn a_text_turn_shows_in_every_view_and_metrics_update() {
     assert_eq!(card["answer"], json!(ANSWER), "{card}");
     assert!(card["model"].as_str().unwrap_or("").contains("scripted-model"), "{card}");
     assert_eq!(card["stats"]["tokens"], json!("4"), "{card}");
-    assert!(card["stats"]["TTFT"].as_str().is_some_and(|s| s.ends_with("ms") || s.ends_with(" s")), "{card}");
+    assert!(card["stats"]["first token"].as_str().is_some_and(|s| s.ends_with("ms") || s.ends_with(" s")), "{card}");
+    assert_eq!(
+        b.js("return document.querySelectorAll('.trace-card').length").await,
+        json!(3),
+        "one trace card per turn"
+    );
     maybe_screenshot(&b, "trace").await;
+    // Hearing speech is an explicit subscription to tts_audio (this server may send none).
+    b.js("document.querySelector('#hear').click(); return true").await;
+    b.wait(
+        "the tts_audio subscription acknowledged",
+        SHOW,
+        "return coda.byId.events.entries.some(e => e.type === 'command_result' \
+           && JSON.parse(e.text).data.data?.include?.includes('tts_audio')) \
+           && document.querySelector('#hear-count').textContent.endsWith('chunks')",
+    )
+    .await;
 
     // Latency: the turn's stages, and the server's percentiles.
     show_view(&b, "latency").await;
@@ -628,8 +656,10 @@ async fn the_event_debugger_keeps_up_with_1000_events_per_second() {
     let Some(b) = Browser::start().await else {
         return;
     };
+    // CODA_DASHBOARD_LOAD_RATE measures other rates (the figures in docs/dashboard.md).
+    let rate = std::env::var("CODA_DASHBOARD_LOAD_RATE").unwrap_or_else(|_| "1000".into());
     let server = Server::start(
-        &["--emit-synthetic", "1000", "--synthetic-wait-clients", "1"],
+        &["--emit-synthetic", &rate, "--synthetic-wait-clients", "1"],
         &[],
     );
     b.goto(&page_url(&server, "#events")).await;
@@ -649,12 +679,13 @@ async fn the_event_debugger_keeps_up_with_1000_events_per_second() {
                      state: coda.conn.state, reconnects: coda.conn.stats.reconnects, \
                      dups: coda.conn.stats.duplicates}")
         .await;
-    eprintln!("dashboard at 1000 events/s: {snap:#}\n{dom:#}");
+    eprintln!("dashboard at {rate} events/s: {snap:#}\n{dom:#}");
     maybe_screenshot(&b, "events-load").await;
     let eps = snap["events_per_s"].as_f64().unwrap_or(0.0);
     // Generous sanity bounds only (shared 2-core machine): the tab is not frozen and the
     // server did not cut it off as a slow consumer.
-    assert!(eps > 500.0, "the page kept up: {snap}");
+    let target: f64 = rate.parse().unwrap_or(1000.0);
+    assert!(eps > target / 2.0, "the page kept up: {snap}");
     assert!(snap["fps"].as_f64().unwrap_or(0.0) > 5.0, "the tab kept painting: {snap}");
     assert_eq!(dom["state"], json!("connected"), "{dom}");
     assert_eq!(dom["reconnects"], json!(0), "{dom}");

@@ -86,7 +86,7 @@ export class LatencyView {
   render() {
     const t = this.timing;
     this.note.textContent = t
-      ? `server window ${t.window_s} s · ${t.turns} turns · ${this.turns} traces received here`
+      ? `server window ${Number(t.window_s).toFixed(0)} s · ${t.turns} turns · ${this.turns} traces received here`
       : (this.turns ? `${this.turns} traces received` : 'No turn measured yet.');
     const head = el('tr', ['stage', 'count', 'p50', 'p95', 'p99', 'max', 'p50 here', 'p95 here'].map((h) => el('th', h)));
     const rows = [];

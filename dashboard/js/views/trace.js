@@ -102,7 +102,7 @@ export class TraceView {
       n.dataset.state = c.state || '';
       const ttft = c.tokens.length ? (c.tokens[0] - c.start) * 1000 : null;
       const stats = [
-        ['TTFT', ms(ttft)],
+        ['first token', ms(ttft)],
         ['tokens', c.result ? c.result.tokens : c.tokens.length],
         ['duration', c.result ? ms(c.result.duration_ms) : '…'],
         ['tok/s', c.result ? c.result.tokens_per_second.toFixed(1) : '…'],
