@@ -145,7 +145,8 @@ mod tests {
         // or the page breaks only in the browser.
         let names: Vec<String> = files().into_iter().map(|(p, _)| p).collect();
         for path in names.iter().filter(|p| p.ends_with(".js")) {
-            let text = String::from_utf8_lossy(&Assets::get(path).expect("listed").data).into_owned();
+            let text =
+                String::from_utf8_lossy(&Assets::get(path).expect("listed").data).into_owned();
             let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
             for line in text.lines().filter(|l| l.starts_with("import ")) {
                 let Some(spec) = line.split(['\'', '"']).nth(1) else {

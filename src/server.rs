@@ -197,7 +197,10 @@ pub async fn start(
             .wrap(from_fn(host_guard))
             .route("/ws", web::get().to(ws_upgrade))
             .route("/", web::get().to(index))
-            .route("/dashboard/{path:.*}", web::get().to(crate::dashboard::asset))
+            .route(
+                "/dashboard/{path:.*}",
+                web::get().to(crate::dashboard::asset),
+            )
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(prometheus_metrics))
             .route("/api/system_info", web::get().to(api_system_info))

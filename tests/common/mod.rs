@@ -290,7 +290,12 @@ impl Server {
 
     /// Starts a server in `home` on a given port (0: any free one), e.g. to restart a
     /// server where its clients expect it.
-    pub fn start_on_port(home: Arc<Home>, port: u16, args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub fn start_on_port(
+        home: Arc<Home>,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let port = port.to_string();
         let mut all = vec!["serve", "--port", port.as_str()];
         all.extend_from_slice(args);

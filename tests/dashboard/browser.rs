@@ -118,12 +118,10 @@ impl Browser {
             "goog:chromeOptions".into(),
             json!({"binary": chromium.to_string_lossy(), "args": args}),
         );
-        let connect = ClientBuilder::new(
-            hyper_util::client::legacy::connect::HttpConnector::new(),
-        )
-        .capabilities(caps)
-        .connect(&url)
-        .await;
+        let connect = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&url)
+            .await;
         let client = match connect {
             Ok(c) => c,
             Err(e) => panic!("cannot start a Chromium session through chromedriver: {e}"),
@@ -168,11 +166,13 @@ impl Browser {
             }
             if Instant::now() >= deadline {
                 let page = self
-                    .js("return {state: document.querySelector('#conn-state')?.dataset.state, \
+                    .js(
+                        "return {state: document.querySelector('#conn-state')?.dataset.state, \
                          detail: document.querySelector('#conn-detail')?.textContent, \
                          messages: document.querySelector('#messages')?.innerText, \
                          errors: window.codaErrors || null, \
-                         text: document.body.innerText.slice(0, 1500)}")
+                         text: document.body.innerText.slice(0, 1500)}",
+                    )
                     .await;
                 panic!("waiting for {what}: not true within {timeout:?}; page: {page:#}");
             }

@@ -6,9 +6,9 @@
 //!
 //! With `CODA_DASHBOARD_SCREENSHOTS=DIR`, the first test also saves a PNG of each view.
 
+mod browser;
 #[path = "../common/mod.rs"]
 mod common;
-mod browser;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -35,7 +35,12 @@ fn delta(content: &str) -> Vec<u8> {
 async fn scripted_llm() -> ScriptedServer {
     ScriptedServer::start(|_| {
         let mut steps = Vec::new();
-        for piece in ["The sky ", "is blue ", "because air ", "scatters blue light."] {
+        for piece in [
+            "The sky ",
+            "is blue ",
+            "because air ",
+            "scatters blue light.",
+        ] {
             steps.push(Step::Write(delta(piece)));
             steps.push(Step::Sleep(Duration::from_millis(40)));
         }
@@ -203,17 +208,30 @@ async fn a_text_turn_shows_in_every_view_and_metrics_update() {
         )
         .await;
     assert_eq!(card["answer"], json!(ANSWER), "{card}");
-    assert!(card["model"].as_str().unwrap_or("").contains("scripted-model"), "{card}");
+    assert!(
+        card["model"]
+            .as_str()
+            .unwrap_or("")
+            .contains("scripted-model"),
+        "{card}"
+    );
     assert_eq!(card["stats"]["tokens"], json!("4"), "{card}");
-    assert!(card["stats"]["first token"].as_str().is_some_and(|s| s.ends_with("ms") || s.ends_with(" s")), "{card}");
+    assert!(
+        card["stats"]["first token"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("ms") || s.ends_with(" s")),
+        "{card}"
+    );
     assert_eq!(
-        b.js("return document.querySelectorAll('.trace-card').length").await,
+        b.js("return document.querySelectorAll('.trace-card').length")
+            .await,
         json!(3),
         "one trace card per turn"
     );
     maybe_screenshot(&b, "trace").await;
     // Hearing speech is an explicit subscription to tts_audio (this server may send none).
-    b.js("document.querySelector('#hear').click(); return true").await;
+    b.js("document.querySelector('#hear').click(); return true")
+        .await;
     b.wait(
         "the tts_audio subscription acknowledged",
         SHOW,
@@ -283,9 +301,11 @@ async fn a_text_turn_shows_in_every_view_and_metrics_update() {
     )
     .await;
     maybe_screenshot(&b, "memory").await;
-    b.js("document.querySelector('#mem-query').value = 'zebra crossing'; \
-          document.querySelector('.memory-view form button[type=submit]').click(); return true")
-        .await;
+    b.js(
+        "document.querySelector('#mem-query').value = 'zebra crossing'; \
+          document.querySelector('.memory-view form button[type=submit]').click(); return true",
+    )
+    .await;
     b.wait(
         "no result for an unrelated search",
         SHOW,
@@ -328,9 +348,11 @@ async fn a_text_turn_shows_in_every_view_and_metrics_update() {
 
     // Event debugger: filter, select, pause.
     show_view(&b, "events").await;
-    b.js("const f = document.querySelector('#ev-filter'); f.value = 'llm_*'; \
-          f.dispatchEvent(new Event('input')); return true")
-        .await;
+    b.js(
+        "const f = document.querySelector('#ev-filter'); f.value = 'llm_*'; \
+          f.dispatchEvent(new Event('input')); return true",
+    )
+    .await;
     let types = b
         .wait(
             "only llm_* rows",
@@ -341,7 +363,10 @@ async fn a_text_turn_shows_in_every_view_and_metrics_update() {
         )
         .await;
     let types: Vec<String> = serde_json::from_value(types).expect("types");
-    assert!(types.iter().any(|t| t == "llm_token"), "tokens are shown: {types:?}");
+    assert!(
+        types.iter().any(|t| t == "llm_token"),
+        "tokens are shown: {types:?}"
+    );
     b.js("document.querySelector('.ev-row[data-type=llm_result]').click(); return true")
         .await;
     let detail = b
@@ -513,8 +538,15 @@ async fn a_bad_token_shows_an_error_and_a_good_one_connects() {
          && document.querySelector('#conn-state').dataset.state === 'auth_required'",
     )
     .await;
-    let input = b.client.find(Locator::Css("#token-input")).await.expect("token input");
-    input.send_keys("coda_not_a_real_token").await.expect("type");
+    let input = b
+        .client
+        .find(Locator::Css("#token-input"))
+        .await
+        .expect("token input");
+    input
+        .send_keys("coda_not_a_real_token")
+        .await
+        .expect("type");
     b.client
         .find(Locator::Css("#token-submit"))
         .await
@@ -535,7 +567,11 @@ async fn a_bad_token_shows_an_error_and_a_good_one_connects() {
         Value::Null,
         "a refused token is not kept"
     );
-    let input = b.client.find(Locator::Css("#token-input")).await.expect("token input");
+    let input = b
+        .client
+        .find(Locator::Css("#token-input"))
+        .await
+        .expect("token input");
     input.clear().await.expect("clear");
     input.send_keys(&secret).await.expect("type");
     b.client
@@ -546,8 +582,15 @@ async fn a_bad_token_shows_an_error_and_a_good_one_connects() {
         .await
         .expect("click");
     wait_connected(&b).await;
-    assert!(b.js("return document.querySelector('#auth-panel').hidden").await.as_bool().unwrap_or(false));
-    assert_eq!(b.js("return sessionStorage.getItem('coda.token')").await, json!(secret));
+    assert!(b
+        .js("return document.querySelector('#auth-panel').hidden")
+        .await
+        .as_bool()
+        .unwrap_or(false));
+    assert_eq!(
+        b.js("return sessionStorage.getItem('coda.token')").await,
+        json!(secret)
+    );
     // A reload connects straight away with the tab's stored token.
     b.goto(&page_url(&server, "#components")).await;
     wait_connected(&b).await;
@@ -584,7 +627,8 @@ async fn a_protocol_major_mismatch_shows_a_banner() {
     )
     .await;
     assert_eq!(
-        b.js("return document.querySelector('#conn-state').textContent").await,
+        b.js("return document.querySelector('#conn-state').textContent")
+            .await,
         json!("disconnected")
     );
     maybe_screenshot(&b, "version-mismatch").await;
@@ -628,11 +672,16 @@ async fn push_to_talk_streams_the_microphone_or_shows_why_not() {
         let msg = msg.as_str().unwrap_or("");
         assert!(msg.contains("did not accept microphone audio"), "{msg}");
         let code = b
-            .js("return coda.byId.events.entries.filter(e => e.type === 'command_error') \
-                 .map(e => JSON.parse(e.text).data.code)")
+            .js(
+                "return coda.byId.events.entries.filter(e => e.type === 'command_error') \
+                 .map(e => JSON.parse(e.text).data.code)",
+            )
             .await;
         let code = code[0].as_str().unwrap_or("").to_string();
-        assert!(msg.contains(&code), "the server's code ({code}) is shown: {msg}");
+        assert!(
+            msg.contains(&code),
+            "the server's code ({code}) is shown: {msg}"
+        );
         assert_eq!(stats["framesSent"], json!(0), "{stats}");
         eprintln!("push-to-talk: refused by this server: {msg}");
     } else {
@@ -674,10 +723,12 @@ async fn the_event_debugger_keeps_up_with_1000_events_per_second() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let snap = b.js("return codaPerf.snapshot()").await;
     let dom = b
-        .js("return {rows: document.querySelectorAll('.ev-row').length, \
+        .js(
+            "return {rows: document.querySelectorAll('.ev-row').length, \
                      kept: coda.byId.events.entries.length, \
                      state: coda.conn.state, reconnects: coda.conn.stats.reconnects, \
-                     dups: coda.conn.stats.duplicates}")
+                     dups: coda.conn.stats.duplicates}",
+        )
         .await;
     eprintln!("dashboard at {rate} events/s: {snap:#}\n{dom:#}");
     maybe_screenshot(&b, "events-load").await;
@@ -686,12 +737,24 @@ async fn the_event_debugger_keeps_up_with_1000_events_per_second() {
     // server did not cut it off as a slow consumer.
     let target: f64 = rate.parse().unwrap_or(1000.0);
     assert!(eps > target / 2.0, "the page kept up: {snap}");
-    assert!(snap["fps"].as_f64().unwrap_or(0.0) > 5.0, "the tab kept painting: {snap}");
+    assert!(
+        snap["fps"].as_f64().unwrap_or(0.0) > 5.0,
+        "the tab kept painting: {snap}"
+    );
     assert_eq!(dom["state"], json!("connected"), "{dom}");
     assert_eq!(dom["reconnects"], json!(0), "{dom}");
     let rows = dom["rows"].as_u64().unwrap_or(u64::MAX);
     assert!(rows < 120, "only the visible rows are in the DOM: {dom}");
     assert!(dom["kept"].as_u64().unwrap_or(0) > 5000, "{dom}");
+    // The long-task figure means something: a deliberate 120 ms block is seen.
+    b.js("setTimeout(() => { const t = performance.now(); while (performance.now() - t < 120) {} }, 0); return true")
+        .await;
+    b.wait(
+        "the deliberate long task to be observed",
+        SHOW,
+        "return codaPerf.snapshot().long_tasks >= 1",
+    )
+    .await;
     no_page_errors(&b).await;
     b.close().await;
 }
@@ -699,7 +762,8 @@ async fn the_event_debugger_keeps_up_with_1000_events_per_second() {
 /// `GET path` with extra request headers: (status, headers (lowercase names), body).
 fn raw_get(port: u16, path: &str, extra: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
     let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -741,15 +805,25 @@ fn the_page_is_served_with_types_etags_and_the_host_guard() {
         ("/", "text/html; charset=utf-8"),
         ("/dashboard/app.css", "text/css; charset=utf-8"),
         ("/dashboard/js/main.js", "text/javascript; charset=utf-8"),
-        ("/dashboard/js/views/events.js", "text/javascript; charset=utf-8"),
-        ("/dashboard/js/pcm-worklet.js", "text/javascript; charset=utf-8"),
+        (
+            "/dashboard/js/views/events.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/dashboard/js/pcm-worklet.js",
+            "text/javascript; charset=utf-8",
+        ),
         ("/dashboard/icon.svg", "image/svg+xml"),
     ] {
         let (status, h, body) = raw_get(port, path, &[("Host", &host)]);
         assert_eq!(status, 200, "{path}");
         assert_eq!(header(&h, "content-type"), Some(ty), "{path}");
         assert_eq!(header(&h, "cache-control"), Some("no-cache"), "{path}");
-        assert_eq!(header(&h, "x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(
+            header(&h, "x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
         total += body.len();
         let etag = header(&h, "etag").expect("etag").to_string();
         assert!(etag.starts_with('"') && etag.len() == 34, "{path}: {etag}");
@@ -757,22 +831,38 @@ fn the_page_is_served_with_types_etags_and_the_host_guard() {
         let (status, _, body) = raw_get(port, path, &[("Host", &host), ("If-None-Match", &etag)]);
         assert_eq!(status, 304, "{path}");
         assert!(body.is_empty(), "{path}");
-        let (status, _, _) = raw_get(port, path, &[("Host", &host), ("If-None-Match", "\"stale\"")]);
+        let (status, _, _) = raw_get(
+            port,
+            path,
+            &[("Host", &host), ("If-None-Match", "\"stale\"")],
+        );
         assert_eq!(status, 200, "{path}");
         // DNS rebinding: the Host allow-list covers the page's files too.
         let (status, _, _) = raw_get(port, path, &[("Host", "evil.example")]);
         assert_eq!(status, 403, "{path}");
     }
-    assert!(total > 10_000, "the page and its scripts were served ({total} bytes)");
+    assert!(
+        total > 10_000,
+        "the page and its scripts were served ({total} bytes)"
+    );
     let (_, h, body) = raw_get(port, "/", &[("Host", &host)]);
     let csp = header(&h, "content-security-policy").expect("CSP on the page");
-    assert!(csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     let html = String::from_utf8_lossy(&body);
     // No CDN: everything the page loads comes from this server.
     for attr in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {
-        assert!(!html.contains(attr), "the page loads something from elsewhere: {attr}");
+        assert!(
+            !html.contains(attr),
+            "the page loads something from elsewhere: {attr}"
+        );
     }
-    for (path, status) in [("/dashboard/nope.js", 404), ("/dashboard/../Cargo.toml", 404)] {
+    for (path, status) in [
+        ("/dashboard/nope.js", 404),
+        ("/dashboard/../Cargo.toml", 404),
+    ] {
         let (s, _, _) = raw_get(port, path, &[("Host", &host)]);
         assert_eq!(s, status, "{path}");
     }
