@@ -11,7 +11,9 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
 use rust_embed::RustEmbed;
 
-/// The embedded files of `dashboard/`.
+/// The embedded files of `dashboard/`. Cargo tracks the files that exist (their contents
+/// are `include_bytes!`-ed); after *adding* a file, touch this one so the list is rebuilt
+/// (the import test below catches a module that was missed).
 #[derive(RustEmbed)]
 #[folder = "dashboard/"]
 struct Assets;

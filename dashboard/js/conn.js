@@ -122,7 +122,6 @@ export class Connection {
       return;
     }
     this.ws = ws;
-    this.helloDone = false;
     ws.binaryType = 'arraybuffer';
     ws.onopen = () => {
       if (authRequired) {
@@ -139,12 +138,14 @@ export class Connection {
         data.last_seq = this.lastSeq;
       }
       this.request('hello', data).then((reply) => {
-        this.helloDone = true;
         this.attempt = 0;
         if (this.epoch === null) this.epoch = reply.epoch;
         this.setState('connected', `server ${reply.server_version}`);
         for (const [type, d] of this.afterHello) this.request(type, d).catch(() => {});
-      }).catch(() => {});
+      }).catch((e) => {
+        // A server that never answers hello is as good as gone: start over.
+        if (e.code === 'timeout' && this.ws === ws) this.drop();
+      });
     };
     ws.onmessage = (m) => {
       if (typeof m.data === 'string') this.receive(m.data);
@@ -186,7 +187,6 @@ export class Connection {
     const delay = base / 2 + Math.random() * (base / 2);
     this.attempt += 1;
     this.stats.reconnects += 1;
-    this.retryAt = performance.now() + delay;
     this.setState('reconnecting', `${why}; retrying in ${(delay / 1000).toFixed(1)} s`);
     this.timer = setTimeout(() => this.connect(), delay);
   }
