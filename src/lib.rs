@@ -10,6 +10,7 @@ pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod events;
 pub mod llm_setup;
 pub mod memory_cmd;

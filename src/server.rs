@@ -197,6 +197,10 @@ pub async fn start(
             .wrap(from_fn(host_guard))
             .route("/ws", web::get().to(ws_upgrade))
             .route("/", web::get().to(index))
+            .route(
+                "/dashboard/{path:.*}",
+                web::get().to(crate::dashboard::asset),
+            )
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(prometheus_metrics))
             .route("/api/system_info", web::get().to(api_system_info))
@@ -500,17 +504,7 @@ async fn index(
     if upgrade {
         return ws_upgrade(req, body, state).await;
     }
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(concat!(
-            "<!doctype html><meta charset=utf-8><title>Coda</title>",
-            "<h1>Coda</h1><p>The dashboard is not part of this build yet.</p>",
-            "<ul><li>WebSocket event stream: <code>/ws</code></li>",
-            "<li><a href=/healthz>/healthz</a></li>",
-            "<li><a href=/metrics>/metrics</a> (Prometheus)</li>",
-            "<li><a href=/api/system_info>/api/system_info</a></li>",
-            "<li><a href=/api/config>/api/config</a></li></ul>"
-        )))
+    Ok(crate::dashboard::index(&req))
 }
 
 async fn healthz(state: web::Data<UpgradeState>) -> HttpResponse {

@@ -285,7 +285,19 @@ impl Server {
 
     /// Starts a server in `home` (e.g. after creating tokens there, or to restart).
     pub fn start_in(home: Arc<Home>, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut all = vec!["serve", "--port", "0"];
+        Server::start_on_port(home, 0, args, env)
+    }
+
+    /// Starts a server in `home` on a given port (0: any free one), e.g. to restart a
+    /// server where its clients expect it.
+    pub fn start_on_port(
+        home: Arc<Home>,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let port = port.to_string();
+        let mut all = vec!["serve", "--port", port.as_str()];
         all.extend_from_slice(args);
         let mut cmd = home.command(&all, env);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
