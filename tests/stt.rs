@@ -244,36 +244,37 @@ async fn a_spoken_turn_over_the_websocket_becomes_a_whole_turn() {
         ],
     );
     let wav = server_home_wav("Why is the sky blue?");
-    let samples = coda::stt_cmd::read_wav_16k(wav.path()).expect("wav");
+    let samples = coda::stt_cmd::read_wav_16k(&wav).expect("wav");
     let mut c = server.client().await;
-    let r = c
-        .request(
-            "stt_start",
-            json!({"mode": "push_to_talk", "source": "client"}),
-        )
-        .await;
-    assert_eq!(ty(&r), "command_result", "{r}");
+    // Everything the server sends is collected in one pass (waiting for a command's answer
+    // would skip the events around it).
+    c.send_cmd(
+        "stt_start",
+        json!({"mode": "push_to_talk", "source": "client"}),
+        Some("start"),
+    )
+    .await;
     // 100 ms frames, a little faster than real time, so interims have time to run.
     for chunk in samples.chunks(1600) {
         send_pcm(&mut c, pcm16(chunk)).await;
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    let r = c.request("stt_stop", json!({})).await;
-    assert_eq!(ty(&r), "command_result", "{r}");
-    assert!(r["data"]["data"]["audio_ms"].as_f64().expect("audio_ms") > 500.0);
+    c.send_cmd("stt_stop", json!({}), Some("stop")).await;
 
     let mut seen: Vec<Value> = Vec::new();
+    let mut replies: Vec<Value> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let v = match c.next_json(left).await {
             Ok(v) => v,
             Err(e) => panic!(
-                "waiting for the turn: {e:?}; seen {:?}",
+                "waiting for the turn: {e:?}; seen {:?}, replies {replies:?}",
                 seen.iter().map(|v| ty(v).to_string()).collect::<Vec<_>>()
             ),
         };
         if is_direct(&v) {
+            replies.push(v);
             continue;
         }
         assert_envelope(&v);
@@ -283,6 +284,27 @@ async fn a_spoken_turn_over_the_websocket_becomes_a_whole_turn() {
             break;
         }
     }
+    // The session goes back to idle right after the trace.
+    let idle = c
+        .wait_for("mode idle", RECV_TIMEOUT, |v| {
+            ty(v) == "mode_change" && v["data"]["mode"] == json!("idle")
+        })
+        .await;
+    seen.push(idle);
+    let reply = |id: &str| {
+        replies
+            .iter()
+            .find(|r| r["data"]["id"] == json!(id))
+            .unwrap_or_else(|| panic!("no answer to {id} in {replies:?}"))
+    };
+    assert_eq!(ty(reply("start")), "command_result", "{replies:?}");
+    assert_eq!(ty(reply("stop")), "command_result", "{replies:?}");
+    assert!(
+        reply("stop")["data"]["data"]["audio_ms"]
+            .as_f64()
+            .expect("audio_ms")
+            > 500.0
+    );
     let start = seen
         .iter()
         .find(|v| ty(v) == "stt_start")
@@ -339,7 +361,7 @@ async fn a_spoken_turn_over_the_websocket_becomes_a_whole_turn() {
     println!(
         "spoken turn: stt {stt_ms:.0} ms, end of speech → first audio {first_audio:.0} ms, total {total:.0} ms"
     );
-    // Mode: listening while speaking, then thinking, speaking and idle.
+    // Mode: listening while speaking, then thinking, speaking and idle (after the trace).
     let modes: Vec<&str> = seen
         .iter()
         .filter(|v| ty(v) == "mode_change" && v["session_id"] == start["session_id"])

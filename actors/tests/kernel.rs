@@ -136,6 +136,12 @@ async fn rig(answer: &str, delay_ms: u64, budget: RestartBudget) -> Rig {
         ComponentRegistry::new(),
         KernelSettings {
             budget,
+            // Speech-to-text's model is not loaded: these tests are about text turns and
+            // restarts, and its state must not depend on what the machine has installed.
+            stt: coda_actors::stt::SttSettings {
+                preload: false,
+                ..Default::default()
+            },
             ..Default::default()
         },
         Ok(provider.clone()),
@@ -389,6 +395,7 @@ async fn inject(rig: &Rig, component: &str, fault: InjectFault) {
         "intent_router" => rig.kernel.router.do_send(fault),
         "llm" => rig.kernel.llm.do_send(fault),
         "tts" => rig.kernel.tts.do_send(fault),
+        "stt" => rig.kernel.stt.do_send(fault),
         _ => unreachable!(),
     }
 }
@@ -405,7 +412,7 @@ async fn every_actor_restarts_after_a_panic_and_the_next_turn_succeeds() {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let rig = rig("Fine. Thanks.", 1, RestartBudget::default()).await;
-    for component in ["orchestrator", "intent_router", "llm", "tts"] {
+    for component in ["orchestrator", "intent_router", "llm", "tts", "stt"] {
         for fault in [InjectFault::PanicInHandler, InjectFault::PanicInBlocking] {
             let before = statuses(&rig.events.lock().unwrap(), component).len();
             inject(&rig, component, fault).await;
