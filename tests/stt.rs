@@ -80,7 +80,7 @@ fn number_word(n: u64) -> Option<String> {
     ];
     match n {
         0..=19 => Some(ONES[n as usize].to_string()),
-        20..=99 if n % 10 == 0 => Some(TENS[(n / 10) as usize].to_string()),
+        20..=99 if n.is_multiple_of(10) => Some(TENS[(n / 10) as usize].to_string()),
         20..=99 => Some(format!(
             "{} {}",
             TENS[(n / 10) as usize],

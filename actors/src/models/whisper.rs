@@ -1088,7 +1088,7 @@ fn ggml_bytes(ttype: i32, n: u64) -> Option<u64> {
         8 => (32, 34),
         _ => return None,
     };
-    (n % block == 0).then_some(n / block * size)
+    n.is_multiple_of(block).then_some(n / block * size)
 }
 
 /// Reads and checks a ggml whisper file: magic, plausible hyperparameters, mel filters,

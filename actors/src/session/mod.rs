@@ -891,7 +891,7 @@ impl WsSession {
 
     /// One binary frame of client audio (PCM s16le mono 16 kHz).
     fn on_audio(&mut self, bin: &[u8], ctx: &mut Context<Self>) {
-        if bin.len() % 2 != 0 {
+        if !bin.len().is_multiple_of(2) {
             let msg = format!(
                 "binary audio frame of {} bytes: PCM s16le frames carry whole 2-byte samples (even length)",
                 bin.len()

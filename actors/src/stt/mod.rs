@@ -556,35 +556,4 @@ impl Handler<SpeechAudio> for SttActor {
     }
 }
 
-/// Transcribe samples directly (tests, benchmarks); answered off the event loop.
-#[derive(Message)]
-#[rtype(result = "Result<Transcript, SttFailure>")]
-pub struct Transcribe {
-    /// 16 kHz mono samples.
-    pub samples: Arc<[f32]>,
-}
-
-impl Handler<Transcribe> for SttActor {
-    type Result = ResponseActFuture<Self, Result<Transcript, SttFailure>>;
-
-    fn handle(&mut self, msg: Transcribe, _: &mut Context<Self>) -> Self::Result {
-        let (slot, settings) = (self.slot.clone(), self.settings.clone());
-        let samples = msg.samples;
-        let job = blocking(move || {
-            slot.get(&settings)
-                .and_then(|e| e.transcribe(&samples, None))
-        });
-        Box::pin(job.into_actor(self).map(|res, act, ctx| match res {
-            Ok(r) => r,
-            Err(panic) => {
-                act.sup.crashed(&panic);
-                ctx.stop();
-                Err(SttFailure::Failed(format!(
-                    "speech-to-text crashed: {panic}"
-                )))
-            }
-        }))
-    }
-}
-
 crate::impl_fault_injection!(SttActor);
