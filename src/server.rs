@@ -383,6 +383,9 @@ fn start_rooms(
         memory: Some(memory),
         tools: Some(tools),
         matcher: None,
+        // No input-device producer in this build: `stt_start {source:"device"}` answers
+        // `unavailable`. AudioCapture plugs in here.
+        device_audio: None,
     })
 }
 
@@ -400,6 +403,7 @@ fn start_kernel(
             max_tokens: (s.conversation.max_tokens > 0).then_some(s.conversation.max_tokens),
             speak_first_clause: s.conversation.speak_first_clause,
         },
+        stt: s.stt_settings(),
     };
     let engine = Arc::new(EspeakEngine::new(EspeakConfig {
         binary: PathBuf::from(&s.tts.binary),
@@ -448,6 +452,10 @@ pub fn session_settings(s: &Settings) -> SessionSettings {
         auth_timeout: Settings::secs(s.auth.timeout_s),
         auth_required: s.auth.required,
         max_violations: s.server.max_violations,
+        client_audio: coda_actors::session::ClientAudioSettings {
+            interim_interval: Duration::from_millis(s.stt.interim_interval_ms.max(100)),
+            max_utterance: Settings::secs(s.stt.max_utterance_s),
+        },
     }
 }
 

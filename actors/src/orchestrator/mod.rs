@@ -95,6 +95,42 @@ pub struct TextTurn {
     pub source: TurnSource,
 }
 
+/// Start a turn from a transcript (the Stt actor): the turn keeps the `turn_id` its
+/// `stt_*` events carried, and its `latency_trace` carries `stt_ms` and measures
+/// `tts_first_audio_ms` and `total_ms` from the end of speech.
+#[derive(Message)]
+#[rtype(result = "Result<TurnStarted, KernelError>")]
+pub struct VoiceTurn {
+    /// The conversation session.
+    pub session_id: String,
+    /// The transcript.
+    pub text: String,
+    /// The turn id the Stt actor gave the utterance.
+    pub turn_id: String,
+    /// Transcription time.
+    pub stt_ms: f64,
+    /// When the speaker stopped.
+    pub speech_ended: Instant,
+}
+
+/// Speech capture started (`on`) or stopped with nothing to say in a session: mode
+/// `listening`, or back to `idle`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Listening {
+    /// The session.
+    pub session_id: String,
+    /// Listening now?
+    pub on: bool,
+}
+
+/// What a voice turn adds to a text turn.
+struct VoiceInput {
+    turn_id: String,
+    stt_ms: f64,
+    speech_ended: Instant,
+}
+
 /// A started turn.
 #[derive(Debug, Clone, PartialEq, MessageResponse)]
 pub struct TurnStarted {
@@ -136,6 +172,9 @@ struct Turn {
     session_id: String,
     user_text: String,
     t0: Instant,
+    /// End of the input: `t0` for text, the end of speech for voice.
+    input_end: Instant,
+    stt_ms: Option<f64>,
     intent_ms: Option<f64>,
     llm_ttft_ms: Option<f64>,
     llm_ms: Option<f64>,
@@ -245,21 +284,18 @@ impl Orchestrator {
 
     // ---- stage 1: the turn begins ------------------------------------------------------
 
-    fn start_turn(&mut self, msg: TextTurn, ctx: &mut Context<Self>) -> TurnStarted {
-        let session_id = msg.session_id.clone();
-        // New input in a session barges in on whatever it was saying.
-        self.interrupt_session(&session_id);
-        if !self.sessions.contains_key(&session_id) {
+    fn ensure_session(&mut self, session_id: &str) {
+        if !self.sessions.contains_key(session_id) {
             let conversation_id = self.next("v");
             self.sup.hub().publish(
-                &session_id,
+                session_id,
                 &ConversationStart {
                     conversation_id: conversation_id.clone(),
                     client_id: None,
                 },
             );
             self.sessions.insert(
-                session_id.clone(),
+                session_id.to_string(),
                 SessionState {
                     conversation_id,
                     turns: 0,
@@ -269,7 +305,22 @@ impl Orchestrator {
                 },
             );
         }
-        let turn_id = self.next("t");
+    }
+
+    fn start_turn(
+        &mut self,
+        msg: TextTurn,
+        voice: Option<VoiceInput>,
+        ctx: &mut Context<Self>,
+    ) -> TurnStarted {
+        let session_id = msg.session_id.clone();
+        // New input in a session barges in on whatever it was saying.
+        self.interrupt_session(&session_id);
+        self.ensure_session(&session_id);
+        let turn_id = match &voice {
+            Some(v) => v.turn_id.clone(),
+            None => self.next("t"),
+        };
         let (conversation_id, index) = match self.sessions.get_mut(&session_id) {
             Some(s) => {
                 s.active = Some(turn_id.clone());
@@ -297,6 +348,8 @@ impl Orchestrator {
                 session_id: session_id.clone(),
                 user_text: msg.text.clone(),
                 t0: Instant::now(),
+                input_end: voice.as_ref().map_or_else(Instant::now, |v| v.speech_ended),
+                stt_ms: voice.as_ref().map(|v| v.stt_ms),
                 intent_ms: None,
                 llm_ttft_ms: None,
                 llm_ms: None,
@@ -617,7 +670,7 @@ impl Orchestrator {
         }
         let first = turn.tts_first_audio_ms.is_none();
         if first {
-            turn.tts_first_audio_ms = Some(turn.t0.elapsed().as_secs_f64() * 1000.0);
+            turn.tts_first_audio_ms = Some(turn.input_end.elapsed().as_secs_f64() * 1000.0);
         }
         turn.spoken.push(text);
         let session = turn.session_id.clone();
@@ -682,12 +735,12 @@ impl Orchestrator {
     }
 
     fn close(&mut self, turn: Turn) {
-        let total_ms = turn.t0.elapsed().as_secs_f64() * 1000.0;
+        let total_ms = turn.input_end.elapsed().as_secs_f64() * 1000.0;
         self.sup.hub().publish(
             &turn.session_id,
             &LatencyTrace {
                 turn_id: turn.id.clone(),
-                stt_ms: None,
+                stt_ms: turn.stt_ms,
                 intent_ms: turn.intent_ms,
                 llm_ttft_ms: turn.llm_ttft_ms,
                 llm_ms: turn.llm_ms,
@@ -695,7 +748,11 @@ impl Orchestrator {
                 tts_ms: turn.tts_ms,
                 total_ms,
                 kernel_ms: Some(
-                    (total_ms - turn.llm_ms.unwrap_or(0.0) - turn.tts_tail_ms).max(0.0),
+                    (total_ms
+                        - turn.llm_ms.unwrap_or(0.0)
+                        - turn.tts_tail_ms
+                        - turn.stt_ms.unwrap_or(0.0))
+                    .max(0.0),
                 ),
             },
         );
@@ -795,13 +852,26 @@ impl Handler<TextTurn> for Orchestrator {
     type Result = Result<TurnStarted, KernelError>;
 
     fn handle(&mut self, msg: TextTurn, ctx: &mut Context<Self>) -> Self::Result {
+        self.begin(msg, None, ctx)
+    }
+}
+
+impl Orchestrator {
+    fn begin(
+        &mut self,
+        msg: TextTurn,
+        voice: Option<VoiceInput>,
+        ctx: &mut Context<Self>,
+    ) -> Result<TurnStarted, KernelError> {
         if self.sup.is_degraded() {
             return Err(KernelError::Unavailable(self.sup.unavailable()));
         }
         if msg.text.trim().is_empty() {
             return Err(KernelError::Invalid("empty text".into()));
         }
-        match crate::supervise::catch(std::panic::AssertUnwindSafe(|| self.start_turn(msg, ctx))) {
+        match crate::supervise::catch(std::panic::AssertUnwindSafe(|| {
+            self.start_turn(msg, voice, ctx)
+        })) {
             Ok(started) => Ok(started),
             Err(panic) => {
                 self.sup.crashed(&panic);
@@ -810,6 +880,41 @@ impl Handler<TextTurn> for Orchestrator {
                     "the orchestrator crashed: {panic}"
                 )))
             }
+        }
+    }
+}
+
+impl Handler<VoiceTurn> for Orchestrator {
+    type Result = Result<TurnStarted, KernelError>;
+
+    fn handle(&mut self, msg: VoiceTurn, ctx: &mut Context<Self>) -> Self::Result {
+        let voice = VoiceInput {
+            turn_id: msg.turn_id,
+            stt_ms: msg.stt_ms,
+            speech_ended: msg.speech_ended,
+        };
+        let turn = TextTurn {
+            session_id: msg.session_id,
+            text: msg.text,
+            source: TurnSource::Voice,
+        };
+        self.begin(turn, Some(voice), ctx)
+    }
+}
+
+impl Handler<Listening> for Orchestrator {
+    type Result = ();
+
+    fn handle(&mut self, msg: Listening, _: &mut Context<Self>) {
+        if msg.on {
+            self.ensure_session(&msg.session_id);
+            self.set_mode(&msg.session_id, Mode::Listening);
+        } else if self
+            .sessions
+            .get(&msg.session_id)
+            .is_some_and(|s| s.mode == Mode::Listening)
+        {
+            self.set_mode(&msg.session_id, Mode::Idle);
         }
     }
 }

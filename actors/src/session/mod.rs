@@ -25,9 +25,9 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use coda_protocol::{
-    check_compatible, parse_command, Command, CommandError, CommandRejection, CommandResult,
-    ConnectionState, ConnectionStatus, ErrorCode, EventPayload, EventType, HelloReply, SystemInfo,
-    PROTOCOL_VERSION, SYSTEM_SESSION,
+    check_compatible, parse_command, AudioSource, Command, CommandError, CommandRejection,
+    CommandResult, ConnectionState, ConnectionStatus, ErrorCode, EventPayload, EventType,
+    HelloReply, SttStartCommand, SystemInfo, PROTOCOL_VERSION, SYSTEM_SESSION,
 };
 use serde::Serialize;
 
@@ -39,6 +39,7 @@ use crate::hub::{
 };
 use crate::metrics::{GetPerformance, MetricsActor};
 use crate::orchestrator::{Interrupt, KernelError, TextTurn, TurnSource};
+use crate::voice::{DeviceListen, SpeechAudio};
 
 /// Per-connection limits (from the `[server]` and `[auth]` config sections).
 #[derive(Debug, Clone)]
@@ -63,6 +64,26 @@ pub struct SessionSettings {
     pub auth_required: bool,
     /// Consecutive invalid frames tolerated before the connection is closed.
     pub max_violations: u32,
+    /// Client audio (binary frames between `stt_start` and `stt_stop`).
+    pub client_audio: ClientAudioSettings,
+}
+
+/// Limits on client audio (from the `[stt]` config section).
+#[derive(Debug, Clone)]
+pub struct ClientAudioSettings {
+    /// How often the audio so far goes to Stt for an `stt_interim`.
+    pub interim_interval: Duration,
+    /// Longest utterance accepted; longer ones are dropped with an error.
+    pub max_utterance: Duration,
+}
+
+impl Default for ClientAudioSettings {
+    fn default() -> Self {
+        ClientAudioSettings {
+            interim_interval: Duration::from_millis(700),
+            max_utterance: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for SessionSettings {
@@ -78,6 +99,7 @@ impl Default for SessionSettings {
             auth_timeout: Duration::from_secs(5),
             auth_required: false,
             max_violations: 100,
+            client_audio: ClientAudioSettings::default(),
         }
     }
 }
@@ -207,6 +229,14 @@ pub struct WsSession {
     violations: u32,
     last_heard: Instant,
     close_reason: Option<String>,
+    /// The client-audio utterance open between `stt_start {source:"client"}` and `stt_stop`.
+    audio: Option<ClientUtterance>,
+}
+
+/// Client audio received so far for one utterance.
+struct ClientUtterance {
+    samples: Vec<f32>,
+    last_partial: Instant,
 }
 
 /// How a connection authenticated at upgrade time.
@@ -267,6 +297,7 @@ impl WsSession {
                 violations: 0,
                 last_heard: Instant::now(),
                 close_reason: None,
+                audio: None,
                 shared,
             }
         });
@@ -641,17 +672,12 @@ impl WsSession {
                     ),
                 }));
             }
+            Command::SttStart(c) => self.stt_start(id, c, ctx),
+            Command::SttStop(_) => self.stt_stop(id, ctx),
             Command::TokenCreate(_)
             | Command::TokenList
             | Command::TokenRevoke(_)
             | Command::TokenRotate(_) => self.admin_token(id, command, ctx),
-            other => {
-                let msg = format!(
-                    "`{}` is not available in this build yet",
-                    other.command_type()
-                );
-                self.reply_err(id, ErrorCode::Unavailable, msg, ctx);
-            }
         }
     }
 
@@ -728,6 +754,187 @@ impl WsSession {
             Ok(Err(KernelError::Unavailable(why))) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
             Err(_) => act.reply_err(id, ErrorCode::Unavailable, "the orchestrator is restarting", ctx),
         }));
+    }
+
+    fn stt(&self) -> Option<Recipient<SpeechAudio>> {
+        self.shared
+            .kernel
+            .as_ref()
+            .map(|k| k.stt.clone().recipient())
+    }
+
+    /// `stt_start`: client audio opens an utterance on this connection (its session is
+    /// the connection's id); device audio is the AudioCapture actor's, when wired.
+    fn stt_start(&mut self, id: Option<String>, c: SttStartCommand, ctx: &mut Context<Self>) {
+        let session_id = self.client_id.clone();
+        let source = c.source.unwrap_or(AudioSource::Device);
+        if source == AudioSource::Device {
+            let device = self
+                .shared
+                .kernel
+                .as_ref()
+                .and_then(|k| k.device_audio.clone());
+            let Some(device) = device else {
+                self.reply_err(
+                    id,
+                    ErrorCode::Unavailable,
+                    "no audio capture in this build: send stt_start {\"source\":\"client\"} and stream PCM as binary frames",
+                    ctx,
+                );
+                return;
+            };
+            let fut = device.send(DeviceListen::Start {
+                session_id,
+                mode: c.mode,
+            });
+            ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                Ok(Ok(())) => act.reply_ok(
+                    id,
+                    serde_json::json!({"listening": true, "source": "device"}),
+                    ctx,
+                ),
+                Ok(Err(why)) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
+                Err(_) => act.reply_err(
+                    id,
+                    ErrorCode::Unavailable,
+                    "audio capture is restarting",
+                    ctx,
+                ),
+            }));
+            return;
+        }
+        let Some(stt) = self.stt() else {
+            self.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "speech-to-text is not running",
+                ctx,
+            );
+            return;
+        };
+        if self.audio.is_some() {
+            // A second stt_start restarts the utterance: what came before is dropped.
+            stt.do_send(SpeechAudio::Cancelled {
+                session_id: session_id.clone(),
+                reason: "stt_start again before stt_stop".into(),
+            });
+        }
+        self.audio = Some(ClientUtterance {
+            samples: Vec::new(),
+            last_partial: Instant::now(),
+        });
+        stt.do_send(SpeechAudio::Started {
+            session_id: session_id.clone(),
+            mode: c.mode,
+            source: AudioSource::Client,
+        });
+        self.reply_ok(
+            id,
+            serde_json::json!({"listening": true, "source": "client", "session_id": session_id, "sample_rate": crate::voice::SPEECH_SAMPLE_RATE}),
+            ctx,
+        );
+    }
+
+    /// `stt_stop`: the client utterance ends and goes to Stt; else the device stops.
+    fn stt_stop(&mut self, id: Option<String>, ctx: &mut Context<Self>) {
+        let session_id = self.client_id.clone();
+        if let Some(u) = self.audio.take() {
+            let Some(stt) = self.stt() else {
+                self.reply_err(
+                    id,
+                    ErrorCode::Unavailable,
+                    "speech-to-text is not running",
+                    ctx,
+                );
+                return;
+            };
+            let audio_ms =
+                u.samples.len() as f64 * 1000.0 / f64::from(crate::voice::SPEECH_SAMPLE_RATE);
+            stt.do_send(SpeechAudio::Ended {
+                session_id,
+                samples: Arc::from(u.samples),
+                speech_ended: Instant::now(),
+            });
+            self.reply_ok(
+                id,
+                serde_json::json!({"listening": false, "audio_ms": audio_ms}),
+                ctx,
+            );
+            return;
+        }
+        let device = self
+            .shared
+            .kernel
+            .as_ref()
+            .and_then(|k| k.device_audio.clone());
+        let Some(device) = device else {
+            self.reply_err(
+                id,
+                ErrorCode::InvalidData,
+                "not listening: stt_stop without stt_start",
+                ctx,
+            );
+            return;
+        };
+        let fut = device.send(DeviceListen::Stop { session_id });
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(())) => act.reply_ok(id, serde_json::json!({"listening": false}), ctx),
+            Ok(Err(why)) => act.reply_err(id, ErrorCode::InvalidData, why, ctx),
+            Err(_) => act.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "audio capture is restarting",
+                ctx,
+            ),
+        }));
+    }
+
+    /// One binary frame of client audio (PCM s16le mono 16 kHz).
+    fn on_audio(&mut self, bin: &[u8], ctx: &mut Context<Self>) {
+        if !bin.len().is_multiple_of(2) {
+            let msg = format!(
+                "binary audio frame of {} bytes: PCM s16le frames carry whole 2-byte samples (even length)",
+                bin.len()
+            );
+            self.violation(None, ErrorCode::InvalidData, msg, ctx);
+            return;
+        }
+        let limits = self.settings().client_audio.clone();
+        let max_samples = (limits.max_utterance.as_secs_f64()
+            * f64::from(crate::voice::SPEECH_SAMPLE_RATE)) as usize;
+        let Some(u) = self.audio.as_mut() else {
+            return;
+        };
+        if u.samples.len() + bin.len() / 2 > max_samples {
+            self.audio = None;
+            if let Some(stt) = self.stt() {
+                stt.do_send(SpeechAudio::Cancelled {
+                    session_id: self.client_id.clone(),
+                    reason: "utterance too long".into(),
+                });
+            }
+            let msg = format!(
+                "utterance longer than stt.max_utterance_s ({:.0} s): dropped; send stt_start again",
+                limits.max_utterance.as_secs_f64()
+            );
+            self.reply_err(None, ErrorCode::TooLarge, msg, ctx);
+            return;
+        }
+        u.samples.extend(
+            bin.chunks_exact(2)
+                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0),
+        );
+        self.violations = 0;
+        if u.last_partial.elapsed() >= limits.interim_interval {
+            u.last_partial = Instant::now();
+            let samples: Arc<[f32]> = Arc::from(u.samples.as_slice());
+            if let Some(stt) = self.stt() {
+                stt.do_send(SpeechAudio::Partial {
+                    session_id: self.client_id.clone(),
+                    samples,
+                });
+            }
+        }
     }
 
     /// The `token_*` admin commands: only for the per-boot principal (the local CLI,
@@ -988,6 +1195,14 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        if self.audio.take().is_some() {
+            if let Some(stt) = self.stt() {
+                stt.do_send(SpeechAudio::Cancelled {
+                    session_id: self.client_id.clone(),
+                    reason: "the connection closed mid-utterance".into(),
+                });
+            }
+        }
         self.shared
             .hub
             .addr()
@@ -1052,6 +1267,8 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                         ctx,
                     );
                     self.close(CloseCode::Policy, "authentication required", ctx);
+                } else if self.audio.is_some() {
+                    self.on_audio(&bin, ctx);
                 } else {
                     let msg = "binary audio frames are accepted only between stt_start {\"source\":\"client\"} and stt_stop".to_string();
                     self.violation(None, ErrorCode::InvalidData, msg, ctx);

@@ -1,0 +1,559 @@
+//! Stt: speech to text. Takes [`SpeechAudio`] from whoever produces speech (client binary
+//! frames through the session, the input device through AudioCapture), transcribes it
+//! with whisper.cpp off the event loop, publishes `stt_start` / `stt_interim` /
+//! `stt_result` / `stt_error`, and hands the transcript to the Orchestrator as a voice
+//! turn carrying the same `turn_id`, the transcription time and the end-of-speech instant.
+//!
+//! The model is loaded once, on the blocking pool (at start when `preload`, else at the
+//! first utterance). A missing model is `stt_error` `model_missing` with the command that
+//! installs it, and the component reports `degraded`; everything else keeps working.
+//! Interim transcriptions are skipped while one is running and aborted when the utterance
+//! ends; a new utterance or `Cancelled` aborts the session's running work.
+
+#[cfg(feature = "stt")]
+mod engine;
+#[cfg(feature = "stt")]
+pub use engine::{audio_ctx_for, WhisperEngine};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use coda_protocol::{ComponentState, Level, SttError, SttInterim, SttResult, SttStart};
+
+use crate::orchestrator::{Listening, Orchestrator, VoiceTurn};
+use crate::supervise::{blocking, Supervision};
+use crate::voice::SpeechAudio;
+
+/// Stt settings (the `[stt]` config section).
+#[derive(Debug, Clone)]
+pub struct SttSettings {
+    /// A model name in the store (`whisper-tiny.en`) or a path to a ggml file.
+    pub model: String,
+    /// The model store directory (`None`: the default store).
+    pub models_dir: Option<PathBuf>,
+    /// `en`, another language code (multilingual models), or `auto`.
+    pub language: String,
+    /// Threads per transcription (0: [`default_threads`]).
+    pub threads: usize,
+    /// Load the model when the actor starts rather than at the first utterance.
+    pub preload: bool,
+}
+
+impl Default for SttSettings {
+    fn default() -> Self {
+        SttSettings {
+            model: "whisper-tiny.en".into(),
+            models_dir: None,
+            language: "en".into(),
+            threads: 0,
+            preload: true,
+        }
+    }
+}
+
+/// Threads per transcription when `stt.threads` is 0: half the cores, 1 to 4. ggml's
+/// worker threads spin while they wait, so on a small machine that also runs the LLM and
+/// speech synthesis, more threads than spare cores make a transcription slower, not faster.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| (n.get() / 2).clamp(1, 4))
+        .unwrap_or(1)
+}
+
+/// One transcription.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Transcript {
+    /// The text (trimmed; empty when nothing was said).
+    pub text: String,
+    /// Mean probability of the text's tokens, 0–1.
+    pub confidence: f64,
+    /// The configured or detected language.
+    pub language: String,
+    /// Length of the audio, ms.
+    pub audio_ms: f64,
+    /// Transcription time, ms.
+    pub elapsed_ms: f64,
+}
+
+/// Why speech could not be transcribed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SttFailure {
+    /// No model file.
+    #[error("{0}")]
+    ModelMissing(String),
+    /// The model file is unusable.
+    #[error("{0}")]
+    ModelInvalid(String),
+    /// Speech-to-text is not in this build or not running.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Aborted (the utterance ended or was cancelled).
+    #[error("transcription cancelled")]
+    Cancelled,
+    /// whisper.cpp failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl SttFailure {
+    /// The `stt_error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SttFailure::ModelMissing(_) => "model_missing",
+            SttFailure::ModelInvalid(_) => "model_invalid",
+            SttFailure::Unavailable(_) => "unavailable",
+            SttFailure::Cancelled => "cancelled",
+            SttFailure::Failed(_) => "transcription_failed",
+        }
+    }
+}
+
+/// Without the `stt` feature there is no engine: loading says so.
+#[cfg(not(feature = "stt"))]
+#[derive(Debug)]
+pub enum WhisperEngine {}
+
+#[cfg(not(feature = "stt"))]
+impl WhisperEngine {
+    /// Always an error: this build has no speech-to-text engine.
+    pub fn load(
+        _path: &std::path::Path,
+        _language: &str,
+        _threads: usize,
+    ) -> Result<WhisperEngine, SttFailure> {
+        Err(SttFailure::Unavailable(
+            "speech-to-text is not in this build (built without the `stt` feature)".into(),
+        ))
+    }
+
+    /// Unreachable: no engine value exists.
+    pub fn transcribe(
+        &self,
+        _samples: &[f32],
+        _abort: Option<Arc<AtomicBool>>,
+    ) -> Result<Transcript, SttFailure> {
+        match *self {}
+    }
+}
+
+/// Resolves `settings.model` in the store and loads it.
+pub fn load_engine(settings: &SttSettings) -> Result<WhisperEngine, SttFailure> {
+    if !cfg!(feature = "stt") {
+        return WhisperEngine::load(std::path::Path::new(""), "", 0);
+    }
+    let store = match &settings.models_dir {
+        Some(d) => crate::models::ModelStore::new(d),
+        None => crate::models::ModelStore::new(crate::models::ModelStore::default_dir()),
+    };
+    let path = store.resolve(&settings.model).map_err(|e| match e {
+        crate::models::ModelError::NotInstalled { .. }
+        | crate::models::ModelError::FileMissing { .. }
+        | crate::models::ModelError::NoSuchFile(_) => {
+            SttFailure::ModelMissing(format!("speech-to-text model missing: {e}"))
+        }
+        other => SttFailure::ModelInvalid(other.to_string()),
+    })?;
+    WhisperEngine::load(&path, &settings.language, settings.threads)
+}
+
+/// The model, loaded once by whichever blocking job needs it first.
+#[derive(Default)]
+struct EngineSlot {
+    engine: Mutex<Option<Result<Arc<WhisperEngine>, SttFailure>>>,
+}
+
+impl EngineSlot {
+    /// The engine, loading it on first use (call from the blocking pool). A missing model
+    /// is looked for again next time, so `coda models pull` while running fixes it.
+    fn get(&self, settings: &SttSettings) -> Result<Arc<WhisperEngine>, SttFailure> {
+        let mut slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some(Ok(e)) => return Ok(e.clone()),
+            Some(Err(e)) if !matches!(e, SttFailure::ModelMissing(_)) => return Err(e.clone()),
+            _ => {}
+        }
+        let t0 = Instant::now();
+        let loaded = load_engine(settings).map(Arc::new);
+        match &loaded {
+            Ok(_) => tracing::info!(
+                model = %settings.model,
+                load_ms = t0.elapsed().as_secs_f64() * 1000.0,
+                "speech-to-text model loaded"
+            ),
+            Err(e) => {
+                tracing::warn!(model = %settings.model, error = %e, "speech-to-text model not loaded")
+            }
+        }
+        *slot = Some(loaded.clone());
+        loaded
+    }
+}
+
+struct Utterance {
+    turn_id: String,
+    /// Abort flag of the running interim transcription, if one runs.
+    interim: Option<Arc<AtomicBool>>,
+    /// Abort flag of the final transcription, once the utterance ended.
+    final_abort: Option<Arc<AtomicBool>>,
+}
+
+/// The Stt actor.
+pub struct SttActor {
+    sup: Supervision,
+    settings: SttSettings,
+    slot: Arc<EngineSlot>,
+    orchestrator: Addr<Orchestrator>,
+    utterances: HashMap<String, Utterance>,
+    next_turn: u64,
+    /// The component was reported degraded for its model (cleared once it loads).
+    model_degraded: bool,
+}
+
+impl SttActor {
+    /// An Stt actor handing its transcripts to `orchestrator`.
+    pub fn new(sup: Supervision, settings: SttSettings, orchestrator: Addr<Orchestrator>) -> Self {
+        SttActor {
+            sup,
+            settings,
+            slot: Arc::new(EngineSlot::default()),
+            orchestrator,
+            utterances: HashMap::new(),
+            next_turn: 1,
+            model_degraded: false,
+        }
+    }
+
+    fn error(&mut self, session_id: &str, turn_id: Option<String>, failure: &SttFailure) {
+        let level = match failure {
+            SttFailure::Cancelled => Level::Warning,
+            _ => Level::Error,
+        };
+        self.sup.hub().publish(
+            session_id,
+            &SttError {
+                turn_id,
+                code: failure.code().to_string(),
+                message: failure.to_string(),
+                level,
+            },
+        );
+        if matches!(
+            failure,
+            SttFailure::ModelMissing(_) | SttFailure::ModelInvalid(_) | SttFailure::Unavailable(_)
+        ) {
+            self.degrade(failure);
+        }
+    }
+
+    fn degrade(&mut self, failure: &SttFailure) {
+        self.model_degraded = true;
+        self.sup
+            .report(ComponentState::Degraded, Some(failure.to_string()));
+    }
+
+    /// Runs `f` with the engine on the blocking pool; a panic there restarts the actor.
+    fn run<F, R>(
+        &mut self,
+        f: F,
+        done: impl FnOnce(&mut Self, Result<R, SttFailure>, &mut Context<Self>) + 'static,
+        ctx: &mut Context<Self>,
+    ) where
+        F: FnOnce(&WhisperEngine) -> Result<R, SttFailure> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (slot, settings) = (self.slot.clone(), self.settings.clone());
+        let job = blocking(move || slot.get(&settings).and_then(|e| f(&e)));
+        ctx.spawn(job.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(r) => {
+                if r.is_ok() && act.model_degraded {
+                    act.model_degraded = false;
+                    act.sup.report(ComponentState::Running, None);
+                }
+                done(act, r, ctx)
+            }
+            Err(panic) => {
+                act.sup.crashed(&panic);
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn started_speech(
+        &mut self,
+        session_id: String,
+        mode: coda_protocol::SttMode,
+        source: coda_protocol::AudioSource,
+        ctx: &mut Context<Self>,
+    ) {
+        self.abort_session(&session_id);
+        let turn_id = format!("t-v{:04}", self.next_turn);
+        self.next_turn += 1;
+        self.sup.hub().publish(
+            &session_id,
+            &SttStart {
+                turn_id: Some(turn_id.clone()),
+                mode,
+                source,
+            },
+        );
+        self.orchestrator.do_send(Listening {
+            session_id: session_id.clone(),
+            on: true,
+        });
+        self.utterances.insert(
+            session_id.clone(),
+            Utterance {
+                turn_id: turn_id.clone(),
+                interim: None,
+                final_abort: None,
+            },
+        );
+        // A missing model is said at once, while the user is still speaking.
+        self.run(
+            |_| Ok(()),
+            move |act, res: Result<(), SttFailure>, _| {
+                if let Err(e) = res {
+                    act.error(&session_id, Some(turn_id), &e);
+                }
+            },
+            ctx,
+        );
+    }
+
+    fn partial(&mut self, session_id: String, samples: Arc<[f32]>, ctx: &mut Context<Self>) {
+        let Some(u) = self.utterances.get_mut(&session_id) else {
+            return;
+        };
+        if u.interim.is_some() || u.final_abort.is_some() {
+            return;
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        u.interim = Some(flag.clone());
+        let turn_id = u.turn_id.clone();
+        let abort = flag.clone();
+        self.run(
+            move |e| e.transcribe(&samples, Some(abort)),
+            move |act, res, _| {
+                let Some(u) = act.utterances.get_mut(&session_id) else {
+                    return;
+                };
+                if u.interim.as_ref().is_some_and(|f| Arc::ptr_eq(f, &flag)) {
+                    u.interim = None;
+                }
+                if u.turn_id != turn_id || u.final_abort.is_some() {
+                    return;
+                }
+                match res {
+                    Ok(t) if !t.text.is_empty() => act.sup.hub().publish(
+                        &session_id,
+                        &SttInterim {
+                            turn_id: Some(turn_id),
+                            text: t.text,
+                            confidence: Some(t.confidence),
+                        },
+                    ),
+                    Ok(_) | Err(SttFailure::Cancelled) => {}
+                    // Errors are reported once, by the final transcription.
+                    Err(e) => tracing::debug!(error = %e, "interim transcription failed"),
+                }
+            },
+            ctx,
+        );
+    }
+
+    fn ended(
+        &mut self,
+        session_id: String,
+        samples: Arc<[f32]>,
+        speech_ended: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let turn_id = match self.utterances.get_mut(&session_id) {
+            Some(u) if u.final_abort.is_none() => {
+                if let Some(f) = u.interim.take() {
+                    f.store(true, Ordering::Relaxed);
+                }
+                u.turn_id.clone()
+            }
+            // Ended without Started (or twice): a turn of its own.
+            _ => {
+                let id = format!("t-v{:04}", self.next_turn);
+                self.next_turn += 1;
+                self.utterances.insert(
+                    session_id.clone(),
+                    Utterance {
+                        turn_id: id.clone(),
+                        interim: None,
+                        final_abort: None,
+                    },
+                );
+                id
+            }
+        };
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Some(u) = self.utterances.get_mut(&session_id) {
+            u.final_abort = Some(flag.clone());
+        }
+        let abort = flag.clone();
+        self.run(
+            move |e| e.transcribe(&samples, Some(abort)),
+            move |act, res, _| {
+                let current = act.utterances.get(&session_id).is_some_and(|u| {
+                    u.final_abort
+                        .as_ref()
+                        .is_some_and(|f| Arc::ptr_eq(f, &flag))
+                });
+                if current {
+                    act.utterances.remove(&session_id);
+                }
+                act.finish(session_id, turn_id, res, speech_ended);
+            },
+            ctx,
+        );
+    }
+
+    fn finish(
+        &mut self,
+        session_id: String,
+        turn_id: String,
+        res: Result<Transcript, SttFailure>,
+        speech_ended: Instant,
+    ) {
+        let t = match res {
+            Ok(t) => t,
+            Err(SttFailure::Cancelled) => return,
+            Err(e) => {
+                self.error(&session_id, Some(turn_id), &e);
+                self.orchestrator.do_send(Listening {
+                    session_id,
+                    on: false,
+                });
+                return;
+            }
+        };
+        self.sup.hub().publish(
+            &session_id,
+            &SttResult {
+                turn_id: Some(turn_id.clone()),
+                text: t.text.clone(),
+                confidence: t.confidence,
+                duration_ms: t.elapsed_ms,
+                language: t.language.clone(),
+            },
+        );
+        tracing::info!(turn = %turn_id, audio_ms = t.audio_ms, stt_ms = t.elapsed_ms, "transcribed");
+        if t.text.is_empty() {
+            self.error(
+                &session_id,
+                Some(turn_id),
+                &SttFailure::Failed("no speech recognised".into()),
+            );
+            self.orchestrator.do_send(Listening {
+                session_id,
+                on: false,
+            });
+            return;
+        }
+        self.orchestrator.do_send(VoiceTurn {
+            session_id,
+            text: t.text,
+            turn_id,
+            stt_ms: t.elapsed_ms,
+            speech_ended,
+        });
+    }
+
+    /// Aborts whatever runs for `session_id` and forgets its utterance.
+    fn abort_session(&mut self, session_id: &str) {
+        if let Some(u) = self.utterances.remove(session_id) {
+            for f in [u.interim, u.final_abort].into_iter().flatten() {
+                f.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Actor for SttActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.sup.started();
+        if self.sup.is_degraded() {
+            return;
+        }
+        if self.settings.preload {
+            self.run(
+                |_| Ok(()),
+                |act, res: Result<(), SttFailure>, _| {
+                    if let Err(e) = res {
+                        act.degrade(&e);
+                    }
+                },
+                ctx,
+            );
+        }
+    }
+}
+
+impl actix::Supervised for SttActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        let sessions: Vec<String> = self.utterances.keys().cloned().collect();
+        for s in sessions {
+            if let Some(u) = self.utterances.get(&s) {
+                self.error(
+                    &s,
+                    Some(u.turn_id.clone()),
+                    &SttFailure::Failed("speech-to-text restarted; say it again".into()),
+                );
+            }
+            self.abort_session(&s);
+        }
+        // The model is reloaded fresh after a crash.
+        self.slot = Arc::new(EngineSlot::default());
+        self.sup.restarting();
+    }
+}
+
+impl Handler<SpeechAudio> for SttActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SpeechAudio, ctx: &mut Context<Self>) {
+        if self.sup.is_degraded() {
+            let failure = SttFailure::Unavailable(self.sup.unavailable());
+            if matches!(msg, SpeechAudio::Started { .. } | SpeechAudio::Ended { .. }) {
+                self.error(msg.session_id(), None, &failure);
+            }
+            return;
+        }
+        match msg {
+            SpeechAudio::Started {
+                session_id,
+                mode,
+                source,
+            } => self.started_speech(session_id, mode, source, ctx),
+            SpeechAudio::Partial {
+                session_id,
+                samples,
+            } => self.partial(session_id, samples, ctx),
+            SpeechAudio::Ended {
+                session_id,
+                samples,
+                speech_ended,
+            } => self.ended(session_id, samples, speech_ended, ctx),
+            SpeechAudio::Cancelled { session_id, reason } => {
+                tracing::info!(session = %session_id, %reason, "listening cancelled");
+                self.abort_session(&session_id);
+                self.orchestrator.do_send(Listening {
+                    session_id,
+                    on: false,
+                });
+            }
+        }
+    }
+}
+
+crate::impl_fault_injection!(SttActor);

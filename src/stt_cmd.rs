@@ -1,0 +1,465 @@
+//! `coda transcribe FILE.wav` and `coda bench stt`: speech-to-text from the command line
+//! with the same engine and settings the Stt actor uses.
+//!
+//! Any WAV `hound` reads (8/16/24/32-bit integer or 32-bit float, any channel count, any
+//! rate) is mixed down to mono and resampled to 16 kHz with `rubato`'s FFT resampler.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use coda_actors::stt::{load_engine, SttSettings};
+use coda_actors::voice::SPEECH_SAMPLE_RATE;
+use serde::Serialize;
+
+use crate::config::Loaded;
+
+/// `coda transcribe` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TranscribeArgs {
+    /// The WAV file.
+    pub file: PathBuf,
+    /// Print JSON: {text, confidence, duration_ms, language, audio_ms}.
+    #[arg(long)]
+    pub json: bool,
+    /// Model name in the store or a ggml file (default: stt.model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Threads (default: stt.threads; 0 = half the cores, 1 to 4).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `coda bench stt` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SttBenchArgs {
+    /// The WAV to transcribe (default: a 3-second command spoken by espeak-ng).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Measured runs (after one warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Model name or ggml file (default: stt.model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Threads (default: stt.threads; 0 = half the cores, 1 to 4).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also run whisper.cpp's own `whisper-cli` on the same file and model.
+    #[arg(long, value_name = "PATH")]
+    pub whisper_cli: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Reads a WAV file as 16 kHz mono samples in [-1, 1].
+pub fn read_wav_16k(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let mut reader = hound::WavReader::open(path)
+        .with_context(|| format!("{}: not a readable WAV file", path.display()))?;
+    let spec = reader.spec();
+    if spec.channels == 0 || spec.sample_rate == 0 {
+        bail!("{}: WAV header has no channels or no rate", path.display());
+    }
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{}: corrupt sample data", path.display()))?,
+        hound::SampleFormat::Int => {
+            let bits = spec.bits_per_sample;
+            if !(1..=32).contains(&bits) {
+                bail!("{}: {bits}-bit samples are not supported", path.display());
+            }
+            let scale = (1u64 << (bits - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| v as f32 / scale))
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{}: corrupt sample data", path.display()))?
+        }
+    };
+    let ch = usize::from(spec.channels);
+    let mono: Vec<f32> = interleaved
+        .chunks(ch)
+        .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+        .collect();
+    resample_to_16k(&mono, spec.sample_rate)
+}
+
+/// Resamples mono audio from `rate` to 16 kHz (FFT resampler; delay removed, length
+/// kept in proportion).
+pub fn resample_to_16k(input: &[f32], rate: u32) -> anyhow::Result<Vec<f32>> {
+    use rubato::{FftFixedIn, Resampler};
+    if rate == SPEECH_SAMPLE_RATE || input.is_empty() {
+        return Ok(input.to_vec());
+    }
+    let mut r = FftFixedIn::<f32>::new(rate as usize, SPEECH_SAMPLE_RATE as usize, 1024, 2, 1)
+        .map_err(|e| anyhow!("cannot resample from {rate} Hz: {e}"))?;
+    let delay = r.output_delay();
+    let expected = (input.len() as u64 * u64::from(SPEECH_SAMPLE_RATE) / u64::from(rate)) as usize;
+    let mut out = Vec::with_capacity(expected + delay + 2048);
+    let mut pos = 0;
+    loop {
+        let need = r.input_frames_next();
+        if pos + need > input.len() {
+            break;
+        }
+        let o = r.process(&[&input[pos..pos + need]], None)?;
+        out.extend_from_slice(&o[0]);
+        pos += need;
+    }
+    if pos < input.len() {
+        let o = r.process_partial(Some(&[&input[pos..]]), None)?;
+        out.extend_from_slice(&o[0]);
+    }
+    while out.len() < expected + delay {
+        let o = r.process_partial::<&[f32]>(None, None)?;
+        if o[0].is_empty() {
+            break;
+        }
+        out.extend_from_slice(&o[0]);
+    }
+    out.drain(..delay.min(out.len()));
+    out.truncate(expected);
+    Ok(out)
+}
+
+fn settings(loaded: &Loaded, model: Option<String>, threads: Option<usize>) -> SttSettings {
+    let mut s = loaded.settings.stt_settings();
+    if let Some(m) = model {
+        s.model = m;
+    }
+    if let Some(t) = threads {
+        s.threads = t;
+    }
+    s
+}
+
+/// What `coda transcribe --json` prints.
+#[derive(Debug, Serialize)]
+struct TranscribeOutput {
+    text: String,
+    confidence: f64,
+    duration_ms: f64,
+    language: String,
+    audio_ms: f64,
+}
+
+/// `coda transcribe`.
+pub fn transcribe(loaded: &Loaded, args: TranscribeArgs) -> anyhow::Result<()> {
+    let samples = read_wav_16k(&args.file)?;
+    let engine = load_engine(&settings(loaded, args.model, args.threads))?;
+    let t = engine.transcribe(&samples, None)?;
+    if args.json {
+        let out = TranscribeOutput {
+            text: t.text,
+            confidence: t.confidence,
+            duration_ms: t.elapsed_ms,
+            language: t.language,
+            audio_ms: t.audio_ms,
+        };
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("{}", t.text);
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[derive(Debug, Serialize)]
+struct Timing {
+    runs: usize,
+    p50_ms: f64,
+    p95_ms: f64,
+    min_ms: f64,
+    rtf_p50: f64,
+}
+
+impl Timing {
+    fn from(mut ms: Vec<f64>, audio_ms: f64) -> Timing {
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let p50 = percentile(&ms, 0.5);
+        Timing {
+            runs: ms.len(),
+            p50_ms: p50,
+            p95_ms: percentile(&ms, 0.95),
+            min_ms: ms.first().copied().unwrap_or(0.0),
+            rtf_p50: p50 / audio_ms.max(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SttBenchReport {
+    file: String,
+    model: String,
+    threads: usize,
+    audio_ms: f64,
+    load_ms: f64,
+    text: String,
+    coda: Timing,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    whisper_cli_full_window: Option<Timing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    whisper_cli_same_audio_ctx: Option<Timing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    whisper_cli_same_audio_ctx_wall: Option<Timing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    whisper_cli_text: Option<String>,
+}
+
+/// Writes 16 kHz mono samples as a 16-bit WAV (whisper-cli reads only that).
+fn write_wav_16k(path: &Path, samples: &[f32]) -> anyhow::Result<()> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SPEECH_SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)?;
+    for s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+    }
+    w.finalize()?;
+    Ok(())
+}
+
+/// The default benchmark input: a spoken 3-second command.
+fn spoken_command(dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("command.wav");
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "165", "-w"])
+        .arg(&path)
+        .arg("Turn on the kitchen lights and set a timer for ten minutes.")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run espeak-ng to make the test command; pass --file WAV")?;
+    if !status.success() {
+        bail!("espeak-ng failed ({status}); pass --file WAV");
+    }
+    Ok(path)
+}
+
+/// A `whisper_print_timings: NAME time = X ms` figure from whisper-cli's stderr.
+fn cli_timing(stderr: &str, name: &str) -> Option<f64> {
+    stderr.lines().find_map(|l| {
+        let rest = l.strip_prefix("whisper_print_timings:")?.trim_start();
+        let rest = rest
+            .strip_prefix(name)?
+            .trim_start()
+            .strip_prefix("time =")?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Runs whisper-cli (greedy, no fallback, no timestamps: the engine's settings) `runs`
+/// times after a warm-up; times are its own `total - load` (transcription in process,
+/// comparable to the engine's), and the wall time including process start and load.
+fn run_whisper_cli(
+    cli: &Path,
+    model: &Path,
+    wav: &Path,
+    threads: usize,
+    audio_ctx: Option<i32>,
+    runs: usize,
+    audio_ms: f64,
+) -> anyhow::Result<(Timing, Timing, String)> {
+    let (mut inproc, mut wall) = (Vec::new(), Vec::new());
+    let mut text = String::new();
+    for i in 0..=runs {
+        let mut c = Command::new(cli);
+        c.arg("-m")
+            .arg(model)
+            .arg("-f")
+            .arg(wav)
+            .args(["-t", &threads.to_string(), "-nt", "-l", "en", "-nf"])
+            .args(["-bs", "1", "-bo", "1"]);
+        if let Some(ac) = audio_ctx {
+            c.args(["-ac", &ac.to_string()]);
+        }
+        let t0 = Instant::now();
+        let out = c
+            .output()
+            .with_context(|| format!("cannot run {}", cli.display()))?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if !out.status.success() {
+            bail!("{} failed ({})", cli.display(), out.status);
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let (Some(total), Some(load)) = (cli_timing(&err, "total"), cli_timing(&err, "load"))
+        else {
+            bail!("{} printed no timings", cli.display());
+        };
+        if i > 0 {
+            inproc.push(total - load);
+            wall.push(ms);
+        }
+        text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    Ok((
+        Timing::from(inproc, audio_ms),
+        Timing::from(wall, audio_ms),
+        text,
+    ))
+}
+
+/// `coda bench stt`.
+pub fn bench(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let file = match &args.file {
+        Some(f) => f.clone(),
+        None => spoken_command(tmp.path())?,
+    };
+    let samples = read_wav_16k(&file)?;
+    let audio_ms = samples.len() as f64 * 1000.0 / f64::from(SPEECH_SAMPLE_RATE);
+    let s = settings(loaded, args.model.clone(), args.threads);
+    let threads = if s.threads == 0 {
+        coda_actors::stt::default_threads()
+    } else {
+        s.threads
+    };
+    let t0 = Instant::now();
+    let engine = load_engine(&s)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let warm = engine.transcribe(&samples, None)?;
+    let mut times = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let t = engine.transcribe(&samples, None)?;
+        times.push(t.elapsed_ms);
+    }
+    let coda = Timing::from(times, audio_ms);
+    let mut report = SttBenchReport {
+        file: file.display().to_string(),
+        model: s.model.clone(),
+        threads,
+        audio_ms,
+        load_ms,
+        text: warm.text,
+        coda,
+        whisper_cli_full_window: None,
+        whisper_cli_same_audio_ctx: None,
+        whisper_cli_same_audio_ctx_wall: None,
+        whisper_cli_text: None,
+    };
+    if let Some(cli) = &args.whisper_cli {
+        let model_path = loaded
+            .settings
+            .model_store()
+            .resolve(&s.model)
+            .map_err(|e| anyhow!("{e}"))?;
+        let wav16 = tmp.path().join("input-16k.wav");
+        write_wav_16k(&wav16, &samples)?;
+        let runs = args.runs.max(1);
+        let (full, _, text) =
+            run_whisper_cli(cli, &model_path, &wav16, threads, None, runs, audio_ms)?;
+        #[cfg(feature = "stt")]
+        let ac = Some(coda_actors::stt::audio_ctx_for(
+            (samples.len().max(17_600)) as f64 / 16_000.0,
+            1500,
+        ));
+        #[cfg(not(feature = "stt"))]
+        let ac: Option<i32> = None;
+        let (same, same_wall, _) =
+            run_whisper_cli(cli, &model_path, &wav16, threads, ac, runs, audio_ms)?;
+        report.whisper_cli_full_window = Some(full);
+        report.whisper_cli_same_audio_ctx = Some(same);
+        report.whisper_cli_same_audio_ctx_wall = Some(same_wall);
+        report.whisper_cli_text = Some(text);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "stt bench: {} ({:.0} ms of audio), model {}, {} threads, load {:.0} ms",
+        report.file, report.audio_ms, report.model, report.threads, report.load_ms
+    );
+    println!("  text: {}", report.text);
+    let row = |name: &str, t: &Timing| {
+        println!(
+            "  {name:<30} p50 {:>7.1} ms  p95 {:>7.1} ms  min {:>7.1} ms  RTF {:.3}  ({} runs)",
+            t.p50_ms, t.p95_ms, t.min_ms, t.rtf_p50, t.runs
+        )
+    };
+    row("coda (whisper-rs)", &report.coda);
+    if let Some(t) = &report.whisper_cli_full_window {
+        row("whisper-cli (30 s window)", t);
+    }
+    if let Some(t) = &report.whisper_cli_same_audio_ctx {
+        row("whisper-cli (same audio_ctx)", t);
+    }
+    if let Some(t) = &report.whisper_cli_same_audio_ctx_wall {
+        row("  … wall, with start + load", t);
+    }
+    if let Some(t) = &report.whisper_cli_text {
+        println!("  whisper-cli text: {t}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resampling_keeps_length_and_pitch() {
+        // One second of 440 Hz at 44.1 kHz → 16 000 samples of 440 Hz.
+        let rate = 44_100u32;
+        let input: Vec<f32> = (0..rate)
+            .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / rate as f32).sin() * 0.5)
+            .collect();
+        let out = resample_to_16k(&input, rate).expect("resample");
+        assert_eq!(out.len(), 16_000);
+        // Zero crossings in the middle half: 440 Hz → 2 × 440 × 0.5 s = 440.
+        let mid = &out[4000..12000];
+        let crossings = mid
+            .windows(2)
+            .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+            .count();
+        assert!((435..=445).contains(&crossings), "{crossings}");
+        let peak = mid.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!((0.45..0.55).contains(&peak), "{peak}");
+    }
+
+    #[test]
+    fn whisper_cli_timings_parse() {
+        let err = "whisper_print_timings:     load time =   159.01 ms\nwhisper_print_timings:   encode time =   329.47 ms /     1 runs (   329.47 ms per run)\nwhisper_print_timings:    total time =   827.75 ms\n";
+        assert_eq!(cli_timing(err, "load"), Some(159.01));
+        assert_eq!(cli_timing(err, "encode"), Some(329.47));
+        assert_eq!(cli_timing(err, "total"), Some(827.75));
+        assert_eq!(cli_timing(err, "mel"), None);
+    }
+
+    #[test]
+    fn wav_files_of_any_shape_read_as_16k_mono() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stereo.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 22_050,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).expect("create");
+        for _ in 0..22_050 {
+            w.write_sample(16384i16).expect("l");
+            w.write_sample(0i16).expect("r");
+        }
+        w.finalize().expect("finalize");
+        let s = read_wav_16k(&path).expect("read");
+        assert_eq!(s.len(), 16_000);
+        assert!((s[8000] - 0.25).abs() < 0.01, "{}", s[8000]);
+        std::fs::write(dir.path().join("bad.wav"), b"RIFF\x10\0\0\0WAVEjunk").expect("write");
+        assert!(read_wav_16k(&dir.path().join("bad.wav")).is_err());
+    }
+}

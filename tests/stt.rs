@@ -1,0 +1,599 @@
+//! Speech-to-text through the real binary: espeak-ng speaks known sentences, the whisper
+//! tiny.en model converted from CTranslate2 (installed by scripts/setup with `coda models
+//! pull whisper-tiny.en`) transcribes them; a spoken turn goes over a real WebSocket as
+//! binary PCM frames and becomes a whole turn; bad frames and a missing model get errors.
+//!
+//! The model comes from `CODA_TEST_WHISPER` (a ggml .bin, set by scripts/test) or the
+//! default store.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
+use common::*;
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+fn whisper_model() -> PathBuf {
+    if let Some(p) = std::env::var_os("CODA_TEST_WHISPER").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "CODA_TEST_WHISPER={} does not exist; run `coda models pull whisper-tiny.en` (scripts/setup does)",
+            p.display()
+        );
+        return p;
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .expect("HOME");
+    let p = base.join("coda/models/whisper-tiny.en.bin");
+    assert!(
+        p.is_file(),
+        "the test model {} is missing; run `coda models pull whisper-tiny.en` (scripts/setup does), or set CODA_TEST_WHISPER",
+        p.display()
+    );
+    p
+}
+
+fn speak(text: &str, out: &Path) {
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "160", "-w"])
+        .arg(out)
+        .arg(text)
+        .status()
+        .expect("espeak-ng runs (scripts/setup installs it)");
+    assert!(status.success(), "espeak-ng failed: {status}");
+}
+
+fn number_word(n: u64) -> Option<String> {
+    const ONES: [&str; 20] = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+    ];
+    const TENS: [&str; 10] = [
+        "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    ];
+    match n {
+        0..=19 => Some(ONES[n as usize].to_string()),
+        20..=99 if n.is_multiple_of(10) => Some(TENS[(n / 10) as usize].to_string()),
+        20..=99 => Some(format!(
+            "{} {}",
+            TENS[(n / 10) as usize],
+            ONES[(n % 10) as usize]
+        )),
+        _ => None,
+    }
+}
+
+/// Lower case, no punctuation, numbers as words.
+fn normalise(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for raw in text.split_whitespace() {
+        let w: String = raw
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '\'')
+            .collect::<String>()
+            .to_lowercase();
+        if w.is_empty() {
+            continue;
+        }
+        match w.parse::<u64>().ok().and_then(number_word) {
+            Some(words) => out.extend(words.split(' ').map(str::to_string)),
+            None => out.push(w),
+        }
+    }
+    out
+}
+
+/// Word-level edit distance.
+fn word_errors(reference: &[String], hypothesis: &[String]) -> usize {
+    let mut prev: Vec<usize> = (0..=hypothesis.len()).collect();
+    for (i, r) in reference.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, h) in hypothesis.iter().enumerate() {
+            let sub = prev[j] + usize::from(r != h);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[hypothesis.len()]
+}
+
+#[test]
+fn word_error_counting_is_right() {
+    let n = |s: &str| normalise(s);
+    assert_eq!(
+        n("Set a timer for 10 minutes."),
+        n("set a timer for ten minutes")
+    );
+    assert_eq!(n("It's 25!"), vec!["it's", "twenty", "five"]);
+    assert_eq!(word_errors(&n("a b c"), &n("a x c")), 1);
+    assert_eq!(word_errors(&n("a b c"), &n("a c")), 1);
+    assert_eq!(word_errors(&n("a b c"), &n("a b c d e")), 2);
+}
+
+#[test]
+fn espeak_sentences_are_transcribed_by_the_converted_model() {
+    let model = whisper_model();
+    let home = Home::new();
+    let sentences = [
+        "Turn on the kitchen lights, please.",
+        "Set a timer for ten minutes.",
+        "What time is it?",
+        "Play some music in the living room.",
+        "What is the weather like tomorrow?",
+    ];
+    let (mut errors, mut words) = (0, 0);
+    for (i, s) in sentences.iter().enumerate() {
+        let wav = home.path().join(format!("s{i}.wav"));
+        speak(s, &wav);
+        let out = home.run(
+            &[
+                "transcribe",
+                wav.to_str().expect("utf-8"),
+                "--json",
+                "--model",
+                model.to_str().expect("utf-8"),
+            ],
+            &[],
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let v: Value = serde_json::from_str(out.stdout.trim()).expect("JSON output");
+        let text = v["text"].as_str().expect("text");
+        let (r, h) = (normalise(s), normalise(text));
+        let e = word_errors(&r, &h);
+        println!(
+            "{s:?} → {text:?}: {e} word error(s), {:.0} ms for {:.0} ms of audio",
+            v["duration_ms"].as_f64().unwrap_or(0.0),
+            v["audio_ms"].as_f64().unwrap_or(0.0)
+        );
+        assert!(e <= 1, "{s:?} was heard as {text:?} ({e} words wrong)");
+        assert_eq!(v["language"], json!("en"));
+        let c = v["confidence"].as_f64().expect("confidence");
+        assert!((0.0..=1.0).contains(&c), "{v}");
+        assert!(v["audio_ms"].as_f64().expect("audio_ms") > 500.0, "{v}");
+        errors += e;
+        words += r.len();
+    }
+    println!(
+        "WER over {} sentences: {:.1}% ({errors}/{words})",
+        sentences.len(),
+        100.0 * errors as f64 / words as f64
+    );
+}
+
+fn delta(content: &str) -> Vec<u8> {
+    format!(
+        "data: {}\n\n",
+        json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
+    )
+    .into_bytes()
+}
+
+async fn scripted_llm() -> ScriptedServer {
+    ScriptedServer::start(|_| {
+        let mut steps = Vec::new();
+        for piece in ["Because air ", "scatters blue light."] {
+            steps.push(Step::Write(delta(piece)));
+        }
+        steps.push(Step::Write(
+            format!(
+                "data: {}\n\ndata: [DONE]\n\n",
+                json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+            )
+            .into_bytes(),
+        ));
+        Reply::stream("text/event-stream", steps)
+    })
+    .await
+    .expect("upstream")
+}
+
+async fn send_pcm(c: &mut Client, bytes: Vec<u8>) {
+    tokio::time::timeout(RECV_TIMEOUT, c.ws.send(Message::binary(bytes)))
+        .await
+        .expect("send timed out")
+        .expect("send failed");
+}
+
+fn pcm16(samples: &[f32]) -> Vec<u8> {
+    samples
+        .iter()
+        .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_spoken_turn_over_the_websocket_becomes_a_whole_turn() {
+    let model = whisper_model();
+    let upstream = scripted_llm().await;
+    let base = format!("{}/v1", upstream.url());
+    let server = Server::start(
+        &[],
+        &[
+            ("CODA__LLM__PROVIDER", "openai"),
+            ("CODA__LLM__OPENAI__BASE_URL", base.as_str()),
+            ("CODA__LLM__OPENAI__MODEL", "test-model"),
+            ("CODA__STT__MODEL", model.to_str().expect("utf-8")),
+            ("CODA__STT__INTERIM_INTERVAL_MS", "300"),
+        ],
+    );
+    let wav = server_home_wav("Why is the sky blue?");
+    let samples = coda::stt_cmd::read_wav_16k(&wav).expect("wav");
+    let mut c = server.client().await;
+    // Everything the server sends is collected in one pass (waiting for a command's answer
+    // would skip the events around it).
+    c.send_cmd(
+        "stt_start",
+        json!({"mode": "push_to_talk", "source": "client"}),
+        Some("start"),
+    )
+    .await;
+    // 100 ms frames, a little faster than real time, so interims have time to run.
+    for chunk in samples.chunks(1600) {
+        send_pcm(&mut c, pcm16(chunk)).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    c.send_cmd("stt_stop", json!({}), Some("stop")).await;
+
+    let mut seen: Vec<Value> = Vec::new();
+    let mut replies: Vec<Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = match c.next_json(left).await {
+            Ok(v) => v,
+            Err(e) => panic!(
+                "waiting for the turn: {e:?}; seen {:?}, replies {replies:?}",
+                seen.iter().map(|v| ty(v).to_string()).collect::<Vec<_>>()
+            ),
+        };
+        if is_direct(&v) {
+            replies.push(v);
+            continue;
+        }
+        assert_envelope(&v);
+        let done = ty(&v) == "latency_trace";
+        seen.push(v);
+        if done {
+            break;
+        }
+    }
+    // The session goes back to idle right after the trace.
+    let idle = c
+        .wait_for("mode idle", RECV_TIMEOUT, |v| {
+            ty(v) == "mode_change" && v["data"]["mode"] == json!("idle")
+        })
+        .await;
+    seen.push(idle);
+    let reply = |id: &str| {
+        replies
+            .iter()
+            .find(|r| r["data"]["id"] == json!(id))
+            .unwrap_or_else(|| panic!("no answer to {id} in {replies:?}"))
+    };
+    assert_eq!(ty(reply("start")), "command_result", "{replies:?}");
+    assert_eq!(ty(reply("stop")), "command_result", "{replies:?}");
+    assert!(
+        reply("stop")["data"]["data"]["audio_ms"]
+            .as_f64()
+            .expect("audio_ms")
+            > 500.0
+    );
+    let start = seen
+        .iter()
+        .find(|v| ty(v) == "stt_start")
+        .expect("stt_start");
+    let turn = start["data"]["turn_id"]
+        .as_str()
+        .expect("turn_id")
+        .to_string();
+    assert_eq!(start["data"]["source"], json!("client"));
+    let of_turn: Vec<&Value> = seen
+        .iter()
+        .filter(|v| v["data"]["turn_id"] == json!(turn))
+        .collect();
+    let types: Vec<&str> = of_turn.iter().map(|v| ty(v)).collect();
+    let pos = |t: &str| {
+        types
+            .iter()
+            .position(|x| *x == t)
+            .unwrap_or_else(|| panic!("no {t} with turn {turn} in {types:?}"))
+    };
+    assert!(pos("stt_start") < pos("stt_result"), "{types:?}");
+    if let Some(i) = types.iter().position(|t| *t == "stt_interim") {
+        assert!(i < pos("stt_result"), "{types:?}");
+    }
+    assert!(pos("stt_result") < pos("conversation_turn"), "{types:?}");
+    assert!(pos("conversation_turn") < pos("intent_result"), "{types:?}");
+    assert!(pos("intent_result") < pos("llm_start"), "{types:?}");
+    assert!(pos("llm_start") < pos("llm_token"), "{types:?}");
+    assert!(pos("llm_token") < pos("tts_start"), "{types:?}");
+    assert!(pos("tts_start") < pos("tts_result"), "{types:?}");
+    assert!(pos("tts_result") < pos("latency_trace"), "{types:?}");
+
+    let result = of_turn[pos("stt_result")];
+    let text = result["data"]["text"].as_str().expect("text");
+    assert!(
+        word_errors(&normalise("Why is the sky blue?"), &normalise(text)) <= 1,
+        "heard {text:?}"
+    );
+    assert_eq!(result["data"]["language"], json!("en"));
+    let turn_ev = of_turn[pos("conversation_turn")];
+    assert_eq!(turn_ev["data"]["source"], json!("voice"));
+    assert_eq!(turn_ev["data"]["user_text"], json!(text));
+    let trace = &of_turn[pos("latency_trace")]["data"];
+    let stt_ms = trace["stt_ms"].as_f64().expect("stt_ms in latency_trace");
+    assert!(stt_ms > 0.0, "{trace}");
+    assert!(
+        (stt_ms - result["data"]["duration_ms"].as_f64().expect("duration_ms")).abs() < 0.01,
+        "{trace}"
+    );
+    let first_audio = trace["tts_first_audio_ms"].as_f64().expect("first audio");
+    let total = trace["total_ms"].as_f64().expect("total");
+    // Measured from the end of speech: transcription is inside both.
+    assert!(first_audio > stt_ms && total >= first_audio, "{trace}");
+    println!(
+        "spoken turn: stt {stt_ms:.0} ms, end of speech → first audio {first_audio:.0} ms, total {total:.0} ms"
+    );
+    // Mode: listening while speaking, then thinking, speaking and idle (after the trace).
+    let modes: Vec<&str> = seen
+        .iter()
+        .filter(|v| ty(v) == "mode_change" && v["session_id"] == start["session_id"])
+        .filter_map(|v| v["data"]["mode"].as_str())
+        .collect();
+    assert_eq!(modes.first(), Some(&"listening"), "{modes:?}");
+    assert!(
+        modes.contains(&"thinking") && modes.last() == Some(&"idle"),
+        "{modes:?}"
+    );
+}
+
+/// A WAV in a temp dir, spoken by espeak-ng.
+fn server_home_wav(text: &str) -> tempfile::TempPath {
+    let f = tempfile::Builder::new()
+        .suffix(".wav")
+        .tempfile()
+        .expect("tempfile")
+        .into_temp_path();
+    speak(text, &f);
+    f
+}
+
+#[tokio::test]
+async fn bad_frames_a_missing_model_and_device_audio_get_clear_errors() {
+    let upstream = scripted_llm().await;
+    let base = format!("{}/v1", upstream.url());
+    let server = Server::start(
+        &[],
+        &[
+            ("CODA__LLM__PROVIDER", "openai"),
+            ("CODA__LLM__OPENAI__BASE_URL", base.as_str()),
+            ("CODA__LLM__OPENAI__MODEL", "test-model"),
+            // Not installed in the test's private store.
+            ("CODA__STT__MODEL", "whisper-tiny.en"),
+            ("CODA__STT__MAX_UTTERANCE_S", "1"),
+        ],
+    );
+    let mut c = server.client().await;
+    // A frame before stt_start.
+    send_pcm(&mut c, vec![0u8; 320]).await;
+    let e = c.wait_type("command_error", RECV_TIMEOUT).await;
+    assert_eq!(e["data"]["code"], json!("invalid_data"), "{e}");
+    assert!(
+        e["data"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stt_start"),
+        "{e}"
+    );
+
+    // The input device: not in this build.
+    let r = c
+        .request(
+            "stt_start",
+            json!({"mode": "push_to_talk", "source": "device"}),
+        )
+        .await;
+    assert_eq!(ty(&r), "command_error", "{r}");
+    assert_eq!(r["data"]["code"], json!("unavailable"), "{r}");
+    assert!(
+        r["data"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no audio capture"),
+        "{r}"
+    );
+
+    // Client audio with no model: stt_error model_missing with the command to fix it.
+    let r = c
+        .request(
+            "stt_start",
+            json!({"mode": "push_to_talk", "source": "client"}),
+        )
+        .await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let err = c.wait_type("stt_error", RECV_TIMEOUT).await;
+    assert_eq!(err["data"]["code"], json!("model_missing"), "{err}");
+    assert!(
+        err["data"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("coda models pull whisper-tiny.en"),
+        "{err}"
+    );
+    let info = server.system_info().await;
+    let stt = info["data"]["components"]
+        .as_array()
+        .or_else(|| info["components"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["name"] == json!("stt")).cloned())
+        .unwrap_or_else(|| panic!("no stt component in {info}"));
+    assert_eq!(stt["state"], json!("degraded"), "{stt}");
+
+    // An odd-length frame.
+    send_pcm(&mut c, vec![0u8; 321]).await;
+    let e = c.wait_type("command_error", RECV_TIMEOUT).await;
+    assert_eq!(e["data"]["code"], json!("invalid_data"), "{e}");
+    assert!(
+        e["data"]["message"].as_str().unwrap_or("").contains("even"),
+        "{e}"
+    );
+    // More than max_utterance_s (1 s): dropped with an error; later frames are refused.
+    for _ in 0..12 {
+        send_pcm(&mut c, vec![0u8; 3200]).await;
+    }
+    let e = c.wait_type("command_error", RECV_TIMEOUT).await;
+    assert_eq!(e["data"]["code"], json!("too_large"), "{e}");
+    assert!(
+        e["data"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_utterance_s"),
+        "{e}"
+    );
+    let e = c.wait_type("command_error", RECV_TIMEOUT).await;
+    assert_eq!(e["data"]["code"], json!("invalid_data"), "{e}");
+    let r = c.request("stt_stop", json!({})).await;
+    assert_eq!(ty(&r), "command_error", "{r}");
+
+    // Everything else keeps working: a text turn completes.
+    let r = c
+        .request("text_input", json!({"text": "why is the sky blue"}))
+        .await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let turn = r["data"]["data"]["turn_id"]
+        .as_str()
+        .expect("turn")
+        .to_string();
+    c.wait_for(
+        "the text turn's latency_trace",
+        Duration::from_secs(30),
+        |v| ty(v) == "latency_trace" && v["data"]["turn_id"] == json!(turn),
+    )
+    .await;
+}
+
+/// A CTranslate2 model.bin that announces more data than it has.
+fn truncated_ct2(dir: &Path) {
+    let mut b = Vec::new();
+    let s = |b: &mut Vec<u8>, t: &str| {
+        b.extend_from_slice(&((t.len() + 1) as u16).to_le_bytes());
+        b.extend_from_slice(t.as_bytes());
+        b.push(0);
+    };
+    b.extend_from_slice(&6u32.to_le_bytes());
+    s(&mut b, "WhisperSpec");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&2u32.to_le_bytes());
+    s(&mut b, "decoder/embeddings/weight");
+    b.push(2);
+    b.extend_from_slice(&51864u32.to_le_bytes());
+    b.extend_from_slice(&384u32.to_le_bytes());
+    b.push(4);
+    b.extend_from_slice(&(51864u32 * 384 * 2).to_le_bytes());
+    b.extend_from_slice(&[0u8; 5000]);
+    std::fs::write(dir.join("model.bin"), b).expect("write");
+    std::fs::write(dir.join("vocabulary.txt"), "a\n<|endoftext|>\n").expect("write");
+}
+
+#[test]
+fn models_cli_converts_imports_and_refuses_broken_files() {
+    let home = Home::new();
+    let ct2 = home.path().join("broken-ct2");
+    std::fs::create_dir_all(&ct2).expect("mkdir");
+    truncated_ct2(&ct2);
+    let out = home.run(
+        &["models", "import-ct2", ct2.to_str().expect("utf-8"), "-q"],
+        &[],
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("truncated"), "{out:?}");
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+
+    // An existing ggml whisper file imports as a whisper model and lists as one.
+    let model = whisper_model();
+    let out = home.run(
+        &[
+            "models",
+            "import",
+            model.to_str().expect("utf-8"),
+            "--name",
+            "tiny-copy",
+            "-q",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("whisper tiny.en"), "{out:?}");
+    let out = home.run(
+        &["models", "list", "--json"],
+        &[("CODA__LLM__PROVIDER", "local")],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    let m = v["installed"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["name"] == json!("tiny-copy")).cloned())
+        .unwrap_or_else(|| panic!("tiny-copy not listed: {v}"));
+    assert_eq!(m["kind"], json!("whisper"));
+    assert!(
+        v["available"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m["name"] == json!("whisper-tiny.en"))),
+        "{v}"
+    );
+
+    // A truncated ggml file is refused.
+    let bytes = std::fs::read(&model).expect("read");
+    let cut = home.path().join("cut.bin");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let out = home.run(
+        &["models", "import", cut.to_str().expect("utf-8"), "-q"],
+        &[],
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("truncated"), "{out:?}");
+
+    // Sizes with no reachable source say what to do instead.
+    let out = home.run(&["models", "pull", "whisper-base.en"], &[]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("no reachable source") && out.stderr.contains("import-ct2"),
+        "{out:?}"
+    );
+
+    // transcribe with a missing model names the fix.
+    let wav = home.path().join("x.wav");
+    speak("Hello.", &wav);
+    let out = home.run(&["transcribe", wav.to_str().expect("utf-8")], &[]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("coda models pull whisper-tiny.en"),
+        "{out:?}"
+    );
+}
