@@ -31,6 +31,10 @@ pub enum BenchCommand {
     LlmToken(crate::bench_llm::LlmTokenArgs),
     /// `coda ask` start-up: process spawn → first byte at the provider (loopback).
     AskStartup(crate::bench_llm::AskStartupArgs),
+    /// Speech engines: time to first audio and total for a two-sentence answer.
+    Tts(crate::speech::TtsBenchArgs),
+    /// Audio paths: interrupt → playback stopped, end of speech → utterance ended.
+    Audio(crate::speech::AudioBenchArgs),
 }
 
 /// `coda bench turn` flags.
@@ -88,6 +92,14 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Llm(args) => {
             let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
             crate::bench_local::run(&loaded, args)
+        }
+        BenchCommand::Tts(args) => {
+            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
+            crate::speech::bench_tts(&loaded.settings, args)
+        }
+        BenchCommand::Audio(args) => {
+            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
+            crate::speech::bench_audio(&loaded.settings, args)
         }
         BenchCommand::Turn(args) => {
             let report = turns(&args)?;

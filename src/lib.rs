@@ -16,6 +16,7 @@ pub mod memory_cmd;
 pub mod models;
 pub mod models_cmd;
 pub mod server;
+pub mod speech;
 pub mod synthetic;
 pub mod token_cmd;
 

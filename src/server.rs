@@ -362,6 +362,8 @@ fn start_rooms(
         memory: Some(memory),
         tools: Some(tools),
         matcher: None,
+        // The Stt actor, once it exists, is wired here (AudioCapture reports to it).
+        speech: None,
     })
 }
 
@@ -381,12 +383,17 @@ fn start_kernel(
             history_turns: s.conversation.history_turns,
             max_tokens: (s.conversation.max_tokens > 0).then_some(s.conversation.max_tokens),
         },
+        tts_output: crate::speech::tts_output(s),
+        audio: s.audio.enabled.then(|| s.audio_settings()),
     };
-    let engine = Arc::new(EspeakEngine::new(EspeakConfig {
-        binary: PathBuf::from(&s.tts.binary),
-        voice: s.tts.voice.clone(),
-        rate: s.tts.rate,
-    }));
+    let engine = crate::speech::tts_engine(s, None, None).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "speech engine not usable; speaking with espeak-ng");
+        Arc::new(EspeakEngine::new(EspeakConfig {
+            binary: PathBuf::from(&s.tts.binary),
+            voice: s.tts.voice.clone(),
+            rate: s.tts.rate,
+        }))
+    });
     Kernel::start(
         hub.clone(),
         components.clone(),

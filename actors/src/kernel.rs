@@ -15,7 +15,7 @@ use crate::intent::{IntentRouter, ToolMatcher};
 use crate::llm::actor::{LlmActor, ProviderSlot};
 use crate::orchestrator::{ConversationSettings, Orchestrator};
 use crate::supervise::{RestartBudget, Supervision};
-use crate::tts::{TtsActor, TtsEngine};
+use crate::tts::{TtsActor, TtsEngine, TtsOutput};
 
 /// Kernel settings.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +24,10 @@ pub struct KernelSettings {
     pub budget: RestartBudget,
     /// Conversation behaviour.
     pub conversation: ConversationSettings,
+    /// Playback and `tts_audio` (default: no playback).
+    pub tts_output: TtsOutput,
+    /// The input device (AudioCapture); `None`: no capture actor.
+    pub audio: Option<crate::audio::AudioSettings>,
 }
 
 /// The rooms started outside the kernel that it uses when present.
@@ -35,6 +39,8 @@ pub struct Rooms {
     pub tools: Option<Addr<crate::tools::ToolsActor>>,
     /// A tool-intent matcher other than the tools room's rules.
     pub matcher: Option<ToolMatcher>,
+    /// Where AudioCapture sends speech (the Stt actor); `None`: logged and dropped.
+    pub speech: Option<Recipient<crate::voice::SpeechAudio>>,
 }
 
 /// The running kernel's actors.
@@ -52,6 +58,8 @@ pub struct Kernel {
     pub memory: Option<Addr<crate::memory::MemoryActor>>,
     /// Tools, when running.
     pub tools: Option<Addr<crate::tools::ToolsActor>>,
+    /// The input device, when `KernelSettings::audio` asked for it.
+    pub audio: Option<Addr<crate::audio::AudioCapture>>,
 }
 
 impl Kernel {
@@ -86,7 +94,15 @@ impl Kernel {
         let llm = Supervisor::start(move |_| LlmActor::new(llm_sup, provider));
         let tts_sup = sup("tts");
         let engine = tts_engine.clone();
-        let tts = Supervisor::start(move |_| TtsActor::new(tts_sup, engine));
+        let tts_output = settings.tts_output.clone();
+        let tts = Supervisor::start(move |_| TtsActor::new(tts_sup, engine).with_output(tts_output));
+        let audio = settings.audio.clone().map(|audio_settings| {
+            let audio_sup = sup("audio");
+            let (c, speech) = (components.clone(), rooms.speech.clone());
+            Supervisor::start(move |_| {
+                crate::audio::AudioCapture::new(audio_sup, c, audio_settings, speech)
+            })
+        });
         let orch_sup = sup("orchestrator");
         let (r, l, t) = (router.clone(), llm.clone(), tts.clone());
         let conversation = settings.conversation.clone();
@@ -113,6 +129,7 @@ impl Kernel {
             tts,
             memory: rooms.memory,
             tools: rooms.tools,
+            audio,
         };
         kernel.watch(hub, components);
         kernel
@@ -123,7 +140,7 @@ impl Kernel {
     fn watch(&self, hub: HubHandle, components: ComponentRegistry) {
         let k = self.clone();
         actix_rt::spawn(async move {
-            let mut reported = [false; 4];
+            let mut reported = [false; 5];
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -132,6 +149,7 @@ impl Kernel {
                     ("intent_router", k.router.connected()),
                     ("llm", k.llm.connected()),
                     ("tts", k.tts.connected()),
+                    ("audio", k.audio.as_ref().is_none_or(|a| a.connected())),
                 ];
                 for (i, (name, up)) in alive.iter().enumerate() {
                     if !up && !reported[i] {
