@@ -283,11 +283,36 @@ pub fn devices(json: bool) -> anyhow::Result<()> {
                 ),
                 None => println!("  {mark} {name}: not usable now"),
             }
+            // One line per sample format: channel and rate ranges (plugins such as
+            // ALSA's `null` list every channel count separately).
+            let mut formats: Vec<(String, u16, u16, u32, u32)> = Vec::new();
             for c in &d.configs {
-                println!(
-                    "        {} ch, {}-{} Hz, {}",
-                    c.channels, c.min_rate, c.max_rate, c.format
-                );
+                match formats.iter_mut().find(|f| f.0 == c.format) {
+                    Some(f) => {
+                        f.1 = f.1.min(c.channels);
+                        f.2 = f.2.max(c.channels);
+                        f.3 = f.3.min(c.min_rate);
+                        f.4 = f.4.max(c.max_rate);
+                    }
+                    None => formats.push((
+                        c.format.clone(),
+                        c.channels,
+                        c.channels,
+                        c.min_rate,
+                        c.max_rate,
+                    )),
+                }
+            }
+            for (format, ch_lo, ch_hi, lo, hi) in formats {
+                let ch = if ch_lo == ch_hi {
+                    format!("{ch_lo}")
+                } else {
+                    format!("{ch_lo}-{ch_hi}")
+                };
+                println!("        {format}: {ch} ch, {lo}-{hi} Hz");
+            }
+            if let Some(e) = &d.error {
+                println!("        (configs unavailable: {e})");
             }
         }
     }
