@@ -26,7 +26,9 @@ fn http() -> HttpOptions {
 
 /// A known signal: a ramp of distinct samples.
 fn samples(n: usize) -> Vec<i16> {
-    (0..n).map(|i| ((i * 37) % 60_000) as i16 - 30_000).collect()
+    (0..n)
+        .map(|i| (((i * 37) % 60_000) as i32 - 30_000) as i16)
+        .collect()
 }
 
 fn pcm(s: &[i16]) -> Vec<u8> {
