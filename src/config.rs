@@ -838,20 +838,28 @@ fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
         ));
     }
     if !(s.tts.timeout_s.is_finite() && (0.5..=600.0).contains(&s.tts.timeout_s)) {
-        return Err(invalid("tts.timeout_s", "must be between 0.5 and 600 seconds"));
+        return Err(invalid(
+            "tts.timeout_s",
+            "must be between 0.5 and 600 seconds",
+        ));
     }
-    if coda_actors::tts::remote::elevenlabs_pcm_rate(&s.tts.elevenlabs.output_format).is_none()
-    {
+    if coda_actors::tts::remote::elevenlabs_pcm_rate(&s.tts.elevenlabs.output_format).is_none() {
         return Err(invalid(
             "tts.elevenlabs.output_format",
             "must be raw PCM: pcm_16000, pcm_22050, pcm_24000 or pcm_44100",
         ));
     }
     if !matches!(s.tts.openai.response_format.as_str(), "pcm" | "wav") {
-        return Err(invalid("tts.openai.response_format", "must be \"pcm\" or \"wav\""));
+        return Err(invalid(
+            "tts.openai.response_format",
+            "must be \"pcm\" or \"wav\"",
+        ));
     }
     let a = &s.audio;
-    if !(a.vad_stop_db.is_finite() && a.vad_start_db.is_finite() && 0.0 <= a.vad_stop_db && a.vad_stop_db <= a.vad_start_db)
+    if !(a.vad_stop_db.is_finite()
+        && a.vad_start_db.is_finite()
+        && 0.0 <= a.vad_stop_db
+        && a.vad_stop_db <= a.vad_start_db)
     {
         return Err(invalid(
             "audio.vad_stop_db",
@@ -865,7 +873,10 @@ fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
         return Err(invalid("audio.silence_ms", "must be between 20 and 10000"));
     }
     if !(a.max_utterance_s.is_finite() && (1.0..=600.0).contains(&a.max_utterance_s)) {
-        return Err(invalid("audio.max_utterance_s", "must be between 1 and 600 seconds"));
+        return Err(invalid(
+            "audio.max_utterance_s",
+            "must be between 1 and 600 seconds",
+        ));
     }
     if !(50..=10_000).contains(&a.interim_ms) {
         return Err(invalid("audio.interim_ms", "must be between 50 and 10000"));

@@ -80,9 +80,9 @@ pub fn tts_engine(
                 http,
             })?)
         }
-        other => anyhow::bail!(
-            "unknown speech engine {other:?} (known: espeak-ng, elevenlabs, openai)"
-        ),
+        other => {
+            anyhow::bail!("unknown speech engine {other:?} (known: espeak-ng, elevenlabs, openai)")
+        }
     };
     if s.tts.fallback.is_empty() {
         Ok(remote)
@@ -204,7 +204,11 @@ pub fn say(s: &Settings, args: SayArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "audio")]
-async fn play_sentences<F, Fut>(s: &Settings, sentences: Vec<String>, speak: F) -> anyhow::Result<()>
+async fn play_sentences<F, Fut>(
+    s: &Settings,
+    sentences: Vec<String>,
+    speak: F,
+) -> anyhow::Result<()>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Audio>>,
@@ -229,20 +233,15 @@ where
         }));
     }
     if let Some(p) = playing {
-        match p.await? {
-            coda_actors::audio::PlayOutcome::Failed(why) => anyhow::bail!("playback failed: {why}"),
-            _ => {}
+        if let coda_actors::audio::PlayOutcome::Failed(why) = p.await? {
+            anyhow::bail!("playback failed: {why}");
         }
     }
     Ok(())
 }
 
 #[cfg(not(feature = "audio"))]
-async fn play_sentences<F, Fut>(
-    _: &Settings,
-    _: Vec<String>,
-    _: F,
-) -> anyhow::Result<()>
+async fn play_sentences<F, Fut>(_: &Settings, _: Vec<String>, _: F) -> anyhow::Result<()>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Audio>>,
@@ -316,7 +315,8 @@ pub fn devices(json: bool) -> anyhow::Result<()> {
             }
         }
     }
-    let usable = |v: &Vec<coda_actors::audio::DeviceInfo>| v.iter().any(|d| d.default_config.is_some());
+    let usable =
+        |v: &Vec<coda_actors::audio::DeviceInfo>| v.iter().any(|d| d.default_config.is_some());
     if !usable(&list.inputs) && !usable(&list.outputs) {
         println!(
             "no usable sound device: this machine has no sound card (or ALSA cannot reach it). \
@@ -433,7 +433,11 @@ pub fn bench_tts(s: &Settings, args: TtsBenchArgs) -> anyhow::Result<()> {
             println!(
                 "tts {}{}: {} runs of a {}-sentence answer",
                 engine.name(),
-                if args.loopback { " (loopback server)" } else { "" },
+                if args.loopback {
+                    " (loopback server)"
+                } else {
+                    ""
+                },
                 args.runs,
                 sentences.len()
             );
@@ -471,15 +475,53 @@ pub fn bench_audio(s: &Settings, args: AudioBenchArgs) -> anyhow::Result<()> {
             report.insert("interrupt".into(), v);
         }
         Err(e) => {
-            report.insert("interrupt".into(), serde_json::json!({"error": e.to_string()}));
+            report.insert(
+                "interrupt".into(),
+                serde_json::json!({"error": e.to_string()}),
+            );
         }
     }
-    report.insert("end_of_speech".into(), bench_end_of_speech(s, args.runs.min(5))?);
+    report.insert(
+        "end_of_speech".into(),
+        bench_end_of_speech(s, args.runs.min(5))?,
+    );
     let report = serde_json::Value::Object(report);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let ms = |v: &serde_json::Value| {
+            format!(
+                "p50 {:.2} ms  p95 {:.2} ms  max {:.2} ms  (n={})",
+                v["p50_ms"].as_f64().unwrap_or(0.0),
+                v["p95_ms"].as_f64().unwrap_or(0.0),
+                v["max_ms"].as_f64().unwrap_or(0.0),
+                v["n"].as_u64().unwrap_or(0)
+            )
+        };
+        let i = &report["interrupt"];
+        match i["error"].as_str() {
+            Some(e) => println!("interrupt: not measured ({e})"),
+            None => {
+                println!(
+                    "interrupt on output `{}`:",
+                    i["device"].as_str().unwrap_or("?")
+                );
+                println!(
+                    "  stop acknowledged          {}",
+                    ms(&i["stop_acknowledged"])
+                );
+                println!(
+                    "  last sample pulled after   {}",
+                    ms(&i["last_sample_pulled_after_interrupt"])
+                );
+            }
+        }
+        let e = &report["end_of_speech"];
+        println!(
+            "end of speech -> Ended (audio.silence_ms = {}): {}",
+            e["silence_ms"],
+            ms(&e["speech_end_to_ended"])
+        );
     }
     Ok(())
 }
@@ -544,16 +586,18 @@ fn bench_end_of_speech(s: &Settings, runs: usize) -> anyhow::Result<serde_json::
     use coda_actors::audio::{AudioCapture, FeedAudio, StartFeed, StopCapture};
     use coda_actors::voice::SpeechAudio;
     let out = std::process::Command::new(&s.tts.binary)
-        .args(["--stdout", "-v", &s.tts.voice, "Turn on the kitchen lights please."])
+        .args([
+            "--stdout",
+            "-v",
+            &s.tts.voice,
+            "Turn on the kitchen lights please.",
+        ])
         .output()
         .context("espeak-ng is needed for this benchmark")?;
     let audio = coda_actors::tts::espeak::parse_wav(&out.stdout)
         .map_err(|e| anyhow::anyhow!("espeak-ng: {e}"))?;
-    let speech = coda_actors::audio::convert::to_speech_rate_i16(
-        &audio.samples,
-        audio.sample_rate,
-        1,
-    )?;
+    let speech =
+        coda_actors::audio::convert::to_speech_rate_i16(&audio.samples, audio.sample_rate, 1)?;
     // The last sample louder than -40 dBFS ends the speech.
     let end = speech
         .iter()
@@ -587,17 +631,23 @@ fn bench_end_of_speech(s: &Settings, runs: usize) -> anyhow::Result<serde_json::
             let silence = vec![0.0f32; 320];
             for _ in 0..25 {
                 tick.tick().await;
-                capture.do_send(FeedAudio { samples: silence.clone() });
+                capture.do_send(FeedAudio {
+                    samples: silence.clone(),
+                });
             }
             for c in speech.chunks(320) {
                 tick.tick().await;
-                capture.do_send(FeedAudio { samples: c.to_vec() });
+                capture.do_send(FeedAudio {
+                    samples: c.to_vec(),
+                });
             }
             let spoken_end = Instant::now();
             let mut ended = None;
             for _ in 0..150 {
                 tick.tick().await;
-                capture.do_send(FeedAudio { samples: silence.clone() });
+                capture.do_send(FeedAudio {
+                    samples: silence.clone(),
+                });
                 while let Ok((m, at)) = rx.try_recv() {
                     if matches!(m, SpeechAudio::Ended { .. }) {
                         ended = Some(at);
@@ -607,7 +657,11 @@ fn bench_end_of_speech(s: &Settings, runs: usize) -> anyhow::Result<serde_json::
                     break;
                 }
             }
-            let _ = capture.send(StopCapture { session_id: session }).await;
+            let _ = capture
+                .send(StopCapture {
+                    session_id: session,
+                })
+                .await;
             if let Some(at) = ended {
                 lat.push(at.duration_since(spoken_end).as_secs_f64() * 1000.0);
             }

@@ -71,7 +71,10 @@ fn say_plays_on_the_null_device_and_explains_when_there_is_none() {
 #[test]
 fn say_with_an_unknown_engine_is_refused() {
     let h = null_home();
-    let o = coda(h.path(), &["say", "x", "--engine", "festival", "-o", "/dev/null"]);
+    let o = coda(
+        h.path(),
+        &["say", "x", "--engine", "festival", "-o", "/dev/null"],
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("festival"));
 }
@@ -82,7 +85,10 @@ fn devices_lists_inputs_and_outputs() {
     let o = coda(h.path(), &["devices"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("inputs:") && text.contains("outputs:"), "{text}");
+    assert!(
+        text.contains("inputs:") && text.contains("outputs:"),
+        "{text}"
+    );
     let o = coda(h.path(), &["devices", "--json"]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

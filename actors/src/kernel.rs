@@ -95,7 +95,8 @@ impl Kernel {
         let tts_sup = sup("tts");
         let engine = tts_engine.clone();
         let tts_output = settings.tts_output.clone();
-        let tts = Supervisor::start(move |_| TtsActor::new(tts_sup, engine).with_output(tts_output));
+        let tts =
+            Supervisor::start(move |_| TtsActor::new(tts_sup, engine).with_output(tts_output));
         let audio = settings.audio.clone().map(|audio_settings| {
             let audio_sup = sup("audio");
             let (c, speech) = (components.clone(), rooms.speech.clone());

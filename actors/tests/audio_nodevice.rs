@@ -123,7 +123,10 @@ async fn capture_without_a_device_is_one_clear_error_and_degraded_status() {
     })
     .await;
     assert!(
-        status.data["reason"].as_str().unwrap_or("").contains("input device"),
+        status.data["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("input device"),
         "{}",
         status.data
     );

@@ -219,7 +219,11 @@ async fn playback_on_the_null_device_plays_and_interrupt_stops_it() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let settled = speaker.last_pull();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(speaker.last_pull(), settled, "samples still pulled after stop");
+    assert_eq!(
+        speaker.last_pull(),
+        settled,
+        "samples still pulled after stop"
+    );
     eprintln!(
         "interrupt: stop acknowledged in {:.2} ms, last sample pulled {:.2} ms after it",
         ack.as_secs_f64() * 1000.0,
@@ -265,7 +269,12 @@ async fn tts_plays_each_sentence_and_reports_played_with_audio_chunks() {
     null_home();
     // A client subscribed to tts_audio by name (ALL = DEFAULT + tts_audio).
     let (hub, events) = hub_with_events(TypeMask::ALL);
-    let sup = Supervision::new("tts", Default::default(), hub.clone(), ComponentRegistry::new());
+    let sup = Supervision::new(
+        "tts",
+        Default::default(),
+        hub.clone(),
+        ComponentRegistry::new(),
+    );
     let tts = TtsActor::new(sup, espeak())
         .with_output(TtsOutput {
             play: true,
@@ -310,11 +319,17 @@ async fn tts_plays_each_sentence_and_reports_played_with_audio_chunks() {
     let pcm = base64::engine::general_purpose::STANDARD
         .decode(chunks[0].data["audio"].as_str().unwrap())
         .unwrap();
-    assert!(!pcm.is_empty() && pcm.len() % 2 == 0);
+    assert!(!pcm.is_empty() && pcm.len().is_multiple_of(2));
     assert_eq!(chunks[0].data["sample_rate"], 22_050);
     // tts_start came before the first progress, and the turn is done.
-    let start = evs.iter().position(|e| e.event_type == "tts_start").unwrap();
-    let progress = evs.iter().position(|e| e.event_type == "tts_progress").unwrap();
+    let start = evs
+        .iter()
+        .position(|e| e.event_type == "tts_start")
+        .unwrap();
+    let progress = evs
+        .iter()
+        .position(|e| e.event_type == "tts_progress")
+        .unwrap();
     assert!(start < progress);
     assert!(updates
         .lock()
@@ -327,7 +342,12 @@ async fn tts_plays_each_sentence_and_reports_played_with_audio_chunks() {
 async fn tts_audio_is_not_produced_for_wildcard_subscribers_and_no_playback_is_not_played() {
     null_home();
     let (hub, events) = hub_with_events(TypeMask::DEFAULT);
-    let sup = Supervision::new("tts", Default::default(), hub.clone(), ComponentRegistry::new());
+    let sup = Supervision::new(
+        "tts",
+        Default::default(),
+        hub.clone(),
+        ComponentRegistry::new(),
+    );
     let tts = TtsActor::new(sup, espeak())
         .with_output(TtsOutput::default())
         .start();

@@ -38,7 +38,12 @@ fn pcm(s: &[i16]) -> Vec<u8> {
 /// The body in odd-sized chunks (so samples are split across chunks), paced.
 fn chunked(body: Vec<u8>) -> Vec<Step> {
     body.chunks(1001)
-        .flat_map(|c| [Step::Write(c.to_vec()), Step::Sleep(Duration::from_millis(2))])
+        .flat_map(|c| {
+            [
+                Step::Write(c.to_vec()),
+                Step::Sleep(Duration::from_millis(2)),
+            ]
+        })
         .collect()
 }
 
@@ -84,7 +89,11 @@ async fn elevenlabs_streams_pcm_and_sends_the_documented_request() {
     let r = &reqs[0];
     assert_eq!(r.method, "POST");
     assert_eq!(r.path(), "/v1/text-to-speech/voice-123/stream");
-    assert!(r.target.ends_with("?output_format=pcm_16000"), "{}", r.target);
+    assert!(
+        r.target.ends_with("?output_format=pcm_16000"),
+        "{}",
+        r.target
+    );
     assert_eq!(r.header("xi-api-key"), Some("xi-secret"));
     assert_eq!(r.json()["text"], "Hello there.");
     assert_eq!(r.json()["model_id"], "eleven_flash_v2_5");
@@ -117,7 +126,11 @@ async fn elevenlabs_errors_have_stable_codes() {
     .unwrap();
     let code = |r: Result<_, TtsEngineError>| r.map(|_| ()).unwrap_err().code();
     assert_eq!(
-        code(eleven(&server, Some("bad"), "pcm_22050").synthesize("x").await),
+        code(
+            eleven(&server, Some("bad"), "pcm_22050")
+                .synthesize("x")
+                .await
+        ),
         "auth_failed"
     );
     let busy = eleven(&server, Some("busy"), "pcm_22050")
@@ -127,15 +140,30 @@ async fn elevenlabs_errors_have_stable_codes() {
     assert_eq!(busy.code(), "rate_limited");
     assert!(busy.to_string().contains("Too many requests"), "{busy}");
     assert_eq!(
-        code(eleven(&server, Some("cut"), "pcm_22050").synthesize("x").await),
+        code(
+            eleven(&server, Some("cut"), "pcm_22050")
+                .synthesize("x")
+                .await
+        ),
         "bad_audio"
     );
     assert_eq!(
-        code(eleven(&server, Some("odd"), "pcm_22050").synthesize("x").await),
+        code(
+            eleven(&server, Some("odd"), "pcm_22050")
+                .synthesize("x")
+                .await
+        ),
         "bad_audio"
     );
     // No key is reported by check() without spending a request.
-    assert_eq!(eleven(&server, None, "pcm_22050").check().await.unwrap_err().code(), "auth_failed");
+    assert_eq!(
+        eleven(&server, None, "pcm_22050")
+            .check()
+            .await
+            .unwrap_err()
+            .code(),
+        "auth_failed"
+    );
     // A compressed format is refused up front.
     assert!(ElevenLabsEngine::new(ElevenLabsConfig {
         base_url: server.url(),
@@ -204,7 +232,10 @@ async fn openai_statuses_and_a_stalled_stream() {
         Some("401") => Reply::json(401, r#"{"error":{"message":"Incorrect API key provided"}}"#),
         Some("429") => Reply::json(429, r#"{"error":{"message":"Rate limit reached"}}"#),
         Some("500") => Reply::json(500, r#"{"error":{"message":"boom"}}"#),
-        _ => Reply::stream("audio/pcm", vec![Step::Write(pcm(&samples(100))), Step::Stall]),
+        _ => Reply::stream(
+            "audio/pcm",
+            vec![Step::Write(pcm(&samples(100))), Step::Stall],
+        ),
     })
     .await
     .unwrap();
@@ -212,8 +243,14 @@ async fn openai_statuses_and_a_stalled_stream() {
     let err = e.synthesize("401").await.unwrap_err();
     assert_eq!(err.code(), "auth_failed");
     assert!(err.to_string().contains("Incorrect API key"), "{err}");
-    assert_eq!(e.synthesize("429").await.unwrap_err().code(), "rate_limited");
-    assert_eq!(e.synthesize("500").await.unwrap_err().code(), "synthesis_failed");
+    assert_eq!(
+        e.synthesize("429").await.unwrap_err().code(),
+        "rate_limited"
+    );
+    assert_eq!(
+        e.synthesize("500").await.unwrap_err().code(),
+        "synthesis_failed"
+    );
     let t = std::time::Instant::now();
     assert_eq!(e.synthesize("stall").await.unwrap_err().code(), "timeout");
     assert!(t.elapsed() < Duration::from_secs(5));

@@ -143,9 +143,8 @@ impl Resampler16k {
         let Some(r) = self.inner.as_mut() else {
             return Vec::new();
         };
-        let expected =
-            (self.in_total as f64 * f64::from(SPEECH_SAMPLE_RATE) / f64::from(self.rate)).round()
-                as u64;
+        let expected = (self.in_total as f64 * f64::from(SPEECH_SAMPLE_RATE) / f64::from(self.rate))
+            .round() as u64;
         let mut out = Vec::new();
         let rest = std::mem::take(&mut self.pending);
         let need = r.input_frames_next();

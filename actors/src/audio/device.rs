@@ -281,10 +281,12 @@ pub fn start_capture(
                         |e| tracing::warn!(error = %e, "input stream error"),
                         Some(Duration::from_secs(2)),
                     )
-                    .map_err(|e| AudioError::Unavailable(format!("cannot open the input stream: {e}")))?;
-                stream
-                    .play()
-                    .map_err(|e| AudioError::Unavailable(format!("cannot start the input stream: {e}")))?;
+                    .map_err(|e| {
+                        AudioError::Unavailable(format!("cannot open the input stream: {e}"))
+                    })?;
+                stream.play().map_err(|e| {
+                    AudioError::Unavailable(format!("cannot start the input stream: {e}"))
+                })?;
                 let info = CaptureInfo {
                     device: device_id(&device),
                     rate,

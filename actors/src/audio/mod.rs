@@ -736,7 +736,9 @@ pub async fn route_device_command(
                 })
                 .await
                 .map_err(mailbox)??;
-            Ok(serde_json::json!({"listening": true, "source": "device", "device": started.device, "rate": started.rate, "channels": started.channels}))
+            Ok(
+                serde_json::json!({"listening": true, "source": "device", "device": started.device, "rate": started.rate, "channels": started.channels}),
+            )
         }
         None => {
             capture

@@ -54,7 +54,7 @@ impl<S: Source> Iterator for Tracked<S> {
     fn next(&mut self) -> Option<Self::Item> {
         // Every 64 samples is enough resolution (≈1.5 ms at 44.1 kHz stereo).
         self.n = self.n.wrapping_add(1);
-        if self.n % 64 == 0 {
+        if self.n.is_multiple_of(64) {
             self.last_pull
                 .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
@@ -97,9 +97,9 @@ impl Speaker {
                         .unwrap_or_else(|_| name.clone());
                     let mut sink = rodio::DeviceSinkBuilder::from_device(device)
                         .and_then(|b| {
-                            b.with_error_callback(|e| {
-                                tracing::warn!(error = %e, "output stream error")
-                            })
+                            b.with_error_callback(
+                                |e| tracing::warn!(error = %e, "output stream error"),
+                            )
                             .open_stream()
                         })
                         .map_err(|e| {
@@ -118,7 +118,9 @@ impl Speaker {
                     }
                 }
             })
-            .map_err(|e| AudioError::Unavailable(format!("cannot start the playback thread: {e}")))?;
+            .map_err(|e| {
+                AudioError::Unavailable(format!("cannot start the playback thread: {e}"))
+            })?;
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(device)) => Ok(Speaker {
                 tx,
@@ -141,7 +143,15 @@ impl Speaker {
     /// Queues mono `samples` at `rate`; resolves when they have played (or were stopped).
     pub async fn play(&self, samples: Vec<f32>, rate: u32) -> PlayOutcome {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Play { samples, rate, done }).is_err() {
+        if self
+            .tx
+            .send(Cmd::Play {
+                samples,
+                rate,
+                done,
+            })
+            .is_err()
+        {
             return PlayOutcome::Failed("the playback thread has ended".into());
         }
         rx.await
@@ -196,7 +206,11 @@ fn run(
             }
         };
         match cmd {
-            Some(Cmd::Play { samples, rate, done }) => {
+            Some(Cmd::Play {
+                samples,
+                rate,
+                done,
+            }) => {
                 let (Some(rate), Some(ch)) = (NonZero::new(rate), NonZero::new(1u16)) else {
                     let _ = done.send(PlayOutcome::Failed("zero sample rate".into()));
                     continue;

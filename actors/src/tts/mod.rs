@@ -426,7 +426,12 @@ impl TtsActor {
     }
 
     #[cfg(feature = "audio")]
-    fn played(&mut self, turn_id: &str, outcome: crate::audio::PlayOutcome, ctx: &mut Context<Self>) {
+    fn played(
+        &mut self,
+        turn_id: &str,
+        outcome: crate::audio::PlayOutcome,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };

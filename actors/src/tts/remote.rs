@@ -138,7 +138,10 @@ async fn fetch_audio(
     timeout: Duration,
 ) -> Result<Vec<u8>, TtsEngineError> {
     let work = async {
-        let mut resp = req.send().await.map_err(|e| transport_error(engine, url, &e))?;
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(engine, url, &e))?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -165,9 +168,11 @@ async fn fetch_audio(
 /// Raw s16le mono bytes to [`Audio`].
 pub fn pcm_s16le(engine: &str, bytes: &[u8], rate: u32) -> Result<Audio, TtsEngineError> {
     if bytes.is_empty() {
-        return Err(TtsEngineError::BadAudio(format!("{engine}: no audio in the answer")));
+        return Err(TtsEngineError::BadAudio(format!(
+            "{engine}: no audio in the answer"
+        )));
     }
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(TtsEngineError::BadAudio(format!(
             "{engine}: {} bytes is not whole 16-bit samples (truncated stream?)",
             bytes.len()
@@ -250,9 +255,8 @@ impl TtsEngine for OpenAiSpeechEngine {
         }
         let bytes = fetch_audio("openai", &url, req, self.cfg.timeout).await?;
         if self.cfg.response_format == "wav" {
-            super::espeak::parse_wav(&bytes).map_err(|e| {
-                TtsEngineError::BadAudio(format!("openai: {}", e.detail()))
-            })
+            super::espeak::parse_wav(&bytes)
+                .map_err(|e| TtsEngineError::BadAudio(format!("openai: {}", e.detail())))
         } else {
             pcm_s16le("openai", &bytes, OPENAI_PCM_RATE)
         }
