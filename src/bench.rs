@@ -34,6 +34,10 @@ pub enum BenchCommand {
     /// Speech-to-text: time to transcribe a short command, real-time factor, optionally
     /// beside whisper.cpp's own `whisper-cli` on the same file.
     Stt(crate::stt_cmd::SttBenchArgs),
+    /// Speech engines: time to first audio and total for a two-sentence answer.
+    Tts(crate::speech::TtsBenchArgs),
+    /// Audio paths: interrupt → playback stopped, end of speech → utterance ended.
+    Audio(crate::speech::AudioBenchArgs),
 }
 
 /// `coda bench turn` flags.
@@ -95,6 +99,14 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Stt(args) => {
             let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
             crate::stt_cmd::bench(&loaded, args)
+        }
+        BenchCommand::Tts(args) => {
+            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
+            crate::speech::bench_tts(&loaded.settings, args)
+        }
+        BenchCommand::Audio(args) => {
+            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
+            crate::speech::bench_audio(&loaded.settings, args)
         }
         BenchCommand::Turn(args) => {
             let report = turns(&args)?;

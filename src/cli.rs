@@ -69,6 +69,14 @@ pub enum Commands {
     },
     /// Transcribe a WAV file with the speech-to-text model (stt.model).
     Transcribe(crate::stt_cmd::TranscribeArgs),
+    /// Speak text with the configured (or chosen) engine: play it, or write a WAV file.
+    Say(crate::speech::SayArgs),
+    /// List the sound devices (inputs and outputs, defaults marked, supported configs).
+    Devices {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -295,6 +303,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LLM_CLI_LOG, "text");
             let loaded = load_config(&cli.config, &cli.profile, cmd.overrides())?;
             crate::models_cmd::run(&loaded.settings.llm, &loaded.settings.model_store(), cmd)
+        }
+        Commands::Say(args) => {
+            init_logging("warn", "text");
+            let loaded = load_config(&cli.config, &cli.profile, Vec::new())?;
+            crate::speech::say(&loaded.settings, args)
+        }
+        Commands::Devices { json } => {
+            init_logging("warn", "text");
+            crate::speech::devices(json)
         }
         Commands::Completions { shell } => {
             let mut cmd = Cli::command();

@@ -75,6 +75,51 @@ pub struct TtsConfig {
     pub binary: String,
     pub voice: String,
     pub rate: u32,
+    pub play: bool,
+    pub stream_audio: bool,
+    pub fallback: String,
+    pub timeout_s: f64,
+    pub elevenlabs: TtsElevenLabsConfig,
+    pub openai: TtsOpenAiConfig,
+}
+
+/// `[tts.elevenlabs]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsElevenLabsConfig {
+    pub base_url: String,
+    pub api_key_env: String,
+    pub voice_id: String,
+    pub model_id: String,
+    pub output_format: String,
+}
+
+/// `[tts.openai]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsOpenAiConfig {
+    pub base_url: String,
+    pub api_key_env: String,
+    pub model: String,
+    pub voice: String,
+    pub response_format: String,
+}
+
+/// `[audio]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioConfig {
+    pub enabled: bool,
+    pub input_device: String,
+    pub output_device: String,
+    pub vad_start_db: f32,
+    pub vad_stop_db: f32,
+    pub vad_min_dbfs: f32,
+    pub vad_start_ms: u32,
+    pub silence_ms: u32,
+    pub preroll_ms: u32,
+    pub max_utterance_s: f64,
+    pub interim_ms: u32,
 }
 
 /// `[stt]`
@@ -304,6 +349,7 @@ pub struct Settings {
     pub llm: LlmConfig,
     pub models: ModelsConfig,
     pub stt: SttConfig,
+    pub audio: AudioConfig,
 }
 
 impl Settings {
@@ -775,15 +821,7 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     if s.conversation.history_turns > 1000 {
         return Err(invalid("conversation.history_turns", "at most 1000"));
     }
-    if s.tts.engine != "espeak-ng" {
-        return Err(invalid(
-            "tts.engine",
-            format!(
-                "unknown engine {:?} (this build has: \"espeak-ng\")",
-                s.tts.engine
-            ),
-        ));
-    }
+    validate_speech(s)?;
     if !(80..=500).contains(&s.tts.rate) {
         return Err(invalid(
             "tts.rate",
@@ -833,6 +871,92 @@ fn validate_stt(c: &SttConfig) -> Result<(), ConfigError> {
         return Err(invalid("stt.interim_interval_ms", "at least 100"));
     }
     Ok(())
+}
+
+fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
+    const ENGINES: &[&str] = &["espeak-ng", "espeak", "elevenlabs", "openai"];
+    if !ENGINES.contains(&s.tts.engine.as_str()) {
+        return Err(invalid(
+            "tts.engine",
+            format!(
+                "unknown engine {:?} (known: {})",
+                s.tts.engine,
+                ENGINES.join(", ")
+            ),
+        ));
+    }
+    if !matches!(s.tts.fallback.as_str(), "" | "espeak-ng" | "espeak") {
+        return Err(invalid(
+            "tts.fallback",
+            "must be \"espeak-ng\" or \"\" (none)",
+        ));
+    }
+    if !(s.tts.timeout_s.is_finite() && (0.5..=600.0).contains(&s.tts.timeout_s)) {
+        return Err(invalid(
+            "tts.timeout_s",
+            "must be between 0.5 and 600 seconds",
+        ));
+    }
+    if coda_actors::tts::remote::elevenlabs_pcm_rate(&s.tts.elevenlabs.output_format).is_none() {
+        return Err(invalid(
+            "tts.elevenlabs.output_format",
+            "must be raw PCM: pcm_16000, pcm_22050, pcm_24000 or pcm_44100",
+        ));
+    }
+    if !matches!(s.tts.openai.response_format.as_str(), "pcm" | "wav") {
+        return Err(invalid(
+            "tts.openai.response_format",
+            "must be \"pcm\" or \"wav\"",
+        ));
+    }
+    let a = &s.audio;
+    if !(a.vad_stop_db.is_finite()
+        && a.vad_start_db.is_finite()
+        && 0.0 <= a.vad_stop_db
+        && a.vad_stop_db <= a.vad_start_db)
+    {
+        return Err(invalid(
+            "audio.vad_stop_db",
+            "must be between 0 and audio.vad_start_db (hysteresis)",
+        ));
+    }
+    if !(a.vad_min_dbfs.is_finite() && (-120.0..=0.0).contains(&a.vad_min_dbfs)) {
+        return Err(invalid("audio.vad_min_dbfs", "must be between -120 and 0"));
+    }
+    if !(20..=10_000).contains(&a.silence_ms) {
+        return Err(invalid("audio.silence_ms", "must be between 20 and 10000"));
+    }
+    if !(a.max_utterance_s.is_finite() && (1.0..=600.0).contains(&a.max_utterance_s)) {
+        return Err(invalid(
+            "audio.max_utterance_s",
+            "must be between 1 and 600 seconds",
+        ));
+    }
+    if !(50..=10_000).contains(&a.interim_ms) {
+        return Err(invalid("audio.interim_ms", "must be between 50 and 10000"));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// AudioCapture's settings from `[audio]`.
+    pub fn audio_settings(&self) -> coda_actors::audio::AudioSettings {
+        let a = &self.audio;
+        coda_actors::audio::AudioSettings {
+            input_device: a.input_device.clone(),
+            vad: coda_actors::audio::vad::VadSettings {
+                start_db: a.vad_start_db,
+                stop_db: a.vad_stop_db,
+                min_dbfs: a.vad_min_dbfs,
+                start_ms: a.vad_start_ms,
+                silence_ms: a.silence_ms,
+                ..Default::default()
+            },
+            preroll_ms: a.preroll_ms,
+            max_utterance_s: a.max_utterance_s,
+            interim_ms: a.interim_ms,
+        }
+    }
 }
 
 fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {

@@ -17,6 +17,7 @@ pub mod memory_cmd;
 pub mod models;
 pub mod models_cmd;
 pub mod server;
+pub mod speech;
 pub mod stt_cmd;
 pub mod synthetic;
 pub mod token_cmd;

@@ -383,9 +383,10 @@ fn start_rooms(
         memory: Some(memory),
         tools: Some(tools),
         matcher: None,
-        // No input-device producer in this build: `stt_start {source:"device"}` answers
-        // `unavailable`. AudioCapture plugs in here.
+        // The kernel wires its own: AudioCapture (when `audio.enabled`) takes
+        // `stt_start {source:"device"}` and reports speech to the Stt actor.
         device_audio: None,
+        speech: None,
     })
 }
 
@@ -404,12 +405,17 @@ fn start_kernel(
             speak_first_clause: s.conversation.speak_first_clause,
         },
         stt: s.stt_settings(),
+        tts_output: crate::speech::tts_output(s),
+        audio: s.audio.enabled.then(|| s.audio_settings()),
     };
-    let engine = Arc::new(EspeakEngine::new(EspeakConfig {
-        binary: PathBuf::from(&s.tts.binary),
-        voice: s.tts.voice.clone(),
-        rate: s.tts.rate,
-    }));
+    let engine = crate::speech::tts_engine(s, None, None).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "speech engine not usable; speaking with espeak-ng");
+        Arc::new(EspeakEngine::new(EspeakConfig {
+            binary: PathBuf::from(&s.tts.binary),
+            voice: s.tts.voice.clone(),
+            rate: s.tts.rate,
+        }))
+    });
     Kernel::start(
         hub.clone(),
         components.clone(),

@@ -16,7 +16,7 @@ use crate::llm::actor::{LlmActor, ProviderSlot};
 use crate::orchestrator::{ConversationSettings, Orchestrator};
 use crate::stt::{SttActor, SttSettings};
 use crate::supervise::{RestartBudget, Supervision};
-use crate::tts::{TtsActor, TtsEngine};
+use crate::tts::{TtsActor, TtsEngine, TtsOutput};
 
 /// Kernel settings.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +27,10 @@ pub struct KernelSettings {
     pub conversation: ConversationSettings,
     /// Speech-to-text.
     pub stt: SttSettings,
+    /// Playback and `tts_audio` (default: no playback).
+    pub tts_output: TtsOutput,
+    /// The input device (AudioCapture); `None`: no capture actor.
+    pub audio: Option<crate::audio::AudioSettings>,
 }
 
 /// The rooms started outside the kernel that it uses when present.
@@ -41,6 +45,8 @@ pub struct Rooms {
     /// The input-device speech producer (AudioCapture), when this build has one:
     /// `stt_start`/`stt_stop` with `source: "device"` go here. The one wiring point for it.
     pub device_audio: Option<Recipient<crate::voice::DeviceListen>>,
+    /// Where AudioCapture sends speech (the Stt actor); `None`: logged and dropped.
+    pub speech: Option<Recipient<crate::voice::SpeechAudio>>,
 }
 
 /// The running kernel's actors.
@@ -62,6 +68,8 @@ pub struct Kernel {
     pub stt: Addr<SttActor>,
     /// The input-device speech producer, when wired (see [`Rooms::device_audio`]).
     pub device_audio: Option<Recipient<crate::voice::DeviceListen>>,
+    /// The input device, when `KernelSettings::audio` asked for it.
+    pub audio: Option<Addr<crate::audio::AudioCapture>>,
 }
 
 impl Kernel {
@@ -96,7 +104,9 @@ impl Kernel {
         let llm = Supervisor::start(move |_| LlmActor::new(llm_sup, provider));
         let tts_sup = sup("tts");
         let engine = tts_engine.clone();
-        let tts = Supervisor::start(move |_| TtsActor::new(tts_sup, engine));
+        let tts_output = settings.tts_output.clone();
+        let tts =
+            Supervisor::start(move |_| TtsActor::new(tts_sup, engine).with_output(tts_output));
         let orch_sup = sup("orchestrator");
         let (r, l, t) = (router.clone(), llm.clone(), tts.clone());
         let conversation = settings.conversation.clone();
@@ -110,6 +120,24 @@ impl Kernel {
         let stt_sup = sup("stt");
         let (o, stt_settings) = (orchestrator.clone(), settings.stt.clone());
         let stt = Supervisor::start(move |_| SttActor::new(stt_sup, stt_settings, o));
+
+        // The input device reports speech to Stt (unless the caller wired another
+        // listener), and `stt_start {source:"device"}` reaches it through `device_audio`.
+        let audio = settings.audio.clone().map(|audio_settings| {
+            let audio_sup = sup("audio");
+            let c = components.clone();
+            let speech = rooms
+                .speech
+                .clone()
+                .or_else(|| Some(stt.clone().recipient()));
+            Supervisor::start(move |_| {
+                crate::audio::AudioCapture::new(audio_sup, c, audio_settings, speech)
+            })
+        });
+        let device_audio = rooms
+            .device_audio
+            .clone()
+            .or_else(|| audio.as_ref().map(|a| a.clone().recipient()));
 
         // Can the speech engine speak at all? Say so once, up front.
         let (h, c) = (hub.clone(), components.clone());
@@ -128,7 +156,8 @@ impl Kernel {
             memory: rooms.memory,
             tools: rooms.tools,
             stt,
-            device_audio: rooms.device_audio,
+            device_audio,
+            audio,
         };
         kernel.watch(hub, components);
         kernel
@@ -139,7 +168,7 @@ impl Kernel {
     fn watch(&self, hub: HubHandle, components: ComponentRegistry) {
         let k = self.clone();
         actix_rt::spawn(async move {
-            let mut reported = [false; 7];
+            let mut reported = [false; 8];
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -151,6 +180,7 @@ impl Kernel {
                     ("memory", k.memory.as_ref().is_none_or(|a| a.connected())),
                     ("tools", k.tools.as_ref().is_none_or(|a| a.connected())),
                     ("stt", k.stt.connected()),
+                    ("audio", k.audio.as_ref().is_none_or(|a| a.connected())),
                 ];
                 for (i, (name, up)) in alive.iter().enumerate() {
                     if !up && !reported[i] {

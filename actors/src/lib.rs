@@ -2,6 +2,7 @@
 //! (as they land) the subsystem actors. One module ("room") per actor: its state, its
 //! messages and its tests live together.
 
+pub mod audio;
 pub mod auth;
 pub mod components;
 pub mod hub;

@@ -154,6 +154,7 @@ fn rooms(
         tools: Some(tools),
         matcher: None,
         device_audio: None,
+        speech: None,
     }
 }
 

@@ -19,6 +19,12 @@ impl TypeMask {
     });
     /// No type.
     pub const NONE: TypeMask = TypeMask(0);
+    /// What a client gets without naming types, and what `*` and `prefix*` patterns
+    /// match: every type except the opt-in ones ([`EventType::TtsAudio`]: audio would
+    /// flood clients that only display events), which only an exact name subscribes to.
+    pub const DEFAULT: TypeMask = TypeMask(Self::ALL.0 & !Self::OPT_IN.0);
+    /// Types delivered only to clients that name them exactly.
+    pub const OPT_IN: TypeMask = TypeMask(1u64 << (EventType::TtsAudio as u32));
 
     fn bit(t: EventType) -> u64 {
         1u64 << (t as u32)
@@ -28,6 +34,11 @@ impl TypeMask {
     #[inline]
     pub fn contains(self, t: EventType) -> bool {
         self.0 & Self::bit(t) != 0
+    }
+
+    /// The raw bits (one per [`EventType`], by discriminant).
+    pub fn bits(self) -> u64 {
+        self.0
     }
 
     /// The union of two masks.
@@ -66,6 +77,7 @@ impl TypeMask {
             return Err(FilterError::Empty);
         }
         let mut bits = 0u64;
+        let mut opt_in_only = false;
         match pattern.strip_suffix('*') {
             Some(prefix) => {
                 if prefix.contains('*') {
@@ -73,7 +85,11 @@ impl TypeMask {
                 }
                 for t in EventType::ALL {
                     if t.as_str().starts_with(prefix) {
-                        bits |= Self::bit(*t);
+                        if Self::OPT_IN.contains(*t) {
+                            opt_in_only = true;
+                        } else {
+                            bits |= Self::bit(*t);
+                        }
                     }
                 }
             }
@@ -87,6 +103,9 @@ impl TypeMask {
             }
         }
         if bits == 0 {
+            if opt_in_only {
+                return Err(FilterError::OptIn(pattern.to_string()));
+            }
             return Err(FilterError::NoMatch(pattern.to_string()));
         }
         Ok(TypeMask(bits))
@@ -102,6 +121,9 @@ pub enum FilterError {
     /// `*` somewhere other than at the end.
     #[error("pattern `{0}`: `*` is only allowed at the end (e.g. `stt_*`)")]
     BadWildcard(String),
+    /// Matches only opt-in types, which wildcards never select.
+    #[error("pattern `{0}` matches only opt-in types (tts_audio): name them exactly")]
+    OptIn(String),
     /// Matches no event type of this protocol version.
     #[error("pattern `{0}` matches no event type (see `coda protocol schema` for the list)")]
     NoMatch(String),
@@ -118,8 +140,29 @@ mod tests {
         assert!(m.contains(EventType::SttInterim));
         assert!(m.contains(EventType::LlmResult));
         assert!(!m.contains(EventType::LlmToken));
-        assert_eq!(TypeMask::from_pattern("*").unwrap(), TypeMask::ALL);
+        assert_eq!(TypeMask::from_pattern("*").unwrap(), TypeMask::DEFAULT);
         assert_eq!(TypeMask::ALL.names().len(), EventType::ALL.len());
+    }
+
+    #[test]
+    fn tts_audio_is_opt_in() {
+        for p in ["*", "tts_*", "tts_a*"] {
+            let m = TypeMask::from_pattern(p);
+            assert!(
+                !m.map(|m| m.contains(EventType::TtsAudio)).unwrap_or(false),
+                "{p} selected tts_audio"
+            );
+        }
+        assert!(matches!(
+            TypeMask::from_pattern("tts_a*"),
+            Err(FilterError::OptIn(_))
+        ));
+        let m = TypeMask::from_patterns(&["*", "tts_audio"]).unwrap();
+        assert_eq!(m, TypeMask::ALL);
+        assert!(TypeMask::from_pattern("tts_*")
+            .unwrap()
+            .contains(EventType::TtsResult));
+        assert!(!TypeMask::DEFAULT.contains(EventType::TtsAudio));
     }
 
     #[test]

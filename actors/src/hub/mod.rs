@@ -232,6 +232,8 @@ pub struct EventHub {
     published: Arc<AtomicU64>,
     counters: Arc<HubCounters>,
     observers: Vec<(&'static str, TypeMask, Recipient<HubDelivery>)>,
+    /// Union of the subscribed clients' masks (read by [`HubHandle::wants`]).
+    wanted: Arc<AtomicU64>,
 }
 
 impl EventHub {
@@ -252,6 +254,7 @@ impl EventHub {
             published: Arc::new(AtomicU64::new(0)),
             counters: Arc::new(HubCounters::default()),
             observers: Vec::new(),
+            wanted: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -261,12 +264,14 @@ impl EventHub {
         let published = hub.published.clone();
         let counters = hub.counters.clone();
         let epoch = hub.epoch.clone();
+        let wanted = hub.wanted.clone();
         let addr = hub.start();
         HubHandle {
             addr,
             epoch,
             published,
             counters,
+            wanted,
         }
     }
 
@@ -276,6 +281,11 @@ impl EventHub {
             .iter()
             .filter_map(|(id, c)| c.mask.map(|m| (*id, m, c.recipient.clone())))
             .collect();
+        let union = self
+            .subscribers
+            .iter()
+            .fold(0u64, |acc, (_, m, _)| acc | m.bits());
+        self.wanted.store(union, Ordering::Relaxed);
         self.counters
             .set_connections(self.clients.len(), self.subscribers.len());
     }
@@ -519,9 +529,16 @@ pub struct HubHandle {
     epoch: Arc<str>,
     published: Arc<AtomicU64>,
     counters: Arc<HubCounters>,
+    wanted: Arc<AtomicU64>,
 }
 
 impl HubHandle {
+    /// Does any subscribed client want events of type `t`? (For costly, opt-in events
+    /// such as `tts_audio`: skip producing them when nobody listens.)
+    pub fn wants(&self, t: EventType) -> bool {
+        TypeMask::ALL.bits() & self.wanted.load(Ordering::Relaxed) & (1u64 << (t as u32)) != 0
+    }
+
     /// Publishes a typed payload for `session_id` (`"system"` for process-wide events).
     pub fn publish<P: EventPayload>(&self, session_id: &str, payload: &P) {
         match serde_json::value::to_raw_value(payload) {

@@ -288,7 +288,7 @@ impl WsSession {
                 subscribed: false,
                 include: None,
                 exclude: Vec::new(),
-                mask: TypeMask::ALL,
+                mask: TypeMask::DEFAULT,
                 last_sent_seq: 0,
                 awaiting_replay: false,
                 deferred: Vec::new(),
@@ -411,7 +411,7 @@ impl WsSession {
     fn recompute_mask(&mut self) -> Result<(), crate::hub::FilterError> {
         let include = match &self.include {
             Some(p) => TypeMask::from_patterns(p)?,
-            None => TypeMask::ALL,
+            None => TypeMask::DEFAULT,
         };
         let exclude = TypeMask::from_patterns(&self.exclude).unwrap_or(TypeMask::NONE);
         self.mask = include.minus(exclude);

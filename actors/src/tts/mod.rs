@@ -1,13 +1,18 @@
 //! Tts: turns sentences into audio as they arrive, so speech starts on the first complete
-//! sentence. Engines sit behind [`TtsEngine`] (espeak-ng here; ElevenLabs and
-//! OpenAI-compatible speech, and playback, come with the voice work).
+//! sentence. Engines sit behind [`TtsEngine`]: espeak-ng (local), ElevenLabs and
+//! OpenAI-compatible speech ([`remote`]), optionally with a fallback.
 //!
 //! Per turn, sentences are synthesised in order, one at a time; turns of different
-//! sessions run side by side. Publishes `tts_start` (first sentence), `tts_progress` (each
-//! sentence), `tts_result` (turn done) and `tts_error`, and tells the Orchestrator through
+//! sessions run side by side. With playback on ([`TtsOutput::play`]), each sentence is
+//! queued on the output device as soon as it is synthesised (the next one is synthesised
+//! while it plays) and the turn ends when the last one has played. Publishes `tts_start`
+//! (first sentence), `tts_progress` (each sentence), `tts_audio` (audio chunks, only while
+//! a client subscribed to them), `tts_result` (turn done; `played` true only when every
+//! sentence went to a device) and `tts_error`, and tells the Orchestrator through
 //! [`TtsUpdate`].
 
 pub mod espeak;
+pub mod remote;
 mod sentences;
 
 pub use sentences::SentenceSplitter;
@@ -17,7 +22,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use coda_protocol::{Level, TtsError, TtsProgress, TtsResult, TtsStart};
+use base64::Engine as _;
+use coda_protocol::{EventType, Level, TtsAudio, TtsError, TtsProgress, TtsResult, TtsStart};
 
 use crate::supervise::Supervision;
 
@@ -46,13 +52,42 @@ pub enum TtsEngineError {
     /// Synthesis failed.
     #[error("synthesis failed: {0}")]
     Failed(String),
+    /// The service refused the credentials (HTTP 401/403).
+    #[error("not authorised: {0}")]
+    Auth(String),
+    /// The service asked us to slow down (HTTP 429).
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// No (complete) answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The audio that came back is unusable (truncated, odd length, not the format asked).
+    #[error("bad audio: {0}")]
+    BadAudio(String),
 }
 
 impl TtsEngineError {
-    fn code(&self) -> &'static str {
+    /// Stable code for `tts_error`.
+    pub fn code(&self) -> &'static str {
         match self {
             TtsEngineError::Unavailable(_) => "unavailable",
             TtsEngineError::Failed(_) => "synthesis_failed",
+            TtsEngineError::Auth(_) => "auth_failed",
+            TtsEngineError::RateLimited(_) => "rate_limited",
+            TtsEngineError::Timeout(_) => "timeout",
+            TtsEngineError::BadAudio(_) => "bad_audio",
+        }
+    }
+
+    /// The message without the kind prefix.
+    pub fn detail(&self) -> &str {
+        match self {
+            TtsEngineError::Unavailable(m)
+            | TtsEngineError::Failed(m)
+            | TtsEngineError::Auth(m)
+            | TtsEngineError::RateLimited(m)
+            | TtsEngineError::Timeout(m)
+            | TtsEngineError::BadAudio(m) => m,
         }
     }
 }
@@ -68,7 +103,43 @@ pub trait TtsEngine: Send + Sync + std::fmt::Debug {
     async fn check(&self) -> Result<(), TtsEngineError>;
     /// One sentence to audio.
     async fn synthesize(&self, text: &str) -> Result<Audio, TtsEngineError>;
+    /// One sentence to audio, with the failure of a primary engine that a fallback
+    /// covered (so it can be announced). Engines without a fallback need not override it.
+    async fn synthesize_reported(
+        &self,
+        text: &str,
+    ) -> Result<(Audio, Option<TtsEngineError>), TtsEngineError> {
+        self.synthesize(text).await.map(|a| (a, None))
+    }
+    /// The fallback engine's name, if there is one.
+    fn fallback_name(&self) -> Option<&str> {
+        None
+    }
 }
+
+/// Where synthesised speech goes besides the events.
+#[derive(Debug, Clone)]
+pub struct TtsOutput {
+    /// Play on an output device (`tts.play`).
+    pub play: bool,
+    /// Output device name (empty: the default).
+    pub device: String,
+    /// Publish `tts_audio` chunks while some client subscribes to them.
+    pub stream_audio: bool,
+}
+
+impl Default for TtsOutput {
+    fn default() -> Self {
+        TtsOutput {
+            play: false,
+            device: String::new(),
+            stream_audio: true,
+        }
+    }
+}
+
+/// Samples per `tts_audio` chunk: a quarter second at 22 kHz (about 15 KB of base64).
+const AUDIO_CHUNK_SAMPLES: usize = 5_512;
 
 /// What the Tts actor tells the Orchestrator.
 #[derive(Debug, Clone, Message)]
@@ -146,6 +217,24 @@ struct TurnSpeech {
     started: Instant,
     audio_ms: f64,
     announced: bool,
+    /// Sentences queued on the speaker and not yet done.
+    playing: usize,
+    /// Every sentence so far went to a device to the end.
+    all_played: bool,
+    /// `tts_audio` chunks published.
+    chunks: u32,
+}
+
+/// The output device, once the Tts actor has tried to open it.
+#[derive(Clone)]
+enum SpeakerState {
+    /// Playback off, or not tried yet.
+    Off,
+    /// Open.
+    #[cfg(feature = "audio")]
+    Open(crate::audio::Speaker),
+    /// No device (the reason was logged once).
+    Missing,
 }
 
 /// The Tts actor.
@@ -153,16 +242,26 @@ pub struct TtsActor {
     sup: Supervision,
     engine: Arc<dyn TtsEngine>,
     turns: HashMap<String, TurnSpeech>,
+    output: TtsOutput,
+    speaker: SpeakerState,
 }
 
 impl TtsActor {
-    /// A Tts actor speaking with `engine`.
+    /// A Tts actor speaking with `engine` (no playback; see [`TtsActor::with_output`]).
     pub fn new(sup: Supervision, engine: Arc<dyn TtsEngine>) -> Self {
         TtsActor {
             sup,
             engine,
             turns: HashMap::new(),
+            output: TtsOutput::default(),
+            speaker: SpeakerState::Off,
         }
+    }
+
+    /// Where speech goes: the device is opened when the actor starts.
+    pub fn with_output(mut self, output: TtsOutput) -> Self {
+        self.output = output;
+        self
     }
 
     /// Starts the next sentence of `turn_id` if none is being synthesised.
@@ -176,7 +275,7 @@ impl TtsActor {
             return;
         }
         let Some((index, text)) = turn.pending.pop_front() else {
-            if turn.finishing {
+            if turn.finishing && turn.playing == 0 {
                 self.finish(turn_id);
             }
             return;
@@ -196,7 +295,7 @@ impl TtsActor {
         let id = turn_id.to_string();
         let fut = async move {
             let t = std::time::Instant::now();
-            let r = engine.synthesize(&text).await;
+            let r = engine.synthesize_reported(&text).await;
             (text, r, t.elapsed().as_secs_f64() * 1000.0)
         };
         let handle = ctx.spawn(fut.into_actor(self).map(
@@ -214,7 +313,7 @@ impl TtsActor {
         turn_id: &str,
         index: u32,
         text: String,
-        result: Result<Audio, TtsEngineError>,
+        result: Result<(Audio, Option<TtsEngineError>), TtsEngineError>,
         synth_ms: f64,
         ctx: &mut Context<Self>,
     ) {
@@ -224,7 +323,23 @@ impl TtsActor {
         };
         turn.busy = None;
         match result {
-            Ok(audio) => {
+            Ok((audio, covered)) => {
+                if let Some(e) = covered {
+                    // The primary engine failed and the fallback spoke: say so.
+                    hub.publish(
+                        &turn.session_id,
+                        &TtsError {
+                            turn_id: Some(turn_id.to_string()),
+                            code: e.code().to_string(),
+                            message: format!(
+                                "{} (this sentence was spoken by {} instead)",
+                                e,
+                                self.engine.fallback_name().unwrap_or("the fallback engine")
+                            ),
+                            level: Level::Warning,
+                        },
+                    );
+                }
                 let audio_ms = audio.duration_ms();
                 turn.audio_ms += audio_ms;
                 hub.publish(
@@ -235,6 +350,24 @@ impl TtsActor {
                         text: text.clone(),
                     },
                 );
+                if self.output.stream_audio && hub.wants(EventType::TtsAudio) {
+                    for piece in audio.samples.chunks(AUDIO_CHUNK_SAMPLES) {
+                        let bytes: Vec<u8> = piece.iter().flat_map(|s| s.to_le_bytes()).collect();
+                        hub.publish(
+                            &turn.session_id,
+                            &TtsAudio {
+                                turn_id: Some(turn_id.to_string()),
+                                index: turn.chunks,
+                                sample_rate: audio.sample_rate,
+                                channels: 1,
+                                format: "pcm_s16le".into(),
+                                audio: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                                last: false,
+                            },
+                        );
+                        turn.chunks += 1;
+                    }
+                }
                 turn.reply_to.do_send(TtsUpdate::Spoken {
                     turn_id: turn_id.to_string(),
                     index,
@@ -242,6 +375,7 @@ impl TtsActor {
                     audio_ms,
                     synth_ms,
                 });
+                self.play(turn_id, audio, ctx);
                 self.pump(turn_id, ctx);
             }
             Err(error) => {
@@ -258,14 +392,81 @@ impl TtsActor {
                     turn_id: turn_id.to_string(),
                     error,
                 });
-                self.turns.remove(turn_id);
+                if let Some(turn) = self.turns.remove(turn_id) {
+                    self.end_audio_stream(turn_id, &turn);
+                }
             }
+        }
+    }
+
+    /// Queues a sentence's audio on the speaker (in order); the turn waits for it.
+    fn play(&mut self, turn_id: &str, audio: Audio, ctx: &mut Context<Self>) {
+        let Some(turn) = self.turns.get_mut(turn_id) else {
+            return;
+        };
+        match &self.speaker {
+            #[cfg(feature = "audio")]
+            SpeakerState::Open(speaker) => {
+                turn.playing += 1;
+                let speaker = speaker.clone();
+                let id = turn_id.to_string();
+                let samples = crate::audio::convert::i16_to_f32(&audio.samples);
+                let rate = audio.sample_rate;
+                ctx.spawn(
+                    async move { speaker.play(samples, rate).await }
+                        .into_actor(self)
+                        .map(move |outcome, act, ctx| act.played(&id, outcome, ctx)),
+                );
+            }
+            SpeakerState::Off | SpeakerState::Missing => {
+                let _ = (audio, ctx);
+                turn.all_played = false;
+            }
+        }
+    }
+
+    #[cfg(feature = "audio")]
+    fn played(
+        &mut self,
+        turn_id: &str,
+        outcome: crate::audio::PlayOutcome,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(turn) = self.turns.get_mut(turn_id) else {
+            return;
+        };
+        turn.playing = turn.playing.saturating_sub(1);
+        if outcome != crate::audio::PlayOutcome::Played {
+            if let crate::audio::PlayOutcome::Failed(why) = &outcome {
+                tracing::warn!(turn = turn_id, %why, "playback failed");
+            }
+            turn.all_played = false;
+        }
+        self.pump(turn_id, ctx);
+    }
+
+    /// The closing `tts_audio` chunk (`last: true`, no samples) for clients that got some.
+    fn end_audio_stream(&self, turn_id: &str, turn: &TurnSpeech) {
+        if turn.chunks > 0 {
+            self.sup.hub().publish(
+                &turn.session_id,
+                &TtsAudio {
+                    turn_id: Some(turn_id.to_string()),
+                    index: turn.chunks,
+                    sample_rate: 0,
+                    channels: 1,
+                    format: "pcm_s16le".into(),
+                    audio: String::new(),
+                    last: true,
+                },
+            );
         }
     }
 
     fn finish(&mut self, turn_id: &str) {
         if let Some(turn) = self.turns.remove(turn_id) {
             let duration_ms = turn.started.elapsed().as_secs_f64() * 1000.0;
+            self.end_audio_stream(turn_id, &turn);
             if turn.announced {
                 self.sup.hub().publish(
                     &turn.session_id,
@@ -273,8 +474,7 @@ impl TtsActor {
                         turn_id: Some(turn_id.to_string()),
                         duration_ms,
                         audio_ms: turn.audio_ms,
-                        // Playback arrives with the voice work; until then nothing plays.
-                        played: false,
+                        played: turn.all_played,
                     },
                 );
             }
@@ -290,8 +490,46 @@ impl TtsActor {
 impl Actor for TtsActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.sup.started();
+        if self.output.play && matches!(self.speaker, SpeakerState::Off) {
+            self.open_speaker(ctx);
+        }
+    }
+}
+
+impl TtsActor {
+    #[cfg(feature = "audio")]
+    fn open_speaker(&mut self, ctx: &mut Context<Self>) {
+        let device = self.output.device.clone();
+        let open = crate::supervise::blocking(move || crate::audio::Speaker::open(&device));
+        // `wait`: sentences queue behind the opening, so none is synthesised for a
+        // speaker state that is about to change.
+        ctx.wait(open.into_actor(self).map(|res, act, _| {
+            act.speaker = match res {
+                Ok(Ok(speaker)) => {
+                    tracing::info!(device = speaker.device(), "speech plays on the output device");
+                    SpeakerState::Open(speaker)
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(reason = %e, "no output device: speech is synthesised but not played (tts_result.played = false)");
+                    SpeakerState::Missing
+                }
+                Err(panic) => {
+                    tracing::warn!(%panic, "opening the output device panicked; speech is not played");
+                    SpeakerState::Missing
+                }
+            };
+        }));
+    }
+
+    #[cfg(not(feature = "audio"))]
+    fn open_speaker(&mut self, _: &mut Context<Self>) {
+        tracing::info!(
+            "{}: speech is synthesised but not played (tts_result.played = false)",
+            crate::audio::NO_AUDIO_BUILD
+        );
+        self.speaker = SpeakerState::Missing;
     }
 }
 
@@ -327,6 +565,9 @@ impl Handler<Speak> for TtsActor {
                 started: Instant::now(),
                 audio_ms: 0.0,
                 announced: false,
+                playing: 0,
+                all_played: true,
+                chunks: 0,
             });
         turn.pending.push_back((msg.index, msg.text));
         self.pump(&msg.turn_id, ctx);
@@ -354,6 +595,14 @@ impl Handler<CancelTurn> for TtsActor {
             if let Some(h) = turn.busy.take() {
                 ctx.cancel_future(h);
             }
+            // Silence now: the assistant has one voice, so the whole queue goes.
+            #[cfg(feature = "audio")]
+            if turn.playing > 0 {
+                if let SpeakerState::Open(s) = &self.speaker {
+                    s.stop_now();
+                }
+            }
+            self.end_audio_stream(&msg.turn_id, &turn);
             if turn.announced {
                 self.sup.hub().publish(
                     &turn.session_id,
@@ -365,6 +614,27 @@ impl Handler<CancelTurn> for TtsActor {
                     },
                 );
             }
+        }
+    }
+}
+
+/// Stop playback now (every turn), answering with the time the playback thread took to
+/// act. For benchmarks and the interrupt path when no turn is known.
+#[derive(Message)]
+#[rtype(result = "Option<std::time::Duration>")]
+pub struct StopPlayback;
+
+impl Handler<StopPlayback> for TtsActor {
+    type Result = ResponseFuture<Option<std::time::Duration>>;
+
+    fn handle(&mut self, _: StopPlayback, _: &mut Context<Self>) -> Self::Result {
+        match &self.speaker {
+            #[cfg(feature = "audio")]
+            SpeakerState::Open(s) => {
+                let s = s.clone();
+                Box::pin(async move { Some(s.stop().await) })
+            }
+            _ => Box::pin(async { None }),
         }
     }
 }

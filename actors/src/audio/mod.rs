@@ -1,0 +1,779 @@
+//! Audio I/O: the AudioCapture actor (the server's own microphone → [`SpeechAudio`]),
+//! sample conversion to 16 kHz mono, voice activity detection, playback and device
+//! listing.
+//!
+//! Devices need the `audio` feature (cpal and rodio, on by default). Without it the
+//! conversion and VAD still build, and capture and playback answer with a clear
+//! "unavailable in this build" error.
+//!
+//! AudioCapture listens for one session at a time:
+//! - push-to-talk: [`StartCapture`] opens the device and reports `Started`; audio
+//!   accumulates (`Partial` every `interim_ms`) until [`StopCapture`] (`Ended`) or
+//!   `max_utterance_s`.
+//! - continuous: the device stays open; the VAD splits the audio into utterances, each
+//!   `Started` → `Partial`… → `Ended` (with `speech_ended` at the last voiced frame).
+//!
+//! The device lives on its own thread (a cpal stream is `!Send`) and feeds the actor
+//! through a bounded channel; the actor never blocks.
+
+pub mod convert;
+#[cfg(feature = "audio")]
+pub mod device;
+#[cfg(feature = "audio")]
+pub mod playback;
+pub mod vad;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use coda_protocol::{AudioSource, ComponentState, Level, SttError, SttMode};
+use serde::Serialize;
+
+use crate::components::ComponentRegistry;
+use crate::supervise::Supervision;
+use crate::voice::{SpeechAudio, SPEECH_SAMPLE_RATE};
+use vad::{Vad, VadEvent, VadSettings, FRAME};
+
+#[cfg(feature = "audio")]
+pub use playback::Speaker;
+
+/// An audio failure.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AudioError {
+    /// No usable device (or no audio support in this build).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Another session is listening.
+    #[error("the input device is in use by session `{0}`")]
+    Busy(String),
+    /// Nothing is listening for that session.
+    #[error("not listening for session `{0}`")]
+    NotListening(String),
+}
+
+impl AudioError {
+    /// Stable code for `stt_error` / `command_error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AudioError::Unavailable(_) => "device_unavailable",
+            AudioError::Busy(_) => "device_busy",
+            AudioError::NotListening(_) => "not_listening",
+        }
+    }
+}
+
+/// The message for a build without the `audio` feature.
+pub const NO_AUDIO_BUILD: &str =
+    "this build of coda has no sound device support (built without the `audio` feature)";
+
+/// One supported stream configuration of a device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigRange {
+    /// Channels.
+    pub channels: u16,
+    /// Lowest rate, Hz.
+    pub min_rate: u32,
+    /// Highest rate, Hz.
+    pub max_rate: u32,
+    /// Sample format, e.g. `i16`, `f32`.
+    pub format: String,
+}
+
+/// One device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceInfo {
+    /// The name to put in `audio.input_device` / `audio.output_device`.
+    pub id: String,
+    /// A readable name.
+    pub name: String,
+    /// The host's default device?
+    pub is_default: bool,
+    /// Its default configuration, when it can be opened at all.
+    pub default_config: Option<ConfigRange>,
+    /// Everything it supports.
+    pub configs: Vec<ConfigRange>,
+    /// Why its configurations could not be read.
+    pub error: Option<String>,
+}
+
+/// The devices of the audio host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceList {
+    /// Host API, e.g. `ALSA`.
+    pub host: String,
+    /// Capture devices.
+    pub inputs: Vec<DeviceInfo>,
+    /// Playback devices.
+    pub outputs: Vec<DeviceInfo>,
+}
+
+/// Lists the sound devices (an error in a build without the `audio` feature).
+pub fn list_devices() -> Result<DeviceList, AudioError> {
+    #[cfg(feature = "audio")]
+    {
+        device::list_devices()
+    }
+    #[cfg(not(feature = "audio"))]
+    {
+        Err(AudioError::Unavailable(NO_AUDIO_BUILD.into()))
+    }
+}
+
+/// How one queued sound ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlayOutcome {
+    /// Played to the end on a device.
+    Played,
+    /// Stopped (interrupt) before the end.
+    Stopped,
+    /// Not played.
+    Failed(String),
+}
+
+/// AudioCapture settings (the `[audio]` config section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioSettings {
+    /// Input device name (empty: the default).
+    pub input_device: String,
+    /// The detector.
+    pub vad: VadSettings,
+    /// Audio kept from before speech was detected, ms (so the first syllable is not cut).
+    pub preroll_ms: u32,
+    /// Longest utterance; it is ended at this length, s.
+    pub max_utterance_s: f64,
+    /// `Partial` at most this often while speaking, ms.
+    pub interim_ms: u32,
+}
+
+impl Default for AudioSettings {
+    fn default() -> Self {
+        AudioSettings {
+            input_device: String::new(),
+            vad: VadSettings::default(),
+            preroll_ms: 300,
+            max_utterance_s: 30.0,
+            interim_ms: 500,
+        }
+    }
+}
+
+/// Start listening on the input device for `session_id`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<CaptureStarted, AudioError>")]
+pub struct StartCapture {
+    /// The conversation session the speech belongs to.
+    pub session_id: String,
+    /// Push-to-talk or continuous.
+    pub mode: SttMode,
+}
+
+/// Start listening to audio the caller sends with [`FeedAudio`] instead of the device
+/// (a file, a test signal, a benchmark): the same pipeline, VAD and reports.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<CaptureStarted, AudioError>")]
+pub struct StartFeed {
+    /// The session.
+    pub session_id: String,
+    /// Push-to-talk or continuous.
+    pub mode: SttMode,
+}
+
+/// 16 kHz mono samples for a [`StartFeed`] listening.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct FeedAudio {
+    /// Samples in [-1, 1].
+    pub samples: Vec<f32>,
+}
+
+/// Stop listening for `session_id` (push-to-talk: the utterance ends here).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), AudioError>")]
+pub struct StopCapture {
+    /// The session.
+    pub session_id: String,
+}
+
+/// Where speech reports go from now on (the Stt actor, wired at start-up).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectSpeech(pub Recipient<SpeechAudio>);
+
+/// What a started capture opened.
+#[derive(Debug, Clone, PartialEq, Serialize, MessageResponse)]
+pub struct CaptureStarted {
+    /// Device id (`feed` for [`StartFeed`]).
+    pub device: String,
+    /// Device sample rate, Hz.
+    pub rate: u32,
+    /// Device channels.
+    pub channels: u16,
+}
+
+/// 16 kHz chunks from the capture thread, tagged with the listening they belong to.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Chunk {
+    generation: u64,
+    samples: Vec<f32>,
+}
+
+struct Utterance {
+    samples: Vec<f32>,
+    last_partial: Instant,
+    last_voiced_at: Instant,
+}
+
+struct Listening {
+    session_id: String,
+    mode: SttMode,
+    generation: u64,
+    #[cfg(feature = "audio")]
+    _device: Option<device::CaptureHandle>,
+    vad: Vad,
+    frame: Vec<f32>,
+    recent: VecDeque<f32>,
+    utterance: Option<Utterance>,
+}
+
+/// The AudioCapture actor.
+pub struct AudioCapture {
+    sup: Supervision,
+    components: ComponentRegistry,
+    settings: AudioSettings,
+    sink: Option<Recipient<SpeechAudio>>,
+    listening: Option<Listening>,
+    generation: u64,
+    dropped_notice: bool,
+}
+
+/// Capacity of the device → actor channel (chunks of ≈20 ms: about 5 s).
+const CHANNEL_CHUNKS: usize = 256;
+
+impl AudioCapture {
+    /// An actor reporting to `sink` (`None` until [`ConnectSpeech`]: reports are logged
+    /// and dropped).
+    pub fn new(
+        sup: Supervision,
+        components: ComponentRegistry,
+        settings: AudioSettings,
+        sink: Option<Recipient<SpeechAudio>>,
+    ) -> Self {
+        AudioCapture {
+            sup,
+            components,
+            settings,
+            sink,
+            listening: None,
+            generation: 0,
+            dropped_notice: false,
+        }
+    }
+
+    fn report(&mut self, msg: SpeechAudio) {
+        match &self.sink {
+            Some(s) => s.do_send(msg),
+            None => {
+                if !self.dropped_notice {
+                    self.dropped_notice = true;
+                    tracing::info!("speech captured but nothing transcribes it yet (no Stt connected); dropped");
+                }
+                tracing::debug!(session = msg.session_id(), "speech report dropped");
+            }
+        }
+    }
+
+    fn device_error(&self, session_id: &str, e: &AudioError) {
+        self.sup.hub().publish(
+            session_id,
+            &SttError {
+                turn_id: None,
+                code: e.code().to_string(),
+                message: e.to_string(),
+                level: Level::Error,
+            },
+        );
+    }
+
+    fn max_samples(&self) -> usize {
+        (self.settings.max_utterance_s.max(0.5) * f64::from(SPEECH_SAMPLE_RATE)) as usize
+    }
+
+    fn preroll_samples(&self) -> usize {
+        (self.settings.preroll_ms + self.settings.vad.start_ms) as usize
+            * SPEECH_SAMPLE_RATE as usize
+            / 1000
+    }
+
+    /// Begins a listening (the device, if any, is already open).
+    fn begin(&mut self, session_id: String, mode: SttMode, generation: u64) -> Listening {
+        let mut l = Listening {
+            session_id,
+            mode,
+            generation,
+            #[cfg(feature = "audio")]
+            _device: None,
+            vad: Vad::new(self.settings.vad),
+            frame: Vec::with_capacity(FRAME),
+            recent: VecDeque::new(),
+            utterance: None,
+        };
+        if mode == SttMode::PushToTalk {
+            let now = Instant::now();
+            l.utterance = Some(Utterance {
+                samples: Vec::new(),
+                last_partial: now,
+                last_voiced_at: now,
+            });
+        }
+        l
+    }
+
+    fn started_report(&mut self, session_id: &str, mode: SttMode, source: AudioSource) {
+        self.report(SpeechAudio::Started {
+            session_id: session_id.to_string(),
+            mode,
+            source,
+        });
+    }
+
+    /// Ends the current utterance with `Ended` (or `Cancelled` when it is empty).
+    fn end_utterance(&mut self, trim_frames: usize, speech_ended: Option<Instant>) {
+        let Some(l) = self.listening.as_mut() else {
+            return;
+        };
+        let Some(mut u) = l.utterance.take() else {
+            return;
+        };
+        let session_id = l.session_id.clone();
+        // Keep 200 ms of the trailing silence, drop the rest of the hangover.
+        let trim = trim_frames.saturating_sub(10) * FRAME;
+        let keep = u.samples.len().saturating_sub(trim);
+        u.samples.truncate(keep);
+        let msg = if u.samples.is_empty() {
+            SpeechAudio::Cancelled {
+                session_id,
+                reason: "no audio was captured".into(),
+            }
+        } else {
+            SpeechAudio::Ended {
+                session_id,
+                samples: Arc::from(u.samples),
+                speech_ended: speech_ended.unwrap_or(u.last_voiced_at),
+            }
+        };
+        self.report(msg);
+    }
+
+    fn on_samples(&mut self, samples: &[f32]) {
+        let Some(l) = self.listening.as_mut() else {
+            return;
+        };
+        match l.mode {
+            SttMode::PushToTalk => {
+                let max = self.max_samples();
+                let interim = Duration::from_millis(u64::from(self.settings.interim_ms));
+                let Some(u) = self.listening.as_mut().and_then(|l| l.utterance.as_mut()) else {
+                    return;
+                };
+                u.samples.extend_from_slice(samples);
+                u.last_voiced_at = Instant::now();
+                if u.samples.len() >= max {
+                    u.samples.truncate(max);
+                    self.end_at_max();
+                } else if u.last_partial.elapsed() >= interim {
+                    u.last_partial = Instant::now();
+                    let partial = Arc::from(u.samples.as_slice());
+                    self.partial(partial);
+                }
+            }
+            SttMode::Continuous => {
+                let mut rest = samples;
+                while !rest.is_empty() {
+                    let Some(l) = self.listening.as_mut() else {
+                        return;
+                    };
+                    let take = (FRAME - l.frame.len()).min(rest.len());
+                    l.frame.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if l.frame.len() == FRAME {
+                        let frame = std::mem::replace(&mut l.frame, Vec::with_capacity(FRAME));
+                        self.on_frame(frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One 20 ms frame in continuous mode.
+    fn on_frame(&mut self, frame: Vec<f32>) {
+        let max = self.max_samples();
+        let preroll = self.preroll_samples();
+        let interim = Duration::from_millis(u64::from(self.settings.interim_ms));
+        let Some(l) = self.listening.as_mut() else {
+            return;
+        };
+        let ev = l.vad.push_frame(&frame);
+        let voiced = l.vad.last_voiced();
+        let now = Instant::now();
+        let session_id = l.session_id.clone();
+        match (l.utterance.as_mut(), ev) {
+            (None, VadEvent::SpeechStart { .. }) => {
+                let mut samples: Vec<f32> = l.recent.drain(..).collect();
+                samples.extend_from_slice(&frame);
+                l.utterance = Some(Utterance {
+                    samples,
+                    last_partial: now,
+                    last_voiced_at: now,
+                });
+                self.started_report(&session_id, SttMode::Continuous, AudioSource::Device);
+            }
+            (None, _) => {
+                l.recent.extend(frame.iter().copied());
+                let excess = l.recent.len().saturating_sub(preroll);
+                l.recent.drain(..excess);
+            }
+            (Some(u), VadEvent::SpeechEnd { frames_ago }) => {
+                u.samples.extend_from_slice(&frame);
+                self.end_utterance(frames_ago, None);
+            }
+            (Some(u), _) => {
+                u.samples.extend_from_slice(&frame);
+                if voiced {
+                    u.last_voiced_at = now;
+                }
+                if u.samples.len() >= max {
+                    l.vad.reset();
+                    self.end_at_max();
+                } else if u.last_partial.elapsed() >= interim {
+                    u.last_partial = now;
+                    let partial = Arc::from(u.samples.as_slice());
+                    self.partial(partial);
+                }
+            }
+        }
+    }
+
+    fn partial(&mut self, samples: Arc<[f32]>) {
+        if let Some(l) = self.listening.as_ref() {
+            let session_id = l.session_id.clone();
+            self.report(SpeechAudio::Partial {
+                session_id,
+                samples,
+            });
+        }
+    }
+
+    fn end_at_max(&mut self) {
+        let Some(l) = self.listening.as_ref() else {
+            return;
+        };
+        let mode = l.mode;
+        tracing::info!(
+            session = %l.session_id,
+            max_s = self.settings.max_utterance_s,
+            "utterance reached audio.max_utterance_s; ended there"
+        );
+        self.end_utterance(0, Some(Instant::now()));
+        if mode == SttMode::PushToTalk {
+            // Push-to-talk listens for one utterance: the device closes.
+            self.listening = None;
+        }
+    }
+}
+
+impl Actor for AudioCapture {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.sup.started();
+        // Is there an input device at all? Say so once, up front (no log spam later).
+        let name = self.settings.input_device.clone();
+        let fut = crate::supervise::blocking(move || probe_input(&name));
+        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
+            let problem = match res {
+                Ok(Ok(device)) => {
+                    tracing::debug!(%device, "input device available");
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("probing the input device panicked: {panic}"),
+            };
+            let state = if cfg!(feature = "audio") {
+                ComponentState::Degraded
+            } else {
+                ComponentState::Stopped
+            };
+            tracing::warn!(reason = %problem, "no usable input device: listening on the device is off (everything else works)");
+            act.components
+                .set(act.sup.hub(), act.sup.name(), state, Some(problem));
+        }));
+    }
+}
+
+/// Checks that the input device `name` can be opened; returns its id.
+pub fn probe_input(name: &str) -> Result<String, AudioError> {
+    #[cfg(feature = "audio")]
+    {
+        use cpal::traits::DeviceTrait;
+        device::find_device(name, device::Direction::Input).map(|(d, _)| {
+            d.id()
+                .map(|i| i.id().to_string())
+                .unwrap_or_else(|_| name.to_string())
+        })
+    }
+    #[cfg(not(feature = "audio"))]
+    {
+        let _ = name;
+        Err(AudioError::Unavailable(NO_AUDIO_BUILD.into()))
+    }
+}
+
+impl actix::Supervised for AudioCapture {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // The device thread of the old context is closed with its handle.
+        if let Some(l) = self.listening.take() {
+            self.report(SpeechAudio::Cancelled {
+                session_id: l.session_id,
+                reason: "the audio component restarted".into(),
+            });
+        }
+        self.sup.restarting();
+    }
+}
+
+impl AudioCapture {
+    /// Checks whether a new listening for `session_id` may start; an earlier one of the
+    /// same session is closed first.
+    fn may_start(&mut self, session_id: &str) -> Result<(), AudioError> {
+        if self.sup.is_degraded() {
+            return Err(AudioError::Unavailable(self.sup.unavailable()));
+        }
+        if let Some(l) = &self.listening {
+            if l.session_id != session_id {
+                return Err(AudioError::Busy(l.session_id.clone()));
+            }
+            self.close_listening("restarted by a new stt_start");
+        }
+        Ok(())
+    }
+
+    fn close_listening(&mut self, why: &str) {
+        if let Some(l) = self.listening.take() {
+            if l.utterance.is_some() {
+                self.report(SpeechAudio::Cancelled {
+                    session_id: l.session_id,
+                    reason: why.to_string(),
+                });
+            }
+        }
+    }
+}
+
+impl Handler<StartCapture> for AudioCapture {
+    type Result = AtomicResponse<Self, Result<CaptureStarted, AudioError>>;
+
+    fn handle(&mut self, msg: StartCapture, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.may_start(&msg.session_id) {
+            self.device_error(&msg.session_id, &e);
+            return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        #[cfg(feature = "audio")]
+        {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<f32>>(CHANNEL_CHUNKS);
+            let name = self.settings.input_device.clone();
+            // Opening a device can take a while (ALSA): off the event loop; `AtomicResponse`
+            // holds later messages (a quick stt_stop) until it is done.
+            let open = crate::supervise::blocking(move || device::start_capture(&name, tx));
+            AtomicResponse::new(Box::pin(open.into_actor(self).map(
+                move |res, act, ctx| {
+                    let handle = match res {
+                        Ok(Ok(h)) => h,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "input device did not open");
+                            act.device_error(&msg.session_id, &e);
+                            return Err(e);
+                        }
+                        Err(panic) => {
+                            let e = AudioError::Unavailable(format!(
+                                "opening the input device panicked: {panic}"
+                            ));
+                            act.device_error(&msg.session_id, &e);
+                            return Err(e);
+                        }
+                    };
+                    let started = CaptureStarted {
+                        device: handle.info.device.clone(),
+                        rate: handle.info.rate,
+                        channels: handle.info.channels,
+                    };
+                    tracing::info!(session = %msg.session_id, device = %started.device, rate = started.rate, channels = started.channels, mode = %msg.mode, "listening on the input device");
+                    let mut l = act.begin(msg.session_id.clone(), msg.mode, generation);
+                    l._device = Some(handle);
+                    act.listening = Some(l);
+                    let addr = ctx.address();
+                    ctx.spawn(
+                        async move {
+                            while let Some(samples) = rx.recv().await {
+                                if addr.try_send(Chunk { generation, samples }).is_err() {
+                                    // The actor is gone or its mailbox full: drop.
+                                    tracing::trace!("capture chunk dropped");
+                                }
+                            }
+                        }
+                        .into_actor(act),
+                    );
+                    if msg.mode == SttMode::PushToTalk {
+                        act.started_report(&msg.session_id, msg.mode, AudioSource::Device);
+                    }
+                    Ok(started)
+                },
+            )))
+        }
+        #[cfg(not(feature = "audio"))]
+        {
+            let _ = (generation, CHANNEL_CHUNKS);
+            let e = AudioError::Unavailable(NO_AUDIO_BUILD.into());
+            self.device_error(&msg.session_id, &e);
+            AtomicResponse::new(Box::pin(fut::ready(Err(e))))
+        }
+    }
+}
+
+impl Handler<StartFeed> for AudioCapture {
+    type Result = Result<CaptureStarted, AudioError>;
+
+    fn handle(&mut self, msg: StartFeed, _: &mut Context<Self>) -> Self::Result {
+        self.may_start(&msg.session_id)?;
+        self.generation += 1;
+        let l = self.begin(msg.session_id.clone(), msg.mode, self.generation);
+        self.listening = Some(l);
+        if msg.mode == SttMode::PushToTalk {
+            self.started_report(&msg.session_id, msg.mode, AudioSource::Device);
+        }
+        Ok(CaptureStarted {
+            device: "feed".into(),
+            rate: SPEECH_SAMPLE_RATE,
+            channels: 1,
+        })
+    }
+}
+
+impl Handler<FeedAudio> for AudioCapture {
+    type Result = ();
+
+    fn handle(&mut self, msg: FeedAudio, _: &mut Context<Self>) {
+        self.on_samples(&msg.samples);
+    }
+}
+
+impl Handler<Chunk> for AudioCapture {
+    type Result = ();
+
+    fn handle(&mut self, msg: Chunk, _: &mut Context<Self>) {
+        if self
+            .listening
+            .as_ref()
+            .is_some_and(|l| l.generation == msg.generation)
+        {
+            self.on_samples(&msg.samples);
+        }
+    }
+}
+
+/// A session's `stt_start` / `stt_stop` with `source: "device"` (the kernel wires this
+/// actor as [`crate::kernel::Rooms::device_audio`]): the same as [`StartCapture`] /
+/// [`StopCapture`], answered with the text the client's `command_error` carries.
+impl Handler<crate::voice::DeviceListen> for AudioCapture {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, msg: crate::voice::DeviceListen, ctx: &mut Context<Self>) -> Self::Result {
+        use crate::voice::DeviceListen;
+        let me = ctx.address();
+        Box::pin(async move {
+            let answer = match msg {
+                DeviceListen::Start { session_id, mode } => me
+                    .send(StartCapture { session_id, mode })
+                    .await
+                    .map(|r| r.map(|_| ())),
+                DeviceListen::Stop { session_id } => me.send(StopCapture { session_id }).await,
+            };
+            match answer {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("{}: {e}", e.code())),
+                Err(_) => Err("audio capture is restarting".into()),
+            }
+        })
+    }
+}
+
+impl Handler<StopCapture> for AudioCapture {
+    type Result = Result<(), AudioError>;
+
+    fn handle(&mut self, msg: StopCapture, _: &mut Context<Self>) -> Self::Result {
+        match &self.listening {
+            Some(l) if l.session_id == msg.session_id => {}
+            // Push-to-talk that already ended at max_utterance_s, or never started.
+            _ => return Err(AudioError::NotListening(msg.session_id)),
+        }
+        // Ended (push-to-talk: now is when the speaker stopped; continuous: mid-utterance).
+        self.end_utterance(0, Some(Instant::now()));
+        // Dropping the listening closes the device (its thread joins).
+        self.listening = None;
+        Ok(())
+    }
+}
+
+impl Handler<ConnectSpeech> for AudioCapture {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectSpeech, _: &mut Context<Self>) {
+        self.sink = Some(msg.0);
+    }
+}
+
+crate::impl_fault_injection!(AudioCapture);
+
+/// What the WebSocket session does with `stt_start {source:"device"}` / `stt_stop`: one
+/// call for the lead to route them here. `start: Some(mode)` starts, `None` stops. The
+/// answer is the `command_result` data (or the error for `command_error`; `stt_error` is
+/// already published).
+pub async fn route_device_command(
+    capture: Option<&Addr<AudioCapture>>,
+    session_id: &str,
+    start: Option<SttMode>,
+) -> Result<serde_json::Value, AudioError> {
+    let Some(capture) = capture else {
+        return Err(AudioError::Unavailable(
+            "audio capture is not running (audio.enabled = false)".into(),
+        ));
+    };
+    let mailbox = |_| AudioError::Unavailable("audio capture is restarting".into());
+    match start {
+        Some(mode) => {
+            let started = capture
+                .send(StartCapture {
+                    session_id: session_id.to_string(),
+                    mode,
+                })
+                .await
+                .map_err(mailbox)??;
+            Ok(
+                serde_json::json!({"listening": true, "source": "device", "device": started.device, "rate": started.rate, "channels": started.channels}),
+            )
+        }
+        None => {
+            capture
+                .send(StopCapture {
+                    session_id: session_id.to_string(),
+                })
+                .await
+                .map_err(mailbox)??;
+            Ok(serde_json::json!({"listening": false}))
+        }
+    }
+}

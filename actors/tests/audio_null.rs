@@ -1,0 +1,385 @@
+//! Capture and playback on ALSA's `null` device: a temp HOME whose `.asoundrc` makes the
+//! default PCM `null` gives a working, silent input and output on any machine (no sound
+//! card needed). The HOME is set once, before ALSA reads its configuration.
+#![cfg(feature = "audio")]
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use coda_actors::audio::{
+    AudioCapture, AudioError, AudioSettings, PlayOutcome, Speaker, StartCapture, StopCapture,
+};
+use coda_actors::components::ComponentRegistry;
+use coda_actors::hub::{
+    EventHub, HubDelivery, HubHandle, HubSettings, Register, StartAt, Subscribe, TypeMask,
+};
+use coda_actors::supervise::Supervision;
+use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
+use coda_actors::tts::{FinishTurn, Speak, TtsActor, TtsOutput, TtsUpdate};
+use coda_actors::voice::SpeechAudio;
+use coda_protocol::{EventType, RawEnvelope, SttMode};
+
+static HOME: Once = Once::new();
+
+fn null_home() {
+    HOME.call_once(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        std::fs::write(
+            dir.join(".asoundrc"),
+            "pcm.!default { type plug slave.pcm \"null\" }\n",
+        )
+        .unwrap();
+        // Set once, before any thread of this test binary touches ALSA.
+        std::env::set_var("HOME", &dir);
+    });
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Records what AudioCapture reports.
+struct Sink(Arc<Mutex<Vec<SpeechAudio>>>);
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+impl Handler<SpeechAudio> for Sink {
+    type Result = ();
+    fn handle(&mut self, m: SpeechAudio, _: &mut Context<Self>) {
+        self.0.lock().unwrap().push(m);
+    }
+}
+
+/// Records hub events.
+struct Events(Arc<Mutex<Vec<RawEnvelope>>>);
+impl Actor for Events {
+    type Context = Context<Self>;
+}
+impl Handler<HubDelivery> for Events {
+    type Result = ();
+    fn handle(&mut self, m: HubDelivery, _: &mut Context<Self>) {
+        if let HubDelivery::Event(ev) = m {
+            if let Ok(env) = serde_json::from_str(&ev.json) {
+                self.0.lock().unwrap().push(env);
+            }
+        }
+    }
+}
+
+fn hub_with_events(mask: TypeMask) -> (HubHandle, Arc<Mutex<Vec<RawEnvelope>>>) {
+    let hub = EventHub::start_hub(HubSettings::default());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let rec = Events(events.clone()).start();
+    hub.addr().do_send(Register {
+        client_id: 1,
+        recipient: rec.recipient(),
+    });
+    hub.addr().do_send(Subscribe {
+        client_id: 1,
+        mask,
+        start: StartAt::Live,
+    });
+    (hub, events)
+}
+
+async fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn capture(hub: &HubHandle, sink: Recipient<SpeechAudio>) -> Addr<AudioCapture> {
+    let components = ComponentRegistry::new();
+    let sup = Supervision::new("audio", Default::default(), hub.clone(), components.clone());
+    let settings = AudioSettings {
+        interim_ms: 100,
+        ..Default::default()
+    };
+    AudioCapture::new(sup, components, settings, Some(sink)).start()
+}
+
+#[actix_rt::test]
+async fn push_to_talk_on_the_null_device_reports_started_and_ended() {
+    null_home();
+    let (hub, _events) = hub_with_events(TypeMask::ALL);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let cap = capture(&hub, Sink(got.clone()).start().recipient());
+    let started = cap
+        .send(StartCapture {
+            session_id: "s1".into(),
+            mode: SttMode::PushToTalk,
+        })
+        .await
+        .unwrap()
+        .expect("the null device opens");
+    assert!(started.rate > 0 && started.channels > 0, "{started:?}");
+    // Let some (silent) audio arrive.
+    wait_until("some audio", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|m| matches!(m, SpeechAudio::Partial { .. }))
+            .then_some(())
+    })
+    .await;
+    // A second session cannot take the device meanwhile.
+    let busy = cap
+        .send(StartCapture {
+            session_id: "other".into(),
+            mode: SttMode::PushToTalk,
+        })
+        .await
+        .unwrap();
+    assert_eq!(busy, Err(AudioError::Busy("s1".into())));
+    cap.send(StopCapture {
+        session_id: "s1".into(),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let msgs = wait_until("Ended", || {
+        let g = got.lock().unwrap();
+        g.iter()
+            .any(|m| matches!(m, SpeechAudio::Ended { .. }))
+            .then(|| g.clone())
+    })
+    .await;
+    assert!(
+        matches!(&msgs[0], SpeechAudio::Started { session_id, mode: SttMode::PushToTalk, .. } if session_id == "s1"),
+        "{:?}",
+        msgs[0]
+    );
+    let Some(SpeechAudio::Ended { samples, .. }) = msgs.last() else {
+        panic!("last report is not Ended: {:?}", msgs.last());
+    };
+    assert!(!samples.is_empty());
+    // The null device captures digital silence.
+    assert!(samples.iter().all(|s| s.abs() < 1e-6));
+    // Stopped: a second stop is an error, and the device can be opened again.
+    assert!(cap
+        .send(StopCapture {
+            session_id: "s1".into()
+        })
+        .await
+        .unwrap()
+        .is_err());
+    cap.send(StartCapture {
+        session_id: "s2".into(),
+        mode: SttMode::Continuous,
+    })
+    .await
+    .unwrap()
+    .expect("reopens");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cap.send(StopCapture {
+        session_id: "s2".into(),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // Continuous listening to silence found no speech: nothing reported for s2.
+    assert!(got.lock().unwrap().iter().all(|m| m.session_id() != "s2"));
+}
+
+fn tone(secs: f32, rate: u32) -> Vec<f32> {
+    (0..(secs * rate as f32) as usize)
+        .map(|i| 0.2 * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / rate as f32).sin())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn playback_on_the_null_device_plays_and_interrupt_stops_it() {
+    null_home();
+    let speaker = tokio::task::spawn_blocking(|| Speaker::open(""))
+        .await
+        .unwrap()
+        .expect("the null output opens");
+    let out = tokio::time::timeout(WAIT, speaker.play(tone(0.3, 22_050), 22_050))
+        .await
+        .unwrap();
+    assert_eq!(out, PlayOutcome::Played);
+
+    // A minute of audio: only the stop can end it within the wait.
+    let sp = speaker.clone();
+    let playing = tokio::spawn(async move { sp.play(tone(60.0, 22_050), 22_050).await });
+    let before = speaker.last_pull();
+    wait_until("the device to pull samples", || {
+        (speaker.last_pull() != before).then_some(())
+    })
+    .await;
+    let t = Instant::now();
+    let ack = speaker.stop().await;
+    let outcome = tokio::time::timeout(WAIT, playing).await.unwrap().unwrap();
+    assert_eq!(outcome, PlayOutcome::Stopped);
+    // No sample of ours is pulled after the stop settles.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let settled = speaker.last_pull();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        speaker.last_pull(),
+        settled,
+        "samples still pulled after stop"
+    );
+    eprintln!(
+        "interrupt: stop acknowledged in {:.2} ms, last sample pulled {:.2} ms after it",
+        ack.as_secs_f64() * 1000.0,
+        settled
+            .map(|s| s.saturating_duration_since(t).as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    );
+}
+
+struct Updates(Arc<Mutex<Vec<TtsUpdate>>>);
+impl Actor for Updates {
+    type Context = Context<Self>;
+}
+impl Handler<TtsUpdate> for Updates {
+    type Result = ();
+    fn handle(&mut self, m: TtsUpdate, _: &mut Context<Self>) {
+        self.0.lock().unwrap().push(m);
+    }
+}
+
+fn espeak() -> Arc<EspeakEngine> {
+    Arc::new(EspeakEngine::new(EspeakConfig {
+        binary: "espeak-ng".into(),
+        voice: "en-us".into(),
+        rate: 175,
+    }))
+}
+
+async fn tts_result(events: &Arc<Mutex<Vec<RawEnvelope>>>) -> serde_json::Value {
+    wait_until("tts_result", || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.event_type == "tts_result")
+            .map(|e| e.data.clone())
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn tts_plays_each_sentence_and_reports_played_with_audio_chunks() {
+    null_home();
+    // A client subscribed to tts_audio by name (ALL = DEFAULT + tts_audio).
+    let (hub, events) = hub_with_events(TypeMask::ALL);
+    let sup = Supervision::new(
+        "tts",
+        Default::default(),
+        hub.clone(),
+        ComponentRegistry::new(),
+    );
+    let tts = TtsActor::new(sup, espeak())
+        .with_output(TtsOutput {
+            play: true,
+            device: String::new(),
+            stream_audio: true,
+        })
+        .start();
+    let updates = Arc::new(Mutex::new(Vec::new()));
+    let rec = Updates(updates.clone()).start().recipient();
+    // Let the hub take the subscription before anything is spoken.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (i, text) in ["Hello there.", "This is the second sentence."]
+        .into_iter()
+        .enumerate()
+    {
+        tts.send(Speak {
+            turn_id: "t1".into(),
+            session_id: "s1".into(),
+            index: i as u32,
+            text: text.into(),
+            reply_to: rec.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    tts.do_send(FinishTurn {
+        turn_id: "t1".into(),
+    });
+    let result = tts_result(&events).await;
+    assert_eq!(result["played"], true, "{result}");
+    let evs = events.lock().unwrap().clone();
+    let chunks: Vec<&RawEnvelope> = evs.iter().filter(|e| e.event_type == "tts_audio").collect();
+    assert!(chunks.len() >= 3, "{} tts_audio chunks", chunks.len());
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c.data["index"], i as u64);
+        assert_eq!(c.data["turn_id"], "t1");
+    }
+    assert_eq!(chunks.last().unwrap().data["last"], true);
+    // The PCM decodes to whole 16-bit samples at espeak-ng's rate.
+    use base64::Engine as _;
+    let pcm = base64::engine::general_purpose::STANDARD
+        .decode(chunks[0].data["audio"].as_str().unwrap())
+        .unwrap();
+    assert!(!pcm.is_empty() && pcm.len().is_multiple_of(2));
+    assert_eq!(chunks[0].data["sample_rate"], 22_050);
+    // tts_start came before the first progress, and the turn is done.
+    let start = evs
+        .iter()
+        .position(|e| e.event_type == "tts_start")
+        .unwrap();
+    let progress = evs
+        .iter()
+        .position(|e| e.event_type == "tts_progress")
+        .unwrap();
+    assert!(start < progress);
+    assert!(updates
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|u| matches!(u, TtsUpdate::Done { .. })));
+}
+
+#[actix_rt::test]
+async fn tts_audio_is_not_produced_for_wildcard_subscribers_and_no_playback_is_not_played() {
+    null_home();
+    let (hub, events) = hub_with_events(TypeMask::DEFAULT);
+    let sup = Supervision::new(
+        "tts",
+        Default::default(),
+        hub.clone(),
+        ComponentRegistry::new(),
+    );
+    let tts = TtsActor::new(sup, espeak())
+        .with_output(TtsOutput::default())
+        .start();
+    let rec = Updates(Arc::new(Mutex::new(Vec::new())))
+        .start()
+        .recipient();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!hub.wants(EventType::TtsAudio));
+    assert!(hub.wants(EventType::TtsResult));
+    tts.send(Speak {
+        turn_id: "t1".into(),
+        session_id: "s1".into(),
+        index: 0,
+        text: "Hello.".into(),
+        reply_to: rec,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    tts.do_send(FinishTurn {
+        turn_id: "t1".into(),
+    });
+    let result = tts_result(&events).await;
+    // Playback is off here: nothing went to a device.
+    assert_eq!(result["played"], false);
+    let produced = hub
+        .counters()
+        .snapshot(0)
+        .events
+        .iter()
+        .find(|(t, _)| *t == EventType::TtsAudio)
+        .map(|(_, n)| *n)
+        .unwrap_or(0);
+    assert_eq!(produced, 0, "tts_audio produced with no one asking");
+}
