@@ -182,6 +182,28 @@ pub async fn blocking<R: Send + 'static>(
     }
 }
 
+/// Runs `f` on a thread of its own (named `name`), turning a panic into `Err(message)`.
+/// For work that must not run on the shared blocking pool: sound-device calls (ALSA) left
+/// state behind on a pool thread, and whisper.cpp, run on that thread later, failed to
+/// encode (error -6) — seen with the input-device probe, gone on a dedicated thread.
+pub async fn dedicated<R: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let _ = tx.send(catch(f));
+        });
+    match spawned {
+        Ok(_) => rx
+            .await
+            .unwrap_or_else(|_| Err(format!("the {name} thread ended without an answer"))),
+        Err(e) => Err(format!("cannot start the {name} thread: {e}")),
+    }
+}
+
 /// The text of a panic payload.
 pub fn panic_message(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {

@@ -491,7 +491,8 @@ impl Actor for AudioCapture {
         self.sup.started();
         // Is there an input device at all? Say so once, up front (no log spam later).
         let name = self.settings.input_device.clone();
-        let fut = crate::supervise::blocking(move || probe_input(&name));
+        // Not on the shared blocking pool (see `supervise::dedicated`).
+        let fut = crate::supervise::dedicated("coda-audio-probe", move || probe_input(&name));
         ctx.spawn(fut.into_actor(self).map(|res, act, _| {
             let problem = match res {
                 Ok(Ok(device)) => {
@@ -588,7 +589,9 @@ impl Handler<StartCapture> for AudioCapture {
             let name = self.settings.input_device.clone();
             // Opening a device can take a while (ALSA): off the event loop; `AtomicResponse`
             // holds later messages (a quick stt_stop) until it is done.
-            let open = crate::supervise::blocking(move || device::start_capture(&name, tx));
+            let open = crate::supervise::dedicated("coda-audio-open", move || {
+                device::start_capture(&name, tx)
+            });
             AtomicResponse::new(Box::pin(open.into_actor(self).map(
                 move |res, act, ctx| {
                     let handle = match res {

@@ -502,7 +502,9 @@ impl TtsActor {
     #[cfg(feature = "audio")]
     fn open_speaker(&mut self, ctx: &mut Context<Self>) {
         let device = self.output.device.clone();
-        let open = crate::supervise::blocking(move || crate::audio::Speaker::open(&device));
+        let open = crate::supervise::dedicated("coda-speaker-open", move || {
+            crate::audio::Speaker::open(&device)
+        });
         // `wait`: sentences queue behind the opening, so none is synthesised for a
         // speaker state that is about to change.
         ctx.wait(open.into_actor(self).map(|res, act, _| {
