@@ -71,60 +71,71 @@ impl Browser {
             .prefix("coda-chromium-")
             .tempdir()
             .expect("profile dir");
-        let port = free_port();
-        let mut cmd = Command::new(&driver);
-        cmd.arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // Its own process group: on drop the whole tree (driver and browser) goes at once.
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
-        let child = cmd.spawn().expect("spawn chromedriver");
-        let mut browser_guard = DriverGuard(Some(child));
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + START_TIMEOUT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen within {START_TIMEOUT:?}"
+        // A port picked free can be taken by a parallel test's server before chromedriver
+        // binds it (then the session request reaches that server): try a fresh port.
+        let mut attempt = 0;
+        let (client, mut browser_guard) = loop {
+            attempt += 1;
+            let port = free_port();
+            let mut cmd = Command::new(&driver);
+            cmd.arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // Its own process group: on drop the whole tree (driver and browser) goes at once.
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::CommandExt;
+                cmd.process_group(0);
+            }
+            let child = cmd.spawn().expect("spawn chromedriver");
+            let browser_guard = DriverGuard(Some(child));
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + START_TIMEOUT;
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "chromedriver did not listen within {START_TIMEOUT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // `--no-sandbox`: containers have no user namespaces for Chromium's sandbox;
+            // `--disable-dev-shm-usage`: /dev/shm is tiny there. The fake media flags give
+            // getUserMedia a synthetic microphone and grant the permission.
+            let args = vec![
+                "--headless=new".to_string(),
+                "--no-sandbox".into(),
+                "--disable-dev-shm-usage".into(),
+                "--disable-gpu".into(),
+                "--window-size=1280,800".into(),
+                "--hide-scrollbars".into(),
+                "--use-fake-ui-for-media-stream".into(),
+                "--use-fake-device-for-media-stream".into(),
+                "--autoplay-policy=no-user-gesture-required".into(),
+                "--no-first-run".into(),
+                "--disable-background-timer-throttling".into(),
+                "--disable-renderer-backgrounding".into(),
+                format!("--user-data-dir={}", profile.path().display()),
+            ];
+            let mut caps = Map::new();
+            caps.insert("browserName".into(), json!("chrome"));
+            caps.insert(
+                "goog:chromeOptions".into(),
+                json!({"binary": chromium.to_string_lossy(), "args": args}),
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // `--no-sandbox`: containers have no user namespaces for Chromium's sandbox;
-        // `--disable-dev-shm-usage`: /dev/shm is tiny there. The fake media flags give
-        // getUserMedia a synthetic microphone and grant the permission.
-        let args = vec![
-            "--headless=new".to_string(),
-            "--no-sandbox".into(),
-            "--disable-dev-shm-usage".into(),
-            "--disable-gpu".into(),
-            "--window-size=1280,800".into(),
-            "--hide-scrollbars".into(),
-            "--use-fake-ui-for-media-stream".into(),
-            "--use-fake-device-for-media-stream".into(),
-            "--autoplay-policy=no-user-gesture-required".into(),
-            "--no-first-run".into(),
-            "--disable-background-timer-throttling".into(),
-            "--disable-renderer-backgrounding".into(),
-            format!("--user-data-dir={}", profile.path().display()),
-        ];
-        let mut caps = Map::new();
-        caps.insert("browserName".into(), json!("chrome"));
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"binary": chromium.to_string_lossy(), "args": args}),
-        );
-        let connect = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&url)
-            .await;
-        let client = match connect {
-            Ok(c) => c,
-            Err(e) => panic!("cannot start a Chromium session through chromedriver: {e}"),
+            let connect =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                    .capabilities(caps)
+                    .connect(&url)
+                    .await;
+            match connect {
+                Ok(c) => break (c, browser_guard),
+                Err(e) if attempt < 3 => {
+                    eprintln!("chromedriver session on port {port} failed ({e}); retrying");
+                    drop(browser_guard);
+                }
+                Err(e) => panic!("cannot start a Chromium session through chromedriver: {e}"),
+            }
         };
         Some(Browser {
             client,
