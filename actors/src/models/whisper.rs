@@ -656,6 +656,33 @@ fn plan(m: &Ct2Model, hp: &WhisperHparams) -> Result<Vec<Planned>, WhisperModelE
         add(format!("{dst}.bias"), format!("{src}/beta"), None, Out::F32)
     };
 
+    // The feed-forward part of a block, the same in the encoder and the decoder.
+    let ffn = |add: &mut dyn FnMut(
+        String,
+        String,
+        Option<Range<usize>>,
+        Out,
+    ) -> Result<(), WhisperModelError>,
+               d: &str,
+               s: &str|
+     -> Result<(), WhisperModelError> {
+        lin(
+            add,
+            &format!("{d}.mlp.0"),
+            &format!("{s}/ffn/linear_0"),
+            None,
+            true,
+        )?;
+        lin(
+            add,
+            &format!("{d}.mlp.2"),
+            &format!("{s}/ffn/linear_1"),
+            None,
+            true,
+        )?;
+        norm(add, &format!("{d}.mlp_ln"), &format!("{s}/ffn/layer_norm"))
+    };
+
     add(
         "encoder.positional_embedding".into(),
         "encoder/position_encodings/encodings".into(),
@@ -712,25 +739,7 @@ fn plan(m: &Ct2Model, hp: &WhisperHparams) -> Result<Vec<Planned>, WhisperModelE
             &format!("{d}.attn_ln"),
             &format!("{sa}/layer_norm"),
         )?;
-        lin(
-            &mut add,
-            &format!("{d}.mlp.0"),
-            &format!("{s}/ffn/linear_0"),
-            None,
-            true,
-        )?;
-        lin(
-            &mut add,
-            &format!("{d}.mlp.2"),
-            &format!("{s}/ffn/linear_1"),
-            None,
-            true,
-        )?;
-        norm(
-            &mut add,
-            &format!("{d}.mlp_ln"),
-            &format!("{s}/ffn/layer_norm"),
-        )?;
+        ffn(&mut add, &d, &s)?;
     }
     norm(&mut add, "encoder.ln_post", "encoder/layer_norm")?;
 
@@ -816,25 +825,7 @@ fn plan(m: &Ct2Model, hp: &WhisperHparams) -> Result<Vec<Planned>, WhisperModelE
             &format!("{d}.cross_attn_ln"),
             &format!("{ca}/layer_norm"),
         )?;
-        lin(
-            &mut add,
-            &format!("{d}.mlp.0"),
-            &format!("{s}/ffn/linear_0"),
-            None,
-            true,
-        )?;
-        lin(
-            &mut add,
-            &format!("{d}.mlp.2"),
-            &format!("{s}/ffn/linear_1"),
-            None,
-            true,
-        )?;
-        norm(
-            &mut add,
-            &format!("{d}.mlp_ln"),
-            &format!("{s}/ffn/layer_norm"),
-        )?;
+        ffn(&mut add, &d, &s)?;
     }
     norm(&mut add, "decoder.ln", "decoder/layer_norm")?;
 
