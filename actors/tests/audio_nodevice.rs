@@ -4,63 +4,26 @@
 //! nothing panics, and speech is still synthesised.
 #![cfg(feature = "audio")]
 
-use std::sync::{Arc, Mutex, Once};
+mod audio_common;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use audio_common::{alsa_home, hub_with_events, Sink};
 use coda_actors::audio::{AudioCapture, AudioError, AudioSettings, Speaker, StartCapture};
 use coda_actors::components::ComponentRegistry;
-use coda_actors::hub::{
-    EventHub, HubDelivery, HubHandle, HubSettings, Register, StartAt, Subscribe, TypeMask,
-};
+use coda_actors::hub::TypeMask;
 use coda_actors::supervise::Supervision;
 use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
 use coda_actors::tts::{FinishTurn, Speak, TtsActor, TtsOutput, TtsUpdate};
-use coda_actors::voice::SpeechAudio;
 use coda_protocol::{RawEnvelope, SttMode};
 
-static HOME: Once = Once::new();
-
 fn missing_device_home() {
-    HOME.call_once(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        std::fs::write(
-            dir.join(".asoundrc"),
-            "pcm.!default { type hw card 57 }\nctl.!default { type hw card 57 }\n",
-        )
-        .unwrap();
-        // Set once, before any thread of this test binary touches ALSA.
-        std::env::set_var("HOME", &dir);
-    });
+    alsa_home("pcm.!default { type hw card 57 }\nctl.!default { type hw card 57 }\n");
 }
 
 const WAIT: Duration = Duration::from_secs(10);
-
-struct Events(Arc<Mutex<Vec<RawEnvelope>>>);
-impl Actor for Events {
-    type Context = Context<Self>;
-}
-impl Handler<HubDelivery> for Events {
-    type Result = ();
-    fn handle(&mut self, m: HubDelivery, _: &mut Context<Self>) {
-        if let HubDelivery::Event(ev) = m {
-            if let Ok(env) = serde_json::from_str(&ev.json) {
-                self.0.lock().unwrap().push(env);
-            }
-        }
-    }
-}
-
-struct Sink(Arc<Mutex<Vec<SpeechAudio>>>);
-impl Actor for Sink {
-    type Context = Context<Self>;
-}
-impl Handler<SpeechAudio> for Sink {
-    type Result = ();
-    fn handle(&mut self, m: SpeechAudio, _: &mut Context<Self>) {
-        self.0.lock().unwrap().push(m);
-    }
-}
 
 struct Updates;
 impl Actor for Updates {
@@ -69,22 +32,6 @@ impl Actor for Updates {
 impl Handler<TtsUpdate> for Updates {
     type Result = ();
     fn handle(&mut self, _: TtsUpdate, _: &mut Context<Self>) {}
-}
-
-fn hub_with_events() -> (HubHandle, Arc<Mutex<Vec<RawEnvelope>>>) {
-    let hub = EventHub::start_hub(HubSettings::default());
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let rec = Events(events.clone()).start();
-    hub.addr().do_send(Register {
-        client_id: 1,
-        recipient: rec.recipient(),
-    });
-    hub.addr().do_send(Subscribe {
-        client_id: 1,
-        mask: TypeMask::ALL,
-        start: StartAt::Live,
-    });
-    (hub, events)
 }
 
 async fn wait_for(
@@ -104,7 +51,7 @@ async fn wait_for(
 #[actix_rt::test]
 async fn capture_without_a_device_is_one_clear_error_and_degraded_status() {
     missing_device_home();
-    let (hub, events) = hub_with_events();
+    let (hub, events) = hub_with_events(TypeMask::ALL);
     tokio::time::sleep(Duration::from_millis(30)).await;
     let components = ComponentRegistry::new();
     let sup = Supervision::new("audio", Default::default(), hub.clone(), components.clone());
@@ -168,7 +115,7 @@ async fn playback_without_a_device_is_an_error_and_speech_is_not_played() {
         .expect_err("no such device");
     assert!(named.to_string().contains("no-such-card-xyz"), "{named}");
 
-    let (hub, events) = hub_with_events();
+    let (hub, events) = hub_with_events(TypeMask::ALL);
     tokio::time::sleep(Duration::from_millis(30)).await;
     let sup = Supervision::new("tts", Default::default(), hub, ComponentRegistry::new());
     let engine = Arc::new(EspeakEngine::new(EspeakConfig {

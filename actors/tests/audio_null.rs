@@ -3,83 +3,29 @@
 //! card needed). The HOME is set once, before ALSA reads its configuration.
 #![cfg(feature = "audio")]
 
-use std::sync::{Arc, Mutex, Once};
+mod audio_common;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use audio_common::{alsa_home, hub_with_events, Sink};
 use coda_actors::audio::{
     AudioCapture, AudioError, AudioSettings, PlayOutcome, Speaker, StartCapture, StopCapture,
 };
 use coda_actors::components::ComponentRegistry;
-use coda_actors::hub::{
-    EventHub, HubDelivery, HubHandle, HubSettings, Register, StartAt, Subscribe, TypeMask,
-};
+use coda_actors::hub::{HubHandle, TypeMask};
 use coda_actors::supervise::Supervision;
 use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
 use coda_actors::tts::{FinishTurn, Speak, TtsActor, TtsOutput, TtsUpdate};
 use coda_actors::voice::SpeechAudio;
 use coda_protocol::{EventType, RawEnvelope, SttMode};
 
-static HOME: Once = Once::new();
-
 fn null_home() {
-    HOME.call_once(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        std::fs::write(
-            dir.join(".asoundrc"),
-            "pcm.!default { type plug slave.pcm \"null\" }\n",
-        )
-        .unwrap();
-        // Set once, before any thread of this test binary touches ALSA.
-        std::env::set_var("HOME", &dir);
-    });
+    alsa_home("pcm.!default { type plug slave.pcm \"null\" }\n");
 }
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Records what AudioCapture reports.
-struct Sink(Arc<Mutex<Vec<SpeechAudio>>>);
-impl Actor for Sink {
-    type Context = Context<Self>;
-}
-impl Handler<SpeechAudio> for Sink {
-    type Result = ();
-    fn handle(&mut self, m: SpeechAudio, _: &mut Context<Self>) {
-        self.0.lock().unwrap().push(m);
-    }
-}
-
-/// Records hub events.
-struct Events(Arc<Mutex<Vec<RawEnvelope>>>);
-impl Actor for Events {
-    type Context = Context<Self>;
-}
-impl Handler<HubDelivery> for Events {
-    type Result = ();
-    fn handle(&mut self, m: HubDelivery, _: &mut Context<Self>) {
-        if let HubDelivery::Event(ev) = m {
-            if let Ok(env) = serde_json::from_str(&ev.json) {
-                self.0.lock().unwrap().push(env);
-            }
-        }
-    }
-}
-
-fn hub_with_events(mask: TypeMask) -> (HubHandle, Arc<Mutex<Vec<RawEnvelope>>>) {
-    let hub = EventHub::start_hub(HubSettings::default());
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let rec = Events(events.clone()).start();
-    hub.addr().do_send(Register {
-        client_id: 1,
-        recipient: rec.recipient(),
-    });
-    hub.addr().do_send(Subscribe {
-        client_id: 1,
-        mask,
-        start: StartAt::Live,
-    });
-    (hub, events)
-}
 
 async fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;
