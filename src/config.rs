@@ -117,6 +117,8 @@ pub struct AudioConfig {
     pub vad_min_dbfs: f32,
     pub vad_start_ms: u32,
     pub silence_ms: u32,
+    pub settle_ms: u32,
+    pub quick_silence_ms: u32,
     pub preroll_ms: u32,
     pub max_utterance_s: f64,
     pub interim_ms: u32,
@@ -926,6 +928,15 @@ fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
     if !(20..=10_000).contains(&a.silence_ms) {
         return Err(invalid("audio.silence_ms", "must be between 20 and 10000"));
     }
+    if !(20..=10_000).contains(&a.settle_ms) {
+        return Err(invalid("audio.settle_ms", "must be between 20 and 10000"));
+    }
+    if !(20..=10_000).contains(&a.quick_silence_ms) || a.quick_silence_ms > a.silence_ms {
+        return Err(invalid(
+            "audio.quick_silence_ms",
+            "must be between 20 and 10000 and at most audio.silence_ms",
+        ));
+    }
     if !(a.max_utterance_s.is_finite() && (1.0..=600.0).contains(&a.max_utterance_s)) {
         return Err(invalid(
             "audio.max_utterance_s",
@@ -944,17 +955,21 @@ impl Settings {
         let a = &self.audio;
         coda_actors::audio::AudioSettings {
             input_device: a.input_device.clone(),
-            vad: coda_actors::audio::vad::VadSettings {
-                start_db: a.vad_start_db,
-                stop_db: a.vad_stop_db,
-                min_dbfs: a.vad_min_dbfs,
-                start_ms: a.vad_start_ms,
-                silence_ms: a.silence_ms,
-                ..Default::default()
+            segment: coda_actors::audio::SegmentSettings {
+                vad: coda_actors::audio::vad::VadSettings {
+                    start_db: a.vad_start_db,
+                    stop_db: a.vad_stop_db,
+                    min_dbfs: a.vad_min_dbfs,
+                    start_ms: a.vad_start_ms,
+                    silence_ms: a.silence_ms,
+                    ..Default::default()
+                },
+                preroll_ms: a.preroll_ms,
+                max_utterance_s: a.max_utterance_s,
+                interim_ms: a.interim_ms,
+                settle_ms: a.settle_ms,
+                quick_silence_ms: a.quick_silence_ms,
             },
-            preroll_ms: a.preroll_ms,
-            max_utterance_s: a.max_utterance_s,
-            interim_ms: a.interim_ms,
         }
     }
 }

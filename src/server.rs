@@ -459,8 +459,11 @@ pub fn session_settings(s: &Settings) -> SessionSettings {
         auth_required: s.auth.required,
         max_violations: s.server.max_violations,
         client_audio: coda_actors::session::ClientAudioSettings {
-            interim_interval: Duration::from_millis(s.stt.interim_interval_ms.max(100)),
-            max_utterance: Settings::secs(s.stt.max_utterance_s),
+            segment: coda_actors::audio::SegmentSettings {
+                interim_ms: s.stt.interim_interval_ms.clamp(100, 10_000) as u32,
+                max_utterance_s: s.stt.max_utterance_s,
+                ..s.audio_settings().segment
+            },
         },
     }
 }

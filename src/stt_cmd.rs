@@ -145,6 +145,8 @@ struct TranscribeOutput {
     duration_ms: f64,
     language: String,
     audio_ms: f64,
+    audio_ctx: i32,
+    attempts: u32,
 }
 
 /// `coda transcribe`.
@@ -159,6 +161,8 @@ pub fn transcribe(loaded: &Loaded, args: TranscribeArgs) -> anyhow::Result<()> {
             duration_ms: t.elapsed_ms,
             language: t.language,
             audio_ms: t.audio_ms,
+            audio_ctx: t.audio_ctx,
+            attempts: t.attempts,
         };
         println!("{}", serde_json::to_string(&out)?);
     } else {

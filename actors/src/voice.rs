@@ -3,6 +3,7 @@
 //! Orchestrator). Producers send [`SpeechAudio`] to a `Recipient<SpeechAudio>` given to
 //! them at wiring time; they never know who transcribes.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,12 +27,15 @@ pub enum SpeechAudio {
         source: AudioSource,
     },
     /// The audio so far while speaking (for `stt_interim`); not a delta: the whole
-    /// utterance up to now. Producers send these at most every few hundred ms.
+    /// utterance up to now. Producers send these at most every few hundred ms, and once
+    /// more, `settle`d, when the speaker pauses.
     Partial {
         /// The session.
         session_id: String,
         /// 16 kHz mono samples in [-1, 1].
         samples: Arc<[f32]>,
+        /// The speaker paused here: transcribe it now, it may be the whole utterance.
+        settle: Option<Settle>,
     },
     /// The utterance is complete (push-to-talk released, or silence after speech).
     Ended {
@@ -41,6 +45,9 @@ pub enum SpeechAudio {
         samples: Arc<[f32]>,
         /// When the speaker stopped (for the end-of-speech → first-audio figure).
         speech_ended: Instant,
+        /// The last settled point, when nothing was said after it: the transcript of that
+        /// settled audio is this utterance's (no need to transcribe again).
+        settle: Option<Settle>,
     },
     /// Listening stopped with nothing to transcribe (cancelled, or no speech at all).
     Cancelled {
@@ -61,6 +68,16 @@ impl SpeechAudio {
             | SpeechAudio::Cancelled { session_id, .. } => session_id,
         }
     }
+}
+
+/// A point where the speaker paused, shared by the producer and the transcriber.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    /// Samples of the utterance up to the pause.
+    pub len: usize,
+    /// The transcriber stores `len` here when the transcript up to the pause reads as a
+    /// complete request; the producer may then end the utterance after a shorter silence.
+    pub complete: Arc<AtomicUsize>,
 }
 
 /// `stt_start` / `stt_stop` with `source: "device"`, for the input-device producer

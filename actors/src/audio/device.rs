@@ -45,8 +45,43 @@ fn ranges(
     }
 }
 
+/// alsa-lib prints its errors ("cannot find card '0'", …) straight to stderr from inside
+/// cpal's calls: a screenful on a machine without a sound card. On this thread they go to
+/// the log at DEBUG instead, and the caller says in one line of its own what they meant.
+/// (The handler is thread-local in alsa-lib, and every device call runs on a thread that
+/// called this first.)
+pub fn quiet_alsa() {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::{c_char, c_int, CStr};
+        unsafe extern "C" fn to_log(
+            _file: *const c_char,
+            _line: c_int,
+            function: *const c_char,
+            err: c_int,
+            fmt: *const c_char,
+            _args: *mut alsa_sys::__va_list_tag,
+        ) {
+            let text = |p: *const c_char| {
+                if p.is_null() {
+                    String::new()
+                } else {
+                    // SAFETY: alsa-lib passes NUL-terminated strings valid for the call.
+                    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+                }
+            };
+            tracing::debug!(target: "coda::alsa", function = %text(function), err, "alsa-lib: {}", text(fmt));
+        }
+        // SAFETY: installs a plain function for this thread; alsa-lib keeps only the pointer.
+        unsafe {
+            alsa_sys::snd_lib_error_set_local(Some(to_log));
+        }
+    }
+}
+
 /// Every input and output device of the default host, with the defaults marked.
 pub fn list_devices() -> Result<DeviceList, AudioError> {
+    quiet_alsa();
     let host = cpal::default_host();
     let default_in = host.default_input_device().map(|d| device_id(&d));
     let default_out = host.default_output_device().map(|d| device_id(&d));
@@ -117,6 +152,7 @@ pub fn find_device(
     name: &str,
     dir: Direction,
 ) -> Result<(cpal::Device, cpal::SupportedStreamConfig), AudioError> {
+    quiet_alsa();
     let host = cpal::default_host();
     let what = match dir {
         Direction::Input => "input",
@@ -238,13 +274,99 @@ fn to_mono(data: &cpal::Data, channels: usize) -> Option<Vec<f32>> {
     })
 }
 
+/// The prefix of an input "device" that is a WAV file.
+pub const FILE_INPUT: &str = "file:";
+
+/// Reads the WAV file of a `file:` input as 16 kHz mono.
+fn read_input_file(path: &str) -> Result<Vec<f32>, AudioError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        AudioError::Unavailable(format!("input file {path}: {e} (audio.input_device = \"{FILE_INPUT}PATH.wav\")"))
+    };
+    let mut reader = hound::WavReader::open(path).map_err(|e| bad(&e))?;
+    let spec = reader.spec();
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&e))?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << spec.bits_per_sample.clamp(1, 32).saturating_sub(1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(&e))?
+        }
+    };
+    let mono = super::convert::downmix(&interleaved, usize::from(spec.channels.max(1)));
+    super::convert::to_speech_rate(&mono, spec.sample_rate).map_err(|e| bad(&e))
+}
+
+/// A `file:` input: the file's audio in real time, 20 ms at a time, then silence until
+/// stopped, as a microphone would deliver it. Machines without a sound card (CI, demos)
+/// run the device path with it; it is a stand-in, and says so in its id.
+fn start_file_capture(
+    path: &str,
+    tx: tokio::sync::mpsc::Sender<Vec<f32>>,
+) -> Result<CaptureHandle, AudioError> {
+    let audio = read_input_file(path)?;
+    let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+    let thread = thread::Builder::new()
+        .name("coda-capture-file".into())
+        .spawn(move || {
+            let chunk = 320;
+            let start = std::time::Instant::now();
+            let mut sent = 0usize;
+            loop {
+                let from = sent * chunk;
+                let samples = if from < audio.len() {
+                    audio[from..(from + chunk).min(audio.len())].to_vec()
+                } else {
+                    vec![0.0; chunk]
+                };
+                let _ = tx.try_send(samples);
+                sent += 1;
+                let due = start + Duration::from_millis(20 * sent as u64);
+                let wait = due.saturating_duration_since(std::time::Instant::now());
+                match stop_rx.recv_timeout(wait) {
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            }
+        })
+        .map_err(|e| AudioError::Unavailable(format!("cannot start the capture thread: {e}")))?;
+    Ok(CaptureHandle {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        info: CaptureInfo {
+            device: format!("{FILE_INPUT}{path}"),
+            rate: crate::voice::SPEECH_SAMPLE_RATE,
+            channels: 1,
+            format: "wav file (stand-in for a microphone)".into(),
+        },
+    })
+}
+
+/// Checks that input `name` can be opened; returns its id.
+pub fn probe_input(name: &str) -> Result<String, AudioError> {
+    if let Some(path) = name.trim().strip_prefix(FILE_INPUT) {
+        read_input_file(path)?;
+        return Ok(name.trim().to_string());
+    }
+    find_device(name, Direction::Input).map(|(d, _)| device_id(&d))
+}
+
 /// Opens input device `name` on a thread of its own and streams 16 kHz mono chunks into
 /// `tx` (a full channel drops the chunk: the device never waits on the program). Returns
-/// once the stream runs, or with the reason it cannot.
+/// once the stream runs, or with the reason it cannot. `file:PATH` reads a WAV file
+/// instead (see [`start_file_capture`]).
 pub fn start_capture(
     name: &str,
     tx: tokio::sync::mpsc::Sender<Vec<f32>>,
 ) -> Result<CaptureHandle, AudioError> {
+    if let Some(path) = name.trim().strip_prefix(FILE_INPUT) {
+        return start_file_capture(path, tx);
+    }
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<CaptureInfo, AudioError>>();
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let name = name.to_string();

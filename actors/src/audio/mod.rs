@@ -6,10 +6,11 @@
 //! conversion and VAD still build, and capture and playback answer with a clear
 //! "unavailable in this build" error.
 //!
-//! AudioCapture listens for one session at a time:
+//! AudioCapture listens for one session at a time, cutting the audio into utterances with
+//! a [`Segmenter`] (the same one client audio goes through):
 //! - push-to-talk: [`StartCapture`] opens the device and reports `Started`; audio
-//!   accumulates (`Partial` every `interim_ms`) until [`StopCapture`] (`Ended`) or
-//!   `max_utterance_s`.
+//!   accumulates (`Partial` while speaking, a settled one at each pause) until
+//!   [`StopCapture`] (`Ended`) or `max_utterance_s`.
 //! - continuous: the device stays open; the VAD splits the audio into utterances, each
 //!   `Started` → `Partial`… → `Ended` (with `speech_ended` at the last voiced frame).
 //!
@@ -21,11 +22,10 @@ pub mod convert;
 pub mod device;
 #[cfg(feature = "audio")]
 pub mod playback;
+pub mod segment;
 pub mod vad;
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use coda_protocol::{AudioSource, ComponentState, Level, SttError, SttMode};
@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::components::ComponentRegistry;
 use crate::supervise::Supervision;
 use crate::voice::{SpeechAudio, SPEECH_SAMPLE_RATE};
-use vad::{Vad, VadEvent, VadSettings, FRAME};
+pub use segment::{EndCause, Segment, SegmentSettings, Segmenter};
 
 #[cfg(feature = "audio")]
 pub use playback::Speaker;
@@ -135,26 +135,18 @@ pub enum PlayOutcome {
 /// AudioCapture settings (the `[audio]` config section).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AudioSettings {
-    /// Input device name (empty: the default).
+    /// Input device name (empty: the default; `file:PATH` plays a WAV file as if spoken
+    /// into a microphone, then silence: for tests and demos on machines without one).
     pub input_device: String,
-    /// The detector.
-    pub vad: VadSettings,
-    /// Audio kept from before speech was detected, ms (so the first syllable is not cut).
-    pub preroll_ms: u32,
-    /// Longest utterance; it is ended at this length, s.
-    pub max_utterance_s: f64,
-    /// `Partial` at most this often while speaking, ms.
-    pub interim_ms: u32,
+    /// How the audio is cut into utterances.
+    pub segment: SegmentSettings,
 }
 
 impl Default for AudioSettings {
     fn default() -> Self {
         AudioSettings {
             input_device: String::new(),
-            vad: VadSettings::default(),
-            preroll_ms: 300,
-            max_utterance_s: 30.0,
-            interim_ms: 500,
+            segment: SegmentSettings::default(),
         }
     }
 }
@@ -220,22 +212,13 @@ struct Chunk {
     samples: Vec<f32>,
 }
 
-struct Utterance {
-    samples: Vec<f32>,
-    last_partial: Instant,
-    last_voiced_at: Instant,
-}
-
 struct Listening {
     session_id: String,
     mode: SttMode,
     generation: u64,
     #[cfg(feature = "audio")]
     _device: Option<device::CaptureHandle>,
-    vad: Vad,
-    frame: Vec<f32>,
-    recent: VecDeque<f32>,
-    utterance: Option<Utterance>,
+    seg: Segmenter,
 }
 
 /// The AudioCapture actor.
@@ -297,38 +280,16 @@ impl AudioCapture {
         );
     }
 
-    fn max_samples(&self) -> usize {
-        (self.settings.max_utterance_s.max(0.5) * f64::from(SPEECH_SAMPLE_RATE)) as usize
-    }
-
-    fn preroll_samples(&self) -> usize {
-        (self.settings.preroll_ms + self.settings.vad.start_ms) as usize
-            * SPEECH_SAMPLE_RATE as usize
-            / 1000
-    }
-
     /// Begins a listening (the device, if any, is already open).
     fn begin(&mut self, session_id: String, mode: SttMode, generation: u64) -> Listening {
-        let mut l = Listening {
+        Listening {
             session_id,
             mode,
             generation,
             #[cfg(feature = "audio")]
             _device: None,
-            vad: Vad::new(self.settings.vad),
-            frame: Vec::with_capacity(FRAME),
-            recent: VecDeque::new(),
-            utterance: None,
-        };
-        if mode == SttMode::PushToTalk {
-            let now = Instant::now();
-            l.utterance = Some(Utterance {
-                samples: Vec::new(),
-                last_partial: now,
-                last_voiced_at: now,
-            });
+            seg: Segmenter::new(self.settings.segment, mode, Instant::now()),
         }
-        l
     }
 
     fn started_report(&mut self, session_id: &str, mode: SttMode, source: AudioSource) {
@@ -339,149 +300,77 @@ impl AudioCapture {
         });
     }
 
-    /// Ends the current utterance with `Ended` (or `Cancelled` when it is empty).
-    fn end_utterance(&mut self, trim_frames: usize, speech_ended: Option<Instant>) {
-        let Some(l) = self.listening.as_mut() else {
-            return;
-        };
-        let Some(mut u) = l.utterance.take() else {
-            return;
-        };
-        let session_id = l.session_id.clone();
-        // Keep 200 ms of the trailing silence, drop the rest of the hangover.
-        let trim = trim_frames.saturating_sub(10) * FRAME;
-        let keep = u.samples.len().saturating_sub(trim);
-        u.samples.truncate(keep);
-        let msg = if u.samples.is_empty() {
-            SpeechAudio::Cancelled {
-                session_id,
-                reason: "no audio was captured".into(),
-            }
-        } else {
-            SpeechAudio::Ended {
-                session_id,
-                samples: Arc::from(u.samples),
-                speech_ended: speech_ended.unwrap_or(u.last_voiced_at),
-            }
-        };
-        self.report(msg);
-    }
-
     fn on_samples(&mut self, samples: &[f32]) {
         let Some(l) = self.listening.as_mut() else {
             return;
         };
-        match l.mode {
-            SttMode::PushToTalk => {
-                let max = self.max_samples();
-                let interim = Duration::from_millis(u64::from(self.settings.interim_ms));
-                let Some(u) = self.listening.as_mut().and_then(|l| l.utterance.as_mut()) else {
-                    return;
-                };
-                u.samples.extend_from_slice(samples);
-                u.last_voiced_at = Instant::now();
-                if u.samples.len() >= max {
-                    u.samples.truncate(max);
-                    self.end_at_max();
-                } else if u.last_partial.elapsed() >= interim {
-                    u.last_partial = Instant::now();
-                    let partial = Arc::from(u.samples.as_slice());
-                    self.partial(partial);
-                }
-            }
-            SttMode::Continuous => {
-                let mut rest = samples;
-                while !rest.is_empty() {
-                    let Some(l) = self.listening.as_mut() else {
-                        return;
-                    };
-                    let take = (FRAME - l.frame.len()).min(rest.len());
-                    l.frame.extend_from_slice(&rest[..take]);
-                    rest = &rest[take..];
-                    if l.frame.len() == FRAME {
-                        let frame = std::mem::replace(&mut l.frame, Vec::with_capacity(FRAME));
-                        self.on_frame(frame);
-                    }
-                }
-            }
+        let mut out = Vec::new();
+        l.seg.push(samples, Instant::now(), &mut out);
+        for segment in out {
+            self.on_segment(segment);
         }
     }
 
-    /// One 20 ms frame in continuous mode.
-    fn on_frame(&mut self, frame: Vec<f32>) {
-        let max = self.max_samples();
-        let preroll = self.preroll_samples();
-        let interim = Duration::from_millis(u64::from(self.settings.interim_ms));
-        let Some(l) = self.listening.as_mut() else {
-            return;
-        };
-        let ev = l.vad.push_frame(&frame);
-        let voiced = l.vad.last_voiced();
-        let now = Instant::now();
-        let session_id = l.session_id.clone();
-        match (l.utterance.as_mut(), ev) {
-            (None, VadEvent::SpeechStart { .. }) => {
-                let mut samples: Vec<f32> = l.recent.drain(..).collect();
-                samples.extend_from_slice(&frame);
-                l.utterance = Some(Utterance {
-                    samples,
-                    last_partial: now,
-                    last_voiced_at: now,
-                });
-                self.started_report(&session_id, SttMode::Continuous, AudioSource::Device);
-            }
-            (None, _) => {
-                l.recent.extend(frame.iter().copied());
-                let excess = l.recent.len().saturating_sub(preroll);
-                l.recent.drain(..excess);
-            }
-            (Some(u), VadEvent::SpeechEnd { frames_ago }) => {
-                u.samples.extend_from_slice(&frame);
-                self.end_utterance(frames_ago, None);
-            }
-            (Some(u), _) => {
-                u.samples.extend_from_slice(&frame);
-                if voiced {
-                    u.last_voiced_at = now;
-                }
-                if u.samples.len() >= max {
-                    l.vad.reset();
-                    self.end_at_max();
-                } else if u.last_partial.elapsed() >= interim {
-                    u.last_partial = now;
-                    let partial = Arc::from(u.samples.as_slice());
-                    self.partial(partial);
-                }
-            }
-        }
-    }
-
-    fn partial(&mut self, samples: Arc<[f32]>) {
-        if let Some(l) = self.listening.as_ref() {
-            let session_id = l.session_id.clone();
-            self.report(SpeechAudio::Partial {
-                session_id,
-                samples,
-            });
-        }
-    }
-
-    fn end_at_max(&mut self) {
+    fn on_segment(&mut self, segment: Segment) {
         let Some(l) = self.listening.as_ref() else {
             return;
         };
-        let mode = l.mode;
-        tracing::info!(
-            session = %l.session_id,
-            max_s = self.settings.max_utterance_s,
-            "utterance reached audio.max_utterance_s; ended there"
-        );
-        self.end_utterance(0, Some(Instant::now()));
-        if mode == SttMode::PushToTalk {
-            // Push-to-talk listens for one utterance: the device closes.
-            self.listening = None;
+        let (session_id, mode) = (l.session_id.clone(), l.mode);
+        if let Some(msg) = speech_report(&session_id, mode, AudioSource::Device, segment.clone())
+        {
+            self.report(msg);
+        }
+        if let Segment::Ended { cause, .. } = segment {
+            if cause == EndCause::MaxLength {
+                tracing::info!(
+                    session = %session_id,
+                    max_s = self.settings.segment.max_utterance_s,
+                    "utterance reached audio.max_utterance_s; ended there"
+                );
+                if mode == SttMode::PushToTalk {
+                    // Push-to-talk listens for one utterance: the device closes.
+                    self.listening = None;
+                }
+            }
         }
     }
+}
+
+/// What a producer reports to Stt for one [`Segment`] of `session_id`'s audio.
+pub fn speech_report(
+    session_id: &str,
+    mode: SttMode,
+    source: AudioSource,
+    segment: Segment,
+) -> Option<SpeechAudio> {
+    let session_id = session_id.to_string();
+    Some(match segment {
+        Segment::Started => SpeechAudio::Started {
+            session_id,
+            mode,
+            source,
+        },
+        Segment::Partial { samples, settle } => SpeechAudio::Partial {
+            session_id,
+            samples,
+            settle,
+        },
+        Segment::Ended {
+            samples,
+            speech_ended,
+            settle,
+            ..
+        } => SpeechAudio::Ended {
+            session_id,
+            samples,
+            speech_ended,
+            settle,
+        },
+        Segment::Empty => SpeechAudio::Cancelled {
+            session_id,
+            reason: "no audio was captured".into(),
+        },
+    })
 }
 
 impl Actor for AudioCapture {
@@ -518,12 +407,7 @@ impl Actor for AudioCapture {
 pub fn probe_input(name: &str) -> Result<String, AudioError> {
     #[cfg(feature = "audio")]
     {
-        use cpal::traits::DeviceTrait;
-        device::find_device(name, device::Direction::Input).map(|(d, _)| {
-            d.id()
-                .map(|i| i.id().to_string())
-                .unwrap_or_else(|_| name.to_string())
-        })
+        device::probe_input(name)
     }
     #[cfg(not(feature = "audio"))]
     {
@@ -563,7 +447,7 @@ impl AudioCapture {
 
     fn close_listening(&mut self, why: &str) {
         if let Some(l) = self.listening.take() {
-            if l.utterance.is_some() {
+            if l.seg.utterance_len() > 0 {
                 self.report(SpeechAudio::Cancelled {
                     session_id: l.session_id,
                     reason: why.to_string(),
@@ -724,7 +608,13 @@ impl Handler<StopCapture> for AudioCapture {
             _ => return Err(AudioError::NotListening(msg.session_id)),
         }
         // Ended (push-to-talk: now is when the speaker stopped; continuous: mid-utterance).
-        self.end_utterance(0, Some(Instant::now()));
+        let ended = self
+            .listening
+            .as_mut()
+            .and_then(|l| l.seg.stop(Instant::now()));
+        if let Some(segment) = ended {
+            self.on_segment(segment);
+        }
         // Dropping the listening closes the device (its thread joins).
         self.listening = None;
         Ok(())

@@ -6,12 +6,14 @@
 //! drained by a single writer task (a handler never writes to the socket itself, so frames
 //! cannot be reordered). A client that lets the queue fill is cut off; nobody else waits.
 
+mod client_audio;
 pub mod guard;
 mod outbox;
 mod rate;
 pub mod upgrade;
 
 pub use outbox::OutboundBody;
+pub use client_audio::{ClientAudio, ClientAudioError};
 use outbox::{Frame, Outbox, PushError};
 
 pub use rate::TokenBucket;
@@ -68,22 +70,13 @@ pub struct SessionSettings {
     pub client_audio: ClientAudioSettings,
 }
 
-/// Limits on client audio (from the `[stt]` config section).
-#[derive(Debug, Clone)]
+/// How client audio is cut into utterances (the `[audio]` detector settings, with the
+/// `[stt]` interim interval and utterance limit: a push-to-talk utterance over it is
+/// dropped with an error, a continuous one is ended there).
+#[derive(Debug, Clone, Default)]
 pub struct ClientAudioSettings {
-    /// How often the audio so far goes to Stt for an `stt_interim`.
-    pub interim_interval: Duration,
-    /// Longest utterance accepted; longer ones are dropped with an error.
-    pub max_utterance: Duration,
-}
-
-impl Default for ClientAudioSettings {
-    fn default() -> Self {
-        ClientAudioSettings {
-            interim_interval: Duration::from_millis(700),
-            max_utterance: Duration::from_secs(30),
-        }
-    }
+    /// Detector, interim cadence and limits.
+    pub segment: crate::audio::SegmentSettings,
 }
 
 impl Default for SessionSettings {
@@ -229,14 +222,8 @@ pub struct WsSession {
     violations: u32,
     last_heard: Instant,
     close_reason: Option<String>,
-    /// The client-audio utterance open between `stt_start {source:"client"}` and `stt_stop`.
-    audio: Option<ClientUtterance>,
-}
-
-/// Client audio received so far for one utterance.
-struct ClientUtterance {
-    samples: Vec<f32>,
-    last_partial: Instant,
+    /// Client audio listening between `stt_start {source:"client"}` and `stt_stop`.
+    audio: Option<ClientAudio>,
 }
 
 /// How a connection authenticated at upgrade time.
@@ -819,18 +806,18 @@ impl WsSession {
                 reason: "stt_start again before stt_stop".into(),
             });
         }
-        self.audio = Some(ClientUtterance {
-            samples: Vec::new(),
-            last_partial: Instant::now(),
-        });
-        stt.do_send(SpeechAudio::Started {
-            session_id: session_id.clone(),
-            mode: c.mode,
-            source: AudioSource::Client,
-        });
+        let (audio, started) = ClientAudio::start(
+            session_id.clone(),
+            c.mode,
+            self.settings().client_audio.segment,
+        );
+        self.audio = Some(audio);
+        if let Some(started) = started {
+            stt.do_send(started);
+        }
         self.reply_ok(
             id,
-            serde_json::json!({"listening": true, "source": "client", "session_id": session_id, "sample_rate": crate::voice::SPEECH_SAMPLE_RATE}),
+            serde_json::json!({"listening": true, "source": "client", "mode": c.mode, "session_id": session_id, "sample_rate": crate::voice::SPEECH_SAMPLE_RATE}),
             ctx,
         );
     }
@@ -838,7 +825,7 @@ impl WsSession {
     /// `stt_stop`: the client utterance ends and goes to Stt; else the device stops.
     fn stt_stop(&mut self, id: Option<String>, ctx: &mut Context<Self>) {
         let session_id = self.client_id.clone();
-        if let Some(u) = self.audio.take() {
+        if let Some(audio) = self.audio.take() {
             let Some(stt) = self.stt() else {
                 self.reply_err(
                     id,
@@ -848,13 +835,10 @@ impl WsSession {
                 );
                 return;
             };
-            let audio_ms =
-                u.samples.len() as f64 * 1000.0 / f64::from(crate::voice::SPEECH_SAMPLE_RATE);
-            stt.do_send(SpeechAudio::Ended {
-                session_id,
-                samples: Arc::from(u.samples),
-                speech_ended: Instant::now(),
-            });
+            let audio_ms = audio.utterance_ms();
+            if let Some(report) = audio.stop() {
+                stt.do_send(report);
+            }
             self.reply_ok(
                 id,
                 serde_json::json!({"listening": false, "audio_ms": audio_ms}),
@@ -891,48 +875,30 @@ impl WsSession {
 
     /// One binary frame of client audio (PCM s16le mono 16 kHz).
     fn on_audio(&mut self, bin: &[u8], ctx: &mut Context<Self>) {
-        if !bin.len().is_multiple_of(2) {
-            let msg = format!(
-                "binary audio frame of {} bytes: PCM s16le frames carry whole 2-byte samples (even length)",
-                bin.len()
-            );
-            self.violation(None, ErrorCode::InvalidData, msg, ctx);
-            return;
-        }
-        let limits = self.settings().client_audio.clone();
-        let max_samples = (limits.max_utterance.as_secs_f64()
-            * f64::from(crate::voice::SPEECH_SAMPLE_RATE)) as usize;
-        let Some(u) = self.audio.as_mut() else {
+        let Some(audio) = self.audio.as_mut() else {
             return;
         };
-        if u.samples.len() + bin.len() / 2 > max_samples {
-            self.audio = None;
-            if let Some(stt) = self.stt() {
-                stt.do_send(SpeechAudio::Cancelled {
-                    session_id: self.client_id.clone(),
-                    reason: "utterance too long".into(),
-                });
+        match audio.push(bin) {
+            Ok(reports) => {
+                self.violations = 0;
+                if let Some(stt) = self.stt() {
+                    for r in reports {
+                        stt.do_send(r);
+                    }
+                }
             }
-            let msg = format!(
-                "utterance longer than stt.max_utterance_s ({:.0} s): dropped; send stt_start again",
-                limits.max_utterance.as_secs_f64()
-            );
-            self.reply_err(None, ErrorCode::TooLarge, msg, ctx);
-            return;
-        }
-        u.samples.extend(
-            bin.chunks_exact(2)
-                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0),
-        );
-        self.violations = 0;
-        if u.last_partial.elapsed() >= limits.interim_interval {
-            u.last_partial = Instant::now();
-            let samples: Arc<[f32]> = Arc::from(u.samples.as_slice());
-            if let Some(stt) = self.stt() {
-                stt.do_send(SpeechAudio::Partial {
-                    session_id: self.client_id.clone(),
-                    samples,
-                });
+            Err(e @ ClientAudioError::OddLength(_)) => {
+                self.violation(None, ErrorCode::InvalidData, e.to_string(), ctx);
+            }
+            Err(e @ ClientAudioError::TooLong(_)) => {
+                self.audio = None;
+                if let Some(stt) = self.stt() {
+                    stt.do_send(SpeechAudio::Cancelled {
+                        session_id: self.client_id.clone(),
+                        reason: "utterance too long".into(),
+                    });
+                }
+                self.reply_err(None, ErrorCode::TooLarge, e.to_string(), ctx);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! states so concurrent transcriptions do not re-allocate their buffers, and transcription
 //! of one utterance with the encoder's audio context trimmed to the audio's length.
 
+use std::ffi::{c_char, c_void, CStr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -46,8 +47,13 @@ impl WhisperEngine {
     /// 0 = [`super::default_threads`].
     pub fn load(path: &Path, language: &str, threads: usize) -> Result<WhisperEngine, SttFailure> {
         static HOOKS: Once = Once::new();
-        // whisper.cpp's log lines go to tracing instead of raw stderr.
-        HOOKS.call_once(whisper_rs::install_logging_hooks);
+        // whisper.cpp's log lines go to tracing instead of raw stderr; its chatter (model
+        // load, buffer sizes) at DEBUG.
+        // SAFETY: `whisper_log` is a plain function valid for the whole process.
+        HOOKS.call_once(|| unsafe {
+            whisper_rs::whisper_rs_sys::whisper_log_set(Some(whisper_log), std::ptr::null_mut());
+            whisper_rs::whisper_rs_sys::ggml_log_set(Some(whisper_log), std::ptr::null_mut());
+        });
         let (hp, _) = crate::models::whisper::check_ggml(path).map_err(|e| {
             SttFailure::ModelInvalid(format!(
                 "{e}; pull it again (`coda models pull whisper-tiny.en`) or convert it again"
@@ -97,6 +103,11 @@ impl WhisperEngine {
 
     /// Transcribes 16 kHz mono samples. `abort`, when set while running, stops whisper.cpp
     /// at its next check and returns [`SttFailure::Cancelled`].
+    ///
+    /// The encoder runs on a window trimmed to the audio ([`audio_ctx_for`]), which is
+    /// what makes a short command fast; a trimmed window can make the decoder loop or
+    /// drift, so a result that [`degenerate`] rejects is decoded again on a wider window,
+    /// and finally on the full 30 s one (whisper's own setting, never degenerate-checked).
     pub fn transcribe(
         &self,
         samples: &[f32],
@@ -121,7 +132,70 @@ impl WhisperEngine {
             pcm.resize(rate + rate / 10, 0.0);
         }
         let seconds = pcm.len() as f64 / rate as f64;
+        let speech_s = audio_ms / 1000.0;
 
+        let mut state = self.take_state()?;
+        let mut attempts = 0u32;
+        let mut last = None;
+        for audio_ctx in context_plan(seconds, self.n_audio_ctx) {
+            attempts += 1;
+            let full = audio_ctx >= self.n_audio_ctx;
+            let decoded = match self.decode(&mut state, &pcm, audio_ctx, speech_s, abort.as_ref())
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    if matches!(e, SttFailure::Cancelled) {
+                        self.give_back(state);
+                    }
+                    // A state whisper.cpp failed in is not reused.
+                    return Err(e);
+                }
+            };
+            let verdict = if full {
+                None
+            } else {
+                degenerate(&decoded.text, speech_s, decoded.hit_cap)
+            };
+            match verdict {
+                None => {
+                    last = Some((decoded, audio_ctx));
+                    break;
+                }
+                Some(why) => {
+                    tracing::debug!(audio_ctx, %why, text = %decoded.text, "transcript rejected; decoding on a wider window");
+                    last = Some((decoded, audio_ctx));
+                }
+            }
+        }
+        let language = if self.multilingual && self.language == "auto" {
+            whisper_rs::get_lang_str(state.full_lang_id_from_state())
+                .unwrap_or("auto")
+                .to_string()
+        } else {
+            self.language.clone()
+        };
+        self.give_back(state);
+        let (decoded, audio_ctx) = last.ok_or_else(|| SttFailure::Failed("no decoding ran".into()))?;
+        Ok(Transcript {
+            text: decoded.text,
+            confidence: decoded.confidence,
+            language,
+            audio_ms,
+            elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            audio_ctx,
+            attempts,
+        })
+    }
+
+    /// One whisper.cpp run over `pcm` with the encoder window `audio_ctx`.
+    fn decode(
+        &self,
+        state: &mut whisper_rs::WhisperState,
+        pcm: &[f32],
+        audio_ctx: i32,
+        speech_s: f64,
+        abort: Option<&Arc<AtomicBool>>,
+    ) -> Result<Decoded, SttFailure> {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(self.threads);
         params.set_translate(false);
@@ -132,33 +206,34 @@ impl WhisperEngine {
         params.set_print_realtime(false);
         params.set_print_timestamps(false);
         params.set_suppress_blank(true);
-        // No temperature fallback: a re-decode at a higher temperature doubles the time
-        // of a command for little gain on short audio.
+        // No temperature fallback inside whisper.cpp: a degenerate result is decoded again
+        // on a wider window instead, which fixes what the trimmed window broke.
         params.set_temperature_inc(0.0);
         params.set_language(Some(self.language.as_str()));
-        if seconds < 29.0 {
-            params.set_audio_ctx(audio_ctx_for(seconds, self.n_audio_ctx));
+        let cap = token_cap(speech_s);
+        if audio_ctx < self.n_audio_ctx {
+            params.set_audio_ctx(audio_ctx);
             params.set_single_segment(true);
+            params.set_max_tokens(cap);
         }
-        if let Some(flag) = abort.clone() {
-            params.set_abort_callback_safe(move || flag.load(Ordering::Relaxed));
+        if let Some(flag) = abort {
+            // whisper-rs 0.16's `set_abort_callback_safe` is unsound: its trampoline reads
+            // the boxed closure as the caller's closure type, so whisper.cpp "aborts" on
+            // whatever the heap holds there (error -6 in about half of the process starts)
+            // and it leaks the box on every call. Our trampoline gets a pointer to the flag,
+            // which `abort` keeps alive until `full` returns.
+            // SAFETY: `abort_requested` only reads an AtomicBool through the pointer, and
+            // the Arc it points into outlives this call.
+            unsafe {
+                params.set_abort_callback(Some(abort_requested));
+                params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut c_void);
+            }
         }
-
-        let mut state = match self.states.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            Some(s) => s,
-            None => self
-                .ctx
-                .create_state()
-                .map_err(|e| SttFailure::Failed(format!("cannot create a whisper state: {e}")))?,
-        };
-        let result = state.full(params, &pcm);
-        let aborted = abort.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
-        if aborted {
-            self.give_back(state);
+        let result = state.full(params, pcm);
+        if abort.is_some_and(|f| f.load(Ordering::Relaxed)) {
             return Err(SttFailure::Cancelled);
         }
         if let Err(e) = result {
-            // A state whisper.cpp failed in is not reused.
             return Err(SttFailure::Failed(format!("whisper.cpp failed: {e}")));
         }
         let eot = self.ctx.token_eot();
@@ -177,21 +252,24 @@ impl WhisperEngine {
                 }
             }
         }
-        let language = if self.multilingual && self.language == "auto" {
-            whisper_rs::get_lang_str(state.full_lang_id_from_state())
-                .unwrap_or("auto")
-                .to_string()
-        } else {
-            self.language.clone()
-        };
-        self.give_back(state);
-        Ok(Transcript {
+        Ok(Decoded {
             text: clean(&text),
             confidence: if p_n == 0 { 0.0 } else { p_sum / p_n as f64 },
-            language,
-            audio_ms,
-            elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            hit_cap: audio_ctx < self.n_audio_ctx && p_n as i32 >= cap,
         })
+    }
+
+    fn take_state(&self) -> Result<whisper_rs::WhisperState, SttFailure> {
+        let pooled = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(s) => Ok(s),
+            None => {
+                tracing::debug!("allocating a whisper state");
+                self.ctx
+                    .create_state()
+                    .map_err(|e| SttFailure::Failed(format!("cannot create a whisper state: {e}")))
+            }
+        }
     }
 
     fn give_back(&self, state: whisper_rs::WhisperState) {
@@ -201,6 +279,107 @@ impl WhisperEngine {
             pool.push(state);
         }
     }
+}
+
+/// whisper.cpp's abort check: the user data is the `AtomicBool` of [`WhisperEngine::transcribe`].
+unsafe extern "C" fn abort_requested(user_data: *mut c_void) -> bool {
+    if user_data.is_null() {
+        return false;
+    }
+    // SAFETY: set by `decode` to `Arc::as_ptr` of a flag that outlives the call.
+    let flag = unsafe { &*(user_data as *const AtomicBool) };
+    flag.load(Ordering::Relaxed)
+}
+
+/// whisper.cpp and ggml log lines: errors and warnings as such, the rest at DEBUG.
+unsafe extern "C" fn whisper_log(
+    level: whisper_rs::whisper_rs_sys::ggml_log_level,
+    text: *const c_char,
+    _: *mut c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: whisper.cpp passes a NUL-terminated string valid for this call.
+    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let text = text.trim();
+    if text.is_empty() {
+        return;
+    }
+    match level {
+        whisper_rs::whisper_rs_sys::ggml_log_level_GGML_LOG_LEVEL_ERROR => {
+            tracing::error!(target: "coda::whisper", "{text}")
+        }
+        whisper_rs::whisper_rs_sys::ggml_log_level_GGML_LOG_LEVEL_WARN => {
+            tracing::warn!(target: "coda::whisper", "{text}")
+        }
+        _ => tracing::debug!(target: "coda::whisper", "{text}"),
+    }
+}
+
+/// One decoding's result.
+struct Decoded {
+    text: String,
+    confidence: f64,
+    /// The decoder stopped at [`token_cap`].
+    hit_cap: bool,
+}
+
+/// The encoder windows to try, narrowest first, ending with the model's full window.
+pub fn context_plan(seconds: f64, n_audio_ctx: i32) -> Vec<i32> {
+    let first = audio_ctx_for(seconds, n_audio_ctx);
+    let mut plan = vec![first];
+    if first < n_audio_ctx {
+        plan.push(n_audio_ctx);
+    }
+    plan
+}
+
+/// Most tokens `speech_s` seconds of speech can produce: about 5 words (7 tokens with
+/// punctuation) a second even for fast speech, plus room for a short clip.
+pub fn token_cap(speech_s: f64) -> i32 {
+    12 + (speech_s.max(0.0) * 7.0).ceil() as i32
+}
+
+/// Why a transcript of `speech_s` seconds cannot be what was said, if it cannot: the
+/// decoder hit the token cap, wrote more words than anyone says in that time, or repeats
+/// itself (a word or pair three times in a row, a longer phrase twice) — the failure modes
+/// of a trimmed encoder window.
+pub fn degenerate(text: &str, speech_s: f64, hit_cap: bool) -> Option<String> {
+    if hit_cap {
+        return Some("reached the token cap for the audio's length".into());
+    }
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let most = 4.0 + 5.0 * speech_s.max(0.0);
+    if words.len() as f64 > most {
+        return Some(format!(
+            "{} words for {:.1} s of audio",
+            words.len(),
+            speech_s
+        ));
+    }
+    for n in 1..=words.len() / 2 {
+        let times = if n <= 2 { 3 } else { 2 };
+        if words.len() < n * times {
+            break;
+        }
+        for start in 0..=words.len() - n * times {
+            let gram = &words[start..start + n];
+            if (1..times).all(|k| &words[start + k * n..start + (k + 1) * n] == gram) {
+                return Some(format!("\"{}\" repeated {times} times", gram.join(" ")));
+            }
+        }
+    }
+    None
 }
 
 /// Whisper's text without its leading space and with the non-speech markers it writes for
@@ -225,6 +404,30 @@ mod tests {
         assert_eq!(audio_ctx_for(3.0, 1500), 256);
         assert!(audio_ctx_for(10.0, 1500) >= 564);
         assert_eq!(audio_ctx_for(40.0, 1500), 1500);
+    }
+
+    #[test]
+    fn loops_and_impossible_lengths_are_degenerate() {
+        use super::degenerate;
+        assert!(degenerate("Stop. Stop. Stop. Stop.", 0.7, false).is_some());
+        let looped = "turn on the kitchen lights please turn on the kitchen lights please";
+        assert!(degenerate(looped, 1.9, false).is_some());
+        assert!(degenerate("Stop.", 0.7, false).is_none());
+        assert!(degenerate("Turn on the kitchen lights, please.", 1.9, false).is_none());
+        assert!(degenerate("What is the capital of France?", 2.0, false).is_none());
+        // Twelve distinct words cannot be said in one second.
+        let many = "one two three four five six seven eight nine ten eleven twelve";
+        assert!(degenerate(many, 1.0, false).is_some());
+        assert!(degenerate("fine", 1.0, true).is_some());
+        assert!(degenerate("", 1.0, false).is_none());
+    }
+
+    #[test]
+    fn the_plan_ends_at_the_full_window() {
+        let plan = super::context_plan(2.0, 1500);
+        assert_eq!(plan.last(), Some(&1500));
+        assert!(plan[0] < 1500);
+        assert_eq!(super::context_plan(40.0, 1500), vec![1500]);
     }
 
     #[test]

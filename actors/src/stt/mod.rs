@@ -13,7 +13,7 @@
 #[cfg(feature = "stt")]
 mod engine;
 #[cfg(feature = "stt")]
-pub use engine::{audio_ctx_for, WhisperEngine};
+pub use engine::{audio_ctx_for, context_plan, degenerate, token_cap, WhisperEngine};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use coda_protocol::{ComponentState, Level, SttError, SttInterim, SttResult, SttS
 
 use crate::orchestrator::{Listening, Orchestrator, VoiceTurn};
 use crate::supervise::{blocking, Supervision};
-use crate::voice::SpeechAudio;
+use crate::voice::{Settle, SpeechAudio};
 
 /// Stt settings (the `[stt]` config section).
 #[derive(Debug, Clone)]
@@ -77,6 +77,10 @@ pub struct Transcript {
     pub audio_ms: f64,
     /// Transcription time, ms.
     pub elapsed_ms: f64,
+    /// Encoder window of the decoding that was kept (positions of 20 ms; 1500 = 30 s).
+    pub audio_ctx: i32,
+    /// Decodings run: more than one when a trimmed window gave a degenerate transcript.
+    pub attempts: u32,
 }
 
 /// Why speech could not be transcribed.
@@ -199,6 +203,55 @@ struct Utterance {
     interim: Option<Arc<AtomicBool>>,
     /// Abort flag of the final transcription, once the utterance ended.
     final_abort: Option<Arc<AtomicBool>>,
+    /// The transcription of the audio up to the speaker's last pause.
+    settled: Option<SettledRun>,
+    /// The utterance ended with nothing said after that pause while its transcription
+    /// was still running: it is the final one, finished when it is done.
+    final_waiting: Option<Instant>,
+}
+
+impl Utterance {
+    fn new(turn_id: String) -> Utterance {
+        Utterance {
+            turn_id,
+            interim: None,
+            final_abort: None,
+            settled: None,
+            final_waiting: None,
+        }
+    }
+}
+
+struct SettledRun {
+    settle: Settle,
+    abort: Arc<AtomicBool>,
+    /// `None` while it runs.
+    result: Option<Result<Transcript, SttFailure>>,
+}
+
+/// Words a request does not end on: a transcript ending with one is a speaker pausing
+/// mid-sentence, whatever punctuation whisper put after it.
+const DANGLING: &[&str] = &[
+    "a", "an", "and", "are", "at", "but", "by", "for", "from", "in", "is", "my", "of", "on",
+    "or", "so", "than", "that", "the", "then", "to", "was", "what", "when", "where", "which",
+    "who", "why", "with", "your",
+];
+
+/// Does `text` read as a complete request (a sentence that ends, not on a word that
+/// leads on)? Used to end an utterance after a shorter silence.
+pub fn reads_complete(text: &str) -> bool {
+    let t = text.trim();
+    if t.ends_with("...") || !t.ends_with(['.', '?', '!']) {
+        return false;
+    }
+    let last = t
+        .trim_end_matches(['.', '?', '!'])
+        .rsplit(char::is_whitespace)
+        .next()
+        .unwrap_or("")
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase();
+    !last.is_empty() && !DANGLING.contains(&last.as_str())
 }
 
 /// The Stt actor.
@@ -304,14 +357,8 @@ impl SttActor {
             session_id: session_id.clone(),
             on: true,
         });
-        self.utterances.insert(
-            session_id.clone(),
-            Utterance {
-                turn_id: turn_id.clone(),
-                interim: None,
-                final_abort: None,
-            },
-        );
+        self.utterances
+            .insert(session_id.clone(), Utterance::new(turn_id.clone()));
         // A missing model is said at once, while the user is still speaking.
         self.run(
             |_| Ok(()),
@@ -324,11 +371,22 @@ impl SttActor {
         );
     }
 
-    fn partial(&mut self, session_id: String, samples: Arc<[f32]>, ctx: &mut Context<Self>) {
+    fn partial(
+        &mut self,
+        session_id: String,
+        samples: Arc<[f32]>,
+        settle: Option<Settle>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(settle) = settle {
+            self.settled_partial(session_id, samples, settle, ctx);
+            return;
+        }
         let Some(u) = self.utterances.get_mut(&session_id) else {
             return;
         };
-        if u.interim.is_some() || u.final_abort.is_some() {
+        let settled_running = u.settled.as_ref().is_some_and(|r| r.result.is_none());
+        if u.interim.is_some() || u.final_abort.is_some() || settled_running {
             return;
         }
         let flag = Arc::new(AtomicBool::new(false));
@@ -344,21 +402,80 @@ impl SttActor {
                 if u.interim.as_ref().is_some_and(|f| Arc::ptr_eq(f, &flag)) {
                     u.interim = None;
                 }
-                if u.turn_id != turn_id || u.final_abort.is_some() {
+                if u.turn_id != turn_id || u.final_abort.is_some() || u.final_waiting.is_some() {
                     return;
                 }
-                match res {
-                    Ok(t) if !t.text.is_empty() => act.sup.hub().publish(
-                        &session_id,
-                        &SttInterim {
-                            turn_id: Some(turn_id),
-                            text: t.text,
-                            confidence: Some(t.confidence),
-                        },
-                    ),
-                    Ok(_) | Err(SttFailure::Cancelled) => {}
-                    // Errors are reported once, by the final transcription.
-                    Err(e) => tracing::debug!(error = %e, "interim transcription failed"),
+                act.interim(&session_id, turn_id, res);
+            },
+            ctx,
+        );
+    }
+
+    fn interim(&mut self, session_id: &str, turn_id: String, res: Result<Transcript, SttFailure>) {
+        match res {
+            Ok(t) if !t.text.is_empty() => self.sup.hub().publish(
+                session_id,
+                &SttInterim {
+                    turn_id: Some(turn_id),
+                    text: t.text,
+                    confidence: Some(t.confidence),
+                },
+            ),
+            Ok(_) | Err(SttFailure::Cancelled) => {}
+            // Errors are reported once, by the final transcription.
+            Err(e) => tracing::debug!(error = %e, "interim transcription failed"),
+        }
+    }
+
+    /// The speaker paused: transcribe what was said so far now, ahead of any interim, so
+    /// that if this was the end the transcript is ready when the utterance ends.
+    fn settled_partial(
+        &mut self,
+        session_id: String,
+        samples: Arc<[f32]>,
+        settle: Settle,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(u) = self.utterances.get_mut(&session_id) else {
+            return;
+        };
+        if u.final_abort.is_some() || u.final_waiting.is_some() {
+            return;
+        }
+        for f in [u.interim.take(), u.settled.take().map(|r| r.abort)]
+            .into_iter()
+            .flatten()
+        {
+            f.store(true, Ordering::Relaxed);
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        u.settled = Some(SettledRun {
+            settle: settle.clone(),
+            abort: flag.clone(),
+            result: None,
+        });
+        let turn_id = u.turn_id.clone();
+        let abort = flag.clone();
+        self.run(
+            move |e| e.transcribe(&samples, Some(abort)),
+            move |act, res, _| {
+                let Some(u) = act.utterances.get_mut(&session_id) else {
+                    return;
+                };
+                let Some(run) = u.settled.as_mut().filter(|r| Arc::ptr_eq(&r.abort, &flag)) else {
+                    return;
+                };
+                if let Ok(t) = &res {
+                    if reads_complete(&t.text) {
+                        run.settle.complete.store(run.settle.len, Ordering::Relaxed);
+                    }
+                }
+                run.result = Some(res.clone());
+                if let Some(speech_ended) = u.final_waiting.take() {
+                    act.utterances.remove(&session_id);
+                    act.finish(session_id, turn_id, res, speech_ended);
+                } else {
+                    act.interim(&session_id, turn_id, res);
                 }
             },
             ctx,
@@ -370,12 +487,34 @@ impl SttActor {
         session_id: String,
         samples: Arc<[f32]>,
         speech_ended: Instant,
+        settle: Option<Settle>,
         ctx: &mut Context<Self>,
     ) {
         let turn_id = match self.utterances.get_mut(&session_id) {
-            Some(u) if u.final_abort.is_none() => {
+            Some(u) if u.final_abort.is_none() && u.final_waiting.is_none() => {
                 if let Some(f) = u.interim.take() {
                     f.store(true, Ordering::Relaxed);
+                }
+                // Nothing was said after the last pause: its transcript is the final one.
+                let reusable = settle.as_ref().is_some_and(|s| {
+                    u.settled
+                        .as_ref()
+                        .is_some_and(|r| r.settle.len == s.len && !r.abort.load(Ordering::Relaxed))
+                });
+                if reusable {
+                    let done = u.settled.as_ref().and_then(|r| r.result.clone());
+                    let turn_id = u.turn_id.clone();
+                    match done {
+                        Some(res) => {
+                            self.utterances.remove(&session_id);
+                            self.finish(session_id, turn_id, res, speech_ended);
+                        }
+                        None => u.final_waiting = Some(speech_ended),
+                    }
+                    return;
+                }
+                if let Some(r) = u.settled.take() {
+                    r.abort.store(true, Ordering::Relaxed);
                 }
                 u.turn_id.clone()
             }
@@ -383,14 +522,8 @@ impl SttActor {
             _ => {
                 let id = format!("t-v{:04}", self.next_turn);
                 self.next_turn += 1;
-                self.utterances.insert(
-                    session_id.clone(),
-                    Utterance {
-                        turn_id: id.clone(),
-                        interim: None,
-                        final_abort: None,
-                    },
-                );
+                self.utterances
+                    .insert(session_id.clone(), Utterance::new(id.clone()));
                 id
             }
         };
@@ -445,7 +578,7 @@ impl SttActor {
                 language: t.language.clone(),
             },
         );
-        tracing::info!(turn = %turn_id, audio_ms = t.audio_ms, stt_ms = t.elapsed_ms, "transcribed");
+        tracing::info!(turn = %turn_id, audio_ms = t.audio_ms, stt_ms = t.elapsed_ms, audio_ctx = t.audio_ctx, attempts = t.attempts, "transcribed");
         if t.text.is_empty() {
             self.error(
                 &session_id,
@@ -470,7 +603,10 @@ impl SttActor {
     /// Aborts whatever runs for `session_id` and forgets its utterance.
     fn abort_session(&mut self, session_id: &str) {
         if let Some(u) = self.utterances.remove(session_id) {
-            for f in [u.interim, u.final_abort].into_iter().flatten() {
+            for f in [u.interim, u.final_abort, u.settled.map(|r| r.abort)]
+                .into_iter()
+                .flatten()
+            {
                 f.store(true, Ordering::Relaxed);
             }
         }
@@ -538,12 +674,14 @@ impl Handler<SpeechAudio> for SttActor {
             SpeechAudio::Partial {
                 session_id,
                 samples,
-            } => self.partial(session_id, samples, ctx),
+                settle,
+            } => self.partial(session_id, samples, settle, ctx),
             SpeechAudio::Ended {
                 session_id,
                 samples,
                 speech_ended,
-            } => self.ended(session_id, samples, speech_ended, ctx),
+                settle,
+            } => self.ended(session_id, samples, speech_ended, settle, ctx),
             SpeechAudio::Cancelled { session_id, reason } => {
                 tracing::info!(session = %session_id, %reason, "listening cancelled");
                 self.abort_session(&session_id);

@@ -1,0 +1,454 @@
+//! Splits a stream of 16 kHz mono audio into utterances: the one place that decides when
+//! speech starts, when it pauses and when it ends, for the server's own microphone
+//! (AudioCapture) and for client audio (WebSocket sessions) alike.
+//!
+//! - push-to-talk: the utterance runs from start to [`Segmenter::stop`]; the detector
+//!   only marks pauses.
+//! - continuous: the [`Vad`] starts utterances (with `preroll_ms` of audio from before, so
+//!   the first syllable is kept) and ends them after `vad.silence_ms` of silence.
+//!
+//! Both hand out the audio so far every `interim_ms` (for `stt_interim`) and, once the
+//! speaker has paused for `settle_ms`, once more as *settled*: Stt transcribes that at
+//! once, so when the pause turns out to be the end, the transcript is already there (or
+//! nearly). When Stt finds that transcript complete ([`Settle::complete`]) and the speaker
+//! is still silent, a continuous utterance ends after `quick_silence_ms` instead of the
+//! full `vad.silence_ms`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coda_protocol::SttMode;
+
+use super::vad::{Vad, VadEvent, VadSettings, FRAME};
+use crate::voice::{Settle, SPEECH_SAMPLE_RATE};
+
+/// How audio is cut into utterances.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SegmentSettings {
+    /// The voice activity detector (its `silence_ms` ends an utterance).
+    pub vad: VadSettings,
+    /// Audio kept from before speech was detected, ms.
+    pub preroll_ms: u32,
+    /// Longest utterance; it is ended at this length, s.
+    pub max_utterance_s: f64,
+    /// The audio so far goes out at most this often while speaking, ms.
+    pub interim_ms: u32,
+    /// A pause this long hands the audio so far over as settled, ms.
+    pub settle_ms: u32,
+    /// Silence that ends a continuous utterance whose settled transcript is complete, ms.
+    pub quick_silence_ms: u32,
+}
+
+impl Default for SegmentSettings {
+    fn default() -> Self {
+        SegmentSettings {
+            vad: VadSettings::default(),
+            preroll_ms: 300,
+            max_utterance_s: 30.0,
+            interim_ms: 500,
+            settle_ms: 120,
+            quick_silence_ms: 300,
+        }
+    }
+}
+
+/// What the segmenter saw.
+#[derive(Debug, Clone)]
+pub enum Segment {
+    /// Speech began (continuous mode; push-to-talk starts with the listening).
+    Started,
+    /// The utterance so far; `settle` when the speaker has paused here.
+    Partial {
+        /// The whole utterance up to now.
+        samples: Arc<[f32]>,
+        /// The pause point, when this is settled audio.
+        settle: Option<Settle>,
+    },
+    /// The utterance is complete.
+    Ended {
+        /// The whole utterance (the silence that ended it trimmed to 200 ms).
+        samples: Arc<[f32]>,
+        /// When the speaker stopped.
+        speech_ended: Instant,
+        /// The last settled point, if nothing was said after it: its transcript is this
+        /// utterance's.
+        settle: Option<Settle>,
+        /// Why it ended.
+        cause: EndCause,
+    },
+    /// The listening stopped with no audio at all.
+    Empty,
+}
+
+/// Why an utterance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// Push-to-talk released (or listening stopped).
+    Stopped,
+    /// `vad.silence_ms` of silence.
+    Silence,
+    /// `quick_silence_ms` of silence after a complete-looking transcript.
+    QuickSilence,
+    /// `max_utterance_s` reached.
+    MaxLength,
+}
+
+struct Utterance {
+    samples: Vec<f32>,
+    last_partial: Instant,
+    last_voiced_at: Instant,
+    /// Silent frames since the last voiced one.
+    silent_frames: usize,
+    /// Anything voiced yet (push-to-talk starts before the speaker does).
+    voiced: bool,
+    settle: Option<Settle>,
+    /// A voiced frame came after `settle`.
+    spoke_since_settle: bool,
+}
+
+impl Utterance {
+    fn new(samples: Vec<f32>, now: Instant) -> Utterance {
+        Utterance {
+            samples,
+            last_partial: now,
+            last_voiced_at: now,
+            silent_frames: 0,
+            voiced: false,
+            settle: None,
+            spoke_since_settle: false,
+        }
+    }
+}
+
+/// The segmenter of one listening.
+pub struct Segmenter {
+    s: SegmentSettings,
+    mode: SttMode,
+    vad: Vad,
+    frame: Vec<f32>,
+    recent: std::collections::VecDeque<f32>,
+    utterance: Option<Utterance>,
+}
+
+fn frames(ms: u32) -> usize {
+    (ms as usize / 20).max(1)
+}
+
+impl Segmenter {
+    /// A segmenter for one listening in `mode` (push-to-talk opens its utterance now).
+    pub fn new(settings: SegmentSettings, mode: SttMode, now: Instant) -> Segmenter {
+        Segmenter {
+            s: settings,
+            mode,
+            vad: Vad::new(settings.vad),
+            frame: Vec::with_capacity(FRAME),
+            recent: std::collections::VecDeque::new(),
+            utterance: (mode == SttMode::PushToTalk).then(|| Utterance::new(Vec::new(), now)),
+        }
+    }
+
+    /// The mode it was made for.
+    pub fn mode(&self) -> SttMode {
+        self.mode
+    }
+
+    /// Samples in the open utterance.
+    pub fn utterance_len(&self) -> usize {
+        self.utterance.as_ref().map_or(0, |u| u.samples.len())
+    }
+
+    fn max_samples(&self) -> usize {
+        (self.s.max_utterance_s.max(0.5) * f64::from(SPEECH_SAMPLE_RATE)) as usize
+    }
+
+    fn preroll_samples(&self) -> usize {
+        (self.s.preroll_ms + self.s.vad.start_ms) as usize * SPEECH_SAMPLE_RATE as usize / 1000
+    }
+
+    /// Feeds samples that arrived at `now`; what they changed goes to `out`.
+    pub fn push(&mut self, samples: &[f32], now: Instant, out: &mut Vec<Segment>) {
+        let mut rest = samples;
+        while !rest.is_empty() {
+            let take = (FRAME - self.frame.len()).min(rest.len());
+            self.frame.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.frame.len() == FRAME {
+                let frame = std::mem::replace(&mut self.frame, Vec::with_capacity(FRAME));
+                self.on_frame(&frame, now, out);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: &[f32], now: Instant, out: &mut Vec<Segment>) {
+        let ev = self.vad.push_frame(frame);
+        let voiced = self.vad.last_voiced();
+        let continuous = self.mode == SttMode::Continuous;
+        let max = self.max_samples();
+        let Some(u) = self.utterance.as_mut() else {
+            if continuous && matches!(ev, VadEvent::SpeechStart { .. }) {
+                let mut samples: Vec<f32> = self.recent.drain(..).collect();
+                samples.extend_from_slice(frame);
+                let mut u = Utterance::new(samples, now);
+                u.voiced = true;
+                self.utterance = Some(u);
+                out.push(Segment::Started);
+            } else {
+                let preroll = self.preroll_samples();
+                self.recent.extend(frame.iter().copied());
+                let excess = self.recent.len().saturating_sub(preroll);
+                self.recent.drain(..excess);
+            }
+            return;
+        };
+        u.samples.extend_from_slice(frame);
+        if voiced {
+            u.voiced = true;
+            u.last_voiced_at = now;
+            u.silent_frames = 0;
+            if u.settle.is_some() {
+                u.spoke_since_settle = true;
+            }
+        } else {
+            u.silent_frames += 1;
+        }
+        if continuous {
+            if let VadEvent::SpeechEnd { frames_ago } = ev {
+                self.end(frames_ago, None, EndCause::Silence, out);
+                return;
+            }
+            let quick = u.settle.as_ref().is_some_and(|s| {
+                !u.spoke_since_settle && s.complete.load(Ordering::Relaxed) == s.len
+            });
+            if quick && u.silent_frames >= frames(self.s.quick_silence_ms) {
+                let n = u.silent_frames;
+                self.vad.reset();
+                self.end(n, None, EndCause::QuickSilence, out);
+                return;
+            }
+        }
+        if u.samples.len() >= max {
+            u.samples.truncate(max);
+            self.vad.reset();
+            self.end(0, Some(now), EndCause::MaxLength, out);
+            return;
+        }
+        let settle_now = u.voiced
+            && !voiced
+            && u.silent_frames == frames(self.s.settle_ms)
+            && (u.settle.is_none() || u.spoke_since_settle);
+        if settle_now {
+            let settle = Settle {
+                len: u.samples.len(),
+                complete: Arc::new(AtomicUsize::new(0)),
+            };
+            u.settle = Some(settle.clone());
+            u.spoke_since_settle = false;
+            u.last_partial = now;
+            out.push(Segment::Partial {
+                samples: Arc::from(u.samples.as_slice()),
+                settle: Some(settle),
+            });
+        } else if voiced
+            && now.duration_since(u.last_partial) >= Duration::from_millis(u64::from(self.s.interim_ms))
+        {
+            u.last_partial = now;
+            out.push(Segment::Partial {
+                samples: Arc::from(u.samples.as_slice()),
+                settle: None,
+            });
+        }
+    }
+
+    /// Ends the open utterance, keeping 200 ms of the `silent_frames` that ended it.
+    fn end(
+        &mut self,
+        silent_frames: usize,
+        speech_ended: Option<Instant>,
+        cause: EndCause,
+        out: &mut Vec<Segment>,
+    ) {
+        let Some(mut u) = self.utterance.take() else {
+            return;
+        };
+        let trim = silent_frames.saturating_sub(10) * FRAME;
+        let keep = u.samples.len().saturating_sub(trim);
+        u.samples.truncate(keep);
+        if u.samples.is_empty() {
+            out.push(Segment::Empty);
+            return;
+        }
+        let settle = u.settle.filter(|_| !u.spoke_since_settle);
+        out.push(Segment::Ended {
+            samples: Arc::from(u.samples),
+            speech_ended: speech_ended.unwrap_or(u.last_voiced_at),
+            settle,
+            cause,
+        });
+    }
+
+    /// The listening stops at `now` (push-to-talk released): the open utterance ends.
+    pub fn stop(&mut self, now: Instant) -> Option<Segment> {
+        let mut out = Vec::new();
+        // A part-frame at the end is still speech.
+        if !self.frame.is_empty() {
+            if let Some(u) = self.utterance.as_mut() {
+                u.samples.append(&mut self.frame);
+            }
+        }
+        let ptt = self.mode == SttMode::PushToTalk;
+        let spoke = self.utterance.as_ref().is_some_and(|u| u.voiced);
+        // Push-to-talk ends when released; if the speaker had already stopped, at the
+        // last voiced frame.
+        let ended = if ptt || !spoke { now } else { self.utterance.as_ref().map_or(now, |u| u.last_voiced_at) };
+        self.end(0, Some(ended), EndCause::Stopped, &mut out);
+        out.pop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(ms: u32, amp: f32) -> Vec<f32> {
+        let n = (SPEECH_SAMPLE_RATE * ms / 1000) as usize;
+        (0..n)
+            .map(|i| amp * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / 16_000.0).sin())
+            .collect()
+    }
+
+    fn quiet(ms: u32) -> Vec<f32> {
+        let n = (SPEECH_SAMPLE_RATE * ms / 1000) as usize;
+        (0..n).map(|i| if i % 2 == 0 { 0.0005 } else { -0.0005 }).collect()
+    }
+
+    /// Feeds `signal` in 20 ms chunks, one per 20 ms of a virtual clock.
+    fn feed(seg: &mut Segmenter, signal: &[f32], t: &mut Instant) -> Vec<Segment> {
+        let mut out = Vec::new();
+        for chunk in signal.chunks(FRAME) {
+            *t += Duration::from_millis(20);
+            seg.push(chunk, *t, &mut out);
+        }
+        out
+    }
+
+    fn names(ev: &[Segment]) -> Vec<&'static str> {
+        ev.iter()
+            .map(|e| match e {
+                Segment::Started => "started",
+                Segment::Partial { settle: Some(_), .. } => "settled",
+                Segment::Partial { .. } => "partial",
+                Segment::Ended { .. } => "ended",
+                Segment::Empty => "empty",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn continuous_speech_is_one_utterance_with_a_settled_point() {
+        let mut t = Instant::now();
+        let mut seg = Segmenter::new(SegmentSettings::default(), SttMode::Continuous, t);
+        let mut sig = quiet(500);
+        sig.extend(tone(1_200, 0.3));
+        sig.extend(quiet(1_000));
+        let ev = feed(&mut seg, &sig, &mut t);
+        let n = names(&ev);
+        assert_eq!(n.first(), Some(&"started"), "{n:?}");
+        assert_eq!(n.iter().filter(|e| **e == "settled").count(), 1, "{n:?}");
+        assert_eq!(n.last(), Some(&"ended"), "{n:?}");
+        let Some(Segment::Ended { samples, settle, cause, .. }) = ev.last() else {
+            unreachable!()
+        };
+        assert_eq!(*cause, EndCause::Silence);
+        assert!(settle.is_some(), "nothing was said after the pause");
+        // Preroll + speech + 200 ms of the silence.
+        let secs = samples.len() as f64 / 16_000.0;
+        assert!((1.4..1.9).contains(&secs), "{secs}");
+    }
+
+    #[test]
+    fn a_complete_transcript_ends_the_utterance_sooner() {
+        let mut t = Instant::now();
+        let s = SegmentSettings::default();
+        let mut seg = Segmenter::new(s, SttMode::Continuous, t);
+        let mut sig = quiet(500);
+        sig.extend(tone(1_000, 0.3));
+        let _ = feed(&mut seg, &sig, &mut t);
+        // The pause settles; the transcriber says the text is complete.
+        let ev = feed(&mut seg, &quiet(s.settle_ms), &mut t);
+        let Some(Segment::Partial { settle: Some(settle), .. }) = ev.last() else {
+            panic!("no settled partial: {:?}", names(&ev));
+        };
+        settle.complete.store(settle.len, Ordering::Relaxed);
+        let ev = feed(&mut seg, &quiet(s.vad.silence_ms), &mut t);
+        let ended = ev.iter().position(|e| matches!(e, Segment::Ended { .. }));
+        let Some(i) = ended else { panic!("{:?}", names(&ev)) };
+        let Segment::Ended { cause, settle, .. } = &ev[i] else { unreachable!() };
+        assert_eq!(*cause, EndCause::QuickSilence);
+        assert!(settle.is_some());
+        // Ended at quick_silence_ms of silence, counted from the last voiced frame.
+        assert!(i as u32 * 20 + s.settle_ms <= s.quick_silence_ms + 20, "ended {i} frames later");
+    }
+
+    #[test]
+    fn speech_after_the_pause_unsettles_it() {
+        let mut t = Instant::now();
+        let mut seg = Segmenter::new(SegmentSettings::default(), SttMode::PushToTalk, t);
+        let mut sig = quiet(200);
+        sig.extend(tone(600, 0.3));
+        sig.extend(quiet(300));
+        sig.extend(tone(600, 0.3));
+        let ev = feed(&mut seg, &sig, &mut t);
+        assert!(names(&ev).contains(&"settled"), "{:?}", names(&ev));
+        let Some(Segment::Ended { settle, cause, .. }) = seg.stop(t) else {
+            panic!("push-to-talk stop ends the utterance")
+        };
+        assert_eq!(cause, EndCause::Stopped);
+        assert!(settle.is_none(), "speech came after the settled point");
+    }
+
+    #[test]
+    fn push_to_talk_keeps_everything_until_stopped() {
+        let mut t = Instant::now();
+        let mut seg = Segmenter::new(SegmentSettings::default(), SttMode::PushToTalk, t);
+        let mut sig = tone(700, 0.3);
+        sig.extend(quiet(2_000));
+        let ev = feed(&mut seg, &sig, &mut t);
+        assert!(!names(&ev).contains(&"ended"), "{:?}", names(&ev));
+        let Some(Segment::Ended { samples, settle, .. }) = seg.stop(t) else {
+            panic!("stop ends it")
+        };
+        assert_eq!(samples.len(), sig.len());
+        assert!(settle.is_some());
+    }
+
+    #[test]
+    fn stopping_with_nothing_heard_is_empty() {
+        let t = Instant::now();
+        let mut seg = Segmenter::new(SegmentSettings::default(), SttMode::PushToTalk, t);
+        assert!(matches!(seg.stop(t), Some(Segment::Empty)));
+        let mut seg = Segmenter::new(SegmentSettings::default(), SttMode::Continuous, t);
+        assert!(seg.stop(t).is_none());
+    }
+
+    #[test]
+    fn long_speech_ends_at_the_maximum() {
+        let mut t = Instant::now();
+        let s = SegmentSettings {
+            max_utterance_s: 1.0,
+            ..Default::default()
+        };
+        let mut seg = Segmenter::new(s, SttMode::Continuous, t);
+        let mut sig = quiet(300);
+        sig.extend(tone(2_500, 0.3));
+        let ev = feed(&mut seg, &sig, &mut t);
+        let ended: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Segment::Ended { samples, cause, .. } => Some((samples.len(), *cause)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ended.first(), Some(&(16_000, EndCause::MaxLength)), "{:?}", names(&ev));
+    }
+}
