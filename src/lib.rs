@@ -21,6 +21,7 @@ pub mod speech;
 pub mod stt_cmd;
 pub mod synthetic;
 pub mod token_cmd;
+pub mod wer;
 
 /// Unix seconds now (the clock `coda bench` compares event timestamps against).
 pub fn bench_clock() -> f64 {

@@ -49,6 +49,11 @@ pub struct SttBenchArgs {
     /// Also run whisper.cpp's own `whisper-cli` on the same file and model.
     #[arg(long, value_name = "PATH")]
     pub whisper_cli: Option<PathBuf>,
+    /// Accuracy over a set of spoken commands: DIR/corpus.tsv lists `FILE<TAB>TEXT`
+    /// (`scripts/voice-corpus DIR` makes one). Prints word error rate, looping transcripts
+    /// and times per file, beside whisper-cli's when `--whisper-cli` is given.
+    #[arg(long, value_name = "DIR", conflicts_with = "file")]
+    pub corpus: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -317,8 +322,216 @@ fn run_whisper_cli(
     ))
 }
 
+#[derive(Debug, Serialize)]
+struct CorpusRow {
+    file: String,
+    reference: String,
+    audio_ms: f64,
+    text: String,
+    wer: f64,
+    looped: bool,
+    ms: f64,
+    audio_ctx: i32,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cli_full: Option<CliRun>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cli_same_ctx: Option<CliRun>,
+}
+
+#[derive(Debug, Serialize)]
+struct CliRun {
+    text: String,
+    wer: f64,
+    looped: bool,
+    ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct CorpusSummary {
+    engine: String,
+    files: usize,
+    wer_percent: f64,
+    looped: usize,
+    p50_ms: f64,
+    p95_ms: f64,
+}
+
+fn summarise(engine: &str, rows: &[(&str, &str, f64, bool)], files: usize) -> CorpusSummary {
+    let (mut errors, mut words) = (0usize, 0usize);
+    let mut times = Vec::new();
+    let mut looped = 0;
+    for (reference, text, ms, l) in rows {
+        let r = crate::wer::normalise(reference);
+        errors += crate::wer::word_errors(&r, &crate::wer::normalise(text));
+        words += r.len();
+        times.push(*ms);
+        looped += usize::from(*l);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    CorpusSummary {
+        engine: engine.to_string(),
+        files,
+        wer_percent: 100.0 * errors as f64 / words.max(1) as f64,
+        looped,
+        p50_ms: percentile(&times, 0.5),
+        p95_ms: percentile(&times, 0.95),
+    }
+}
+
+/// A transcript that loops or is longer than the speech allows (the engine's own check,
+/// applied to any engine's text).
+fn looped(text: &str, audio_ms: f64) -> bool {
+    #[cfg(feature = "stt")]
+    {
+        coda_actors::stt::degenerate(text, audio_ms / 1000.0, false).is_some()
+    }
+    #[cfg(not(feature = "stt"))]
+    {
+        let _ = (text, audio_ms);
+        false
+    }
+}
+
+/// `coda bench stt --corpus DIR`: each file once with the engine and, interleaved, with
+/// whisper-cli at its full window and at the engine's first window.
+fn bench_corpus(loaded: &Loaded, args: &SttBenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let list = dir.join("corpus.tsv");
+    let text = std::fs::read_to_string(&list)
+        .with_context(|| format!("cannot read {} (make one with scripts/voice-corpus DIR)", list.display()))?;
+    let entries: Vec<(PathBuf, String)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (f, r) = l
+                .split_once('\t')
+                .ok_or_else(|| anyhow!("{}: line without a tab: {l:?}", list.display()))?;
+            Ok((dir.join(f), r.trim().to_string()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if entries.is_empty() {
+        bail!("{} lists no files", list.display());
+    }
+    let s = settings(loaded, args.model.clone(), args.threads);
+    let threads = if s.threads == 0 {
+        coda_actors::stt::default_threads()
+    } else {
+        s.threads
+    };
+    let engine = load_engine(&s)?;
+    let model_path = loaded
+        .settings
+        .model_store()
+        .resolve(&s.model)
+        .map_err(|e| anyhow!("{e}"))?;
+    let tmp = tempfile::tempdir()?;
+    // Warm-up: the first run pays for allocating the state.
+    engine.transcribe(&read_wav_16k(&entries[0].0)?, None)?;
+    let mut rows = Vec::new();
+    for (file, reference) in &entries {
+        let samples = read_wav_16k(file)?;
+        let audio_ms = samples.len() as f64 * 1000.0 / f64::from(SPEECH_SAMPLE_RATE);
+        let t = engine.transcribe(&samples, None)?;
+        let mut row = CorpusRow {
+            file: file.display().to_string(),
+            reference: reference.clone(),
+            audio_ms,
+            wer: crate::wer::wer(reference, &t.text),
+            looped: looped(&t.text, audio_ms),
+            text: t.text,
+            ms: t.elapsed_ms,
+            audio_ctx: t.audio_ctx,
+            attempts: t.attempts,
+            cli_full: None,
+            cli_same_ctx: None,
+        };
+        if let Some(cli) = &args.whisper_cli {
+            let wav16 = tmp.path().join("input-16k.wav");
+            write_wav_16k(&wav16, &samples)?;
+            let run = |ac: Option<i32>| -> anyhow::Result<CliRun> {
+                let (t, _, text) = run_whisper_cli(cli, &model_path, &wav16, threads, ac, 1, audio_ms)?;
+                Ok(CliRun {
+                    wer: crate::wer::wer(reference, &text),
+                    looped: looped(&text, audio_ms),
+                    text,
+                    ms: t.p50_ms,
+                })
+            };
+            row.cli_full = Some(run(None)?);
+            #[cfg(feature = "stt")]
+            {
+                let first = coda_actors::stt::context_plan(
+                    (samples.len().max(17_600)) as f64 / 16_000.0,
+                    1500,
+                )[0];
+                row.cli_same_ctx = Some(run(Some(first))?);
+            }
+        }
+        if !args.json {
+            println!(
+                "{:>5.0} ms audio  {:>6.0} ms  ctx {:>4} x{}  wer {:>5.1}%{}  {:?} → {:?}{}",
+                row.audio_ms,
+                row.ms,
+                row.audio_ctx,
+                row.attempts,
+                row.wer * 100.0,
+                if row.looped { " LOOP" } else { "" },
+                row.reference,
+                row.text,
+                row.cli_full
+                    .as_ref()
+                    .map(|c| format!("  | whisper-cli {:.0} ms {:?}", c.ms, c.text))
+                    .unwrap_or_default()
+            );
+        }
+        rows.push(row);
+    }
+    let n = rows.len();
+    let mut summaries = vec![summarise(
+        "coda",
+        &rows
+            .iter()
+            .map(|r| (r.reference.as_str(), r.text.as_str(), r.ms, r.looped))
+            .collect::<Vec<_>>(),
+        n,
+    )];
+    for (name, pick) in [
+        ("whisper-cli full window", 0usize),
+        ("whisper-cli same first window", 1usize),
+    ] {
+        let got: Vec<_> = rows
+            .iter()
+            .filter_map(|r| {
+                let c = if pick == 0 { r.cli_full.as_ref() } else { r.cli_same_ctx.as_ref() }?;
+                Some((r.reference.as_str(), c.text.as_str(), c.ms, c.looped))
+            })
+            .collect();
+        if !got.is_empty() {
+            summaries.push(summarise(name, &got, n));
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"files": rows, "summary": summaries, "threads": threads, "model": s.model}))?
+        );
+    } else {
+        println!("model {}, {threads} threads, {n} files", s.model);
+        for x in &summaries {
+            println!(
+                "  {:<30} WER {:>5.1}%  looping {:>2}  p50 {:>6.0} ms  p95 {:>6.0} ms",
+                x.engine, x.wer_percent, x.looped, x.p50_ms, x.p95_ms
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `coda bench stt`.
 pub fn bench(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.corpus.clone() {
+        return bench_corpus(loaded, &args, &dir);
+    }
     let tmp = tempfile::tempdir()?;
     let file = match &args.file {
         Some(f) => f.clone(),

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
+use coda::wer::{normalise, word_errors};
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -50,78 +51,6 @@ fn speak(text: &str, out: &Path) {
         .status()
         .expect("espeak-ng runs (scripts/setup installs it)");
     assert!(status.success(), "espeak-ng failed: {status}");
-}
-
-fn number_word(n: u64) -> Option<String> {
-    const ONES: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const TENS: [&str; 10] = [
-        "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
-    match n {
-        0..=19 => Some(ONES[n as usize].to_string()),
-        20..=99 if n.is_multiple_of(10) => Some(TENS[(n / 10) as usize].to_string()),
-        20..=99 => Some(format!(
-            "{} {}",
-            TENS[(n / 10) as usize],
-            ONES[(n % 10) as usize]
-        )),
-        _ => None,
-    }
-}
-
-/// Lower case, no punctuation, numbers as words.
-fn normalise(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for raw in text.split_whitespace() {
-        let w: String = raw
-            .chars()
-            .filter(|c| c.is_alphanumeric() || *c == '\'')
-            .collect::<String>()
-            .to_lowercase();
-        if w.is_empty() {
-            continue;
-        }
-        match w.parse::<u64>().ok().and_then(number_word) {
-            Some(words) => out.extend(words.split(' ').map(str::to_string)),
-            None => out.push(w),
-        }
-    }
-    out
-}
-
-/// Word-level edit distance.
-fn word_errors(reference: &[String], hypothesis: &[String]) -> usize {
-    let mut prev: Vec<usize> = (0..=hypothesis.len()).collect();
-    for (i, r) in reference.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, h) in hypothesis.iter().enumerate() {
-            let sub = prev[j] + usize::from(r != h);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[hypothesis.len()]
 }
 
 #[test]
