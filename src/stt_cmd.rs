@@ -397,8 +397,12 @@ fn looped(text: &str, audio_ms: f64) -> bool {
 /// whisper-cli at its full window and at the engine's first window.
 fn bench_corpus(loaded: &Loaded, args: &SttBenchArgs, dir: &Path) -> anyhow::Result<()> {
     let list = dir.join("corpus.tsv");
-    let text = std::fs::read_to_string(&list)
-        .with_context(|| format!("cannot read {} (make one with scripts/voice-corpus DIR)", list.display()))?;
+    let text = std::fs::read_to_string(&list).with_context(|| {
+        format!(
+            "cannot read {} (make one with scripts/voice-corpus DIR)",
+            list.display()
+        )
+    })?;
     let entries: Vec<(PathBuf, String)> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -449,7 +453,8 @@ fn bench_corpus(loaded: &Loaded, args: &SttBenchArgs, dir: &Path) -> anyhow::Res
             let wav16 = tmp.path().join("input-16k.wav");
             write_wav_16k(&wav16, &samples)?;
             let run = |ac: Option<i32>| -> anyhow::Result<CliRun> {
-                let (t, _, text) = run_whisper_cli(cli, &model_path, &wav16, threads, ac, 1, audio_ms)?;
+                let (t, _, text) =
+                    run_whisper_cli(cli, &model_path, &wav16, threads, ac, 1, audio_ms)?;
                 Ok(CliRun {
                     wer: crate::wer::wer(reference, &text),
                     looped: looped(&text, audio_ms),
@@ -502,7 +507,11 @@ fn bench_corpus(loaded: &Loaded, args: &SttBenchArgs, dir: &Path) -> anyhow::Res
         let got: Vec<_> = rows
             .iter()
             .filter_map(|r| {
-                let c = if pick == 0 { r.cli_full.as_ref() } else { r.cli_same_ctx.as_ref() }?;
+                let c = if pick == 0 {
+                    r.cli_full.as_ref()
+                } else {
+                    r.cli_same_ctx.as_ref()
+                }?;
                 Some((r.reference.as_str(), c.text.as_str(), c.ms, c.looped))
             })
             .collect();
@@ -513,7 +522,9 @@ fn bench_corpus(loaded: &Loaded, args: &SttBenchArgs, dir: &Path) -> anyhow::Res
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"files": rows, "summary": summaries, "threads": threads, "model": s.model}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"files": rows, "summary": summaries, "threads": threads, "model": s.model})
+            )?
         );
     } else {
         println!("model {}, {threads} threads, {n} files", s.model);

@@ -74,7 +74,6 @@ pub fn word_errors(reference: &[String], hypothesis: &[String]) -> usize {
     prev[hypothesis.len()]
 }
 
-
 /// Word error rate of `hypothesis` against `reference`, 0–1 (or more with insertions).
 pub fn wer(reference: &str, hypothesis: &str) -> f64 {
     let r = normalise(reference);

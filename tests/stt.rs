@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
 use coda::wer::{normalise, word_errors};
+use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};

@@ -69,8 +69,7 @@ async fn stream(c: &mut Client, pcm: &[u8]) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     for frame in pcm.chunks(640) {
         tick.tick().await;
-        c.ws
-            .send(Message::Binary(frame.to_vec().into()))
+        c.ws.send(Message::Binary(frame.to_vec().into()))
             .await
             .expect("send audio");
     }
@@ -85,7 +84,10 @@ async fn voice_turn(c: &mut Client, limit: Duration) -> (String, Vec<Value>) {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let types: Vec<&str> = all.iter().map(ty).collect();
-        assert!(!left.is_zero(), "no whole voice turn within {limit:?}: {types:?}");
+        assert!(
+            !left.is_zero(),
+            "no whole voice turn within {limit:?}: {types:?}"
+        );
         let v = c.recv_json(left).await;
         let t = ty(&v).to_string();
         if t == "stt_error" || t == "llm_error" {
@@ -94,7 +96,10 @@ async fn voice_turn(c: &mut Client, limit: Duration) -> (String, Vec<Value>) {
         if turn.is_none() && t == "stt_result" {
             turn = v["data"]["turn_id"].as_str().map(str::to_string);
         }
-        let done = t == "latency_trace" && turn.as_ref().is_some_and(|id| v["data"]["turn_id"] == json!(id));
+        let done = t == "latency_trace"
+            && turn
+                .as_ref()
+                .is_some_and(|id| v["data"]["turn_id"] == json!(id));
         all.push(v);
         if done {
             let id = turn.unwrap_or_default();
@@ -220,7 +225,8 @@ async fn the_device_path_on_the_defaults_with_a_file_input() {
         w.write_sample(0i16).expect("write");
     }
     for s in speech.chunks_exact(2) {
-        w.write_sample(i16::from_le_bytes([s[0], s[1]])).expect("write");
+        w.write_sample(i16::from_le_bytes([s[0], s[1]]))
+            .expect("write");
     }
     w.finalize().expect("finalize");
     let input = format!("file:{}", wav.display());

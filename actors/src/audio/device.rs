@@ -280,7 +280,9 @@ pub const FILE_INPUT: &str = "file:";
 /// Reads the WAV file of a `file:` input as 16 kHz mono.
 fn read_input_file(path: &str) -> Result<Vec<f32>, AudioError> {
     let bad = |e: &dyn std::fmt::Display| {
-        AudioError::Unavailable(format!("input file {path}: {e} (audio.input_device = \"{FILE_INPUT}PATH.wav\")"))
+        AudioError::Unavailable(format!(
+            "input file {path}: {e} (audio.input_device = \"{FILE_INPUT}PATH.wav\")"
+        ))
     };
     let mut reader = hound::WavReader::open(path).map_err(|e| bad(&e))?;
     let spec = reader.spec();

@@ -133,22 +133,13 @@ pub enum PlayOutcome {
 }
 
 /// AudioCapture settings (the `[audio]` config section).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct AudioSettings {
     /// Input device name (empty: the default; `file:PATH` plays a WAV file as if spoken
     /// into a microphone, then silence: for tests and demos on machines without one).
     pub input_device: String,
     /// How the audio is cut into utterances.
     pub segment: SegmentSettings,
-}
-
-impl Default for AudioSettings {
-    fn default() -> Self {
-        AudioSettings {
-            input_device: String::new(),
-            segment: SegmentSettings::default(),
-        }
-    }
 }
 
 /// Start listening on the input device for `session_id`.
@@ -316,8 +307,7 @@ impl AudioCapture {
             return;
         };
         let (session_id, mode) = (l.session_id.clone(), l.mode);
-        if let Some(msg) = speech_report(&session_id, mode, AudioSource::Device, segment.clone())
-        {
+        if let Some(msg) = speech_report(&session_id, mode, AudioSource::Device, segment.clone()) {
             self.report(msg);
         }
         if let Segment::Ended { cause, .. } = segment {

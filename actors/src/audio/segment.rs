@@ -250,7 +250,8 @@ impl Segmenter {
                 settle: Some(settle),
             });
         } else if voiced
-            && now.duration_since(u.last_partial) >= Duration::from_millis(u64::from(self.s.interim_ms))
+            && now.duration_since(u.last_partial)
+                >= Duration::from_millis(u64::from(self.s.interim_ms))
         {
             u.last_partial = now;
             out.push(Segment::Partial {
@@ -300,7 +301,11 @@ impl Segmenter {
         let spoke = self.utterance.as_ref().is_some_and(|u| u.voiced);
         // Push-to-talk ends when released; if the speaker had already stopped, at the
         // last voiced frame.
-        let ended = if ptt || !spoke { now } else { self.utterance.as_ref().map_or(now, |u| u.last_voiced_at) };
+        let ended = if ptt || !spoke {
+            now
+        } else {
+            self.utterance.as_ref().map_or(now, |u| u.last_voiced_at)
+        };
         self.end(0, Some(ended), EndCause::Stopped, &mut out);
         out.pop()
     }
@@ -319,7 +324,9 @@ mod tests {
 
     fn quiet(ms: u32) -> Vec<f32> {
         let n = (SPEECH_SAMPLE_RATE * ms / 1000) as usize;
-        (0..n).map(|i| if i % 2 == 0 { 0.0005 } else { -0.0005 }).collect()
+        (0..n)
+            .map(|i| if i % 2 == 0 { 0.0005 } else { -0.0005 })
+            .collect()
     }
 
     /// Feeds `signal` in 20 ms chunks, one per 20 ms of a virtual clock.
@@ -336,7 +343,9 @@ mod tests {
         ev.iter()
             .map(|e| match e {
                 Segment::Started => "started",
-                Segment::Partial { settle: Some(_), .. } => "settled",
+                Segment::Partial {
+                    settle: Some(_), ..
+                } => "settled",
                 Segment::Partial { .. } => "partial",
                 Segment::Ended { .. } => "ended",
                 Segment::Empty => "empty",
@@ -356,7 +365,13 @@ mod tests {
         assert_eq!(n.first(), Some(&"started"), "{n:?}");
         assert_eq!(n.iter().filter(|e| **e == "settled").count(), 1, "{n:?}");
         assert_eq!(n.last(), Some(&"ended"), "{n:?}");
-        let Some(Segment::Ended { samples, settle, cause, .. }) = ev.last() else {
+        let Some(Segment::Ended {
+            samples,
+            settle,
+            cause,
+            ..
+        }) = ev.last()
+        else {
             unreachable!()
         };
         assert_eq!(*cause, EndCause::Silence);
@@ -376,18 +391,29 @@ mod tests {
         let _ = feed(&mut seg, &sig, &mut t);
         // The pause settles; the transcriber says the text is complete.
         let ev = feed(&mut seg, &quiet(s.settle_ms), &mut t);
-        let Some(Segment::Partial { settle: Some(settle), .. }) = ev.last() else {
+        let Some(Segment::Partial {
+            settle: Some(settle),
+            ..
+        }) = ev.last()
+        else {
             panic!("no settled partial: {:?}", names(&ev));
         };
         settle.complete.store(settle.len, Ordering::Relaxed);
         let ev = feed(&mut seg, &quiet(s.vad.silence_ms), &mut t);
         let ended = ev.iter().position(|e| matches!(e, Segment::Ended { .. }));
-        let Some(i) = ended else { panic!("{:?}", names(&ev)) };
-        let Segment::Ended { cause, settle, .. } = &ev[i] else { unreachable!() };
+        let Some(i) = ended else {
+            panic!("{:?}", names(&ev))
+        };
+        let Segment::Ended { cause, settle, .. } = &ev[i] else {
+            unreachable!()
+        };
         assert_eq!(*cause, EndCause::QuickSilence);
         assert!(settle.is_some());
         // Ended at quick_silence_ms of silence, counted from the last voiced frame.
-        assert!(i as u32 * 20 + s.settle_ms <= s.quick_silence_ms + 20, "ended {i} frames later");
+        assert!(
+            i as u32 * 20 + s.settle_ms <= s.quick_silence_ms + 20,
+            "ended {i} frames later"
+        );
     }
 
     #[test]
@@ -415,7 +441,10 @@ mod tests {
         sig.extend(quiet(2_000));
         let ev = feed(&mut seg, &sig, &mut t);
         assert!(!names(&ev).contains(&"ended"), "{:?}", names(&ev));
-        let Some(Segment::Ended { samples, settle, .. }) = seg.stop(t) else {
+        let Some(Segment::Ended {
+            samples, settle, ..
+        }) = seg.stop(t)
+        else {
             panic!("stop ends it")
         };
         assert_eq!(samples.len(), sig.len());
@@ -449,6 +478,11 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(ended.first(), Some(&(16_000, EndCause::MaxLength)), "{:?}", names(&ev));
+        assert_eq!(
+            ended.first(),
+            Some(&(16_000, EndCause::MaxLength)),
+            "{:?}",
+            names(&ev)
+        );
     }
 }

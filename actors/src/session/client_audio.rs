@@ -145,8 +145,16 @@ mod tests {
                 SpeechAudio::Cancelled { .. } => "cancelled",
             })
             .collect();
-        assert_eq!(kinds.iter().filter(|k| **k == "started").count(), 2, "{kinds:?}");
-        assert_eq!(kinds.iter().filter(|k| **k == "ended").count(), 2, "{kinds:?}");
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "started").count(),
+            2,
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "ended").count(),
+            2,
+            "{kinds:?}"
+        );
         assert!(a.stop().is_none(), "nothing open after the second phrase");
     }
 
@@ -158,9 +166,15 @@ mod tests {
         };
         let (mut a, started) = ClientAudio::start("s".into(), SttMode::PushToTalk, settings);
         assert!(matches!(started, Some(SpeechAudio::Started { .. })));
-        assert!(matches!(a.push(&[0, 0, 0]), Err(ClientAudioError::OddLength(3))));
+        assert!(matches!(
+            a.push(&[0, 0, 0]),
+            Err(ClientAudioError::OddLength(3))
+        ));
         assert!(a.push(&tone(900)).is_ok());
-        assert!(matches!(a.push(&tone(200)), Err(ClientAudioError::TooLong(_))));
+        assert!(matches!(
+            a.push(&tone(200)),
+            Err(ClientAudioError::TooLong(_))
+        ));
         assert!(matches!(a.stop(), Some(SpeechAudio::Ended { .. })));
     }
 }

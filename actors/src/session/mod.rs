@@ -12,8 +12,8 @@ mod outbox;
 mod rate;
 pub mod upgrade;
 
-pub use outbox::OutboundBody;
 pub use client_audio::{ClientAudio, ClientAudioError};
+pub use outbox::OutboundBody;
 use outbox::{Frame, Outbox, PushError};
 
 pub use rate::TokenBucket;

@@ -145,8 +145,7 @@ impl WhisperEngine {
         for audio_ctx in context_plan(seconds, self.n_audio_ctx) {
             attempts += 1;
             let full = audio_ctx >= self.n_audio_ctx;
-            let decoded = match self.decode(&mut state, &pcm, audio_ctx, speech_s, abort.as_ref())
-            {
+            let decoded = match self.decode(&mut state, &pcm, audio_ctx, speech_s, abort.as_ref()) {
                 Ok(d) => d,
                 Err(e) => {
                     if matches!(e, SttFailure::Cancelled) {
@@ -180,7 +179,8 @@ impl WhisperEngine {
             self.language.clone()
         };
         self.give_back(state);
-        let (decoded, audio_ctx) = last.ok_or_else(|| SttFailure::Failed("no decoding ran".into()))?;
+        let (decoded, audio_ctx) =
+            last.ok_or_else(|| SttFailure::Failed("no decoding ran".into()))?;
         Ok(Transcript {
             text: decoded.text,
             confidence: decoded.confidence,

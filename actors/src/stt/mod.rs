@@ -232,9 +232,9 @@ struct SettledRun {
 /// Words a request does not end on: a transcript ending with one is a speaker pausing
 /// mid-sentence, whatever punctuation whisper put after it.
 const DANGLING: &[&str] = &[
-    "a", "an", "and", "are", "at", "but", "by", "for", "from", "in", "is", "my", "of", "on",
-    "or", "so", "than", "that", "the", "then", "to", "was", "what", "when", "where", "which",
-    "who", "why", "with", "your",
+    "a", "an", "and", "are", "at", "but", "by", "for", "from", "in", "is", "my", "of", "on", "or",
+    "so", "than", "that", "the", "then", "to", "was", "what", "when", "where", "which", "who",
+    "why", "with", "your",
 ];
 
 /// Does `text` read as a complete request (a sentence that ends, not on a word that
