@@ -38,6 +38,9 @@ pub enum BenchCommand {
     Tts(crate::speech::TtsBenchArgs),
     /// Audio paths: interrupt → playback stopped, end of speech → utterance ended.
     Audio(crate::speech::AudioBenchArgs),
+    /// Spoken turns end to end: WAVs streamed as client audio in real time over a real
+    /// WebSocket; the waterfall from the end of speech to the first audio, per mode.
+    Voice(crate::bench_voice::VoiceBenchArgs),
 }
 
 /// `coda bench turn` flags.
@@ -108,6 +111,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
             crate::speech::bench_audio(&loaded.settings, args)
         }
+        BenchCommand::Voice(args) => crate::bench_voice::run(&args),
         BenchCommand::Turn(args) => {
             let report = turns(&args)?;
             if args.json {
@@ -144,7 +148,10 @@ impl TurnReport {
 
 /// Starts `coda serve` on a free port with the caller's configuration (and a private
 /// store), returning the child and its WebSocket URL.
-fn spawn_server(tmp: &std::path::Path, extra: &[&str]) -> anyhow::Result<(ChildGuard, String)> {
+pub(crate) fn spawn_server(
+    tmp: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<(ChildGuard, String)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(["serve", "--port", "0"])
@@ -303,7 +310,7 @@ impl FanoutReport {
     }
 }
 
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_llm;
 pub mod bench_local;
 pub mod bench_memory;
+pub mod bench_voice;
 pub mod chat;
 pub mod cli;
 pub mod client;

@@ -36,6 +36,8 @@ class App {
     this.tts = new TtsPlayer();
     this.ptt = null;
     this.pttStats = { framesSent: 0, started: 0, refused: 0 };
+    this.handsFree = null;
+    this.handsFreeStats = { framesSent: 0, started: 0, refused: 0 };
     this.rate = { count: 0, since: performance.now(), value: 0 };
     this.headerDirty = true;
     this.buildControls();
@@ -68,6 +70,7 @@ class App {
     $('#demo').addEventListener('click', () => {
       this.conn.request('demo_flow', {}).then(() => this.note('demo flow started'), (e) => this.report(e));
     });
+    $('#handsfree').addEventListener('click', () => (this.handsFree ? this.handsFreeOff() : this.handsFreeOn()));
     const ptt = $('#ptt');
     ptt.addEventListener('pointerdown', (e) => {
       try {
@@ -167,6 +170,57 @@ class App {
     this.ptt = null;
     await p.stop();
     this.setPtt('', '');
+    this.conn.request('stt_stop').catch((e) => this.report(e));
+  }
+
+  // Hands-free: the microphone streams until turned off; the server's voice activity
+  // detector cuts it into utterances, each a turn (stt_start mode "continuous").
+  async handsFreeOn() {
+    const why = micUnavailable();
+    if (why) {
+      this.report({ message: `hands-free: ${why}` });
+      return;
+    }
+    const h = { accepted: false, stop: null };
+    this.handsFree = h;
+    const button = $('#handsfree');
+    button.setAttribute('aria-pressed', 'true');
+    this.setPtt('starting', 'hands-free: starting…');
+    try {
+      await this.conn.request('stt_start', { mode: 'continuous', source: 'client' });
+    } catch (e) {
+      this.handsFree = null;
+      this.handsFreeStats.refused += 1;
+      button.setAttribute('aria-pressed', 'false');
+      this.setPtt('refused', 'refused');
+      this.report({ ...e, message: `the server did not accept microphone audio (${e.code}): ${e.message}` });
+      return;
+    }
+    try {
+      h.stop = await startCapture((buf) => {
+        if (this.handsFree === h && this.conn.sendBinary(buf)) this.handsFreeStats.framesSent += 1;
+      });
+    } catch (e) {
+      this.handsFree = null;
+      button.setAttribute('aria-pressed', 'false');
+      this.setPtt('', '');
+      this.conn.request('stt_stop').catch(() => {});
+      this.report({ message: `microphone: ${e.message || e}` });
+      return;
+    }
+    h.accepted = true;
+    this.handsFreeStats.started += 1;
+    this.setPtt('listening', 'hands-free: listening — just speak');
+    if (this.handsFree !== h) await h.stop(); // turned off while starting
+  }
+
+  async handsFreeOff() {
+    const h = this.handsFree;
+    if (!h) return;
+    this.handsFree = null;
+    $('#handsfree').setAttribute('aria-pressed', 'false');
+    this.setPtt('', '');
+    if (h.stop) await h.stop();
     this.conn.request('stt_stop').catch((e) => this.report(e));
   }
 

@@ -394,6 +394,14 @@ pub struct LatencyTrace {
     /// Speech-to-text time (absent for text input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stt_ms: Option<f64>,
+    /// Voice turns: from the end of speech to the end of the utterance (the silence the
+    /// detector waited for; about 0 for push-to-talk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_ms: Option<f64>,
+    /// Voice turns: from the end of the utterance to its transcript (less than `stt_ms`
+    /// when the transcription ran while the speaker paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stt_wait_ms: Option<f64>,
     /// Intent routing time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent_ms: Option<f64>,

@@ -117,6 +117,8 @@ fn samples() -> Vec<EventData> {
         LatencyTrace {
             turn_id: "t-1".into(),
             stt_ms: Some(320.0),
+            endpoint_ms: None,
+            stt_wait_ms: None,
             intent_ms: Some(2.0),
             llm_ttft_ms: Some(150.0),
             llm_ms: Some(800.0),
@@ -434,6 +436,8 @@ fn optional_fields_are_left_out_when_none() {
     let value = serde_json::to_value(LatencyTrace {
         turn_id: "t".into(),
         stt_ms: None,
+        endpoint_ms: None,
+        stt_wait_ms: None,
         intent_ms: None,
         llm_ttft_ms: None,
         llm_ms: None,

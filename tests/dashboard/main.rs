@@ -868,3 +868,75 @@ fn the_page_is_served_with_types_etags_and_the_host_guard() {
     }
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hands_free_streams_the_microphone_until_turned_off() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let server = Server::start(&[], &[]);
+    b.goto(&page_url(&server, "#events")).await;
+    wait_connected(&b).await;
+    b.js("document.querySelector('#handsfree').click(); return true")
+        .await;
+    b.wait(
+        "the server's answer to stt_start",
+        SHOW,
+        "return coda.handsFreeStats.started + coda.handsFreeStats.refused === 1",
+    )
+    .await;
+    let stats = b.js("return coda.handsFreeStats").await;
+    if stats["refused"] == json!(1) {
+        let msg = b
+            .wait(
+                "the refusal on screen",
+                SHOW,
+                "return document.querySelector('#messages').textContent",
+            )
+            .await;
+        assert!(
+            msg.as_str()
+                .unwrap_or("")
+                .contains("did not accept microphone audio"),
+            "{msg}"
+        );
+        eprintln!("hands-free: refused by this server");
+    } else {
+        assert_eq!(
+            b.js("return document.querySelector('#handsfree').getAttribute('aria-pressed')")
+                .await,
+            json!("true")
+        );
+        // Streams on its own, with no button held.
+        b.wait(
+            "a second of microphone frames",
+            SHOW,
+            "return coda.handsFreeStats.framesSent >= 40",
+        )
+        .await;
+        b.js("document.querySelector('#handsfree').click(); return true")
+            .await;
+        b.wait(
+            "the button released",
+            SHOW,
+            "return document.querySelector('#handsfree').getAttribute('aria-pressed') === 'false'",
+        )
+        .await;
+        let sent = b.js("return coda.handsFreeStats.framesSent").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            b.js("return coda.handsFreeStats.framesSent").await,
+            sent,
+            "no frames after turning it off"
+        );
+        let started = b
+            .js(
+                "return coda.byId.events.entries.filter(e => e.type === 'command_result') \
+                 .map(e => JSON.parse(e.text).data.data).filter(d => d && d.mode === 'continuous').length",
+            )
+            .await;
+        assert_eq!(started, json!(1), "the server listened in continuous mode");
+    }
+    no_page_errors(&b).await;
+    b.close().await;
+}

@@ -558,6 +558,8 @@ mod tests {
                 &LatencyTrace {
                     turn_id: format!("t{i}"),
                     stt_ms: None,
+                    endpoint_ms: None,
+                    stt_wait_ms: None,
                     intent_ms: Some(2.0),
                     llm_ttft_ms: None,
                     llm_ms: Some(100.0 * i as f64),
@@ -725,6 +727,8 @@ mod tests {
             &LatencyTrace {
                 turn_id: "t".into(),
                 stt_ms: None,
+                endpoint_ms: None,
+                stt_wait_ms: None,
                 intent_ms: None,
                 llm_ttft_ms: None,
                 llm_ms: None,

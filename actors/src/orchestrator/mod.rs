@@ -111,6 +111,9 @@ pub struct VoiceTurn {
     pub stt_ms: f64,
     /// When the speaker stopped.
     pub speech_ended: Instant,
+    /// When the utterance was declared over (push-to-talk released, or the silence after
+    /// speech long enough).
+    pub utterance_ended: Instant,
 }
 
 /// Speech capture started (`on`) or stopped with nothing to say in a session: mode
@@ -129,6 +132,7 @@ struct VoiceInput {
     turn_id: String,
     stt_ms: f64,
     speech_ended: Instant,
+    utterance_ended: Instant,
 }
 
 /// A started turn.
@@ -175,6 +179,8 @@ struct Turn {
     /// End of the input: `t0` for text, the end of speech for voice.
     input_end: Instant,
     stt_ms: Option<f64>,
+    endpoint_ms: Option<f64>,
+    stt_wait_ms: Option<f64>,
     intent_ms: Option<f64>,
     llm_ttft_ms: Option<f64>,
     llm_ms: Option<f64>,
@@ -350,6 +356,15 @@ impl Orchestrator {
                 t0: Instant::now(),
                 input_end: voice.as_ref().map_or_else(Instant::now, |v| v.speech_ended),
                 stt_ms: voice.as_ref().map(|v| v.stt_ms),
+                endpoint_ms: voice.as_ref().map(|v| {
+                    v.utterance_ended
+                        .saturating_duration_since(v.speech_ended)
+                        .as_secs_f64()
+                        * 1000.0
+                }),
+                stt_wait_ms: voice
+                    .as_ref()
+                    .map(|v| v.utterance_ended.elapsed().as_secs_f64() * 1000.0),
                 intent_ms: None,
                 llm_ttft_ms: None,
                 llm_ms: None,
@@ -741,6 +756,8 @@ impl Orchestrator {
             &LatencyTrace {
                 turn_id: turn.id.clone(),
                 stt_ms: turn.stt_ms,
+                endpoint_ms: turn.endpoint_ms,
+                stt_wait_ms: turn.stt_wait_ms,
                 intent_ms: turn.intent_ms,
                 llm_ttft_ms: turn.llm_ttft_ms,
                 llm_ms: turn.llm_ms,
@@ -751,7 +768,10 @@ impl Orchestrator {
                     (total_ms
                         - turn.llm_ms.unwrap_or(0.0)
                         - turn.tts_tail_ms
-                        - turn.stt_ms.unwrap_or(0.0))
+                        // What the speaker waited for before the turn began: the detector's
+                        // silence and the transcription still running after it.
+                        - turn.endpoint_ms.unwrap_or(0.0)
+                        - turn.stt_wait_ms.unwrap_or(0.0))
                     .max(0.0),
                 ),
             },
@@ -892,6 +912,7 @@ impl Handler<VoiceTurn> for Orchestrator {
             turn_id: msg.turn_id,
             stt_ms: msg.stt_ms,
             speech_ended: msg.speech_ended,
+            utterance_ended: msg.utterance_ended,
         };
         let turn = TextTurn {
             session_id: msg.session_id,

@@ -234,6 +234,7 @@ impl WhisperEngine {
                 params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut c_void);
             }
         }
+        ABORTING.with(|a| a.set(false));
         let result = state.full(params, pcm);
         if abort.is_some_and(|f| f.load(Ordering::Relaxed)) {
             return Err(SttFailure::Cancelled);
@@ -286,6 +287,12 @@ impl WhisperEngine {
     }
 }
 
+thread_local! {
+    /// This thread's whisper.cpp run was told to abort: the "failed to encode" it then
+    /// logs is ours, not an error.
+    static ABORTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// whisper.cpp's abort check: the user data is the `AtomicBool` of [`WhisperEngine::transcribe`].
 unsafe extern "C" fn abort_requested(user_data: *mut c_void) -> bool {
     if user_data.is_null() {
@@ -293,7 +300,11 @@ unsafe extern "C" fn abort_requested(user_data: *mut c_void) -> bool {
     }
     // SAFETY: set by `decode` to `Arc::as_ptr` of a flag that outlives the call.
     let flag = unsafe { &*(user_data as *const AtomicBool) };
-    flag.load(Ordering::Relaxed)
+    let abort = flag.load(Ordering::Relaxed);
+    if abort {
+        ABORTING.with(|a| a.set(true));
+    }
+    abort
 }
 
 /// whisper.cpp and ggml log lines: errors and warnings as such, the rest at DEBUG.
@@ -312,7 +323,9 @@ unsafe extern "C" fn whisper_log(
         return;
     }
     match level {
-        whisper_rs::whisper_rs_sys::ggml_log_level_GGML_LOG_LEVEL_ERROR => {
+        whisper_rs::whisper_rs_sys::ggml_log_level_GGML_LOG_LEVEL_ERROR
+            if !ABORTING.with(std::cell::Cell::get) =>
+        {
             tracing::error!(target: "coda::whisper", "{text}")
         }
         whisper_rs::whisper_rs_sys::ggml_log_level_GGML_LOG_LEVEL_WARN => {

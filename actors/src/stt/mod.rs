@@ -207,7 +207,7 @@ struct Utterance {
     settled: Option<SettledRun>,
     /// The utterance ended with nothing said after that pause while its transcription
     /// was still running: it is the final one, finished when it is done.
-    final_waiting: Option<Instant>,
+    final_waiting: Option<(Instant, Instant)>,
 }
 
 impl Utterance {
@@ -471,9 +471,9 @@ impl SttActor {
                     }
                 }
                 run.result = Some(res.clone());
-                if let Some(speech_ended) = u.final_waiting.take() {
+                if let Some((speech_ended, utterance_ended)) = u.final_waiting.take() {
                     act.utterances.remove(&session_id);
-                    act.finish(session_id, turn_id, res, speech_ended);
+                    act.finish(session_id, turn_id, res, speech_ended, utterance_ended);
                 } else {
                     act.interim(&session_id, turn_id, res);
                 }
@@ -490,6 +490,7 @@ impl SttActor {
         settle: Option<Settle>,
         ctx: &mut Context<Self>,
     ) {
+        let utterance_ended = Instant::now();
         let turn_id = match self.utterances.get_mut(&session_id) {
             Some(u) if u.final_abort.is_none() && u.final_waiting.is_none() => {
                 if let Some(f) = u.interim.take() {
@@ -507,9 +508,9 @@ impl SttActor {
                     match done {
                         Some(res) => {
                             self.utterances.remove(&session_id);
-                            self.finish(session_id, turn_id, res, speech_ended);
+                            self.finish(session_id, turn_id, res, speech_ended, utterance_ended);
                         }
-                        None => u.final_waiting = Some(speech_ended),
+                        None => u.final_waiting = Some((speech_ended, utterance_ended)),
                     }
                     return;
                 }
@@ -543,7 +544,7 @@ impl SttActor {
                 if current {
                     act.utterances.remove(&session_id);
                 }
-                act.finish(session_id, turn_id, res, speech_ended);
+                act.finish(session_id, turn_id, res, speech_ended, utterance_ended);
             },
             ctx,
         );
@@ -555,6 +556,7 @@ impl SttActor {
         turn_id: String,
         res: Result<Transcript, SttFailure>,
         speech_ended: Instant,
+        utterance_ended: Instant,
     ) {
         let t = match res {
             Ok(t) => t,
@@ -597,6 +599,7 @@ impl SttActor {
             turn_id,
             stt_ms: t.elapsed_ms,
             speech_ended,
+            utterance_ended,
         });
     }
 

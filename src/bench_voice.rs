@@ -1,0 +1,278 @@
+//! `coda bench voice`: the spoken turn end to end on the configured stack (by default the
+//! shipped one: embedded model, whisper, espeak-ng). Starts a real `coda serve`, streams
+//! WAVs as client audio over a real WebSocket in real time, and prints the waterfall
+//! from the end of speech: end of the utterance (detector), transcript, first LLM token,
+//! first audio — p50/p95 per listening mode.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// `coda bench voice` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VoiceBenchArgs {
+    /// WAV files to stream, used in turn (default: spoken questions made with espeak-ng).
+    #[arg(long = "wav", value_name = "FILE")]
+    pub wavs: Vec<PathBuf>,
+    /// Measured turns per mode (after one warm-up turn).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// `push_to_talk`, `continuous` or `both`.
+    #[arg(long, default_value = "both")]
+    pub mode: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const QUESTIONS: &[&str] = &[
+    "What is the tallest mountain in the world?",
+    "Tell me a fact about the moon.",
+    "Why is the sky blue?",
+    "Who wrote the book Moby Dick?",
+];
+
+/// One utterance: PCM s16le at 16 kHz and where its speech ends.
+struct Utterance {
+    pcm: Vec<u8>,
+    speech_end_frame: usize,
+}
+
+fn utterance(path: &Path) -> anyhow::Result<Utterance> {
+    let samples = crate::stt_cmd::read_wav_16k(path)?;
+    // The last 20 ms frame louder than -45 dBFS ends the speech.
+    let speech_end_frame = samples
+        .chunks(320)
+        .rposition(|f| coda_actors::audio::convert::rms(f) > 0.0056)
+        .map_or(0, |i| i + 1);
+    let pcm = samples
+        .iter()
+        .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+        .collect();
+    Ok(Utterance {
+        pcm,
+        speech_end_frame,
+    })
+}
+
+fn spoken(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    QUESTIONS
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let path = dir.join(format!("q{i}.wav"));
+            let status = std::process::Command::new("espeak-ng")
+                .args(["-v", "en-us", "-s", "165", "-w"])
+                .arg(&path)
+                .arg(q)
+                .status()
+                .context("cannot run espeak-ng to make the questions; pass --wav FILE")?;
+            if !status.success() {
+                bail!("espeak-ng failed ({status}); pass --wav FILE");
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+/// One turn's waterfall, ms from the end of speech.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Waterfall {
+    endpoint_ms: Option<f64>,
+    stt_wait_ms: Option<f64>,
+    stt_ms: Option<f64>,
+    transcript_ms: Option<f64>,
+    llm_first_token_ms: Option<f64>,
+    first_audio_ms: Option<f64>,
+    text: String,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send_json(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
+    ws.send(Message::Text(v.to_string().into())).await?;
+    Ok(())
+}
+
+/// Streams `u` in real time (then silence in continuous mode) and reads events until the
+/// turn's `latency_trace`.
+async fn run_turn(ws: &mut Ws, u: &Utterance, ptt: bool) -> anyhow::Result<Waterfall> {
+    if ptt {
+        send_json(
+            ws,
+            json!({"type":"stt_start","data":{"mode":"push_to_talk","source":"client"}}),
+        )
+        .await?;
+    }
+    let frames: Vec<&[u8]> = u.pcm.chunks(640).collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut speech_end: Option<Instant> = None;
+    let mut w = Waterfall::default();
+    let mut turn: Option<String> = None;
+    let mut sent = 0usize;
+    let silence = vec![0u8; 640];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if Instant::now() > deadline {
+            bail!("no whole turn within 120 s");
+        }
+        tokio::select! {
+            _ = tick.tick() => {
+                if sent < frames.len() {
+                    ws.send(Message::Binary(frames[sent].to_vec().into())).await?;
+                    sent += 1;
+                    if sent == u.speech_end_frame && !ptt {
+                        speech_end = Some(Instant::now());
+                    }
+                    if sent == frames.len() && ptt {
+                        send_json(ws, json!({"type":"stt_stop","data":{}})).await?;
+                        speech_end = Some(Instant::now());
+                    }
+                } else if !ptt {
+                    ws.send(Message::Binary(silence.clone().into())).await?;
+                }
+            }
+            msg = ws.next() => {
+                let Some(msg) = msg else { bail!("the server closed the connection") };
+                let Message::Text(text) = msg? else { continue };
+                let v: Value = serde_json::from_str(&text)?;
+                let at = speech_end.map(|e| Instant::now().saturating_duration_since(e).as_secs_f64() * 1000.0);
+                let ty = v["type"].as_str().unwrap_or("");
+                let of_turn = turn.as_deref().is_some_and(|t| v["data"]["turn_id"] == json!(t));
+                match ty {
+                    "stt_error" | "llm_error" if turn.is_none() || of_turn => {
+                        bail!("{ty}: {}", v["data"]["message"]);
+                    }
+                    "command_error" => bail!("refused: {}", v["data"]["message"]),
+                    "stt_result" if turn.is_none() => {
+                        turn = v["data"]["turn_id"].as_str().map(str::to_string);
+                        w.transcript_ms = at;
+                        w.text = v["data"]["text"].as_str().unwrap_or("").to_string();
+                    }
+                    "llm_token" if of_turn && w.llm_first_token_ms.is_none() => w.llm_first_token_ms = at,
+                    "latency_trace" if of_turn => {
+                        let d = &v["data"];
+                        w.endpoint_ms = d["endpoint_ms"].as_f64();
+                        w.stt_wait_ms = d["stt_wait_ms"].as_f64();
+                        w.stt_ms = d["stt_ms"].as_f64();
+                        w.first_audio_ms = d["tts_first_audio_ms"].as_f64();
+                        return Ok(w);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Stage {
+    stage: &'static str,
+    p50_ms: f64,
+    p95_ms: f64,
+    n: usize,
+}
+
+fn stages(turns: &[Waterfall]) -> Vec<Stage> {
+    let pick: [(&'static str, fn(&Waterfall) -> Option<f64>); 6] = [
+        ("utterance end (detector)", |w| w.endpoint_ms),
+        ("stt after the end", |w| w.stt_wait_ms),
+        ("stt run (may start early)", |w| w.stt_ms),
+        ("transcript at the client", |w| w.transcript_ms),
+        ("first LLM token", |w| w.llm_first_token_ms),
+        ("first audio", |w| w.first_audio_ms),
+    ];
+    pick.iter()
+        .map(|(stage, f)| {
+            let mut v: Vec<f64> = turns.iter().filter_map(f).collect();
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| {
+                if v.is_empty() {
+                    f64::NAN
+                } else {
+                    v[((v.len() - 1) as f64 * p).round() as usize]
+                }
+            };
+            Stage {
+                stage,
+                p50_ms: q(0.5),
+                p95_ms: q(0.95),
+                n: v.len(),
+            }
+        })
+        .collect()
+}
+
+/// `coda bench voice`.
+pub fn run(args: &VoiceBenchArgs) -> anyhow::Result<()> {
+    let modes: &[bool] = match args.mode.as_str() {
+        "push_to_talk" => &[true],
+        "continuous" => &[false],
+        "both" => &[true, false],
+        other => bail!("--mode {other:?}: use push_to_talk, continuous or both"),
+    };
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    let tmp = tempfile::tempdir()?;
+    let wavs = if args.wavs.is_empty() {
+        spoken(tmp.path())?
+    } else {
+        args.wavs.clone()
+    };
+    let utterances: Vec<Utterance> = wavs
+        .iter()
+        .map(|p| utterance(p).with_context(|| format!("{}", p.display())))
+        .collect::<anyhow::Result<_>>()?;
+    let (_child, url) = crate::bench::spawn_server(tmp.path(), &[])?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut report = serde_json::Map::new();
+    rt.block_on(async {
+        for &ptt in modes {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+            if !ptt {
+                send_json(
+                    &mut ws,
+                    json!({"type":"stt_start","data":{"mode":"continuous","source":"client"}}),
+                )
+                .await?;
+            }
+            let mut turns = Vec::new();
+            for i in 0..=args.runs {
+                let u = &utterances[i % utterances.len()];
+                let w = run_turn(&mut ws, u, ptt).await?;
+                if i > 0 {
+                    turns.push(w);
+                }
+            }
+            let name = if ptt { "push_to_talk" } else { "continuous" };
+            let st = stages(&turns);
+            if !args.json {
+                println!(
+                    "voice bench, {name}: {} turns, ms from the end of speech",
+                    turns.len()
+                );
+                println!("  {:<28} {:>8} {:>8} {:>4}", "stage", "p50", "p95", "n");
+                for s in &st {
+                    println!(
+                        "  {:<28} {:>8.0} {:>8.0} {:>4}",
+                        s.stage, s.p50_ms, s.p95_ms, s.n
+                    );
+                }
+                let heard: Vec<&str> = turns.iter().take(4).map(|w| w.text.as_str()).collect();
+                println!("  heard: {heard:?}");
+            }
+            report.insert(name.into(), json!({"stages": st, "turns": turns}));
+        }
+        anyhow::Ok(())
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
