@@ -532,3 +532,88 @@ fn models_cli_converts_imports_and_refuses_broken_files() {
         "{out:?}"
     );
 }
+
+/// Audio that is not a clean command: silence, long noise, another rate and channel
+/// count, a file that is not a WAV, a model that is not whisper — an empty result or a
+/// clear error, never a loop or a hang.
+#[test]
+fn bad_audio_gives_an_empty_result_or_a_clear_error() {
+    let model = whisper_model();
+    let model = model.to_str().expect("utf-8");
+    let home = Home::new();
+    let dir = home.path();
+    let sox = |args: &[&str]| {
+        let ok = Command::new("sox")
+            .args(args)
+            .status()
+            .expect("sox runs (scripts/setup installs it)");
+        assert!(ok.success(), "sox {args:?}");
+    };
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    sox(&[
+        "-n",
+        "-r",
+        "16000",
+        "-c",
+        "1",
+        "-b",
+        "16",
+        &p("silence.wav"),
+        "trim",
+        "0",
+        "3",
+    ]);
+    sox(&[
+        "-n",
+        "-r",
+        "16000",
+        "-c",
+        "1",
+        "-b",
+        "16",
+        &p("noise.wav"),
+        "synth",
+        "30",
+        "pinknoise",
+        "vol",
+        "0.3",
+    ]);
+    speak("Why is the sky blue?", &dir.join("q.wav"));
+    sox(&[&p("q.wav"), "-r", "48000", "-c", "2", &p("q48.wav")]);
+    let transcribe = |wav: &str, model: &str| {
+        run_bounded(
+            home.command(&["transcribe", wav, "--json", "--model", model], &[]),
+            Duration::from_secs(120),
+        )
+    };
+    for name in ["silence.wav", "noise.wav"] {
+        let out = transcribe(&p(name), model);
+        assert_eq!(out.code, Some(0), "{name}: {out:?}");
+        let v: Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+        let text = v["text"].as_str().unwrap_or("");
+        let audio_s = v["audio_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        assert!(
+            coda_actors::stt::degenerate(text, audio_s, false).is_none(),
+            "{name} heard as a loop: {text:?}"
+        );
+        assert!(
+            text.split_whitespace().count() <= 4,
+            "{name} heard as {text:?}"
+        );
+    }
+    let out = transcribe(&p("q48.wav"), model);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v: Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    let heard = v["text"].as_str().unwrap_or("");
+    assert!(
+        word_errors(&normalise("Why is the sky blue?"), &normalise(heard)) <= 1,
+        "48 kHz stereo heard as {heard:?}"
+    );
+    std::fs::write(dir.join("junk.bin"), vec![7u8; 50_000]).expect("write");
+    let out = transcribe(&p("junk.bin"), model);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("not a readable WAV"), "{out:?}");
+    let out = transcribe(&p("q.wav"), &p("junk.bin"));
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("not a ggml whisper model"), "{out:?}");
+}

@@ -258,9 +258,15 @@ impl WhisperEngine {
                 }
             }
         }
+        let text = clean(&text);
         Ok(Decoded {
-            text: clean(&text),
-            confidence: if p_n == 0 { 0.0 } else { p_sum / p_n as f64 },
+            // Silence markers are not text: nothing heard, no confidence in it.
+            confidence: if p_n == 0 || text.is_empty() {
+                0.0
+            } else {
+                p_sum / p_n as f64
+            },
+            text,
             hit_cap: audio_ctx < self.n_audio_ctx && p_n as i32 >= cap,
         })
     }
