@@ -24,6 +24,10 @@ pub struct VoiceBenchArgs {
     /// `push_to_talk`, `continuous` or `both`.
     #[arg(long, default_value = "both")]
     pub mode: String,
+    /// Push-to-talk: silence sent after the speech before `stt_stop` (a person lets go of
+    /// the button a moment after speaking), ms.
+    #[arg(long, default_value_t = 250)]
+    pub release_ms: usize,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -101,7 +105,12 @@ async fn send_json(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
 
 /// Streams `u` in real time (then silence in continuous mode) and reads events until the
 /// turn's `latency_trace`.
-async fn run_turn(ws: &mut Ws, u: &Utterance, ptt: bool) -> anyhow::Result<Waterfall> {
+async fn run_turn(
+    ws: &mut Ws,
+    u: &Utterance,
+    ptt: bool,
+    release_ms: usize,
+) -> anyhow::Result<Waterfall> {
     if ptt {
         send_json(
             ws,
@@ -109,13 +118,17 @@ async fn run_turn(ws: &mut Ws, u: &Utterance, ptt: bool) -> anyhow::Result<Water
         )
         .await?;
     }
-    let frames: Vec<&[u8]> = u.pcm.chunks(640).collect();
+    let mut frames: Vec<&[u8]> = u.pcm.chunks(640).collect();
+    let silence = vec![0u8; 640];
+    if ptt {
+        frames.truncate(u.speech_end_frame);
+        frames.extend(std::iter::repeat_n(silence.as_slice(), release_ms / 20));
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut speech_end: Option<Instant> = None;
     let mut w = Waterfall::default();
     let mut turn: Option<String> = None;
     let mut sent = 0usize;
-    let silence = vec![0u8; 640];
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if Instant::now() > deadline {
@@ -245,7 +258,7 @@ pub fn run(args: &VoiceBenchArgs) -> anyhow::Result<()> {
             let mut turns = Vec::new();
             for i in 0..=args.runs {
                 let u = &utterances[i % utterances.len()];
-                let w = run_turn(&mut ws, u, ptt).await?;
+                let w = run_turn(&mut ws, u, ptt, args.release_ms).await?;
                 if i > 0 {
                     turns.push(w);
                 }
@@ -253,10 +266,18 @@ pub fn run(args: &VoiceBenchArgs) -> anyhow::Result<()> {
             let name = if ptt { "push_to_talk" } else { "continuous" };
             let st = stages(&turns);
             if !args.json {
-                println!(
-                    "voice bench, {name}: {} turns, ms from the end of speech",
-                    turns.len()
-                );
+                if ptt {
+                    println!(
+                        "voice bench, {name}: {} turns, ms from stt_stop ({} ms after the last word)",
+                        turns.len(),
+                        args.release_ms
+                    );
+                } else {
+                    println!(
+                        "voice bench, {name}: {} turns, ms from the last voiced frame",
+                        turns.len()
+                    );
+                }
                 println!("  {:<28} {:>8} {:>8} {:>4}", "stage", "p50", "p95", "n");
                 for s in &st {
                     println!(

@@ -107,14 +107,25 @@ impl SessionState {
             .count()
     }
 
-    /// Adds a message, then folds the oldest turns into the summary until at most
-    /// `recent_turns` turns (and `4 * recent_turns + 4` messages) remain verbatim.
+    /// Adds a message; once more than `recent_turns` turns (or `4 * recent_turns + 4`
+    /// messages) are kept verbatim, folds the oldest into the summary until half of them
+    /// remain. Folding in halves, not a turn at a time, keeps the start of the prompt (the
+    /// summary and the oldest recent turns) the same for several turns, so a model that
+    /// reuses the previous prompt's keys and values (the embedded one does) only reads the
+    /// new turn: folding one turn per turn changed the prompt near its start every time and
+    /// cost the full prompt again (3 s to the first token after six spoken turns).
     pub fn push(&mut self, m: MessageRecord, recent_turns: usize, summary_budget: usize) {
         self.meta.message_count = self.meta.message_count.max(m.seq);
         self.meta.updated_at = m.created_at;
         self.recent.push_back(m);
-        let max_messages = recent_turns.max(1) * 4 + 4;
-        while self.turns() > recent_turns.max(1) || self.recent.len() > max_messages {
+        let max_turns = recent_turns.max(1);
+        let max_messages = max_turns * 4 + 4;
+        if self.turns() <= max_turns && self.recent.len() <= max_messages {
+            return;
+        }
+        let keep_turns = max_turns.div_ceil(2);
+        let keep_messages = max_messages / 2;
+        while self.turns() > keep_turns || self.recent.len() > keep_messages {
             let Some(first) = self.recent.pop_front() else {
                 break;
             };
@@ -366,6 +377,29 @@ mod tests {
     }
 
     #[test]
+    fn the_start_of_the_context_stays_the_same_between_folds() {
+        let mut s = SessionState::new("s", 0.0);
+        let mut firsts = Vec::new();
+        for turn in 0..12u64 {
+            s.push(
+                msg(turn * 2 + 1, ChatRole::User, &format!("Q{turn}")),
+                6,
+                1000,
+            );
+            s.push(
+                msg(turn * 2 + 2, ChatRole::Assistant, &format!("A{turn}")),
+                6,
+                1000,
+            );
+            firsts.push(s.recent[0].seq);
+            assert!(s.turns() <= 6);
+        }
+        // The oldest verbatim message changes at 2 of 12 turns (a fold each), not at 6.
+        let changes = firsts.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(changes, 2, "{firsts:?}");
+    }
+
+    #[test]
     fn push_folds_old_turns_into_the_summary() {
         let mut s = SessionState::new("s", 0.0);
         let mut seq = 0;
@@ -384,10 +418,12 @@ mod tests {
             );
         }
         assert_eq!(s.meta.message_count, 10);
-        assert_eq!(s.recent.len(), 4, "two turns verbatim");
-        assert_eq!(s.recent[0].content, "Question 3. More.");
+        // A third turn folds the oldest down to one (half of two): turns 0–1 at turn 2,
+        // turns 2–3 at turn 4; turn 4 is left verbatim.
+        assert_eq!(s.recent.len(), 2, "one turn verbatim after a fold");
+        assert_eq!(s.recent[0].content, "Question 4. More.");
         let summary = s.meta.summary.as_ref().expect("summary");
-        assert_eq!(summary.through_seq, 6);
+        assert_eq!(summary.through_seq, 8);
         assert_eq!(
             summary.lines,
             [
@@ -396,13 +432,20 @@ mod tests {
                 "User: Question 1.",
                 "Assistant: Answer 1.",
                 "User: Question 2.",
-                "Assistant: Answer 2."
+                "Assistant: Answer 2.",
+                "User: Question 3.",
+                "Assistant: Answer 3."
             ]
         );
         // A small summary budget keeps the newest lines.
         let mut s2 = SessionState::new("s", 0.0);
-        for m in &s.recent {
-            s2.push(m.clone(), 1, 6);
+        for (seq, role, text) in [
+            (7, ChatRole::User, "Question 3. More."),
+            (8, ChatRole::Assistant, "Answer 3."),
+            (9, ChatRole::User, "Question 4. More."),
+            (10, ChatRole::Assistant, "Answer 4."),
+        ] {
+            s2.push(msg(seq, role, text), 1, 6);
         }
         let lines = &s2.meta.summary.as_ref().expect("summary").lines;
         assert_eq!(lines.len(), 1, "{lines:?}");

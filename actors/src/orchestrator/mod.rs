@@ -741,9 +741,11 @@ impl Orchestrator {
             if !said.is_empty() {
                 s.history.push(ChatMessage::new(ChatRole::Assistant, said));
             }
+            // Over the limit, half of it goes at once: the prompt's start then stays the
+            // same for several turns, which a prompt-caching model reads only once.
             let keep = self.settings.history_turns * 2;
             if s.history.len() > keep {
-                let drop = s.history.len() - keep;
+                let drop = s.history.len() - (keep / 2).max(2);
                 s.history.drain(..drop);
             }
         }
