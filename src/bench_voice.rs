@@ -192,7 +192,8 @@ struct Stage {
 }
 
 fn stages(turns: &[Waterfall]) -> Vec<Stage> {
-    let pick: [(&'static str, fn(&Waterfall) -> Option<f64>); 6] = [
+    type Pick = fn(&Waterfall) -> Option<f64>;
+    let pick: [(&'static str, Pick); 6] = [
         ("utterance end (detector)", |w| w.endpoint_ms),
         ("stt after the end", |w| w.stt_wait_ms),
         ("stt run (may start early)", |w| w.stt_ms),
