@@ -550,34 +550,16 @@ fn bad_audio_gives_an_empty_result_or_a_clear_error() {
         assert!(ok.success(), "sox {args:?}");
     };
     let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    sox(&[
-        "-n",
-        "-r",
-        "16000",
-        "-c",
-        "1",
-        "-b",
-        "16",
-        &p("silence.wav"),
-        "trim",
-        "0",
-        "3",
-    ]);
-    sox(&[
-        "-n",
-        "-r",
-        "16000",
-        "-c",
-        "1",
-        "-b",
-        "16",
-        &p("noise.wav"),
-        "synth",
-        "30",
-        "pinknoise",
-        "vol",
-        "0.3",
-    ]);
+    // A 16 kHz mono 16-bit file made by sox from nothing and `effect`.
+    let made = |name: &str, effect: &[&str]| {
+        let mut args = vec!["-n", "-r", "16000", "-c", "1", "-b", "16"];
+        let path = p(name);
+        args.push(&path);
+        args.extend_from_slice(effect);
+        sox(&args);
+    };
+    made("silence.wav", &["trim", "0", "3"]);
+    made("noise.wav", &["synth", "30", "pinknoise", "vol", "0.3"]);
     speak("Why is the sky blue?", &dir.join("q.wav"));
     sox(&[&p("q.wav"), "-r", "48000", "-c", "2", &p("q48.wav")]);
     let transcribe = |wav: &str, model: &str| {
