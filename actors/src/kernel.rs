@@ -13,7 +13,7 @@ use crate::components::ComponentRegistry;
 use crate::hub::HubHandle;
 use crate::intent::{IntentRouter, ToolMatcher};
 use crate::llm::actor::{LlmActor, ProviderSlot};
-use crate::orchestrator::{ConversationSettings, Orchestrator};
+use crate::orchestrator::{ConversationSettings, Engines, Orchestrator};
 use crate::stt::{SttActor, SttSettings};
 use crate::supervise::{RestartBudget, Supervision};
 use crate::tts::{TtsActor, TtsEngine, TtsOutput};
@@ -112,7 +112,7 @@ impl Kernel {
         let conversation = settings.conversation.clone();
         let (memory, tools_addr) = (rooms.memory.clone(), rooms.tools.clone());
         let orchestrator = Supervisor::start(move |_| {
-            Orchestrator::new(orch_sup, r, l, t, conversation)
+            Orchestrator::new(orch_sup, Engines::of(&r, &l, &t), conversation)
                 .with_memory(memory)
                 .with_tools(tools_addr)
         });

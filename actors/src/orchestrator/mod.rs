@@ -7,9 +7,20 @@
 //! (sentences to Tts as they complete) → `on_spoken` (mode speaking at the first audio) →
 //! `complete_turn` (the assistant's message, latency_trace, mode idle).
 //!
+//! A turn's phase ([`phase::Phase`]: routing → answering → draining speech → done, or
+//! interrupted / failed) changes only through [`Orchestrator::transition`], and
+//! [`Orchestrator::try_complete`] is the one place that ends a turn. The router, the model
+//! and speech are [`Engines`] recipients: the kernel wires the real actors, the tests
+//! fakes. Every handler runs under the same panic guard (a panic restarts the actor
+//! under the kernel's budget instead of unwinding through the event loop).
+//!
 //! `interrupt` (barge-in) cancels generation and speech at once and keeps only what was
 //! actually spoken in the context. A new input in a session interrupts that session's
 //! turn in flight. Turns of different sessions run side by side.
+
+pub mod phase;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -25,6 +36,7 @@ use crate::llm::actor::{CancelGeneration, Generate, LlmActor, LlmUpdate};
 use crate::llm::{ChatMessage, ChatRequest, ChatRole, LlmError};
 use crate::supervise::Supervision;
 use crate::tts::{CancelTurn, FinishTurn, SentenceSplitter, Speak, TtsActor, TtsUpdate};
+use phase::{Latency, Phase, Speech, Stage, TurnEvent};
 
 /// Conversation settings (from the `[conversation]` config section).
 #[derive(Debug, Clone)]
@@ -74,7 +86,7 @@ impl TurnSource {
 
 /// Why a turn could not start.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum KernelError {
+pub enum TurnStartError {
     /// The orchestrator is degraded.
     #[error("{0}")]
     Unavailable(String),
@@ -85,7 +97,7 @@ pub enum KernelError {
 
 /// Start a turn from text.
 #[derive(Message)]
-#[rtype(result = "Result<TurnStarted, KernelError>")]
+#[rtype(result = "Result<TurnStarted, TurnStartError>")]
 pub struct TextTurn {
     /// The conversation session (`text_input.session_id`, or the connection's id).
     pub session_id: String,
@@ -99,7 +111,7 @@ pub struct TextTurn {
 /// `stt_*` events carried, and its `latency_trace` carries `stt_ms` and measures
 /// `tts_first_audio_ms` and `total_ms` from the end of speech.
 #[derive(Message)]
-#[rtype(result = "Result<TurnStarted, KernelError>")]
+#[rtype(result = "Result<TurnStarted, TurnStartError>")]
 pub struct VoiceTurn {
     /// The conversation session.
     pub session_id: String,
@@ -178,33 +190,54 @@ struct Turn {
     t0: Instant,
     /// End of the input: `t0` for text, the end of speech for voice.
     input_end: Instant,
-    stt_ms: Option<f64>,
-    endpoint_ms: Option<f64>,
-    stt_wait_ms: Option<f64>,
-    intent_ms: Option<f64>,
-    llm_ttft_ms: Option<f64>,
-    llm_ms: Option<f64>,
-    tts_first_audio_ms: Option<f64>,
-    tts_ms: Option<f64>,
+    phase: Phase,
+    speech: Speech,
+    latency: Latency,
     /// When generation ended (speech after it is on the critical path).
     llm_done_at: Option<Instant>,
     /// Synthesis time on the critical path after generation ended.
     tts_tail_ms: f64,
     answer: String,
     splitter: SentenceSplitter,
-    queued: u32,
     spoken: Vec<String>,
-    generating: bool,
-    speech_failed: bool,
-    finishing_speech: bool,
+}
+
+/// Where the orchestrator sends work. The kernel wires the real actors
+/// ([`Engines::of`]); tests wire fakes.
+#[derive(Clone)]
+pub struct Engines {
+    /// The intent router.
+    pub route: Recipient<RouteText>,
+    /// The model: generate an answer.
+    pub generate: Recipient<Generate>,
+    /// The model: stop a generation.
+    pub cancel_generation: Recipient<CancelGeneration>,
+    /// Speech: say a sentence.
+    pub speak: Recipient<Speak>,
+    /// Speech: no more sentences for a turn; report when the queued ones are spoken.
+    pub finish_speech: Recipient<FinishTurn>,
+    /// Speech: drop a turn's speech now.
+    pub cancel_speech: Recipient<CancelTurn>,
+}
+
+impl Engines {
+    /// The router, model and speech actors.
+    pub fn of(router: &Addr<IntentRouter>, llm: &Addr<LlmActor>, tts: &Addr<TtsActor>) -> Self {
+        Engines {
+            route: router.clone().recipient(),
+            generate: llm.clone().recipient(),
+            cancel_generation: llm.clone().recipient(),
+            speak: tts.clone().recipient(),
+            finish_speech: tts.clone().recipient(),
+            cancel_speech: tts.clone().recipient(),
+        }
+    }
 }
 
 /// The orchestrator actor.
 pub struct Orchestrator {
     sup: Supervision,
-    router: Addr<IntentRouter>,
-    llm: Addr<LlmActor>,
-    tts: Addr<TtsActor>,
+    engines: Engines,
     settings: ConversationSettings,
     sessions: HashMap<String, SessionState>,
     turns: HashMap<String, Turn>,
@@ -215,18 +248,10 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     /// An orchestrator driving these actors.
-    pub fn new(
-        sup: Supervision,
-        router: Addr<IntentRouter>,
-        llm: Addr<LlmActor>,
-        tts: Addr<TtsActor>,
-        settings: ConversationSettings,
-    ) -> Self {
+    pub fn new(sup: Supervision, engines: Engines, settings: ConversationSettings) -> Self {
         Orchestrator {
             sup,
-            router,
-            llm,
-            tts,
+            engines,
             settings,
             sessions: HashMap::new(),
             turns: HashMap::new(),
@@ -355,30 +380,14 @@ impl Orchestrator {
                 user_text: msg.text.clone(),
                 t0: Instant::now(),
                 input_end: voice.as_ref().map_or_else(Instant::now, |v| v.speech_ended),
-                stt_ms: voice.as_ref().map(|v| v.stt_ms),
-                endpoint_ms: voice.as_ref().map(|v| {
-                    v.utterance_ended
-                        .saturating_duration_since(v.speech_ended)
-                        .as_secs_f64()
-                        * 1000.0
-                }),
-                stt_wait_ms: voice
-                    .as_ref()
-                    .map(|v| v.utterance_ended.elapsed().as_secs_f64() * 1000.0),
-                intent_ms: None,
-                llm_ttft_ms: None,
-                llm_ms: None,
-                tts_first_audio_ms: None,
-                tts_ms: None,
+                phase: Phase::Routing,
+                speech: Speech::default(),
+                latency: voice.as_ref().map(VoiceInput::latency).unwrap_or_default(),
                 llm_done_at: None,
                 tts_tail_ms: 0.0,
                 answer: String::new(),
                 splitter: SentenceSplitter::new().first_clause(self.settings.speak_first_clause),
-                queued: 0,
                 spoken: Vec::new(),
-                generating: false,
-                speech_failed: false,
-                finishing_speech: false,
             },
         );
         self.route(&turn_id, &session_id, msg.text, ctx);
@@ -392,7 +401,7 @@ impl Orchestrator {
 
     fn route(&mut self, turn_id: &str, session_id: &str, text: String, ctx: &mut Context<Self>) {
         let id = turn_id.to_string();
-        let fut = self.router.send(RouteText {
+        let fut = self.engines.route.send(RouteText {
             turn_id: turn_id.to_string(),
             session_id: session_id.to_string(),
             text,
@@ -417,7 +426,9 @@ impl Orchestrator {
         let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
-        turn.intent_ms = Some(turn.t0.elapsed().as_secs_f64() * 1000.0);
+        turn.latency
+            .set(Stage::Intent, turn.t0.elapsed().as_secs_f64() * 1000.0);
+        self.transition(turn_id, TurnEvent::Routed);
         match d.decision {
             Decision::Llm => self.start_llm(turn_id, ctx),
             Decision::System(intent) => self.run_system(turn_id, intent, ctx),
@@ -469,10 +480,9 @@ impl Orchestrator {
     }
 
     fn start_llm(&mut self, turn_id: &str, ctx: &mut Context<Self>) {
-        let Some(turn) = self.turns.get_mut(turn_id) else {
+        let Some(turn) = self.turns.get(turn_id) else {
             return;
         };
-        turn.generating = true;
         let session_id = turn.session_id.clone();
         let user_text = turn.user_text.clone();
         let Some(memory) = self.memory.clone() else {
@@ -522,7 +532,7 @@ impl Orchestrator {
             ..Default::default()
         };
         let id = turn_id.to_string();
-        let fut = self.llm.send(Generate {
+        let fut = self.engines.generate.send(Generate {
             turn_id: turn_id.to_string(),
             session_id,
             request,
@@ -556,7 +566,7 @@ impl Orchestrator {
     fn run_system(&mut self, turn_id: &str, intent: SystemIntent, ctx: &mut Context<Self>) {
         match intent {
             // The barge-in already happened when this input arrived; nothing to say.
-            SystemIntent::Stop => self.complete_turn(turn_id),
+            SystemIntent::Stop => self.transition(turn_id, TurnEvent::AnswerComplete),
             SystemIntent::Help => {
                 let text = "I can answer questions, keep track of our conversation, and tell you the time. Say stop to interrupt me.";
                 if let Some(turn) = self.turns.get_mut(turn_id) {
@@ -572,9 +582,8 @@ impl Orchestrator {
         let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
-        if turn.llm_ttft_ms.is_none() {
-            turn.llm_ttft_ms = Some(turn.t0.elapsed().as_secs_f64() * 1000.0);
-        }
+        let ms = turn.t0.elapsed().as_secs_f64() * 1000.0;
+        turn.latency.first(Stage::LlmFirstToken, ms);
         turn.answer.push_str(text);
         self.on_answer_text(turn_id, text, ctx);
     }
@@ -593,13 +602,13 @@ impl Orchestrator {
         let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
-        if turn.speech_failed {
+        if turn.speech.failed || turn.phase.is_over() {
             return;
         }
-        let index = turn.queued;
-        turn.queued += 1;
+        let index = turn.speech.queued;
+        turn.speech.queued += 1;
         let id = turn_id.to_string();
-        let fut = self.tts.send(Speak {
+        let fut = self.engines.speak.send(Speak {
             turn_id: turn_id.to_string(),
             session_id: turn.session_id.clone(),
             index,
@@ -624,52 +633,64 @@ impl Orchestrator {
         if let Some(rest) = turn.splitter.finish() {
             self.speak(turn_id, rest, ctx);
         }
-        let Some(turn) = self.turns.get_mut(turn_id) else {
-            return;
-        };
-        if turn.queued == 0 || turn.speech_failed {
-            self.complete_turn(turn_id);
-        } else {
-            turn.finishing_speech = true;
-            self.tts.do_send(FinishTurn {
-                turn_id: turn_id.to_string(),
-            });
-        }
+        self.transition(turn_id, TurnEvent::AnswerComplete);
     }
 
     fn llm_failed(&mut self, turn_id: &str, error: LlmError, _: &mut Context<Self>) {
-        if let Some(turn) = self.turns.get_mut(turn_id) {
-            turn.generating = false;
-            tracing::warn!(turn = turn_id, %error, "turn failed in the llm stage");
-            if turn.queued > 0 {
-                // Part of the answer is being spoken: let it finish, then close the turn.
-                turn.finishing_speech = true;
-                self.tts.do_send(FinishTurn {
-                    turn_id: turn_id.to_string(),
-                });
-            } else {
-                self.complete_turn(turn_id);
-            }
-        }
+        tracing::warn!(turn = turn_id, %error, "turn failed in the llm stage");
+        // Whatever part of the answer is being spoken finishes; then the turn closes.
+        self.transition(turn_id, TurnEvent::AnswerComplete);
     }
 
+    /// A sentence could not be handed to speech: said once, and the text answer stands.
     fn speech_failed(&mut self, turn_id: &str, why: &str) {
-        if let Some(turn) = self.turns.get_mut(turn_id) {
-            if !turn.speech_failed {
-                turn.speech_failed = true;
-                self.sup.hub().publish(
-                    &turn.session_id,
-                    &coda_protocol::TtsError {
-                        turn_id: Some(turn_id.to_string()),
-                        code: "unavailable".into(),
-                        message: why.to_string(),
-                        level: Level::Error,
-                    },
-                );
-            }
-            if !turn.generating {
-                self.complete_turn(turn_id);
-            }
+        let Some(turn) = self.turns.get_mut(turn_id) else {
+            return;
+        };
+        if !turn.speech.failed {
+            turn.speech.failed = true;
+            self.sup.hub().publish(
+                &turn.session_id,
+                &coda_protocol::TtsError {
+                    turn_id: Some(turn_id.to_string()),
+                    code: "unavailable".into(),
+                    message: why.to_string(),
+                    level: Level::Error,
+                },
+            );
+        }
+        self.transition(turn_id, TurnEvent::SpeechFailed);
+    }
+
+    // ---- the phase ----------------------------------------------------------------------
+
+    /// The one way a turn's phase changes ([`phase::next`]); entering `DrainingSpeech`
+    /// asks speech to report when it is done, and a turn that is over is completed.
+    fn transition(&mut self, turn_id: &str, event: TurnEvent) {
+        let Some(turn) = self.turns.get_mut(turn_id) else {
+            return;
+        };
+        let from = turn.phase;
+        turn.phase = phase::next(from, event, turn.speech);
+        if turn.phase != from {
+            tracing::debug!(turn = turn_id, ?from, to = ?turn.phase, ?event, "turn phase");
+        }
+        if turn.phase == Phase::DrainingSpeech && from != Phase::DrainingSpeech {
+            self.engines.finish_speech.do_send(FinishTurn {
+                turn_id: turn_id.to_string(),
+            });
+        }
+        self.try_complete(turn_id);
+    }
+
+    /// Ends the turn if its phase says it is over: the one place a turn completes.
+    fn try_complete(&mut self, turn_id: &str) {
+        if self
+            .turns
+            .get(turn_id)
+            .is_some_and(|t| t.phase == Phase::Done)
+        {
+            self.complete_turn(turn_id);
         }
     }
 
@@ -683,10 +704,8 @@ impl Orchestrator {
             // Only the part of this synthesis after generation ended was on the critical path.
             turn.tts_tail_ms += synth_ms.min(done.elapsed().as_secs_f64() * 1000.0);
         }
-        let first = turn.tts_first_audio_ms.is_none();
-        if first {
-            turn.tts_first_audio_ms = Some(turn.input_end.elapsed().as_secs_f64() * 1000.0);
-        }
+        let ms = turn.input_end.elapsed().as_secs_f64() * 1000.0;
+        let first = turn.latency.first(Stage::FirstAudio, ms);
         turn.spoken.push(text);
         let session = turn.session_id.clone();
         if first {
@@ -753,27 +772,28 @@ impl Orchestrator {
 
     fn close(&mut self, turn: Turn) {
         let total_ms = turn.input_end.elapsed().as_secs_f64() * 1000.0;
+        let l = turn.latency;
         self.sup.hub().publish(
             &turn.session_id,
             &LatencyTrace {
                 turn_id: turn.id.clone(),
-                stt_ms: turn.stt_ms,
-                endpoint_ms: turn.endpoint_ms,
-                stt_wait_ms: turn.stt_wait_ms,
-                intent_ms: turn.intent_ms,
-                llm_ttft_ms: turn.llm_ttft_ms,
-                llm_ms: turn.llm_ms,
-                tts_first_audio_ms: turn.tts_first_audio_ms,
-                tts_ms: turn.tts_ms,
+                stt_ms: l.get(Stage::Stt),
+                endpoint_ms: l.get(Stage::Endpoint),
+                stt_wait_ms: l.get(Stage::SttWait),
+                intent_ms: l.get(Stage::Intent),
+                llm_ttft_ms: l.get(Stage::LlmFirstToken),
+                llm_ms: l.get(Stage::Llm),
+                tts_first_audio_ms: l.get(Stage::FirstAudio),
+                tts_ms: l.get(Stage::Tts),
                 total_ms,
                 kernel_ms: Some(
                     (total_ms
-                        - turn.llm_ms.unwrap_or(0.0)
+                        - l.get(Stage::Llm).unwrap_or(0.0)
                         - turn.tts_tail_ms
                         // What the speaker waited for before the turn began: the detector's
                         // silence and the transcription still running after it.
-                        - turn.endpoint_ms.unwrap_or(0.0)
-                        - turn.stt_wait_ms.unwrap_or(0.0))
+                        - l.get(Stage::Endpoint).unwrap_or(0.0)
+                        - l.get(Stage::SttWait).unwrap_or(0.0))
                     .max(0.0),
                 ),
             },
@@ -790,11 +810,12 @@ impl Orchestrator {
 
     fn interrupt_session(&mut self, session_id: &str) -> Option<(String, String, String)> {
         let active = self.sessions.get_mut(session_id)?.active.take()?;
-        let turn = self.turns.remove(&active)?;
-        self.llm.do_send(CancelGeneration {
+        let mut turn = self.turns.remove(&active)?;
+        turn.phase = phase::next(turn.phase, TurnEvent::Interrupted, turn.speech);
+        self.engines.cancel_generation.do_send(CancelGeneration {
             turn_id: active.clone(),
         });
-        self.tts.do_send(CancelTurn {
+        self.engines.cancel_speech.do_send(CancelTurn {
             turn_id: active.clone(),
         });
         let spoken = turn.spoken.join(" ");
@@ -848,11 +869,12 @@ impl actix::Supervised for Orchestrator {
         // Turns in flight died with the old context: close them so no session is stuck
         // in `thinking`, and say so.
         let turns: Vec<Turn> = self.turns.drain().map(|(_, t)| t).collect();
-        for turn in turns {
-            self.llm.do_send(CancelGeneration {
+        for mut turn in turns {
+            turn.phase = phase::next(turn.phase, TurnEvent::Aborted, turn.speech);
+            self.engines.cancel_generation.do_send(CancelGeneration {
                 turn_id: turn.id.clone(),
             });
-            self.tts.do_send(CancelTurn {
+            self.engines.cancel_speech.do_send(CancelTurn {
                 turn_id: turn.id.clone(),
             });
             self.sup.hub().publish(
@@ -870,44 +892,75 @@ impl actix::Supervised for Orchestrator {
     }
 }
 
+impl Orchestrator {
+    /// Runs a handler's body; a panic in it restarts the actor (under the kernel's
+    /// budget) and answers `fallback` instead of unwinding through the event loop.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        fallback: impl FnOnce(String) -> R,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> R {
+        match crate::supervise::catch(std::panic::AssertUnwindSafe(|| body(self, ctx))) {
+            Ok(r) => r,
+            Err(panic) => {
+                self.sup.crashed(&panic);
+                ctx.stop();
+                fallback(format!("the orchestrator crashed: {panic}"))
+            }
+        }
+    }
+
+    fn begin(
+        &mut self,
+        msg: TextTurn,
+        voice: Option<VoiceInput>,
+        ctx: &mut Context<Self>,
+    ) -> Result<TurnStarted, TurnStartError> {
+        if self.sup.is_degraded() {
+            return Err(TurnStartError::Unavailable(self.sup.unavailable()));
+        }
+        if msg.text.trim().is_empty() {
+            return Err(TurnStartError::Invalid("empty text".into()));
+        }
+        self.guarded(
+            ctx,
+            |why| Err(TurnStartError::Unavailable(why)),
+            |act, ctx| Ok(act.start_turn(msg, voice, ctx)),
+        )
+    }
+}
+
+impl VoiceInput {
+    /// The stages a voice turn measured before it began.
+    fn latency(&self) -> Latency {
+        let mut l = Latency::default();
+        l.set(Stage::Stt, self.stt_ms);
+        l.set(
+            Stage::Endpoint,
+            self.utterance_ended
+                .saturating_duration_since(self.speech_ended)
+                .as_secs_f64()
+                * 1000.0,
+        );
+        l.set(
+            Stage::SttWait,
+            self.utterance_ended.elapsed().as_secs_f64() * 1000.0,
+        );
+        l
+    }
+}
+
 impl Handler<TextTurn> for Orchestrator {
-    type Result = Result<TurnStarted, KernelError>;
+    type Result = Result<TurnStarted, TurnStartError>;
 
     fn handle(&mut self, msg: TextTurn, ctx: &mut Context<Self>) -> Self::Result {
         self.begin(msg, None, ctx)
     }
 }
 
-impl Orchestrator {
-    fn begin(
-        &mut self,
-        msg: TextTurn,
-        voice: Option<VoiceInput>,
-        ctx: &mut Context<Self>,
-    ) -> Result<TurnStarted, KernelError> {
-        if self.sup.is_degraded() {
-            return Err(KernelError::Unavailable(self.sup.unavailable()));
-        }
-        if msg.text.trim().is_empty() {
-            return Err(KernelError::Invalid("empty text".into()));
-        }
-        match crate::supervise::catch(std::panic::AssertUnwindSafe(|| {
-            self.start_turn(msg, voice, ctx)
-        })) {
-            Ok(started) => Ok(started),
-            Err(panic) => {
-                self.sup.crashed(&panic);
-                ctx.stop();
-                Err(KernelError::Unavailable(format!(
-                    "the orchestrator crashed: {panic}"
-                )))
-            }
-        }
-    }
-}
-
 impl Handler<VoiceTurn> for Orchestrator {
-    type Result = Result<TurnStarted, KernelError>;
+    type Result = Result<TurnStarted, TurnStartError>;
 
     fn handle(&mut self, msg: VoiceTurn, ctx: &mut Context<Self>) -> Self::Result {
         let voice = VoiceInput {
@@ -928,37 +981,49 @@ impl Handler<VoiceTurn> for Orchestrator {
 impl Handler<Listening> for Orchestrator {
     type Result = ();
 
-    fn handle(&mut self, msg: Listening, _: &mut Context<Self>) {
-        if msg.on {
-            self.ensure_session(&msg.session_id);
-            self.set_mode(&msg.session_id, Mode::Listening);
-        } else if self
-            .sessions
-            .get(&msg.session_id)
-            .is_some_and(|s| s.mode == Mode::Listening)
-        {
-            self.set_mode(&msg.session_id, Mode::Idle);
-        }
+    fn handle(&mut self, msg: Listening, ctx: &mut Context<Self>) {
+        self.guarded(
+            ctx,
+            |_| (),
+            |act, _| {
+                if msg.on {
+                    act.ensure_session(&msg.session_id);
+                    act.set_mode(&msg.session_id, Mode::Listening);
+                } else if act
+                    .sessions
+                    .get(&msg.session_id)
+                    .is_some_and(|s| s.mode == Mode::Listening)
+                {
+                    act.set_mode(&msg.session_id, Mode::Idle);
+                }
+            },
+        );
     }
 }
 
 impl Handler<Interrupt> for Orchestrator {
     type Result = InterruptReport;
 
-    fn handle(&mut self, msg: Interrupt, _: &mut Context<Self>) -> InterruptReport {
-        let sessions: Vec<String> = match msg.session_id {
-            Some(s) => vec![s],
-            None => self.sessions.keys().cloned().collect(),
-        };
-        let mut report = InterruptReport::default();
-        for s in sessions {
-            if let Some((turn, spoken, cut)) = self.interrupt_session(&s) {
-                report.turns.push(turn);
-                report.spoken.push(spoken);
-                report.cut.push(cut);
-            }
-        }
-        report
+    fn handle(&mut self, msg: Interrupt, ctx: &mut Context<Self>) -> InterruptReport {
+        self.guarded(
+            ctx,
+            |_| InterruptReport::default(),
+            |act, _| {
+                let sessions: Vec<String> = match msg.session_id {
+                    Some(s) => vec![s],
+                    None => act.sessions.keys().cloned().collect(),
+                };
+                let mut report = InterruptReport::default();
+                for s in sessions {
+                    if let Some((turn, spoken, cut)) = act.interrupt_session(&s) {
+                        report.turns.push(turn);
+                        report.spoken.push(spoken);
+                        report.cut.push(cut);
+                    }
+                }
+                report
+            },
+        )
     }
 }
 
@@ -966,70 +1031,56 @@ impl Handler<LlmUpdate> for Orchestrator {
     type Result = ();
 
     fn handle(&mut self, msg: LlmUpdate, ctx: &mut Context<Self>) {
-        match msg {
-            LlmUpdate::Token { turn_id, text } => self.on_token(&turn_id, &text, ctx),
-            LlmUpdate::Done {
-                turn_id, total_ms, ..
-            } => {
-                if let Some(turn) = self.turns.get_mut(&turn_id) {
-                    turn.generating = false;
-                    turn.llm_ms = Some(total_ms);
-                    turn.llm_done_at = Some(Instant::now());
+        self.guarded(
+            ctx,
+            |_| (),
+            |act, ctx| match msg {
+                LlmUpdate::Token { turn_id, text } => act.on_token(&turn_id, &text, ctx),
+                LlmUpdate::Done {
+                    turn_id, total_ms, ..
+                } => {
+                    if let Some(turn) = act.turns.get_mut(&turn_id) {
+                        turn.latency.set(Stage::Llm, total_ms);
+                        turn.llm_done_at = Some(Instant::now());
+                    }
+                    act.answer_done(&turn_id, ctx);
                 }
-                self.answer_done(&turn_id, ctx);
-            }
-            LlmUpdate::Failed { turn_id, error } => self.llm_failed(&turn_id, error, ctx),
-        }
+                LlmUpdate::Failed { turn_id, error } => act.llm_failed(&turn_id, error, ctx),
+            },
+        );
     }
 }
 
 impl Handler<TtsUpdate> for Orchestrator {
     type Result = ();
 
-    fn handle(&mut self, msg: TtsUpdate, _: &mut Context<Self>) {
-        match msg {
+    fn handle(&mut self, msg: TtsUpdate, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |_| (), |act, _| match msg {
             TtsUpdate::Spoken {
                 turn_id,
                 text,
                 synth_ms,
                 ..
-            } => self.on_spoken(&turn_id, text, synth_ms),
+            } => act.on_spoken(&turn_id, text, synth_ms),
             TtsUpdate::Done {
                 turn_id,
                 duration_ms,
                 ..
             } => {
-                if let Some(turn) = self.turns.get_mut(&turn_id) {
-                    turn.tts_ms = Some(duration_ms);
-                    if !turn.generating {
-                        self.complete_turn(&turn_id);
-                    }
+                if let Some(turn) = act.turns.get_mut(&turn_id) {
+                    turn.latency.set(Stage::Tts, duration_ms);
                 }
+                act.transition(&turn_id, TurnEvent::SpeechDone);
             }
             TtsUpdate::Failed { turn_id, error } => {
-                if let Some(turn) = self.turns.get_mut(&turn_id) {
-                    turn.speech_failed = true;
+                if let Some(turn) = act.turns.get_mut(&turn_id) {
+                    turn.speech.failed = true;
                     tracing::warn!(turn = %turn_id, %error, "speech failed; the text answer stands");
-                    if !turn.generating {
-                        self.complete_turn(&turn_id);
-                    }
                 }
+                act.transition(&turn_id, TurnEvent::SpeechFailed);
             }
-        }
+        });
     }
 }
 
 crate::impl_fault_injection!(Orchestrator);
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cut_part_is_the_unspoken_rest() {
-        let spoken = vec!["One.".to_string(), "Two.".to_string()];
-        assert_eq!(
-            super::cut_part("One. Two. Three. Four.", &spoken),
-            "Three. Four."
-        );
-        assert_eq!(super::cut_part("One.", &[]), "One.");
-    }
-}

@@ -40,7 +40,7 @@ use crate::hub::{
     TypeMask, Unregister,
 };
 use crate::metrics::{GetPerformance, MetricsActor};
-use crate::orchestrator::{Interrupt, KernelError, TextTurn, TurnSource};
+use crate::orchestrator::{Interrupt, TextTurn, TurnSource, TurnStartError};
 use crate::voice::{DeviceListen, SpeechAudio};
 
 /// Per-connection limits (from the `[server]` and `[auth]` config sections).
@@ -737,8 +737,8 @@ impl WsSession {
                 serde_json::json!({"turn_id": started.turn_id, "conversation_id": started.conversation_id}),
                 ctx,
             ),
-            Ok(Err(KernelError::Invalid(why))) => act.reply_err(id, ErrorCode::InvalidData, why, ctx),
-            Ok(Err(KernelError::Unavailable(why))) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
+            Ok(Err(TurnStartError::Invalid(why))) => act.reply_err(id, ErrorCode::InvalidData, why, ctx),
+            Ok(Err(TurnStartError::Unavailable(why))) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
             Err(_) => act.reply_err(id, ErrorCode::Unavailable, "the orchestrator is restarting", ctx),
         }));
     }

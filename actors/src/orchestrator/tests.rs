@@ -1,0 +1,407 @@
+//! The orchestrator with fake engines: a router that always says "LLM", a model that
+//! answers from a script (tokens, then done or a failure), and speech that records what
+//! it is asked and answers as told. Each test drives one path through the phases and
+//! checks what the hub and the engines saw.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use coda_protocol::RawEnvelope;
+
+use super::*;
+use crate::components::ComponentRegistry;
+use crate::hub::{EventHub, HubDelivery, HubSettings, Register, StartAt, Subscribe, TypeMask};
+use crate::llm::actor::{CancelGeneration, Generate, LlmUpdate};
+use crate::tts::{CancelTurn, FinishTurn, Speak, TtsUpdate};
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+struct Events(Arc<Mutex<Vec<RawEnvelope>>>);
+impl Actor for Events {
+    type Context = Context<Self>;
+}
+impl Handler<HubDelivery> for Events {
+    type Result = ();
+    fn handle(&mut self, m: HubDelivery, _: &mut Context<Self>) {
+        if let HubDelivery::Event(ev) = m {
+            if let Ok(env) = serde_json::from_str(&ev.json) {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).push(env);
+            }
+        }
+    }
+}
+
+struct Router;
+impl Actor for Router {
+    type Context = Context<Self>;
+}
+impl Handler<RouteText> for Router {
+    type Result = MessageResult<RouteText>;
+    fn handle(&mut self, _: RouteText, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(IntentDecision {
+            intent: "llm.chat".into(),
+            confidence: 1.0,
+            decision: Decision::Llm,
+            elapsed_ms: 0.1,
+        })
+    }
+}
+
+/// How the fake model answers.
+#[derive(Clone)]
+enum Script {
+    /// These tokens, then done.
+    Answer(Vec<&'static str>),
+    /// These tokens, then a failure.
+    FailAfter(Vec<&'static str>),
+    /// Tokens and never an end (for interrupts).
+    Hang(Vec<&'static str>),
+}
+
+struct Model {
+    script: Script,
+    log: Log,
+}
+impl Actor for Model {
+    type Context = Context<Self>;
+}
+impl Handler<Generate> for Model {
+    type Result = Result<(), LlmError>;
+    fn handle(&mut self, g: Generate, _: &mut Context<Self>) -> Self::Result {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("generate {}", g.turn_id));
+        let (tokens, end) = match &self.script {
+            Script::Answer(t) => (t.clone(), Some(true)),
+            Script::FailAfter(t) => (t.clone(), Some(false)),
+            Script::Hang(t) => (t.clone(), None),
+        };
+        let mut text = String::new();
+        for t in tokens {
+            text.push_str(t);
+            g.reply_to.do_send(LlmUpdate::Token {
+                turn_id: g.turn_id.clone(),
+                text: t.to_string(),
+            });
+        }
+        match end {
+            Some(true) => g.reply_to.do_send(LlmUpdate::Done {
+                turn_id: g.turn_id,
+                text,
+                ttft_ms: Some(1.0),
+                total_ms: 5.0,
+            }),
+            Some(false) => g.reply_to.do_send(LlmUpdate::Failed {
+                turn_id: g.turn_id,
+                error: LlmError::Unavailable("the fake model gave up".into()),
+            }),
+            None => {}
+        }
+        Ok(())
+    }
+}
+impl Handler<CancelGeneration> for Model {
+    type Result = ();
+    fn handle(&mut self, c: CancelGeneration, _: &mut Context<Self>) {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("cancel generation {}", c.turn_id));
+    }
+}
+
+/// How the fake speech answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Voice {
+    /// Speaks every sentence and reports done when asked to finish.
+    Speaks,
+    /// Refuses every sentence.
+    Refuses,
+}
+
+struct Speech {
+    voice: Voice,
+    log: Log,
+    reply_to: Option<Recipient<TtsUpdate>>,
+}
+impl Actor for Speech {
+    type Context = Context<Self>;
+}
+impl Handler<Speak> for Speech {
+    type Result = Result<(), String>;
+    fn handle(&mut self, s: Speak, _: &mut Context<Self>) -> Self::Result {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("speak {}", s.text));
+        if self.voice == Voice::Refuses {
+            return Err("the fake speech refuses".into());
+        }
+        s.reply_to.do_send(TtsUpdate::Spoken {
+            turn_id: s.turn_id,
+            index: s.index,
+            text: s.text,
+            audio_ms: 100.0,
+            synth_ms: 1.0,
+        });
+        self.reply_to = Some(s.reply_to);
+        Ok(())
+    }
+}
+impl Handler<FinishTurn> for Speech {
+    type Result = ();
+    fn handle(&mut self, f: FinishTurn, _: &mut Context<Self>) {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("finish {}", f.turn_id));
+        if let Some(r) = &self.reply_to {
+            r.do_send(TtsUpdate::Done {
+                turn_id: f.turn_id,
+                audio_ms: 100.0,
+                duration_ms: 7.0,
+            });
+        }
+    }
+}
+impl Handler<CancelTurn> for Speech {
+    type Result = ();
+    fn handle(&mut self, c: CancelTurn, _: &mut Context<Self>) {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("cancel speech {}", c.turn_id));
+    }
+}
+
+struct Rig {
+    orchestrator: Addr<Orchestrator>,
+    events: Arc<Mutex<Vec<RawEnvelope>>>,
+    log: Log,
+}
+
+fn rig(script: Script, voice: Voice) -> Rig {
+    let hub = EventHub::start_hub(HubSettings::default());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let rec = Events(events.clone()).start();
+    hub.addr().do_send(Register {
+        client_id: 1,
+        recipient: rec.recipient(),
+    });
+    hub.addr().do_send(Subscribe {
+        client_id: 1,
+        mask: TypeMask::ALL,
+        start: StartAt::Live,
+    });
+    let log: Log = Arc::default();
+    let router = Router.start();
+    let model = Model {
+        script,
+        log: log.clone(),
+    }
+    .start();
+    let speech = Speech {
+        voice,
+        log: log.clone(),
+        reply_to: None,
+    }
+    .start();
+    let engines = Engines {
+        route: router.recipient(),
+        generate: model.clone().recipient(),
+        cancel_generation: model.recipient(),
+        speak: speech.clone().recipient(),
+        finish_speech: speech.clone().recipient(),
+        cancel_speech: speech.recipient(),
+    };
+    let components = ComponentRegistry::new();
+    let sup = Supervision::new("orchestrator", Default::default(), hub, components);
+    let orchestrator = Orchestrator::new(sup, engines, ConversationSettings::default()).start();
+    Rig {
+        orchestrator,
+        events,
+        log,
+    }
+}
+
+impl Rig {
+    async fn turn(&self, text: &str) -> String {
+        self.orchestrator
+            .send(TextTurn {
+                session_id: "s".into(),
+                text: text.into(),
+                source: TurnSource::Text,
+            })
+            .await
+            .expect("the orchestrator runs")
+            .expect("the turn starts")
+            .turn_id
+    }
+
+    /// The types of the turn's events once its `latency_trace` is out (or after 3 s).
+    async fn finished(&self, turn: &str) -> Vec<String> {
+        for _ in 0..300 {
+            let done = self.types(turn).iter().any(|t| t == "latency_trace");
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.types(turn)
+    }
+
+    fn types(&self, turn: &str) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.data["turn_id"] == serde_json::json!(turn))
+            .map(|e| e.event_type.clone())
+            .collect()
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn trace(&self, turn: &str) -> serde_json::Value {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|e| {
+                e.event_type == "latency_trace" && e.data["turn_id"] == serde_json::json!(turn)
+            })
+            .map(|e| e.data.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[actix_rt::test]
+async fn an_answer_is_spoken_then_the_turn_ends_after_its_speech() {
+    let r = rig(
+        Script::Answer(vec!["Paris is ", "the capital. ", "It is big."]),
+        Voice::Speaks,
+    );
+    let turn = r.turn("what is the capital of france").await;
+    let types = r.finished(&turn).await;
+    assert!(types.contains(&"latency_trace".to_string()), "{types:?}");
+    let log = r.log();
+    let pos = |what: &str| {
+        log.iter()
+            .position(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} in {log:?}"))
+    };
+    // Routing → answering (generate) → sentences to speech → draining (finish) → done.
+    assert!(
+        pos("generate") < pos("speak Paris is the capital."),
+        "{log:?}"
+    );
+    assert!(pos("speak It is big.") < pos("finish"), "{log:?}");
+    let trace = r.trace(&turn);
+    assert_eq!(trace["llm_ms"], serde_json::json!(5.0), "{trace}");
+    assert_eq!(trace["tts_ms"], serde_json::json!(7.0), "{trace}");
+    assert!(trace["tts_first_audio_ms"].as_f64().is_some(), "{trace}");
+    assert!(trace["intent_ms"].as_f64().is_some(), "{trace}");
+    // The assistant's message went out once, before the trace.
+    let messages = types
+        .iter()
+        .filter(|t| *t == "conversation_message")
+        .count();
+    assert_eq!(messages, 2, "user and assistant: {types:?}");
+}
+
+#[actix_rt::test]
+async fn a_model_failure_before_any_speech_ends_the_turn_at_once() {
+    let r = rig(Script::FailAfter(vec![]), Voice::Speaks);
+    let turn = r.turn("hello").await;
+    let types = r.finished(&turn).await;
+    assert!(types.contains(&"latency_trace".to_string()), "{types:?}");
+    assert!(
+        !r.log().iter().any(|l| l.starts_with("finish")),
+        "nothing to drain: {:?}",
+        r.log()
+    );
+}
+
+#[actix_rt::test]
+async fn a_model_failure_after_a_sentence_lets_that_sentence_finish() {
+    let r = rig(
+        Script::FailAfter(vec!["First part. ", "and then"]),
+        Voice::Speaks,
+    );
+    let turn = r.turn("hello").await;
+    let types = r.finished(&turn).await;
+    assert!(types.contains(&"latency_trace".to_string()), "{types:?}");
+    let log = r.log();
+    assert!(log.iter().any(|l| l == "speak First part."), "{log:?}");
+    assert!(log.iter().any(|l| l.starts_with("finish")), "{log:?}");
+}
+
+#[actix_rt::test]
+async fn refused_speech_leaves_the_text_answer_and_the_turn_ends() {
+    let r = rig(
+        Script::Answer(vec!["One. ", "Two. ", "Three."]),
+        Voice::Refuses,
+    );
+    let turn = r.turn("count").await;
+    let types = r.finished(&turn).await;
+    assert!(types.contains(&"latency_trace".to_string()), "{types:?}");
+    let errors = types.iter().filter(|t| *t == "tts_error").count();
+    assert_eq!(errors, 1, "said once: {types:?}");
+    // The refusals arrive after the whole answer was queued and speech was asked to
+    // finish (it never reports done): the failure itself ends the drain.
+    let log = r.log();
+    assert!(log.iter().any(|l| l.starts_with("finish")), "{log:?}");
+    let trace = r.trace(&turn);
+    assert!(
+        trace["tts_first_audio_ms"].is_null(),
+        "nothing was heard: {trace}"
+    );
+}
+
+#[actix_rt::test]
+async fn an_interrupt_cancels_generation_and_speech_and_keeps_what_was_said() {
+    let r = rig(
+        Script::Hang(vec!["Said already. ", "never said"]),
+        Voice::Speaks,
+    );
+    let turn = r.turn("talk").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = r
+        .orchestrator
+        .send(Interrupt {
+            session_id: Some("s".into()),
+        })
+        .await
+        .expect("runs");
+    assert_eq!(report.turns, vec![turn.clone()]);
+    assert_eq!(report.spoken, vec!["Said already.".to_string()]);
+    assert_eq!(report.cut, vec!["never said".to_string()]);
+    let log = r.log();
+    assert!(
+        log.contains(&format!("cancel generation {turn}")),
+        "{log:?}"
+    );
+    assert!(log.contains(&format!("cancel speech {turn}")), "{log:?}");
+    let types = r.finished(&turn).await;
+    assert!(types.contains(&"latency_trace".to_string()), "{types:?}");
+    // A second interrupt finds nothing.
+    let again = r
+        .orchestrator
+        .send(Interrupt {
+            session_id: Some("s".into()),
+        })
+        .await
+        .expect("runs");
+    assert!(again.turns.is_empty());
+}
+
+#[test]
+fn cut_part_is_the_unspoken_rest() {
+    let spoken = vec!["One.".to_string(), "Two.".to_string()];
+    assert_eq!(cut_part("One. Two. Three. Four.", &spoken), "Three. Four.");
+    assert_eq!(cut_part("One.", &[]), "One.");
+}
