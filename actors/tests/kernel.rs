@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use coda_actors::components::ComponentRegistry;
-use coda_actors::hub::{
-    EventHub, HubDelivery, HubHandle, HubSettings, Register, StartAt, Subscribe, TypeMask,
-};
+use coda_actors::hub::{record_events, EventHub, HubHandle, HubSettings, TypeMask};
 use coda_actors::kernel::{Kernel, KernelSettings, Rooms};
 use coda_actors::llm::{
     ChatRequest, ChatStream, Health, LlmError, LlmProvider, ModelInfo, StreamChunk,
@@ -92,23 +90,6 @@ fn async_stream(
 }
 
 /// Collects every event the hub publishes.
-struct Collector(Arc<Mutex<Vec<RawEnvelope>>>);
-
-impl Actor for Collector {
-    type Context = Context<Self>;
-}
-
-impl Handler<HubDelivery> for Collector {
-    type Result = ();
-    fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
-        if let HubDelivery::Event(ev) = msg {
-            if let Ok(env) = serde_json::from_str(&ev.json) {
-                self.0.lock().unwrap().push(env);
-            }
-        }
-    }
-}
-
 struct Rig {
     kernel: Kernel,
     events: Arc<Mutex<Vec<RawEnvelope>>>,
@@ -160,17 +141,7 @@ fn rooms(
 
 async fn rig(answer: &str, delay_ms: u64, budget: RestartBudget) -> Rig {
     let hub = EventHub::start_hub(HubSettings::default());
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let collector = Collector(events.clone()).start();
-    hub.addr().do_send(Register {
-        client_id: 1,
-        recipient: collector.recipient(),
-    });
-    hub.addr().do_send(Subscribe {
-        client_id: 1,
-        mask: TypeMask::ALL,
-        start: StartAt::Live,
-    });
+    let events = record_events(&hub, 1, TypeMask::ALL);
     let provider = Arc::new(Scripted {
         answer: answer.into(),
         delay: Duration::from_millis(delay_ms),

@@ -7,9 +7,11 @@
 
 mod counters;
 mod filter;
+mod recorder;
 
 pub use counters::{CounterSnapshot, HubCounters};
 pub use filter::{FilterError, TypeMask};
+pub use recorder::{record_events, Recorded};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

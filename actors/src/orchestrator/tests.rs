@@ -7,30 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use coda_protocol::RawEnvelope;
 
 use super::*;
 use crate::components::ComponentRegistry;
-use crate::hub::{EventHub, HubDelivery, HubSettings, Register, StartAt, Subscribe, TypeMask};
+use crate::hub::{record_events, EventHub, HubSettings, Recorded, TypeMask};
 use crate::llm::actor::{CancelGeneration, Generate, LlmUpdate};
 use crate::tts::{CancelTurn, FinishTurn, Speak, TtsUpdate};
 
 type Log = Arc<Mutex<Vec<String>>>;
-
-struct Events(Arc<Mutex<Vec<RawEnvelope>>>);
-impl Actor for Events {
-    type Context = Context<Self>;
-}
-impl Handler<HubDelivery> for Events {
-    type Result = ();
-    fn handle(&mut self, m: HubDelivery, _: &mut Context<Self>) {
-        if let HubDelivery::Event(ev) = m {
-            if let Ok(env) = serde_json::from_str(&ev.json) {
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).push(env);
-            }
-        }
-    }
-}
 
 struct Router;
 impl Actor for Router {
@@ -178,23 +162,13 @@ impl Handler<CancelTurn> for Speech {
 
 struct Rig {
     orchestrator: Addr<Orchestrator>,
-    events: Arc<Mutex<Vec<RawEnvelope>>>,
+    events: Recorded,
     log: Log,
 }
 
 fn rig(script: Script, voice: Voice) -> Rig {
     let hub = EventHub::start_hub(HubSettings::default());
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let rec = Events(events.clone()).start();
-    hub.addr().do_send(Register {
-        client_id: 1,
-        recipient: rec.recipient(),
-    });
-    hub.addr().do_send(Subscribe {
-        client_id: 1,
-        mask: TypeMask::ALL,
-        start: StartAt::Live,
-    });
+    let events = record_events(&hub, 1, TypeMask::ALL);
     let log: Log = Arc::default();
     let router = Router.start();
     let model = Model {

@@ -5,9 +5,7 @@
 use std::sync::{Arc, Mutex, Once};
 
 use actix::prelude::*;
-use coda_actors::hub::{
-    EventHub, HubDelivery, HubHandle, HubSettings, Register, StartAt, Subscribe, TypeMask,
-};
+use coda_actors::hub::{record_events, EventHub, HubHandle, HubSettings, TypeMask};
 use coda_actors::voice::SpeechAudio;
 use coda_protocol::RawEnvelope;
 
@@ -21,22 +19,6 @@ pub fn alsa_home(asoundrc: &'static str) {
         std::fs::write(dir.join(".asoundrc"), asoundrc).unwrap();
         std::env::set_var("HOME", &dir);
     });
-}
-
-/// Records the hub's events.
-pub struct Events(pub Arc<Mutex<Vec<RawEnvelope>>>);
-impl Actor for Events {
-    type Context = Context<Self>;
-}
-impl Handler<HubDelivery> for Events {
-    type Result = ();
-    fn handle(&mut self, m: HubDelivery, _: &mut Context<Self>) {
-        if let HubDelivery::Event(ev) = m {
-            if let Ok(env) = serde_json::from_str(&ev.json) {
-                self.0.lock().unwrap().push(env);
-            }
-        }
-    }
 }
 
 /// Records what AudioCapture reports.
@@ -54,16 +36,6 @@ impl Handler<SpeechAudio> for Sink {
 /// A hub and the events of the types in `mask`, recorded from now on.
 pub fn hub_with_events(mask: TypeMask) -> (HubHandle, Arc<Mutex<Vec<RawEnvelope>>>) {
     let hub = EventHub::start_hub(HubSettings::default());
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let rec = Events(events.clone()).start();
-    hub.addr().do_send(Register {
-        client_id: 1,
-        recipient: rec.recipient(),
-    });
-    hub.addr().do_send(Subscribe {
-        client_id: 1,
-        mask,
-        start: StartAt::Live,
-    });
+    let events = record_events(&hub, 1, mask);
     (hub, events)
 }
