@@ -24,7 +24,7 @@ use coda_actors::session::{ServerFacts, SessionSettings, SessionShared};
 use coda_actors::store::{SledStore, Storage, StoreError};
 use coda_actors::supervise::RestartBudget;
 use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
-use coda_protocol::{ComponentState, ConnectionState, SystemInfo, PROTOCOL_VERSION};
+use coda_protocol::{ComponentState, ConnectionState, PROTOCOL_VERSION};
 
 use crate::config::{Loaded, Settings};
 use crate::synthetic::{self, SyntheticOptions};
@@ -571,22 +571,7 @@ async fn api_system_info(req: HttpRequest, state: web::Data<UpgradeState>) -> Ht
     }
     let shared = &state.shared;
     match shared.hub.addr().send(GetStatus).await {
-        Ok(st) => {
-            let facts = &shared.facts;
-            HttpResponse::Ok().json(SystemInfo {
-                server_version: env!("CARGO_PKG_VERSION").to_string(),
-                protocol_version: PROTOCOL_VERSION.to_string(),
-                epoch: st.epoch.to_string(),
-                last_seq: st.last_seq,
-                started_at: facts.started_at,
-                uptime_s: facts.started.elapsed().as_secs_f64(),
-                pid: std::process::id(),
-                listen: facts.listen.clone(),
-                auth_required: shared.settings.auth_required,
-                clients: st.clients as u32,
-                components: facts.components.snapshot(),
-            })
-        }
+        Ok(st) => HttpResponse::Ok().json(shared.system_info(&st)),
         Err(_) => HttpResponse::ServiceUnavailable().body("event hub unavailable\n"),
     }
 }

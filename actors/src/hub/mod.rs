@@ -308,19 +308,12 @@ impl EventHub {
     fn accept(&mut self, msg: Publish) -> SharedEvent {
         self.seq += 1;
         let timestamp = unix_now();
-        let session =
-            serde_json::to_string(&msg.session_id).unwrap_or_else(|_| "\"system\"".into());
-        let mut json = String::with_capacity(msg.data.get().len() + session.len() + 96);
-        use std::fmt::Write;
-        // Hand-built so the payload bytes are copied once; every piece is valid JSON.
-        let _ = write!(
-            json,
-            r#"{{"version":"{PROTOCOL_VERSION}","seq":{},"timestamp":{},"type":"{}","session_id":{},"data":{}}}"#,
+        let json = envelope(
             self.seq,
-            json_f64(timestamp),
-            msg.event_type.as_str(),
-            session,
-            msg.data.get()
+            timestamp,
+            msg.event_type,
+            &msg.session_id,
+            msg.data.get(),
         );
         let now = Instant::now();
         let ev = Arc::new(StreamEvent {
@@ -382,6 +375,35 @@ impl EventHub {
 }
 
 /// Formats an f64 as a JSON number (finite values only; non-finite becomes 0).
+/// Writes an envelope's opening, up to and including `"data":`, into `out`; the caller
+/// writes the data (valid JSON) and then `}`. The one place the envelope is spelled out:
+/// hand-built so a payload's bytes are copied once.
+pub fn open_envelope(
+    out: &mut String,
+    seq: u64,
+    timestamp: f64,
+    kind: EventType,
+    session_id: &str,
+) {
+    use std::fmt::Write;
+    let session = serde_json::to_string(session_id).unwrap_or_else(|_| "\"system\"".into());
+    let _ = write!(
+        out,
+        r#"{{"version":"{PROTOCOL_VERSION}","seq":{seq},"timestamp":{},"type":"{}","session_id":{session},"data":"#,
+        json_f64(timestamp),
+        kind.as_str(),
+    );
+}
+
+/// A whole envelope around `data` (valid JSON).
+pub fn envelope(seq: u64, timestamp: f64, kind: EventType, session_id: &str, data: &str) -> String {
+    let mut out = String::with_capacity(data.len() + session_id.len() + 112);
+    open_envelope(&mut out, seq, timestamp, kind, session_id);
+    out.push_str(data);
+    out.push('}');
+    out
+}
+
 fn json_f64(v: f64) -> String {
     if v.is_finite() {
         // Millisecond-and-better precision, no exponent for timestamps.

@@ -7,6 +7,7 @@
 //! cannot be reordered). A client that lets the queue fill is cut off; nobody else waits.
 
 mod client_audio;
+mod commands;
 pub mod guard;
 mod outbox;
 mod rate;
@@ -27,21 +28,20 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use coda_protocol::{
-    check_compatible, parse_command, AudioSource, Command, CommandError, CommandRejection,
-    CommandResult, ConnectionState, ConnectionStatus, ErrorCode, EventPayload, EventType,
-    HelloReply, SttStartCommand, SystemInfo, PROTOCOL_VERSION, SYSTEM_SESSION,
+    parse_command, Command, CommandError, CommandRejection, CommandResult, ConnectionState,
+    ConnectionStatus, ErrorCode, EventPayload, EventType, PROTOCOL_VERSION, SYSTEM_SESSION,
 };
 use serde::Serialize;
 
 use crate::auth::{Authenticator, Principal};
 use crate::components::ComponentRegistry;
 use crate::hub::{
-    GetStatus, HubDelivery, HubHandle, HubStatus, Register, ReplayBatch, StartAt, Subscribe,
-    TypeMask, Unregister,
+    envelope, open_envelope, unix_now, HubDelivery, HubHandle, HubStatus, Register, ReplayBatch,
+    StartAt, Subscribe, TypeMask, Unregister,
 };
-use crate::metrics::{GetPerformance, MetricsActor};
-use crate::orchestrator::{Interrupt, TextTurn, TurnSource, TurnStartError};
-use crate::voice::{DeviceListen, SpeechAudio};
+use crate::kernel::{KernelHandle, KernelRequestError};
+use crate::metrics::MetricsActor;
+use crate::voice::SpeechAudio;
 
 /// Per-connection limits (from the `[server]` and `[auth]` config sections).
 #[derive(Debug, Clone)]
@@ -126,8 +126,8 @@ pub struct SessionShared {
     pub facts: ServerFacts,
     /// The metrics actor, once started (answers `get_performance_metrics`).
     metrics: OnceLock<Addr<MetricsActor>>,
-    /// The conversation pipeline (absent: turn commands answer `unavailable`).
-    pub kernel: Option<crate::kernel::Kernel>,
+    /// The assistant (without a pipeline, turn commands answer `unavailable`).
+    pub kernel: KernelHandle,
     next_id: AtomicU64,
 }
 
@@ -146,7 +146,7 @@ impl SessionShared {
             auth,
             facts,
             metrics: OnceLock::new(),
-            kernel,
+            kernel: KernelHandle::new(kernel),
             next_id: AtomicU64::new(1),
         })
     }
@@ -155,6 +155,24 @@ impl SessionShared {
     /// `get_performance_metrics` is answered `unavailable`.
     pub fn set_metrics(&self, metrics: Addr<MetricsActor>) {
         let _ = self.metrics.set(metrics);
+    }
+
+    /// What `get_system_info` and `GET /api/system` answer, given the hub's status.
+    pub fn system_info(&self, status: &HubStatus) -> coda_protocol::SystemInfo {
+        let facts = &self.facts;
+        coda_protocol::SystemInfo {
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: PROTOCOL_VERSION.to_string(),
+            epoch: status.epoch.to_string(),
+            last_seq: status.last_seq,
+            started_at: facts.started_at,
+            uptime_s: facts.started.elapsed().as_secs_f64(),
+            pid: std::process::id(),
+            listen: facts.listen.clone(),
+            auth_required: self.settings.auth_required,
+            clients: status.clients as u32,
+            components: facts.components.snapshot(),
+        }
     }
 
     /// The metrics actor, if one was handed over.
@@ -395,24 +413,6 @@ impl WsSession {
         });
     }
 
-    fn recompute_mask(&mut self) -> Result<(), crate::hub::FilterError> {
-        let include = match &self.include {
-            Some(p) => TypeMask::from_patterns(p)?,
-            None => TypeMask::DEFAULT,
-        };
-        let exclude = TypeMask::from_patterns(&self.exclude).unwrap_or(TypeMask::NONE);
-        self.mask = include.minus(exclude);
-        Ok(())
-    }
-
-    fn filter_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "include": self.include.clone().unwrap_or_else(|| vec!["*".to_string()]),
-            "exclude": self.exclude,
-            "types": self.mask.names(),
-        })
-    }
-
     fn on_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
         if text.len() > self.settings().max_frame_bytes {
             let msg = format!(
@@ -514,53 +514,7 @@ impl WsSession {
             self.subscribe(StartAt::Replay);
         }
         match command {
-            Command::Hello(h) => {
-                if let Err(e) = check_compatible(&h.protocol_version) {
-                    let msg = e.to_string();
-                    self.direct(
-                        &coda_protocol::SystemError {
-                            level: coda_protocol::Level::Error,
-                            component: "server".into(),
-                            code: ErrorCode::VersionMismatch.as_str().into(),
-                            message: msg.clone(),
-                        },
-                        ctx,
-                    );
-                    self.reply_err(id, ErrorCode::VersionMismatch, msg, ctx);
-                    self.close(CloseCode::Protocol, "protocol version mismatch", ctx);
-                    return;
-                }
-                if let Some(types) = &h.subscribe {
-                    let prev = self.include.replace(types.clone());
-                    if let Err(e) = self.recompute_mask() {
-                        self.include = prev;
-                        let _ = self.recompute_mask();
-                        self.reply_err(id, ErrorCode::InvalidData, e.to_string(), ctx);
-                        return;
-                    }
-                }
-                if let Some(c) = &h.client {
-                    tracing::debug!(client = %self.client_id, name = %c, "hello");
-                }
-                let start = match h.last_seq {
-                    Some(last_seq) => StartAt::Resume {
-                        epoch: h.epoch.clone(),
-                        last_seq,
-                    },
-                    None if self.subscribed => StartAt::Live,
-                    None => StartAt::Replay,
-                };
-                self.subscribe(start);
-                self.answer_with_hub_status(ctx, move |act, status, ctx| {
-                    let reply = HelloReply {
-                        protocol_version: PROTOCOL_VERSION.to_string(),
-                        server_version: env!("CARGO_PKG_VERSION").to_string(),
-                        epoch: status.epoch.to_string(),
-                        last_seq: status.last_seq,
-                    };
-                    act.reply_ok(id, to_value(&reply), ctx);
-                });
-            }
+            Command::Hello(h) => self.hello(id, h, ctx),
             Command::Auth(_) => {
                 self.reply_ok(
                     id,
@@ -568,97 +522,18 @@ impl WsSession {
                     ctx,
                 );
             }
-            Command::Subscribe(s) => {
-                let prev = (self.include.clone(), self.exclude.clone());
-                match &mut self.include {
-                    Some(inc) => inc.extend(s.types.iter().cloned()),
-                    None => self.include = Some(s.types.clone()),
-                }
-                self.exclude.retain(|p| !s.types.contains(p));
-                self.after_filter_change(id, prev, ctx);
-            }
-            Command::Unsubscribe(s) => {
-                let prev = (self.include.clone(), self.exclude.clone());
-                if let Some(inc) = &mut self.include {
-                    inc.retain(|p| !s.types.contains(p));
-                }
-                for p in &s.types {
-                    if !self.exclude.contains(p) {
-                        self.exclude.push(p.clone());
-                    }
-                }
-                self.after_filter_change(id, prev, ctx);
-            }
-            Command::Resume(r) => {
-                self.subscribe(StartAt::Resume {
-                    epoch: r.epoch,
-                    last_seq: r.last_seq,
-                });
-                // The replay arrives through the hub, ahead of this answer's successors.
-                self.reply_ok(id, serde_json::json!({"resumed_from": r.last_seq}), ctx);
-            }
-            Command::Ping => {
-                self.reply_ok(id, serde_json::json!({"pong": super::hub::unix_now()}), ctx);
-            }
-            Command::GetSystemInfo => {
-                self.answer_with_hub_status(ctx, move |act, status, ctx| {
-                    let info = act.system_info(&status);
-                    match id {
-                        Some(id) => act.reply_ok(Some(id), to_value(&info), ctx),
-                        None => act.direct(&info, ctx),
-                    }
-                });
-            }
+            Command::Subscribe(s) => self.add_types(id, s.types, ctx),
+            Command::Unsubscribe(s) => self.remove_types(id, s.types, ctx),
+            Command::Resume(r) => self.resume(id, r.epoch, r.last_seq, ctx),
+            Command::Ping => self.ping(id, ctx),
+            Command::GetSystemInfo => self.get_system_info(id, ctx),
             Command::GetPerformanceMetrics => self.answer_performance(id, ctx),
-            Command::GetConfig => {
-                let cfg = coda_protocol::Config {
-                    config: self.shared.facts.config.clone(),
-                    profile: self.shared.facts.profile.clone(),
-                };
-                match id {
-                    Some(id) => self.reply_ok(Some(id), to_value(&cfg), ctx),
-                    None => self.direct(&cfg, ctx),
-                }
-            }
-            Command::TextInput(t) => {
-                let session_id = t.session_id.unwrap_or_else(|| self.client_id.clone());
-                self.start_turn(id, session_id, t.text, TurnSource::Text, ctx);
-            }
-            Command::DemoFlow(d) => {
-                let text = d.text.unwrap_or_else(|| {
-                    "Tell me one interesting fact about the planet Mars.".to_string()
-                });
-                let session_id = format!("demo-{}", self.client_id);
-                self.start_turn(id, session_id, text, TurnSource::Demo, ctx);
-            }
-            Command::MemorySearch(q) => {
-                self.memory_request(id, crate::memory::Search::from_query(&q), ctx)
-            }
-            Command::MemoryList(q) => {
-                self.memory_request(id, crate::memory::List::from_query(&q), ctx)
-            }
-            Command::Interrupt(_) => {
-                let Some(kernel) = self.shared.kernel.clone() else {
-                    self.reply_err(
-                        id,
-                        ErrorCode::Unavailable,
-                        "the conversation pipeline is not running",
-                        ctx,
-                    );
-                    return;
-                };
-                // The assistant has one voice: interrupt stops every turn in flight.
-                let fut = kernel.orchestrator.send(Interrupt { session_id: None });
-                ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
-                    Ok(report) => act.reply_ok(id, to_value(&report), ctx),
-                    Err(_) => act.reply_err(
-                        id,
-                        ErrorCode::Unavailable,
-                        "the orchestrator is restarting",
-                        ctx,
-                    ),
-                }));
-            }
+            Command::GetConfig => self.get_config(id, ctx),
+            Command::TextInput(t) => self.text_input(id, t, ctx),
+            Command::DemoFlow(d) => self.demo_flow(id, d, ctx),
+            Command::MemorySearch(q) => self.memory_search(id, q, ctx),
+            Command::MemoryList(q) => self.memory_list(id, q, ctx),
+            Command::Interrupt(_) => self.interrupt(id, ctx),
             Command::SttStart(c) => self.stt_start(id, c, ctx),
             Command::SttStop(_) => self.stt_stop(id, ctx),
             Command::TokenCreate(_)
@@ -668,368 +543,21 @@ impl WsSession {
         }
     }
 
-    /// Asks the Memory actor and answers in order (`ctx.wait`).
-    fn memory_request<M>(&mut self, id: Option<String>, msg: M, ctx: &mut Context<Self>)
-    where
-        M: Message<Result = Result<coda_protocol::MemoryItems, crate::memory::MemoryFailure>>
-            + Send
-            + 'static,
-        crate::memory::MemoryActor: Handler<M>,
-    {
-        let memory = self.shared.kernel.as_ref().and_then(|k| k.memory.clone());
-        let Some(memory) = memory else {
-            self.reply_err(id, ErrorCode::Unavailable, "memory is not running", ctx);
-            return;
-        };
-        let fut = memory.send(msg);
-        ctx.wait(
-            fut.into_actor(self)
-                .map(move |res, act, ctx| act.memory_answer(id, res, ctx)),
-        );
-    }
-
-    fn memory_answer(
+    /// A request the assistant did not answer, as the client's `command_error`.
+    fn reply_kernel_err(
         &mut self,
         id: Option<String>,
-        res: Result<Result<coda_protocol::MemoryItems, crate::memory::MemoryFailure>, MailboxError>,
+        e: KernelRequestError,
         ctx: &mut Context<Self>,
     ) {
-        match res {
-            Ok(Ok(items)) => self.reply_ok(id, to_value(&items), ctx),
-            Ok(Err(failure)) => {
-                let code = match failure.code() {
-                    "invalid" => ErrorCode::InvalidData,
-                    "unavailable" => ErrorCode::Unavailable,
-                    _ => ErrorCode::Internal,
-                };
-                self.reply_err(id, code, failure.to_string(), ctx)
-            }
-            Err(_) => self.reply_err(id, ErrorCode::Unavailable, "memory is restarting", ctx),
-        }
-    }
-
-    /// Hands a turn to the orchestrator and answers with its `turn_id`.
-    fn start_turn(
-        &mut self,
-        id: Option<String>,
-        session_id: String,
-        text: String,
-        source: TurnSource,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(kernel) = self.shared.kernel.clone() else {
-            self.reply_err(
-                id,
-                ErrorCode::Unavailable,
-                "the conversation pipeline is not running",
-                ctx,
-            );
-            return;
+        let code = match &e {
+            KernelRequestError::Invalid(_) => ErrorCode::InvalidData,
+            KernelRequestError::Failed(_) => ErrorCode::Internal,
+            KernelRequestError::NotRunning(_)
+            | KernelRequestError::Restarting(_)
+            | KernelRequestError::Unavailable(_) => ErrorCode::Unavailable,
         };
-        let fut = kernel.orchestrator.send(TextTurn {
-            session_id,
-            text,
-            source,
-        });
-        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Ok(started)) => act.reply_ok(
-                id,
-                serde_json::json!({"turn_id": started.turn_id, "conversation_id": started.conversation_id}),
-                ctx,
-            ),
-            Ok(Err(TurnStartError::Invalid(why))) => act.reply_err(id, ErrorCode::InvalidData, why, ctx),
-            Ok(Err(TurnStartError::Unavailable(why))) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
-            Err(_) => act.reply_err(id, ErrorCode::Unavailable, "the orchestrator is restarting", ctx),
-        }));
-    }
-
-    fn stt(&self) -> Option<Recipient<SpeechAudio>> {
-        self.shared
-            .kernel
-            .as_ref()
-            .map(|k| k.stt.clone().recipient())
-    }
-
-    /// `stt_start`: client audio opens an utterance on this connection (its session is
-    /// the connection's id); device audio is the AudioCapture actor's, when wired.
-    fn stt_start(&mut self, id: Option<String>, c: SttStartCommand, ctx: &mut Context<Self>) {
-        let session_id = self.client_id.clone();
-        let source = c.source.unwrap_or(AudioSource::Device);
-        if source == AudioSource::Device {
-            let device = self
-                .shared
-                .kernel
-                .as_ref()
-                .and_then(|k| k.device_audio.clone());
-            let Some(device) = device else {
-                self.reply_err(
-                    id,
-                    ErrorCode::Unavailable,
-                    "no audio capture in this build: send stt_start {\"source\":\"client\"} and stream PCM as binary frames",
-                    ctx,
-                );
-                return;
-            };
-            let fut = device.send(DeviceListen::Start {
-                session_id,
-                mode: c.mode,
-            });
-            ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
-                Ok(Ok(())) => act.reply_ok(
-                    id,
-                    serde_json::json!({"listening": true, "source": "device"}),
-                    ctx,
-                ),
-                Ok(Err(why)) => act.reply_err(id, ErrorCode::Unavailable, why, ctx),
-                Err(_) => act.reply_err(
-                    id,
-                    ErrorCode::Unavailable,
-                    "audio capture is restarting",
-                    ctx,
-                ),
-            }));
-            return;
-        }
-        let Some(stt) = self.stt() else {
-            self.reply_err(
-                id,
-                ErrorCode::Unavailable,
-                "speech-to-text is not running",
-                ctx,
-            );
-            return;
-        };
-        if self.audio.is_some() {
-            // A second stt_start restarts the utterance: what came before is dropped.
-            stt.do_send(SpeechAudio::Cancelled {
-                session_id: session_id.clone(),
-                reason: "stt_start again before stt_stop".into(),
-            });
-        }
-        let (audio, started) = ClientAudio::start(
-            session_id.clone(),
-            c.mode,
-            self.settings().client_audio.segment,
-        );
-        self.audio = Some(audio);
-        if let Some(started) = started {
-            stt.do_send(started);
-        }
-        self.reply_ok(
-            id,
-            serde_json::json!({"listening": true, "source": "client", "mode": c.mode, "session_id": session_id, "sample_rate": crate::voice::SPEECH_SAMPLE_RATE}),
-            ctx,
-        );
-    }
-
-    /// `stt_stop`: the client utterance ends and goes to Stt; else the device stops.
-    fn stt_stop(&mut self, id: Option<String>, ctx: &mut Context<Self>) {
-        let session_id = self.client_id.clone();
-        if let Some(audio) = self.audio.take() {
-            let Some(stt) = self.stt() else {
-                self.reply_err(
-                    id,
-                    ErrorCode::Unavailable,
-                    "speech-to-text is not running",
-                    ctx,
-                );
-                return;
-            };
-            let audio_ms = audio.utterance_ms();
-            if let Some(report) = audio.stop() {
-                stt.do_send(report);
-            }
-            self.reply_ok(
-                id,
-                serde_json::json!({"listening": false, "audio_ms": audio_ms}),
-                ctx,
-            );
-            return;
-        }
-        let device = self
-            .shared
-            .kernel
-            .as_ref()
-            .and_then(|k| k.device_audio.clone());
-        let Some(device) = device else {
-            self.reply_err(
-                id,
-                ErrorCode::InvalidData,
-                "not listening: stt_stop without stt_start",
-                ctx,
-            );
-            return;
-        };
-        let fut = device.send(DeviceListen::Stop { session_id });
-        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Ok(())) => act.reply_ok(id, serde_json::json!({"listening": false}), ctx),
-            Ok(Err(why)) => act.reply_err(id, ErrorCode::InvalidData, why, ctx),
-            Err(_) => act.reply_err(
-                id,
-                ErrorCode::Unavailable,
-                "audio capture is restarting",
-                ctx,
-            ),
-        }));
-    }
-
-    /// One binary frame of client audio (PCM s16le mono 16 kHz).
-    fn on_audio(&mut self, bin: &[u8], ctx: &mut Context<Self>) {
-        let Some(audio) = self.audio.as_mut() else {
-            return;
-        };
-        match audio.push(bin) {
-            Ok(reports) => {
-                self.violations = 0;
-                if let Some(stt) = self.stt() {
-                    for r in reports {
-                        stt.do_send(r);
-                    }
-                }
-            }
-            Err(e @ ClientAudioError::OddLength(_)) => {
-                self.violation(None, ErrorCode::InvalidData, e.to_string(), ctx);
-            }
-            Err(e @ ClientAudioError::TooLong(_)) => {
-                self.audio = None;
-                if let Some(stt) = self.stt() {
-                    stt.do_send(SpeechAudio::Cancelled {
-                        session_id: self.client_id.clone(),
-                        reason: "utterance too long".into(),
-                    });
-                }
-                self.reply_err(None, ErrorCode::TooLarge, e.to_string(), ctx);
-            }
-        }
-    }
-
-    /// The `token_*` admin commands: only for the per-boot principal (the local CLI,
-    /// which can read the 0600 token file), whatever `auth.required` says.
-    fn admin_token(&mut self, id: Option<String>, command: Command, ctx: &mut Context<Self>) {
-        if !matches!(self.auth, AuthState::Ok(Some(Principal::Boot))) {
-            let msg = format!(
-                "`{}` needs the server's per-boot token (use the `coda token` command on this machine)",
-                command.command_type()
-            );
-            self.reply_err(id, ErrorCode::Unauthorized, msg, ctx);
-            return;
-        }
-        let Some(store) = self.shared.auth.tokens() else {
-            self.reply_err(
-                id,
-                ErrorCode::Unavailable,
-                "this server has no token store",
-                ctx,
-            );
-            return;
-        };
-        let ttl = |s: Option<f64>| s.map(Duration::from_secs_f64);
-        let result = match command {
-            Command::TokenCreate(c) => store
-                .create(&c.name, ttl(c.expires_s))
-                .map(|(info, secret)| serde_json::json!({"token": info, "secret": secret})),
-            Command::TokenRotate(c) => store
-                .rotate(&c.token, ttl(c.expires_s))
-                .map(|(info, secret)| serde_json::json!({"token": info, "secret": secret})),
-            Command::TokenRevoke(c) => store
-                .revoke(&c.token)
-                .map(|info| serde_json::json!({"token": info})),
-            Command::TokenList => store.list().map(|list| serde_json::json!({"tokens": list})),
-            _ => return,
-        };
-        match result {
-            Ok(data) => {
-                tracing::info!(client = %self.client_id, "token admin command done");
-                self.reply_ok(id, data, ctx);
-            }
-            Err(e) => {
-                use crate::auth::TokenError;
-                let code = match e {
-                    TokenError::Store(_) | TokenError::BadRecord(_) | TokenError::Random(_) => {
-                        ErrorCode::Internal
-                    }
-                    _ => ErrorCode::InvalidData,
-                };
-                self.reply_err(id, code, e.to_string(), ctx)
-            }
-        }
-    }
-
-    fn after_filter_change(
-        &mut self,
-        id: Option<String>,
-        prev: (Option<Vec<String>>, Vec<String>),
-        ctx: &mut Context<Self>,
-    ) {
-        match self.recompute_mask() {
-            Ok(()) => {
-                self.subscribe(StartAt::Live);
-                let f = self.filter_json();
-                self.reply_ok(id, f, ctx);
-            }
-            Err(e) => {
-                (self.include, self.exclude) = prev;
-                let _ = self.recompute_mask();
-                self.reply_err(id, ErrorCode::InvalidData, e.to_string(), ctx);
-            }
-        }
-    }
-
-    /// Asks the hub for its status and answers in order: `ctx.wait` holds every other
-    /// message (live events included) until the answer is queued.
-    fn answer_with_hub_status<F>(&mut self, ctx: &mut Context<Self>, f: F)
-    where
-        F: FnOnce(&mut Self, HubStatus, &mut Context<Self>) + 'static,
-    {
-        let fut = self.shared.hub.addr().send(GetStatus);
-        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(status) => f(act, status, ctx),
-            Err(_) => act.reply_err(None, ErrorCode::Internal, "event hub unavailable", ctx),
-        }));
-    }
-
-    /// `get_performance_metrics`: the metrics actor's `component_timing`, answered in order
-    /// like `get_system_info` (`ctx.wait`).
-    fn answer_performance(&mut self, id: Option<String>, ctx: &mut Context<Self>) {
-        let Some(metrics) = self.shared.metrics.get() else {
-            self.reply_err(
-                id,
-                ErrorCode::Unavailable,
-                "performance metrics are not running in this server",
-                ctx,
-            );
-            return;
-        };
-        let fut = metrics.send(GetPerformance).timeout(Duration::from_secs(5));
-        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(timing) => match id {
-                Some(id) => act.reply_ok(Some(id), to_value(&timing), ctx),
-                None => act.direct(&timing, ctx),
-            },
-            Err(e) => act.reply_err(
-                id,
-                ErrorCode::Unavailable,
-                format!("the metrics component did not answer ({e}); it may be restarting"),
-                ctx,
-            ),
-        }));
-    }
-
-    fn system_info(&self, status: &HubStatus) -> SystemInfo {
-        let facts = &self.shared.facts;
-        SystemInfo {
-            server_version: env!("CARGO_PKG_VERSION").to_string(),
-            protocol_version: PROTOCOL_VERSION.to_string(),
-            epoch: status.epoch.to_string(),
-            last_seq: status.last_seq,
-            started_at: facts.started_at,
-            uptime_s: facts.started.elapsed().as_secs_f64(),
-            pid: std::process::id(),
-            listen: facts.listen.clone(),
-            auth_required: self.settings().auth_required,
-            clients: status.clients as u32,
-            components: facts.components.snapshot(),
-        }
+        self.reply_err(id, code, e.to_string(), ctx);
     }
 
     fn send_replay(&mut self, batch: ReplayBatch, ctx: &mut Context<Self>) {
@@ -1048,22 +576,15 @@ type DeferredFrame = Box<dyn FnOnce(u64) -> ByteString>;
 
 /// [`direct_frame`] from an already-converted payload.
 fn direct_frame_value(seq: u64, kind: EventType, data: &serde_json::Value) -> ByteString {
-    ByteString::from(format!(
-        r#"{{"version":"{PROTOCOL_VERSION}","seq":{seq},"timestamp":{:.6},"type":"{}","session_id":"{SYSTEM_SESSION}","data":{data}}}"#,
-        super::hub::unix_now(),
-        kind.as_str(),
-    ))
+    let data = data.to_string();
+    ByteString::from(envelope(seq, unix_now(), kind, SYSTEM_SESSION, &data))
 }
 
 /// A direct (one-client) envelope. Its `seq` repeats the last stream seq the client was
 /// sent; direct replies are not part of the numbered stream.
 pub fn direct_frame<P: EventPayload>(seq: u64, payload: &P) -> ByteString {
     let data = serde_json::to_string(payload).unwrap_or_else(|_| "{}".to_string());
-    ByteString::from(format!(
-        r#"{{"version":"{PROTOCOL_VERSION}","seq":{seq},"timestamp":{:.6},"type":"{}","session_id":"{SYSTEM_SESSION}","data":{data}}}"#,
-        super::hub::unix_now(),
-        P::TYPE.as_str(),
-    ))
+    ByteString::from(envelope(seq, unix_now(), P::TYPE, SYSTEM_SESSION, &data))
 }
 
 /// The `replay` envelope for a batch, keeping only the types in `mask`. The events are
@@ -1072,13 +593,14 @@ pub fn replay_frame(batch: &ReplayBatch, mask: TypeMask) -> ByteString {
     let size: usize = batch.events.iter().map(|e| e.json.len() + 1).sum();
     let mut s = String::with_capacity(size + 256);
     use std::fmt::Write;
-    let _ = write!(
-        s,
-        r#"{{"version":"{PROTOCOL_VERSION}","seq":{},"timestamp":{:.6},"type":"{}","session_id":"{SYSTEM_SESSION}","data":{{"events":["#,
+    open_envelope(
+        &mut s,
         batch.last_seq,
-        super::hub::unix_now(),
-        EventType::Replay.as_str()
+        unix_now(),
+        EventType::Replay,
+        SYSTEM_SESSION,
     );
+    s.push_str(r#"{"events":["#);
     let mut first = true;
     for e in batch.events.iter().filter(|e| mask.contains(e.event_type)) {
         if !first {

@@ -3,6 +3,10 @@
 //! [`Supervision`] record (restart budget, `component_status`); a watchdog marks an actor
 //! whose task died outright as `stopped` so callers get `unavailable` instead of silence.
 
+mod handle;
+
+pub use handle::{KernelHandle, KernelRequestError};
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,182 @@
+//! What a client session may ask of the assistant, by intent: start a turn, interrupt,
+//! hand over speech, listen on the device, read memories. Sessions hold a
+//! [`KernelHandle`] and never a concrete actor; every failure is a typed
+//! [`KernelRequestError`].
+
+use std::future::Future;
+
+use actix::prelude::*;
+use coda_protocol::MemoryItems;
+
+use super::Kernel;
+use crate::memory::MemoryFailure;
+use crate::orchestrator::{
+    Interrupt, InterruptReport, TextTurn, TurnSource, TurnStartError, TurnStarted,
+};
+use crate::voice::{DeviceListen, SpeechAudio};
+
+/// Why a request to the assistant was not answered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KernelRequestError {
+    /// That part of the assistant does not run in this server.
+    #[error("{0}")]
+    NotRunning(String),
+    /// It is restarting; the same request may work in a moment.
+    #[error("{0}")]
+    Restarting(String),
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// It refused (degraded, no device, busy).
+    #[error("{0}")]
+    Unavailable(String),
+    /// It failed while answering.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The assistant as sessions see it (cheap to clone; `None` inside: no pipeline, and every
+/// request says so).
+#[derive(Clone, Default)]
+pub struct KernelHandle {
+    kernel: Option<Kernel>,
+}
+
+type Reply<T> = Result<T, KernelRequestError>;
+
+fn not_running<T>(what: &str) -> Reply<T> {
+    Err(KernelRequestError::NotRunning(what.to_string()))
+}
+
+impl KernelHandle {
+    /// A handle on `kernel` (`None`: a server without the conversation pipeline).
+    pub fn new(kernel: Option<Kernel>) -> Self {
+        KernelHandle { kernel }
+    }
+
+    /// Starts a turn from text.
+    pub fn start_turn(
+        &self,
+        session_id: String,
+        text: String,
+        source: TurnSource,
+    ) -> impl Future<Output = Reply<TurnStarted>> + 'static {
+        let orchestrator = self.kernel.as_ref().map(|k| k.orchestrator.clone());
+        async move {
+            let Some(o) = orchestrator else {
+                return not_running("the conversation pipeline is not running");
+            };
+            match o
+                .send(TextTurn {
+                    session_id,
+                    text,
+                    source,
+                })
+                .await
+            {
+                Ok(Ok(started)) => Ok(started),
+                Ok(Err(TurnStartError::Invalid(why))) => Err(KernelRequestError::Invalid(why)),
+                Ok(Err(TurnStartError::Unavailable(why))) => {
+                    Err(KernelRequestError::Unavailable(why))
+                }
+                Err(_) => Err(KernelRequestError::Restarting(
+                    "the orchestrator is restarting".into(),
+                )),
+            }
+        }
+    }
+
+    /// Stops every turn in flight (the assistant has one voice).
+    pub fn interrupt(&self) -> impl Future<Output = Reply<InterruptReport>> + 'static {
+        let orchestrator = self.kernel.as_ref().map(|k| k.orchestrator.clone());
+        async move {
+            let Some(o) = orchestrator else {
+                return not_running("the conversation pipeline is not running");
+            };
+            o.send(Interrupt { session_id: None }).await.map_err(|_| {
+                KernelRequestError::Restarting("the orchestrator is restarting".into())
+            })
+        }
+    }
+
+    /// Where a session's own speech (client audio) goes.
+    pub fn speech_in(&self) -> Option<Recipient<SpeechAudio>> {
+        self.kernel.as_ref().map(|k| k.stt.clone().recipient())
+    }
+
+    /// Is the server's own input device wired?
+    pub fn has_device(&self) -> bool {
+        self.kernel
+            .as_ref()
+            .is_some_and(|k| k.device_audio.is_some())
+    }
+
+    /// Starts or stops listening on the server's input device. A refused start is
+    /// `Unavailable`, a stop with nothing listening `Invalid`.
+    pub fn device_listen(
+        &self,
+        request: DeviceListen,
+    ) -> impl Future<Output = Reply<()>> + 'static {
+        let device = self.kernel.as_ref().and_then(|k| k.device_audio.clone());
+        async move {
+            let Some(device) = device else {
+                return not_running(
+                    "no audio capture in this build: send stt_start {\"source\":\"client\"} and stream PCM as binary frames",
+                );
+            };
+            let stop = matches!(request, DeviceListen::Stop { .. });
+            match device.send(request).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) if stop => Err(KernelRequestError::Invalid(why)),
+                Ok(Err(why)) => Err(KernelRequestError::Unavailable(why)),
+                Err(_) => Err(KernelRequestError::Restarting(
+                    "audio capture is restarting".into(),
+                )),
+            }
+        }
+    }
+
+    /// Long-term memories matching a query.
+    pub fn memory_search(
+        &self,
+        query: crate::memory::Search,
+    ) -> impl Future<Output = Reply<MemoryItems>> + 'static {
+        let memory = self.kernel.as_ref().and_then(|k| k.memory.clone());
+        async move {
+            let Some(m) = memory else {
+                return not_running("memory is not running");
+            };
+            memory_reply(m.send(query).await)
+        }
+    }
+
+    /// Long-term memories, newest first.
+    pub fn memory_list(
+        &self,
+        query: crate::memory::List,
+    ) -> impl Future<Output = Reply<MemoryItems>> + 'static {
+        let memory = self.kernel.as_ref().and_then(|k| k.memory.clone());
+        async move {
+            let Some(m) = memory else {
+                return not_running("memory is not running");
+            };
+            memory_reply(m.send(query).await)
+        }
+    }
+}
+
+fn memory_reply(
+    res: Result<Result<MemoryItems, MemoryFailure>, MailboxError>,
+) -> Reply<MemoryItems> {
+    match res {
+        Ok(Ok(items)) => Ok(items),
+        Ok(Err(f @ MemoryFailure::Invalid(_))) => Err(KernelRequestError::Invalid(f.to_string())),
+        Ok(Err(f @ MemoryFailure::Unavailable(_))) => {
+            Err(KernelRequestError::Unavailable(f.to_string()))
+        }
+        Ok(Err(f)) => Err(KernelRequestError::Failed(f.to_string())),
+        Err(_) => Err(KernelRequestError::Restarting(
+            "memory is restarting".into(),
+        )),
+    }
+}

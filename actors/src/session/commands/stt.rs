@@ -1,0 +1,142 @@
+//! Speech in: `stt_start` / `stt_stop` and the binary audio frames between them.
+
+use actix::prelude::*;
+use coda_protocol::{AudioSource, ErrorCode, SttStartCommand};
+
+use super::super::{ClientAudio, ClientAudioError, WsSession};
+use crate::voice::{DeviceListen, SpeechAudio};
+
+impl WsSession {
+    pub(in crate::session) fn stt(&self) -> Option<Recipient<SpeechAudio>> {
+        self.shared.kernel.speech_in()
+    }
+
+    /// `stt_start`: client audio opens an utterance on this connection (its session is
+    /// the connection's id); device audio is the AudioCapture actor's, when wired.
+    pub(in crate::session) fn stt_start(
+        &mut self,
+        id: Option<String>,
+        c: SttStartCommand,
+        ctx: &mut Context<Self>,
+    ) {
+        let session_id = self.client_id.clone();
+        let source = c.source.unwrap_or(AudioSource::Device);
+        if source == AudioSource::Device {
+            let fut = self.shared.kernel.device_listen(DeviceListen::Start {
+                session_id,
+                mode: c.mode,
+            });
+            ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                Ok(()) => act.reply_ok(
+                    id,
+                    serde_json::json!({"listening": true, "source": "device"}),
+                    ctx,
+                ),
+                Err(e) => act.reply_kernel_err(id, e, ctx),
+            }));
+            return;
+        }
+        let Some(stt) = self.stt() else {
+            self.reply_err(
+                id,
+                ErrorCode::Unavailable,
+                "speech-to-text is not running",
+                ctx,
+            );
+            return;
+        };
+        if self.audio.is_some() {
+            // A second stt_start restarts the utterance: what came before is dropped.
+            stt.do_send(SpeechAudio::Cancelled {
+                session_id: session_id.clone(),
+                reason: "stt_start again before stt_stop".into(),
+            });
+        }
+        let (audio, started) = ClientAudio::start(
+            session_id.clone(),
+            c.mode,
+            self.settings().client_audio.segment,
+        );
+        self.audio = Some(audio);
+        if let Some(started) = started {
+            stt.do_send(started);
+        }
+        self.reply_ok(
+            id,
+            serde_json::json!({"listening": true, "source": "client", "mode": c.mode, "session_id": session_id, "sample_rate": crate::voice::SPEECH_SAMPLE_RATE}),
+            ctx,
+        );
+    }
+    /// `stt_stop`: the client utterance ends and goes to Stt; else the device stops.
+    pub(in crate::session) fn stt_stop(&mut self, id: Option<String>, ctx: &mut Context<Self>) {
+        let session_id = self.client_id.clone();
+        if let Some(audio) = self.audio.take() {
+            let Some(stt) = self.stt() else {
+                self.reply_err(
+                    id,
+                    ErrorCode::Unavailable,
+                    "speech-to-text is not running",
+                    ctx,
+                );
+                return;
+            };
+            let audio_ms = audio.utterance_ms();
+            if let Some(report) = audio.stop() {
+                stt.do_send(report);
+            }
+            self.reply_ok(
+                id,
+                serde_json::json!({"listening": false, "audio_ms": audio_ms}),
+                ctx,
+            );
+            return;
+        }
+        if !self.shared.kernel.has_device() {
+            self.reply_err(
+                id,
+                ErrorCode::InvalidData,
+                "not listening: stt_stop without stt_start",
+                ctx,
+            );
+            return;
+        }
+        let fut = self
+            .shared
+            .kernel
+            .device_listen(DeviceListen::Stop { session_id });
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(()) => act.reply_ok(id, serde_json::json!({"listening": false}), ctx),
+            Err(e) => act.reply_kernel_err(id, e, ctx),
+        }));
+    }
+
+    /// One binary frame of client audio (PCM s16le mono 16 kHz).
+    pub(in crate::session) fn on_audio(&mut self, bin: &[u8], ctx: &mut Context<Self>) {
+        let Some(audio) = self.audio.as_mut() else {
+            return;
+        };
+        match audio.push(bin) {
+            Ok(reports) => {
+                self.violations = 0;
+                if let Some(stt) = self.stt() {
+                    for r in reports {
+                        stt.do_send(r);
+                    }
+                }
+            }
+            Err(e @ ClientAudioError::OddLength(_)) => {
+                self.violation(None, ErrorCode::InvalidData, e.to_string(), ctx);
+            }
+            Err(e @ ClientAudioError::TooLong(_)) => {
+                self.audio = None;
+                if let Some(stt) = self.stt() {
+                    stt.do_send(SpeechAudio::Cancelled {
+                        session_id: self.client_id.clone(),
+                        reason: "utterance too long".into(),
+                    });
+                }
+                self.reply_err(None, ErrorCode::TooLarge, e.to_string(), ctx);
+            }
+        }
+    }
+}
