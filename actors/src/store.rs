@@ -20,10 +20,10 @@
 //! no error. A marker file written once the store is initialised turns that silent loss
 //! into [`StoreError::Corruption`].
 
+use crate::hub::unix_now;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Schema version this build writes and understands (the number of migration steps).
 pub const SCHEMA_VERSION: u64 = 2;
@@ -638,13 +638,6 @@ fn apply_migrations(
         tracing::info!(path = %path.display(), version = to, "store schema migrated");
     }
     Ok(supported)
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! happens byte by byte against a stored one (nothing to time).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::hub::unix_now;
 
 use base64::Engine as _;
 use rand::TryRngCore as _;
@@ -55,14 +57,6 @@ pub fn is_well_formed(secret: &str) -> bool {
 /// Storage key of a secret: lowercase hex SHA-256 of the whole secret string.
 fn hash_key(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// Current time as unix seconds.
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// What is known about a token: safe to print, log and serialize (`--json`). It holds no
