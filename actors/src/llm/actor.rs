@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use coda_protocol::{Level, LlmResult, LlmStart, LlmToken};
+use coda_protocol::{LlmResult, LlmStart, LlmToken};
 use futures_util::{FutureExt, StreamExt};
 
 use super::{ChatRequest, LlmError, LlmProvider, StreamChunk};
@@ -117,15 +117,9 @@ impl Handler<Generate> for LlmActor {
             Ok(p) => p,
             Err(error) => {
                 // Every failure is an event, not only a reply.
-                self.sup.hub().publish(
-                    &msg.session_id,
-                    &coda_protocol::LlmError {
-                        turn_id: Some(msg.turn_id.clone()),
-                        code: error.code().to_string(),
-                        message: error.to_string(),
-                        level: Level::Error,
-                    },
-                );
+                self.sup
+                    .hub()
+                    .publish(&msg.session_id, &error.event(&msg.turn_id));
                 return Err(error);
             }
         };
@@ -220,15 +214,7 @@ impl Handler<Generate> for LlmActor {
                             total_ms,
                         }),
                         Ok(Err(error)) => {
-                            act.sup.hub().publish(
-                                &session,
-                                &coda_protocol::LlmError {
-                                    turn_id: Some(id.clone()),
-                                    code: error.code().to_string(),
-                                    message: error.to_string(),
-                                    level: Level::Error,
-                                },
-                            );
+                            act.sup.hub().publish(&session, &error.event(&id));
                             reply.do_send(LlmUpdate::Failed { turn_id: id, error });
                         }
                         Err(panic) => {

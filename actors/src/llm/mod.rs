@@ -256,6 +256,16 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// The `llm_error` event of this failure in `turn_id`.
+    pub fn event(&self, turn_id: &str) -> coda_protocol::LlmError {
+        coda_protocol::LlmError {
+            turn_id: Some(turn_id.to_string()),
+            code: self.code().to_string(),
+            message: self.to_string(),
+            level: coda_protocol::Level::Error,
+        }
+    }
+
     /// The stable code for events (`llm_error.code`).
     pub fn code(&self) -> &'static str {
         match self {

@@ -546,15 +546,7 @@ impl Orchestrator {
                 Err(_) => {
                     let e = LlmError::Unavailable("the llm component is restarting".into());
                     if let Some(turn) = act.turns.get(&id) {
-                        act.sup.hub().publish(
-                            &turn.session_id,
-                            &coda_protocol::LlmError {
-                                turn_id: Some(id.clone()),
-                                code: e.code().to_string(),
-                                message: e.to_string(),
-                                level: Level::Error,
-                            },
-                        );
+                        act.sup.hub().publish(&turn.session_id, &e.event(&id));
                     }
                     e
                 }
