@@ -7,11 +7,12 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
+use coda_actors::audio::convert::read_wav_16k;
 use coda_actors::stt::load_engine;
 use coda_actors::voice::SPEECH_SAMPLE_RATE;
 use serde::Serialize;
 
-use crate::cmd::transcribe::{read_wav_16k, stt_settings};
+use crate::cmd::transcribe::stt_settings;
 use crate::config::Loaded;
 
 /// `coda bench stt` flags.

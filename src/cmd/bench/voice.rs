@@ -49,7 +49,7 @@ struct Utterance {
 }
 
 fn utterance(path: &Path) -> anyhow::Result<Utterance> {
-    let samples = crate::cmd::transcribe::read_wav_16k(path)?;
+    let samples = coda_actors::audio::convert::read_wav_16k(path)?;
     // The last 20 ms frame louder than -45 dBFS ends the speech.
     let speech_end_frame = samples
         .chunks(320)
