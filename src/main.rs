@@ -1,5 +1,5 @@
 //! The `coda` binary: parse, dispatch, exit with a meaningful code.
 
 fn main() {
-    std::process::exit(coda::cli::main());
+    std::process::exit(coda::cmd::main());
 }

@@ -173,7 +173,7 @@ async fn a_spoken_turn_over_the_websocket_becomes_a_whole_turn() {
         ],
     );
     let wav = server_home_wav("Why is the sky blue?");
-    let samples = coda::stt_cmd::read_wav_16k(&wav).expect("wav");
+    let samples = coda_actors::audio::convert::read_wav_16k(&wav).expect("wav");
     let mut c = server.client().await;
     // Everything the server sends is collected in one pass (waiting for a command's answer
     // would skip the events around it).

@@ -55,7 +55,7 @@ fn speech(text: &str, pad_ms: usize) -> (Vec<u8>, tempfile::TempPath) {
         .status()
         .expect("espeak-ng runs (scripts/setup installs it)");
     assert!(status.success());
-    let samples = coda::stt_cmd::read_wav_16k(&wav).expect("a WAV");
+    let samples = coda_actors::audio::convert::read_wav_16k(&wav).expect("a WAV");
     let mut pcm: Vec<u8> = samples
         .iter()
         .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())

@@ -6,7 +6,9 @@
 //! resampler is exact for the fixed ratios devices use (44.1/48 kHz → 16 kHz) and its
 //! anti-aliasing filter is built in. It streams: chunks of any size go in, output comes
 //! out as soon as a full input chunk is available, and [`Resampler16k::finish`] flushes
-//! the tail.
+//! the tail. [`read_wav_16k`] does the same for a whole WAV file.
+
+use std::path::{Path, PathBuf};
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Indexing, Resampler};
@@ -214,6 +216,75 @@ pub fn to_speech_rate(mono: &[f32], rate: u32) -> Result<Vec<f32>, ResampleSetup
     Ok(out)
 }
 
+/// A WAV file that cannot be read as speech audio.
+#[derive(Debug, thiserror::Error)]
+pub enum WavError {
+    /// Not a WAV file hound can parse (or not there).
+    #[error("{}: not a readable WAV file", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: hound::Error,
+    },
+    /// A header that promises no audio.
+    #[error("{}: WAV header has no channels or no rate", path.display())]
+    Header { path: PathBuf },
+    /// Integer samples wider than 32 bits (or of zero width).
+    #[error("{}: {bits}-bit samples are not supported", path.display())]
+    Bits { path: PathBuf, bits: u16 },
+    /// The data chunk ends early or cannot be decoded.
+    #[error("{}: corrupt sample data", path.display())]
+    Samples {
+        path: PathBuf,
+        #[source]
+        source: hound::Error,
+    },
+    #[error(transparent)]
+    Resample(#[from] ResampleSetupError),
+}
+
+/// Reads a WAV file (8/16/24/32-bit integer or 32-bit float, any channel count, any rate)
+/// as 16 kHz mono samples in [-1, 1].
+pub fn read_wav_16k(path: &Path) -> Result<Vec<f32>, WavError> {
+    let mut reader = hound::WavReader::open(path).map_err(|source| WavError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let spec = reader.spec();
+    if spec.channels == 0 || spec.sample_rate == 0 {
+        return Err(WavError::Header {
+            path: path.to_path_buf(),
+        });
+    }
+    let corrupt = |source| WavError::Samples {
+        path: path.to_path_buf(),
+        source,
+    };
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(corrupt)?,
+        hound::SampleFormat::Int => {
+            let bits = spec.bits_per_sample;
+            if !(1..=32).contains(&bits) {
+                return Err(WavError::Bits {
+                    path: path.to_path_buf(),
+                    bits,
+                });
+            }
+            let scale = (1u64 << (bits - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| v as f32 / scale))
+                .collect::<Result<_, _>>()
+                .map_err(corrupt)?
+        }
+    };
+    let mono = downmix(&interleaved, usize::from(spec.channels));
+    Ok(to_speech_rate(&mono, spec.sample_rate)?)
+}
+
 /// Root-mean-square level of `samples`.
 pub fn rms(samples: &[f32]) -> f32 {
     if samples.is_empty() {
@@ -292,5 +363,51 @@ mod tests {
         assert!(Resampler16k::new(0).is_err());
         assert_eq!(downmix(&[1.0, 0.0, 0.5, 0.5], 2), vec![0.5, 0.5]);
         assert_eq!(f32_to_i16(&[2.0, -2.0, 0.0]), vec![32767, -32767, 0]);
+    }
+
+    #[test]
+    fn resampling_keeps_length_and_pitch() {
+        // One second of 440 Hz at 44.1 kHz → 16 000 samples of 440 Hz.
+        let out = to_speech_rate(&sine(44_100, 440.0, 1.0, 0.5), 44_100).unwrap();
+        assert_eq!(out.len(), 16_000);
+        // Zero crossings in the middle half: 440 Hz → 2 × 440 × 0.5 s = 440.
+        let mid = &out[4000..12000];
+        let crossings = mid
+            .windows(2)
+            .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+            .count();
+        assert!((435..=445).contains(&crossings), "{crossings}");
+        let peak = mid.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!((0.45..0.55).contains(&peak), "{peak}");
+    }
+
+    #[test]
+    fn wav_files_of_any_shape_read_as_16k_mono() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stereo.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 22_050,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for _ in 0..22_050 {
+            w.write_sample(16384i16).unwrap();
+            w.write_sample(0i16).unwrap();
+        }
+        w.finalize().unwrap();
+        let s = read_wav_16k(&path).unwrap();
+        assert_eq!(s.len(), 16_000);
+        assert!((s[8000] - 0.25).abs() < 0.01, "{}", s[8000]);
+        let bad = dir.path().join("bad.wav");
+        std::fs::write(&bad, b"RIFF\x10\0\0\0WAVEjunk").unwrap();
+        let err = read_wav_16k(&bad).unwrap_err();
+        assert!(matches!(err, WavError::Open { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("bad.wav: not a readable WAV file"),
+            "{err}"
+        );
     }
 }

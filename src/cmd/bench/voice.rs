@@ -12,6 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::cmd::ConfigChoice;
+
 /// `coda bench voice` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VoiceBenchArgs {
@@ -47,7 +49,7 @@ struct Utterance {
 }
 
 fn utterance(path: &Path) -> anyhow::Result<Utterance> {
-    let samples = crate::stt_cmd::read_wav_16k(path)?;
+    let samples = coda_actors::audio::convert::read_wav_16k(path)?;
     // The last 20 ms frame louder than -45 dBFS ends the speech.
     let speech_end_frame = samples
         .chunks(320)
@@ -223,7 +225,7 @@ fn stages(turns: &[Waterfall]) -> Vec<Stage> {
 }
 
 /// `coda bench voice`.
-pub fn run(args: &VoiceBenchArgs) -> anyhow::Result<()> {
+pub fn run(choice: &ConfigChoice, args: &VoiceBenchArgs) -> anyhow::Result<()> {
     let modes: &[bool] = match args.mode.as_str() {
         "push_to_talk" => &[true],
         "continuous" => &[false],
@@ -241,7 +243,7 @@ pub fn run(args: &VoiceBenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| utterance(p).with_context(|| format!("{}", p.display())))
         .collect::<anyhow::Result<_>>()?;
-    let (_child, url) = crate::bench::spawn_server(tmp.path(), &[])?;
+    let (_child, url) = super::spawn_server(tmp.path(), choice, &[])?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -249,8 +249,8 @@ fn dir_size(path: &Path) -> u64 {
     total
 }
 
-/// Runs the benchmark.
-pub fn run(args: &MemoryBenchArgs) -> anyhow::Result<MemoryBenchReport> {
+/// Measures, returning the figures.
+pub fn measure(args: &MemoryBenchArgs) -> anyhow::Result<MemoryBenchReport> {
     let tmp = tempfile::Builder::new()
         .prefix("coda-bench-memory-")
         .tempdir()?;
@@ -394,9 +394,9 @@ pub fn run(args: &MemoryBenchArgs) -> anyhow::Result<MemoryBenchReport> {
     })
 }
 
-/// Runs and prints.
-pub fn main(args: &MemoryBenchArgs) -> anyhow::Result<()> {
-    let report = run(args)?;
+/// `coda bench memory`.
+pub fn run(args: &MemoryBenchArgs) -> anyhow::Result<()> {
+    let report = measure(args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -3,59 +3,17 @@
 //! latency (event timestamp → client receive), gaps, the server's CPU time per delivered
 //! message and its memory.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Subcommand;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
 
-/// `coda bench ...`
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Event fan-out: one server, N clients, R events/s for S seconds.
-    Fanout(FanoutArgs),
-    /// The embedded LLM: load time, time to first token, tokens/s, RSS (optionally beside
-    /// llama.cpp on the same GGUF).
-    Llm(crate::bench_local::LlmBenchArgs),
-    /// Text turns through the real pipeline (the configured LLM and speech engines).
-    Turn(TurnArgs),
-    /// Memory store: acknowledged writes, ranked search and turn context on N memories.
-    Memory(crate::bench_memory::MemoryBenchArgs),
-    /// LLM engine overhead per token: provider socket write → stream yield (loopback).
-    LlmToken(crate::bench_llm::LlmTokenArgs),
-    /// `coda ask` start-up: process spawn → first byte at the provider (loopback).
-    AskStartup(crate::bench_llm::AskStartupArgs),
-    /// Speech-to-text: time to transcribe a short command, real-time factor, optionally
-    /// beside whisper.cpp's own `whisper-cli` on the same file.
-    Stt(crate::stt_cmd::SttBenchArgs),
-    /// Speech engines: time to first audio and total for a two-sentence answer.
-    Tts(crate::speech::TtsBenchArgs),
-    /// Audio paths: interrupt → playback stopped, end of speech → utterance ended.
-    Audio(crate::speech::AudioBenchArgs),
-    /// Spoken turns end to end: WAVs streamed as client audio in real time over a real
-    /// WebSocket; the waterfall from the end of speech to the first audio, per mode.
-    Voice(crate::bench_voice::VoiceBenchArgs),
-}
-
-/// `coda bench turn` flags.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TurnArgs {
-    /// Turns to run (after one warm-up turn).
-    #[arg(long, default_value_t = 20)]
-    pub turns: usize,
-    /// The text of each turn.
-    #[arg(long, default_value = "Say hello in one short sentence.")]
-    pub text: String,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+use super::spawn_server;
+use crate::cmd::ConfigChoice;
 
 /// `coda bench fanout` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,174 +38,15 @@ pub struct FanoutArgs {
     pub json: bool,
 }
 
-/// Runs a benchmark command.
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Memory(args) => crate::bench_memory::main(&args),
-        BenchCommand::LlmToken(args) => crate::bench_llm::run_llm_token(&args),
-        BenchCommand::AskStartup(args) => crate::bench_llm::run_ask_startup(&args),
-        BenchCommand::Fanout(args) => {
-            let report = fanout(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                report.print();
-            }
-            Ok(())
-        }
-        BenchCommand::Llm(args) => {
-            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
-            crate::bench_local::run(&loaded, args)
-        }
-        BenchCommand::Stt(args) => {
-            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
-            crate::stt_cmd::bench(&loaded, args)
-        }
-        BenchCommand::Tts(args) => {
-            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
-            crate::speech::bench_tts(&loaded.settings, args)
-        }
-        BenchCommand::Audio(args) => {
-            let loaded = crate::cli::load_config(&None, &None, Vec::new())?;
-            crate::speech::bench_audio(&loaded.settings, args)
-        }
-        BenchCommand::Voice(args) => crate::bench_voice::run(&args),
-        BenchCommand::Turn(args) => {
-            let report = turns(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                report.print();
-            }
-            Ok(())
-        }
+/// `coda bench fanout`.
+pub fn run(choice: &ConfigChoice, args: &FanoutArgs) -> anyhow::Result<()> {
+    let report = fanout(choice, args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
     }
-}
-
-/// Per-stage percentiles of `coda bench turn`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TurnReport {
-    pub turns: usize,
-    pub failed: usize,
-    /// stage → (p50 ms, p95 ms, samples)
-    pub stages: std::collections::BTreeMap<String, (f64, f64, usize)>,
-}
-
-impl TurnReport {
-    fn print(&self) {
-        println!("turn: {} turns ({} failed)", self.turns, self.failed);
-        println!(
-            "  {:<22} {:>10} {:>10} {:>6}",
-            "stage", "p50 ms", "p95 ms", "n"
-        );
-        for (stage, (p50, p95, n)) in &self.stages {
-            println!("  {stage:<22} {p50:>10.2} {p95:>10.2} {n:>6}");
-        }
-    }
-}
-
-/// Starts `coda serve` on a free port with the caller's configuration (and a private
-/// store), returning the child and its WebSocket URL.
-pub(crate) fn spawn_server(
-    tmp: &std::path::Path,
-    extra: &[&str],
-) -> anyhow::Result<(ChildGuard, String)> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(["serve", "--port", "0"])
-        .args(extra)
-        .env("CODA__STORAGE__PATH", tmp.join("store"))
-        .env("CODA__AUTH__TOKEN_FILE", tmp.join("token"))
-        .env("CODA__SERVER__RATE_LIMIT_PER_S", "1000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout from server"))?;
-    let child = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening ")
-        .ok_or_else(|| anyhow::anyhow!("server did not start: {line:?}"))?
-        .to_string();
-    Ok((child, url))
-}
-
-/// Runs text turns one after another and collects their `latency_trace`s.
-pub fn turns(args: &TurnArgs) -> anyhow::Result<TurnReport> {
-    use futures_util::SinkExt;
-    anyhow::ensure!(args.turns > 0, "--turns must be at least 1");
-    let tmp = tempfile::tempdir()?;
-    let (_child, url) = spawn_server(tmp.path(), &[])?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-        let mut samples: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-        let mut failed = 0;
-        for i in 0..=args.turns {
-            let cmd = serde_json::json!({"id": format!("b{i}"), "type": "text_input", "data": {"text": args.text, "session_id": format!("bench-{i}")}});
-            ws.send(Message::Text(cmd.to_string().into())).await?;
-            let mut turn_id = None;
-            let mut errored = false;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            loop {
-                let msg = tokio::time::timeout_at(deadline, ws.next())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("turn {i} did not finish in 120 s"))?
-                    .ok_or_else(|| anyhow::anyhow!("server closed the connection"))??;
-                let Message::Text(text) = msg else { continue };
-                let env: coda_protocol::RawEnvelope = serde_json::from_str(&text)?;
-                match env.event_type.as_str() {
-                    "command_result" if env.data["id"] == format!("b{i}") => {
-                        turn_id = env.data["data"]["turn_id"].as_str().map(str::to_string);
-                    }
-                    "command_error" if env.data["id"] == format!("b{i}") => {
-                        anyhow::bail!("server refused the turn: {}", env.data["message"]);
-                    }
-                    "llm_error" | "tts_error" if env.data["turn_id"].as_str() == turn_id.as_deref() => {
-                        errored = true;
-                        eprintln!("turn {i}: {}: {}", env.event_type, env.data["message"]);
-                    }
-                    "latency_trace" if env.data["turn_id"].as_str() == turn_id.as_deref() => {
-                        if i > 0 {
-                            if errored {
-                                failed += 1;
-                            }
-                            if let Some(obj) = env.data.as_object() {
-                                for (k, v) in obj {
-                                    if let (Some(stage), Some(ms)) = (k.strip_suffix("_ms"), v.as_f64()) {
-                                        samples.entry(stage.to_string()).or_default().push(ms);
-                                    }
-                                }
-                            }
-                        }
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let stages = samples
-            .into_iter()
-            .map(|(k, mut v)| {
-                v.sort_by(f64::total_cmp);
-                let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-                (k, (q(0.5), q(0.95), v.len()))
-            })
-            .collect();
-        anyhow::Ok(TurnReport {
-            turns: args.turns,
-            failed,
-            stages,
-        })
-    })
+    Ok(())
 }
 
 /// The measured figures.
@@ -310,15 +109,6 @@ impl FanoutReport {
     }
 }
 
-pub(crate) struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[derive(Deserialize)]
 struct Head<'a> {
     seq: u64,
@@ -339,7 +129,7 @@ struct Shared {
 }
 
 /// Runs the fan-out benchmark.
-pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
+pub fn fanout(choice: &ConfigChoice, args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(
         args.rate > 0.0 && args.rate.is_finite(),
@@ -357,6 +147,7 @@ pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     );
     let (child, url) = spawn_server(
         tmp.path(),
+        choice,
         &[
             "--emit-synthetic",
             &rate,
@@ -366,7 +157,7 @@ pub fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
             &clients,
         ],
     )?;
-    let pid = child.0.id();
+    let pid = child.id();
     std::thread::sleep(Duration::from_millis(300));
     let (_, rss_idle) = proc_sample(pid);
 

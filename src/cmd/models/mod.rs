@@ -1,6 +1,6 @@
 //! `coda models list | show | health | pull | import | remove`: what a provider serves,
 //! whether it answers, downloading Ollama models with a progress bar, and the local model
-//! store (`smollm2` and imported GGUFs, see [`crate::models`]).
+//! store (`smollm2` and imported GGUFs, see [`local`]).
 
 use std::io::IsTerminal;
 
@@ -12,6 +12,8 @@ use coda_actors::models::{catalog, unreachable_reason, ModelStore};
 
 use crate::config::LlmConfig;
 use crate::llm_setup::{self, ProviderArgs};
+
+pub mod local;
 
 /// `coda models ...`
 #[derive(Debug, Subcommand)]
@@ -145,23 +147,21 @@ fn print_table(models: &[ModelInfo]) {
 pub fn run(cfg: &LlmConfig, store: &ModelStore, cmd: ModelsCommand) -> anyhow::Result<()> {
     match cmd {
         // The local provider's models are the store: listed without loading one.
-        ModelsCommand::List { json, .. } if cfg.provider == "local" => {
-            crate::models::list(store, json)
-        }
+        ModelsCommand::List { json, .. } if cfg.provider == "local" => local::list(store, json),
         ModelsCommand::Pull {
             model,
             force,
             quiet,
         } if catalog(&model).is_some() || unreachable_reason(&model).is_some() => {
-            let entry = crate::models::pull(store, &model, force, quiet)?;
+            let entry = local::pull(store, &model, force, quiet)?;
             println!("{} ready: {}", entry.name, store.path_of(&entry).display());
             Ok(())
         }
         ModelsCommand::Import { file, name, quiet } => {
-            crate::models::import_command(store, &file, name, quiet)
+            local::import_command(store, &file, name, quiet)
         }
         ModelsCommand::ImportCt2 { dir, name, quiet } => {
-            crate::models::import_ct2_command(store, &dir, name, quiet)
+            local::import_ct2_command(store, &dir, name, quiet)
         }
         ModelsCommand::Remove { name } => {
             let entry = store.remove(&name)?;
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
-        crate::cli::Cli::command().debug_assert();
+        crate::cmd::Cli::command().debug_assert();
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! the same prompt tokens run by llama.cpp (through llama-cpp-python) in the same run.
 
 use std::path::PathBuf;
+#[cfg(feature = "local-llm")]
 use std::process::Command;
+#[cfg(feature = "local-llm")]
 use std::time::Instant;
 
+#[cfg(feature = "local-llm")]
 use anyhow::{anyhow, Context};
 use serde::Serialize;
 
@@ -72,6 +75,7 @@ pub struct LlmBenchReport {
 }
 
 /// (VmRSS, VmHWM) of this process in MB.
+#[cfg(feature = "local-llm")]
 fn rss_mb() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
@@ -85,6 +89,7 @@ fn rss_mb() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+#[cfg(feature = "local-llm")]
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -95,6 +100,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The llama.cpp side: loads the GGUF, then per run resets, feeds the same prompt token
 /// ids and samples greedily until EOS or N tokens, timing the first token and the rest.
+#[cfg(feature = "local-llm")]
 const LLAMA_CPP_SCRIPT: &str = r#"
 import json, sys, time
 a = json.loads(sys.argv[1])
@@ -225,6 +231,7 @@ pub fn run(_loaded: &Loaded, _args: LlmBenchArgs) -> anyhow::Result<()> {
     anyhow::bail!("built without the local-llm feature: there is no embedded model to benchmark")
 }
 
+#[cfg(feature = "local-llm")]
 fn run_llama_cpp(
     args: &LlmBenchArgs,
     gguf: &std::path::Path,
@@ -279,6 +286,7 @@ fn run_llama_cpp(
     })
 }
 
+#[cfg(feature = "local-llm")]
 fn print_report(r: &LlmBenchReport) {
     let row = |e: &EngineFigures| {
         println!("{}", e.engine);

@@ -1,0 +1,130 @@
+//! `coda bench ...`: one file per benchmark, each with its flags and its `run`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use clap::Subcommand;
+
+use crate::cmd::ConfigChoice;
+use crate::config::Loaded;
+
+pub mod ask_startup;
+pub mod audio;
+pub mod fanout;
+pub mod llm;
+pub mod llm_token;
+pub mod memory;
+pub mod stt;
+pub mod tts;
+pub mod turn;
+pub mod voice;
+
+/// `coda bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Event fan-out: one server, N clients, R events/s for S seconds.
+    Fanout(fanout::FanoutArgs),
+    /// The embedded LLM: load time, time to first token, tokens/s, RSS (optionally beside
+    /// llama.cpp on the same GGUF).
+    Llm(llm::LlmBenchArgs),
+    /// Text turns through the real pipeline (the configured LLM and speech engines).
+    Turn(turn::TurnArgs),
+    /// Memory store: acknowledged writes, ranked search and turn context on N memories.
+    Memory(memory::MemoryBenchArgs),
+    /// LLM engine overhead per token: provider socket write → stream yield (loopback).
+    LlmToken(llm_token::LlmTokenArgs),
+    /// `coda ask` start-up: process spawn → first byte at the provider (loopback).
+    AskStartup(ask_startup::AskStartupArgs),
+    /// Speech-to-text: time to transcribe a short command, real-time factor, optionally
+    /// beside whisper.cpp's own `whisper-cli` on the same file.
+    Stt(stt::SttBenchArgs),
+    /// Speech engines: time to first audio and total for a two-sentence answer.
+    Tts(tts::TtsBenchArgs),
+    /// Audio paths: interrupt → playback stopped, end of speech → utterance ended.
+    Audio(audio::AudioBenchArgs),
+    /// Spoken turns end to end: WAVs streamed as client audio in real time over a real
+    /// WebSocket; the waterfall from the end of speech to the first audio, per mode.
+    Voice(voice::VoiceBenchArgs),
+}
+
+/// Runs a benchmark with the configuration the global flags chose; the benchmarks that
+/// start a server pass the same flags on to it.
+pub fn run(loaded: &Loaded, choice: &ConfigChoice, cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Fanout(args) => fanout::run(choice, &args),
+        BenchCommand::Llm(args) => llm::run(loaded, args),
+        BenchCommand::Turn(args) => turn::run(choice, &args),
+        BenchCommand::Memory(args) => memory::run(&args),
+        BenchCommand::LlmToken(args) => llm_token::run(&args),
+        BenchCommand::AskStartup(args) => ask_startup::run(&args),
+        BenchCommand::Stt(args) => stt::run(loaded, args),
+        BenchCommand::Tts(args) => tts::run(&loaded.settings, args),
+        BenchCommand::Audio(args) => audio::run(&loaded.settings, args),
+        BenchCommand::Voice(args) => voice::run(choice, &args),
+    }
+}
+
+/// Starts `coda serve` on a free port with the caller's configuration (and a private
+/// store), returning the child and its WebSocket URL.
+pub(crate) fn spawn_server(
+    tmp: &Path,
+    choice: &ConfigChoice,
+    extra: &[&str],
+) -> anyhow::Result<(ChildGuard, String)> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(choice.as_args())
+        .args(["serve", "--port", "0"])
+        .args(extra)
+        .env("CODA__STORAGE__PATH", tmp.join("store"))
+        .env("CODA__AUTH__TOKEN_FILE", tmp.join("token"))
+        .env("CODA__SERVER__RATE_LIMIT_PER_S", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout from server"))?;
+    let child = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .strip_prefix("listening ")
+        .ok_or_else(|| anyhow::anyhow!("server did not start: {line:?}"))?
+        .to_string();
+    Ok((child, url))
+}
+
+/// The spawned server; killed and reaped when dropped.
+pub(crate) struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl ChildGuard {
+    pub(crate) fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// p50, p95, max and count of millisecond samples, as `bench tts` and `bench audio` print.
+fn summary(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    serde_json::json!({"p50_ms": pct(&v, 0.5), "p95_ms": pct(&v, 0.95), "max_ms": v.last().copied().unwrap_or(0.0), "n": v.len()})
+}

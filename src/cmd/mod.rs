@@ -1,0 +1,281 @@
+//! The command line: one module per command (its flags and its `run`), `bench/` one per
+//! benchmark; this module parses, loads the configuration once and dispatches.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::config::{ConfigError, LoadOptions, Loaded, OverrideValue};
+use crate::server::StartError;
+
+pub mod ask;
+pub mod bench;
+pub mod chat;
+pub mod config;
+pub mod devices;
+pub mod events;
+pub mod memory;
+pub mod models;
+pub mod protocol;
+pub mod say;
+pub mod serve;
+pub mod token;
+pub mod transcribe;
+
+/// Coda: a voice-first AI assistant core that streams every internal event over a local
+/// WebSocket.
+#[derive(Debug, Parser)]
+#[command(name = "coda", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Config file (default: $XDG_CONFIG_HOME/coda/config.toml if it exists).
+    #[arg(long, global = true, env = "CODA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Profile: a built-in (dev, remote) or $XDG_CONFIG_HOME/coda/profiles/NAME.toml.
+    /// Also CODA_PROFILE.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run the assistant core: event hub, WebSocket server, HTTP endpoints.
+    Serve(serve::ServeArgs),
+    /// Tail the event stream of a running server (reconnects and resumes).
+    Events(events::EventsArgs),
+    /// Manage access tokens (stored hashed).
+    Token {
+        #[command(subcommand)]
+        cmd: token::TokenCommand,
+    },
+    /// Long-term memories and conversations in the store.
+    Memory {
+        #[command(subcommand)]
+        cmd: memory::MemoryCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: config::ConfigCommand,
+    },
+    /// Protocol tools.
+    Protocol {
+        #[command(subcommand)]
+        cmd: protocol::ProtocolCommand,
+    },
+    /// Benchmarks against the real server.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCommand,
+    },
+    /// Ask the language model one question; the answer streams to stdout.
+    Ask(ask::AskArgs),
+    /// Chat with the language model in the terminal.
+    Chat(chat::ChatArgs),
+    /// List, inspect, health-check and pull language models.
+    Models {
+        #[command(subcommand)]
+        cmd: models::ModelsCommand,
+    },
+    /// Transcribe a WAV file with the speech-to-text model (stt.model).
+    Transcribe(transcribe::TranscribeArgs),
+    /// Speak text with the configured (or chosen) engine: play it, or write a WAV file.
+    Say(say::SayArgs),
+    /// List the sound devices (inputs and outputs, defaults marked, supported configs).
+    Devices {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Log filter of the LLM commands: warnings (retries) on stderr; fallbacks are printed by
+/// the commands themselves, so the registry's own warning is not repeated.
+const LLM_CLI_LOG: &str = "warn,coda_actors::llm::registry=error";
+
+/// Exit codes.
+pub mod exit {
+    /// Runtime failure.
+    pub const FAILURE: i32 = 1;
+    /// Bad configuration or usage.
+    pub const CONFIG: i32 = 2;
+}
+
+/// Parses the command line, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Commands::Serve(_)) {
+        restore_sigpipe();
+    }
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            let code = exit_code(&e);
+            eprintln!("error: {e:#}");
+            code
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if let Some(se) = e.downcast_ref::<StartError>() {
+        return se.exit_code();
+    }
+    if e.downcast_ref::<ConfigError>().is_some() {
+        return exit::CONFIG;
+    }
+    if e.downcast_ref::<memory::StoreInUse>().is_some() {
+        return 3;
+    }
+    exit::FAILURE
+}
+
+/// Loads the configuration for `cli` with extra flag overrides.
+pub fn load_config(
+    cli_config: &Option<PathBuf>,
+    profile: &Option<String>,
+    overrides: Vec<(String, OverrideValue, String)>,
+) -> Result<Loaded, ConfigError> {
+    let loaded = crate::config::load(&LoadOptions {
+        config_file: cli_config.clone(),
+        profile: profile.clone(),
+        overrides,
+        ..Default::default()
+    })?;
+    // Every model name this process resolves (local provider, `coda models`) uses the
+    // configured store.
+    if !loaded.settings.models.dir.is_empty() {
+        coda_actors::models::set_configured_dir(Some(loaded.settings.models.dir.clone().into()));
+    }
+    Ok(loaded)
+}
+
+/// The global `--config` / `--profile` flags: the configuration every command loads.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigChoice {
+    pub file: Option<PathBuf>,
+    pub profile: Option<String>,
+}
+
+impl ConfigChoice {
+    /// Loads the chosen configuration with extra flag overrides.
+    pub fn load(
+        &self,
+        overrides: Vec<(String, OverrideValue, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        load_config(&self.file, &self.profile, overrides)
+    }
+
+    /// The same choice as flags for a child `coda` process (a benchmark's server).
+    pub fn as_args(&self) -> Vec<OsString> {
+        let mut args = Vec::new();
+        if let Some(f) = &self.file {
+            args.extend([OsString::from("--config"), f.clone().into_os_string()]);
+        }
+        if let Some(p) = &self.profile {
+            args.extend([OsString::from("--profile"), OsString::from(p)]);
+        }
+        args
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let choice = ConfigChoice {
+        file: cli.config,
+        profile: cli.profile,
+    };
+    match cli.command {
+        Commands::Serve(args) => serve::run(&choice, args),
+        Commands::Events(args) => {
+            init_logging("warn", "text");
+            events::run(&choice.load(Vec::new())?, args)
+        }
+        Commands::Token { cmd } => {
+            init_logging("warn", "text");
+            token::run(&choice.load(Vec::new())?, cmd)
+        }
+        Commands::Memory { cmd } => {
+            init_logging("warn", "text");
+            memory::run(&choice.load(Vec::new())?, cmd)
+        }
+        Commands::Config { cmd } => config::run(&choice.load(Vec::new())?, cmd),
+        Commands::Protocol { cmd } => protocol::run(cmd),
+        Commands::Bench { cmd } => {
+            // whisper.cpp reports every model load at INFO.
+            let level = if matches!(cmd, bench::BenchCommand::Stt(_)) {
+                "warn,whisper_rs=error"
+            } else {
+                "warn"
+            };
+            init_logging(level, "text");
+            bench::run(&choice.load(Vec::new())?, &choice, cmd)
+        }
+        Commands::Transcribe(args) => {
+            init_logging("warn,whisper_rs=error", "text");
+            transcribe::run(&choice.load(Vec::new())?, args)
+        }
+        Commands::Ask(args) => {
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = choice.load(args.provider.overrides())?;
+            ask::run(&loaded.settings.llm, args)
+        }
+        Commands::Chat(args) => {
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = choice.load(args.provider.overrides())?;
+            chat::run(&loaded.settings.llm, args)
+        }
+        Commands::Models { cmd } => {
+            init_logging(LLM_CLI_LOG, "text");
+            let loaded = choice.load(cmd.overrides())?;
+            models::run(&loaded.settings.llm, &loaded.settings.model_store(), cmd)
+        }
+        Commands::Say(args) => {
+            init_logging("warn", "text");
+            say::run(&choice.load(Vec::new())?.settings, args)
+        }
+        Commands::Devices { json } => {
+            init_logging("warn", "text");
+            devices::run(json)
+        }
+        Commands::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "coda", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Terminal commands die quietly when their output pipe closes (`coda events | head`),
+/// like other Unix tools, instead of panicking in `println!`. Not for `coda serve`.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal disposition to its default at start-up, before any thread
+    // that could race on it is spawned.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.
+pub fn init_logging(level: &str, format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
