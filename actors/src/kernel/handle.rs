@@ -136,25 +136,12 @@ impl KernelHandle {
         }
     }
 
-    /// Long-term memories matching a query.
-    pub fn memory_search(
-        &self,
-        query: crate::memory::Search,
-    ) -> impl Future<Output = Reply<MemoryItems>> + 'static {
-        let memory = self.kernel.as_ref().and_then(|k| k.memory.clone());
-        async move {
-            let Some(m) = memory else {
-                return not_running("memory is not running");
-            };
-            memory_reply(m.send(query).await)
-        }
-    }
-
-    /// Long-term memories, newest first.
-    pub fn memory_list(
-        &self,
-        query: crate::memory::List,
-    ) -> impl Future<Output = Reply<MemoryItems>> + 'static {
+    /// A read of long-term memory (`memory::Search`, `memory::List`).
+    pub fn memory<M>(&self, query: M) -> impl Future<Output = Reply<MemoryItems>> + 'static
+    where
+        M: Message<Result = Result<MemoryItems, MemoryFailure>> + Send + 'static,
+        crate::memory::MemoryActor: Handler<M>,
+    {
         let memory = self.kernel.as_ref().and_then(|k| k.memory.clone());
         async move {
             let Some(m) = memory else {

@@ -364,3 +364,28 @@ pub async fn collect(mut stream: ChatStream, model: String) -> Result<ChatRespon
         finish_reason,
     })
 }
+
+/// The request-body parts Ollama and OpenAI-compatible servers spell the same way: the
+/// tools as `{"type":"function","function":{…}}` and the caller's extra fields (which win).
+pub(crate) fn add_tools_and_extra(
+    body: &mut serde_json::Map<String, serde_json::Value>,
+    req: &ChatRequest,
+) {
+    use serde_json::{json, Value};
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters}})
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(Value::Object(extra)) = &req.extra {
+        for (k, v) in extra {
+            body.insert(k.clone(), v.clone());
+        }
+    }
+}

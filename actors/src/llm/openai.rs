@@ -159,22 +159,7 @@ impl OpenAiProvider {
         if !req.stop.is_empty() {
             body.insert("stop".into(), json!(req.stop));
         }
-        if !req.tools.is_empty() {
-            let tools: Vec<Value> = req
-                .tools
-                .iter()
-                .map(|t| {
-                    json!({"type": "function", "function": {
-                        "name": t.name, "description": t.description, "parameters": t.parameters}})
-                })
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
-        }
-        if let Some(Value::Object(extra)) = &req.extra {
-            for (k, v) in extra {
-                body.insert(k.clone(), v.clone());
-            }
-        }
+        super::add_tools_and_extra(&mut body, req);
         Value::Object(body)
     }
 }

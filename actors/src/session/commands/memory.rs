@@ -6,31 +6,19 @@ use super::super::{to_value, WsSession};
 use crate::kernel::KernelRequestError;
 
 impl WsSession {
-    /// `memory_search`.
-    pub(in crate::session) fn memory_search(
+    /// `memory_search` / `memory_list`: `query` is the matching memory request.
+    pub(in crate::session) fn memory<M>(
         &mut self,
         id: Option<String>,
-        q: coda_protocol::MemoryQuery,
+        query: M,
         ctx: &mut Context<Self>,
-    ) {
-        let fut = self
-            .shared
-            .kernel
-            .memory_search(crate::memory::Search::from_query(&q));
-        self.memory_answer(id, fut, ctx);
-    }
-
-    /// `memory_list`.
-    pub(in crate::session) fn memory_list(
-        &mut self,
-        id: Option<String>,
-        q: coda_protocol::MemoryQuery,
-        ctx: &mut Context<Self>,
-    ) {
-        let fut = self
-            .shared
-            .kernel
-            .memory_list(crate::memory::List::from_query(&q));
+    ) where
+        M: Message<Result = Result<coda_protocol::MemoryItems, crate::memory::MemoryFailure>>
+            + Send
+            + 'static,
+        crate::memory::MemoryActor: Handler<M>,
+    {
+        let fut = self.shared.kernel.memory(query);
         self.memory_answer(id, fut, ctx);
     }
 

@@ -11,6 +11,24 @@ impl WsSession {
         self.shared.kernel.speech_in()
     }
 
+    /// Where client speech goes, or (`None`) the `command_error` that says it has nowhere.
+    fn stt_or_reply(
+        &mut self,
+        id: &Option<String>,
+        ctx: &mut Context<Self>,
+    ) -> Option<Recipient<SpeechAudio>> {
+        let stt = self.stt();
+        if stt.is_none() {
+            self.reply_err(
+                id.clone(),
+                ErrorCode::Unavailable,
+                "speech-to-text is not running",
+                ctx,
+            );
+        }
+        stt
+    }
+
     /// `stt_start`: client audio opens an utterance on this connection (its session is
     /// the connection's id); device audio is the AudioCapture actor's, when wired.
     pub(in crate::session) fn stt_start(
@@ -36,13 +54,7 @@ impl WsSession {
             }));
             return;
         }
-        let Some(stt) = self.stt() else {
-            self.reply_err(
-                id,
-                ErrorCode::Unavailable,
-                "speech-to-text is not running",
-                ctx,
-            );
+        let Some(stt) = self.stt_or_reply(&id, ctx) else {
             return;
         };
         if self.audio.is_some() {
@@ -71,13 +83,7 @@ impl WsSession {
     pub(in crate::session) fn stt_stop(&mut self, id: Option<String>, ctx: &mut Context<Self>) {
         let session_id = self.client_id.clone();
         if let Some(audio) = self.audio.take() {
-            let Some(stt) = self.stt() else {
-                self.reply_err(
-                    id,
-                    ErrorCode::Unavailable,
-                    "speech-to-text is not running",
-                    ctx,
-                );
+            let Some(stt) = self.stt_or_reply(&id, ctx) else {
                 return;
             };
             let audio_ms = audio.utterance_ms();
