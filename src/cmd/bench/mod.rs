@@ -115,7 +115,10 @@ impl ChildGuard {
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile (0–1) of sorted samples by nearest rank (0 for none): the one
+/// percentile of every bench. Exact on the few dozen samples a bench has, where an HDR
+/// histogram would only add its bucket rounding.
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

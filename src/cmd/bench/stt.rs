@@ -43,14 +43,6 @@ pub struct SttBenchArgs {
     pub json: bool,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 #[derive(Debug, Serialize)]
 struct Timing {
     runs: usize,
@@ -63,11 +55,11 @@ struct Timing {
 impl Timing {
     fn from(mut ms: Vec<f64>, audio_ms: f64) -> Timing {
         ms.sort_by(|a, b| a.total_cmp(b));
-        let p50 = percentile(&ms, 0.5);
+        let p50 = super::pct(&ms, 0.5);
         Timing {
             runs: ms.len(),
             p50_ms: p50,
-            p95_ms: percentile(&ms, 0.95),
+            p95_ms: super::pct(&ms, 0.95),
             min_ms: ms.first().copied().unwrap_or(0.0),
             rtf_p50: p50 / audio_ms.max(1.0),
         }
@@ -241,8 +233,8 @@ fn summarise(engine: &str, rows: &[(&str, &str, f64, bool)], files: usize) -> Co
         files,
         wer_percent: 100.0 * errors as f64 / words.max(1) as f64,
         looped,
-        p50_ms: percentile(&times, 0.5),
-        p95_ms: percentile(&times, 0.95),
+        p50_ms: super::pct(&times, 0.5),
+        p95_ms: super::pct(&times, 0.95),
     }
 }
 

@@ -105,8 +105,7 @@ pub fn turns(choice: &ConfigChoice, args: &TurnArgs) -> anyhow::Result<TurnRepor
             .into_iter()
             .map(|(k, mut v)| {
                 v.sort_by(f64::total_cmp);
-                let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-                (k, (q(0.5), q(0.95), v.len()))
+                (k, (super::pct(&v, 0.5), super::pct(&v, 0.95), v.len()))
             })
             .collect();
         anyhow::Ok(TurnReport {

@@ -211,7 +211,7 @@ fn stages(turns: &[Waterfall]) -> Vec<Stage> {
                 if v.is_empty() {
                     f64::NAN
                 } else {
-                    v[((v.len() - 1) as f64 * p).round() as usize]
+                    super::pct(&v, p)
                 }
             };
             Stage {

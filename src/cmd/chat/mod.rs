@@ -8,7 +8,7 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, UNIX_EPOCH};
 
 use coda_actors::llm::registry::Chain;
 use coda_actors::llm::{ChatMessage, ChatRequest, ChatRole, LlmProvider, StreamChunk};
@@ -334,11 +334,9 @@ impl Validator for ChatHelper {
 
 impl Helper for ChatHelper {}
 
+/// Unix seconds, whole.
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    coda_actors::hub::unix_now() as u64
 }
 
 /// The REPL's state.

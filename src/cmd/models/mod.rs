@@ -108,7 +108,8 @@ impl ModelsCommand {
     }
 }
 
-fn human_size(bytes: u64) -> String {
+/// A size for people: `512 B`, `12.3 MB`.
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut u = 0;
