@@ -12,6 +12,7 @@
 //! [`TtsUpdate`].
 
 pub mod espeak;
+pub mod registry;
 pub mod remote;
 mod sentences;
 
