@@ -162,19 +162,6 @@ pub struct MemoryConfig {
     pub default_limit: usize,
 }
 
-impl MemoryConfig {
-    /// The engine's settings.
-    pub fn engine_settings(&self) -> coda_actors::memory::MemorySettings {
-        coda_actors::memory::MemorySettings {
-            recent_turns: self.recent_turns,
-            summary_token_budget: self.summary_token_budget,
-            search_limit: self.search_limit,
-            context_token_budget: self.context_token_budget,
-            default_limit: self.default_limit,
-        }
-    }
-}
-
 /// `[tools]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -387,30 +374,6 @@ impl Settings {
     /// The model store (`models.dir`, default `$XDG_DATA_HOME/coda/models`).
     pub fn model_store(&self) -> coda_actors::models::ModelStore {
         coda_actors::models::ModelStore::at_or_default(&self.models.dir)
-    }
-
-    /// What the local LLM provider needs from `[llm]` and `[models]`.
-    pub fn local_llm(&self) -> coda_actors::llm::local::LocalLlmConfig {
-        coda_actors::llm::local::LocalLlmConfig {
-            model: self.llm.model.clone(),
-            models_dir: Some(self.model_store().dir().to_path_buf()),
-            temperature: self.llm.temperature,
-            top_p: self.llm.top_p,
-            max_tokens: self.llm.max_tokens,
-            seed: self.llm.seed,
-            threads: self.llm.threads,
-        }
-    }
-
-    /// What the Stt actor needs from `[stt]` and `[models]`.
-    pub fn stt_settings(&self) -> coda_actors::stt::SttSettings {
-        coda_actors::stt::SttSettings {
-            model: self.stt.model.clone(),
-            models_dir: Some(self.model_store().dir().to_path_buf()),
-            language: self.stt.language.clone(),
-            threads: self.stt.threads,
-            preload: self.stt.preload,
-        }
     }
 
     /// Duration helpers.
@@ -947,31 +910,6 @@ fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
         return Err(invalid("audio.interim_ms", "must be between 50 and 10000"));
     }
     Ok(())
-}
-
-impl Settings {
-    /// AudioCapture's settings from `[audio]`.
-    pub fn audio_settings(&self) -> coda_actors::audio::AudioSettings {
-        let a = &self.audio;
-        coda_actors::audio::AudioSettings {
-            input_device: a.input_device.clone(),
-            segment: coda_actors::audio::SegmentSettings {
-                vad: coda_actors::audio::vad::VadSettings {
-                    start_db: a.vad_start_db,
-                    stop_db: a.vad_stop_db,
-                    min_dbfs: a.vad_min_dbfs,
-                    start_ms: a.vad_start_ms,
-                    silence_ms: a.silence_ms,
-                    ..Default::default()
-                },
-                preroll_ms: a.preroll_ms,
-                max_utterance_s: a.max_utterance_s,
-                interim_ms: a.interim_ms,
-                settle_ms: a.settle_ms,
-                quick_silence_ms: a.quick_silence_ms,
-            },
-        }
-    }
 }
 
 fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dashboard;
 pub mod llm_setup;
 pub mod server;
+pub mod settings;
 pub mod speech;
 pub mod synthetic;
 pub mod wer;

@@ -13,16 +13,15 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use coda_actors::auth::{Authenticator, BootToken, TokenStore};
 use coda_actors::components::ComponentRegistry;
-use coda_actors::hub::{EventHub, GetStatus, HubHandle, HubSettings, Shutdown};
+use coda_actors::hub::{EventHub, GetStatus, HubHandle, Shutdown};
 use coda_actors::kernel::{Kernel, KernelSettings, Rooms};
 use coda_actors::llm::actor::ProviderSlot;
-use coda_actors::metrics::{GetPerformance, MetricsActor, MetricsSettings, RenderPrometheus};
+use coda_actors::metrics::{GetPerformance, MetricsActor, RenderPrometheus};
 use coda_actors::orchestrator::ConversationSettings;
 use coda_actors::session::guard::GuardPolicy;
 use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
-use coda_actors::session::{ServerFacts, SessionSettings, SessionShared};
+use coda_actors::session::{ServerFacts, SessionShared};
 use coda_actors::store::{SledStore, Storage, StoreError};
-use coda_actors::supervise::RestartBudget;
 use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
 use coda_protocol::{ComponentState, ConnectionState, PROTOCOL_VERSION};
 
@@ -117,7 +116,7 @@ pub async fn start(
         Some(TokenStore::new(storage.clone())),
     ));
 
-    let hub = EventHub::start_hub(hub_settings(s));
+    let hub = EventHub::start_hub(s.hub_settings());
     let components = ComponentRegistry::new();
     components.set(&hub, "event_hub", ComponentState::Running, None);
     components.set(&hub, "store", ComponentState::Running, None);
@@ -154,13 +153,13 @@ pub async fn start(
     let rooms = start_rooms(s, storage, &hub, &components)?;
     let kernel = start_kernel(s, &hub, &components, rooms);
     let shared = SessionShared::new(
-        session_settings(s),
+        s.session_settings(),
         hub.clone(),
         authenticator,
         facts,
         Some(kernel),
     );
-    let metrics_settings = metrics_settings(s)?;
+    let metrics_settings = s.metrics_settings()?;
     let metrics = actix::Supervisor::start({
         let (hub, components) = (hub.clone(), components.clone());
         // Registers itself as component "metrics" (running) once started.
@@ -327,13 +326,6 @@ pub fn llm_provider(s: &Settings, hub: &HubHandle) -> ProviderSlot {
         .map(|chain| Arc::new(chain) as Arc<dyn coda_actors::llm::LlmProvider>)
 }
 
-fn restart_budget(s: &Settings) -> RestartBudget {
-    RestartBudget {
-        max_restarts: s.kernel.max_restarts,
-        period: Settings::secs(s.kernel.restart_period_s),
-    }
-}
-
 /// Memory (on the same store) and Tools, which the kernel uses.
 fn start_rooms(
     s: &Settings,
@@ -352,7 +344,7 @@ fn start_rooms(
         components.set(hub, name, ComponentState::Starting, None);
         coda_actors::supervise::Supervision::new(
             name,
-            restart_budget(s),
+            s.restart_budget(),
             hub.clone(),
             components.clone(),
         )
@@ -397,7 +389,7 @@ fn start_kernel(
     rooms: Rooms,
 ) -> Kernel {
     let settings = KernelSettings {
-        budget: restart_budget(s),
+        budget: s.restart_budget(),
         conversation: ConversationSettings {
             system_prompt: s.conversation.system_prompt.clone(),
             history_turns: s.conversation.history_turns,
@@ -405,7 +397,7 @@ fn start_kernel(
             speak_first_clause: s.conversation.speak_first_clause,
         },
         stt: s.stt_settings(),
-        tts_output: crate::speech::tts_output(s),
+        tts_output: s.tts_output(),
         audio: s.audio.enabled.then(|| s.audio_settings()),
     };
     let engine = crate::speech::tts_engine(s, None, None).unwrap_or_else(|e| {
@@ -424,48 +416,6 @@ fn start_kernel(
         engine,
         rooms,
     )
-}
-
-fn hub_settings(s: &Settings) -> HubSettings {
-    HubSettings {
-        replay_size: s.events.replay_size,
-        resume_max_events: s.events.resume_max_events,
-        resume_max_age: Settings::secs(s.events.resume_max_age_s),
-    }
-}
-
-/// The metrics actor's settings from config (the rules were validated at load time).
-pub fn metrics_settings(s: &Settings) -> anyhow::Result<MetricsSettings> {
-    Ok(MetricsSettings {
-        interval: Settings::secs(s.metrics.interval_s),
-        timing_interval: Settings::secs(s.metrics.timing_interval_s),
-        window: Settings::secs(s.metrics.window_s),
-        alerts: s.metrics.alert_rules()?,
-        budget: restart_budget(s),
-    })
-}
-
-/// The session limits from config.
-pub fn session_settings(s: &Settings) -> SessionSettings {
-    SessionSettings {
-        max_frame_bytes: s.server.max_frame_bytes,
-        max_queue: s.server.max_queue,
-        rate_per_s: s.server.rate_limit_per_s,
-        rate_burst: f64::from(s.server.rate_limit_burst),
-        ping_interval: Settings::secs(s.server.ping_interval_s),
-        ping_timeout: Settings::secs(s.server.ping_timeout_s),
-        hello_wait: Duration::from_millis(s.server.hello_wait_ms),
-        auth_timeout: Settings::secs(s.auth.timeout_s),
-        auth_required: s.auth.required,
-        max_violations: s.server.max_violations,
-        client_audio: coda_actors::session::ClientAudioSettings {
-            segment: coda_actors::audio::SegmentSettings {
-                interim_ms: s.stt.interim_interval_ms.clamp(100, 10_000) as u32,
-                max_utterance_s: s.stt.max_utterance_s,
-                ..s.audio_settings().segment
-            },
-        },
-    }
 }
 
 /// Host allow-list on every request (DNS rebinding).
