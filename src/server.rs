@@ -340,14 +340,8 @@ fn start_rooms(
         .map_err(|e| StartError::Other(anyhow::anyhow!("cannot open the memory store: {e}")))?;
     // Memory and Tools start before the kernel (the tools use memory) but under the same
     // restart budget as the kernel's actors.
-    let sup = |name: &'static str| {
-        components.set(hub, name, ComponentState::Starting, None);
-        coda_actors::supervise::Supervision::new(
-            name,
-            s.restart_budget(),
-            hub.clone(),
-            components.clone(),
-        )
+    let sup = |name| {
+        coda_actors::supervise::Supervision::starting(name, s.restart_budget(), hub, components)
     };
     let actor = MemoryActor::new(Arc::new(engine), Some(hub.clone()))
         .map_err(|e| StartError::Other(anyhow::anyhow!("cannot start the memory writer: {e}")))?

@@ -71,6 +71,18 @@ impl Supervision {
         }
     }
 
+    /// A record for the component `name`, reported `starting` now: what every supervised
+    /// actor is started with.
+    pub fn starting(
+        name: &'static str,
+        budget: RestartBudget,
+        hub: &HubHandle,
+        components: &ComponentRegistry,
+    ) -> Self {
+        components.set(hub, name, coda_protocol::ComponentState::Starting, None);
+        Supervision::new(name, budget, hub.clone(), components.clone())
+    }
+
     /// The component name.
     pub fn name(&self) -> &'static str {
         self.name

@@ -95,10 +95,7 @@ impl Kernel {
                 m
             })
         });
-        let sup = |name: &'static str| {
-            components.set(&hub, name, ComponentState::Starting, None);
-            Supervision::new(name, settings.budget, hub.clone(), components.clone())
-        };
+        let sup = |name| Supervision::starting(name, settings.budget, &hub, &components);
         if let Err(e) = &provider {
             tracing::warn!(error = %e, "no language model: turns that need one will fail with llm_error");
         }
