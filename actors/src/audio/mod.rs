@@ -307,20 +307,25 @@ impl AudioCapture {
             return;
         };
         let (session_id, mode) = (l.session_id.clone(), l.mode);
-        if let Some(msg) = speech_report(&session_id, mode, AudioSource::Device, segment.clone()) {
+        let at_max = matches!(
+            segment,
+            Segment::Ended {
+                cause: EndCause::MaxLength,
+                ..
+            }
+        );
+        if let Some(msg) = speech_report(&session_id, mode, AudioSource::Device, segment) {
             self.report(msg);
         }
-        if let Segment::Ended { cause, .. } = segment {
-            if cause == EndCause::MaxLength {
-                tracing::info!(
-                    session = %session_id,
-                    max_s = self.settings.segment.max_utterance_s,
-                    "utterance reached audio.max_utterance_s; ended there"
-                );
-                if mode == SttMode::PushToTalk {
-                    // Push-to-talk listens for one utterance: the device closes.
-                    self.listening = None;
-                }
+        if at_max {
+            tracing::info!(
+                session = %session_id,
+                max_s = self.settings.segment.max_utterance_s,
+                "utterance reached audio.max_utterance_s; ended there"
+            );
+            if mode == SttMode::PushToTalk {
+                // Push-to-talk listens for one utterance: the device closes.
+                self.listening = None;
             }
         }
     }

@@ -315,12 +315,7 @@ impl Segmenter {
 mod tests {
     use super::*;
 
-    fn tone(ms: u32, amp: f32) -> Vec<f32> {
-        let n = (SPEECH_SAMPLE_RATE * ms / 1000) as usize;
-        (0..n)
-            .map(|i| amp * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / 16_000.0).sin())
-            .collect()
-    }
+    use crate::audio::vad::tests::tone;
 
     fn quiet(ms: u32) -> Vec<f32> {
         let n = (SPEECH_SAMPLE_RATE * ms / 1000) as usize;

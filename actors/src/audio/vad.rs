@@ -181,10 +181,11 @@ impl Vad {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn tone(ms: u32, amp: f32) -> Vec<f32> {
+    /// A 220 Hz tone of `ms` at amplitude `amp` (the audio tests' stand-in for a voice).
+    pub(in crate::audio) fn tone(ms: u32, amp: f32) -> Vec<f32> {
         let n = (SPEECH_SAMPLE_RATE * ms / 1000) as usize;
         (0..n)
             .map(|i| amp * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / 16_000.0).sin())

@@ -412,9 +412,26 @@ pub fn import_ct2(
         pb.set_position(done);
     })?;
     pb.finish_and_clear();
-    let sha256 = sha256_file(&dst, quiet)?;
-    let size = std::fs::metadata(&dst)?.len();
     let hp = report.hparams;
+    let format = format!(
+        "ggml f16 whisper {}{} (from CTranslate2 {})",
+        hp.size_name(),
+        if hp.multilingual() { "" } else { ".en" },
+        report.source_dtype
+    );
+    store_whisper(store, name, &dst, source, source_sha256, format, quiet)
+}
+
+/// Records the whisper file `dst`, now in the store, as `name`.
+fn store_whisper(
+    store: &ModelStore,
+    name: &str,
+    dst: &Path,
+    source: &str,
+    source_sha256: Option<&str>,
+    format: String,
+    quiet: bool,
+) -> anyhow::Result<ModelEntry> {
     let entry = ModelEntry {
         name: name.to_string(),
         kind: ModelKind::Whisper,
@@ -422,16 +439,11 @@ pub fn import_ct2(
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        sha256,
-        size,
+        sha256: sha256_file(dst, quiet)?,
+        size: std::fs::metadata(dst)?.len(),
         source: source.to_string(),
         source_sha256: source_sha256.map(str::to_string),
-        format: format!(
-            "ggml f16 whisper {}{} (from CTranslate2 {})",
-            hp.size_name(),
-            if hp.multilingual() { "" } else { ".en" },
-            report.source_dtype
-        ),
+        format,
         added: coda_actors::hub::unix_now() as u64,
     };
     store.insert(entry.clone())?;
@@ -454,28 +466,13 @@ fn import_whisper_ggml(
     std::fs::copy(src, &tmp)
         .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
     std::fs::rename(&tmp, &dst)?;
-    let sha256 = sha256_file(&dst, quiet)?;
-    let entry = ModelEntry {
-        name: name.to_string(),
-        kind: ModelKind::Whisper,
-        file: dst
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        sha256,
-        size: std::fs::metadata(&dst)?.len(),
-        source: source.to_string(),
-        source_sha256: None,
-        format: format!(
-            "ggml whisper {}{} (ftype {})",
-            hp.size_name(),
-            if hp.multilingual() { "" } else { ".en" },
-            hp.ftype
-        ),
-        added: coda_actors::hub::unix_now() as u64,
-    };
-    store.insert(entry.clone())?;
-    Ok(entry)
+    let format = format!(
+        "ggml whisper {}{} (ftype {})",
+        hp.size_name(),
+        if hp.multilingual() { "" } else { ".en" },
+        hp.ftype
+    );
+    store_whisper(store, name, &dst, source, None, format, quiet)
 }
 
 /// Checks `src` is a GGUF chat model the engine can run, stores it as `name` (requantised
