@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use coda_actors::llm::oci::auth::OciAuth;
+use coda_actors::llm::registry::ProviderKind;
+use coda_actors::tools::Permission;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
@@ -71,16 +74,40 @@ pub struct ConversationConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TtsConfig {
-    pub engine: String,
+    pub engine: coda_actors::tts::registry::EngineKind,
     pub binary: String,
     pub voice: String,
     pub rate: u32,
     pub play: bool,
     pub stream_audio: bool,
-    pub fallback: String,
+    pub fallback: SpeechFallback,
     pub timeout_s: f64,
     pub elevenlabs: TtsElevenLabsConfig,
     pub openai: TtsOpenAiConfig,
+}
+
+/// `tts.fallback`: what speaks when a remote engine fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SpeechFallback {
+    /// `""`: the turn's speech fails with `tts_error`.
+    #[serde(rename = "")]
+    None,
+    #[serde(rename = "espeak-ng")]
+    EspeakNg,
+}
+
+impl TryFrom<String> for SpeechFallback {
+    type Error = String;
+    fn try_from(s: String) -> Result<SpeechFallback, String> {
+        match s.as_str() {
+            "" => Ok(SpeechFallback::None),
+            "espeak-ng" | "espeak" => Ok(SpeechFallback::EspeakNg),
+            other => Err(format!(
+                "`{other}` is not a fallback: \"espeak-ng\" or \"\" (none)"
+            )),
+        }
+    }
 }
 
 /// `[tts.elevenlabs]`
@@ -168,29 +195,17 @@ pub struct MemoryConfig {
 pub struct ToolsConfig {
     pub default_timeout_s: f64,
     pub max_output_bytes: usize,
-    pub default_permission: String,
-    pub permissions: BTreeMap<String, String>,
+    pub default_permission: Permission,
+    pub permissions: BTreeMap<String, Permission>,
 }
 
 impl ToolsConfig {
-    /// The registry's settings (validated at load, so the parse cannot fail here).
     pub fn registry_settings(&self) -> coda_actors::tools::RegistrySettings {
         coda_actors::tools::RegistrySettings {
             default_timeout: Settings::secs(self.default_timeout_s),
-            default_permission: self
-                .default_permission
-                .parse()
-                .unwrap_or(coda_actors::tools::Permission::Ask),
+            default_permission: self.default_permission,
             max_output_bytes: self.max_output_bytes,
         }
-    }
-
-    /// The per-tool permissions.
-    pub fn permission_map(&self) -> BTreeMap<String, coda_actors::tools::Permission> {
-        self.permissions
-            .iter()
-            .filter_map(|(k, v)| v.parse().ok().map(|p| (k.clone(), p)))
-            .collect()
     }
 }
 
@@ -199,7 +214,27 @@ impl ToolsConfig {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
-    pub format: String,
+    pub format: LogFormat,
+}
+
+/// `log.format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<LogFormat, String> {
+        match s.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}` is not \"text\" or \"json\"")),
+        }
+    }
 }
 
 /// `[metrics]`
@@ -265,14 +300,14 @@ impl MetricsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmConfig {
-    pub provider: String,
+    pub provider: ProviderKind,
     pub model: String,
     pub temperature: f32,
     pub top_p: f32,
     pub max_tokens: u32,
     pub seed: u64,
     pub threads: usize,
-    pub fallback: Vec<String>,
+    pub fallback: Vec<ProviderKind>,
     pub connect_timeout_s: f64,
     pub idle_timeout_s: f64,
     pub max_retries: u32,
@@ -307,7 +342,7 @@ pub struct LlmOciConfig {
     pub profile: String,
     pub region: String,
     pub compartment_id: String,
-    pub auth: String,
+    pub auth: OciAuth,
     pub model: String,
     pub endpoint: String,
     pub management_endpoint: String,
@@ -601,10 +636,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let settings: Settings = merged.try_deserialize().map_err(|e| {
         let message = e.to_string();
         let key = extract_key(&message).unwrap_or_else(|| "?".into());
-        ConfigError::Invalid {
-            key,
-            problem: message,
-        }
+        // The key leads the message already.
+        let problem = message
+            .strip_suffix(&format!(" for key `{key}`"))
+            .unwrap_or(&message)
+            .to_string();
+        ConfigError::Invalid { key, problem }
     })?;
     validate(&settings)?;
     Ok(Loaded {
@@ -801,12 +838,6 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     validate_memory_tools(s)?;
     validate_stt(&s.stt)?;
-    if !matches!(s.log.format.as_str(), "text" | "json") {
-        return Err(invalid(
-            "log.format",
-            format!("must be \"text\" or \"json\", not {:?}", s.log.format),
-        ));
-    }
     validate_llm(&s.llm)
 }
 
@@ -839,23 +870,6 @@ fn validate_stt(c: &SttConfig) -> Result<(), ConfigError> {
 }
 
 fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
-    const ENGINES: &[&str] = &["espeak-ng", "espeak", "elevenlabs", "openai"];
-    if !ENGINES.contains(&s.tts.engine.as_str()) {
-        return Err(invalid(
-            "tts.engine",
-            format!(
-                "unknown engine {:?} (known: {})",
-                s.tts.engine,
-                ENGINES.join(", ")
-            ),
-        ));
-    }
-    if !matches!(s.tts.fallback.as_str(), "" | "espeak-ng" | "espeak") {
-        return Err(invalid(
-            "tts.fallback",
-            "must be \"espeak-ng\" or \"\" (none)",
-        ));
-    }
     if !(s.tts.timeout_s.is_finite() && (0.5..=600.0).contains(&s.tts.timeout_s)) {
         return Err(invalid(
             "tts.timeout_s",
@@ -913,20 +927,6 @@ fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
 }
 
 fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {
-    use coda_actors::llm::registry::PROVIDERS;
-    let known = || PROVIDERS.join(", ");
-    if !PROVIDERS.contains(&l.provider.as_str()) {
-        return Err(invalid(
-            "llm.provider",
-            format!("unknown provider {:?} (known: {})", l.provider, known()),
-        ));
-    }
-    if let Some(f) = l.fallback.iter().find(|f| !PROVIDERS.contains(&f.as_str())) {
-        return Err(invalid(
-            "llm.fallback",
-            format!("unknown provider {f:?} (known: {})", known()),
-        ));
-    }
     if !(l.temperature.is_finite() && (0.0..=2.0).contains(&l.temperature)) {
         return Err(invalid("llm.temperature", "must be between 0 and 2"));
     }
@@ -946,12 +946,6 @@ fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {
     }
     if l.max_retries > 10 {
         return Err(invalid("llm.max_retries", "at most 10"));
-    }
-    if coda_actors::llm::oci::auth::OciAuth::parse(&l.oci.auth).is_none() {
-        return Err(invalid(
-            "llm.oci.auth",
-            "must be auto, api_key, security_token, instance_principal or resource_principal",
-        ));
     }
     Ok(())
 }
@@ -995,17 +989,6 @@ fn validate_memory_tools(s: &Settings) -> Result<(), ConfigError> {
             "must be between 1024 and 67108864",
         ));
     }
-    if let Err(e) = t
-        .default_permission
-        .parse::<coda_actors::tools::Permission>()
-    {
-        return Err(invalid("tools.default_permission", e));
-    }
-    for (tool, p) in &t.permissions {
-        if let Err(e) = p.parse::<coda_actors::tools::Permission>() {
-            return Err(invalid(&format!("tools.permissions.{tool}"), e));
-        }
-    }
     Ok(())
 }
 
@@ -1016,7 +999,7 @@ mod tests {
     #[test]
     fn memory_and_tools_sections() {
         let l = load(&LoadOptions::hermetic()).unwrap();
-        let perms = l.settings.tools.permission_map();
+        let perms = &l.settings.tools.permissions;
         for tool in coda_actors::tools::BUILTIN_TOOLS {
             assert!(perms.contains_key(*tool), "default.toml names {tool}");
         }
@@ -1030,7 +1013,7 @@ mod tests {
         assert!(e.contains("tools.permissions.calculator"), "{e}");
         let l = load(&env(&[("CODA__TOOLS__PERMISSIONS__TIMER", "deny")])).unwrap();
         assert_eq!(
-            l.settings.tools.permission_map()["timer"],
+            l.settings.tools.permissions["timer"],
             coda_actors::tools::Permission::Deny
         );
         let e = load(&env(&[("CODA__MEMORY__RECENT_TURNS", "0")]))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use coda_actors::llm::http::HttpOptions;
-use coda_actors::llm::oci::auth::{self as oci_auth, OciAuth};
+use coda_actors::llm::oci::auth as oci_auth;
 use coda_actors::llm::oci::OciConfig;
 use coda_actors::llm::ollama::OllamaConfig;
 use coda_actors::llm::openai::OpenAiConfig;
@@ -59,7 +59,7 @@ pub fn llm_settings(cfg: &LlmConfig, model: Option<String>) -> LlmSettings {
         None
     };
     LlmSettings {
-        provider: cfg.provider.clone(),
+        provider: cfg.provider,
         model: model.filter(|m| !m.is_empty()),
         fallback: cfg.fallback.clone(),
         defaults: GenerationDefaults {
@@ -97,8 +97,7 @@ pub fn llm_settings(cfg: &LlmConfig, model: Option<String>) -> LlmSettings {
             },
             region: cfg.oci.region.clone(),
             compartment_id: cfg.oci.compartment_id.clone(),
-            // Validated when the config was loaded.
-            auth: OciAuth::parse(&cfg.oci.auth).unwrap_or(OciAuth::Auto),
+            auth: cfg.oci.auth,
             model: cfg.oci.model.clone(),
             endpoint: cfg.oci.endpoint.clone(),
             management_endpoint: cfg.oci.management_endpoint.clone(),
@@ -154,19 +153,20 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 mod tests {
     use super::*;
     use crate::config::{load, LoadOptions};
+    use coda_actors::llm::registry::ProviderKind;
 
     #[test]
     fn settings_follow_the_config() {
         let mut cfg = load(&LoadOptions::hermetic()).unwrap().settings.llm;
-        cfg.provider = "oci".into();
-        cfg.fallback = vec!["ollama".into()];
+        cfg.provider = ProviderKind::Oci;
+        cfg.fallback = vec![ProviderKind::Ollama];
         cfg.openai.api_key = "sk-direct".into();
         cfg.connect_timeout_s = 1.5;
         cfg.max_retries = 4;
         let s = llm_settings(&cfg, Some("grok-3".into()));
-        assert_eq!(s.provider, "oci");
+        assert_eq!(s.provider, ProviderKind::Oci);
         assert_eq!(s.model.as_deref(), Some("grok-3"));
-        assert_eq!(s.fallback, vec!["ollama".to_string()]);
+        assert_eq!(s.fallback, vec![ProviderKind::Ollama]);
         assert_eq!(s.openai.api_key.as_deref(), Some("sk-direct"));
         assert_eq!(
             s.ollama.http.connect_timeout,
@@ -174,7 +174,7 @@ mod tests {
         );
         assert_eq!(s.oci.http.max_retries, 4);
         assert_eq!(s.oci.profile, "DEFAULT");
-        assert_eq!(s.oci.auth, OciAuth::Auto);
+        assert_eq!(s.oci.auth, oci_auth::OciAuth::Auto);
         assert!(s.oci.cache_dir.is_some());
         // seed 0 means "not fixed": nothing is sent.
         assert_eq!(s.defaults.seed, None);
@@ -207,6 +207,9 @@ mod tests {
             assert!(e.contains(key), "{k}={v}: {e}");
         }
         let l = load(&env("CODA__LLM__FALLBACK", "ollama,local")).unwrap();
-        assert_eq!(l.settings.llm.fallback, vec!["ollama", "local"]);
+        assert_eq!(
+            l.settings.llm.fallback,
+            vec![ProviderKind::Ollama, ProviderKind::Local]
+        );
     }
 }

@@ -361,7 +361,7 @@ fn start_rooms(
     )
     .map_err(|e| StartError::Other(anyhow::anyhow!("cannot register the built-in tools: {e}")))?;
     registry
-        .set_permissions(&s.tools.permission_map())
+        .set_permissions(&s.tools.permissions)
         .map_err(|e| StartError::Other(anyhow::anyhow!("tools.permissions: {e}")))?;
     let tools_actor = ToolsActor::new(registry, Some(hub.clone())).supervised(sup("tools"));
     let tools = Supervisor::start(move |_| tools_actor);

@@ -134,7 +134,7 @@ impl Settings {
         let timeout = Settings::secs(self.tts.timeout_s);
         let (e, o) = (&self.tts.elevenlabs, &self.tts.openai);
         TtsSettings {
-            engine: self.tts.engine.clone(),
+            engine: self.tts.engine,
             espeak: EspeakConfig {
                 binary: PathBuf::from(&self.tts.binary),
                 voice: self.tts.voice.clone(),
@@ -158,7 +158,7 @@ impl Settings {
                 timeout,
                 http,
             },
-            fallback: !self.tts.fallback.is_empty(),
+            fallback: self.tts.fallback != crate::config::SpeechFallback::None,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::config::{ConfigError, LoadOptions, Loaded, OverrideValue};
+use crate::config::{ConfigError, LoadOptions, Loaded, LogFormat, OverrideValue};
 use crate::server::StartError;
 
 pub mod ask;
@@ -195,15 +195,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Serve(args) => serve::run(&choice, args),
         Commands::Events(args) => {
-            init_logging("warn", "text");
+            init_logging("warn", LogFormat::Text);
             events::run(&choice.load(Vec::new())?, args)
         }
         Commands::Token { cmd } => {
-            init_logging("warn", "text");
+            init_logging("warn", LogFormat::Text);
             token::run(&choice.load(Vec::new())?, cmd)
         }
         Commands::Memory { cmd } => {
-            init_logging("warn", "text");
+            init_logging("warn", LogFormat::Text);
             memory::run(&choice.load(Vec::new())?, cmd)
         }
         Commands::Config { cmd } => config::run(&choice.load(Vec::new())?, cmd),
@@ -215,34 +215,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 "warn"
             };
-            init_logging(level, "text");
+            init_logging(level, LogFormat::Text);
             bench::run(&choice.load(Vec::new())?, &choice, cmd)
         }
         Commands::Transcribe(args) => {
-            init_logging("warn,whisper_rs=error", "text");
+            init_logging("warn,whisper_rs=error", LogFormat::Text);
             transcribe::run(&choice.load(Vec::new())?, args)
         }
         Commands::Ask(args) => {
-            init_logging(LLM_CLI_LOG, "text");
+            init_logging(LLM_CLI_LOG, LogFormat::Text);
             let loaded = choice.load(args.provider.overrides())?;
             ask::run(&loaded.settings.llm, args)
         }
         Commands::Chat(args) => {
-            init_logging(LLM_CLI_LOG, "text");
+            init_logging(LLM_CLI_LOG, LogFormat::Text);
             let loaded = choice.load(args.provider.overrides())?;
             chat::run(&loaded.settings.llm, args)
         }
         Commands::Models { cmd } => {
-            init_logging(LLM_CLI_LOG, "text");
+            init_logging(LLM_CLI_LOG, LogFormat::Text);
             let loaded = choice.load(cmd.overrides())?;
             models::run(&loaded.settings.llm, &loaded.settings.model_store(), cmd)
         }
         Commands::Say(args) => {
-            init_logging("warn", "text");
+            init_logging("warn", LogFormat::Text);
             say::run(&choice.load(Vec::new())?.settings, args)
         }
         Commands::Devices { json } => {
-            init_logging("warn", "text");
+            init_logging("warn", LogFormat::Text);
             devices::run(json)
         }
         Commands::Completions { shell } => {
@@ -265,7 +265,7 @@ fn restore_sigpipe() {
 }
 
 /// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.
-pub fn init_logging(level: &str, format: &str) {
+pub fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
@@ -273,7 +273,7 @@ pub fn init_logging(level: &str, format: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if format == "json" {
+    let _ = if format == LogFormat::Json {
         builder.json().try_init()
     } else {
         builder.try_init()

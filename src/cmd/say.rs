@@ -18,7 +18,7 @@ pub struct SayArgs {
     pub output: Option<PathBuf>,
     /// Engine: espeak-ng, elevenlabs, openai (default: tts.engine).
     #[arg(long)]
-    pub engine: Option<String>,
+    pub engine: Option<coda_actors::tts::registry::EngineKind>,
     /// Voice (engine-specific; default: the engine's configured voice).
     #[arg(long)]
     pub voice: Option<String>,
@@ -63,7 +63,7 @@ pub fn write_wav(path: &std::path::Path, audio: &Audio) -> anyhow::Result<()> {
 
 /// `coda say`.
 pub fn run(s: &Settings, args: SayArgs) -> anyhow::Result<()> {
-    let engine = tts_engine(s, args.engine.as_deref(), args.voice.as_deref())?;
+    let engine = tts_engine(s, args.engine, args.voice.as_deref())?;
     let mut splitter = SentenceSplitter::new();
     let mut sentences = splitter.push(&args.text);
     sentences.extend(splitter.finish());

@@ -58,7 +58,7 @@ pub fn run(choice: &ConfigChoice, args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
     let loaded = choice.load(overrides)?;
-    init_logging(&loaded.settings.log.level, &loaded.settings.log.format);
+    init_logging(&loaded.settings.log.level, loaded.settings.log.format);
     let synthetic = match args.emit_synthetic {
         Some(rate) if !(rate.is_finite() && rate > 0.0) => {
             return Err(ConfigError::Invalid {

@@ -18,8 +18,71 @@ use super::{
 };
 use crate::hub::HubHandle;
 
-/// Every provider name `llm.provider` and `llm.fallback` accept.
-pub const PROVIDERS: &[&str] = &["local", "ollama", "openai", "oci"];
+/// A provider `llm.provider` and `llm.fallback` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum ProviderKind {
+    /// The embedded GGUF model.
+    Local,
+    Ollama,
+    /// An OpenAI-compatible server (OpenAI, LiteLLM, vLLM, llama.cpp's server, …).
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Oracle OCI Generative AI.
+    Oci,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::Local,
+        ProviderKind::Ollama,
+        ProviderKind::OpenAi,
+        ProviderKind::Oci,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Ollama => "ollama",
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Oci => "oci",
+        }
+    }
+
+    /// `local, ollama, openai, oci` (for messages).
+    pub fn known() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+}
+
+// Through `FromStr`, so a bad config value is answered with the known names.
+impl TryFrom<String> for ProviderKind {
+    type Error = UnknownProvider;
+    fn try_from(name: String) -> Result<ProviderKind, UnknownProvider> {
+        name.parse()
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is no provider.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown LLM provider `{0}` (known: {known})", known = ProviderKind::known())]
+pub struct UnknownProvider(pub String);
+
+impl std::str::FromStr for ProviderKind {
+    type Err = UnknownProvider;
+    fn from_str(name: &str) -> Result<ProviderKind, UnknownProvider> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| UnknownProvider(name.to_string()))
+    }
+}
 
 /// Settings of the embedded model (`[llm]` keys the `local` provider reads).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -34,11 +97,11 @@ pub struct LocalSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmSettings {
     /// The primary provider.
-    pub provider: String,
+    pub provider: ProviderKind,
     /// Model for the primary provider, overriding its configured one (`--model`).
     pub model: Option<String>,
     /// Providers to try, in order, when the previous one is unavailable.
-    pub fallback: Vec<String>,
+    pub fallback: Vec<ProviderKind>,
     /// Sampling settings applied to requests that leave them unset.
     pub defaults: GenerationDefaults,
     /// `local`.
@@ -54,7 +117,7 @@ pub struct LlmSettings {
 impl Default for LlmSettings {
     fn default() -> Self {
         LlmSettings {
-            provider: "local".into(),
+            provider: ProviderKind::Local,
             model: None,
             fallback: Vec::new(),
             defaults: GenerationDefaults::default(),
@@ -70,9 +133,9 @@ impl Default for LlmSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FallbackNotice {
     /// The provider that was unavailable.
-    pub from: String,
+    pub from: ProviderKind,
     /// The provider tried next.
-    pub to: String,
+    pub to: ProviderKind,
     /// Why `from` was skipped.
     pub error: LlmError,
 }
@@ -90,26 +153,13 @@ impl fmt::Display for FallbackNotice {
 /// Called on every fallback (the CLI prints it on stderr).
 pub type NoticeHook = Arc<dyn Fn(&FallbackNotice) + Send + Sync>;
 
-/// Checks a provider name.
-pub fn check_name(name: &str) -> Result<(), LlmError> {
-    if PROVIDERS.contains(&name) {
-        Ok(())
-    } else {
-        Err(LlmError::Invalid(format!(
-            "unknown LLM provider `{name}` (known: {})",
-            PROVIDERS.join(", ")
-        )))
-    }
-}
-
-/// Builds one provider by name.
-pub fn build_one(name: &str, s: &LlmSettings) -> Result<Arc<dyn LlmProvider>, LlmError> {
-    check_name(name)?;
-    Ok(match name {
-        "local" => return build_local(s),
-        "ollama" => Arc::new(OllamaProvider::new(s.ollama.clone())?),
-        "openai" => Arc::new(OpenAiProvider::new(s.openai.clone())?),
-        _ => Arc::new(OciProvider::new(s.oci.clone())?),
+/// Builds one provider.
+pub fn build_one(kind: ProviderKind, s: &LlmSettings) -> Result<Arc<dyn LlmProvider>, LlmError> {
+    Ok(match kind {
+        ProviderKind::Local => return build_local(s),
+        ProviderKind::Ollama => Arc::new(OllamaProvider::new(s.ollama.clone())?),
+        ProviderKind::OpenAi => Arc::new(OpenAiProvider::new(s.openai.clone())?),
+        ProviderKind::Oci => Arc::new(OciProvider::new(s.oci.clone())?),
     })
 }
 
@@ -117,7 +167,7 @@ pub fn build_one(name: &str, s: &LlmSettings) -> Result<Arc<dyn LlmProvider>, Ll
 /// with every other provider naming the same file). Without the `local-llm` feature this
 /// is `Unavailable`, saying so.
 pub fn build_local(s: &LlmSettings) -> Result<Arc<dyn LlmProvider>, LlmError> {
-    let primary = s.provider == "local";
+    let primary = s.provider == ProviderKind::Local;
     let d = &s.defaults;
     let fallback = super::local::LocalLlmConfig::default();
     super::local::local_provider(&super::local::LocalLlmConfig {
@@ -139,7 +189,7 @@ pub fn build_local(s: &LlmSettings) -> Result<Arc<dyn LlmProvider>, LlmError> {
 /// One link of the chain: a built provider, or why it could not be built.
 #[derive(Debug)]
 struct Slot {
-    name: String,
+    name: ProviderKind,
     provider: Result<Arc<dyn LlmProvider>, LlmError>,
 }
 
@@ -171,18 +221,16 @@ pub fn build(
     hub: Option<HubHandle>,
     hook: Option<NoticeHook>,
 ) -> Result<Chain, LlmError> {
-    check_name(&s.provider)?;
-    let mut names = vec![s.provider.clone()];
+    let mut names = vec![s.provider];
     for f in &s.fallback {
-        check_name(f)?;
         if !names.contains(f) {
-            names.push(f.clone());
+            names.push(*f);
         }
     }
     let slots: Vec<Slot> = names
         .into_iter()
         .map(|name| Slot {
-            provider: build_one(&name, s),
+            provider: build_one(name, s),
             name,
         })
         .collect();
@@ -202,9 +250,9 @@ pub fn build(
 }
 
 impl Chain {
-    /// Provider names in the order they are tried.
-    pub fn names(&self) -> Vec<&str> {
-        self.slots.iter().map(|s| s.name.as_str()).collect()
+    /// Providers in the order they are tried.
+    pub fn names(&self) -> Vec<ProviderKind> {
+        self.slots.iter().map(|s| s.name).collect()
     }
 
     /// The (provider, model) of the last answer that started streaming.
@@ -238,7 +286,7 @@ impl Chain {
 #[async_trait::async_trait]
 impl LlmProvider for Chain {
     fn name(&self) -> &str {
-        &self.slots[0].name
+        self.slots[0].name.as_str()
     }
 
     fn default_model(&self) -> String {
@@ -275,12 +323,12 @@ impl LlmProvider for Chain {
             match attempt {
                 Ok((stream, model)) => {
                     *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((slot.name.clone(), model));
+                        Some((slot.name.to_string(), model));
                     return Ok(stream);
                 }
                 Err(e) if e.is_unavailable() && i + 1 < n => self.announce(&FallbackNotice {
-                    from: slot.name.clone(),
-                    to: self.slots[i + 1].name.clone(),
+                    from: slot.name,
+                    to: self.slots[i + 1].name,
                     error: e,
                 }),
                 Err(e) => return Err(e),
@@ -313,19 +361,13 @@ mod tests {
 
     #[test]
     fn unknown_names_are_refused() {
-        let s = LlmSettings {
-            provider: "gpt".into(),
-            ..Default::default()
-        };
-        let e = build(&s, None, None).unwrap_err();
-        assert_eq!(e.code(), "invalid");
+        let e = "gpt".parse::<ProviderKind>().unwrap_err();
         assert!(e.to_string().contains("local, ollama, openai, oci"), "{e}");
-        let s = LlmSettings {
-            provider: "openai".into(),
-            fallback: vec!["nope".into()],
-            ..Default::default()
-        };
-        assert!(build(&s, None, None).is_err());
+        for k in ProviderKind::ALL {
+            assert_eq!(k.as_str().parse::<ProviderKind>().unwrap(), k);
+            let json = serde_json::to_value(k).unwrap();
+            assert_eq!(json, k.as_str(), "serde and as_str agree");
+        }
     }
 
     #[test]
@@ -350,11 +392,22 @@ mod tests {
     #[test]
     fn chain_dedupes_and_keeps_order() {
         let s = LlmSettings {
-            provider: "openai".into(),
-            fallback: vec!["ollama".into(), "openai".into(), "local".into()],
+            provider: ProviderKind::OpenAi,
+            fallback: vec![
+                ProviderKind::Ollama,
+                ProviderKind::OpenAi,
+                ProviderKind::Local,
+            ],
             ..Default::default()
         };
         let c = build(&s, None, None).unwrap();
-        assert_eq!(c.names(), vec!["openai", "ollama", "local"]);
+        assert_eq!(
+            c.names(),
+            vec![
+                ProviderKind::OpenAi,
+                ProviderKind::Ollama,
+                ProviderKind::Local
+            ]
+        );
     }
 }

@@ -15,7 +15,7 @@ use crate::llm::ToolSpec;
 
 /// What a tool is allowed to do without asking (the `tools.permissions` config map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Permission {
     /// Runs when called.
     Safe,
@@ -37,6 +37,13 @@ impl std::str::FromStr for Permission {
                 "`{other}` is not a permission (use \"safe\", \"ask\" or \"deny\")"
             )),
         }
+    }
+}
+
+impl TryFrom<String> for Permission {
+    type Error = String;
+    fn try_from(name: String) -> Result<Permission, String> {
+        name.parse()
     }
 }
 

@@ -10,14 +10,66 @@ use super::remote::{
 };
 use super::{TtsEngine, TtsEngineError};
 
-/// The engines by name (`espeak` also means espeak-ng).
-pub const ENGINES: &[&str] = &["espeak-ng", "elevenlabs", "openai"];
+/// A speech engine `tts.engine` (and `--engine`) can name; `espeak` also means espeak-ng.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum EngineKind {
+    #[serde(rename = "espeak-ng")]
+    EspeakNg,
+    #[serde(rename = "elevenlabs")]
+    ElevenLabs,
+    /// An OpenAI-compatible `/v1/audio/speech`.
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 3] = [
+        EngineKind::EspeakNg,
+        EngineKind::ElevenLabs,
+        EngineKind::OpenAi,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::EspeakNg => "espeak-ng",
+            EngineKind::ElevenLabs => "elevenlabs",
+            EngineKind::OpenAi => "openai",
+        }
+    }
+}
+
+// Through `FromStr`, so a bad config value is answered with the known names.
+impl TryFrom<String> for EngineKind {
+    type Error = TtsSetupError;
+    fn try_from(name: String) -> Result<EngineKind, TtsSetupError> {
+        name.parse()
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = TtsSetupError;
+    fn from_str(name: &str) -> Result<EngineKind, TtsSetupError> {
+        if name == "espeak" {
+            return Ok(EngineKind::EspeakNg);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| TtsSetupError::Unknown(name.to_string()))
+    }
+}
 
 /// Everything the registry needs.
 #[derive(Debug, Clone)]
 pub struct TtsSettings {
-    /// `espeak-ng`, `elevenlabs` or `openai`.
-    pub engine: String,
+    pub engine: EngineKind,
     /// The local engine (and the fallback).
     pub espeak: EspeakConfig,
     /// ElevenLabs.
@@ -48,23 +100,22 @@ pub fn build(s: &TtsSettings, voice: Option<&str>) -> Result<Arc<dyn TtsEngine>,
         }
         Arc::new(EspeakEngine::new(cfg))
     };
-    let remote: Arc<dyn TtsEngine> = match s.engine.as_str() {
-        "espeak-ng" | "espeak" => return Ok(espeak(voice)),
-        "elevenlabs" => {
+    let remote: Arc<dyn TtsEngine> = match s.engine {
+        EngineKind::EspeakNg => return Ok(espeak(voice)),
+        EngineKind::ElevenLabs => {
             let mut cfg = s.elevenlabs.clone();
             if let Some(v) = voice {
                 cfg.voice_id = v.to_string();
             }
             Arc::new(ElevenLabsEngine::new(cfg)?)
         }
-        "openai" => {
+        EngineKind::OpenAi => {
             let mut cfg = s.openai.clone();
             if let Some(v) = voice {
                 cfg.voice = v.to_string();
             }
             Arc::new(OpenAiSpeechEngine::new(cfg)?)
         }
-        other => return Err(TtsSetupError::Unknown(other.to_string())),
     };
     if s.fallback {
         Ok(Arc::new(FallbackEngine::new(remote, espeak(None))))
@@ -81,7 +132,7 @@ mod tests {
 
     fn settings(engine: &str, fallback: bool) -> TtsSettings {
         TtsSettings {
-            engine: engine.into(),
+            engine: engine.parse().expect("a known engine"),
             espeak: EspeakConfig {
                 binary: "espeak-ng".into(),
                 voice: "en-us".into(),
@@ -121,7 +172,7 @@ mod tests {
 
     #[test]
     fn unknown_names_and_bad_settings_are_clear_errors() {
-        let err = build(&settings("festival", false), None).expect_err("unknown");
+        let err = "festival".parse::<EngineKind>().expect_err("unknown");
         assert_eq!(err, TtsSetupError::Unknown("festival".into()));
         assert!(err.to_string().contains("espeak-ng, elevenlabs, openai"));
         let mut s = settings("elevenlabs", false);

@@ -8,13 +8,14 @@ use coda_actors::tts::SentenceSplitter;
 use super::summary;
 use crate::config::Settings;
 use crate::speech::tts_engine;
+use coda_actors::tts::registry::EngineKind;
 
 /// `coda bench tts` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TtsBenchArgs {
     /// Engine: espeak-ng, elevenlabs, openai (default: tts.engine).
     #[arg(long)]
-    pub engine: Option<String>,
+    pub engine: Option<EngineKind>,
     /// Measured runs (after one warm-up).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
@@ -37,13 +38,17 @@ pub fn run(s: &Settings, args: TtsBenchArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let mut settings = s.clone();
-        let name = args.engine.clone().unwrap_or_else(|| s.tts.engine.clone());
+        let name = args.engine.unwrap_or(s.tts.engine);
         // The loopback server must outlive the runs.
         let mut _server = None;
-        if args.loopback && (name == "elevenlabs" || name == "openai") {
+        if args.loopback && name != EngineKind::EspeakNg {
             use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
             // 1.5 s of a tone as s16le, streamed in 20 chunks.
-            let rate = if name == "openai" { 24_000 } else { 22_050 };
+            let rate = if name == EngineKind::OpenAi {
+                24_000
+            } else {
+                22_050
+            };
             let pcm: Vec<u8> = (0..rate * 3 / 2)
                 .flat_map(|i| {
                     let v = (8000.0
@@ -62,10 +67,10 @@ pub fn run(s: &Settings, args: TtsBenchArgs) -> anyhow::Result<()> {
             .await?;
             settings.tts.elevenlabs.base_url = server.url();
             settings.tts.openai.base_url = format!("{}/v1", server.url());
-            settings.tts.fallback = String::new();
+            settings.tts.fallback = crate::config::SpeechFallback::None;
             _server = Some(server);
         }
-        let engine = tts_engine(&settings, Some(&name), None)?;
+        let engine = tts_engine(&settings, Some(name), None)?;
         let mut splitter = SentenceSplitter::new();
         let mut sentences = splitter.push(BENCH_ANSWER);
         sentences.extend(splitter.finish());

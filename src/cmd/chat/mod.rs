@@ -386,7 +386,7 @@ impl Repl {
 
     fn build(&self, provider: &str, model: Option<String>) -> anyhow::Result<Arc<Chain>> {
         let mut cfg = self.cfg.clone();
-        cfg.provider = provider.to_string();
+        cfg.provider = provider.parse()?;
         llm_setup::build_chain(&llm_setup::llm_settings(&cfg, model))
     }
 
@@ -469,7 +469,7 @@ impl Repl {
             Command::Provider(None) => println!(
                 "provider: {} (available: {})",
                 self.provider,
-                coda_actors::llm::registry::PROVIDERS.join(", ")
+                coda_actors::llm::registry::ProviderKind::known()
             ),
             Command::Provider(Some(p)) => match self.build(&p, None) {
                 Ok(c) => {
@@ -700,7 +700,7 @@ pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
     let data = llm_setup::data_dir();
     let mut repl = Repl {
         cfg: cfg.clone(),
-        provider: cfg.provider.clone(),
+        provider: cfg.provider.to_string(),
         model: args.provider.model.clone(),
         mode: args.mode,
         chain,

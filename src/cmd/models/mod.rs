@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 
 use clap::Subcommand;
 use coda_actors::llm::ollama::{OllamaProvider, PullProgress};
+use coda_actors::llm::registry::ProviderKind;
 use coda_actors::llm::{LlmProvider, ModelInfo};
 
 use coda_actors::models::{catalog, unreachable_reason, ModelStore};
@@ -148,7 +149,9 @@ fn print_table(models: &[ModelInfo]) {
 pub fn run(cfg: &LlmConfig, store: &ModelStore, cmd: ModelsCommand) -> anyhow::Result<()> {
     match cmd {
         // The local provider's models are the store: listed without loading one.
-        ModelsCommand::List { json, .. } if cfg.provider == "local" => local::list(store, json),
+        ModelsCommand::List { json, .. } if cfg.provider == ProviderKind::Local => {
+            local::list(store, json)
+        }
         ModelsCommand::Pull {
             model,
             force,

@@ -21,11 +21,13 @@ use sha2::{Digest, Sha256};
 
 use crate::llm::LlmError;
 
-/// Which credentials to sign with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which credentials to sign with (`llm.oci.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum OciAuth {
     /// Session token if the profile has `security_token_file`, else API key; a resource
     /// principal environment is recognised (and refused).
+    #[default]
     Auto,
     /// `user` / `fingerprint` / `key_file` of the profile.
     ApiKey,
@@ -37,17 +39,20 @@ pub enum OciAuth {
     ResourcePrincipal,
 }
 
-impl OciAuth {
-    /// Parses the config value (`auto`, `api_key`, `security_token`,
-    /// `instance_principal`, `resource_principal`).
-    pub fn parse(s: &str) -> Option<OciAuth> {
-        Some(match s.trim().to_ascii_lowercase().as_str() {
+impl TryFrom<String> for OciAuth {
+    type Error = String;
+    fn try_from(s: String) -> Result<OciAuth, String> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => OciAuth::Auto,
             "api_key" => OciAuth::ApiKey,
             "security_token" | "session_token" => OciAuth::SecurityToken,
             "instance_principal" => OciAuth::InstancePrincipal,
             "resource_principal" => OciAuth::ResourcePrincipal,
-            _ => return None,
+            other => {
+                return Err(format!(
+                    "`{other}` is not one of auto, api_key, security_token, instance_principal, resource_principal"
+                ))
+            }
         })
     }
 }
@@ -442,8 +447,11 @@ mod tests {
         assert!(e.to_string().contains("not implemented"), "{e}");
         let e = OciSigner::for_profile(&p, OciAuth::ResourcePrincipal).unwrap_err();
         assert!(e.to_string().contains("resource principal"), "{e}");
-        assert_eq!(OciAuth::parse("API_KEY"), Some(OciAuth::ApiKey));
-        assert_eq!(OciAuth::parse("x"), None);
+        let parse = |v: &str| serde_json::from_value::<OciAuth>(serde_json::json!(v)).ok();
+        assert_eq!(parse("api_key"), Some(OciAuth::ApiKey));
+        assert_eq!(parse("session_token"), Some(OciAuth::SecurityToken));
+        assert_eq!(parse(""), Some(OciAuth::Auto));
+        assert_eq!(parse("x"), None);
     }
 
     #[test]
