@@ -188,7 +188,6 @@ pub enum ModelError {
     /// The index entry exists but its file is gone.
     #[error("model `{name}` is in the index but its file {path} is missing; {hint}")]
     FileMissing {
-        /// The name.
         name: String,
         /// The missing file.
         path: PathBuf,

@@ -207,23 +207,14 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
     /// Set `key` to `value`.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
-    },
+    Put { key: Vec<u8>, value: Vec<u8> },
     /// Remove `key` (no error when absent).
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-    },
+    Delete { key: Vec<u8> },
 }
 
 /// Writes to one tree that are applied together or not at all ([`Storage::write_groups`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteGroup {
-    /// The tree.
     pub tree: String,
     /// The operations, in order.
     pub ops: Vec<WriteOp>,

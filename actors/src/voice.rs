@@ -30,7 +30,6 @@ pub enum SpeechAudio {
     /// utterance up to now. Producers send these at most every few hundred ms, and once
     /// more, `settle`d, when the speaker pauses.
     Partial {
-        /// The session.
         session_id: String,
         /// 16 kHz mono samples in [-1, 1].
         samples: Arc<[f32]>,
@@ -39,7 +38,6 @@ pub enum SpeechAudio {
     },
     /// The utterance is complete (push-to-talk released, or silence after speech).
     Ended {
-        /// The session.
         session_id: String,
         /// 16 kHz mono samples in [-1, 1], the whole utterance.
         samples: Arc<[f32]>,
@@ -51,7 +49,6 @@ pub enum SpeechAudio {
     },
     /// Listening stopped with nothing to transcribe (cancelled, or no speech at all).
     Cancelled {
-        /// The session.
         session_id: String,
         /// Why, for the log and `stt_error` when it is an error.
         reason: String,
@@ -94,10 +91,7 @@ pub enum DeviceListen {
         mode: SttMode,
     },
     /// Stop listening.
-    Stop {
-        /// The session.
-        session_id: String,
-    },
+    Stop { session_id: String },
 }
 
 /// Converts signed 16-bit PCM to the [-1, 1] floats [`SpeechAudio`] carries.

@@ -110,7 +110,6 @@ impl Resampler16k {
         })
     }
 
-    /// The input rate.
     pub fn input_rate(&self) -> u32 {
         self.rate
     }

@@ -71,7 +71,6 @@ pub const NO_AUDIO_BUILD: &str =
 /// One supported stream configuration of a device.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConfigRange {
-    /// Channels.
     pub channels: u16,
     /// Lowest rate, Hz.
     pub min_rate: u32,
@@ -157,7 +156,6 @@ pub struct StartCapture {
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<CaptureStarted, AudioError>")]
 pub struct StartFeed {
-    /// The session.
     pub session_id: String,
     /// Push-to-talk or continuous.
     pub mode: SttMode,
@@ -175,7 +173,6 @@ pub struct FeedAudio {
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), AudioError>")]
 pub struct StopCapture {
-    /// The session.
     pub session_id: String,
 }
 

@@ -146,12 +146,7 @@ pub enum TokenError {
     },
     /// The token is revoked; it cannot be rotated (that would bring it back).
     #[error("token {id} ({name}) is revoked")]
-    AlreadyRevoked {
-        /// Its id.
-        id: String,
-        /// Its name.
-        name: String,
-    },
+    AlreadyRevoked { id: String, name: String },
     /// The name is not acceptable.
     #[error("invalid token name: {0}")]
     InvalidName(String),

@@ -52,7 +52,6 @@ pub struct StreamEvent {
     pub seq: u64,
     /// Unix seconds when the hub accepted it.
     pub timestamp: f64,
-    /// The event type.
     pub event_type: EventType,
     /// The complete JSON envelope.
     pub json: ByteString,
@@ -81,7 +80,6 @@ pub fn unix_now() -> f64 {
 pub struct Publish {
     /// The conversation session, or `"system"`.
     pub session_id: String,
-    /// The event type.
     pub event_type: EventType,
     /// The payload, already serialised by the publisher (spreads the work off the hub).
     pub data: Box<RawValue>,

@@ -56,7 +56,6 @@ pub type ToolMatcher = Arc<dyn Fn(&str) -> Option<(String, serde_json::Value, f6
 #[derive(Message)]
 #[rtype(result = "IntentDecision")]
 pub struct RouteText {
-    /// The turn.
     pub turn_id: String,
     /// The conversation session (envelope `session_id`).
     pub session_id: String,

@@ -20,15 +20,9 @@ use crate::supervise::{panic_message, Supervision};
 #[rtype(result = "()")]
 pub enum LlmUpdate {
     /// A piece of the answer.
-    Token {
-        /// The turn.
-        turn_id: String,
-        /// The text.
-        text: String,
-    },
+    Token { turn_id: String, text: String },
     /// The answer is complete.
     Done {
-        /// The turn.
         turn_id: String,
         /// The whole text.
         text: String,
@@ -39,7 +33,6 @@ pub enum LlmUpdate {
     },
     /// Generation failed.
     Failed {
-        /// The turn.
         turn_id: String,
         /// Why.
         error: LlmError,
@@ -50,7 +43,6 @@ pub enum LlmUpdate {
 #[derive(Message)]
 #[rtype(result = "Result<(), LlmError>")]
 pub struct Generate {
-    /// The turn.
     pub turn_id: String,
     /// The conversation session (envelope `session_id`).
     pub session_id: String,
@@ -64,14 +56,12 @@ pub struct Generate {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CancelGeneration {
-    /// The turn.
     pub turn_id: String,
 }
 
 /// The provider, or why there is none.
 pub type ProviderSlot = Result<Arc<dyn LlmProvider>, LlmError>;
 
-/// The LLM actor.
 pub struct LlmActor {
     sup: Supervision,
     provider: ProviderSlot,

@@ -18,7 +18,7 @@ use futures_util::{Stream, StreamExt};
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 
-use super::{ChatStream, LlmError, StreamChunk};
+use super::{ChatRequest, ChatStream, LlmError, StreamChunk};
 
 /// Timeouts and retry bounds of one provider's HTTP client.
 #[derive(Debug, Clone, PartialEq)]
@@ -293,6 +293,20 @@ pub struct Payload {
 }
 
 type PayloadStream = Pin<Box<dyn Stream<Item = Result<Payload, LlmError>> + Send>>;
+
+/// A remote provider's JSON request body for `req`, built by `body` once `req` is known
+/// to have something to send.
+pub fn chat_body(
+    req: &ChatRequest,
+    body: impl FnOnce() -> serde_json::Value,
+) -> Result<Bytes, LlmError> {
+    if req.messages.is_empty() {
+        return Err(LlmError::Invalid("no messages to send".into()));
+    }
+    serde_json::to_vec(&body())
+        .map(Bytes::from)
+        .map_err(|e| LlmError::Invalid(format!("cannot encode the request: {e}")))
+}
 
 /// Splits a `text/event-stream` body into events (comments and keep-alives dropped;
 /// events and lines split anywhere across reads are reassembled).

@@ -111,6 +111,13 @@ pub struct ChatRequest {
     pub extra: Option<serde_json::Value>,
 }
 
+impl ChatRequest {
+    /// The model it names, when it names one.
+    pub fn named_model(&self) -> Option<&str> {
+        self.model.as_deref().filter(|m| !m.is_empty())
+    }
+}
+
 /// Sampling settings applied to requests that leave them unset (`[llm]` in config).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenerationDefaults {
@@ -164,7 +171,6 @@ pub enum FinishReason {
 pub struct ChatResponse {
     /// The model that answered.
     pub model: String,
-    /// The text.
     pub text: String,
     /// Tool calls asked for.
     pub tool_calls: Vec<ToolCallRequest>,

@@ -35,7 +35,6 @@ pub const MODEL_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub struct OciConfig {
     /// The OCI config file (`~/.oci/config`).
     pub config_file: PathBuf,
-    /// Its profile.
     pub profile: String,
     /// Region (empty: the profile's `region`).
     pub region: String,
@@ -95,7 +94,6 @@ impl ApiFormat {
 /// A model as the service lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OciModel {
-    /// OCID.
     pub ocid: String,
     /// Display name, also accepted as model id: `cohere.command-r-plus-08-2024`.
     pub display_name: String,
@@ -874,19 +872,9 @@ impl LlmProvider for OciProvider {
     }
 
     async fn chat_stream(&self, req: ChatRequest) -> Result<ChatStream, LlmError> {
-        if req.messages.is_empty() {
-            return Err(LlmError::Invalid("no messages to send".into()));
-        }
-        let model = req
-            .model
-            .clone()
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| self.cfg.model.clone());
-        let target = self.target(&model).await?;
-        let body = bytes::Bytes::from(
-            serde_json::to_vec(&self.request_body(&req, &target))
-                .map_err(|e| LlmError::Invalid(format!("cannot encode the request: {e}")))?,
-        );
+        let model = req.named_model().unwrap_or(&self.cfg.model);
+        let target = self.target(model).await?;
+        let body = http::chat_body(&req, || self.request_body(&req, &target))?;
         let shown = self.chat_url.to_string();
         let resp = http::send("oci", &shown, &self.cfg.http, || {
             let signed = self.signer.sign("POST", &self.chat_url, Some(&body))?;

@@ -353,19 +353,9 @@ impl LlmProvider for OllamaProvider {
     }
 
     async fn chat_stream(&self, req: ChatRequest) -> Result<ChatStream, LlmError> {
-        if req.messages.is_empty() {
-            return Err(LlmError::Invalid("no messages to send".into()));
-        }
-        let model = req
-            .model
-            .clone()
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| self.cfg.model.clone());
+        let model = req.named_model().unwrap_or(&self.cfg.model);
+        let body = http::chat_body(&req, || self.request_body(&req, model))?;
         let url = format!("{}/api/chat", self.base_url().await?);
-        let body = bytes::Bytes::from(
-            serde_json::to_vec(&self.request_body(&req, &model))
-                .map_err(|e| LlmError::Invalid(format!("cannot encode the request: {e}")))?,
-        );
         let resp = http::send("ollama", &url, &self.cfg.http, || {
             Ok(self
                 .client

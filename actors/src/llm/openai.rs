@@ -102,8 +102,8 @@ impl OpenAiProvider {
 
     /// The model for `req`: its own, the configured one, or the server's first.
     async fn model_for(&self, req: &ChatRequest) -> Result<String, LlmError> {
-        if let Some(m) = req.model.as_ref().filter(|m| !m.is_empty()) {
-            return Ok(m.clone());
+        if let Some(m) = req.named_model() {
+            return Ok(m.to_string());
         }
         if !self.cfg.model.is_empty() {
             return Ok(self.cfg.model.clone());
@@ -342,9 +342,7 @@ impl LlmProvider for OpenAiProvider {
             return Err(LlmError::Invalid("no messages to send".into()));
         }
         let model = self.model_for(&req).await?;
-        let body = serde_json::to_vec(&self.request_body(&req, &model))
-            .map_err(|e| LlmError::Invalid(format!("cannot encode the request: {e}")))?;
-        let body = bytes::Bytes::from(body);
+        let body = http::chat_body(&req, || self.request_body(&req, &model))?;
         let resp = http::send(&self.name, &self.chat_url, &self.cfg.http, || {
             Ok(self
                 .authorize(self.client.post(&self.chat_url))

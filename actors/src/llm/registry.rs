@@ -104,13 +104,9 @@ pub struct LlmSettings {
     pub fallback: Vec<ProviderKind>,
     /// Sampling settings applied to requests that leave them unset.
     pub defaults: GenerationDefaults,
-    /// `local`.
     pub local: LocalSettings,
-    /// `ollama`.
     pub ollama: OllamaConfig,
-    /// `openai`.
     pub openai: OpenAiConfig,
-    /// `oci`.
     pub oci: OciConfig,
 }
 
@@ -300,7 +296,7 @@ impl LlmProvider for Chain {
 
     async fn chat_stream(&self, mut req: ChatRequest) -> Result<ChatStream, LlmError> {
         self.defaults.apply(&mut req);
-        let explicit = req.model.clone().filter(|m| !m.is_empty());
+        let explicit = req.named_model().map(str::to_string);
         let n = self.slots.len();
         for (i, slot) in self.slots.iter().enumerate() {
             let mut r = req.clone();

@@ -25,7 +25,6 @@ pub struct Recorded {
     pub target: String,
     /// Headers in arrival order, names lower-cased.
     pub headers: Vec<(String, String)>,
-    /// The body.
     pub body: Vec<u8>,
     /// When the first byte of the request arrived.
     pub first_byte_at: Instant,

@@ -51,7 +51,6 @@ pub struct SavedChat {
 /// A saved chat in a listing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatSessionInfo {
-    /// Its name.
     pub name: String,
     /// Unix seconds of the first save.
     pub created_at: f64,

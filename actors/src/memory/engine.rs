@@ -128,7 +128,6 @@ pub struct NewMemory {
 /// A conversation message to append.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewMessage {
-    /// The session.
     pub session_id: String,
     /// Who said it.
     pub role: ChatRole,

@@ -91,7 +91,6 @@ pub struct Store {
     pub turn_id: Option<String>,
     /// Who stores it (`user`, `tool`, `cli`, ...).
     pub source: String,
-    /// Importance 0.0–1.0.
     pub importance: Option<f64>,
 }
 
@@ -153,13 +152,11 @@ impl List {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<AppendedMessage, MemoryFailure>")]
 pub struct AppendMessage {
-    /// The session.
     pub session_id: String,
     /// Who said it.
     pub role: ChatRole,
     /// The text.
     pub content: String,
-    /// The turn.
     pub turn_id: Option<String>,
     /// Tool calls (assistant messages).
     pub tool_calls: Vec<ToolCallRequest>,
@@ -205,7 +202,6 @@ pub struct AppendedMessage {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<TurnContext, MemoryFailure>")]
 pub struct BuildContext {
-    /// The session.
     pub session_id: String,
     /// What the user just said.
     pub user_text: String,
@@ -220,7 +216,6 @@ pub struct BuildContext {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<Vec<MessageRecord>, MemoryFailure>")]
 pub struct History {
-    /// The session.
     pub session_id: String,
     /// Most messages.
     pub limit: usize,
@@ -235,7 +230,6 @@ pub struct Sessions;
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<Option<u64>, MemoryFailure>")]
 pub struct ForgetSession {
-    /// The session.
     pub session_id: String,
 }
 
@@ -319,7 +313,6 @@ impl Writer {
 // The actor
 // ---------------------------------------------------------------------------------------
 
-/// The Memory actor.
 pub struct MemoryActor {
     engine: Arc<MemoryEngine>,
     writer: Writer,

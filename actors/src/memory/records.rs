@@ -191,7 +191,6 @@ pub struct SessionMeta {
     /// Record format.
     #[serde(default = "format_one")]
     pub v: u32,
-    /// The session id.
     pub session_id: String,
     /// Unix seconds of the first message.
     pub created_at: f64,

@@ -21,7 +21,6 @@ pub enum LatencyStat {
     P99,
     /// Largest sample.
     Max,
-    /// Mean.
     Mean,
 }
 

@@ -87,7 +87,6 @@ impl Default for MetricsSettings {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct RecordStage {
-    /// The stage.
     pub stage: String,
     /// Its latency, ms.
     pub ms: f64,

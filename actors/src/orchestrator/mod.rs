@@ -133,7 +133,6 @@ pub struct VoiceTurn {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Listening {
-    /// The session.
     pub session_id: String,
     /// Listening now?
     pub on: bool,

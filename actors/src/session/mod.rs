@@ -118,7 +118,6 @@ pub struct ServerFacts {
 pub struct SessionShared {
     /// Limits.
     pub settings: SessionSettings,
-    /// The hub.
     pub hub: HubHandle,
     /// Token checks.
     pub auth: Arc<Authenticator>,

@@ -254,7 +254,6 @@ pub fn reads_complete(text: &str) -> bool {
     !last.is_empty() && !DANGLING.contains(&last.as_str())
 }
 
-/// The Stt actor.
 pub struct SttActor {
     sup: Supervision,
     settings: SttSettings,

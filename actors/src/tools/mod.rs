@@ -63,7 +63,6 @@ pub struct Call {
     pub name: String,
     /// Arguments (an object; `null` means none).
     pub arguments: Value,
-    /// The turn.
     pub turn_id: Option<String>,
     /// The conversation session (events go to it; `system` when absent).
     pub session_id: Option<String>,
@@ -122,7 +121,6 @@ pub struct Specs;
 #[rtype(result = "Vec<ToolInfo>")]
 pub struct ListTools;
 
-/// The Tools actor.
 pub struct ToolsActor {
     registry: Arc<ToolRegistry>,
     hub: Option<HubHandle>,

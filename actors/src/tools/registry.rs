@@ -165,9 +165,7 @@ pub trait Tool: Send + Sync + 'static {
 /// A registered tool, as listed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolInfo {
-    /// Name.
     pub name: String,
-    /// Description.
     pub description: String,
     /// JSON Schema of the arguments.
     pub parameters: Value,
@@ -189,7 +187,6 @@ pub enum RegistryError {
     /// The tool's schema is not a valid JSON Schema.
     #[error("the {which} schema of tool `{tool}` is invalid: {message}")]
     BadSchema {
-        /// The tool.
         tool: String,
         /// `arguments` or `output`.
         which: &'static str,

@@ -31,7 +31,6 @@ use crate::supervise::Supervision;
 /// Synthesised audio: 16-bit mono PCM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Audio {
-    /// Samples.
     pub samples: Vec<i16>,
     /// Samples per second.
     pub sample_rate: u32,
@@ -148,7 +147,6 @@ const AUDIO_CHUNK_SAMPLES: usize = 5_512;
 pub enum TtsUpdate {
     /// A sentence is ready (its audio exists; with playback it is being played).
     Spoken {
-        /// The turn.
         turn_id: String,
         /// Sentence index.
         index: u32,
@@ -161,7 +159,6 @@ pub enum TtsUpdate {
     },
     /// Every sentence of the turn is done.
     Done {
-        /// The turn.
         turn_id: String,
         /// Total audio.
         audio_ms: f64,
@@ -170,7 +167,6 @@ pub enum TtsUpdate {
     },
     /// Speech failed for the turn (the text answer stands).
     Failed {
-        /// The turn.
         turn_id: String,
         /// Why.
         error: TtsEngineError,
@@ -181,7 +177,6 @@ pub enum TtsUpdate {
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct Speak {
-    /// The turn.
     pub turn_id: String,
     /// The conversation session (envelope `session_id`).
     pub session_id: String,
@@ -197,7 +192,6 @@ pub struct Speak {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FinishTurn {
-    /// The turn.
     pub turn_id: String,
 }
 
@@ -205,7 +199,6 @@ pub struct FinishTurn {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CancelTurn {
-    /// The turn.
     pub turn_id: String,
 }
 
@@ -238,7 +231,6 @@ enum SpeakerState {
     Missing,
 }
 
-/// The Tts actor.
 pub struct TtsActor {
     sup: Supervision,
     engine: Arc<dyn TtsEngine>,

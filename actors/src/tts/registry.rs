@@ -72,7 +72,6 @@ pub struct TtsSettings {
     pub engine: EngineKind,
     /// The local engine (and the fallback).
     pub espeak: EspeakConfig,
-    /// ElevenLabs.
     pub elevenlabs: ElevenLabsConfig,
     /// An OpenAI-compatible speech endpoint.
     pub openai: OpenAiSpeechConfig,

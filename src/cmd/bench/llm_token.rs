@@ -36,7 +36,6 @@ pub struct LlmTokenArgs {
 /// Percentiles of one measurement, in milliseconds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Percentiles {
-    /// Samples.
     pub samples: u64,
     /// Median.
     pub p50_ms: f64,

@@ -34,7 +34,6 @@ pub struct SavedSession {
 /// One line of a listing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionSummary {
-    /// Name.
     pub name: String,
     /// Unix seconds of the last save.
     pub updated_at: u64,

@@ -195,9 +195,7 @@ impl std::fmt::Debug for OciSigner {
 /// The headers a signed request must carry (all of them were signed, except none).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignedHeaders {
-    /// `date`.
     pub date: String,
-    /// `authorization`.
     pub authorization: String,
     /// `x-content-sha256` (requests with a body).
     pub x_content_sha256: Option<String>,

@@ -24,7 +24,6 @@ pub const MAX_SECONDS: f64 = 86_400.0;
 #[derive(Message, Debug, Clone, PartialEq)]
 #[rtype(result = "()")]
 pub struct TimerFired {
-    /// The timer.
     pub timer: TimerInfo,
     /// What the assistant says about it.
     pub text: String,
