@@ -12,7 +12,7 @@ use coda_actors::hub::{
 };
 use coda_actors::llm::ollama::OllamaConfig;
 use coda_actors::llm::openai::OpenAiConfig;
-use coda_actors::llm::registry::{self, FallbackNotice, LlmSettings};
+use coda_actors::llm::registry::{self, FallbackNotice, LlmSettings, ProviderKind};
 use coda_actors::llm::scripted::{Reply, ScriptedServer};
 use coda_actors::llm::{GenerationDefaults, LlmProvider};
 use common::*;
@@ -68,9 +68,9 @@ fn settings(openai_url: &str, ollama_url: &str) -> LlmSettings {
     let mut http = fast_http();
     http.max_retries = 0;
     LlmSettings {
-        provider: "openai".into(),
+        provider: ProviderKind::OpenAi,
         model: Some("primary-model".into()),
-        fallback: vec!["ollama".into()],
+        fallback: vec![ProviderKind::Ollama],
         defaults: GenerationDefaults {
             temperature: Some(0.5),
             max_tokens: Some(33),
@@ -187,7 +187,7 @@ async fn other_errors_do_not_fall_back() {
 async fn a_provider_missing_from_the_build_is_skipped_with_a_notice() {
     let ollama = ollama_server().await;
     let mut s = settings(&dead_url(), &ollama.url());
-    s.provider = "local".into();
+    s.provider = ProviderKind::Local;
     s.model = None;
     s.local.model = "/nonexistent/model.gguf".into();
     let notices: Arc<Mutex<Vec<FallbackNotice>>> = Arc::default();
@@ -200,7 +200,10 @@ async fn a_provider_missing_from_the_build_is_skipped_with_a_notice() {
         })),
     )
     .unwrap();
-    assert_eq!(chain.names(), vec!["local", "ollama"]);
+    assert_eq!(
+        chain.names(),
+        vec![ProviderKind::Local, ProviderKind::Ollama]
+    );
     let items = drain(chain.chat_stream(ask("hi")).await.unwrap()).await;
     assert_eq!(text(&items), "from ollama");
     let n = notices.lock().unwrap()[0].to_string();
