@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub workers: usize,
     pub max_frame_bytes: usize,
     pub max_queue: usize,
+    pub max_queue_bytes: usize,
+    pub max_lag_ms: u64,
     pub rate_limit_per_s: f64,
     pub rate_limit_burst: u32,
     pub max_violations: u32,
@@ -775,6 +777,18 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     if sv.max_queue == 0 {
         return Err(invalid("server.max_queue", "must be at least 1"));
+    }
+    if !(64 * 1024..=1 << 30).contains(&sv.max_queue_bytes) {
+        return Err(invalid(
+            "server.max_queue_bytes",
+            "must be between 65536 and 1073741824",
+        ));
+    }
+    if !(10..=600_000).contains(&sv.max_lag_ms) {
+        return Err(invalid(
+            "server.max_lag_ms",
+            "must be between 10 and 600000 milliseconds",
+        ));
     }
     if !(sv.rate_limit_per_s.is_finite() && sv.rate_limit_per_s > 0.0) {
         return Err(invalid(

@@ -18,7 +18,7 @@ use coda_actors::kernel::{Kernel, KernelSettings, Rooms};
 use coda_actors::llm::actor::ProviderSlot;
 use coda_actors::metrics::{GetPerformance, MetricsActor, RenderPrometheus};
 use coda_actors::orchestrator::ConversationSettings;
-use coda_actors::session::guard::GuardPolicy;
+use coda_actors::session::guard::{echo, GuardPolicy};
 use coda_actors::session::upgrade::{ws_upgrade, UpgradeState};
 use coda_actors::session::{ServerFacts, SessionShared};
 use coda_actors::store::{SledStore, Storage, StoreError};
@@ -417,14 +417,15 @@ async fn host_guard(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let host = req
-        .headers()
-        .get(header::HOST)
+    let hosts: Vec<_> = req.headers().get_all(header::HOST).collect();
+    let host = hosts
+        .first()
         .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string());
-    let allowed = req
-        .app_data::<web::Data<UpgradeState>>()
-        .map(|st| st.guard.host_allowed(host.as_deref()))
-        .unwrap_or(false);
+    let allowed = hosts.len() <= 1
+        && req
+            .app_data::<web::Data<UpgradeState>>()
+            .map(|st| st.guard.host_allowed(host.as_deref()))
+            .unwrap_or(false);
     if allowed {
         return Ok(next.call(req).await?.map_into_left_body());
     }
@@ -432,10 +433,20 @@ async fn host_guard(
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".into());
-    let reason = format!(
-        "host `{}` is not allowed (server.allowed_hosts)",
-        host.as_deref().unwrap_or("")
-    );
+    let (status, reason) = if hosts.len() > 1 {
+        (
+            actix_web::http::StatusCode::BAD_REQUEST,
+            format!("{} Host headers; a request carries one", hosts.len()),
+        )
+    } else {
+        (
+            actix_web::http::StatusCode::FORBIDDEN,
+            format!(
+                "host `{}` is not allowed (server.allowed_hosts)",
+                echo(host.as_deref().unwrap_or(""))
+            ),
+        )
+    };
     tracing::warn!(%peer, %reason, path = %req.path(), "request refused");
     if let Some(st) = req.app_data::<web::Data<UpgradeState>>() {
         st.shared.connection_event(
@@ -446,7 +457,7 @@ async fn host_guard(
             Some(reason.clone()),
         );
     }
-    let resp = HttpResponse::Forbidden()
+    let resp = HttpResponse::build(status)
         .content_type("text/plain; charset=utf-8")
         .body(format!("{reason}\n"));
     Ok(req.into_response(resp).map_into_right_body())

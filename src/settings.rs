@@ -96,6 +96,8 @@ impl Settings {
         SessionSettings {
             max_frame_bytes: self.server.max_frame_bytes,
             max_queue: self.server.max_queue,
+            max_queue_bytes: self.server.max_queue_bytes,
+            max_lag: Duration::from_millis(self.server.max_lag_ms),
             rate_per_s: self.server.rate_limit_per_s,
             rate_burst: f64::from(self.server.rate_limit_burst),
             ping_interval: Settings::secs(self.server.ping_interval_s),

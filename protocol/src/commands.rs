@@ -27,6 +27,10 @@ pub const MAX_PATTERN_CHARS: usize = 64;
 pub const MAX_SESSION_ID_CHARS: usize = 128;
 /// Largest `limit` of `memory_search` / `memory_list`.
 pub const MAX_MEMORY_LIMIT: u32 = 1_000;
+
+/// The longest `expires_s` a token may be given: 100 years (beyond it a lifetime is
+/// "never", which is what leaving it out means).
+pub const MAX_TOKEN_LIFETIME_S: f64 = 100.0 * 365.25 * 86_400.0;
 /// Longest `memory_search` query, in characters.
 pub const MAX_QUERY_CHARS: usize = 1_000;
 
@@ -334,8 +338,10 @@ impl Command {
             Command::MemorySearch(query) | Command::MemoryList(query) => validate_memory(query),
             Command::TokenCreate(TokenCreate { expires_s, .. })
             | Command::TokenRotate(TokenRotate { expires_s, .. }) => match expires_s {
-                Some(s) if !(s.is_finite() && *s > 0.0) => {
-                    Err("`expires_s` must be a positive number of seconds".to_string())
+                Some(s) if !(s.is_finite() && *s > 0.0 && *s <= MAX_TOKEN_LIFETIME_S) => {
+                    Err(format!(
+                        "`expires_s` must be a positive number of seconds, at most {MAX_TOKEN_LIFETIME_S} (100 years)"
+                    ))
                 }
                 _ => Ok(()),
             },

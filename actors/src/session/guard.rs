@@ -74,6 +74,23 @@ impl GuardPolicy {
     }
 }
 
+/// The most of a client-supplied header that is echoed into a reason, an event or a log.
+pub const ECHO_MAX_BYTES: usize = 128;
+
+/// `value` as it may be echoed: control characters escaped, cut at [`ECHO_MAX_BYTES`]
+/// (on a character boundary) with the original length said.
+pub fn echo(value: &str) -> String {
+    let mut out = String::new();
+    for c in value.chars() {
+        if out.len() >= ECHO_MAX_BYTES {
+            out.push_str(&format!("… ({} bytes)", value.len()));
+            return out;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
+}
+
 fn bracket_v6(h: &str) -> String {
     match h.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
@@ -144,6 +161,16 @@ mod tests {
         assert!(p.origin_allowed(None, lo, false));
         assert!(!p.origin_allowed(None, remote, false));
         assert!(p.origin_allowed(None, remote, true));
+    }
+
+    #[test]
+    fn echoed_values_are_escaped_and_bounded() {
+        assert_eq!(echo("localhost:8765"), "localhost:8765");
+        assert_eq!(echo("a\r\nb"), "a\\r\\nb");
+        let long = "é".repeat(100_000);
+        let e = echo(&long);
+        assert!(e.len() < ECHO_MAX_BYTES + 32, "{}", e.len());
+        assert!(e.ends_with("… (200000 bytes)"), "{e}");
     }
 
     #[test]

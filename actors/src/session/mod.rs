@@ -8,14 +8,16 @@
 
 mod client_audio;
 mod commands;
+mod frames;
 pub mod guard;
 mod outbox;
 mod rate;
 pub mod upgrade;
 
 pub use client_audio::{ClientAudio, ClientAudioError};
+use frames::{FrameCheck, FrameLimits};
 pub use outbox::OutboundBody;
-use outbox::{Frame, Outbox, PushError};
+use outbox::{Frame, Outbox, PushError, QueueLimits};
 
 pub use rate::TokenBucket;
 
@@ -43,6 +45,9 @@ use crate::kernel::{KernelHandle, KernelRequestError};
 use crate::metrics::MetricsActor;
 use crate::voice::SpeechAudio;
 
+/// How long a client cut off for falling behind has to read its close frame.
+const CUT_GRACE: Duration = Duration::from_secs(5);
+
 /// Per-connection limits (from the `[server]` and `[auth]` config sections).
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
@@ -50,6 +55,10 @@ pub struct SessionSettings {
     pub max_frame_bytes: usize,
     /// Outbound messages queued for one client before it is cut off as too slow.
     pub max_queue: usize,
+    /// Outbound bytes queued for one client before it is cut off as too slow.
+    pub max_queue_bytes: usize,
+    /// How long the oldest queued message may wait before the client is cut off.
+    pub max_lag: Duration,
     /// Sustained commands per second per client.
     pub rate_per_s: f64,
     /// Commands allowed in a burst.
@@ -84,6 +93,8 @@ impl Default for SessionSettings {
         SessionSettings {
             max_frame_bytes: 256 * 1024,
             max_queue: 4096,
+            max_queue_bytes: 8 << 20,
+            max_lag: Duration::from_secs(1),
             rate_per_s: 50.0,
             rate_burst: 100.0,
             ping_interval: Duration::from_secs(20),
@@ -241,6 +252,8 @@ pub struct WsSession {
     close_reason: Option<String>,
     /// Client audio listening between `stt_start {source:"client"}` and `stt_stop`.
     audio: Option<ClientAudio>,
+    /// The incoming frames' size limit, and why it ended the stream when it did.
+    frames: FrameCheck,
 }
 
 /// How a connection authenticated at upgrade time.
@@ -257,9 +270,10 @@ impl WsSession {
     /// Starts a session actor for an upgraded connection and returns the response body
     /// that carries its outbound frames. `actix_body` is actix-ws's own body: held, never
     /// polled, so actix-ws's incoming stream ends when the connection does.
-    pub fn start_session(
+    pub(crate) fn start_session(
         shared: Arc<SessionShared>,
         stream: actix_ws::MessageStream,
+        frames: FrameCheck,
         actix_body: actix_web::body::BoxBody,
         peer: String,
         origin: Option<String>,
@@ -267,14 +281,18 @@ impl WsSession {
     ) -> OutboundBody {
         let id = shared.next_client_id();
         let settings = shared.settings.clone();
-        // Frames above max_frame_bytes are read (up to 4x) and answered `too_large` so
-        // the connection survives; beyond that the codec cannot resync and we close 1009.
-        let hard_cap = settings.max_frame_bytes.saturating_mul(4).max(1024);
+        // The frame check closes first; this is actix-ws's own backstop.
+        let hard_cap = FrameLimits::new(&settings).hard_cap;
         let stream = stream
             .max_frame_size(hard_cap)
             .aggregate_continuations()
             .max_continuation_size(hard_cap);
-        let (out, body) = Outbox::new(settings.max_queue, actix_body);
+        let limits = QueueLimits {
+            frames: settings.max_queue,
+            bytes: settings.max_queue_bytes,
+            lag: settings.max_lag,
+        };
+        let (out, body) = Outbox::new(limits, actix_body);
         let auth_state = match auth {
             UpgradeAuth::NotRequired => AuthState::Ok(None),
             UpgradeAuth::Authenticated(p) => AuthState::Ok(Some(p)),
@@ -302,6 +320,7 @@ impl WsSession {
                 last_heard: Instant::now(),
                 close_reason: None,
                 audio: None,
+                frames,
                 shared,
             }
         });
@@ -316,16 +335,21 @@ impl WsSession {
     fn push(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         match self.out.push(frame) {
             Ok(()) => {}
-            Err(PushError::Full) => {
+            Err(PushError::Full(behind)) => {
                 self.shared.hub.counters().slow_disconnect();
-                let reason = format!(
-                    "slow consumer: {} outbound messages queued",
-                    self.settings().max_queue
-                );
+                let reason = format!("slow consumer: {behind}; resume from the last seq read");
                 tracing::warn!(client = %self.client_id, peer = %self.peer, "{reason}; closing");
-                self.close_reason = Some(reason);
-                // The socket is full; no close frame can get through: drop the connection.
-                self.out.abort();
+                self.close_reason = Some(reason.clone());
+                // The backlog goes; the close frame saying why waits for the client to
+                // read again, for a while.
+                let later = self.out.cut(CloseReason {
+                    code: CloseCode::Again,
+                    description: Some(reason),
+                });
+                actix_rt::spawn(async move {
+                    actix_rt::time::sleep(CUT_GRACE).await;
+                    later.abort();
+                });
                 ctx.stop();
             }
             Err(PushError::Closed) => {
@@ -376,6 +400,12 @@ impl WsSession {
     fn close(&mut self, code: CloseCode, reason: &str, ctx: &mut Context<Self>) {
         if self.close_reason.is_none() {
             self.close_reason = Some(reason.to_string());
+        }
+        // Replies held for a replay that will not come now still go out, before the close.
+        self.awaiting_replay = false;
+        for build in std::mem::take(&mut self.deferred) {
+            let frame = build(self.last_sent_seq);
+            let _ = self.out.push(Frame::Text(frame));
         }
         self.out.close(Some(CloseReason {
             code,
@@ -477,9 +507,14 @@ impl WsSession {
                     ConnectionState::Authenticated,
                     None,
                 );
+                let was_pending = self.auth == AuthState::Pending;
                 self.auth = AuthState::Ok(Some(principal));
+                self.frames
+                    .set_limit(FrameLimits::new(self.settings()).hard_cap);
                 self.reply_ok(id, serde_json::json!({"authenticated": true}), ctx);
-                self.start_hello_wait(ctx);
+                if was_pending {
+                    self.start_hello_wait(ctx);
+                }
             }
             Err(failure) => {
                 let reason = format!("auth message refused: {failure}");
@@ -514,13 +549,9 @@ impl WsSession {
         }
         match command {
             Command::Hello(h) => self.hello(id, h, ctx),
-            Command::Auth(_) => {
-                self.reply_ok(
-                    id,
-                    serde_json::json!({"authenticated": true, "note": "already authenticated"}),
-                    ctx,
-                );
-            }
+            // Checked even when no token is needed: a wrong one is refused as documented,
+            // and a right one names the principal (the per-boot token unlocks admin).
+            Command::Auth(a) => self.authenticate(id, &a.token, ctx),
             Command::Subscribe(s) => self.add_types(id, s.types, ctx),
             Command::Unsubscribe(s) => self.remove_types(id, s.types, ctx),
             Command::Resume(r) => self.resume(id, r.epoch, r.last_seq, ctx),
@@ -733,6 +764,39 @@ impl Handler<HubDelivery> for WsSession {
     }
 }
 
+impl WsSession {
+    fn on_stream_error(&mut self, e: ProtocolError, ctx: &mut Context<Self>) {
+        if let Some(v) = self.frames.violation() {
+            let code = if v.is_size() {
+                CloseCode::Size
+            } else {
+                CloseCode::Protocol
+            };
+            self.close(code, &v.to_string(), ctx);
+            return;
+        }
+        match e {
+            ProtocolError::Overflow => {
+                let reason = format!(
+                    "frame far above the {} byte limit",
+                    self.settings().max_frame_bytes
+                );
+                self.close(CloseCode::Size, &reason, ctx);
+            }
+            ProtocolError::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                // Invalid UTF-8 in a text frame: the frame was consumed; answer and go on.
+                self.violation(
+                    None,
+                    ErrorCode::BadJson,
+                    "text frame is not valid UTF-8".into(),
+                    ctx,
+                );
+            }
+            e => self.close(CloseCode::Protocol, &format!("protocol error: {e}"), ctx),
+        }
+    }
+}
+
 impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
     fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
         self.last_heard = Instant::now();
@@ -778,28 +842,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                 self.out.close(reason);
                 ctx.stop();
             }
-            Err(ProtocolError::Overflow) => {
-                let reason = format!(
-                    "frame far above the {} byte limit",
-                    self.settings().max_frame_bytes
-                );
-                self.close(CloseCode::Size, &reason, ctx);
-            }
-            Err(e) => {
-                let reason = format!("protocol error: {e}");
-                if matches!(e, ProtocolError::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData)
-                {
-                    // Invalid UTF-8 in a text frame: the frame was consumed; answer and go on.
-                    self.violation(
-                        None,
-                        ErrorCode::BadJson,
-                        "text frame is not valid UTF-8".into(),
-                        ctx,
-                    );
-                } else {
-                    self.close(CloseCode::Protocol, &reason, ctx);
-                }
-            }
+            Err(e) => self.on_stream_error(e, ctx),
         }
     }
 

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 const STALL_GRACE: Duration = Duration::from_millis(250);
 /// Hard bound on the queue, in multiples of `max`, whatever the grace.
 const HARD_FACTOR: usize = 64;
+/// Hard bound on the queued bytes, in multiples of the byte limit, whatever the grace.
+const BYTES_HARD_FACTOR: usize = 4;
 
 use actix_codec::Encoder;
 use actix_http::ws::{CloseReason, Codec, Message};
@@ -34,11 +36,51 @@ pub(crate) enum Frame {
     Close(Option<CloseReason>),
 }
 
+impl Frame {
+    fn size(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.len(),
+            Frame::Ping(b) | Frame::Pong(b) => b.len(),
+            Frame::Close(_) => 0,
+        }
+    }
+}
+
+/// How much one client may have waiting before it counts as too slow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    /// Frames (`server.max_queue`).
+    pub frames: usize,
+    /// Bytes queued before a frame is added (`server.max_queue_bytes`): one frame of any
+    /// size joins a queue under it, so a large replay is never refused on its own.
+    pub bytes: usize,
+    /// Age of the oldest frame still waiting (`server.max_lag_ms`).
+    pub lag: Duration,
+}
+
+/// How far behind a client was when it was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Behind {
+    Frames(usize),
+    Bytes(usize),
+    Lag(Duration),
+}
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Behind::Frames(n) => write!(f, "{n} messages queued"),
+            Behind::Bytes(n) => write!(f, "{n} bytes queued"),
+            Behind::Lag(d) => write!(f, "{} ms behind", d.as_millis()),
+        }
+    }
+}
+
 /// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PushError {
-    /// The queue holds `max` frames: the client is not keeping up.
-    Full,
+    /// The client is not keeping up.
+    Full(Behind),
     /// The connection is closing or gone.
     Closed,
 }
@@ -46,7 +88,10 @@ pub(crate) enum PushError {
 struct Inner {
     /// Last time the response body asked for frames.
     last_poll: Instant,
-    queue: VecDeque<Frame>,
+    /// Each frame with when it was queued.
+    queue: VecDeque<(Instant, Frame)>,
+    /// Bytes of payload queued.
+    bytes: usize,
     waker: Option<Waker>,
     /// A close frame is queued (or the actor is gone): end the body after the queue.
     closing: bool,
@@ -61,6 +106,7 @@ impl Default for Inner {
         Inner {
             last_poll: Instant::now(),
             queue: VecDeque::new(),
+            bytes: 0,
             waker: None,
             closing: false,
             aborted: false,
@@ -72,19 +118,40 @@ impl Default for Inner {
 /// The actor's handle on the queue.
 pub(crate) struct Outbox {
     inner: Rc<RefCell<Inner>>,
-    max: usize,
+    limits: QueueLimits,
+}
+
+/// Drops the connection later, if it has not ended by then (see [`Outbox::cut`]).
+pub(crate) struct AbortLater(Rc<RefCell<Inner>>);
+
+impl AbortLater {
+    pub(crate) fn abort(&self) {
+        abort(&mut self.0.borrow_mut());
+    }
+}
+
+fn abort(inner: &mut Inner) {
+    inner.aborted = true;
+    inner.queue.clear();
+    inner.bytes = 0;
+    if let Some(w) = inner.waker.take() {
+        w.wake();
+    }
 }
 
 impl Outbox {
     /// A queue of at most `max` frames, and the response body that drains it. `keep`
     /// is actix-ws's own response body: it is held (never polled) so that actix-ws's
     /// incoming stream learns the connection ended exactly when this body is dropped.
-    pub(crate) fn new(max: usize, keep: BoxBody) -> (Outbox, OutboundBody) {
+    pub(crate) fn new(limits: QueueLimits, keep: BoxBody) -> (Outbox, OutboundBody) {
         let inner = Rc::new(RefCell::new(Inner::default()));
         (
             Outbox {
                 inner: inner.clone(),
-                max: max.max(1),
+                limits: QueueLimits {
+                    frames: limits.frames.max(1),
+                    ..limits
+                },
             },
             OutboundBody {
                 inner,
@@ -106,14 +173,28 @@ impl Outbox {
             // The body is parked waiting for frames: the connection is keeping up.
             inner.last_poll = Instant::now();
         }
-        if inner.queue.len() >= self.max
-            && (inner.last_poll.elapsed() >= STALL_GRACE
-                || inner.queue.len() >= self.max.saturating_mul(HARD_FACTOR))
+        let now = Instant::now();
+        if let Some((queued, _)) = inner.queue.front() {
+            let lag = now.saturating_duration_since(*queued);
+            if lag > self.limits.lag {
+                return Err(PushError::Full(Behind::Lag(lag)));
+            }
+        }
+        let stalled = inner.last_poll.elapsed() >= STALL_GRACE;
+        if inner.bytes > self.limits.bytes
+            && (stalled || inner.bytes > self.limits.bytes.saturating_mul(BYTES_HARD_FACTOR))
         {
-            return Err(PushError::Full);
+            return Err(PushError::Full(Behind::Bytes(inner.bytes)));
+        }
+        let max = self.limits.frames;
+        if inner.queue.len() >= max
+            && (stalled || inner.queue.len() >= max.saturating_mul(HARD_FACTOR))
+        {
+            return Err(PushError::Full(Behind::Frames(inner.queue.len())));
         }
         let closing = matches!(frame, Frame::Close(_));
-        inner.queue.push_back(frame);
+        inner.bytes += frame.size();
+        inner.queue.push_back((now, frame));
         inner.closing |= closing;
         if let Some(w) = inner.waker.take() {
             w.wake();
@@ -128,7 +209,9 @@ impl Outbox {
             return;
         }
         // A close frame goes out even when the queue is at its bound.
-        inner.queue.push_back(Frame::Close(reason));
+        inner
+            .queue
+            .push_back((Instant::now(), Frame::Close(reason)));
         inner.closing = true;
         if let Some(w) = inner.waker.take() {
             w.wake();
@@ -137,12 +220,24 @@ impl Outbox {
 
     /// Drops the connection without flushing what is queued.
     pub(crate) fn abort(&self) {
+        abort(&mut self.inner.borrow_mut());
+    }
+
+    /// Cuts a client that fell behind: what is queued is dropped and only a close frame
+    /// saying why is left, to go out when the client reads again (then it can resume).
+    /// Returns the handle to drop the connection with if it never does.
+    pub(crate) fn cut(&self, reason: CloseReason) -> AbortLater {
         let mut inner = self.inner.borrow_mut();
-        inner.aborted = true;
         inner.queue.clear();
+        inner.bytes = 0;
+        inner
+            .queue
+            .push_back((Instant::now(), Frame::Close(Some(reason))));
+        inner.closing = true;
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
+        AbortLater(self.inner.clone())
     }
 
     /// Frames waiting.
@@ -194,7 +289,8 @@ impl MessageBody for OutboundBody {
             return Poll::Ready(None);
         }
         let mut end = false;
-        while let Some(frame) = inner.queue.pop_front() {
+        while let Some((_, frame)) = inner.queue.pop_front() {
+            inner.bytes -= frame.size();
             let msg = match frame {
                 Frame::Text(t) => Message::Text(t),
                 Frame::Ping(p) => Message::Ping(p),
@@ -210,6 +306,7 @@ impl MessageBody for OutboundBody {
             }
             if end {
                 inner.queue.clear();
+                inner.bytes = 0;
                 break;
             }
         }
@@ -258,8 +355,16 @@ mod tests {
     use super::*;
     use std::future::poll_fn;
 
+    fn limits() -> QueueLimits {
+        QueueLimits {
+            frames: 3,
+            bytes: 1 << 20,
+            lag: Duration::from_secs(60),
+        }
+    }
+
     fn body() -> (Outbox, OutboundBody) {
-        Outbox::new(3, BoxBody::new(()))
+        Outbox::new(limits(), BoxBody::new(()))
     }
 
     async fn next(b: &mut OutboundBody) -> Option<Bytes> {
@@ -283,7 +388,10 @@ mod tests {
             out.push(Frame::Text("x".into())).unwrap();
         }
         // ...up to the hard bound.
-        assert_eq!(out.push(Frame::Text("y".into())), Err(PushError::Full));
+        assert_eq!(
+            out.push(Frame::Text("y".into())),
+            Err(PushError::Full(Behind::Frames(3 * HARD_FACTOR)))
+        );
     }
 
     #[actix_rt::test]
@@ -293,7 +401,54 @@ mod tests {
             out.push(Frame::Text("a".into())).unwrap();
         }
         out.inner.borrow_mut().last_poll = Instant::now() - STALL_GRACE;
-        assert_eq!(out.push(Frame::Text("d".into())), Err(PushError::Full));
+        assert_eq!(
+            out.push(Frame::Text("d".into())),
+            Err(PushError::Full(Behind::Frames(3)))
+        );
+    }
+
+    #[actix_rt::test]
+    async fn bytes_and_lag_bound_the_queue_too() {
+        let (out, mut b) = Outbox::new(
+            QueueLimits {
+                frames: 1000,
+                bytes: 30,
+                lag: Duration::from_millis(50),
+            },
+            BoxBody::new(()),
+        );
+        // One frame of any size joins a queue under the byte bound...
+        out.push(Frame::Text("x".repeat(100).into())).unwrap();
+        // ...and the next one finds it over: allowed while the body keeps polling...
+        out.push(Frame::Text("y".into())).unwrap();
+        // ...not once it stalls.
+        out.inner.borrow_mut().last_poll = Instant::now() - STALL_GRACE;
+        assert_eq!(
+            out.push(Frame::Text("y".into())),
+            Err(PushError::Full(Behind::Bytes(101)))
+        );
+        let _ = next(&mut b).await.unwrap();
+        out.push(Frame::Text("z".into())).unwrap();
+        out.inner.borrow_mut().queue[0].0 = Instant::now() - Duration::from_millis(80);
+        assert!(matches!(
+            out.push(Frame::Text("w".into())),
+            Err(PushError::Full(Behind::Lag(d))) if d >= Duration::from_millis(80)
+        ));
+    }
+
+    #[actix_rt::test]
+    async fn a_cut_client_gets_only_the_close_frame() {
+        let (out, mut b) = body();
+        out.push(Frame::Text("x".into())).unwrap();
+        let later = out.cut(CloseReason {
+            code: actix_http::ws::CloseCode::Again,
+            description: Some("behind".into()),
+        });
+        let bytes = next(&mut b).await.unwrap();
+        assert_eq!(&bytes[..2], b"\x88\x08", "a close frame only: {bytes:?}");
+        assert_eq!(&bytes[2..4], &1013u16.to_be_bytes());
+        assert!(next(&mut b).await.is_none());
+        later.abort();
     }
 
     #[actix_rt::test]

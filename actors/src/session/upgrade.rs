@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_http::BoxedPayloadStream;
+use actix_web::dev;
+use actix_web::{http::header, web, FromRequest, HttpRequest, HttpResponse};
 use coda_protocol::ConnectionState;
 
-use super::guard::GuardPolicy;
+use super::frames::{FrameCheck, FrameLimits};
+use super::guard::{echo, GuardPolicy};
 use super::{SessionShared, UpgradeAuth, WsSession};
 use crate::auth::{extract_bearer, extract_from_subprotocols};
 
@@ -32,19 +35,21 @@ pub async fn ws_upgrade(
     let peer = peer_addr
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".into());
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let origins: Vec<_> = req.headers().get_all(header::ORIGIN).collect();
+    // Unreadable bytes become U+FFFD: such an Origin matches no allowed one.
+    let origin = origins
+        .first()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
     let auth_on = shared.settings.auth_required;
+    // Only what may be echoed goes into logs and events (a header can be ~128 KiB).
+    let shown_origin = origin.as_deref().map(echo);
 
     let refuse = |status: actix_web::http::StatusCode, reason: String| {
-        tracing::warn!(%peer, origin = ?origin, %reason, "connection refused");
+        tracing::warn!(%peer, origin = ?shown_origin, %reason, "connection refused");
         shared.connection_event(
             "-",
             &peer,
-            origin.as_deref(),
+            shown_origin.as_deref(),
             ConnectionState::Refused,
             Some(reason.clone()),
         );
@@ -53,12 +58,21 @@ pub async fn ws_upgrade(
             .body(format!("{reason}\n"))
     };
 
+    if origins.len() > 1 {
+        return Ok(refuse(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            format!("{} Origin headers; a request carries one", origins.len()),
+        ));
+    }
     if !state
         .guard
         .origin_allowed(origin.as_deref(), peer_addr.map(|a| a.ip()), auth_on)
     {
         let reason = match &origin {
-            Some(o) => format!("origin `{o}` is not allowed (server.allowed_origins)"),
+            Some(o) => format!(
+                "origin `{}` is not allowed (server.allowed_origins)",
+                echo(o)
+            ),
             None => "a request without Origin is only allowed from loopback".to_string(),
         };
         return Ok(refuse(actix_web::http::StatusCode::FORBIDDEN, reason));
@@ -104,12 +118,28 @@ pub async fn ws_upgrade(
         }
     };
 
+    // Every frame header is checked as it arrives (see frames.rs); before authentication
+    // nothing above max_frame_bytes is read at all.
+    let limits = FrameLimits::new(&shared.settings);
+    let check = FrameCheck::new(match auth {
+        UpgradeAuth::AwaitMessage => limits.before_auth,
+        _ => limits.hard_cap,
+    });
+    let checked: BoxedPayloadStream = Box::pin(check.guard(body));
+    let body = web::Payload::from_request(&req, &mut dev::Payload::from(checked)).await?;
     // actix-ws does the handshake and reads frames; the outbound side is our own ordered
     // queue (see outbox.rs), so its `Session` handle is not used.
     let (response, _unused_session, stream) =
         actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
     let (head, actix_body) = response.into_parts();
-    let out =
-        WsSession::start_session(state.shared.clone(), stream, actix_body, peer, origin, auth);
+    let out = WsSession::start_session(
+        state.shared.clone(),
+        stream,
+        check,
+        actix_body,
+        peer,
+        origin,
+        auth,
+    );
     Ok(head.set_body(out).map_into_boxed_body())
 }

@@ -8,6 +8,10 @@ use coda_protocol::{check_compatible, ErrorCode, HelloReply, PROTOCOL_VERSION};
 use super::super::{to_value, WsSession};
 use crate::hub::{StartAt, TypeMask};
 
+/// Most patterns one connection's include (or exclude) list holds: enough for every event
+/// type by name, and a bound on what a client can make the session keep and echo.
+const MAX_FILTER_PATTERNS: usize = 128;
+
 impl WsSession {
     /// `hello`: version check, filter, and where delivery starts (replay, resume, live).
     pub(in crate::session) fn hello(
@@ -43,6 +47,9 @@ impl WsSession {
         if let Some(c) = &h.client {
             tracing::debug!(client = %self.client_id, name = %c, "hello");
         }
+        if h.last_seq.is_some() && self.refuse_second_replay(&id, ctx) {
+            return;
+        }
         let start = match h.last_seq {
             Some(last_seq) => StartAt::Resume {
                 epoch: h.epoch.clone(),
@@ -71,9 +78,11 @@ impl WsSession {
         ctx: &mut Context<Self>,
     ) {
         let prev = (self.include.clone(), self.exclude.clone());
-        match &mut self.include {
-            Some(inc) => inc.extend(types.iter().cloned()),
-            None => self.include = Some(types.clone()),
+        let inc = self.include.get_or_insert_with(Vec::new);
+        for p in &types {
+            if !inc.contains(p) {
+                inc.push(p.clone());
+            }
         }
         self.exclude.retain(|p| !types.contains(p));
         self.after_filter_change(id, prev, ctx);
@@ -107,8 +116,26 @@ impl WsSession {
         last_seq: u64,
         ctx: &mut Context<Self>,
     ) {
+        if self.refuse_second_replay(&id, ctx) {
+            return;
+        }
         self.subscribe(StartAt::Resume { epoch, last_seq });
         self.reply_ok(id, serde_json::json!({"resumed_from": last_seq}), ctx);
+    }
+
+    /// A replay is built whole for each request: while one is on its way, another is
+    /// refused rather than built again.
+    fn refuse_second_replay(&mut self, id: &Option<String>, ctx: &mut Context<Self>) -> bool {
+        if !self.awaiting_replay {
+            return false;
+        }
+        self.reply_err(
+            id.clone(),
+            ErrorCode::RateLimited,
+            "a replay is already on its way to this connection; resume again after it arrives",
+            ctx,
+        );
+        true
     }
 
     pub(in crate::session) fn recompute_mask(&mut self) -> Result<(), crate::hub::FilterError> {
@@ -116,7 +143,7 @@ impl WsSession {
             Some(p) => TypeMask::from_patterns(p)?,
             None => TypeMask::DEFAULT,
         };
-        let exclude = TypeMask::from_patterns(&self.exclude).unwrap_or(TypeMask::NONE);
+        let exclude = TypeMask::from_patterns(&self.exclude)?;
         self.mask = include.minus(exclude);
         Ok(())
     }
@@ -133,6 +160,17 @@ impl WsSession {
         prev: (Option<Vec<String>>, Vec<String>),
         ctx: &mut Context<Self>,
     ) {
+        let too_many = [self.include.as_deref().unwrap_or_default(), &self.exclude]
+            .into_iter()
+            .any(|list| list.len() > MAX_FILTER_PATTERNS);
+        if too_many {
+            (self.include, self.exclude) = prev;
+            let msg = format!(
+                "a connection's filter holds at most {MAX_FILTER_PATTERNS} included and {MAX_FILTER_PATTERNS} excluded patterns; send `hello` with `subscribe` to start over"
+            );
+            self.reply_err(id, ErrorCode::InvalidData, msg, ctx);
+            return;
+        }
         match self.recompute_mask() {
             Ok(()) => {
                 self.subscribe(StartAt::Live);

@@ -35,7 +35,9 @@ impl WsSession {
             );
             return;
         };
-        let ttl = |s: Option<f64>| s.map(Duration::from_secs_f64);
+        // The protocol bounds `expires_s`; anything else that slips through is refused by
+        // the store as a zero lifetime rather than panicking here.
+        let ttl = |s: Option<f64>| s.map(|s| Duration::try_from_secs_f64(s).unwrap_or_default());
         let result = match command {
             Command::TokenCreate(c) => store
                 .create(&c.name, ttl(c.expires_s))
