@@ -337,7 +337,10 @@ impl WsSession {
             Ok(()) => {}
             Err(PushError::Full(behind)) => {
                 self.shared.hub.counters().slow_disconnect();
-                let reason = format!("slow consumer: {behind}; resume from the last seq read");
+                let reason = format!(
+                    "slow consumer: {}; resume from the last seq read",
+                    behind.describe(self.out.limits())
+                );
                 tracing::warn!(client = %self.client_id, peer = %self.peer, "{reason}; closing");
                 self.close_reason = Some(reason.clone());
                 // The backlog goes; the close frame saying why waits for the client to

@@ -66,6 +66,17 @@ pub(crate) enum Behind {
     Lag(Duration),
 }
 
+impl Behind {
+    /// With the limit it went past, for the reason a client is told.
+    pub(crate) fn describe(self, limits: &QueueLimits) -> String {
+        match self {
+            Behind::Frames(_) => format!("{self} (limit {})", limits.frames),
+            Behind::Bytes(_) => format!("{self} (limit {})", limits.bytes),
+            Behind::Lag(_) => format!("{self} (limit {} ms)", limits.lag.as_millis()),
+        }
+    }
+}
+
 impl std::fmt::Display for Behind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -216,6 +227,10 @@ impl Outbox {
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
+    }
+
+    pub(crate) fn limits(&self) -> &QueueLimits {
+        &self.limits
     }
 
     /// Drops the connection without flushing what is queued.
