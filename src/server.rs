@@ -190,6 +190,14 @@ pub async fn start(
         s.server.workers
     };
     let grace = Settings::secs(s.server.shutdown_grace_s);
+    // Written before the first connection is accepted, so a CLI never reads the token of
+    // an earlier server on this port.
+    let token_file = s.token_file(addr.port());
+    let boot_for_file = BootToken::from_secret(boot_secret.clone());
+    if let Err(e) = boot_for_file.write(&token_file) {
+        tracing::warn!(path = %token_file.display(), error = %e, "cannot write the per-boot token file; local CLI clients will need a token");
+    }
+
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -222,12 +230,6 @@ pub async fn start(
     })?
     .run();
     let http = server.handle();
-
-    let token_file = s.token_file(addr.port());
-    let boot_for_file = BootToken::from_secret(boot_secret.clone());
-    if let Err(e) = boot_for_file.write(&token_file) {
-        tracing::warn!(path = %token_file.display(), error = %e, "cannot write the per-boot token file; local CLI clients will need a token");
-    }
 
     components.set(&hub, "server", ComponentState::Running, None);
     tracing::info!(%addr, auth_required = s.auth.required, store = %store_dir.display(), "coda serve listening on ws://{addr}/ws");

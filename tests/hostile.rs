@@ -372,3 +372,40 @@ async fn a_reader_that_stalls_is_cut_by_bytes_told_why_and_can_resume() {
     let r = c.request("resume", json!({"last_seq": last})).await;
     assert_eq!(ty(&r), "command_result", "{r}");
 }
+
+#[tokio::test]
+async fn a_ping_flood_is_not_answered_past_the_rate_limit() {
+    let server = Server::start(
+        &[],
+        &[
+            ("CODA__SERVER__RATE_LIMIT_PER_S", "5"),
+            ("CODA__SERVER__RATE_LIMIT_BURST", "10"),
+        ],
+    );
+    let mut s = raw_upgrade(server.port, "").await;
+    let mut bytes = Vec::new();
+    for _ in 0..200 {
+        bytes.extend(frame(0x89, b"p"));
+    }
+    s.write_all(&bytes).await.expect("write");
+    // Count pongs (opcode 0xA) for a second.
+    let mut pongs = 0;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut chunk = [0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let mut i = 0;
+    while i + 2 <= buf.len() {
+        let len = (buf[i + 1] & 0x7f) as usize; // server frames here are all short
+        if buf[i] & 0x0f == 0xA {
+            pongs += 1;
+        }
+        i += 2 + len;
+    }
+    assert!((10..=20).contains(&pongs), "{pongs} pongs for 200 pings");
+}

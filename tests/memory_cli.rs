@@ -71,6 +71,31 @@ fn memory_cli_add_list_search_forget_export() {
     let saved: Value =
         serde_json::from_slice(&std::fs::read(&file).expect("export file")).expect("json");
     assert_eq!(saved["memories"], export["memories"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file)
+            .expect("export file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the export is private");
+        // A symlink planted where the export goes is not followed.
+        let target = home.path().join("elsewhere");
+        let link = home.path().join("planted.json");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let out = home.run(
+            &[
+                "memory",
+                "export",
+                "--output",
+                link.to_str().unwrap_or_default(),
+            ],
+            &[],
+        );
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("symbolic link"), "{out:?}");
+        assert!(!target.exists(), "nothing written through the link");
+    }
 
     let id = a["memory_id"].as_str().unwrap_or_default();
     let out = home.run(&["memory", "forget", id], &[]);

@@ -233,7 +233,7 @@ pub fn run(loaded: &Loaded, cmd: MemoryCommand) -> anyhow::Result<()> {
             };
             match output {
                 Some(path) => {
-                    std::fs::write(&path, text)
+                    super::write_private(&path, text.as_bytes())
                         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
                     eprintln!(
                         "exported {} memories and {} conversations to {}",

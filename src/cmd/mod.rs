@@ -265,6 +265,33 @@ fn restore_sigpipe() {
 }
 
 /// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.
+/// Writes an export: owner-only (0600) and never through a symlink at `path`, since what
+/// is exported (memories, conversations) is private and the directory may be shared.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        let mut f = opts.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("it is a symbolic link; give the real path")
+            } else {
+                e
+            }
+        })?;
+        // A file that already existed keeps its mode unless told otherwise.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)
+    }
+    #[cfg(not(unix))]
+    {
+        opts.open(path)?.write_all(bytes)
+    }
+}
+
 pub fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()

@@ -828,7 +828,12 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                     self.violation(None, ErrorCode::InvalidData, msg, ctx);
                 }
             }
-            Ok(AggregatedMessage::Ping(p)) => self.push(Frame::Pong(p), ctx),
+            // Pings share the command budget: a ping flood is not answered past it.
+            Ok(AggregatedMessage::Ping(p)) => {
+                if self.bucket.try_take() {
+                    self.push(Frame::Pong(p), ctx);
+                }
+            }
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {
                 self.close_reason = Some(match &reason {

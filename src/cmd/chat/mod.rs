@@ -593,7 +593,8 @@ impl Repl {
                 .get(1)
                 .cloned()
                 .unwrap_or_else(|| format!("coda-{name}-{}.{ext}", unix_now()));
-            std::fs::write(&path, text)?;
+            crate::cmd::write_private(std::path::Path::new(&path), text.as_bytes())
+                .map_err(|e| anyhow::anyhow!("cannot write {path}: {e}"))?;
             Ok(path)
         })();
         match res {
