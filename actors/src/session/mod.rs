@@ -17,7 +17,7 @@ pub mod upgrade;
 pub use client_audio::{ClientAudio, ClientAudioError};
 use frames::{FrameCheck, FrameLimits};
 pub use outbox::OutboundBody;
-use outbox::{Frame, Outbox, PushError, QueueLimits};
+use outbox::{Behind, Frame, Outbox, PushError, QueueLimits};
 
 pub use rate::TokenBucket;
 
@@ -335,26 +335,7 @@ impl WsSession {
     fn push(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         match self.out.push(frame) {
             Ok(()) => {}
-            Err(PushError::Full(behind)) => {
-                self.shared.hub.counters().slow_disconnect();
-                let reason = format!(
-                    "slow consumer: {}; resume from the last seq read",
-                    behind.describe(self.out.limits())
-                );
-                tracing::warn!(client = %self.client_id, peer = %self.peer, "{reason}; closing");
-                self.close_reason = Some(reason.clone());
-                // The backlog goes; the close frame saying why waits for the client to
-                // read again, for a while.
-                let later = self.out.cut(CloseReason {
-                    code: CloseCode::Again,
-                    description: Some(reason),
-                });
-                actix_rt::spawn(async move {
-                    actix_rt::time::sleep(CUT_GRACE).await;
-                    later.abort();
-                });
-                ctx.stop();
-            }
+            Err(PushError::Full(behind)) => self.cut(behind, ctx),
             Err(PushError::Closed) => {
                 if self.close_reason.is_none() {
                     self.close_reason = Some("connection lost".into());
@@ -362,6 +343,31 @@ impl WsSession {
                 ctx.stop();
             }
         }
+    }
+
+    /// Cuts a client that fell behind.
+    fn cut(&mut self, behind: Behind, ctx: &mut Context<Self>) {
+        if self.close_reason.is_some() {
+            return;
+        }
+        self.shared.hub.counters().slow_disconnect();
+        let reason = format!(
+            "slow consumer: {}; resume from the last seq read",
+            behind.describe(self.out.limits())
+        );
+        tracing::warn!(client = %self.client_id, peer = %self.peer, "{reason}; closing");
+        self.close_reason = Some(reason.clone());
+        // The backlog goes; the close frame saying why waits for the client to read
+        // again, for a while.
+        let later = self.out.cut(CloseReason {
+            code: CloseCode::Again,
+            description: Some(reason),
+        });
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(CUT_GRACE).await;
+            later.abort();
+        });
+        ctx.stop();
     }
 
     fn direct<P: EventPayload>(&mut self, payload: &P, ctx: &mut Context<Self>) {
@@ -749,6 +755,13 @@ impl Handler<HubDelivery> for WsSession {
     fn handle(&mut self, msg: HubDelivery, ctx: &mut Context<Self>) {
         match msg {
             HubDelivery::Event(ev) => {
+                // Time spent waiting in this session's mailbox counts as being behind
+                // too: under overload that, not the socket, is where events wait.
+                let lag = ev.accepted.elapsed();
+                if lag > self.settings().max_lag {
+                    self.cut(Behind::Lag(lag), ctx);
+                    return;
+                }
                 if self.subscribed && self.mask.contains(ev.event_type) {
                     self.last_sent_seq = ev.seq;
                     self.push(Frame::Text(ev.json.clone()), ctx);
