@@ -70,6 +70,8 @@ pub struct ConversationConfig {
     pub history_turns: usize,
     pub max_tokens: u32,
     pub speak_first_clause: bool,
+    pub max_sessions: usize,
+    pub max_turns_in_flight: usize,
 }
 
 /// `[tts]`
@@ -836,6 +838,19 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     s.metrics.alert_rules()?;
     if s.conversation.history_turns > 1000 {
         return Err(invalid("conversation.history_turns", "at most 1000"));
+    }
+    let c = &s.conversation;
+    if !(1..=1_000).contains(&c.max_turns_in_flight) {
+        return Err(invalid(
+            "conversation.max_turns_in_flight",
+            "must be between 1 and 1000",
+        ));
+    }
+    if !(c.max_turns_in_flight..=1_000_000).contains(&c.max_sessions) {
+        return Err(invalid(
+            "conversation.max_sessions",
+            "must be between conversation.max_turns_in_flight and 1000000",
+        ));
     }
     validate_speech(s)?;
     if !(80..=500).contains(&s.tts.rate) {

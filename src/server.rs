@@ -391,6 +391,8 @@ fn start_kernel(
             history_turns: s.conversation.history_turns,
             max_tokens: (s.conversation.max_tokens > 0).then_some(s.conversation.max_tokens),
             speak_first_clause: s.conversation.speak_first_clause,
+            max_sessions: s.conversation.max_sessions,
+            max_turns_in_flight: s.conversation.max_turns_in_flight,
         },
         stt: s.stt_settings(),
         tts_output: s.tts_output(),

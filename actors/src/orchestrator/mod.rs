@@ -50,6 +50,12 @@ pub struct ConversationSettings {
     /// Speak the first clause of an answer as soon as it is complete, not only whole
     /// sentences (see [`SentenceSplitter::first_clause`]).
     pub speak_first_clause: bool,
+    /// Conversations kept in memory; beyond it the least recently used idle one is
+    /// forgotten (its next turn starts a new conversation).
+    pub max_sessions: usize,
+    /// Turns being answered at once, across all sessions; beyond it a new turn is
+    /// refused as unavailable (a session's new turn replacing its own still starts).
+    pub max_turns_in_flight: usize,
 }
 
 impl Default for ConversationSettings {
@@ -59,6 +65,8 @@ impl Default for ConversationSettings {
             history_turns: 8,
             max_tokens: Some(128),
             speak_first_clause: true,
+            max_sessions: 1000,
+            max_turns_in_flight: 16,
         }
     }
 }
@@ -180,6 +188,7 @@ struct SessionState {
     mode: Mode,
     history: Vec<ChatMessage>,
     active: Option<String>,
+    last_used: std::time::Instant,
 }
 
 struct Turn {
@@ -315,7 +324,21 @@ impl Orchestrator {
     // ---- stage 1: the turn begins ------------------------------------------------------
 
     fn ensure_session(&mut self, session_id: &str) {
-        if !self.sessions.contains_key(session_id) {
+        if let Some(s) = self.sessions.get_mut(session_id) {
+            s.last_used = std::time::Instant::now();
+        } else {
+            if self.sessions.len() >= self.settings.max_sessions.max(1) {
+                let idle = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.active.is_none())
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = idle {
+                    tracing::debug!(session = %id, "forgetting the least recently used conversation");
+                    self.sessions.remove(&id);
+                }
+            }
             let conversation_id = self.next("v");
             self.sup.hub().publish(
                 session_id,
@@ -332,6 +355,7 @@ impl Orchestrator {
                     mode: Mode::Idle,
                     history: Vec::new(),
                     active: None,
+                    last_used: std::time::Instant::now(),
                 },
             );
         }
@@ -913,6 +937,17 @@ impl Orchestrator {
         }
         if msg.text.trim().is_empty() {
             return Err(TurnStartError::Invalid("empty text".into()));
+        }
+        let replaces_own = self
+            .sessions
+            .get(&msg.session_id)
+            .is_some_and(|s| s.active.is_some());
+        let max = self.settings.max_turns_in_flight.max(1);
+        if self.turns.len() >= max && !replaces_own {
+            return Err(TurnStartError::Unavailable(format!(
+                "{} turns are already being answered (conversation.max_turns_in_flight); try again when one ends",
+                self.turns.len()
+            )));
         }
         self.guarded(
             ctx,

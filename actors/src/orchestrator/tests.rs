@@ -167,6 +167,10 @@ struct Rig {
 }
 
 fn rig(script: Script, voice: Voice) -> Rig {
+    rig_with(script, voice, ConversationSettings::default())
+}
+
+fn rig_with(script: Script, voice: Voice, settings: ConversationSettings) -> Rig {
     let hub = EventHub::start_hub(HubSettings::default());
     let events = record_events(&hub, 1, TypeMask::ALL);
     let log: Log = Arc::default();
@@ -192,7 +196,7 @@ fn rig(script: Script, voice: Voice) -> Rig {
     };
     let components = ComponentRegistry::new();
     let sup = Supervision::new("orchestrator", Default::default(), hub, components);
-    let orchestrator = Orchestrator::new(sup, engines, ConversationSettings::default()).start();
+    let orchestrator = Orchestrator::new(sup, engines, settings).start();
     Rig {
         orchestrator,
         events,
@@ -202,16 +206,28 @@ fn rig(script: Script, voice: Voice) -> Rig {
 
 impl Rig {
     async fn turn(&self, text: &str) -> String {
+        self.turn_in("s", text).await.expect("the turn starts")
+    }
+
+    async fn turn_in(&self, session: &str, text: &str) -> Result<String, TurnStartError> {
         self.orchestrator
             .send(TextTurn {
-                session_id: "s".into(),
+                session_id: session.into(),
                 text: text.into(),
                 source: TurnSource::Text,
             })
             .await
             .expect("the orchestrator runs")
-            .expect("the turn starts")
-            .turn_id
+            .map(|t| t.turn_id)
+    }
+
+    fn count(&self, event_type: &str) -> usize {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.event_type == event_type)
+            .count()
     }
 
     /// The types of the turn's events once its `latency_trace` is out (or after 3 s).
@@ -371,6 +387,51 @@ async fn an_interrupt_cancels_generation_and_speech_and_keeps_what_was_said() {
         .await
         .expect("runs");
     assert!(again.turns.is_empty());
+}
+
+#[actix_rt::test]
+async fn turns_in_flight_are_capped_but_a_session_may_replace_its_own() {
+    let r = rig_with(
+        Script::Hang(vec!["Thinking. "]),
+        Voice::Speaks,
+        ConversationSettings {
+            max_turns_in_flight: 2,
+            ..Default::default()
+        },
+    );
+    r.turn_in("a", "one").await.expect("first");
+    r.turn_in("b", "two").await.expect("second");
+    let e = r.turn_in("c", "three").await.expect_err("over the cap");
+    assert!(e.to_string().contains("max_turns_in_flight"), "{e}");
+    // Barging in on its own turn is not a new one.
+    r.turn_in("a", "again").await.expect("replaces a's turn");
+}
+
+#[actix_rt::test]
+async fn the_least_recently_used_idle_conversation_is_forgotten() {
+    let r = rig_with(
+        Script::Answer(vec!["Fine."]),
+        Voice::Speaks,
+        ConversationSettings {
+            max_sessions: 2,
+            max_turns_in_flight: 2,
+            ..Default::default()
+        },
+    );
+    for s in ["a", "b"] {
+        let t = r.turn_in(s, "hi").await.expect("starts");
+        r.finished(&t).await;
+    }
+    let t = r.turn_in("a", "hi").await.expect("starts"); // a is now the more recent
+    r.finished(&t).await;
+    assert_eq!(r.count("conversation_start"), 2);
+    let t = r.turn_in("c", "hi").await.expect("starts"); // forgets b
+    r.finished(&t).await;
+    let t = r.turn_in("a", "hi").await.expect("starts"); // a was kept
+    r.finished(&t).await;
+    assert_eq!(r.count("conversation_start"), 3);
+    r.turn_in("b", "hi").await.expect("starts"); // b starts over
+    assert_eq!(r.count("conversation_start"), 4);
 }
 
 #[test]
