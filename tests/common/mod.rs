@@ -813,3 +813,63 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Raw WebSocket frames
+// ---------------------------------------------------------------------------------------
+
+/// A WebSocket opened by hand, for frames no client library will send.
+pub async fn raw_upgrade(port: u16, extra: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write upgrade");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = bounded("upgrade response", RECV_TIMEOUT, s.read(&mut b))
+            .await
+            .expect("read");
+        assert!(n == 1, "connection closed during the upgrade");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// A masked client frame header (`b0`: FIN/RSV/opcode) declaring `len` bytes.
+pub fn header(b0: u8, len: u64) -> Vec<u8> {
+    let mut h = vec![b0];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        h.push(0x80 | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&len.to_be_bytes());
+    }
+    h.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as it is
+    h
+}
+
+pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = header(b0, payload.len() as u64);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The resident set of a process, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
