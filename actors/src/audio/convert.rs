@@ -114,14 +114,23 @@ impl Resampler16k {
         self.rate
     }
 
-    /// Adds mono input; returns the 16 kHz output available so far.
+    /// Adds mono input; returns the 16 kHz output available so far. Samples outside
+    /// [-1, 1] are clipped and non-finite ones are silence: the FFT underneath panics on a
+    /// NaN (found by fuzzing a float WAV), and nothing past full scale is speech.
     pub fn push(&mut self, mono: &[f32]) -> Vec<f32> {
         self.in_total += mono.len() as u64;
+        let clean = mono.iter().map(|&v| {
+            if v.is_finite() {
+                v.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            }
+        });
         let Some(r) = self.inner.as_mut() else {
             self.out_total += mono.len() as u64;
-            return mono.to_vec();
+            return clean.collect();
         };
-        self.pending.extend_from_slice(mono);
+        self.pending.extend(clean);
         let mut out = Vec::new();
         let mut used = 0;
         loop {
@@ -296,6 +305,22 @@ pub fn rms(samples: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_and_out_of_range_samples_do_not_reach_the_fft() {
+        // Found by fuzzing read_wav_16k: a float WAV holding NaN panicked inside rubato.
+        let mut input = sine(8_000, 440.0, 0.2, 0.5);
+        input[10] = f32::NAN;
+        input[20] = f32::INFINITY;
+        input[30] = 1e38;
+        for rate in [8_000, 16_000, 44_100] {
+            let out = to_speech_rate(&input, rate).expect("converts");
+            assert!(
+                out.iter().all(|s| s.is_finite() && s.abs() <= 1.5),
+                "{rate}"
+            );
+        }
+    }
 
     fn sine(rate: u32, hz: f32, secs: f32, amp: f32) -> Vec<f32> {
         let n = (rate as f32 * secs) as usize;
