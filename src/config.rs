@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub max_queue: usize,
     pub max_queue_bytes: usize,
     pub max_lag_ms: u64,
+    pub max_connections_per_ip: usize,
+    pub connect_rate_per_ip: f64,
     pub rate_limit_per_s: f64,
     pub rate_limit_burst: u32,
     pub max_violations: u32,
@@ -784,6 +786,18 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         return Err(invalid(
             "server.max_queue_bytes",
             "must be between 65536 and 1073741824",
+        ));
+    }
+    if !(1..=1_000_000).contains(&sv.max_connections_per_ip) {
+        return Err(invalid(
+            "server.max_connections_per_ip",
+            "must be between 1 and 1000000",
+        ));
+    }
+    if !(sv.connect_rate_per_ip.is_finite() && sv.connect_rate_per_ip >= 1.0) {
+        return Err(invalid(
+            "server.connect_rate_per_ip",
+            "must be at least 1 connection a second",
         ));
     }
     if !(10..=600_000).contains(&sv.max_lag_ms) {

@@ -98,6 +98,10 @@ impl Settings {
             max_queue: self.server.max_queue,
             max_queue_bytes: self.server.max_queue_bytes,
             max_lag: Duration::from_millis(self.server.max_lag_ms),
+            admission: coda_actors::session::admission::AdmissionSettings {
+                max_per_ip: self.server.max_connections_per_ip,
+                connects_per_s: self.server.connect_rate_per_ip,
+            },
             rate_per_s: self.server.rate_limit_per_s,
             rate_burst: f64::from(self.server.rate_limit_burst),
             ping_interval: Settings::secs(self.server.ping_interval_s),

@@ -354,3 +354,37 @@ async fn a_ping_flood_is_not_answered_past_the_rate_limit() {
     }
     assert!((10..=20).contains(&pongs), "{pongs} pongs for 200 pings");
 }
+
+#[tokio::test]
+async fn one_address_cannot_hold_or_churn_unbounded_connections() {
+    let server = Server::start(
+        &[],
+        &[
+            ("CODA__SERVER__MAX_CONNECTIONS_PER_IP", "5"),
+            ("CODA__SERVER__CONNECT_RATE_PER_IP", "1000"),
+        ],
+    );
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(server.client().await);
+    }
+    let e = try_connect(&server.url(), &[]).await.expect_err("a sixth");
+    assert_eq!(refused_status(&e), Some(429));
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = server.client().await;
+    c.ping().await;
+
+    let server = Server::start(&[], &[("CODA__SERVER__CONNECT_RATE_PER_IP", "5")]);
+    let mut refused = 0;
+    for _ in 0..30 {
+        match try_connect(&server.url(), &[]).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(refused_status(&e), Some(429));
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 15, "{refused} of 30 refused at 5/s");
+}

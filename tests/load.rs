@@ -155,7 +155,8 @@ async fn a_stalled_client_is_cut_off_and_the_fast_one_keeps_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_churn_leaves_no_sessions() {
     let _heavy = HEAVY.lock().await;
-    let server = Server::start(&[], &[]);
+    // As fast as four tasks can connect: above the per-address connect rate.
+    let server = Server::start(&[], &[("CODA__SERVER__CONNECT_RATE_PER_IP", "100000")]);
     let url = server.url();
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -6,6 +6,7 @@
 //! drained by a single writer task (a handler never writes to the socket itself, so frames
 //! cannot be reordered). A client that lets the queue fill is cut off; nobody else waits.
 
+pub mod admission;
 mod client_audio;
 mod commands;
 mod frames;
@@ -77,6 +78,8 @@ pub struct SessionSettings {
     pub max_violations: u32,
     /// Client audio (binary frames between `stt_start` and `stt_stop`).
     pub client_audio: ClientAudioSettings,
+    /// Connections per address.
+    pub admission: admission::AdmissionSettings,
 }
 
 /// How client audio is cut into utterances (the `[audio]` detector settings, with the
@@ -104,6 +107,7 @@ impl Default for SessionSettings {
             auth_required: false,
             max_violations: 100,
             client_audio: ClientAudioSettings::default(),
+            admission: admission::AdmissionSettings::default(),
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct SessionShared {
     metrics: OnceLock<Addr<MetricsActor>>,
     /// The assistant (without a pipeline, turn commands answer `unavailable`).
     pub kernel: KernelHandle,
+    /// Per-address connection limits.
+    pub admission: admission::Admission,
     next_id: AtomicU64,
 }
 
@@ -151,6 +157,7 @@ impl SessionShared {
         kernel: Option<crate::kernel::Kernel>,
     ) -> Arc<Self> {
         Arc::new(SessionShared {
+            admission: admission::Admission::new(settings.admission),
             settings,
             hub,
             auth,
@@ -254,6 +261,17 @@ pub struct WsSession {
     audio: Option<ClientAudio>,
     /// The incoming frames' size limit, and why it ended the stream when it did.
     frames: FrameCheck,
+    /// This connection's place in its address's count, given back when the session ends.
+    _slot: Option<admission::Slot>,
+}
+
+/// What the upgrade handler learned and set up for a connection it accepted.
+pub(crate) struct Accepted {
+    pub peer: String,
+    pub origin: Option<String>,
+    pub auth: UpgradeAuth,
+    pub frames: FrameCheck,
+    pub slot: Option<admission::Slot>,
 }
 
 /// How a connection authenticated at upgrade time.
@@ -273,12 +291,16 @@ impl WsSession {
     pub(crate) fn start_session(
         shared: Arc<SessionShared>,
         stream: actix_ws::MessageStream,
-        frames: FrameCheck,
         actix_body: actix_web::body::BoxBody,
-        peer: String,
-        origin: Option<String>,
-        auth: UpgradeAuth,
+        conn: Accepted,
     ) -> OutboundBody {
+        let Accepted {
+            peer,
+            origin,
+            auth,
+            frames,
+            slot,
+        } = conn;
         let id = shared.next_client_id();
         let settings = shared.settings.clone();
         // The frame check closes first; this is actix-ws's own backstop.
@@ -321,6 +343,7 @@ impl WsSession {
                 close_reason: None,
                 audio: None,
                 frames,
+                _slot: slot,
                 shared,
             }
         });

@@ -23,6 +23,12 @@ impl TokenBucket {
         }
     }
 
+    /// Would the bucket be full now?
+    pub fn is_full(&self) -> bool {
+        let elapsed = self.last.elapsed().as_secs_f64();
+        self.tokens + elapsed * self.per_second >= self.capacity
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self) -> bool {
         self.try_take_at(Instant::now())

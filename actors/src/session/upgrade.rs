@@ -10,7 +10,7 @@ use coda_protocol::ConnectionState;
 
 use super::frames::{FrameCheck, FrameLimits};
 use super::guard::{echo, GuardPolicy};
-use super::{SessionShared, UpgradeAuth, WsSession};
+use super::{Accepted, SessionShared, UpgradeAuth, WsSession};
 use crate::auth::{extract_bearer, extract_from_subprotocols};
 
 /// The subprotocol the server echoes to browsers that offer it.
@@ -58,6 +58,18 @@ pub async fn ws_upgrade(
             .body(format!("{reason}\n"))
     };
 
+    // Before any other work (and without an event: a flood of refusals would be
+    // broadcast to every dashboard, which is the cost this limit is for).
+    let slot = match peer_addr.map(|a| shared.admission.admit(a.ip())) {
+        Some(Err(refused)) => {
+            tracing::debug!(%peer, %refused, "connection refused");
+            return Ok(HttpResponse::TooManyRequests()
+                .content_type("text/plain; charset=utf-8")
+                .body(format!("{refused}\n")));
+        }
+        Some(Ok(slot)) => Some(slot),
+        None => None,
+    };
     if origins.len() > 1 {
         return Ok(refuse(
             actix_web::http::StatusCode::BAD_REQUEST,
@@ -132,14 +144,13 @@ pub async fn ws_upgrade(
     let (response, _unused_session, stream) =
         actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
     let (head, actix_body) = response.into_parts();
-    let out = WsSession::start_session(
-        state.shared.clone(),
-        stream,
-        check,
-        actix_body,
+    let conn = Accepted {
         peer,
         origin,
         auth,
-    );
+        frames: check,
+        slot,
+    };
+    let out = WsSession::start_session(state.shared.clone(), stream, actix_body, conn);
     Ok(head.set_body(out).map_into_boxed_body())
 }

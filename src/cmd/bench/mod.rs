@@ -80,6 +80,9 @@ pub(crate) fn spawn_server(
         .env("CODA__STORAGE__PATH", tmp.join("store"))
         .env("CODA__AUTH__TOKEN_FILE", tmp.join("token"))
         .env("CODA__SERVER__RATE_LIMIT_PER_S", "1000")
+        // A benchmark's clients all connect at once from loopback.
+        .env("CODA__SERVER__CONNECT_RATE_PER_IP", "100000")
+        .env("CODA__SERVER__MAX_CONNECTIONS_PER_IP", "100000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
