@@ -20,6 +20,8 @@ const STALL_GRACE: Duration = Duration::from_millis(250);
 const HARD_FACTOR: usize = 64;
 /// Hard bound on the queued bytes, in multiples of the byte limit, whatever the grace.
 const BYTES_HARD_FACTOR: usize = 4;
+/// The most encoded bytes handed to the connection per poll.
+const MAX_CHUNK: usize = 64 * 1024;
 
 use actix_codec::Encoder;
 use actix_http::ws::{CloseReason, Codec, Message};
@@ -304,7 +306,13 @@ impl MessageBody for OutboundBody {
             return Poll::Ready(None);
         }
         let mut end = false;
-        while let Some((_, frame)) = inner.queue.pop_front() {
+        // At most one chunk's worth per poll: what the socket has not taken yet stays in
+        // the queue, as shared event bytes counted by its limits, instead of as an
+        // encoded copy growing in the connection's write buffer.
+        while this.buf.len() < MAX_CHUNK {
+            let Some((_, frame)) = inner.queue.pop_front() else {
+                break;
+            };
             inner.bytes -= frame.size();
             let msg = match frame {
                 Frame::Text(t) => Message::Text(t),
@@ -449,6 +457,29 @@ mod tests {
             out.push(Frame::Text("w".into())),
             Err(PushError::Full(Behind::Lag(d))) if d >= Duration::from_millis(80)
         ));
+    }
+
+    #[actix_rt::test]
+    async fn one_poll_hands_over_at_most_a_chunk() {
+        let (out, mut b) = Outbox::new(
+            QueueLimits {
+                frames: 1000,
+                bytes: 1 << 20,
+                lag: Duration::from_secs(60),
+            },
+            BoxBody::new(()),
+        );
+        for _ in 0..40 {
+            out.push(Frame::Text("x".repeat(4000).into())).unwrap();
+        }
+        let first = next(&mut b).await.unwrap();
+        assert!(first.len() >= MAX_CHUNK && first.len() < MAX_CHUNK + 4100);
+        assert_eq!(out.len(), 40 - first.len() / 4004);
+        let mut total = first.len();
+        while out.len() > 0 {
+            total += next(&mut b).await.unwrap().len();
+        }
+        assert_eq!(total, 40 * 4004, "every frame, each 4 header bytes + 4000");
     }
 
     #[actix_rt::test]
