@@ -21,7 +21,7 @@ const HARD_FACTOR: usize = 64;
 /// Hard bound on the queued bytes, in multiples of the byte limit, whatever the grace.
 const BYTES_HARD_FACTOR: usize = 4;
 /// The most encoded bytes handed to the connection per poll.
-const MAX_CHUNK: usize = 64 * 1024;
+const MAX_CHUNK: usize = 8 * 1024;
 
 use actix_codec::Encoder;
 use actix_http::ws::{CloseReason, Codec, Message};
