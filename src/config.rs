@@ -155,6 +155,7 @@ pub struct AudioConfig {
     pub preroll_ms: u32,
     pub max_utterance_s: f64,
     pub interim_ms: u32,
+    pub max_client_streams: usize,
 }
 
 /// `[stt]`
@@ -961,6 +962,12 @@ fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
         return Err(invalid(
             "audio.max_utterance_s",
             "must be between 1 and 600 seconds",
+        ));
+    }
+    if !(1..=1_000).contains(&a.max_client_streams) {
+        return Err(invalid(
+            "audio.max_client_streams",
+            "must be between 1 and 1000",
         ));
     }
     if !(50..=10_000).contains(&a.interim_ms) {

@@ -116,6 +116,7 @@ impl Settings {
                     max_utterance_s: self.stt.max_utterance_s,
                     ..self.audio_settings().segment
                 },
+                max_streams: self.audio.max_client_streams,
             },
         }
     }

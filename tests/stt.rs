@@ -599,3 +599,49 @@ fn bad_audio_gives_an_empty_result_or_a_clear_error() {
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("not a ggml whisper model"), "{out:?}");
 }
+
+#[tokio::test]
+async fn client_audio_streams_are_capped_across_connections() {
+    let model = whisper_model();
+    let upstream = scripted_llm().await;
+    let base = format!("{}/v1", upstream.url());
+    let server = Server::start(
+        &[],
+        &[
+            ("CODA__LLM__PROVIDER", "openai"),
+            ("CODA__LLM__OPENAI__BASE_URL", base.as_str()),
+            ("CODA__LLM__OPENAI__MODEL", "test-model"),
+            ("CODA__STT__MODEL", model.to_str().expect("utf-8")),
+            ("CODA__AUDIO__MAX_CLIENT_STREAMS", "1"),
+        ],
+    );
+    let start = json!({"mode": "push_to_talk", "source": "client"});
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    let r = a.request("stt_start", start.clone()).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    // Starting again on the same connection keeps its place.
+    let r = a.request("stt_start", start.clone()).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let r = b.request("stt_start", start.clone()).await;
+    assert_eq!(r["data"]["code"], json!("unavailable"), "{r}");
+    assert!(
+        r["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("audio.max_client_streams")),
+        "{r}"
+    );
+    let r = a.request("stt_stop", json!({})).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let r = b.request("stt_start", start).await;
+    assert_eq!(
+        ty(&r),
+        "command_result",
+        "a stopped stream gives its place back: {r}"
+    );
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics.contains("coda_refusals_total{kind=\"client_audio\"} 1"),
+        "{metrics}"
+    );
+}

@@ -9,6 +9,42 @@ use coda_protocol::EventType;
 
 const TYPES: usize = EventType::ALL.len();
 
+/// What a limit refused (each a counter: `/metrics` `coda_refusals_total{kind}`, and
+/// `<kind>_refused` in `component_timing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An upgrade refused for its address's connection count or rate.
+    Connection,
+    /// A frame that closed its connection (declared size, reserved bits, control frame).
+    Frame,
+    /// A turn refused because `conversation.max_turns_in_flight` turns are running.
+    Turn,
+    /// Client audio refused because `audio.max_client_streams` are listening.
+    ClientAudio,
+    /// A memory write refused because the writer's queue is full.
+    MemoryWrite,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::Connection,
+        Refusal::Frame,
+        Refusal::Turn,
+        Refusal::ClientAudio,
+        Refusal::MemoryWrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Connection => "connection",
+            Refusal::Frame => "frame",
+            Refusal::Turn => "turn",
+            Refusal::ClientAudio => "client_audio",
+            Refusal::MemoryWrite => "memory_write",
+        }
+    }
+}
+
 /// Process-wide counters. Shared as `Arc<HubCounters>` through [`super::HubHandle`].
 #[derive(Debug)]
 pub struct HubCounters {
@@ -19,6 +55,7 @@ pub struct HubCounters {
     slow_disconnects: AtomicU64,
     commands: AtomicU64,
     command_errors: AtomicU64,
+    refusals: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl Default for HubCounters {
@@ -30,6 +67,7 @@ impl Default for HubCounters {
             slow_disconnects: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             command_errors: AtomicU64::new(0),
+            refusals: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -51,6 +89,8 @@ pub struct CounterSnapshot {
     pub commands: u64,
     /// `command_error` answers sent.
     pub command_errors: u64,
+    /// Refusals by a limit, by kind, every kind, in [`Refusal::ALL`] order.
+    pub refusals: Vec<(Refusal, u64)>,
 }
 
 impl CounterSnapshot {
@@ -102,6 +142,11 @@ impl HubCounters {
         self.command_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A limit refused something.
+    pub fn refused(&self, kind: Refusal) {
+        self.refusals[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reads every counter. Taken inside the hub (see [`super::GetCounters`]) the event
     /// counts and `last_seq` agree exactly; read elsewhere they may be mid-update.
     pub fn snapshot(&self, last_seq: u64) -> CounterSnapshot {
@@ -116,6 +161,10 @@ impl HubCounters {
             slow_disconnects: self.slow_disconnects.load(Ordering::Relaxed),
             commands: self.commands.load(Ordering::Relaxed),
             command_errors: self.command_errors.load(Ordering::Relaxed),
+            refusals: Refusal::ALL
+                .iter()
+                .map(|k| (*k, self.refusals[*k as usize].load(Ordering::Relaxed)))
+                .collect(),
         }
     }
 }

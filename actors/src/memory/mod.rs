@@ -72,6 +72,9 @@ use crate::supervise::Supervision;
 
 /// Most jobs committed with one flush.
 const MAX_GROUP: usize = 256;
+/// Writes waiting for the writer thread at most; beyond it a write is refused at once
+/// (`unavailable`) instead of queueing without bound behind a slow disk.
+const MAX_QUEUED_WRITES: usize = 4096;
 
 // ---------------------------------------------------------------------------------------
 // Messages
@@ -259,12 +262,16 @@ struct PendingWrite {
 /// The queue to the writer thread. The thread ends when every handle is dropped.
 #[derive(Clone)]
 struct Writer {
-    tx: mpsc::Sender<PendingWrite>,
+    tx: mpsc::SyncSender<PendingWrite>,
+    counters: Option<Arc<crate::hub::HubCounters>>,
 }
 
 impl Writer {
-    fn spawn(engine: Arc<MemoryEngine>) -> std::io::Result<Writer> {
-        let (tx, rx) = mpsc::channel::<PendingWrite>();
+    fn spawn(
+        engine: Arc<MemoryEngine>,
+        counters: Option<Arc<crate::hub::HubCounters>>,
+    ) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::sync_channel::<PendingWrite>(MAX_QUEUED_WRITES);
         std::thread::Builder::new()
             .name("coda-memory-writer".into())
             .spawn(move || {
@@ -296,14 +303,29 @@ impl Writer {
                     }
                 }
             })?;
-        Ok(Writer { tx })
+        Ok(Writer { tx, counters })
+    }
+
+    /// Queues a write without waiting: a full queue is a refusal.
+    fn enqueue(&self, write: PendingWrite) -> Result<(), MemoryFailure> {
+        self.tx.try_send(write).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => {
+                if let Some(c) = &self.counters {
+                    c.refused(crate::hub::Refusal::MemoryWrite);
+                }
+                MemoryFailure::Unavailable(format!(
+                    "{MAX_QUEUED_WRITES} memory writes are already waiting for the disk; try again"
+                ))
+            }
+            mpsc::TrySendError::Disconnected(_) => {
+                MemoryFailure::Unavailable("the memory writer has stopped".into())
+            }
+        })
     }
 
     async fn submit(&self, job: WriteJob) -> Result<WriteOutcome, MemoryFailure> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(PendingWrite { job, reply })
-            .map_err(|_| MemoryFailure::Unavailable("the memory writer has stopped".into()))?;
+        self.enqueue(PendingWrite { job, reply })?;
         rx.await
             .map_err(|_| MemoryFailure::Unavailable("the memory writer has stopped".into()))?
     }
@@ -334,7 +356,7 @@ impl MemoryActor {
     /// An actor over `engine`, publishing through `hub` when given. Starts the writer
     /// thread (the only error is the OS refusing a thread).
     pub fn new(engine: Arc<MemoryEngine>, hub: Option<HubHandle>) -> std::io::Result<MemoryActor> {
-        let writer = Writer::spawn(engine.clone())?;
+        let writer = Writer::spawn(engine.clone(), hub.as_ref().map(|h| h.counters().clone()))?;
         Ok(MemoryActor {
             engine,
             writer,
@@ -619,7 +641,7 @@ impl Handler<AppendMessage> for MemoryActor {
         let (reply, rx) = oneshot::channel();
         let session = msg.session_id.clone();
         let turn_id = msg.turn_id.clone();
-        let sent = self.writer.tx.send(PendingWrite {
+        let sent = self.writer.enqueue(PendingWrite {
             job: WriteJob::Append(NewMessage {
                 session_id: msg.session_id,
                 role: msg.role,
@@ -634,9 +656,7 @@ impl Handler<AppendMessage> for MemoryActor {
         let hub = self.hub.clone();
         Box::pin(async move {
             let result = match sent {
-                Err(_) => Err(MemoryFailure::Unavailable(
-                    "the memory writer has stopped".into(),
-                )),
+                Err(e) => Err(e),
                 Ok(()) => rx.await.unwrap_or_else(|_| {
                     Err(MemoryFailure::Unavailable(
                         "the memory writer has stopped".into(),

@@ -545,3 +545,33 @@ async fn appends_keep_send_order_and_context_publishes_retrieve() {
         .expect("mailbox");
     assert_eq!(bad.expect_err("reserved").code(), "invalid");
 }
+
+#[test]
+fn a_full_writer_queue_refuses_at_once_and_counts_it() {
+    let counters = Arc::new(crate::hub::HubCounters::default());
+    // No thread drains this queue of one.
+    let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+    let writer = Writer {
+        tx,
+        counters: Some(counters.clone()),
+    };
+    let write = || {
+        let msg: NewMessage = serde_json::from_value(serde_json::json!({
+            "session_id": "s", "role": "user", "content": "hi"
+        }))
+        .expect("a message");
+        PendingWrite {
+            job: WriteJob::Append(msg),
+            reply: tokio::sync::oneshot::channel().0,
+        }
+    };
+    writer.enqueue(write()).expect("room for one");
+    let e = writer.enqueue(write()).expect_err("full");
+    assert_eq!(e.code(), "unavailable");
+    assert!(e.to_string().contains("waiting for the disk"), "{e}");
+    let refused = counters.snapshot(0).refusals;
+    assert!(
+        refused.contains(&(crate::hub::Refusal::MemoryWrite, 1)),
+        "{refused:?}"
+    );
+}

@@ -248,13 +248,17 @@ impl MetricsActor {
     fn counters(&self) -> BTreeMap<String, u64> {
         let c = self.hub.counters();
         let s = c.snapshot(0);
-        BTreeMap::from([
+        let mut map = BTreeMap::from([
             ("events_published".to_string(), s.events_total()),
             ("clients_dropped_slow".to_string(), s.slow_disconnects),
             ("commands_received".to_string(), s.commands),
             ("commands_rejected".to_string(), s.command_errors),
             ("alerts_fired".to_string(), self.alerts.fired_total()),
-        ])
+        ]);
+        for (kind, n) in s.refusals {
+            map.insert(format!("{}_refused", kind.as_str()), n);
+        }
+        map
     }
 
     /// The `component_timing` payload now.

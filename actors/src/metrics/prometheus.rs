@@ -268,6 +268,14 @@ pub fn render(s: &Snapshot) -> String {
     )
     .sample_u64("", &[], c.slow_disconnects);
     e.family(
+        "coda_refusals_total",
+        Kind::Counter,
+        "Requests refused by a limit, by kind.",
+    );
+    for (kind, n) in &c.refusals {
+        e.sample_u64("", &[("kind", kind.as_str())], *n);
+    }
+    e.family(
         "coda_commands_total",
         Kind::Counter,
         "Commands received from clients and dispatched.",

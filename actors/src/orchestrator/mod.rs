@@ -944,6 +944,7 @@ impl Orchestrator {
             .is_some_and(|s| s.active.is_some());
         let max = self.settings.max_turns_in_flight.max(1);
         if self.turns.len() >= max && !replaces_own {
+            self.sup.hub().counters().refused(crate::hub::Refusal::Turn);
             return Err(TurnStartError::Unavailable(format!(
                 "{} turns are already being answered (conversation.max_turns_in_flight); try again when one ends",
                 self.turns.len()

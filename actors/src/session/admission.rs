@@ -102,6 +102,48 @@ impl Drop for Slot {
     }
 }
 
+/// A count shared by every connection (client-audio streams: each may hold an utterance
+/// of up to `stt.max_utterance_s` and run interim transcriptions).
+#[derive(Debug, Clone)]
+pub struct SharedLimit {
+    max: usize,
+    used: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One unit of a [`SharedLimit`], given back when dropped.
+#[derive(Debug)]
+pub struct LimitSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SharedLimit {
+    pub fn new(max: usize) -> SharedLimit {
+        SharedLimit {
+            max,
+            used: Arc::default(),
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A unit, if fewer than `max` are taken.
+    pub fn try_take(&self) -> Option<LimitSlot> {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LimitSlot(self.used.clone()))
+    }
+}
+
+impl Drop for LimitSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +171,15 @@ mod tests {
         });
         let _k: Vec<Slot> = (0..2).map(|_| slow.admit(ip).unwrap()).collect();
         assert!(matches!(slow.admit(ip), Err(Refused::TooFast { .. })));
+    }
+
+    #[test]
+    fn a_shared_limit_gives_units_back() {
+        let l = SharedLimit::new(2);
+        let a = l.try_take().unwrap();
+        let _b = l.try_take().unwrap();
+        assert!(l.try_take().is_none());
+        drop(a);
+        assert!(l.try_take().is_some());
     }
 }

@@ -27,6 +27,8 @@ pub struct ClientAudio {
     mode: SttMode,
     seg: Segmenter,
     max_samples: usize,
+    /// Its place among the server's client-audio streams, given back when it ends.
+    slot: Option<super::admission::LimitSlot>,
 }
 
 impl ClientAudio {
@@ -48,6 +50,7 @@ impl ClientAudio {
             mode,
             seg: Segmenter::new(settings, mode, Instant::now()),
             max_samples,
+            slot: None,
         };
         (audio, started)
     }
@@ -99,6 +102,16 @@ impl ClientAudio {
     pub fn stop(mut self) -> Option<SpeechAudio> {
         let segment = self.seg.stop(Instant::now())?;
         self.report(segment)
+    }
+
+    /// Holds `slot` for as long as this stream lives.
+    pub fn hold(&mut self, slot: super::admission::LimitSlot) {
+        self.slot = Some(slot);
+    }
+
+    /// Gives its slot up (to a stream replacing it).
+    pub fn release(&mut self) -> Option<super::admission::LimitSlot> {
+        self.slot.take()
     }
 
     /// Audio in the open utterance, ms.

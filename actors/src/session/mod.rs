@@ -85,10 +85,21 @@ pub struct SessionSettings {
 /// How client audio is cut into utterances (the `[audio]` detector settings, with the
 /// `[stt]` interim interval and utterance limit: a push-to-talk utterance over it is
 /// dropped with an error, a continuous one is ended there).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientAudioSettings {
     /// Detector, interim cadence and limits.
     pub segment: crate::audio::SegmentSettings,
+    /// Client-audio streams open at once across the server (`audio.max_client_streams`).
+    pub max_streams: usize,
+}
+
+impl Default for ClientAudioSettings {
+    fn default() -> Self {
+        ClientAudioSettings {
+            segment: Default::default(),
+            max_streams: 8,
+        }
+    }
 }
 
 impl Default for SessionSettings {
@@ -144,6 +155,8 @@ pub struct SessionShared {
     pub kernel: KernelHandle,
     /// Per-address connection limits.
     pub admission: admission::Admission,
+    /// Client-audio streams open across the server.
+    pub client_streams: admission::SharedLimit,
     next_id: AtomicU64,
 }
 
@@ -158,6 +171,7 @@ impl SessionShared {
     ) -> Arc<Self> {
         Arc::new(SessionShared {
             admission: admission::Admission::new(settings.admission),
+            client_streams: admission::SharedLimit::new(settings.client_audio.max_streams),
             settings,
             hub,
             auth,
@@ -806,6 +820,10 @@ impl Handler<HubDelivery> for WsSession {
 impl WsSession {
     fn on_stream_error(&mut self, e: ProtocolError, ctx: &mut Context<Self>) {
         if let Some(v) = self.frames.violation() {
+            self.shared
+                .hub
+                .counters()
+                .refused(crate::hub::Refusal::Frame);
             let code = if v.is_size() {
                 CloseCode::Size
             } else {

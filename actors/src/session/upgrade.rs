@@ -12,6 +12,7 @@ use super::frames::{FrameCheck, FrameLimits};
 use super::guard::{echo, GuardPolicy};
 use super::{Accepted, SessionShared, UpgradeAuth, WsSession};
 use crate::auth::{extract_bearer, extract_from_subprotocols};
+use crate::hub::Refusal;
 
 /// The subprotocol the server echoes to browsers that offer it.
 pub const SUBPROTOCOL: &str = "coda.v1";
@@ -62,6 +63,7 @@ pub async fn ws_upgrade(
     // broadcast to every dashboard, which is the cost this limit is for).
     let slot = match peer_addr.map(|a| shared.admission.admit(a.ip())) {
         Some(Err(refused)) => {
+            shared.hub.counters().refused(Refusal::Connection);
             tracing::debug!(%peer, %refused, "connection refused");
             return Ok(HttpResponse::TooManyRequests()
                 .content_type("text/plain; charset=utf-8")

@@ -4,6 +4,7 @@ use actix::prelude::*;
 use coda_protocol::{AudioSource, ErrorCode, SttStartCommand};
 
 use super::super::{ClientAudio, ClientAudioError, WsSession};
+use crate::hub::Refusal;
 use crate::voice::{DeviceListen, SpeechAudio};
 
 impl WsSession {
@@ -57,18 +58,35 @@ impl WsSession {
         let Some(stt) = self.stt_or_reply(&id, ctx) else {
             return;
         };
-        if self.audio.is_some() {
-            // A second stt_start restarts the utterance: what came before is dropped.
-            stt.do_send(SpeechAudio::Cancelled {
-                session_id: session_id.clone(),
-                reason: "stt_start again before stt_stop".into(),
-            });
-        }
-        let (audio, started) = ClientAudio::start(
+        // A second stt_start restarts the utterance (what came before is dropped) in the
+        // same place among the server's streams.
+        let slot = match self.audio.as_mut().and_then(ClientAudio::release) {
+            Some(slot) => {
+                stt.do_send(SpeechAudio::Cancelled {
+                    session_id: session_id.clone(),
+                    reason: "stt_start again before stt_stop".into(),
+                });
+                slot
+            }
+            None => match self.shared.client_streams.try_take() {
+                Some(slot) => slot,
+                None => {
+                    self.shared.hub.counters().refused(Refusal::ClientAudio);
+                    let msg = format!(
+                        "{} client audio streams are open on this server (audio.max_client_streams); try again when one stops",
+                        self.shared.client_streams.max()
+                    );
+                    self.reply_err(id, ErrorCode::Unavailable, msg, ctx);
+                    return;
+                }
+            },
+        };
+        let (mut audio, started) = ClientAudio::start(
             session_id.clone(),
             c.mode,
             self.settings().client_audio.segment,
         );
+        audio.hold(slot);
         self.audio = Some(audio);
         if let Some(started) = started {
             stt.do_send(started);
