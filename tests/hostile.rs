@@ -388,3 +388,29 @@ async fn one_address_cannot_hold_or_churn_unbounded_connections() {
     }
     assert!(refused >= 15, "{refused} of 30 refused at 5/s");
 }
+
+#[tokio::test]
+async fn binary_frames_have_a_byte_budget() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&[], &[]);
+    let mut c = server.client().await;
+    // 1.8 MB at once: past the 960 KB burst.
+    for _ in 0..30 {
+        c.ws.send(Message::binary(vec![0u8; 60_000]))
+            .await
+            .expect("send");
+    }
+    let limited = c
+        .wait_for("rate_limited", RECV_TIMEOUT, |v| {
+            ty(v) == "command_error" && v["data"]["code"] == json!("rate_limited")
+        })
+        .await;
+    assert!(
+        limited["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("binary frames")),
+        "{limited}"
+    );
+    c.ping().await;
+}

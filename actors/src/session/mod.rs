@@ -46,6 +46,12 @@ use crate::kernel::{KernelHandle, KernelRequestError};
 use crate::metrics::MetricsActor;
 use crate::voice::SpeechAudio;
 
+/// Binary (client audio) bytes a connection may send per second: 8x real time for
+/// 16 kHz 16-bit mono, so a file may be streamed faster than it plays.
+const AUDIO_BYTES_PER_S: f64 = 8.0 * 32_000.0;
+/// Binary bytes at once: a whole 30 s utterance sent in one go.
+const AUDIO_BURST_BYTES: f64 = 30.0 * 32_000.0;
+
 /// How long a client cut off for falling behind has to read its close frame.
 const CUT_GRACE: Duration = Duration::from_secs(5);
 
@@ -267,6 +273,8 @@ pub struct WsSession {
     awaiting_replay: bool,
     deferred: Vec<DeferredFrame>,
     bucket: TokenBucket,
+    /// Binary (audio) bytes: a budget of its own, in bytes.
+    audio_bucket: TokenBucket,
     rate_notice: Option<Instant>,
     violations: u32,
     last_heard: Instant,
@@ -351,6 +359,7 @@ impl WsSession {
                 awaiting_replay: false,
                 deferred: Vec::new(),
                 bucket: TokenBucket::new(settings.rate_per_s, settings.rate_burst),
+                audio_bucket: TokenBucket::new(AUDIO_BYTES_PER_S, AUDIO_BURST_BYTES),
                 rate_notice: None,
                 violations: 0,
                 last_heard: Instant::now(),
@@ -499,20 +508,12 @@ impl WsSession {
             return;
         }
         if !self.bucket.try_take() {
-            // Answer at most once a second: a flood must not be amplified.
-            let now = Instant::now();
-            if self
-                .rate_notice
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-            {
-                self.rate_notice = Some(now);
-                let msg = format!(
-                    "rate limit exceeded ({} commands/s, burst {}); commands are being dropped",
-                    self.settings().rate_per_s,
-                    self.settings().rate_burst
-                );
-                self.reply_err(None, ErrorCode::RateLimited, msg, ctx);
-            }
+            let msg = format!(
+                "rate limit exceeded ({} commands/s, burst {}); commands are being dropped",
+                self.settings().rate_per_s,
+                self.settings().rate_burst
+            );
+            self.rate_limited(msg, ctx);
             return;
         }
         let request = match parse_command(&text) {
@@ -540,6 +541,19 @@ impl WsSession {
         }
         self.violations = 0;
         self.dispatch(id, request.command, ctx);
+    }
+
+    /// Says a flood is being dropped, at most once a second: a flood must not be
+    /// amplified.
+    fn rate_limited(&mut self, msg: String, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if self
+            .rate_notice
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.rate_notice = Some(now);
+            self.reply_err(None, ErrorCode::RateLimited, msg, ctx);
+        }
     }
 
     fn authenticate(&mut self, id: Option<String>, token: &str, ctx: &mut Context<Self>) {
@@ -875,6 +889,12 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                         ctx,
                     );
                     self.close(CloseCode::Policy, "authentication required", ctx);
+                } else if !self.audio_bucket.try_take_n(bin.len() as f64) {
+                    let msg = format!(
+                        "binary frames faster than {} KiB/s (8x real-time speech audio); audio is being dropped",
+                        AUDIO_BYTES_PER_S as u64 / 1024
+                    );
+                    self.rate_limited(msg, ctx);
                 } else if self.audio.is_some() {
                     self.on_audio(&bin, ctx);
                 } else {

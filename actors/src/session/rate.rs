@@ -36,11 +36,20 @@ impl TokenBucket {
 
     /// As [`try_take`](Self::try_take), at a given instant (tests).
     pub fn try_take_at(&mut self, now: Instant) -> bool {
+        self.try_take_n_at(1.0, now)
+    }
+
+    /// Takes `n` tokens (bytes, say) if there are that many.
+    pub fn try_take_n(&mut self, n: f64) -> bool {
+        self.try_take_n_at(n, Instant::now())
+    }
+
+    fn try_take_n_at(&mut self, n: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
