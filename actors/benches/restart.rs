@@ -23,7 +23,7 @@ impl Actor for Watch {
 impl Handler<HubDelivery> for Watch {
     type Result = ();
     fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
-        if let HubDelivery::Event(ev) = msg {
+        for ev in msg.live() {
             if ev.event_type == coda_protocol::EventType::ComponentStatus {
                 let v: serde_json::Value = serde_json::from_str(&ev.json).unwrap_or_default();
                 self.0.lock().unwrap().push((

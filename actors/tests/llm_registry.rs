@@ -29,9 +29,8 @@ impl Handler<HubDelivery> for Collector {
     type Result = ();
     fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
         let events = match msg {
-            HubDelivery::Event(e) => vec![e],
             HubDelivery::Replay(b) => b.events,
-            HubDelivery::Shutdown(_) => vec![],
+            live => live.live().to_vec(),
         };
         for e in events {
             if let Ok(v) = serde_json::from_str(&e.json) {

@@ -41,6 +41,16 @@ impl TypeMask {
         self.0
     }
 
+    /// The mask of one type.
+    pub fn from_type(t: EventType) -> TypeMask {
+        TypeMask(Self::bit(t))
+    }
+
+    /// Do the masks share a type?
+    pub fn intersects(self, other: TypeMask) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// The union of two masks.
     pub fn union(self, other: TypeMask) -> TypeMask {
         TypeMask(self.0 | other.0)

@@ -91,10 +91,25 @@ pub struct Publish {
 pub enum HubDelivery {
     /// A live event.
     Event(SharedEvent),
+    /// Live events published close together, in seq order, sent to every subscriber as
+    /// one message (each filters them by its own mask): at high rates one mailbox
+    /// message per event and subscriber was most of the fan-out's cost.
+    Events(Arc<[SharedEvent]>),
     /// History: the answer to a subscription (new client or resume).
     Replay(ReplayBatch),
     /// The server is shutting down: tell the client and close.
     Shutdown(String),
+}
+
+impl HubDelivery {
+    /// The live events it carries (none for a replay or a shutdown).
+    pub fn live(&self) -> &[SharedEvent] {
+        match self {
+            HubDelivery::Event(ev) => std::slice::from_ref(ev),
+            HubDelivery::Events(batch) => batch,
+            HubDelivery::Replay(_) | HubDelivery::Shutdown(_) => &[],
+        }
+    }
 }
 
 /// History for one client, in seq order.
@@ -234,7 +249,17 @@ pub struct EventHub {
     observers: Vec<(&'static str, TypeMask, Recipient<HubDelivery>)>,
     /// Union of the subscribed clients' masks (read by [`HubHandle::wants`]).
     wanted: Arc<AtomicU64>,
+    /// Events accepted and not yet sent to the subscribers.
+    pending: Vec<SharedEvent>,
+    /// When the subscribers were last sent events, and whether a send is scheduled.
+    last_flush: Instant,
+    flush_scheduled: bool,
 }
+
+/// Events published within this long of the previous send to subscribers wait for the
+/// next one; an event after a quiet spell goes out at once. So a busy stream is sent in
+/// batches, at most this much later, and a quiet one is not delayed at all.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
 impl EventHub {
     /// A hub with a fresh random epoch (history is not kept across restarts, so each boot
@@ -255,6 +280,39 @@ impl EventHub {
             counters: Arc::new(HubCounters::default()),
             observers: Vec::new(),
             wanted: Arc::new(AtomicU64::new(0)),
+            pending: Vec::new(),
+            last_flush: Instant::now() - BATCH_WINDOW,
+            flush_scheduled: false,
+        }
+    }
+
+    /// Sends the pending events to the subscribers.
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        self.last_flush = Instant::now();
+        match self.pending.len() {
+            0 => {}
+            1 => {
+                if let Some(ev) = self.pending.pop() {
+                    for (_, mask, r) in &self.subscribers {
+                        if mask.contains(ev.event_type) {
+                            r.do_send(HubDelivery::Event(ev.clone()));
+                        }
+                    }
+                }
+            }
+            _ => {
+                let batch: Arc<[SharedEvent]> = std::mem::take(&mut self.pending).into();
+                let mut types = TypeMask::NONE;
+                for e in batch.iter() {
+                    types = types.union(TypeMask::from_type(e.event_type));
+                }
+                for (_, mask, r) in &self.subscribers {
+                    if mask.intersects(types) {
+                        r.do_send(HubDelivery::Events(batch.clone()));
+                    }
+                }
+            }
         }
     }
 
@@ -422,20 +480,29 @@ impl Actor for EventHub {
 impl Handler<Publish> for EventHub {
     type Result = ();
 
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
         let ev = self.accept(msg);
         let t = ev.event_type;
         self.counters.event_accepted(t);
         self.published.store(self.seq, Ordering::Relaxed);
-        for (_, mask, r) in &self.subscribers {
-            if mask.contains(t) {
-                r.do_send(HubDelivery::Event(ev.clone()));
-            }
-        }
         for (_, mask, r) in &self.observers {
             if mask.contains(t) {
                 r.do_send(HubDelivery::Event(ev.clone()));
             }
+        }
+        if self.subscribers.is_empty() {
+            return;
+        }
+        self.pending.push(ev);
+        if self.flush_scheduled {
+            return;
+        }
+        let since = self.last_flush.elapsed();
+        if since >= BATCH_WINDOW {
+            self.flush();
+        } else {
+            self.flush_scheduled = true;
+            ctx.run_later(BATCH_WINDOW - since, |act, _| act.flush());
         }
     }
 }
@@ -460,6 +527,7 @@ impl Handler<Unregister> for EventHub {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+        self.flush();
         if let Some(c) = self.clients.remove(&msg.client_id) {
             if c.mask.is_some() {
                 self.rebuild_subscribers();
@@ -475,6 +543,8 @@ impl Handler<Subscribe> for EventHub {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        // Whatever was published before this goes out first, as it did unbatched.
+        self.flush();
         let batch = match &msg.start {
             StartAt::Replay => Some(self.replay_for_new_client()),
             StartAt::Resume { epoch, last_seq } => {
@@ -498,6 +568,8 @@ impl Handler<GetStatus> for EventHub {
     type Result = HubStatus;
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> HubStatus {
+        // The status's last_seq has been sent to the subscribers.
+        self.flush();
         HubStatus {
             epoch: self.epoch.clone(),
             last_seq: self.seq,
@@ -530,6 +602,7 @@ impl Handler<Shutdown> for EventHub {
     type Result = usize;
 
     fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> usize {
+        self.flush();
         for c in self.clients.values() {
             c.recipient
                 .do_send(HubDelivery::Shutdown(msg.reason.clone()));

@@ -21,7 +21,7 @@ impl Handler<HubDelivery> for Recorder {
     type Result = ();
 
     fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
-        if let HubDelivery::Event(ev) = msg {
+        for ev in msg.live() {
             if let Ok(env) = serde_json::from_str(&ev.json) {
                 self.0.lock().unwrap_or_else(|p| p.into_inner()).push(env);
             }

@@ -285,7 +285,7 @@ impl Actor for Sink {
 impl Handler<HubDelivery> for Sink {
     type Result = ();
     fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
-        if let HubDelivery::Event(e) = msg {
+        for e in msg.live() {
             if let Ok(v) = serde_json::from_str(&e.json) {
                 if let Ok(mut seen) = self.seen.lock() {
                     seen.push(v);

@@ -454,9 +454,7 @@ mod tests {
     impl Handler<HubDelivery> for Collector {
         type Result = ();
         fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
-            if let HubDelivery::Event(ev) = msg {
-                self.0.lock().unwrap().push(ev);
-            }
+            self.0.lock().unwrap().extend(msg.live().iter().cloned());
         }
     }
 

@@ -379,7 +379,12 @@ impl WsSession {
 
     /// Queues a frame; a full queue means the client is too slow and is cut off.
     fn push(&mut self, frame: Frame, ctx: &mut Context<Self>) {
-        match self.out.push(frame) {
+        self.push_at(frame, Instant::now(), ctx);
+    }
+
+    /// [`push`](Self::push) with the time already read (one clock read for a batch).
+    fn push_at(&mut self, frame: Frame, now: Instant, ctx: &mut Context<Self>) {
+        match self.out.push_at(frame, now) {
             Ok(()) => {}
             Err(PushError::Full(behind)) => self.cut(behind, ctx),
             Err(PushError::Closed) => {
@@ -800,24 +805,39 @@ impl Actor for WsSession {
     }
 }
 
+impl WsSession {
+    /// Live events, in seq order.
+    fn deliver(&mut self, events: &[crate::hub::SharedEvent], ctx: &mut Context<Self>) {
+        let Some(first) = events.first() else {
+            return;
+        };
+        // Time spent waiting in this session's mailbox counts as being behind too: under
+        // overload that, not the socket, is where events wait.
+        let now = Instant::now();
+        let lag = now.saturating_duration_since(first.accepted);
+        if lag > self.settings().max_lag {
+            self.cut(Behind::Lag(lag), ctx);
+            return;
+        }
+        if !self.subscribed {
+            return;
+        }
+        for ev in events {
+            if self.mask.contains(ev.event_type) {
+                self.last_sent_seq = ev.seq;
+                self.push_at(Frame::Text(ev.json.clone()), now, ctx);
+            }
+        }
+    }
+}
+
 impl Handler<HubDelivery> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: HubDelivery, ctx: &mut Context<Self>) {
         match msg {
-            HubDelivery::Event(ev) => {
-                // Time spent waiting in this session's mailbox counts as being behind
-                // too: under overload that, not the socket, is where events wait.
-                let lag = ev.accepted.elapsed();
-                if lag > self.settings().max_lag {
-                    self.cut(Behind::Lag(lag), ctx);
-                    return;
-                }
-                if self.subscribed && self.mask.contains(ev.event_type) {
-                    self.last_sent_seq = ev.seq;
-                    self.push(Frame::Text(ev.json.clone()), ctx);
-                }
-            }
+            HubDelivery::Event(ev) => self.deliver(std::slice::from_ref(&ev), ctx),
+            HubDelivery::Events(batch) => self.deliver(&batch, ctx),
             HubDelivery::Replay(batch) => {
                 self.send_replay(batch, ctx);
                 self.awaiting_replay = false;

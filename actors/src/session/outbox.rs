@@ -178,22 +178,26 @@ impl Outbox {
 
     /// Queues a frame.
     pub(crate) fn push(&self, frame: Frame) -> Result<(), PushError> {
+        self.push_at(frame, Instant::now())
+    }
+
+    /// Queues a frame at `now` (read once by the caller for a batch of frames).
+    pub(crate) fn push_at(&self, frame: Frame, now: Instant) -> Result<(), PushError> {
         let mut inner = self.inner.borrow_mut();
         if inner.closing || inner.aborted || inner.body_gone {
             return Err(PushError::Closed);
         }
         if inner.waker.is_some() {
             // The body is parked waiting for frames: the connection is keeping up.
-            inner.last_poll = Instant::now();
+            inner.last_poll = now;
         }
-        let now = Instant::now();
         if let Some((queued, _)) = inner.queue.front() {
             let lag = now.saturating_duration_since(*queued);
             if lag > self.limits.lag {
                 return Err(PushError::Full(Behind::Lag(lag)));
             }
         }
-        let stalled = inner.last_poll.elapsed() >= STALL_GRACE;
+        let stalled = now.saturating_duration_since(inner.last_poll) >= STALL_GRACE;
         if inner.bytes > self.limits.bytes
             && (stalled || inner.bytes > self.limits.bytes.saturating_mul(BYTES_HARD_FACTOR))
         {
