@@ -157,21 +157,25 @@ fn pcm16(samples: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_spoken_turn_over_the_websocket_becomes_a_whole_turn() {
+/// A server with the test whisper model and a scripted OpenAI-compatible LLM (kept alive
+/// by the returned handle), plus `extra` settings.
+async fn whisper_server(extra: &[(&str, &str)]) -> (Server, ScriptedServer) {
     let model = whisper_model();
     let upstream = scripted_llm().await;
     let base = format!("{}/v1", upstream.url());
-    let server = Server::start(
-        &[],
-        &[
-            ("CODA__LLM__PROVIDER", "openai"),
-            ("CODA__LLM__OPENAI__BASE_URL", base.as_str()),
-            ("CODA__LLM__OPENAI__MODEL", "test-model"),
-            ("CODA__STT__MODEL", model.to_str().expect("utf-8")),
-            ("CODA__STT__INTERIM_INTERVAL_MS", "300"),
-        ],
-    );
+    let mut env = vec![
+        ("CODA__LLM__PROVIDER", "openai"),
+        ("CODA__LLM__OPENAI__BASE_URL", base.as_str()),
+        ("CODA__LLM__OPENAI__MODEL", "test-model"),
+        ("CODA__STT__MODEL", model.to_str().expect("utf-8")),
+    ];
+    env.extend_from_slice(extra);
+    (Server::start(&[], &env), upstream)
+}
+
+#[tokio::test]
+async fn a_spoken_turn_over_the_websocket_becomes_a_whole_turn() {
+    let (server, _upstream) = whisper_server(&[("CODA__STT__INTERIM_INTERVAL_MS", "300")]).await;
     let wav = server_home_wav("Why is the sky blue?");
     let samples = coda_actors::audio::convert::read_wav_16k(&wav).expect("wav");
     let mut c = server.client().await;
@@ -602,19 +606,7 @@ fn bad_audio_gives_an_empty_result_or_a_clear_error() {
 
 #[tokio::test]
 async fn client_audio_streams_are_capped_across_connections() {
-    let model = whisper_model();
-    let upstream = scripted_llm().await;
-    let base = format!("{}/v1", upstream.url());
-    let server = Server::start(
-        &[],
-        &[
-            ("CODA__LLM__PROVIDER", "openai"),
-            ("CODA__LLM__OPENAI__BASE_URL", base.as_str()),
-            ("CODA__LLM__OPENAI__MODEL", "test-model"),
-            ("CODA__STT__MODEL", model.to_str().expect("utf-8")),
-            ("CODA__AUDIO__MAX_CLIENT_STREAMS", "1"),
-        ],
-    );
+    let (server, _upstream) = whisper_server(&[("CODA__AUDIO__MAX_CLIENT_STREAMS", "1")]).await;
     let start = json!({"mode": "push_to_talk", "source": "client"});
     let mut a = server.client().await;
     let mut b = server.client().await;
