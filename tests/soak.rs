@@ -21,7 +21,6 @@ use common::*;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 const RATE: &str = "200";
@@ -138,10 +137,7 @@ async fn staller(port: u16, stop: Arc<AtomicBool>) -> u64 {
         let mut s = raw_upgrade(port, "").await;
         let resume = frame(0x81, br#"{"type":"resume","data":{"last_seq":0}}"#);
         for _ in 0..50 {
-            if tokio::time::timeout(Duration::from_millis(50), s.write_all(&resume))
-                .await
-                .map_or(true, |r| r.is_err())
-            {
+            if !write_within(&mut s, &resume, Duration::from_millis(50)).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -178,7 +174,7 @@ async fn garbage(port: u16, stop: Arc<AtomicBool>) -> u64 {
             for _ in 0..20 {
                 flood.extend_from_slice(b);
             }
-            let _ = tokio::time::timeout(Duration::from_millis(200), s.write_all(&flood)).await;
+            write_within(&mut s, &flood, Duration::from_millis(200)).await;
             drop(s);
             n += 1;
         }

@@ -864,6 +864,14 @@ pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Writes `bytes` unless the peer stops reading for `limit`; whether it all went.
+pub async fn write_within(s: &mut TcpStream, bytes: &[u8], limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, s.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// The resident set of a process, in KiB (0 when it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

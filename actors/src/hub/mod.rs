@@ -527,7 +527,6 @@ impl Handler<Unregister> for EventHub {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        self.flush();
         if let Some(c) = self.clients.remove(&msg.client_id) {
             if c.mask.is_some() {
                 self.rebuild_subscribers();

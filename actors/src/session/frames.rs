@@ -263,38 +263,36 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(v) = this.failed {
-            if !this.paused {
-                // actix-ws reads every ready chunk before decoding any, and an error ends
-                // its read at once: one pause lets it decode the whole frames sent first.
-                this.paused = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            this.check.0.violation.set(Some(v));
-            return Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::other(
-                v.to_string(),
-            )))));
-        }
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                match this.scan.feed(&chunk, this.check.0.limit.get()) {
-                    Ok(()) => Poll::Ready(Some(Ok(chunk))),
-                    Err((0, v)) => {
-                        this.failed = Some(v);
-                        this.check.0.violation.set(Some(v));
-                        Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::other(
-                            v.to_string(),
-                        )))))
-                    }
-                    Err((at, v)) => {
-                        this.failed = Some(v);
-                        Poll::Ready(Some(Ok(chunk.slice(..at))))
+        if this.failed.is_none() {
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    match this.scan.feed(&chunk, this.check.0.limit.get()) {
+                        Ok(()) => return Poll::Ready(Some(Ok(chunk))),
+                        Err((at, v)) => {
+                            this.failed = Some(v);
+                            if at > 0 {
+                                return Poll::Ready(Some(Ok(chunk.slice(..at))));
+                            }
+                        }
                     }
                 }
+                other => return other,
             }
-            other => other,
         }
+        let Some(v) = this.failed else {
+            return Poll::Pending;
+        };
+        if !this.paused {
+            // actix-ws reads every ready chunk before decoding any, and an error ends its
+            // read at once: one pause lets it decode the whole frames sent before this one.
+            this.paused = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.check.0.violation.set(Some(v));
+        Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::other(
+            v.to_string(),
+        )))))
     }
 }
 
