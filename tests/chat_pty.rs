@@ -128,17 +128,20 @@ async fn a_chat_session_in_a_terminal() {
     p.send_line("/help").unwrap();
     p.expect("/session save").unwrap();
 
-    // Ctrl-C stops an answer; the request is cancelled; the chat goes on.
-    p.send_line("a slow one").unwrap();
-    p.expect("Thinking").unwrap();
-    p.send(ControlCode::EndOfText).unwrap();
-    p.expect("[stopped]").unwrap();
-    assert!(
-        server
-            .wait_for(Duration::from_secs(10), |s| s.hangups() == 1)
-            .await
-    );
-    p.expect("you> ").unwrap();
+    // Ctrl-C stops an answer; the request is cancelled; the chat goes on. Repeated: a
+    // Ctrl-C typed the instant the first token shows was once missed now and then.
+    for stop in 1..=3 {
+        p.send_line("a slow one").unwrap();
+        p.expect("Thinking").unwrap();
+        p.send(ControlCode::EndOfText).unwrap();
+        p.expect("[stopped]").unwrap();
+        assert!(
+            server
+                .wait_for(Duration::from_secs(10), |s| s.hangups() == stop)
+                .await
+        );
+        p.expect("you> ").unwrap();
+    }
 
     p.send_line("/exit").unwrap();
     p.expect("session summary").unwrap();
@@ -153,7 +156,7 @@ async fn a_chat_session_in_a_terminal() {
         .filter(|r| r.path() == "/v1/chat/completions")
         .map(|r| r.json())
         .collect();
-    assert_eq!(chats.len(), 4);
+    assert_eq!(chats.len(), 6);
     assert!(chats[0]["messages"][0]["content"]
         .as_str()
         .unwrap()
@@ -168,7 +171,7 @@ async fn a_chat_session_in_a_terminal() {
         .unwrap()
         .contains("code reviewer"));
     assert_eq!(chats[2]["messages"][2]["content"], "Answer-1.");
-    assert_eq!(chats[3]["model"], "other-model");
+    assert!(chats[3..].iter().all(|c| c["model"] == "other-model"));
 
     let md = std::fs::read_to_string(home.path().join("out.md")).unwrap();
     assert!(

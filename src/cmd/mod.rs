@@ -264,7 +264,6 @@ fn restore_sigpipe() {
     }
 }
 
-/// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.
 /// Writes an export: owner-only (0600) and never through a symlink at `path`, since what
 /// is exported (memories, conversations) is private and the directory may be shared.
 pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -292,6 +291,7 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
     }
 }
 
+/// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.
 pub fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()

@@ -619,18 +619,23 @@ impl Repl {
         let t0 = Instant::now();
         let outcome = self.rt.block_on(async move {
             let mut answer = String::new();
-            let mut stream = match chain.chat_stream(req).await {
-                Ok(s) => s,
-                Err(e) => return (answer, None, Err(e), false),
+            // Subscribed before the request goes out: `tokio::signal::ctrl_c()` only
+            // subscribes when first polled, so a Ctrl-C typed right after the first token
+            // could be missed and the chat would hang on a stalled answer.
+            let mut interrupt = Interrupt::subscribe();
+            let mut stream = tokio::select! {
+                _ = interrupt.recv() => return (answer, None, Ok(0), true),
+                s = chain.chat_stream(req) => match s {
+                    Ok(s) => s,
+                    Err(e) => return (answer, None, Err(e), false),
+                },
             };
             let mut out = std::io::stdout();
             let mut tokens = 0u32;
             let mut usage = None;
-            let ctrl_c = tokio::signal::ctrl_c();
-            tokio::pin!(ctrl_c);
             loop {
                 tokio::select! {
-                    _ = &mut ctrl_c => return (answer, usage, Ok(tokens), true),
+                    _ = interrupt.recv() => return (answer, usage, Ok(tokens), true),
                     next = stream.next() => match next {
                         Some(Ok(StreamChunk::Token(t))) => {
                             tokens += 1;
@@ -772,6 +777,42 @@ pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
         print!("{}", repl.usage.summary());
     }
     Ok(())
+}
+
+/// Ctrl-C while an answer streams. Without a SIGINT subscription (it could not be made)
+/// an answer simply cannot be stopped, and the default disposition ends the chat.
+struct Interrupt {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupt {
+    fn subscribe() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = signal(SignalKind::interrupt())
+                .map_err(|e| tracing::warn!("Ctrl-C cannot stop an answer: {e}"))
+                .ok();
+            Self { signal }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        match self.signal.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 #[cfg(test)]
