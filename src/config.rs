@@ -74,6 +74,7 @@ pub struct ConversationConfig {
     pub speak_first_clause: bool,
     pub max_sessions: usize,
     pub max_turns_in_flight: usize,
+    pub follow_up_s: f64,
 }
 
 /// `[tts]`
@@ -143,6 +144,7 @@ pub struct TtsOpenAiConfig {
 #[serde(deny_unknown_fields)]
 pub struct AudioConfig {
     pub enabled: bool,
+    pub listen: ListenMode,
     pub input_device: String,
     pub output_device: String,
     pub vad_start_db: f32,
@@ -156,6 +158,42 @@ pub struct AudioConfig {
     pub max_utterance_s: f64,
     pub interim_ms: u32,
     pub max_client_streams: usize,
+}
+
+/// `audio.listen`: how `coda serve` listens on its own input device from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum ListenMode {
+    /// Only when a client sends `stt_start {"source":"device"}`.
+    Off,
+    /// For the wake word.
+    Wake,
+    /// Every utterance.
+    Continuous,
+}
+
+impl TryFrom<String> for ListenMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<ListenMode, String> {
+        match s.as_str() {
+            "off" => Ok(ListenMode::Off),
+            "wake" => Ok(ListenMode::Wake),
+            "continuous" => Ok(ListenMode::Continuous),
+            other => Err(format!(
+                "`{other}` is not \"off\", \"wake\" or \"continuous\""
+            )),
+        }
+    }
+}
+
+/// `[wake]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeConfig {
+    pub word: String,
+    pub reference: String,
+    pub threshold: f32,
+    pub synthesize_missing: bool,
 }
 
 /// `[stt]`
@@ -381,6 +419,7 @@ pub struct Settings {
     pub models: ModelsConfig,
     pub stt: SttConfig,
     pub audio: AudioConfig,
+    pub wake: WakeConfig,
 }
 
 impl Settings {
@@ -914,6 +953,19 @@ fn validate_stt(c: &SttConfig) -> Result<(), ConfigError> {
 }
 
 fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
+    if s.wake.word.trim().is_empty() || s.wake.word.len() > 64 {
+        return Err(invalid("wake.word", "must be 1 to 64 characters"));
+    }
+    if !(s.wake.threshold.is_finite() && (0.0..=1.0).contains(&s.wake.threshold)) {
+        return Err(invalid("wake.threshold", "must be between 0 and 1"));
+    }
+    let f = s.conversation.follow_up_s;
+    if !(f.is_finite() && (0.0..=120.0).contains(&f)) {
+        return Err(invalid(
+            "conversation.follow_up_s",
+            "must be between 0 and 120 seconds (0 = off)",
+        ));
+    }
     if !(s.tts.timeout_s.is_finite() && (0.5..=600.0).contains(&s.tts.timeout_s)) {
         return Err(invalid(
             "tts.timeout_s",

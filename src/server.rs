@@ -152,6 +152,7 @@ pub async fn start(
     };
     let rooms = start_rooms(s, storage, &hub, &components)?;
     let kernel = start_kernel(s, &hub, &components, rooms);
+    listen_on_device(s, &kernel);
     let shared = SessionShared::new(
         s.session_settings(),
         hub.clone(),
@@ -378,6 +379,50 @@ fn start_rooms(
     })
 }
 
+/// `audio.listen`: the server listens on its own input device from the start, as the
+/// session `device` (a failure is logged; the server serves on without it).
+fn listen_on_device(s: &Settings, kernel: &Kernel) {
+    use crate::config::ListenMode;
+    let mode = match s.audio.listen {
+        ListenMode::Off => return,
+        ListenMode::Wake => coda_protocol::SttMode::Wake,
+        ListenMode::Continuous => coda_protocol::SttMode::Continuous,
+    };
+    let Some(device) = kernel.device_audio.clone() else {
+        tracing::warn!("audio.listen is set but audio capture is off (audio.enabled = false)");
+        return;
+    };
+    let hands = kernel.hands.clone();
+    actix_rt::spawn(async move {
+        // A wake listening needs the reference loaded (built on the first start).
+        if mode == coda_protocol::SttMode::Wake {
+            for _ in 0..600 {
+                match hands.wake.detector() {
+                    Ok(_) => break,
+                    Err(coda_actors::wake::WakeError::Loading) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let start = coda_actors::voice::DeviceListen::Start {
+            session_id: DEVICE_SESSION.into(),
+            mode,
+        };
+        match device.send(start).await {
+            Ok(Ok(())) => {
+                tracing::info!(%mode, session = DEVICE_SESSION, "listening on the input device (audio.listen)")
+            }
+            Ok(Err(why)) => tracing::warn!(%why, "audio.listen: cannot listen on the input device"),
+            Err(e) => tracing::warn!(error = %e, "audio.listen: audio capture is not running"),
+        }
+    });
+}
+
+/// The conversation session of what the server hears on its own device (`audio.listen`).
+pub const DEVICE_SESSION: &str = "device";
+
 fn start_kernel(
     s: &Settings,
     hub: &HubHandle,
@@ -393,10 +438,12 @@ fn start_kernel(
             speak_first_clause: s.conversation.speak_first_clause,
             max_sessions: s.conversation.max_sessions,
             max_turns_in_flight: s.conversation.max_turns_in_flight,
+            follow_up: crate::config::Settings::secs(s.conversation.follow_up_s),
         },
         stt: s.stt_settings(),
         tts_output: s.tts_output(),
         audio: s.audio.enabled.then(|| s.audio_settings()),
+        wake: Some(s.wake_settings()),
     };
     let engine = crate::speech::tts_engine(s, None, None).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "speech engine not usable; speaking with espeak-ng");

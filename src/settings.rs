@@ -42,6 +42,19 @@ impl Settings {
         }
     }
 
+    /// WakeWord's settings from `[wake]`.
+    pub fn wake_settings(&self) -> coda_actors::wake::WakeSettings {
+        let w = &self.wake;
+        coda_actors::wake::WakeSettings {
+            word: w.word.trim().to_string(),
+            reference: (!w.reference.is_empty()).then(|| w.reference.clone().into()),
+            models_dir: Some(self.model_store().dir().to_path_buf()),
+            threshold: w.threshold,
+            synthesize_missing: w.synthesize_missing,
+            espeak: PathBuf::from(&self.tts.binary),
+        }
+    }
+
     /// AudioCapture's settings from `[audio]`.
     pub fn audio_settings(&self) -> coda_actors::audio::AudioSettings {
         let a = &self.audio;

@@ -20,3 +20,4 @@ pub mod supervise;
 pub mod tools;
 pub mod tts;
 pub mod voice;
+pub mod wake;

@@ -47,6 +47,13 @@ pub enum SpeechAudio {
         /// settled audio is this utterance's (no need to transcribe again).
         settle: Option<Settle>,
     },
+    /// The wake word was heard; a `Started` follows.
+    Wake {
+        session_id: String,
+        word: String,
+        score: f32,
+        source: AudioSource,
+    },
     /// Listening stopped with nothing to transcribe (cancelled, or no speech at all).
     Cancelled {
         session_id: String,
@@ -62,6 +69,7 @@ impl SpeechAudio {
             SpeechAudio::Started { session_id, .. }
             | SpeechAudio::Partial { session_id, .. }
             | SpeechAudio::Ended { session_id, .. }
+            | SpeechAudio::Wake { session_id, .. }
             | SpeechAudio::Cancelled { session_id, .. } => session_id,
         }
     }
@@ -97,4 +105,96 @@ pub enum DeviceListen {
 /// Converts signed 16-bit PCM to the [-1, 1] floats [`SpeechAudio`] carries.
 pub fn pcm16_to_f32(samples: &[i16]) -> Vec<f32> {
     samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
+}
+
+/// The follow-up window of one wake-mode listening: until when speech counts as a turn
+/// without the wake word. Written by the Orchestrator when an answer ends, read by the
+/// listening's [`Segmenter`](crate::audio::Segmenter) on every frame.
+#[derive(Debug, Default)]
+pub struct FollowUp {
+    /// Nanoseconds after [`epoch`]; 0 = closed.
+    until: std::sync::atomic::AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl FollowUp {
+    /// Opens the window until `until`.
+    pub fn open(&self, until: Instant) {
+        let ns = until.saturating_duration_since(epoch()).as_nanos().max(1) as u64;
+        self.until.store(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes it (an utterance used it).
+    pub fn close(&self) {
+        self.until.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Is it open at `now`?
+    pub fn is_open(&self, now: Instant) -> bool {
+        match self.until.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => false,
+            ns => now < epoch() + std::time::Duration::from_nanos(ns),
+        }
+    }
+}
+
+/// The follow-up windows of the sessions listening in wake mode. A listening holds its
+/// window (`Arc`); the registry only points at it, so a listening that ended leaves
+/// nothing behind.
+#[derive(Debug, Clone, Default)]
+pub struct FollowUps {
+    live: Arc<std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<FollowUp>>>>,
+}
+
+impl FollowUps {
+    /// The window of a new wake-mode listening of `session_id`.
+    pub fn register(&self, session_id: &str) -> Arc<FollowUp> {
+        let cell = Arc::new(FollowUp::default());
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(session_id.to_string(), Arc::downgrade(&cell));
+        cell
+    }
+
+    /// Opens `session_id`'s window until `until`; false when it is not listening in wake
+    /// mode.
+    pub fn open(&self, session_id: &str, until: Instant) -> bool {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match live.get(session_id).and_then(std::sync::Weak::upgrade) {
+            Some(cell) => {
+                cell.open(until);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What a producer needs to listen in wake mode: a detector for its stream and the
+/// session's follow-up window.
+pub struct WakeListening {
+    pub detector: Box<dyn crate::wake::WakeDetector>,
+    pub follow_up: Arc<FollowUp>,
+}
+
+/// The shared parts of hands-free listening, handed to producers and the Orchestrator at
+/// wiring time.
+#[derive(Clone, Default)]
+pub struct Hands {
+    pub wake: crate::wake::WakeModels,
+    pub follow_ups: FollowUps,
+}
+
+impl Hands {
+    /// A wake-mode listening for `session_id`, or why there can be none.
+    pub fn listen(&self, session_id: &str) -> Result<WakeListening, crate::wake::WakeError> {
+        Ok(WakeListening {
+            detector: self.wake.detector()?,
+            follow_up: self.follow_ups.register(session_id),
+        })
+    }
 }

@@ -111,6 +111,9 @@ wire_enum! {
         Idle = "idle",
         /// Capturing speech.
         Listening = "listening",
+        /// After an answer, listening for a follow-up question without the wake word
+        /// (for `conversation.follow_up_s`).
+        ListeningFollowUp = "listening_follow_up",
         /// Understanding the input and preparing an answer.
         Thinking = "thinking",
         /// Playing an answer.
@@ -137,6 +140,8 @@ wire_enum! {
         PushToTalk = "push_to_talk",
         /// Listen continuously, splitting utterances by voice activity detection.
         Continuous = "continuous",
+        /// Listen for the wake word; the utterance after it becomes a turn.
+        Wake = "wake",
     }
 }
 
@@ -462,6 +467,18 @@ pub struct StageTiming {
 // ---------------------------------------------------------------------------------------
 // Speech-to-text payloads
 // ---------------------------------------------------------------------------------------
+
+/// `wake_detected`: the wake word was heard; what is said after it becomes a turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WakeDetected {
+    /// The wake word, e.g. `"hey coda"`.
+    pub word: String,
+    /// How close the match was (the detector's score; detections are at or above
+    /// `wake.threshold`).
+    pub score: f64,
+    /// Where the audio comes from.
+    pub source: AudioSource,
+}
 
 /// `stt_start`: listening started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -975,6 +992,7 @@ event_data! {
     DiagnosticTick,
     LatencyTrace,
     ComponentTiming,
+    WakeDetected,
     SttStart,
     SttInterim,
     SttResult,

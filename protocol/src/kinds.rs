@@ -65,6 +65,8 @@ name_enum! {
         /// Periodic latency percentiles per pipeline stage, plus counters.
         ComponentTiming = "component_timing",
         // speech-to-text
+        /// The wake word was heard: the utterance after it becomes a turn.
+        WakeDetected = "wake_detected",
         /// Speech-to-text started listening.
         SttStart = "stt_start",
         /// A partial (not yet final) transcript.

@@ -142,6 +142,12 @@ fn samples() -> Vec<EventData> {
             counters: BTreeMap::from([("events_published".to_owned(), 1234)]),
         }
         .into(),
+        WakeDetected {
+            word: "hey coda".into(),
+            score: 0.061,
+            source: AudioSource::Device,
+        }
+        .into(),
         SttStart {
             turn_id: turn(),
             mode: SttMode::PushToTalk,

@@ -22,6 +22,7 @@ pub mod say;
 pub mod serve;
 pub mod token;
 pub mod transcribe;
+pub mod wake;
 
 /// Coda: a voice-first AI assistant core that streams every internal event over a local
 /// WebSocket.
@@ -84,6 +85,11 @@ pub enum Commands {
     Transcribe(transcribe::TranscribeArgs),
     /// Speak text with the configured (or chosen) engine: play it, or write a WAV file.
     Say(say::SayArgs),
+    /// The wake word: build a reference (`train`), try it on a recording (`test`).
+    Wake {
+        #[command(subcommand)]
+        cmd: wake::WakeCommand,
+    },
     /// List the sound devices (inputs and outputs, defaults marked, supported configs).
     Devices {
         /// Machine-readable output.
@@ -236,6 +242,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LLM_CLI_LOG, LogFormat::Text);
             let loaded = choice.load(cmd.overrides())?;
             models::run(&loaded.settings.llm, &loaded.settings.model_store(), cmd)
+        }
+        Commands::Wake { cmd } => {
+            init_logging("warn", LogFormat::Text);
+            wake::run(&choice.load(Vec::new())?, cmd)
         }
         Commands::Say(args) => {
             init_logging("warn", LogFormat::Text);

@@ -218,6 +218,7 @@ pub struct AudioCapture {
     listening: Option<Listening>,
     generation: u64,
     dropped_notice: bool,
+    hands: crate::voice::Hands,
 }
 
 /// Capacity of the device → actor channel (chunks of ≈20 ms: about 5 s).
@@ -240,7 +241,29 @@ impl AudioCapture {
             listening: None,
             generation: 0,
             dropped_notice: false,
+            hands: crate::voice::Hands::default(),
         }
+    }
+
+    /// Wake-mode listening makes its detectors from `hands`.
+    pub fn with_hands(mut self, hands: crate::voice::Hands) -> Self {
+        self.hands = hands;
+        self
+    }
+
+    /// The wake word parts of a listening in `mode` (none unless wake mode).
+    fn wake_for(
+        &self,
+        session_id: &str,
+        mode: SttMode,
+    ) -> Result<Option<crate::voice::WakeListening>, AudioError> {
+        if mode != SttMode::Wake {
+            return Ok(None);
+        }
+        self.hands
+            .listen(session_id)
+            .map(Some)
+            .map_err(|e| AudioError::Unavailable(e.to_string()))
     }
 
     fn report(&mut self, msg: SpeechAudio) {
@@ -269,14 +292,25 @@ impl AudioCapture {
     }
 
     /// Begins a listening (the device, if any, is already open).
-    fn begin(&mut self, session_id: String, mode: SttMode, generation: u64) -> Listening {
+    fn begin(
+        &mut self,
+        session_id: String,
+        mode: SttMode,
+        generation: u64,
+        wake: Option<crate::voice::WakeListening>,
+    ) -> Listening {
+        let now = Instant::now();
+        let seg = match wake {
+            Some(w) => Segmenter::with_wake(self.settings.segment, w, now),
+            None => Segmenter::new(self.settings.segment, mode, now),
+        };
         Listening {
             session_id,
             mode,
             generation,
             #[cfg(feature = "audio")]
             _device: None,
-            seg: Segmenter::new(self.settings.segment, mode, Instant::now()),
+            seg,
         }
     }
 
@@ -357,6 +391,16 @@ pub fn speech_report(
             samples,
             speech_ended,
             settle,
+        },
+        Segment::Wake { word, score } => SpeechAudio::Wake {
+            session_id,
+            word,
+            score,
+            source,
+        },
+        Segment::Empty if mode == SttMode::Wake => SpeechAudio::Cancelled {
+            session_id,
+            reason: "nothing was said after the wake word".into(),
         },
         Segment::Empty => SpeechAudio::Cancelled {
             session_id,
@@ -453,10 +497,16 @@ impl Handler<StartCapture> for AudioCapture {
     type Result = AtomicResponse<Self, Result<CaptureStarted, AudioError>>;
 
     fn handle(&mut self, msg: StartCapture, _: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.may_start(&msg.session_id) {
-            self.device_error(&msg.session_id, &e);
-            return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
-        }
+        let wake = self
+            .may_start(&msg.session_id)
+            .and_then(|()| self.wake_for(&msg.session_id, msg.mode));
+        let wake = match wake {
+            Ok(w) => w,
+            Err(e) => {
+                self.device_error(&msg.session_id, &e);
+                return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
+            }
+        };
         self.generation += 1;
         let generation = self.generation;
         #[cfg(feature = "audio")]
@@ -491,7 +541,7 @@ impl Handler<StartCapture> for AudioCapture {
                         channels: handle.info.channels,
                     };
                     tracing::info!(session = %msg.session_id, device = %started.device, rate = started.rate, channels = started.channels, mode = %msg.mode, "listening on the input device");
-                    let mut l = act.begin(msg.session_id.clone(), msg.mode, generation);
+                    let mut l = act.begin(msg.session_id.clone(), msg.mode, generation, wake);
                     l._device = Some(handle);
                     act.listening = Some(l);
                     let addr = ctx.address();
@@ -515,7 +565,7 @@ impl Handler<StartCapture> for AudioCapture {
         }
         #[cfg(not(feature = "audio"))]
         {
-            let _ = (generation, CHANNEL_CHUNKS);
+            let _ = (generation, CHANNEL_CHUNKS, wake);
             let e = AudioError::Unavailable(NO_AUDIO_BUILD.into());
             self.device_error(&msg.session_id, &e);
             AtomicResponse::new(Box::pin(fut::ready(Err(e))))
@@ -528,8 +578,9 @@ impl Handler<StartFeed> for AudioCapture {
 
     fn handle(&mut self, msg: StartFeed, _: &mut Context<Self>) -> Self::Result {
         self.may_start(&msg.session_id)?;
+        let wake = self.wake_for(&msg.session_id, msg.mode)?;
         self.generation += 1;
-        let l = self.begin(msg.session_id.clone(), msg.mode, self.generation);
+        let l = self.begin(msg.session_id.clone(), msg.mode, self.generation, wake);
         self.listening = Some(l);
         if msg.mode == SttMode::PushToTalk {
             self.started_report(&msg.session_id, msg.mode, AudioSource::Device);

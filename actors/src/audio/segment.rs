@@ -6,6 +6,11 @@
 //!   only marks pauses.
 //! - continuous: the [`Vad`] starts utterances (with `preroll_ms` of audio from before, so
 //!   the first syllable is kept) and ends them after `vad.silence_ms` of silence.
+//! - wake: a [`WakeDetector`] hears every frame; a detection opens an utterance at the
+//!   sample where the word ended (the word is not transcribed), which ends like a
+//!   continuous one, or unused when nothing is said within [`WAKE_LISTEN`]. While the
+//!   session's follow-up window is open (after an answer), speech opens an utterance
+//!   without the word, as in continuous mode.
 //!
 //! Both hand out the audio so far every `interim_ms` (for `stt_interim`) and, once the
 //! speaker has paused for `settle_ms`, once more as *settled*: Stt transcribes that at
@@ -21,7 +26,13 @@ use std::time::{Duration, Instant};
 use coda_protocol::SttMode;
 
 use super::vad::{Vad, VadEvent, VadSettings, FRAME};
-use crate::voice::{Settle, SPEECH_SAMPLE_RATE};
+use crate::voice::{FollowUp, Settle, WakeListening, SPEECH_SAMPLE_RATE};
+use crate::wake::WakeDetector;
+
+/// After the wake word, how long speech may take to begin.
+pub const WAKE_LISTEN: Duration = Duration::from_secs(4);
+/// Voiced frames after the wake word before it counts as speech (not the word's echo).
+const WAKE_VOICED_FRAMES: usize = 5;
 
 /// How audio is cut into utterances.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +67,8 @@ impl Default for SegmentSettings {
 /// What the segmenter saw.
 #[derive(Debug, Clone)]
 pub enum Segment {
+    /// The wake word was heard (wake mode); `Started` follows.
+    Wake { word: String, score: f32 },
     /// Speech began (continuous mode; push-to-talk starts with the listening).
     Started,
     /// The utterance so far; `settle` when the speaker has paused here.
@@ -105,6 +118,9 @@ struct Utterance {
     settle: Option<Settle>,
     /// A voiced frame came after `settle`.
     spoke_since_settle: bool,
+    /// Opened by the wake word and nothing said yet: ended unused at this instant.
+    wake_deadline: Option<Instant>,
+    voiced_frames: usize,
 }
 
 impl Utterance {
@@ -117,8 +133,17 @@ impl Utterance {
             voiced: false,
             settle: None,
             spoke_since_settle: false,
+            wake_deadline: None,
+            voiced_frames: 0,
         }
     }
+}
+
+struct WakeGate {
+    detector: Box<dyn WakeDetector>,
+    follow_up: std::sync::Arc<FollowUp>,
+    /// Samples heard so far (the detector's positions count the same).
+    pos: u64,
 }
 
 /// The segmenter of one listening.
@@ -129,6 +154,7 @@ pub struct Segmenter {
     frame: Vec<f32>,
     recent: std::collections::VecDeque<f32>,
     utterance: Option<Utterance>,
+    wake: Option<WakeGate>,
 }
 
 fn frames(ms: u32) -> usize {
@@ -145,7 +171,23 @@ impl Segmenter {
             frame: Vec::with_capacity(FRAME),
             recent: std::collections::VecDeque::new(),
             utterance: (mode == SttMode::PushToTalk).then(|| Utterance::new(Vec::new(), now)),
+            wake: None,
         }
+    }
+
+    /// A segmenter listening for the wake word.
+    pub fn with_wake(
+        settings: SegmentSettings,
+        listening: WakeListening,
+        now: Instant,
+    ) -> Segmenter {
+        let mut s = Segmenter::new(settings, SttMode::Wake, now);
+        s.wake = Some(WakeGate {
+            detector: listening.detector,
+            follow_up: listening.follow_up,
+            pos: 0,
+        });
+        s
     }
 
     /// The mode it was made for.
@@ -183,10 +225,40 @@ impl Segmenter {
     fn on_frame(&mut self, frame: &[f32], now: Instant, out: &mut Vec<Segment>) {
         let ev = self.vad.push_frame(frame);
         let voiced = self.vad.last_voiced();
-        let continuous = self.mode == SttMode::Continuous;
+        // The detector hears every frame, so its stream positions stay the segmenter's.
+        let (detection, follow_up) = match self.wake.as_mut() {
+            Some(g) => {
+                g.pos += frame.len() as u64;
+                let d = g.detector.push(frame).map(|d| (d, g.pos));
+                (d, g.follow_up.is_open(now))
+            }
+            None => (None, false),
+        };
+        let continuous = self.mode != SttMode::PushToTalk;
         let max = self.max_samples();
         let Some(u) = self.utterance.as_mut() else {
-            if continuous && matches!(ev, VadEvent::SpeechStart { .. }) {
+            if let Some((d, pos)) = detection {
+                // The utterance starts where the word ended (the part of it in this frame
+                // and the frames kept before).
+                self.recent.extend(frame.iter().copied());
+                let after = (pos.saturating_sub(d.end) as usize).min(self.recent.len());
+                let skip = self.recent.len() - after;
+                let samples: Vec<f32> = self.recent.drain(..).skip(skip).collect();
+                let mut u = Utterance::new(samples, now);
+                u.wake_deadline = Some(now + WAKE_LISTEN);
+                self.utterance = Some(u);
+                out.push(Segment::Wake {
+                    word: d.word,
+                    score: d.score,
+                });
+                out.push(Segment::Started);
+                return;
+            }
+            let opens = self.mode == SttMode::Continuous || follow_up;
+            if opens && matches!(ev, VadEvent::SpeechStart { .. }) {
+                if let Some(g) = &self.wake {
+                    g.follow_up.close();
+                }
                 let mut samples: Vec<f32> = self.recent.drain(..).collect();
                 samples.extend_from_slice(frame);
                 let mut u = Utterance::new(samples, now);
@@ -202,6 +274,22 @@ impl Segmenter {
             return;
         };
         u.samples.extend_from_slice(frame);
+        if let Some(deadline) = u.wake_deadline {
+            // Nothing said after the wake word yet: the detector's silence and the word's
+            // own end (its `SpeechEnd`) do not end the utterance; only the deadline does.
+            if voiced {
+                u.voiced_frames += 1;
+            }
+            if u.voiced_frames < WAKE_VOICED_FRAMES {
+                if now >= deadline {
+                    self.utterance = None;
+                    self.vad.reset();
+                    out.push(Segment::Empty);
+                }
+                return;
+            }
+            u.wake_deadline = None;
+        }
         if voiced {
             u.voiced = true;
             u.last_voiced_at = now;
@@ -344,8 +432,111 @@ mod tests {
                 Segment::Partial { .. } => "partial",
                 Segment::Ended { .. } => "ended",
                 Segment::Empty => "empty",
+                Segment::Wake { .. } => "wake",
             })
             .collect()
+    }
+
+    /// A stand-in detector (the real one is tested in `wake::template`): reports the
+    /// word as ending at sample `at`, once, when it has heard `at + 960` samples.
+    struct At {
+        at: u64,
+        heard: u64,
+    }
+
+    impl WakeDetector for At {
+        fn word(&self) -> &str {
+            "hey test"
+        }
+        fn push(&mut self, samples: &[f32]) -> Option<crate::wake::Detection> {
+            let before = self.heard;
+            self.heard += samples.len() as u64;
+            let fire = self.at + 960;
+            (before < fire && self.heard >= fire).then(|| crate::wake::Detection {
+                word: "hey test".into(),
+                score: 0.9,
+                start: self.at - 8_000,
+                end: self.at,
+            })
+        }
+        fn reset(&mut self) {}
+    }
+
+    fn wake_segmenter(at: u64, t: Instant) -> (Segmenter, std::sync::Arc<FollowUp>) {
+        let ups = crate::voice::FollowUps::default();
+        let follow_up = ups.register("s");
+        let seg = Segmenter::with_wake(
+            SegmentSettings::default(),
+            WakeListening {
+                detector: Box::new(At { at, heard: 0 }),
+                follow_up: follow_up.clone(),
+            },
+            t,
+        );
+        (seg, follow_up)
+    }
+
+    #[test]
+    fn the_wake_word_opens_an_utterance_that_starts_after_it() {
+        let mut t = Instant::now();
+        // The "word" (a tone) ends at 1.0 s; the detector says so 60 ms later. Then a
+        // pause longer than the end-of-speech silence, then the request.
+        let (mut seg, _) = wake_segmenter(16_000, t);
+        let mut sig = quiet(500);
+        sig.extend(tone(500, 0.3));
+        sig.extend(quiet(900));
+        sig.extend(tone(800, 0.3));
+        sig.extend(quiet(1_000));
+        let ev = feed(&mut seg, &sig, &mut t);
+        let n = names(&ev);
+        assert_eq!(&n[..2], ["wake", "started"], "{n:?}");
+        assert_eq!(n.iter().filter(|e| **e == "ended").count(), 1, "{n:?}");
+        let Some(Segment::Ended { samples, .. }) =
+            ev.iter().find(|e| matches!(e, Segment::Ended { .. }))
+        else {
+            unreachable!()
+        };
+        // From the end of the word: the pause, the request, 200 ms of silence; none of
+        // the word.
+        let secs = samples.len() as f64 / 16_000.0;
+        assert!((1.8..2.0).contains(&secs), "{secs}");
+        assert!(samples[..16_000 * 8 / 10].iter().all(|v| v.abs() < 0.01));
+    }
+
+    #[test]
+    fn nothing_said_after_the_wake_word_ends_unused_and_speech_without_it_is_ignored() {
+        let mut t = Instant::now();
+        let (mut seg, _) = wake_segmenter(16_000, t);
+        let mut sig = quiet(500);
+        sig.extend(tone(500, 0.3));
+        sig.extend(quiet(5_000));
+        let ev = feed(&mut seg, &sig, &mut t);
+        assert_eq!(names(&ev), ["wake", "started", "empty"]);
+        // No wake word: speech is not an utterance.
+        let mut sig = tone(800, 0.3);
+        sig.extend(quiet(1_000));
+        assert!(feed(&mut seg, &sig, &mut t).is_empty());
+    }
+
+    #[test]
+    fn the_follow_up_window_takes_speech_without_the_wake_word() {
+        let mut t = Instant::now();
+        let (mut seg, follow_up) = wake_segmenter(u64::MAX / 2, t);
+        let _ = feed(&mut seg, &quiet(500), &mut t);
+        follow_up.open(t + Duration::from_secs(2));
+        let mut sig = tone(800, 0.3);
+        sig.extend(quiet(1_000));
+        let n = names(&feed(&mut seg, &sig, &mut t));
+        assert_eq!(n.first(), Some(&"started"), "{n:?}");
+        assert_eq!(n.last(), Some(&"ended"), "{n:?}");
+        // The window was used: the next speech needs the wake word again.
+        assert!(!follow_up.is_open(t));
+        let n = names(&feed(&mut seg, &sig, &mut t));
+        assert!(n.is_empty(), "{n:?}");
+        // A window that expired takes nothing.
+        follow_up.open(t + Duration::from_millis(100));
+        let _ = feed(&mut seg, &quiet(200), &mut t);
+        assert!(feed(&mut seg, &sig, &mut t).is_empty());
     }
 
     #[test]

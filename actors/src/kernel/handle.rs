@@ -104,6 +104,19 @@ impl KernelHandle {
         self.kernel.as_ref().map(|k| k.stt.clone().recipient())
     }
 
+    /// A wake-mode listening for `session_id`'s client audio, or why there is none.
+    pub fn wake_listening(
+        &self,
+        session_id: &str,
+    ) -> Result<crate::voice::WakeListening, crate::wake::WakeError> {
+        match &self.kernel {
+            Some(k) => k.hands.listen(session_id),
+            None => Err(crate::wake::WakeError::Unavailable(
+                "the wake word component is not running".into(),
+            )),
+        }
+    }
+
     /// Is the server's own input device wired?
     pub fn has_device(&self) -> bool {
         self.kernel

@@ -35,6 +35,8 @@ pub struct KernelSettings {
     pub tts_output: TtsOutput,
     /// The input device (AudioCapture); `None`: no capture actor.
     pub audio: Option<crate::audio::AudioSettings>,
+    /// The wake word (WakeWord); `None`: wake mode is refused.
+    pub wake: Option<crate::wake::WakeSettings>,
 }
 
 /// The rooms started outside the kernel that it uses when present.
@@ -74,6 +76,10 @@ pub struct Kernel {
     pub device_audio: Option<Recipient<crate::voice::DeviceListen>>,
     /// The input device, when `KernelSettings::audio` asked for it.
     pub audio: Option<Addr<crate::audio::AudioCapture>>,
+    /// The wake word, when `KernelSettings::wake` asked for it.
+    pub wake: Option<Addr<crate::wake::WakeWord>>,
+    /// Wake word detectors and follow-up windows, shared with the speech producers.
+    pub hands: crate::voice::Hands,
 }
 
 impl Kernel {
@@ -108,14 +114,24 @@ impl Kernel {
         let tts_output = settings.tts_output.clone();
         let tts =
             Supervisor::start(move |_| TtsActor::new(tts_sup, engine).with_output(tts_output));
+        let hands = crate::voice::Hands::default();
+        let wake = settings.wake.clone().map(|wake_settings| {
+            let wake_sup = sup("wake_word");
+            let (c, models) = (components.clone(), hands.wake.clone());
+            Supervisor::start(move |_| {
+                crate::wake::WakeWord::new(wake_sup, c, wake_settings.clone(), models.clone())
+            })
+        });
         let orch_sup = sup("orchestrator");
         let (r, l, t) = (router.clone(), llm.clone(), tts.clone());
         let conversation = settings.conversation.clone();
         let (memory, tools_addr) = (rooms.memory.clone(), rooms.tools.clone());
+        let follow_ups = hands.follow_ups.clone();
         let orchestrator = Supervisor::start(move |_| {
             Orchestrator::new(orch_sup, Engines::of(&r, &l, &t), conversation)
                 .with_memory(memory)
                 .with_tools(tools_addr)
+                .with_follow_ups(follow_ups)
         });
 
         let stt_sup = sup("stt");
@@ -131,8 +147,9 @@ impl Kernel {
                 .speech
                 .clone()
                 .or_else(|| Some(stt.clone().recipient()));
+            let h = hands.clone();
             Supervisor::start(move |_| {
-                crate::audio::AudioCapture::new(audio_sup, c, audio_settings, speech)
+                crate::audio::AudioCapture::new(audio_sup, c, audio_settings, speech).with_hands(h)
             })
         });
         let device_audio = rooms
@@ -159,6 +176,8 @@ impl Kernel {
             stt,
             device_audio,
             audio,
+            wake,
+            hands,
         };
         kernel.watch(hub, components);
         kernel
@@ -169,7 +188,7 @@ impl Kernel {
     fn watch(&self, hub: HubHandle, components: ComponentRegistry) {
         let k = self.clone();
         actix_rt::spawn(async move {
-            let mut reported = [false; 8];
+            let mut reported = [false; 9];
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -182,6 +201,7 @@ impl Kernel {
                     ("tools", k.tools.as_ref().is_none_or(|a| a.connected())),
                     ("stt", k.stt.connected()),
                     ("audio", k.audio.as_ref().is_none_or(|a| a.connected())),
+                    ("wake_word", k.wake.as_ref().is_none_or(|a| a.connected())),
                 ];
                 for (i, (name, up)) in alive.iter().enumerate() {
                     if !up && !reported[i] {

@@ -56,6 +56,9 @@ pub struct ConversationSettings {
     /// Turns being answered at once, across all sessions; beyond it a new turn is
     /// refused as unavailable (a session's new turn replacing its own still starts).
     pub max_turns_in_flight: usize,
+    /// After an answer to speech, how long a session listening in wake mode takes speech
+    /// without the wake word (zero: never).
+    pub follow_up: std::time::Duration,
 }
 
 impl Default for ConversationSettings {
@@ -67,6 +70,7 @@ impl Default for ConversationSettings {
             speak_first_clause: true,
             max_sessions: 1000,
             max_turns_in_flight: 16,
+            follow_up: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -189,6 +193,8 @@ struct SessionState {
     history: Vec<ChatMessage>,
     active: Option<String>,
     last_used: std::time::Instant,
+    /// When the open follow-up window closes.
+    follow_up_until: Option<Instant>,
 }
 
 struct Turn {
@@ -208,6 +214,8 @@ struct Turn {
     answer: String,
     splitter: SentenceSplitter,
     spoken: Vec<String>,
+    /// The input was speech.
+    voice: bool,
 }
 
 /// Where the orchestrator sends work. The kernel wires the real actors
@@ -252,6 +260,29 @@ pub struct Orchestrator {
     next_id: u64,
     memory: Option<Addr<crate::memory::MemoryActor>>,
     tools: Option<Addr<crate::tools::ToolsActor>>,
+    follow_ups: crate::voice::FollowUps,
+    me: Option<Addr<Orchestrator>>,
+}
+
+/// A follow-up window closed: mode back to idle unless something happened since.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FollowUpOver {
+    session_id: String,
+    until: Instant,
+}
+
+impl Handler<FollowUpOver> for Orchestrator {
+    type Result = ();
+
+    fn handle(&mut self, msg: FollowUpOver, _: &mut Context<Self>) {
+        // A later window (a follow-up answered in time) outlives this one.
+        if self.sessions.get(&msg.session_id).is_some_and(|s| {
+            s.mode == Mode::ListeningFollowUp && s.follow_up_until == Some(msg.until)
+        }) {
+            self.set_mode(&msg.session_id, Mode::Idle);
+        }
+    }
 }
 
 impl Orchestrator {
@@ -266,12 +297,20 @@ impl Orchestrator {
             next_id: 1,
             memory: None,
             tools: None,
+            follow_ups: crate::voice::FollowUps::default(),
+            me: None,
         }
     }
 
     /// Conversations and context come from the Memory actor (else: in-process history).
     pub fn with_memory(mut self, memory: Option<Addr<crate::memory::MemoryActor>>) -> Self {
         self.memory = memory;
+        self
+    }
+
+    /// Answers to speech open the follow-up window of sessions listening in wake mode.
+    pub fn with_follow_ups(mut self, follow_ups: crate::voice::FollowUps) -> Self {
+        self.follow_ups = follow_ups;
         self
     }
 
@@ -356,6 +395,7 @@ impl Orchestrator {
                     history: Vec::new(),
                     active: None,
                     last_used: std::time::Instant::now(),
+                    follow_up_until: None,
                 },
             );
         }
@@ -411,6 +451,7 @@ impl Orchestrator {
                 answer: String::new(),
                 splitter: SentenceSplitter::new().first_clause(self.settings.speak_first_clause),
                 spoken: Vec::new(),
+                voice: voice.is_some(),
             },
         );
         self.route(&turn_id, &session_id, msg.text, ctx);
@@ -744,7 +785,35 @@ impl Orchestrator {
             );
         }
         self.remember(&turn, turn.answer.clone());
+        let (session, voice) = (turn.session_id.clone(), turn.voice);
         self.close(turn);
+        if voice {
+            self.follow_up(&session);
+        }
+    }
+
+    /// Opens `session_id`'s follow-up window (when it listens in wake mode): mode
+    /// `listening_follow_up` until it closes or something else happens.
+    fn follow_up(&mut self, session_id: &str) {
+        let d = self.settings.follow_up;
+        let until = Instant::now() + d;
+        if d.is_zero() || !self.follow_ups.open(session_id, until) {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(session_id) {
+            s.follow_up_until = Some(until);
+        }
+        self.set_mode(session_id, Mode::ListeningFollowUp);
+        let (me, session) = (self.me.clone(), session_id.to_string());
+        if let Some(me) = me {
+            actix_rt::spawn(async move {
+                tokio::time::sleep(d).await;
+                me.do_send(FollowUpOver {
+                    session_id: session,
+                    until,
+                });
+            });
+        }
     }
 
     /// Keeps the exchange in the session's context (and in the Memory actor's store).
@@ -874,7 +943,8 @@ fn cut_part(answer: &str, spoken: &[String]) -> String {
 impl Actor for Orchestrator {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
         self.sup.started();
     }
 }
@@ -1019,7 +1089,7 @@ impl Handler<Listening> for Orchestrator {
                 } else if act
                     .sessions
                     .get(&msg.session_id)
-                    .is_some_and(|s| s.mode == Mode::Listening)
+                    .is_some_and(|s| matches!(s.mode, Mode::Listening | Mode::ListeningFollowUp))
                 {
                     act.set_mode(&msg.session_id, Mode::Idle);
                 }

@@ -38,6 +38,7 @@ impl ClientAudio {
         session_id: String,
         mode: SttMode,
         settings: SegmentSettings,
+        wake: Option<crate::voice::WakeListening>,
     ) -> (ClientAudio, Option<SpeechAudio>) {
         let max_samples = (settings.max_utterance_s * f64::from(SPEECH_SAMPLE_RATE)) as usize;
         let started = (mode == SttMode::PushToTalk).then(|| SpeechAudio::Started {
@@ -45,10 +46,14 @@ impl ClientAudio {
             mode,
             source: AudioSource::Client,
         });
+        let seg = match wake {
+            Some(w) => Segmenter::with_wake(settings, w, Instant::now()),
+            None => Segmenter::new(settings, mode, Instant::now()),
+        };
         let audio = ClientAudio {
             session_id,
             mode,
-            seg: Segmenter::new(settings, mode, Instant::now()),
+            seg,
             max_samples,
             slot: None,
         };
@@ -141,7 +146,7 @@ mod tests {
     #[test]
     fn continuous_client_audio_makes_one_utterance_per_phrase() {
         let settings = SegmentSettings::default();
-        let (mut a, started) = ClientAudio::start("s".into(), SttMode::Continuous, settings);
+        let (mut a, started) = ClientAudio::start("s".into(), SttMode::Continuous, settings, None);
         assert!(started.is_none());
         let mut reports = Vec::new();
         for chunk in [hush(400), tone(800), hush(900), tone(600), hush(900)] {
@@ -156,6 +161,7 @@ mod tests {
                 SpeechAudio::Partial { .. } => "partial",
                 SpeechAudio::Ended { .. } => "ended",
                 SpeechAudio::Cancelled { .. } => "cancelled",
+                SpeechAudio::Wake { .. } => "wake",
             })
             .collect();
         assert_eq!(
@@ -177,7 +183,7 @@ mod tests {
             max_utterance_s: 1.0,
             ..Default::default()
         };
-        let (mut a, started) = ClientAudio::start("s".into(), SttMode::PushToTalk, settings);
+        let (mut a, started) = ClientAudio::start("s".into(), SttMode::PushToTalk, settings, None);
         assert!(matches!(started, Some(SpeechAudio::Started { .. })));
         assert!(matches!(
             a.push(&[0, 0, 0]),

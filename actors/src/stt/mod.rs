@@ -660,6 +660,24 @@ impl Handler<SpeechAudio> for SttActor {
     type Result = ();
 
     fn handle(&mut self, msg: SpeechAudio, ctx: &mut Context<Self>) {
+        if let SpeechAudio::Wake {
+            session_id,
+            word,
+            score,
+            source,
+        } = msg
+        {
+            tracing::info!(session = %session_id, %word, score, %source, "wake word");
+            self.sup.hub().publish(
+                &session_id,
+                &coda_protocol::WakeDetected {
+                    word,
+                    score: f64::from(score),
+                    source,
+                },
+            );
+            return;
+        }
         if self.sup.is_degraded() {
             let failure = SttFailure::Unavailable(self.sup.unavailable());
             if matches!(msg, SpeechAudio::Started { .. } | SpeechAudio::Ended { .. }) {
@@ -684,6 +702,7 @@ impl Handler<SpeechAudio> for SttActor {
                 speech_ended,
                 settle,
             } => self.ended(session_id, samples, speech_ended, settle, ctx),
+            SpeechAudio::Wake { .. } => {}
             SpeechAudio::Cancelled { session_id, reason } => {
                 tracing::info!(session = %session_id, %reason, "listening cancelled");
                 self.abort_session(&session_id);

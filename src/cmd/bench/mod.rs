@@ -19,6 +19,7 @@ pub mod stt;
 pub mod tts;
 pub mod turn;
 pub mod voice;
+pub mod wake;
 
 /// `coda bench ...`
 #[derive(Debug, Subcommand)]
@@ -46,6 +47,9 @@ pub enum BenchCommand {
     /// Spoken turns end to end: WAVs streamed as client audio in real time over a real
     /// WebSocket; the waterfall from the end of speech to the first audio, per mode.
     Voice(voice::VoiceBenchArgs),
+    /// The wake word on held-out voices in a noisy room: detection rate, false wakes per
+    /// hour of other speech, detection delay, CPU.
+    Wake(wake::WakeBenchArgs),
 }
 
 /// Runs a benchmark with the configuration the global flags chose; the benchmarks that
@@ -62,6 +66,7 @@ pub fn run(loaded: &Loaded, choice: &ConfigChoice, cmd: BenchCommand) -> anyhow:
         BenchCommand::Tts(args) => tts::run(&loaded.settings, args),
         BenchCommand::Audio(args) => audio::run(&loaded.settings, args),
         BenchCommand::Voice(args) => voice::run(choice, &args),
+        BenchCommand::Wake(args) => wake::run(loaded, args),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Speech in: `stt_start` / `stt_stop` and the binary audio frames between them.
 
 use actix::prelude::*;
-use coda_protocol::{AudioSource, ErrorCode, SttStartCommand};
+use coda_protocol::{AudioSource, ErrorCode, SttMode, SttStartCommand};
 
 use super::super::{ClientAudio, ClientAudioError, WsSession};
 use crate::hub::Refusal;
@@ -58,6 +58,17 @@ impl WsSession {
         let Some(stt) = self.stt_or_reply(&id, ctx) else {
             return;
         };
+        let wake = if c.mode == SttMode::Wake {
+            match self.shared.kernel.wake_listening(&session_id) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    self.reply_err(id, ErrorCode::Unavailable, e.to_string(), ctx);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         // A second stt_start restarts the utterance (what came before is dropped) in the
         // same place among the server's streams.
         let slot = match self.audio.as_mut().and_then(ClientAudio::release) {
@@ -85,6 +96,7 @@ impl WsSession {
             session_id.clone(),
             c.mode,
             self.settings().client_audio.segment,
+            wake,
         );
         audio.hold(slot);
         self.audio = Some(audio);

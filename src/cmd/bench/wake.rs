@@ -1,0 +1,378 @@
+//! `coda bench wake`: the wake word on speakers it was not built from. Held-out espeak-ng
+//! voices (accents and variants not in the reference) say the word before a command, in
+//! a room (sox reverb) with pink noise at `--snr`; then `--minutes` of other speech by the
+//! same voices, with the same noise, measures false wakes. One detector runs over each
+//! whole stream, as on a live microphone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use coda_actors::audio::convert::read_wav_16k;
+use coda_actors::wake::synth::{held_out_voices, speak, Voice};
+use coda_actors::wake::template::{trim, Reference, TemplateModel};
+use coda_actors::wake::WakeDetector;
+use serde::Serialize;
+
+use crate::config::Loaded;
+
+/// `coda bench wake` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WakeBenchArgs {
+    /// The reference (default: the configured word's, built if missing).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Score thresholds to measure (default: wake.threshold), e.g. `0.6,0.65,0.7`.
+    #[arg(long, value_delimiter = ',')]
+    pub threshold: Vec<f32>,
+    /// Minutes of speech without the wake word.
+    #[arg(long, default_value_t = 30.0)]
+    pub minutes: f64,
+    /// Speech-to-noise ratio of the added room noise, dB.
+    #[arg(long, default_value_t = 15.0)]
+    pub snr: f64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const COMMANDS: [&str; 3] = [
+    "what time is it",
+    "turn on the kitchen lights",
+    "set a timer for five minutes",
+];
+
+/// Prose for the false-wake test: the project's own documentation, read aloud.
+const PROSE: [&str; 4] = [
+    include_str!("../../../docs/architecture.md"),
+    include_str!("../../../docs/voice.md"),
+    include_str!("../../../docs/llm.md"),
+    include_str!("../../../README.md"),
+];
+
+#[derive(Debug, Serialize)]
+struct WakeReport {
+    word: String,
+    threshold: f32,
+    voices: usize,
+    wake_words: usize,
+    detected: usize,
+    detection_rate: f64,
+    extra_detections_in_commands: usize,
+    latency_after_word_p50_ms: f64,
+    latency_after_word_p95_ms: f64,
+    latency_after_word_max_ms: f64,
+    non_wake_speech_s: f64,
+    false_wakes: usize,
+    false_wakes_per_hour: f64,
+    cpu_percent_of_one_core: f64,
+    snr_db: f64,
+    missed: Vec<String>,
+}
+
+/// Sentences of `text` fit to say: prose, 4 to 30 words, without the wake word's words.
+fn sentences(text: &str, avoid: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_code = false;
+    let mut para = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let l = line.trim();
+        if in_code || l.starts_with('#') || l.starts_with('|') || l.is_empty() {
+            para.push('\n');
+            continue;
+        }
+        para.push(' ');
+        para.push_str(l.trim_start_matches(['-', '*', ' ']));
+    }
+    for s in para.split(['.', '?', '!', '\n', ';', ':']) {
+        let clean: String = s
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == ' ' || c == ',' || c == '\'' {
+                    c
+                } else {
+                    ' '
+                }
+            })
+            .collect();
+        let words: Vec<&str> = clean.split_whitespace().collect();
+        let lower = clean.to_lowercase();
+        if (4..=30).contains(&words.len()) && !avoid.iter().any(|w| lower.contains(w.as_str())) {
+            out.push(words.join(" "));
+        }
+    }
+    out
+}
+
+fn sox(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("sox").args(args).output().map_err(|e| {
+        anyhow::anyhow!("cannot run sox ({e}): apt-get install sox (./scripts/setup does it)")
+    })?;
+    if !out.status.success() {
+        bail!(
+            "sox {:?}: {}",
+            args,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn write_wav(path: &Path, samples: &[f32]) -> anyhow::Result<()> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)?;
+    for &s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+    }
+    w.finalize()?;
+    Ok(())
+}
+
+/// `samples` in a small room (sox reverb), back at 16 kHz.
+fn in_room(dir: &Path, samples: &[f32], reverb: u32) -> anyhow::Result<Vec<f32>> {
+    let (dry, wet) = (dir.join("dry.wav"), dir.join("wet.wav"));
+    write_wav(&dry, samples)?;
+    sox(&[
+        dry.to_str().unwrap_or_default(),
+        wet.to_str().unwrap_or_default(),
+        "reverb",
+        &reverb.to_string(),
+        "50",
+        "40",
+    ])?;
+    Ok(read_wav_16k(&wet)?)
+}
+
+struct Noise {
+    samples: Vec<f32>,
+    at: usize,
+}
+
+impl Noise {
+    /// Adds noise to `speech` at `snr` dB below its speech level (RMS of its loud part).
+    fn mix(&mut self, speech: &mut [f32], snr: f64) {
+        let loud: Vec<f32> = trim(speech).to_vec();
+        let level = coda_actors::audio::convert::rms(&loud).max(1e-4);
+        let noise_rms = coda_actors::audio::convert::rms(&self.samples).max(1e-6);
+        let gain = level / noise_rms * 10f32.powf(-(snr as f32) / 20.0);
+        for s in speech.iter_mut() {
+            *s += gain * self.samples[self.at];
+            self.at = (self.at + 1) % self.samples.len();
+        }
+    }
+}
+
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+fn silence(ms: usize) -> Vec<f32> {
+    vec![0.0; ms * 16]
+}
+
+/// `coda bench wake`.
+pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
+    let settings = loaded.settings.wake_settings();
+    let reference = match &args.reference {
+        Some(p) => Reference::load(p)?,
+        None => {
+            coda_actors::wake::load_model(&settings)?;
+            Reference::load(&settings.reference_path())?
+        }
+    };
+    let word = reference.word.clone();
+    let tmp = tempfile::tempdir()?;
+    let noise_path = tmp.path().join("noise.wav");
+    sox(&[
+        "-n",
+        "-r",
+        "16000",
+        "-c",
+        "1",
+        "-b",
+        "16",
+        noise_path.to_str().unwrap_or_default(),
+        "synth",
+        "37",
+        "pinknoise",
+    ])?;
+    let mut noise = Noise {
+        samples: read_wav_16k(&noise_path)?,
+        at: 0,
+    };
+    let voices = held_out_voices();
+    let espeak = &settings.espeak;
+    eprintln!("wake word {word:?}: {} held-out voices", voices.len());
+
+    // The wake word before a command, once per voice and command.
+    let mut stream = Vec::new();
+    let mut words: Vec<(usize, usize, String)> = Vec::new();
+    for (i, v) in voices.iter().enumerate() {
+        let command = COMMANDS[i % COMMANDS.len()];
+        let w = speak(espeak, v, &word)?;
+        let w = trim(&w).to_vec();
+        let c = speak(espeak, v, command)?;
+        let c = trim(&c).to_vec();
+        let mut clip = silence(800);
+        let start = clip.len();
+        clip.extend_from_slice(&w);
+        let end = clip.len();
+        clip.extend(silence(120));
+        clip.extend_from_slice(&c);
+        clip.extend(silence(1200));
+        let mut clip = in_room(tmp.path(), &clip, 30 + (i as u32 * 7) % 40)?;
+        noise.mix(&mut clip, args.snr);
+        let base = stream.len();
+        words.push((base + start, base + end, v.label()));
+        stream.extend(clip);
+    }
+
+    // Speech without the wake word.
+    let avoid: Vec<String> = word
+        .to_lowercase()
+        .split_whitespace()
+        .filter(|w| w.len() > 3)
+        .map(str::to_string)
+        .collect();
+    let prose: Vec<String> = PROSE.iter().flat_map(|t| sentences(t, &avoid)).collect();
+    if prose.is_empty() {
+        bail!("no sentences to speak");
+    }
+    let target = (args.minutes * 60.0 * 16_000.0) as usize;
+    let mut other: Vec<Vec<f32>> = Vec::new();
+    let mut speech_samples = 0usize;
+    while speech_samples < target {
+        let n = other.len();
+        let v: &Voice = &voices[n % voices.len()];
+        let text = &prose[n % prose.len()];
+        let s = speak(espeak, v, text).with_context(|| format!("speaking {text:?}"))?;
+        let mut clip = trim(&s).to_vec();
+        speech_samples += clip.len();
+        clip.extend(silence(300));
+        let mut clip = if n % 4 == 3 {
+            in_room(tmp.path(), &clip, 40)?
+        } else {
+            clip
+        };
+        noise.mix(&mut clip, args.snr);
+        other.push(clip);
+        if other.len().is_multiple_of(100) {
+            eprintln!(
+                "  spoken {:.1} of {:.0} min of other speech",
+                speech_samples as f64 / 16_000.0 / 60.0,
+                args.minutes
+            );
+        }
+    }
+    let speech_s = speech_samples as f64 / 16_000.0;
+    let thresholds = if args.threshold.is_empty() {
+        vec![settings.threshold]
+    } else {
+        args.threshold.clone()
+    };
+    let mut reports = Vec::new();
+    for threshold in thresholds {
+        let model = TemplateModel::new(reference.clone(), threshold);
+        let mut d = model.detector();
+        let mut hits: Vec<(usize, usize)> = Vec::new();
+        let mut pos = 0;
+        for chunk in stream.chunks(320) {
+            pos += chunk.len();
+            if let Some(h) = d.push(chunk) {
+                hits.push((h.end as usize, pos));
+            }
+        }
+        let mut latencies = Vec::new();
+        let mut missed = Vec::new();
+        let mut used = vec![false; hits.len()];
+        for (start, end, label) in &words {
+            let found = hits.iter().enumerate().find(|(k, (hit_end, _))| {
+                !used[*k]
+                    && *hit_end + 4_800 >= *end
+                    && *hit_end <= end + 8_000
+                    && *hit_end > *start
+            });
+            match found {
+                Some((k, (_, reported))) => {
+                    used[k] = true;
+                    latencies.push((*reported as f64 - *end as f64) / 16.0);
+                }
+                None => missed.push(label.clone()),
+            }
+        }
+        let extra = used.iter().filter(|u| !**u).count();
+        let mut d = model.detector();
+        let (mut false_wakes, mut cpu) = (0usize, 0.0);
+        for clip in &other {
+            let t0 = thread_cpu_s();
+            for chunk in clip.chunks(320) {
+                if d.push(chunk).is_some() {
+                    false_wakes += 1;
+                }
+            }
+            cpu += thread_cpu_s() - t0;
+        }
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        reports.push(WakeReport {
+            word: word.clone(),
+            threshold,
+            voices: voices.len(),
+            wake_words: words.len(),
+            detected: words.len() - missed.len(),
+            detection_rate: (words.len() - missed.len()) as f64 / words.len() as f64,
+            extra_detections_in_commands: extra,
+            latency_after_word_p50_ms: super::pct(&latencies, 0.5),
+            latency_after_word_p95_ms: super::pct(&latencies, 0.95),
+            latency_after_word_max_ms: latencies.last().copied().unwrap_or(0.0),
+            non_wake_speech_s: speech_s,
+            false_wakes,
+            false_wakes_per_hour: false_wakes as f64 * 3600.0 / speech_s,
+            cpu_percent_of_one_core: cpu / speech_s * 100.0,
+            snr_db: args.snr,
+            missed,
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    for report in reports {
+        println!(
+            "wake word {:?} at threshold {:.2}, {} held-out voices, noise at {:.0} dB SNR\n  detected {}/{} ({:.1} %), {} extra detections during commands\n  detection after the word ended: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n  false wakes: {} in {:.1} min of other speech ({:.2} per hour)\n  CPU while listening: {:.2} % of one core",
+            report.word,
+            report.threshold,
+            report.voices,
+            report.snr_db,
+            report.detected,
+            report.wake_words,
+            report.detection_rate * 100.0,
+            report.extra_detections_in_commands,
+            report.latency_after_word_p50_ms,
+            report.latency_after_word_p95_ms,
+            report.latency_after_word_max_ms,
+            report.false_wakes,
+            report.non_wake_speech_s / 60.0,
+            report.false_wakes_per_hour,
+            report.cpu_percent_of_one_core
+        );
+        if !report.missed.is_empty() {
+            println!("  missed: {}", report.missed.join(", "));
+        }
+    }
+    Ok(())
+}
