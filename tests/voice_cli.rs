@@ -95,3 +95,164 @@ fn devices_lists_inputs_and_outputs() {
     assert!(v["inputs"].is_array() && v["outputs"].is_array(), "{v}");
     assert!(v["host"].is_string());
 }
+
+fn espeak(dir: &Path, name: &str, voice: &str, text: &str) -> String {
+    let path = dir.join(name);
+    let ok = Command::new("espeak-ng")
+        .args(["-v", voice, "-w"])
+        .arg(&path)
+        .arg(text)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "espeak-ng runs (scripts/setup installs it)");
+    path.to_str().unwrap().to_string()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn wake_train_test_and_info_from_recordings() {
+    let h = null_home();
+    let d = h.path();
+    let examples: Vec<String> = ["en-us+m1", "en-gb+f2", "en-us+m3"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| espeak(d, &format!("ex{i}.wav"), v, "hey coda"))
+        .collect();
+    let reference = d.join("mine.json");
+    let mut args = vec![
+        "wake",
+        "train",
+        "hey coda",
+        "--out",
+        reference.to_str().unwrap(),
+    ];
+    args.extend(examples.iter().map(String::as_str));
+    let o = coda(d, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("3 examples"), "{}", text(&o));
+    let o = coda(d, &["wake", "info", reference.to_str().unwrap()]);
+    assert!(
+        o.status.success() && text(&o).contains("ex1.wav"),
+        "{}",
+        text(&o)
+    );
+
+    // A recording with the word in the middle of other speech.
+    let before = espeak(d, "a.wav", "en-us+m1", "Good morning.");
+    let word = espeak(d, "b.wav", "en-us+m1", "Hey Coda, what time is it?");
+    let stream = d.join("stream.wav");
+    let sox = Command::new("sox")
+        .args([before.as_str(), word.as_str()])
+        .arg(&stream)
+        .status()
+        .unwrap();
+    assert!(sox.success());
+    let r = ["--reference", reference.to_str().unwrap()];
+    let o = coda(
+        d,
+        &[&["wake", "test", stream.to_str().unwrap()][..], &r[..]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = text(&o);
+    let lines: Vec<&str> = printed
+        .lines()
+        .filter(|l| l.contains("\"hey coda\""))
+        .map(str::trim)
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", text(&o));
+    // After "Good morning." (about a second), with the time and the score.
+    let at: f64 = lines[0].split_whitespace().next().unwrap().parse().unwrap();
+    assert!((1.0..3.0).contains(&at), "{}", lines[0]);
+    assert!(lines[0].contains("score"), "{}", lines[0]);
+    let o = coda(d, &[&["wake", "test", &before][..], &r[..]].concat());
+    assert!(text(&o).contains("no wake word detected"), "{}", text(&o));
+}
+
+#[test]
+fn wake_commands_explain_bad_input() {
+    let h = null_home();
+    let d = h.path();
+    // A click, not a word.
+    let click = d.join("click.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&click, spec).unwrap();
+    for i in 0..16_000 {
+        w.write_sample(if (8_000..8_800).contains(&i) {
+            9_000i16
+        } else {
+            0
+        })
+        .unwrap();
+    }
+    w.finalize().unwrap();
+    let out = d.join("r.json");
+    let o = coda(
+        d,
+        &[
+            "wake",
+            "train",
+            "hey coda",
+            "--out",
+            out.to_str().unwrap(),
+            click.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("click.wav") && text(&o).contains("ms of sound"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+    let o = coda(
+        d,
+        &[
+            "wake",
+            "train",
+            "hey coda",
+            "--out",
+            out.to_str().unwrap(),
+            "nope.wav",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("nope.wav"),
+        "{}",
+        text(&o)
+    );
+    let o = coda(
+        d,
+        &[
+            "wake",
+            "test",
+            click.to_str().unwrap(),
+            "--reference",
+            "missing.json",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("no wake word reference at"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&out, "{\"format\":1}").unwrap();
+    let o = coda(d, &["wake", "info", out.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("not a wake word reference"),
+        "{}",
+        text(&o)
+    );
+}

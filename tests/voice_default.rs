@@ -96,21 +96,9 @@ async fn the_device_path_on_the_defaults_with_a_file_input() {
         .expect("tempfile")
         .into_temp_path();
     let (speech, _spoken) = speech(QUESTION, 0);
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).expect("wav");
-    for _ in 0..8_000 {
-        w.write_sample(0i16).expect("write");
-    }
-    for s in speech.chunks_exact(2) {
-        w.write_sample(i16::from_le_bytes([s[0], s[1]]))
-            .expect("write");
-    }
-    w.finalize().expect("finalize");
+    let mut pcm = vec![0u8; 16_000];
+    pcm.extend(speech);
+    write_pcm_wav(&wav, &pcm);
     let input = format!("file:{}", wav.display());
     let server = server(&store, &[("CODA__AUDIO__INPUT_DEVICE", input.as_str())]);
     let mut c = server.client().await;

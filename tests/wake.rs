@@ -182,18 +182,7 @@ async fn audio_listen_wake_on_the_device() {
     // The "microphone": silence, the wake word and the question, silence.
     let wav = home.path().join("mic.wav");
     let pcm = pcm_of(&[("Hey Coda.", 250), (QUESTION, 0)]);
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&wav, spec).expect("wav");
-    for s in pcm.chunks_exact(2) {
-        w.write_sample(i16::from_le_bytes([s[0], s[1]]))
-            .expect("write");
-    }
-    w.finalize().expect("finalize");
+    write_pcm_wav(&wav, &pcm);
     let input = format!("file:{}", wav.display());
     let server = server(
         home.path(),

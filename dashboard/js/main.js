@@ -19,6 +19,7 @@ import { ConfigView } from './views/config.js';
 
 const $ = (sel) => document.querySelector(sel);
 const LEVELS = ['debug', 'info', 'warning', 'error', 'critical'];
+const MODE_LABELS = { listening_follow_up: 'listening (follow-up)' };
 
 class App {
   constructor() {
@@ -181,13 +182,13 @@ class App {
       this.report({ message: `hands-free: ${why}` });
       return;
     }
-    const h = { accepted: false, stop: null };
+    const h = { accepted: false, stop: null, mode: $('#wake').checked ? 'wake' : 'continuous' };
     this.handsFree = h;
     const button = $('#handsfree');
     button.setAttribute('aria-pressed', 'true');
     this.setPtt('starting', 'hands-free: starting…');
     try {
-      await this.conn.request('stt_start', { mode: 'continuous', source: 'client' });
+      await this.conn.request('stt_start', { mode: h.mode, source: 'client' });
     } catch (e) {
       this.handsFree = null;
       this.handsFreeStats.refused += 1;
@@ -210,7 +211,7 @@ class App {
     }
     h.accepted = true;
     this.handsFreeStats.started += 1;
-    this.setPtt('listening', 'hands-free: listening — just speak');
+    this.setPtt('listening', h.mode === 'wake' ? 'hands-free: say the wake word' : 'hands-free: listening — just speak');
     if (this.handsFree !== h) await h.stop(); // turned off while starting
   }
 
@@ -249,6 +250,13 @@ class App {
       case 'mode_change':
         this.mode = d.mode;
         this.headerDirty = true;
+        if (this.handsFree && this.handsFree.mode === 'wake' && this.handsFree.accepted) {
+          if (d.mode === 'listening_follow_up') this.setPtt('listening', 'hands-free: ask on — no wake word needed');
+          else if (d.mode === 'idle') this.setPtt('listening', 'hands-free: say the wake word');
+        }
+        break;
+      case 'wake_detected':
+        if (this.handsFree) this.setPtt('listening', `heard “${d.word}” — go on`);
         break;
       case 'alert':
         if (d.cleared) this.alerts.delete(d.metric);
@@ -341,7 +349,7 @@ class App {
 
   renderHeader() {
     const mode = $('#mode');
-    mode.textContent = this.mode || '–';
+    mode.textContent = MODE_LABELS[this.mode] || this.mode || '–';
     mode.dataset.mode = this.mode || '';
     $('#rate').textContent = `${Math.round(this.rate.value)} ev/s`;
     const c = this.conn;

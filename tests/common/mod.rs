@@ -1000,3 +1000,19 @@ pub fn check_turn(events: &[Value], question: &str) -> Value {
     assert!(!answer.trim().is_empty(), "empty answer: {types:?}");
     events[pos("latency_trace")]["data"].clone()
 }
+
+/// Writes 16 kHz s16le mono `pcm` as a WAV file.
+pub fn write_pcm_wav(path: &Path, pcm: &[u8]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).expect("wav");
+    for s in pcm.chunks_exact(2) {
+        w.write_sample(i16::from_le_bytes([s[0], s[1]]))
+            .expect("write");
+    }
+    w.finalize().expect("finalize");
+}

@@ -99,7 +99,7 @@ pub struct WakeSettings {
 }
 
 /// The default threshold (from `coda bench wake`: see docs/voice.md).
-pub const DEFAULT_THRESHOLD: f32 = 0.055;
+pub const DEFAULT_THRESHOLD: f32 = 0.05;
 
 impl Default for WakeSettings {
     fn default() -> Self {

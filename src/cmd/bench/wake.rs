@@ -353,7 +353,7 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
     }
     for report in reports {
         println!(
-            "wake word {:?} at threshold {:.2}, {} held-out voices, noise at {:.0} dB SNR\n  detected {}/{} ({:.1} %), {} extra detections during commands\n  detection after the word ended: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n  false wakes: {} in {:.1} min of other speech ({:.2} per hour)\n  CPU while listening: {:.2} % of one core",
+            "wake word {:?} at threshold {:.3}, {} held-out voices, noise at {:.0} dB SNR\n  detected {}/{} ({:.1} %), {} extra detections during commands\n  detection after the word ended: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n  false wakes: {} in {:.1} min of other speech ({:.2} per hour)\n  CPU while listening: {:.2} % of one core",
             report.word,
             report.threshold,
             report.voices,
