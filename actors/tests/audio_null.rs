@@ -193,6 +193,30 @@ impl Handler<TtsUpdate> for Updates {
     }
 }
 
+/// A Tts actor playing on the null device and publishing `tts_audio`, with a recorder of
+/// its updates; the hub has taken the subscription when it returns.
+async fn speaking_on_null(
+    hub: HubHandle,
+    engine: Arc<dyn coda_actors::tts::TtsEngine>,
+) -> (
+    Addr<TtsActor>,
+    Arc<Mutex<Vec<TtsUpdate>>>,
+    Recipient<TtsUpdate>,
+) {
+    let sup = Supervision::new("tts", Default::default(), hub, ComponentRegistry::new());
+    let tts = TtsActor::new(sup, engine)
+        .with_output(TtsOutput {
+            play: true,
+            device: String::new(),
+            stream_audio: true,
+        })
+        .start();
+    let updates = Arc::new(Mutex::new(Vec::new()));
+    let rec = Updates(updates.clone()).start().recipient();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    (tts, updates, rec)
+}
+
 fn espeak() -> Arc<EspeakEngine> {
     Arc::new(EspeakEngine::new(EspeakConfig {
         binary: "espeak-ng".into(),
@@ -218,23 +242,7 @@ async fn tts_plays_each_sentence_and_reports_played_with_audio_chunks() {
     null_home();
     // A client subscribed to tts_audio by name (ALL = DEFAULT + tts_audio).
     let (hub, events) = hub_with_events(TypeMask::ALL);
-    let sup = Supervision::new(
-        "tts",
-        Default::default(),
-        hub.clone(),
-        ComponentRegistry::new(),
-    );
-    let tts = TtsActor::new(sup, espeak())
-        .with_output(TtsOutput {
-            play: true,
-            device: String::new(),
-            stream_audio: true,
-        })
-        .start();
-    let updates = Arc::new(Mutex::new(Vec::new()));
-    let rec = Updates(updates.clone()).start().recipient();
-    // Let the hub take the subscription before anything is spoken.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (tts, updates, rec) = speaking_on_null(hub.clone(), espeak()).await;
     for (i, text) in ["Hello there.", "This is the second sentence."]
         .into_iter()
         .enumerate()
@@ -331,4 +339,94 @@ async fn tts_audio_is_not_produced_for_wildcard_subscribers_and_no_playback_is_n
         .map(|(_, n)| *n)
         .unwrap_or(0);
     assert_eq!(produced, 0, "tts_audio produced with no one asking");
+}
+
+/// A remote engine's sentence plays as it streams in: the first audio is out (and on the
+/// device) long before the slow server has sent the rest, and the whole plays.
+#[actix_rt::test]
+async fn remote_speech_plays_as_it_streams_in() {
+    use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
+    use coda_actors::tts::remote::{OpenAiSpeechConfig, OpenAiSpeechEngine};
+    null_home();
+    // 0.8 s of audio in four pieces, 400 ms apart: the whole takes 1.6 s to arrive.
+    let body: Vec<u8> = (0..19_200i32)
+        .flat_map(|i| (((i * 37) % 20_000 - 10_000) as i16).to_le_bytes())
+        .collect();
+    let server = ScriptedServer::start(move |_| {
+        let steps = body
+            .chunks(body.len() / 4 + 1)
+            .flat_map(|c| {
+                [
+                    Step::Write(c.to_vec()),
+                    Step::Sleep(Duration::from_millis(400)),
+                ]
+            })
+            .collect();
+        Reply::stream("application/octet-stream", steps)
+    })
+    .await
+    .unwrap();
+    let engine = Arc::new(
+        OpenAiSpeechEngine::new(OpenAiSpeechConfig {
+            base_url: format!("{}/v1", server.url()),
+            api_key: None,
+            model: "tts-1".into(),
+            voice: "alloy".into(),
+            response_format: "pcm".into(),
+            timeout: Duration::from_secs(10),
+            http: Default::default(),
+        })
+        .unwrap(),
+    );
+    let (hub, events) = hub_with_events(TypeMask::ALL);
+    let (tts, updates, rec) = speaking_on_null(hub, engine).await;
+    let t0 = Instant::now();
+    tts.send(Speak {
+        turn_id: "t1".into(),
+        session_id: "s1".into(),
+        index: 0,
+        text: "One slow sentence.".into(),
+        reply_to: rec,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    tts.do_send(FinishTurn {
+        turn_id: "t1".into(),
+    });
+    let first_audio = wait_until("the first audio", || {
+        updates
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|u| matches!(u, TtsUpdate::Spoken { .. }))
+            .then(|| t0.elapsed())
+    })
+    .await;
+    let result = tts_result(&events).await;
+    let whole = t0.elapsed();
+    println!("first audio after {first_audio:?}, the whole sentence after {whole:?}");
+    assert!(
+        first_audio < Duration::from_millis(500),
+        "first audio after {first_audio:?}"
+    );
+    assert!(whole >= Duration::from_millis(1_500), "{whole:?}");
+    assert_eq!(result["played"], true, "{result}");
+    assert!(
+        (result["audio_ms"].as_f64().unwrap() - 800.0).abs() < 1.0,
+        "{result}"
+    );
+    let evs = events.lock().unwrap().clone();
+    let pieces = evs
+        .iter()
+        .filter(|e| e.event_type == "tts_audio" && e.data["last"] == false)
+        .count();
+    assert!(pieces >= 4, "{pieces} tts_audio pieces");
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e.event_type == "tts_progress")
+            .count(),
+        1,
+        "one sentence"
+    );
 }

@@ -274,4 +274,112 @@ async fn a_failing_remote_engine_falls_back_to_espeak_and_says_so() {
     assert_eq!(covered.unwrap().code(), "auth_failed");
     assert_eq!(e.name(), "elevenlabs");
     assert_eq!(e.fallback_name(), Some("espeak-ng"));
+    // Streamed: the fallback's audio, and the failure it covered.
+    let (pieces, covered) = e.synthesize_stream("Fallback works.").await.unwrap();
+    use futures_util::StreamExt;
+    let pieces: Vec<_> = pieces.collect().await;
+    assert_eq!(pieces.len(), 1);
+    assert!(pieces[0].as_ref().is_ok_and(|a| a.duration_ms() > 300.0));
+    assert_eq!(covered.unwrap().code(), "auth_failed");
+}
+
+/// The body in four pieces split mid-sample, 300 ms apart: a slow speech server.
+fn slowly(body: Vec<u8>) -> Vec<Step> {
+    let q = body.len() / 4 + 1;
+    body.chunks(q)
+        .flat_map(|c| {
+            [
+                Step::Write(c.to_vec()),
+                Step::Sleep(Duration::from_millis(300)),
+            ]
+        })
+        .collect()
+}
+
+async fn collect(
+    e: &dyn TtsEngine,
+    text: &str,
+) -> (Duration, Duration, Vec<i16>, Option<TtsEngineError>) {
+    use futures_util::StreamExt;
+    let t = std::time::Instant::now();
+    let (mut pieces, _) = e.synthesize_stream(text).await.unwrap();
+    let mut first = None;
+    let mut got = Vec::new();
+    let mut error = None;
+    while let Some(p) = pieces.next().await {
+        match p {
+            Ok(a) => {
+                first.get_or_insert(t.elapsed());
+                got.extend(a.samples);
+            }
+            Err(e) => error = Some(e),
+        }
+    }
+    (first.unwrap_or_default(), t.elapsed(), got, error)
+}
+
+#[tokio::test]
+async fn remote_speech_streams_pieces_as_they_arrive() {
+    let want = samples(24_001);
+    let body = pcm(&want);
+    let server = ScriptedServer::start(move |_| {
+        Reply::stream("application/octet-stream", slowly(body.clone()))
+    })
+    .await
+    .unwrap();
+    for engine in [
+        Box::new(openai(&server, "pcm", Duration::from_secs(5))) as Box<dyn TtsEngine>,
+        Box::new(eleven(&server, Some("k"), "pcm_24000")),
+    ] {
+        let (first, total, got, error) = collect(engine.as_ref(), "A sentence.").await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(got, want, "every sample, in order, across split chunks");
+        // The first piece comes with the first chunk, not after the whole answer.
+        assert!(
+            first < Duration::from_millis(250),
+            "first piece after {first:?}"
+        );
+        assert!(total >= Duration::from_millis(900), "{total:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_off_mid_sample_ends_with_bad_audio() {
+    let mut body = pcm(&samples(1_000));
+    body.push(7);
+    let server = ScriptedServer::start(move |_| {
+        Reply::stream("application/octet-stream", slowly(body.clone()))
+    })
+    .await
+    .unwrap();
+    let (_, _, got, error) = collect(&openai(&server, "pcm", Duration::from_secs(5)), "x").await;
+    assert_eq!(got.len(), 1_000, "what came whole was given");
+    assert!(
+        matches!(error, Some(TtsEngineError::BadAudio(_))),
+        "{error:?}"
+    );
+    // Nothing at all, and a stall past the time limit.
+    let empty = ScriptedServer::start(|_| Reply::stream("application/octet-stream", vec![]))
+        .await
+        .unwrap();
+    let (_, _, got, error) = collect(&openai(&empty, "pcm", Duration::from_secs(5)), "x").await;
+    assert!(got.is_empty());
+    assert!(
+        matches!(error, Some(TtsEngineError::BadAudio(_))),
+        "{error:?}"
+    );
+    let stall = ScriptedServer::start(|_| {
+        Reply::stream(
+            "application/octet-stream",
+            vec![Step::Write(vec![1, 0, 2, 0]), Step::Stall],
+        )
+    })
+    .await
+    .unwrap();
+    let (_, _, got, error) = collect(&openai(&stall, "pcm", Duration::from_millis(500)), "x").await;
+    assert_eq!(got, vec![1, 2]);
+    assert!(
+        matches!(error, Some(TtsEngineError::Timeout(_))),
+        "{error:?}"
+    );
 }

@@ -3,9 +3,11 @@
 //! OpenAI-compatible speech ([`remote`]), optionally with a fallback.
 //!
 //! Per turn, sentences are synthesised in order, one at a time; turns of different
-//! sessions run side by side. With playback on ([`TtsOutput::play`]), each sentence is
-//! queued on the output device as soon as it is synthesised (the next one is synthesised
-//! while it plays) and the turn ends when the last one has played. Publishes `tts_start`
+//! sessions run side by side. Engines hand a sentence over in pieces as they make it (the
+//! remote ones stream their HTTP answer; espeak-ng gives one piece): with playback on
+//! ([`TtsOutput::play`]) each piece is queued on the output device as it arrives (the next
+//! sentence is synthesised while this one plays), and the turn ends when the last one has
+//! played. Publishes `tts_start`
 //! (first sentence), `tts_progress` (each sentence), `tts_audio` (audio chunks, only while
 //! a client subscribed to them), `tts_result` (turn done; `played` true only when every
 //! sentence went to a device) and `tts_error`, and tells the Orchestrator through
@@ -111,10 +113,53 @@ pub trait TtsEngine: Send + Sync + std::fmt::Debug {
     ) -> Result<(Audio, Option<TtsEngineError>), TtsEngineError> {
         self.synthesize(text).await.map(|a| (a, None))
     }
+    /// One sentence as pieces of audio in order, with the failure of a primary engine
+    /// that a fallback covered. Engines that stream their answer (the remote ones) yield
+    /// pieces as they arrive, so playback starts on the first; others yield one piece.
+    async fn synthesize_stream(
+        &self,
+        text: &str,
+    ) -> Result<(AudioStream, Option<TtsEngineError>), TtsEngineError> {
+        let (audio, covered) = self.synthesize_reported(text).await?;
+        Ok((one_piece(audio), covered))
+    }
     /// The fallback engine's name, if there is one.
     fn fallback_name(&self) -> Option<&str> {
         None
     }
+}
+
+/// Pieces of one sentence's audio, in order (an error ends it).
+pub type AudioStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Audio, TtsEngineError>> + Send>>;
+
+/// A stream of one piece.
+pub fn one_piece(audio: Audio) -> AudioStream {
+    Box::pin(futures_util::stream::once(async move { Ok(audio) }))
+}
+
+/// A piece of a sentence's audio arrived (sent by the synthesis task, so pieces and the
+/// sentence's end reach the actor in order).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Piece {
+    turn_id: String,
+    index: u32,
+    text: String,
+    audio: Audio,
+    /// The primary engine's failure a fallback covered (first piece only).
+    covered: Option<TtsEngineError>,
+    /// From the start of the synthesis to this piece.
+    synth_ms: f64,
+    first: bool,
+}
+
+/// The sentence's synthesis ended (all its pieces were sent before this).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SentenceEnd {
+    turn_id: String,
+    result: Result<(), TtsEngineError>,
 }
 
 /// Where synthesised speech goes besides the events.
@@ -145,7 +190,7 @@ const AUDIO_CHUNK_SAMPLES: usize = 5_512;
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub enum TtsUpdate {
-    /// A sentence is ready (its audio exists; with playback it is being played).
+    /// A sentence's first audio is out (with playback it is playing).
     Spoken {
         turn_id: String,
         /// Sentence index.
@@ -286,91 +331,122 @@ impl TtsActor {
             );
         }
         let id = turn_id.to_string();
+        let me = ctx.address();
         let fut = async move {
+            use futures_util::StreamExt;
             let t = std::time::Instant::now();
-            let r = engine.synthesize_reported(&text).await;
-            (text, r, t.elapsed().as_secs_f64() * 1000.0)
+            let result = match engine.synthesize_stream(&text).await {
+                Err(e) => Err(e),
+                Ok((mut pieces, mut covered)) => {
+                    let mut first = true;
+                    let mut result = Ok(());
+                    while let Some(piece) = pieces.next().await {
+                        match piece {
+                            Ok(audio) => me.do_send(Piece {
+                                turn_id: id.clone(),
+                                index,
+                                text: text.clone(),
+                                audio,
+                                covered: covered.take(),
+                                synth_ms: t.elapsed().as_secs_f64() * 1000.0,
+                                first: std::mem::take(&mut first),
+                            }),
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    result
+                }
+            };
+            me.do_send(SentenceEnd {
+                turn_id: id,
+                result,
+            });
         };
-        let handle = ctx.spawn(fut.into_actor(self).map(
-            move |(text, result, synth_ms), act, ctx| {
-                act.sentence_done(&id, index, text, result, synth_ms, ctx);
-            },
-        ));
+        let handle = ctx.spawn(fut.into_actor(self));
         if let Some(turn) = self.turns.get_mut(turn_id) {
             turn.busy = Some(handle);
         }
     }
 
-    fn sentence_done(
-        &mut self,
-        turn_id: &str,
-        index: u32,
-        text: String,
-        result: Result<(Audio, Option<TtsEngineError>), TtsEngineError>,
-        synth_ms: f64,
-        ctx: &mut Context<Self>,
-    ) {
+    /// A piece of a sentence: the first one announces the sentence (progress, first
+    /// audio); every one is published and played as it comes.
+    fn piece(&mut self, p: Piece, ctx: &mut Context<Self>) {
         let hub = self.sup.hub().clone();
+        let Some(turn) = self.turns.get_mut(&p.turn_id) else {
+            return;
+        };
+        let turn_id = p.turn_id.as_str();
+        if let Some(e) = &p.covered {
+            // The primary engine failed and the fallback spoke: say so.
+            hub.publish(
+                &turn.session_id,
+                &TtsError {
+                    turn_id: Some(turn_id.to_string()),
+                    code: e.code().to_string(),
+                    message: format!(
+                        "{} (this sentence was spoken by {} instead)",
+                        e,
+                        self.engine.fallback_name().unwrap_or("the fallback engine")
+                    ),
+                    level: Level::Warning,
+                },
+            );
+        }
+        let audio_ms = p.audio.duration_ms();
+        turn.audio_ms += audio_ms;
+        if p.first {
+            hub.publish(
+                &turn.session_id,
+                &TtsProgress {
+                    turn_id: Some(turn_id.to_string()),
+                    sentence_index: p.index,
+                    text: p.text.clone(),
+                },
+            );
+        }
+        if self.output.stream_audio && hub.wants(EventType::TtsAudio) {
+            for piece in p.audio.samples.chunks(AUDIO_CHUNK_SAMPLES) {
+                let bytes: Vec<u8> = piece.iter().flat_map(|s| s.to_le_bytes()).collect();
+                hub.publish(
+                    &turn.session_id,
+                    &TtsAudio {
+                        turn_id: Some(turn_id.to_string()),
+                        index: turn.chunks,
+                        sample_rate: p.audio.sample_rate,
+                        channels: 1,
+                        format: "pcm_s16le".into(),
+                        audio: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                        last: false,
+                    },
+                );
+                turn.chunks += 1;
+            }
+        }
+        if p.first {
+            turn.reply_to.do_send(TtsUpdate::Spoken {
+                turn_id: turn_id.to_string(),
+                index: p.index,
+                text: p.text,
+                audio_ms,
+                synth_ms: p.synth_ms,
+            });
+        }
+        let turn_id = p.turn_id;
+        self.play(&turn_id, p.audio, ctx);
+    }
+
+    fn sentence_end(&mut self, end: SentenceEnd, ctx: &mut Context<Self>) {
+        let hub = self.sup.hub().clone();
+        let turn_id = end.turn_id.as_str();
         let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
         turn.busy = None;
-        match result {
-            Ok((audio, covered)) => {
-                if let Some(e) = covered {
-                    // The primary engine failed and the fallback spoke: say so.
-                    hub.publish(
-                        &turn.session_id,
-                        &TtsError {
-                            turn_id: Some(turn_id.to_string()),
-                            code: e.code().to_string(),
-                            message: format!(
-                                "{} (this sentence was spoken by {} instead)",
-                                e,
-                                self.engine.fallback_name().unwrap_or("the fallback engine")
-                            ),
-                            level: Level::Warning,
-                        },
-                    );
-                }
-                let audio_ms = audio.duration_ms();
-                turn.audio_ms += audio_ms;
-                hub.publish(
-                    &turn.session_id,
-                    &TtsProgress {
-                        turn_id: Some(turn_id.to_string()),
-                        sentence_index: index,
-                        text: text.clone(),
-                    },
-                );
-                if self.output.stream_audio && hub.wants(EventType::TtsAudio) {
-                    for piece in audio.samples.chunks(AUDIO_CHUNK_SAMPLES) {
-                        let bytes: Vec<u8> = piece.iter().flat_map(|s| s.to_le_bytes()).collect();
-                        hub.publish(
-                            &turn.session_id,
-                            &TtsAudio {
-                                turn_id: Some(turn_id.to_string()),
-                                index: turn.chunks,
-                                sample_rate: audio.sample_rate,
-                                channels: 1,
-                                format: "pcm_s16le".into(),
-                                audio: base64::engine::general_purpose::STANDARD.encode(&bytes),
-                                last: false,
-                            },
-                        );
-                        turn.chunks += 1;
-                    }
-                }
-                turn.reply_to.do_send(TtsUpdate::Spoken {
-                    turn_id: turn_id.to_string(),
-                    index,
-                    text,
-                    audio_ms,
-                    synth_ms,
-                });
-                self.play(turn_id, audio, ctx);
-                self.pump(turn_id, ctx);
-            }
+        match end.result {
+            Ok(()) => self.pump(turn_id, ctx),
             Err(error) => {
                 hub.publish(
                     &turn.session_id,
@@ -631,6 +707,22 @@ impl Handler<StopPlayback> for TtsActor {
             }
             _ => Box::pin(async { None }),
         }
+    }
+}
+
+impl Handler<Piece> for TtsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Piece, ctx: &mut Context<Self>) {
+        self.piece(msg, ctx);
+    }
+}
+
+impl Handler<SentenceEnd> for TtsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SentenceEnd, ctx: &mut Context<Self>) {
+        self.sentence_end(msg, ctx);
     }
 }
 

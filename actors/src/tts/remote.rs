@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use super::{Audio, TtsEngine, TtsEngineError};
+use super::{one_piece, Audio, AudioStream, TtsEngine, TtsEngineError};
 use crate::llm::http::HttpOptions;
 
 /// ElevenLabs settings.
@@ -165,6 +165,103 @@ async fn fetch_audio(
     })?
 }
 
+/// Sends `req` and yields its raw s16le body as audio pieces as they arrive (a sample split
+/// between network chunks is joined), all within `timeout`: an error status before any
+/// audio is the request's error; a body that ends mid-sample, carries nothing or stalls is
+/// the stream's last item.
+async fn stream_pcm(
+    engine: &'static str,
+    url: &str,
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+    rate: u32,
+) -> Result<AudioStream, TtsEngineError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let too_slow = move |url: &str| {
+        TtsEngineError::Timeout(format!(
+            "{engine}: no complete answer from {url} within {:.0} s",
+            timeout.as_secs_f64()
+        ))
+    };
+    let resp = match tokio::time::timeout_at(deadline, req.send()).await {
+        Err(_) => return Err(too_slow(url)),
+        Ok(Err(e)) => return Err(transport_error(engine, url, &e)),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let body = tokio::time::timeout_at(deadline, resp.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        return Err(status_error(engine, status, &body));
+    }
+    struct State {
+        resp: Option<reqwest::Response>,
+        carry: Option<u8>,
+        samples: usize,
+        url: String,
+    }
+    let state = State {
+        resp: Some(resp),
+        carry: None,
+        samples: 0,
+        url: url.to_string(),
+    };
+    let pieces = futures_util::stream::unfold(state, move |mut st| async move {
+        loop {
+            let resp = st.resp.as_mut()?;
+            let next = match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                Err(_) => Err(too_slow(&st.url)),
+                Ok(Err(e)) => Err(transport_error(engine, &st.url, &e)),
+                Ok(Ok(c)) => Ok(c),
+            };
+            let bytes = match next {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    st.resp = None;
+                    let err = if st.carry.is_some() {
+                        TtsEngineError::BadAudio(format!(
+                            "{engine}: {} bytes is not whole 16-bit samples (truncated stream?)",
+                            st.samples * 2 + 1
+                        ))
+                    } else if st.samples == 0 {
+                        TtsEngineError::BadAudio(format!("{engine}: no audio in the answer"))
+                    } else {
+                        return None;
+                    };
+                    return Some((Err(err), st));
+                }
+                Err(e) => {
+                    st.resp = None;
+                    return Some((Err(e), st));
+                }
+            };
+            let mut joined = Vec::with_capacity(bytes.len() + 1);
+            joined.extend(st.carry.take());
+            joined.extend_from_slice(&bytes);
+            if joined.len() % 2 == 1 {
+                st.carry = joined.pop();
+            }
+            if joined.is_empty() {
+                continue;
+            }
+            let samples: Vec<i16> = joined
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            st.samples += samples.len();
+            let piece = Audio {
+                samples,
+                sample_rate: rate,
+            };
+            return Some((Ok(piece), st));
+        }
+    });
+    Ok(Box::pin(pieces))
+}
+
 /// Raw s16le mono bytes to [`Audio`].
 pub fn pcm_s16le(engine: &str, bytes: &[u8], rate: u32) -> Result<Audio, TtsEngineError> {
     if bytes.is_empty() {
@@ -209,6 +306,24 @@ impl TtsEngine for ElevenLabsEngine {
     }
 
     async fn synthesize(&self, text: &str) -> Result<Audio, TtsEngineError> {
+        let (url, req) = self.request(text);
+        let bytes = fetch_audio("elevenlabs", &url, req, self.cfg.timeout).await?;
+        pcm_s16le("elevenlabs", &bytes, self.rate)
+    }
+
+    async fn synthesize_stream(
+        &self,
+        text: &str,
+    ) -> Result<(AudioStream, Option<TtsEngineError>), TtsEngineError> {
+        let (url, req) = self.request(text);
+        let pieces = stream_pcm("elevenlabs", &url, req, self.cfg.timeout, self.rate).await?;
+        Ok((pieces, None))
+    }
+}
+
+impl ElevenLabsEngine {
+    /// The streaming endpoint's URL and request for `text`.
+    fn request(&self, text: &str) -> (String, reqwest::RequestBuilder) {
         // output_format was checked to be `pcm_<digits>`: nothing to escape.
         let url = format!(
             "{}/v1/text-to-speech/{}/stream?output_format={}",
@@ -223,8 +338,7 @@ impl TtsEngine for ElevenLabsEngine {
         if let Some(k) = &self.cfg.api_key {
             req = req.header("xi-api-key", k);
         }
-        let bytes = fetch_audio("elevenlabs", &url, req, self.cfg.timeout).await?;
-        pcm_s16le("elevenlabs", &bytes, self.rate)
+        (url, req)
     }
 }
 
@@ -242,7 +356,34 @@ impl TtsEngine for OpenAiSpeechEngine {
         Ok(())
     }
 
+    async fn synthesize_stream(
+        &self,
+        text: &str,
+    ) -> Result<(AudioStream, Option<TtsEngineError>), TtsEngineError> {
+        if self.cfg.response_format == "wav" {
+            // A WAV's header comes first and may claim sizes it does not have: whole.
+            return Ok((one_piece(self.synthesize(text).await?), None));
+        }
+        let (url, req) = self.request(text);
+        let pieces = stream_pcm("openai", &url, req, self.cfg.timeout, OPENAI_PCM_RATE).await?;
+        Ok((pieces, None))
+    }
+
     async fn synthesize(&self, text: &str) -> Result<Audio, TtsEngineError> {
+        let (url, req) = self.request(text);
+        let bytes = fetch_audio("openai", &url, req, self.cfg.timeout).await?;
+        if self.cfg.response_format == "wav" {
+            super::espeak::parse_wav(&bytes)
+                .map_err(|e| TtsEngineError::BadAudio(format!("openai: {}", e.detail())))
+        } else {
+            pcm_s16le("openai", &bytes, OPENAI_PCM_RATE)
+        }
+    }
+}
+
+impl OpenAiSpeechEngine {
+    /// The speech endpoint's URL and request for `text`.
+    fn request(&self, text: &str) -> (String, reqwest::RequestBuilder) {
         let url = format!("{}/audio/speech", self.cfg.base_url.trim_end_matches('/'));
         let mut req = self.client.post(&url).json(&serde_json::json!({
             "model": self.cfg.model,
@@ -253,13 +394,7 @@ impl TtsEngine for OpenAiSpeechEngine {
         if let Some(k) = &self.cfg.api_key {
             req = req.bearer_auth(k);
         }
-        let bytes = fetch_audio("openai", &url, req, self.cfg.timeout).await?;
-        if self.cfg.response_format == "wav" {
-            super::espeak::parse_wav(&bytes)
-                .map_err(|e| TtsEngineError::BadAudio(format!("openai: {}", e.detail())))
-        } else {
-            pcm_s16le("openai", &bytes, OPENAI_PCM_RATE)
-        }
+        (url, req)
     }
 }
 
@@ -313,6 +448,33 @@ impl TtsEngine for FallbackEngine {
                 Ok((audio, Some(e)))
             }
         }
+    }
+
+    /// The primary engine's stream when its first piece arrives; the fallback's audio when
+    /// it fails before that (after it, the sentence has been partly heard: the error
+    /// stands).
+    async fn synthesize_stream(
+        &self,
+        text: &str,
+    ) -> Result<(AudioStream, Option<TtsEngineError>), TtsEngineError> {
+        use futures_util::StreamExt;
+        let failed = match self.primary.synthesize_stream(text).await {
+            Ok((mut pieces, covered)) => match pieces.next().await {
+                Some(Ok(first)) => {
+                    let rest = futures_util::stream::once(async move { Ok(first) }).chain(pieces);
+                    return Ok((Box::pin(rest), covered));
+                }
+                Some(Err(e)) => e,
+                None => TtsEngineError::BadAudio(format!(
+                    "{}: no audio in the answer",
+                    self.primary.name()
+                )),
+            },
+            Err(e) => e,
+        };
+        tracing::warn!(engine = self.primary.name(), error = %failed, fallback = self.fallback.name(), "speech engine failed; using the fallback");
+        let audio = self.fallback.synthesize(text).await?;
+        Ok((one_piece(audio), Some(failed)))
     }
 
     fn fallback_name(&self) -> Option<&str> {
