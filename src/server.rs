@@ -439,6 +439,7 @@ fn start_kernel(
             max_sessions: s.conversation.max_sessions,
             max_turns_in_flight: s.conversation.max_turns_in_flight,
             follow_up: crate::config::Settings::secs(s.conversation.follow_up_s),
+            barge_in: s.audio.barge_in,
         },
         stt: s.stt_settings(),
         tts_output: s.tts_output(),

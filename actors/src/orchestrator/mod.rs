@@ -59,6 +59,9 @@ pub struct ConversationSettings {
     /// After an answer to speech, how long a session listening in wake mode takes speech
     /// without the wake word (zero: never).
     pub follow_up: std::time::Duration,
+    /// Speech heard while the session's answer is being spoken interrupts it, as the
+    /// `interrupt` command does (barge-in by voice).
+    pub barge_in: bool,
 }
 
 impl Default for ConversationSettings {
@@ -71,6 +74,7 @@ impl Default for ConversationSettings {
             max_sessions: 1000,
             max_turns_in_flight: 16,
             follow_up: std::time::Duration::from_secs(5),
+            barge_in: true,
         }
     }
 }
@@ -1085,6 +1089,14 @@ impl Handler<Listening> for Orchestrator {
             |act, _| {
                 if msg.on {
                     act.ensure_session(&msg.session_id);
+                    let speaking = act
+                        .sessions
+                        .get(&msg.session_id)
+                        .is_some_and(|s| s.mode == Mode::Speaking && s.active.is_some());
+                    if speaking && act.settings.barge_in {
+                        tracing::info!(session = %msg.session_id, "barge-in: speech while the answer is spoken");
+                        act.interrupt_session(&msg.session_id);
+                    }
                     act.set_mode(&msg.session_id, Mode::Listening);
                 } else if act
                     .sessions

@@ -440,3 +440,71 @@ fn cut_part_is_the_unspoken_rest() {
     assert_eq!(cut_part("One. Two. Three. Four.", &spoken), "Three. Four.");
     assert_eq!(cut_part("One.", &[]), "One.");
 }
+
+async fn speaking_rig(barge_in: bool) -> (Rig, String) {
+    let r = rig_with(
+        Script::Hang(vec!["The first sentence is spoken. ", "and more"]),
+        Voice::Speaks,
+        ConversationSettings {
+            barge_in,
+            ..Default::default()
+        },
+    );
+    let turn = r.turn("tell me a story").await;
+    for _ in 0..300 {
+        if r.log().iter().any(|l| l.starts_with("speak ")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (r, turn)
+}
+
+#[actix_rt::test]
+async fn speech_while_the_answer_is_spoken_interrupts_it() {
+    let (r, turn) = speaking_rig(true).await;
+    r.orchestrator
+        .send(Listening {
+            session_id: "s".into(),
+            on: true,
+        })
+        .await
+        .expect("the orchestrator runs");
+    let log = r.log();
+    assert!(log.contains(&format!("cancel speech {turn}")), "{log:?}");
+    assert!(
+        log.contains(&format!("cancel generation {turn}")),
+        "{log:?}"
+    );
+    let mut cut = None;
+    for _ in 0..100 {
+        cut = r
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|e| e.event_type == "conversation_message" && e.data["interrupted"] == true)
+            .map(|e| e.data.clone());
+        if cut.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cut = cut.expect("the interrupted assistant message");
+    assert_eq!(cut["content"], "The first sentence is spoken.", "{cut}");
+}
+
+#[actix_rt::test]
+async fn without_barge_in_speech_waits_for_its_turn() {
+    let (r, turn) = speaking_rig(false).await;
+    r.orchestrator
+        .send(Listening {
+            session_id: "s".into(),
+            on: true,
+        })
+        .await
+        .expect("the orchestrator runs");
+    let log = r.log();
+    assert!(!log.iter().any(|l| l.starts_with("cancel")), "{log:?}");
+    assert!(r.types(&turn).iter().all(|t| t != "latency_trace"));
+}
