@@ -252,6 +252,17 @@ impl Rig {
             .collect()
     }
 
+    /// Speech began in `session` (what Stt says when an utterance opens).
+    async fn speech_starts(&self, session: &str) {
+        self.orchestrator
+            .send(Listening {
+                session_id: session.into(),
+                on: true,
+            })
+            .await
+            .expect("the orchestrator runs");
+    }
+
     fn log(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -463,13 +474,7 @@ async fn speaking_rig(barge_in: bool) -> (Rig, String) {
 #[actix_rt::test]
 async fn speech_while_the_answer_is_spoken_interrupts_it() {
     let (r, turn) = speaking_rig(true).await;
-    r.orchestrator
-        .send(Listening {
-            session_id: "s".into(),
-            on: true,
-        })
-        .await
-        .expect("the orchestrator runs");
+    r.speech_starts("s").await;
     let log = r.log();
     assert!(log.contains(&format!("cancel speech {turn}")), "{log:?}");
     assert!(
@@ -497,13 +502,7 @@ async fn speech_while_the_answer_is_spoken_interrupts_it() {
 #[actix_rt::test]
 async fn without_barge_in_speech_waits_for_its_turn() {
     let (r, turn) = speaking_rig(false).await;
-    r.orchestrator
-        .send(Listening {
-            session_id: "s".into(),
-            on: true,
-        })
-        .await
-        .expect("the orchestrator runs");
+    r.speech_starts("s").await;
     let log = r.log();
     assert!(!log.iter().any(|l| l.starts_with("cancel")), "{log:?}");
     assert!(r.types(&turn).iter().all(|t| t != "latency_trace"));
