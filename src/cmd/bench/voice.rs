@@ -2,7 +2,8 @@
 //! shipped one: embedded model, whisper, espeak-ng). Starts a real `coda serve`, streams
 //! WAVs as client audio over a real WebSocket in real time, and prints the waterfall
 //! from the end of speech: end of the utterance (detector), transcript, first LLM token,
-//! first audio — p50/p95 per listening mode.
+//! first audio — p50/p95 per listening mode. In wake mode each question follows "Hey
+//! Coda." and the wake word's detection is timed from the end of the word.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ pub struct VoiceBenchArgs {
     /// Measured turns per mode (after one warm-up turn).
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
-    /// `push_to_talk`, `continuous` or `both`.
+    /// `push_to_talk`, `continuous`, `wake`, `both` (the first two) or `all`.
     #[arg(long, default_value = "both")]
     pub mode: String,
     /// Push-to-talk: silence sent after the speech before `stt_stop` (a person lets go of
@@ -65,29 +66,54 @@ fn utterance(path: &Path) -> anyhow::Result<Utterance> {
     })
 }
 
+fn speak(path: &Path, text: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "165", "-w"])
+        .arg(path)
+        .arg(text)
+        .status()
+        .context("cannot run espeak-ng to make the questions; pass --wav FILE")?;
+    if !status.success() {
+        bail!("espeak-ng failed ({status}); pass --wav FILE");
+    }
+    Ok(())
+}
+
 fn spoken(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     QUESTIONS
         .iter()
         .enumerate()
         .map(|(i, q)| {
             let path = dir.join(format!("q{i}.wav"));
-            let status = std::process::Command::new("espeak-ng")
-                .args(["-v", "en-us", "-s", "165", "-w"])
-                .arg(&path)
-                .arg(q)
-                .status()
-                .context("cannot run espeak-ng to make the questions; pass --wav FILE")?;
-            if !status.success() {
-                bail!("espeak-ng failed ({status}); pass --wav FILE");
-            }
+            speak(&path, q)?;
             Ok(path)
         })
         .collect()
 }
 
+/// How a turn is listened for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Listen {
+    PushToTalk,
+    Continuous,
+    Wake,
+}
+
+impl Listen {
+    fn name(self) -> &'static str {
+        match self {
+            Listen::PushToTalk => "push_to_talk",
+            Listen::Continuous => "continuous",
+            Listen::Wake => "wake",
+        }
+    }
+}
+
 /// One turn's waterfall, ms from the end of speech.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct Waterfall {
+    /// Wake mode: `wake_detected` at the client, from the end of the wake word.
+    wake_ms: Option<f64>,
     endpoint_ms: Option<f64>,
     stt_wait_ms: Option<f64>,
     stt_ms: Option<f64>,
@@ -110,9 +136,11 @@ async fn send_json(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
 async fn run_turn(
     ws: &mut Ws,
     u: &Utterance,
-    ptt: bool,
+    listen: Listen,
+    wake: Option<&Utterance>,
     release_ms: usize,
 ) -> anyhow::Result<Waterfall> {
+    let ptt = listen == Listen::PushToTalk;
     if ptt {
         send_json(
             ws,
@@ -120,8 +148,20 @@ async fn run_turn(
         )
         .await?;
     }
-    let mut frames: Vec<&[u8]> = u.pcm.chunks(640).collect();
     let silence = vec![0u8; 640];
+    // Wake mode: "Hey Coda.", a short pause, the question.
+    let (mut frames, word_end, offset): (Vec<&[u8]>, Option<usize>, usize) = match wake {
+        Some(word) if listen == Listen::Wake => {
+            let mut f: Vec<&[u8]> = word.pcm.chunks(640).take(word.speech_end_frame).collect();
+            let end = f.len();
+            f.extend(std::iter::repeat_n(silence.as_slice(), 12));
+            let offset = f.len();
+            f.extend(u.pcm.chunks(640));
+            (f, Some(end), offset)
+        }
+        _ => (u.pcm.chunks(640).collect(), None, 0),
+    };
+    let mut word_ended: Option<Instant> = None;
     if ptt {
         frames.truncate(u.speech_end_frame);
         frames.extend(std::iter::repeat_n(silence.as_slice(), release_ms / 20));
@@ -141,7 +181,10 @@ async fn run_turn(
                 if sent < frames.len() {
                     ws.send(Message::Binary(frames[sent].to_vec().into())).await?;
                     sent += 1;
-                    if sent == u.speech_end_frame && !ptt {
+                    if Some(sent) == word_end {
+                        word_ended = Some(Instant::now());
+                    }
+                    if sent == offset + u.speech_end_frame && !ptt {
                         speech_end = Some(Instant::now());
                     }
                     if sent == frames.len() && ptt {
@@ -164,6 +207,10 @@ async fn run_turn(
                         bail!("{ty}: {}", v["data"]["message"]);
                     }
                     "command_error" => bail!("refused: {}", v["data"]["message"]),
+                    "wake_detected" if w.wake_ms.is_none() => {
+                        w.wake_ms = word_ended
+                            .map(|e| Instant::now().saturating_duration_since(e).as_secs_f64() * 1000.0);
+                    }
                     "stt_result" if turn.is_none() => {
                         turn = v["data"]["turn_id"].as_str().map(str::to_string);
                         w.transcript_ms = at;
@@ -176,10 +223,38 @@ async fn run_turn(
                         w.stt_wait_ms = d["stt_wait_ms"].as_f64();
                         w.stt_ms = d["stt_ms"].as_f64();
                         w.first_audio_ms = d["tts_first_audio_ms"].as_f64();
+                        if listen == Listen::Wake {
+                            // The next question must need the wake word again: wait out
+                            // the follow-up window.
+                            follow_up_over(ws).await?;
+                        }
                         return Ok(w);
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+}
+
+/// Reads events until the follow-up window after an answer has closed.
+async fn follow_up_over(ws: &mut Ws) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(130);
+    let mut opened = false;
+    loop {
+        let Ok(msg) = tokio::time::timeout_at(deadline, ws.next()).await else {
+            bail!("the follow-up window did not close");
+        };
+        let Some(msg) = msg else {
+            bail!("the server closed the connection")
+        };
+        let Message::Text(text) = msg? else { continue };
+        let v: Value = serde_json::from_str(&text)?;
+        if v["type"] == "mode_change" {
+            match v["data"]["mode"].as_str() {
+                Some("listening_follow_up") => opened = true,
+                Some("idle") if opened => return Ok(()),
+                _ => {}
             }
         }
     }
@@ -195,7 +270,8 @@ struct Stage {
 
 fn stages(turns: &[Waterfall]) -> Vec<Stage> {
     type Pick = fn(&Waterfall) -> Option<f64>;
-    let pick: [(&'static str, Pick); 6] = [
+    let pick: [(&'static str, Pick); 7] = [
+        ("wake word detected", |w| w.wake_ms),
         ("utterance end (detector)", |w| w.endpoint_ms),
         ("stt after the end", |w| w.stt_wait_ms),
         ("stt run (may start early)", |w| w.stt_ms),
@@ -226,11 +302,14 @@ fn stages(turns: &[Waterfall]) -> Vec<Stage> {
 
 /// `coda bench voice`.
 pub fn run(choice: &ConfigChoice, args: &VoiceBenchArgs) -> anyhow::Result<()> {
-    let modes: &[bool] = match args.mode.as_str() {
-        "push_to_talk" => &[true],
-        "continuous" => &[false],
-        "both" => &[true, false],
-        other => bail!("--mode {other:?}: use push_to_talk, continuous or both"),
+    use Listen::*;
+    let modes: &[Listen] = match args.mode.as_str() {
+        "push_to_talk" => &[PushToTalk],
+        "continuous" => &[Continuous],
+        "wake" => &[Wake],
+        "both" => &[PushToTalk, Continuous],
+        "all" => &[PushToTalk, Continuous, Wake],
+        other => bail!("--mode {other:?}: use push_to_talk, continuous, wake, both or all"),
     };
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     let tmp = tempfile::tempdir()?;
@@ -243,30 +322,38 @@ pub fn run(choice: &ConfigChoice, args: &VoiceBenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| utterance(p).with_context(|| format!("{}", p.display())))
         .collect::<anyhow::Result<_>>()?;
+    let wake = if modes.contains(&Wake) {
+        let path = tmp.path().join("wake.wav");
+        speak(&path, "Hey Coda.")?;
+        Some(utterance(&path)?)
+    } else {
+        None
+    };
     let (_child, url) = super::spawn_server(tmp.path(), choice, &[])?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut report = serde_json::Map::new();
     rt.block_on(async {
-        for &ptt in modes {
+        for &listen in modes {
+            let ptt = listen == PushToTalk;
             let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
             if !ptt {
                 send_json(
                     &mut ws,
-                    json!({"type":"stt_start","data":{"mode":"continuous","source":"client"}}),
+                    json!({"type":"stt_start","data":{"mode":listen.name(),"source":"client"}}),
                 )
                 .await?;
             }
             let mut turns = Vec::new();
             for i in 0..=args.runs {
                 let u = &utterances[i % utterances.len()];
-                let w = run_turn(&mut ws, u, ptt, args.release_ms).await?;
+                let w = run_turn(&mut ws, u, listen, wake.as_ref(), args.release_ms).await?;
                 if i > 0 {
                     turns.push(w);
                 }
             }
-            let name = if ptt { "push_to_talk" } else { "continuous" };
+            let name = listen.name();
             let st = stages(&turns);
             if !args.json {
                 if ptt {
@@ -277,12 +364,12 @@ pub fn run(choice: &ConfigChoice, args: &VoiceBenchArgs) -> anyhow::Result<()> {
                     );
                 } else {
                     println!(
-                        "voice bench, {name}: {} turns, ms from the last voiced frame",
+                        "voice bench, {name}: {} turns, ms from the last voiced frame (the wake word: from its end)",
                         turns.len()
                     );
                 }
                 println!("  {:<28} {:>8} {:>8} {:>4}", "stage", "p50", "p95", "n");
-                for s in &st {
+                for s in st.iter().filter(|s| s.n > 0) {
                     println!(
                         "  {:<28} {:>8.0} {:>8.0} {:>4}",
                         s.stage, s.p50_ms, s.p95_ms, s.n
