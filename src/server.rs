@@ -397,13 +397,13 @@ fn listen_on_device(s: &Settings, kernel: &Kernel) {
         // A wake listening needs the reference loaded (built on the first start).
         if mode == coda_protocol::SttMode::Wake {
             for _ in 0..600 {
-                match hands.wake.detector() {
-                    Ok(_) => break,
-                    Err(coda_actors::wake::WakeError::Loading) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await
-                    }
-                    Err(_) => break,
+                if !matches!(
+                    hands.wake.ready(),
+                    Err(coda_actors::wake::WakeError::Loading)
+                ) {
+                    break;
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
         let start = coda_actors::voice::DeviceListen::Start {

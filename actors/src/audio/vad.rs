@@ -181,7 +181,7 @@ impl Vad {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A 220 Hz tone of `ms` at amplitude `amp` (the audio tests' stand-in for a voice).
@@ -193,7 +193,7 @@ pub(super) mod tests {
     }
 
     /// Deterministic white-ish noise (xorshift), amplitude `amp`.
-    fn noise(ms: u32, amp: f32, seed: u32) -> Vec<f32> {
+    pub(crate) fn noise(ms: u32, amp: f32, seed: u32) -> Vec<f32> {
         let n = (SPEECH_SAMPLE_RATE * ms / 1000) as usize;
         let mut x = seed.max(1);
         (0..n)

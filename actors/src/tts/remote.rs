@@ -262,24 +262,15 @@ async fn stream_pcm(
     Ok(Box::pin(pieces))
 }
 
-/// Raw s16le mono bytes to [`Audio`].
-pub fn pcm_s16le(engine: &str, bytes: &[u8], rate: u32) -> Result<Audio, TtsEngineError> {
-    if bytes.is_empty() {
-        return Err(TtsEngineError::BadAudio(format!(
-            "{engine}: no audio in the answer"
-        )));
-    }
-    if !bytes.len().is_multiple_of(2) {
-        return Err(TtsEngineError::BadAudio(format!(
-            "{engine}: {} bytes is not whole 16-bit samples (truncated stream?)",
-            bytes.len()
-        )));
+/// A sentence's pieces joined (the first error is the sentence's).
+async fn whole(mut pieces: AudioStream, rate: u32) -> Result<Audio, TtsEngineError> {
+    use futures_util::StreamExt;
+    let mut samples = Vec::new();
+    while let Some(piece) = pieces.next().await {
+        samples.extend(piece?.samples);
     }
     Ok(Audio {
-        samples: bytes
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]))
-            .collect(),
+        samples,
         sample_rate: rate,
     })
 }
@@ -307,8 +298,8 @@ impl TtsEngine for ElevenLabsEngine {
 
     async fn synthesize(&self, text: &str) -> Result<Audio, TtsEngineError> {
         let (url, req) = self.request(text);
-        let bytes = fetch_audio("elevenlabs", &url, req, self.cfg.timeout).await?;
-        pcm_s16le("elevenlabs", &bytes, self.rate)
+        let pieces = stream_pcm("elevenlabs", &url, req, self.cfg.timeout, self.rate).await?;
+        whole(pieces, self.rate).await
     }
 
     async fn synthesize_stream(
@@ -371,12 +362,13 @@ impl TtsEngine for OpenAiSpeechEngine {
 
     async fn synthesize(&self, text: &str) -> Result<Audio, TtsEngineError> {
         let (url, req) = self.request(text);
-        let bytes = fetch_audio("openai", &url, req, self.cfg.timeout).await?;
         if self.cfg.response_format == "wav" {
+            let bytes = fetch_audio("openai", &url, req, self.cfg.timeout).await?;
             super::espeak::parse_wav(&bytes)
                 .map_err(|e| TtsEngineError::BadAudio(format!("openai: {}", e.detail())))
         } else {
-            pcm_s16le("openai", &bytes, OPENAI_PCM_RATE)
+            let pieces = stream_pcm("openai", &url, req, self.cfg.timeout, OPENAI_PCM_RATE).await?;
+            whole(pieces, OPENAI_PCM_RATE).await
         }
     }
 }

@@ -197,6 +197,14 @@ impl WakeModels {
         }
     }
 
+    /// Whether detectors can be made now, or why not (without making one).
+    pub fn ready(&self) -> Result<(), WakeError> {
+        match &*self.slot.read().unwrap_or_else(|p| p.into_inner()) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
     /// Installs a model (or the reason there is none).
     pub fn set(&self, model: Result<Arc<dyn WakeModel>, WakeError>) {
         *self.slot.write().unwrap_or_else(|p| p.into_inner()) = model;

@@ -217,7 +217,7 @@ impl Reference {
 pub fn trim(clip: &[f32]) -> &[f32] {
     let db: Vec<f32> = clip
         .chunks(HOP)
-        .map(|c| 10.0 * (c.iter().map(|v| v * v).sum::<f32>() / c.len() as f32 + 1e-12).log10())
+        .map(crate::audio::vad::frame_dbfs)
         .collect();
     let peak = db.iter().copied().fold(f32::MIN, f32::max);
     let floor = (peak - 35.0).max(-60.0);
@@ -533,16 +533,9 @@ mod tests {
         out
     }
 
+    /// Quiet noise: `n` samples of the VAD tests' xorshift noise at ±0.002.
     fn hiss(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x as f32 / u32::MAX as f32 - 0.5) * 0.004
-            })
-            .collect()
+        crate::audio::vad::tests::noise(n as u32 / 16, 0.002, seed)
     }
 
     const WAKE: [(f32, usize); 3] = [(300.0, 180), (900.0, 160), (500.0, 220)];

@@ -182,27 +182,6 @@ impl Vocabulary {
     }
 }
 
-/// CPU time of the calling thread, µs: unlike wall time it does not count the time the
-/// thread waited for a core, so it shows the operation's own cost on a busy machine.
-#[cfg(unix)]
-fn thread_cpu_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
-}
-
-#[cfg(not(unix))]
-fn thread_cpu_us() -> u64 {
-    0
-}
-
 /// Wall and CPU-time histograms of one operation.
 struct Timed {
     wall: Histogram<u64>,
@@ -218,9 +197,9 @@ impl Timed {
     }
 
     fn time<T>(&mut self, f: impl FnOnce() -> T) -> anyhow::Result<T> {
-        let (c0, t0) = (thread_cpu_us(), Instant::now());
+        let (c0, t0) = (super::thread_cpu_us(), Instant::now());
         let out = f();
-        let (wall, cpu) = (t0.elapsed().as_micros() as u64, thread_cpu_us() - c0);
+        let (wall, cpu) = (t0.elapsed().as_micros() as u64, super::thread_cpu_us() - c0);
         self.wall.record(wall.max(1))?;
         self.cpu.record(cpu.max(1))?;
         Ok(out)

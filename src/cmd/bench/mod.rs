@@ -139,3 +139,57 @@ fn summary(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(|a, b| a.total_cmp(b));
     serde_json::json!({"p50_ms": pct(&v, 0.5), "p95_ms": pct(&v, 0.95), "max_ms": v.last().copied().unwrap_or(0.0), "n": v.len()})
 }
+
+/// Writes 16 kHz mono samples as a 16-bit WAV (whisper-cli reads only that).
+pub(crate) fn write_wav_16k(path: &Path, samples: &[f32]) -> anyhow::Result<()> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: coda_actors::voice::SPEECH_SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)?;
+    for s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+    }
+    w.finalize()?;
+    Ok(())
+}
+
+/// CPU time of the calling thread, µs: unlike wall time it does not count the time the
+/// thread waited for a core, so it shows the operation's own cost on a busy machine.
+#[cfg(unix)]
+pub(crate) fn thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+#[cfg(not(unix))]
+pub(crate) fn thread_cpu_us() -> u64 {
+    0
+}
+
+/// Speaks `text` into the WAV file `path` with espeak-ng (en-us, 165 wpm): the benchmarks'
+/// default spoken input.
+pub(crate) fn espeak_wav(path: &Path, text: &str) -> anyhow::Result<()> {
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "165", "-w"])
+        .arg(path)
+        .arg(text)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run espeak-ng ({e})"))?;
+    if !status.success() {
+        anyhow::bail!("espeak-ng failed ({status})");
+    }
+    Ok(())
+}

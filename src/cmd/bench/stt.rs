@@ -3,7 +3,7 @@
 //! corpus of spoken commands.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
@@ -85,36 +85,14 @@ struct SttBenchReport {
     whisper_cli_text: Option<String>,
 }
 
-/// Writes 16 kHz mono samples as a 16-bit WAV (whisper-cli reads only that).
-fn write_wav_16k(path: &Path, samples: &[f32]) -> anyhow::Result<()> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: SPEECH_SAMPLE_RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec)?;
-    for s in samples {
-        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
-    }
-    w.finalize()?;
-    Ok(())
-}
-
 /// The default benchmark input: a spoken 3-second command.
 fn spoken_command(dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("command.wav");
-    let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "165", "-w"])
-        .arg(&path)
-        .arg("Turn on the kitchen lights and set a timer for ten minutes.")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("cannot run espeak-ng to make the test command; pass --file WAV")?;
-    if !status.success() {
-        bail!("espeak-ng failed ({status}); pass --file WAV");
-    }
+    super::espeak_wav(
+        &path,
+        "Turn on the kitchen lights and set a timer for ten minutes.",
+    )
+    .context("making the test command; pass --file WAV")?;
     Ok(path)
 }
 
@@ -310,7 +288,7 @@ fn bench_corpus(loaded: &Loaded, args: &SttBenchArgs, dir: &Path) -> anyhow::Res
         };
         if let Some(cli) = &args.whisper_cli {
             let wav16 = tmp.path().join("input-16k.wav");
-            write_wav_16k(&wav16, &samples)?;
+            super::write_wav_16k(&wav16, &samples)?;
             let run = |ac: Option<i32>| -> anyhow::Result<CliRun> {
                 let (t, _, text) =
                     run_whisper_cli(cli, &model_path, &wav16, threads, ac, 1, audio_ms)?;
@@ -445,7 +423,7 @@ pub fn run(loaded: &Loaded, args: SttBenchArgs) -> anyhow::Result<()> {
             .resolve(&s.model)
             .map_err(|e| anyhow!("{e}"))?;
         let wav16 = tmp.path().join("input-16k.wav");
-        write_wav_16k(&wav16, &samples)?;
+        super::write_wav_16k(&wav16, &samples)?;
         let runs = args.runs.max(1);
         let (full, _, text) =
             run_whisper_cli(cli, &model_path, &wav16, threads, None, runs, audio_ms)?;

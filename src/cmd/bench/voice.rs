@@ -67,16 +67,7 @@ fn utterance(path: &Path) -> anyhow::Result<Utterance> {
 }
 
 fn speak(path: &Path, text: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "165", "-w"])
-        .arg(path)
-        .arg(text)
-        .status()
-        .context("cannot run espeak-ng to make the questions; pass --wav FILE")?;
-    if !status.success() {
-        bail!("espeak-ng failed ({status}); pass --wav FILE");
-    }
-    Ok(())
+    super::espeak_wav(path, text).context("making the questions; pass --wav FILE")
 }
 
 fn spoken(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

@@ -122,25 +122,10 @@ fn sox(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_wav(path: &Path, samples: &[f32]) -> anyhow::Result<()> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec)?;
-    for &s in samples {
-        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
-    }
-    w.finalize()?;
-    Ok(())
-}
-
 /// `samples` in a small room (sox reverb), back at 16 kHz.
 fn in_room(dir: &Path, samples: &[f32], reverb: u32) -> anyhow::Result<Vec<f32>> {
     let (dry, wet) = (dir.join("dry.wav"), dir.join("wet.wav"));
-    write_wav(&dry, samples)?;
+    super::write_wav_16k(&dry, samples)?;
     sox(&[
         dry.to_str().unwrap_or_default(),
         wet.to_str().unwrap_or_default(),
@@ -169,16 +154,6 @@ impl Noise {
             self.at = (self.at + 1) % self.samples.len();
         }
     }
-}
-
-fn thread_cpu_s() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 fn silence(ms: usize) -> Vec<f32> {
@@ -319,13 +294,13 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         let mut d = model.detector();
         let (mut false_wakes, mut cpu) = (0usize, 0.0);
         for clip in &other {
-            let t0 = thread_cpu_s();
+            let t0 = super::thread_cpu_us();
             for chunk in clip.chunks(320) {
                 if d.push(chunk).is_some() {
                     false_wakes += 1;
                 }
             }
-            cpu += thread_cpu_s() - t0;
+            cpu += (super::thread_cpu_us() - t0) as f64 * 1e-6;
         }
         latencies.sort_by(|a, b| a.total_cmp(b));
         reports.push(WakeReport {
