@@ -396,15 +396,7 @@ fn listen_on_device(s: &Settings, kernel: &Kernel) {
     actix_rt::spawn(async move {
         // A wake listening needs the reference loaded (built on the first start).
         if mode == coda_protocol::SttMode::Wake {
-            for _ in 0..600 {
-                if !matches!(
-                    hands.wake.ready(),
-                    Err(coda_actors::wake::WakeError::Loading)
-                ) {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+            hands.wake.loaded(std::time::Duration::from_secs(60)).await;
         }
         let start = coda_actors::voice::DeviceListen::Start {
             session_id: DEVICE_SESSION.into(),

@@ -117,6 +117,17 @@ impl KernelHandle {
         }
     }
 
+    /// Resolves once the wake word reference is no longer loading (at most 30 s; at once
+    /// without a kernel).
+    pub fn wake_loaded(&self) -> impl Future<Output = ()> + 'static {
+        let models = self.kernel.as_ref().map(|k| k.hands.wake.clone());
+        async move {
+            if let Some(m) = models {
+                m.loaded(std::time::Duration::from_secs(30)).await;
+            }
+        }
+    }
+
     /// Is the server's own input device wired?
     pub fn has_device(&self) -> bool {
         self.kernel
@@ -131,7 +142,18 @@ impl KernelHandle {
         request: DeviceListen,
     ) -> impl Future<Output = Reply<()>> + 'static {
         let device = self.kernel.as_ref().and_then(|k| k.device_audio.clone());
+        let wake = self.wake_loaded();
+        let wake_mode = matches!(
+            request,
+            DeviceListen::Start {
+                mode: coda_protocol::SttMode::Wake,
+                ..
+            }
+        );
         async move {
+            if wake_mode {
+                wake.await;
+            }
             let Some(device) = device else {
                 return not_running(
                     "no audio capture in this build: send stt_start {\"source\":\"client\"} and stream PCM as binary frames",

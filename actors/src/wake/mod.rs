@@ -205,6 +205,17 @@ impl WakeModels {
         }
     }
 
+    /// Resolves once the reference is no longer loading (or after `limit`): a listening
+    /// asked for right after start waits for it instead of being refused.
+    pub async fn loaded(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while matches!(self.ready(), Err(WakeError::Loading))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Installs a model (or the reason there is none).
     pub fn set(&self, model: Result<Arc<dyn WakeModel>, WakeError>) {
         *self.slot.write().unwrap_or_else(|p| p.into_inner()) = model;

@@ -55,6 +55,27 @@ impl WsSession {
             }));
             return;
         }
+        if c.mode == SttMode::Wake {
+            // Right after start the reference may still be loading: wait for it.
+            let loaded = self.shared.kernel.wake_loaded();
+            ctx.wait(
+                loaded
+                    .into_actor(self)
+                    .map(move |(), act, ctx| act.client_stt_start(id, c, ctx)),
+            );
+            return;
+        }
+        self.client_stt_start(id, c, ctx);
+    }
+
+    /// `stt_start` with `source: "client"`.
+    fn client_stt_start(
+        &mut self,
+        id: Option<String>,
+        c: SttStartCommand,
+        ctx: &mut Context<Self>,
+    ) {
+        let session_id = self.client_id.clone();
         let Some(stt) = self.stt_or_reply(&id, ctx) else {
             return;
         };
