@@ -146,6 +146,7 @@ pub struct AudioConfig {
     pub enabled: bool,
     pub listen: ListenMode,
     pub barge_in: bool,
+    pub echo_cancel: bool,
     pub input_device: String,
     pub output_device: String,
     pub vad_start_db: f32,

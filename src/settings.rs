@@ -60,6 +60,7 @@ impl Settings {
         let a = &self.audio;
         coda_actors::audio::AudioSettings {
             input_device: a.input_device.clone(),
+            echo_cancel: a.echo_cancel,
             segment: coda_actors::audio::SegmentSettings {
                 vad: coda_actors::audio::vad::VadSettings {
                     start_db: a.vad_start_db,

@@ -187,6 +187,8 @@ pub struct WakeListening {
 pub struct Hands {
     pub wake: crate::wake::WakeModels,
     pub follow_ups: FollowUps,
+    /// What the speaker plays, for echo cancellation on the input device.
+    pub echo: crate::audio::echo::EchoReference,
 }
 
 impl Hands {

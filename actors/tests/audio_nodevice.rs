@@ -104,12 +104,12 @@ async fn capture_without_a_device_is_one_clear_error_and_degraded_status() {
 #[actix_rt::test]
 async fn playback_without_a_device_is_an_error_and_speech_is_not_played() {
     missing_device_home();
-    let err = tokio::task::spawn_blocking(|| Speaker::open(""))
+    let err = tokio::task::spawn_blocking(|| Speaker::open("", None))
         .await
         .unwrap()
         .expect_err("no device to open");
     assert!(matches!(err, AudioError::Unavailable(_)));
-    let named = tokio::task::spawn_blocking(|| Speaker::open("no-such-card-xyz"))
+    let named = tokio::task::spawn_blocking(|| Speaker::open("no-such-card-xyz", None))
         .await
         .unwrap()
         .expect_err("no such device");

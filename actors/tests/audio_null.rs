@@ -143,7 +143,7 @@ fn tone(secs: f32, rate: u32) -> Vec<f32> {
 #[actix_rt::test]
 async fn playback_on_the_null_device_plays_and_interrupt_stops_it() {
     null_home();
-    let speaker = tokio::task::spawn_blocking(|| Speaker::open(""))
+    let speaker = tokio::task::spawn_blocking(|| Speaker::open("", None))
         .await
         .unwrap()
         .expect("the null output opens");
@@ -180,6 +180,103 @@ async fn playback_on_the_null_device_plays_and_interrupt_stops_it() {
             .map(|s| s.saturating_duration_since(t).as_secs_f64() * 1000.0)
             .unwrap_or(0.0)
     );
+}
+
+/// What the speaker plays reaches the echo canceller of the input device: after a tone,
+/// the canceller runs on the microphone's audio (it passes audio through untouched while
+/// nothing has played).
+#[cfg(feature = "echo")]
+#[actix_rt::test]
+async fn what_the_speaker_plays_is_the_echo_cancellers_reference() {
+    use coda_actors::audio::echo::{EchoCanceller, EchoReference};
+    null_home();
+    let reference = EchoReference::new();
+    let mut canceller = EchoCanceller::new(reference.clone()).expect("AEC3 starts");
+    let r = reference.clone();
+    let speaker = tokio::task::spawn_blocking(move || Speaker::open("", Some(r)))
+        .await
+        .unwrap()
+        .expect("the null output opens");
+    canceller.process(&[0.0; 1600]);
+    assert_eq!(canceller.stats().frames, 0, "nothing played yet");
+    let out = tokio::time::timeout(WAIT, speaker.play(tone(0.3, 22_050), 22_050))
+        .await
+        .unwrap();
+    assert_eq!(out, PlayOutcome::Played);
+    canceller.process(&[0.0; 1600]);
+    assert!(canceller.stats().frames > 0, "{:?}", canceller.stats());
+}
+
+/// The capture thread cancels the echo: a `file:` input carrying the echo of what a paced
+/// "speaker" thread plays into the reference comes out ≥ 20 dB quieter after a second,
+/// with the less-suppressed version for utterances beside it.
+#[cfg(feature = "echo")]
+#[test]
+fn the_capture_thread_cancels_the_echo_of_what_plays() {
+    use coda_actors::audio::convert::rms;
+    use coda_actors::audio::device::{start_capture, Captured};
+    use coda_actors::audio::echo::{EchoReference, FRAME};
+    let rate = 16_000usize;
+    let mut x = 99u64;
+    let far: Vec<f32> = (0..rate * 3)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let n = (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            n * 0.3 * (0.3 + 0.7 * (i as f32 / 3200.0 * std::f32::consts::PI).sin().abs())
+        })
+        .collect();
+    // 60 ms away, a little quieter, with one reflection.
+    let mut echo = vec![0.0f32; far.len()];
+    for (i, e) in echo.iter_mut().enumerate() {
+        if i >= 960 {
+            *e += 0.5 * far[i - 960];
+        }
+        if i >= 1400 {
+            *e += 0.1 * far[i - 1400];
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("echo.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate as u32,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for s in &echo {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
+
+    let reference = EchoReference::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Captured>(1024);
+    let handle = start_capture(
+        &format!("file:{}", wav.display()),
+        tx,
+        Some(reference.clone()),
+    )
+    .expect("file input opens");
+    // The "speaker": 10 ms at a time in real time, as a device pulls.
+    let t0 = Instant::now();
+    for (i, f) in far.chunks(FRAME).enumerate() {
+        reference.played(rate as u32, f);
+        let due = t0 + Duration::from_millis(10 * (i as u64 + 1));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    drop(handle);
+    let (mut out, mut kept) = (Vec::new(), Vec::new());
+    while let Ok(c) = rx.try_recv() {
+        kept.extend(c.keep.expect("a kept version beside the cancelled one"));
+        out.extend(c.samples);
+    }
+    assert!(out.len() >= far.len() - 3200, "{} samples", out.len());
+    let tail = rate + rate / 2..far.len() - 1600;
+    let erle = 20.0 * (rms(&echo[tail.clone()]) / rms(&out[tail]).max(1e-9)).log10();
+    assert!(erle >= 20.0, "echo reduced by {erle:.1} dB only");
 }
 
 struct Updates(Arc<Mutex<Vec<TtsUpdate>>>);

@@ -131,11 +131,12 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Audio>>,
 {
     let device = s.audio.output_device.clone();
-    let speaker = tokio::task::spawn_blocking(move || coda_actors::audio::Speaker::open(&device))
-        .await?
-        .map_err(|e| {
-            anyhow::anyhow!("cannot play: {e}. Write a file instead: coda say TEXT -o out.wav")
-        })?;
+    let speaker =
+        tokio::task::spawn_blocking(move || coda_actors::audio::Speaker::open(&device, None))
+            .await?
+            .map_err(|e| {
+                anyhow::anyhow!("cannot play: {e}. Write a file instead: coda say TEXT -o out.wav")
+            })?;
     // The next sentence is synthesised while the previous one plays.
     let mut playing: Option<tokio::task::JoinHandle<coda_actors::audio::PlayOutcome>> = None;
     for text in sentences {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 
 use super::convert::Resampler16k;
+use super::echo::{EchoCanceller, EchoReference};
 use super::{AudioError, ConfigRange, DeviceInfo, DeviceList};
 
 /// The name a device is chosen by: cpal's id (for ALSA the PCM name, e.g. `default`,
@@ -304,18 +305,78 @@ fn read_input_file(path: &str) -> Result<Vec<f32>, AudioError> {
     super::convert::to_speech_rate(&mono, spec.sample_rate).map_err(|e| bad(&e))
 }
 
+/// 16 kHz mono audio from the capture thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Captured {
+    /// What the VAD and the wake word hear (echo-cancelled when a canceller runs).
+    pub samples: Vec<f32>,
+    /// With echo cancellation: the same stretch with less of the person suppressed while
+    /// the assistant spoke, for the utterances (see [`EchoCanceller::process_both`]).
+    pub keep: Option<Vec<f32>>,
+}
+
+/// The echo canceller of a capture thread (made on it: AEC3 is not `Send`), or none.
+fn canceller(echo: Option<EchoReference>) -> Option<EchoCanceller> {
+    match EchoCanceller::new(echo?) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "the input device's audio is not echo-cancelled");
+            None
+        }
+    }
+}
+
+/// Hands one chunk of microphone audio on, echo-cancelled when there is a canceller.
+fn forward(
+    aec: &mut Option<EchoCanceller>,
+    tx: &tokio::sync::mpsc::Sender<Captured>,
+    chunk: Vec<f32>,
+) {
+    let captured = match aec.as_mut() {
+        Some(c) => {
+            let (samples, keep) = c.process_both(&chunk);
+            Captured {
+                samples,
+                keep: Some(keep),
+            }
+        }
+        None => Captured {
+            samples: chunk,
+            keep: None,
+        },
+    };
+    if !captured.samples.is_empty() {
+        // Full: the consumer is behind; drop rather than block the device.
+        let _ = tx.try_send(captured);
+    }
+}
+
+fn log_echo(aec: &Option<EchoCanceller>) {
+    if let Some(c) = aec {
+        let s = c.stats();
+        tracing::debug!(
+            frames = s.frames,
+            bypassed = s.bypassed,
+            underruns = s.underruns,
+            "echo canceller done"
+        );
+    }
+}
+
 /// A `file:` input: the file's audio in real time, 20 ms at a time, then silence until
 /// stopped, as a microphone would deliver it. Machines without a sound card (CI, demos)
 /// run the device path with it; it is a stand-in, and says so in its id.
 fn start_file_capture(
     path: &str,
-    tx: tokio::sync::mpsc::Sender<Vec<f32>>,
+    tx: tokio::sync::mpsc::Sender<Captured>,
+    echo: Option<EchoReference>,
 ) -> Result<CaptureHandle, AudioError> {
     let audio = read_input_file(path)?;
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let thread = thread::Builder::new()
         .name("coda-capture-file".into())
         .spawn(move || {
+            let mut aec = canceller(echo);
             let chunk = 320;
             let start = std::time::Instant::now();
             let mut sent = 0usize;
@@ -326,13 +387,16 @@ fn start_file_capture(
                 } else {
                     vec![0.0; chunk]
                 };
-                let _ = tx.try_send(samples);
+                forward(&mut aec, &tx, samples);
                 sent += 1;
                 let due = start + Duration::from_millis(20 * sent as u64);
                 let wait = due.saturating_duration_since(std::time::Instant::now());
                 match stop_rx.recv_timeout(wait) {
                     Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
+                    _ => {
+                        log_echo(&aec);
+                        return;
+                    }
                 }
             }
         })
@@ -359,15 +423,17 @@ pub fn probe_input(name: &str) -> Result<String, AudioError> {
 }
 
 /// Opens input device `name` on a thread of its own and streams 16 kHz mono chunks into
-/// `tx` (a full channel drops the chunk: the device never waits on the program). Returns
-/// once the stream runs, or with the reason it cannot. `file:PATH` reads a WAV file
-/// instead (see [`start_file_capture`]).
+/// `tx` (a full channel drops the chunk: the device never waits on the program). With
+/// `echo`, what the speaker plays is cancelled out first, on that thread. Returns once
+/// the stream runs, or with the reason it cannot. `file:PATH` reads a WAV file instead
+/// (see [`start_file_capture`]).
 pub fn start_capture(
     name: &str,
-    tx: tokio::sync::mpsc::Sender<Vec<f32>>,
+    tx: tokio::sync::mpsc::Sender<Captured>,
+    echo: Option<EchoReference>,
 ) -> Result<CaptureHandle, AudioError> {
     if let Some(path) = name.trim().strip_prefix(FILE_INPUT) {
-        return start_file_capture(path, tx);
+        return start_file_capture(path, tx, echo);
     }
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<CaptureInfo, AudioError>>();
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
@@ -375,6 +441,11 @@ pub fn start_capture(
     let thread = thread::Builder::new()
         .name("coda-capture".into())
         .spawn(move || {
+            let mut aec = canceller(echo);
+            // With a canceller the device's thread hands its audio to this one (which owns
+            // the canceller); without, straight to the consumer.
+            let (raw_tx, raw_rx) = std_mpsc::sync_channel::<Vec<f32>>(64);
+            let direct = aec.is_none().then(|| tx.clone());
             let opened = (|| {
                 let (device, config) = find_device(&name, Direction::Input)?;
                 let channels = usize::from(config.channels());
@@ -399,7 +470,17 @@ pub fn start_capture(
                             if !out.is_empty() {
                                 // Full: the consumer is behind; drop rather than block the
                                 // device's thread.
-                                let _ = tx.try_send(out);
+                                match &direct {
+                                    Some(tx) => {
+                                        let _ = tx.try_send(Captured {
+                                            samples: out,
+                                            keep: None,
+                                        });
+                                    }
+                                    None => {
+                                        let _ = raw_tx.try_send(out);
+                                    }
+                                }
                             }
                         },
                         |e| tracing::warn!(error = %e, "input stream error"),
@@ -423,7 +504,18 @@ pub fn start_capture(
                 Ok((stream, info)) => {
                     let _ = ready_tx.send(Ok(info));
                     // Until the handle is dropped (its sender with it).
-                    let _ = stop_rx.recv();
+                    if aec.is_none() {
+                        let _ = stop_rx.recv();
+                    } else {
+                        while let Err(std_mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
+                            match raw_rx.recv_timeout(Duration::from_millis(50)) {
+                                Ok(chunk) => forward(&mut aec, &tx, chunk),
+                                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                            }
+                        }
+                        log_echo(&aec);
+                    }
                     drop(stream);
                 }
                 Err(e) => {

@@ -20,6 +20,7 @@
 pub mod convert;
 #[cfg(feature = "audio")]
 pub mod device;
+pub mod echo;
 #[cfg(feature = "audio")]
 pub mod playback;
 pub mod segment;
@@ -139,6 +140,8 @@ pub struct AudioSettings {
     pub input_device: String,
     /// How the audio is cut into utterances.
     pub segment: SegmentSettings,
+    /// Remove what the speaker plays from the input device's audio (feature `echo`).
+    pub echo_cancel: bool,
 }
 
 /// Start listening on the input device for `session_id`.
@@ -198,6 +201,8 @@ pub struct CaptureStarted {
 struct Chunk {
     generation: u64,
     samples: Vec<f32>,
+    /// What the utterance carries instead, when echo cancellation made two versions.
+    keep: Option<Vec<f32>>,
 }
 
 struct Listening {
@@ -322,12 +327,13 @@ impl AudioCapture {
         });
     }
 
-    fn on_samples(&mut self, samples: &[f32]) {
+    fn on_samples(&mut self, samples: &[f32], keep: Option<&[f32]>) {
         let Some(l) = self.listening.as_mut() else {
             return;
         };
         let mut out = Vec::new();
-        l.seg.push(samples, Instant::now(), &mut out);
+        l.seg
+            .push_split(samples, keep.unwrap_or(samples), Instant::now(), &mut out);
         for segment in out {
             self.on_segment(segment);
         }
@@ -511,12 +517,13 @@ impl Handler<StartCapture> for AudioCapture {
         let generation = self.generation;
         #[cfg(feature = "audio")]
         {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<f32>>(CHANNEL_CHUNKS);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<device::Captured>(CHANNEL_CHUNKS);
             let name = self.settings.input_device.clone();
+            let echo = self.settings.echo_cancel.then(|| self.hands.echo.clone());
             // Opening a device can take a while (ALSA): off the event loop; `AtomicResponse`
             // holds later messages (a quick stt_stop) until it is done.
             let open = crate::supervise::dedicated("coda-audio-open", move || {
-                device::start_capture(&name, tx)
+                device::start_capture(&name, tx, echo)
             });
             AtomicResponse::new(Box::pin(open.into_actor(self).map(
                 move |res, act, ctx| {
@@ -547,8 +554,13 @@ impl Handler<StartCapture> for AudioCapture {
                     let addr = ctx.address();
                     ctx.spawn(
                         async move {
-                            while let Some(samples) = rx.recv().await {
-                                if addr.try_send(Chunk { generation, samples }).is_err() {
+                            while let Some(c) = rx.recv().await {
+                                let chunk = Chunk {
+                                    generation,
+                                    samples: c.samples,
+                                    keep: c.keep,
+                                };
+                                if addr.try_send(chunk).is_err() {
                                     // The actor is gone or its mailbox full: drop.
                                     tracing::trace!("capture chunk dropped");
                                 }
@@ -597,7 +609,7 @@ impl Handler<FeedAudio> for AudioCapture {
     type Result = ();
 
     fn handle(&mut self, msg: FeedAudio, _: &mut Context<Self>) {
-        self.on_samples(&msg.samples);
+        self.on_samples(&msg.samples, None);
     }
 }
 
@@ -610,7 +622,7 @@ impl Handler<Chunk> for AudioCapture {
             .as_ref()
             .is_some_and(|l| l.generation == msg.generation)
         {
-            self.on_samples(&msg.samples);
+            self.on_samples(&msg.samples, msg.keep.as_deref());
         }
     }
 }

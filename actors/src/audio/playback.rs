@@ -16,6 +16,7 @@ use rodio::Source;
 use tokio::sync::oneshot;
 
 use super::device::{find_device, Direction};
+use super::echo::EchoReference;
 use super::{AudioError, PlayOutcome};
 
 enum Cmd {
@@ -40,12 +41,30 @@ pub struct Speaker {
 }
 
 /// A source that notes when the device last pulled a sample from it (to measure how soon
-/// a stop really silences the output).
+/// a stop really silences the output), and hands what it pulled to echo cancellation.
 struct Tracked<S> {
     inner: S,
     last_pull: Arc<AtomicU64>,
     epoch: Instant,
     n: u32,
+    tap: Option<Tap>,
+}
+
+/// Pulled samples on their way to the [`EchoReference`], 10 ms at a time.
+struct Tap {
+    reference: EchoReference,
+    rate: u32,
+    buf: Vec<f32>,
+}
+
+impl Tap {
+    fn offer(&mut self) {
+        // Taken, or nobody listens: either way they are done with. Busy: kept for the
+        // next try, but never more than a second of them.
+        if self.reference.try_played(self.rate, &self.buf) || self.buf.len() > self.rate as usize {
+            self.buf.clear();
+        }
+    }
 }
 
 impl<S: Source> Iterator for Tracked<S> {
@@ -58,7 +77,20 @@ impl<S: Source> Iterator for Tracked<S> {
             self.last_pull
                 .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
-        self.inner.next()
+        let s = self.inner.next();
+        if let Some(tap) = self.tap.as_mut() {
+            match s {
+                Some(v) => {
+                    tap.buf.push(v);
+                    if tap.buf.len() >= (tap.rate / 100).max(1) as usize {
+                        tap.offer();
+                    }
+                }
+                None if !tap.buf.is_empty() => tap.offer(),
+                None => {}
+            }
+        }
+        s
     }
 }
 
@@ -79,8 +111,9 @@ impl<S: Source> Source for Tracked<S> {
 
 impl Speaker {
     /// Opens output device `name` (empty or `default`: the default) on its own thread.
+    /// What it plays goes to `echo` as well, for echo cancellation on the input device.
     /// Fails, with the reason, when there is no usable output device.
-    pub fn open(name: &str) -> Result<Speaker, AudioError> {
+    pub fn open(name: &str, echo: Option<EchoReference>) -> Result<Speaker, AudioError> {
         let (ready_tx, ready_rx) = std_mpsc::channel::<Result<String, AudioError>>();
         let (tx, rx) = std_mpsc::channel::<Cmd>();
         let name = name.to_string();
@@ -111,7 +144,7 @@ impl Speaker {
                 match opened {
                     Ok((sink, id)) => {
                         let _ = ready_tx.send(Ok(id));
-                        run(sink, rx, lp, epoch);
+                        run(sink, rx, lp, epoch, echo);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -188,6 +221,7 @@ fn run(
     rx: std_mpsc::Receiver<Cmd>,
     last_pull: Arc<AtomicU64>,
     epoch: Instant,
+    echo: Option<EchoReference>,
 ) {
     let player = rodio::Player::connect_new(sink.mixer());
     let mut queued: VecDeque<oneshot::Sender<PlayOutcome>> = VecDeque::new();
@@ -224,6 +258,11 @@ fn run(
                     last_pull: last_pull.clone(),
                     epoch,
                     n: 0,
+                    tap: echo.as_ref().map(|reference| Tap {
+                        reference: reference.clone(),
+                        rate: rate.get(),
+                        buf: Vec::new(),
+                    }),
                 };
                 player.append(source);
                 player.play();

@@ -152,6 +152,8 @@ pub struct Segmenter {
     mode: SttMode,
     vad: Vad,
     frame: Vec<f32>,
+    /// What the utterance carries for `frame` (see [`Segmenter::push_split`]).
+    keep: Vec<f32>,
     recent: std::collections::VecDeque<f32>,
     utterance: Option<Utterance>,
     wake: Option<WakeGate>,
@@ -169,6 +171,7 @@ impl Segmenter {
             mode,
             vad: Vad::new(settings.vad),
             frame: Vec::with_capacity(FRAME),
+            keep: Vec::with_capacity(FRAME),
             recent: std::collections::VecDeque::new(),
             utterance: (mode == SttMode::PushToTalk).then(|| Utterance::new(Vec::new(), now)),
             wake: None,
@@ -210,26 +213,44 @@ impl Segmenter {
 
     /// Feeds samples that arrived at `now`; what they changed goes to `out`.
     pub fn push(&mut self, samples: &[f32], now: Instant, out: &mut Vec<Segment>) {
-        let mut rest = samples;
-        while !rest.is_empty() {
-            let take = (FRAME - self.frame.len()).min(rest.len());
-            self.frame.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
+        self.push_split(samples, samples, now, out);
+    }
+
+    /// Feeds two versions of the same samples: the VAD and the wake word decide on
+    /// `detect`, the utterances carry `keep`. Echo cancellation gives both: its fully
+    /// suppressed output, where the assistant's voice does not start utterances, and its
+    /// linear output, which keeps more of a person talking over the assistant for whisper.
+    pub fn push_split(
+        &mut self,
+        detect: &[f32],
+        keep: &[f32],
+        now: Instant,
+        out: &mut Vec<Segment>,
+    ) {
+        let n = detect.len().min(keep.len());
+        let (mut detect, mut keep) = (&detect[..n], &keep[..n]);
+        while !detect.is_empty() {
+            let take = (FRAME - self.frame.len()).min(detect.len());
+            self.frame.extend_from_slice(&detect[..take]);
+            self.keep.extend_from_slice(&keep[..take]);
+            detect = &detect[take..];
+            keep = &keep[take..];
             if self.frame.len() == FRAME {
                 let frame = std::mem::replace(&mut self.frame, Vec::with_capacity(FRAME));
-                self.on_frame(&frame, now, out);
+                let kept = std::mem::replace(&mut self.keep, Vec::with_capacity(FRAME));
+                self.on_frame(&frame, &kept, now, out);
             }
         }
     }
 
-    fn on_frame(&mut self, frame: &[f32], now: Instant, out: &mut Vec<Segment>) {
-        let ev = self.vad.push_frame(frame);
+    fn on_frame(&mut self, detect: &[f32], frame: &[f32], now: Instant, out: &mut Vec<Segment>) {
+        let ev = self.vad.push_frame(detect);
         let voiced = self.vad.last_voiced();
         // The detector hears every frame, so its stream positions stay the segmenter's.
         let (detection, follow_up) = match self.wake.as_mut() {
             Some(g) => {
                 g.pos += frame.len() as u64;
-                let d = g.detector.push(frame).map(|d| (d, g.pos));
+                let d = g.detector.push(detect).map(|d| (d, g.pos));
                 (d, g.follow_up.is_open(now))
             }
             None => (None, false),
@@ -380,10 +401,11 @@ impl Segmenter {
     pub fn stop(&mut self, now: Instant) -> Option<Segment> {
         let mut out = Vec::new();
         // A part-frame at the end is still speech.
-        if !self.frame.is_empty() {
+        if !self.keep.is_empty() {
             if let Some(u) = self.utterance.as_mut() {
-                u.samples.append(&mut self.frame);
+                u.samples.append(&mut self.keep);
             }
+            self.frame.clear();
         }
         let ptt = self.mode == SttMode::PushToTalk;
         let spoke = self.utterance.as_ref().is_some_and(|u| u.voiced);
@@ -474,6 +496,37 @@ mod tests {
             t,
         );
         (seg, follow_up)
+    }
+
+    #[test]
+    fn the_detector_hears_one_version_and_the_utterance_carries_the_other() {
+        let mut t = Instant::now();
+        let mut seg = Segmenter::new(SegmentSettings::default(), SttMode::Continuous, t);
+        let mut out = Vec::new();
+        // Loud only in what is kept (the assistant's echo left in the linear output):
+        // nothing starts.
+        for f in tone(1_000, 0.3).chunks(FRAME) {
+            t += Duration::from_millis(20);
+            seg.push_split(&quiet(20), f, t, &mut out);
+        }
+        assert!(out.is_empty(), "{:?}", names(&out));
+        // Speech in both (after a pause longer than the pre-roll): the utterance is made of
+        // the kept version.
+        let mut speech = quiet(500);
+        speech.extend(tone(600, 0.3));
+        speech.extend(quiet(1_000));
+        let kept: Vec<f32> = speech.iter().map(|v| v * 0.5).collect();
+        for (d, k) in speech.chunks(FRAME).zip(kept.chunks(FRAME)) {
+            t += Duration::from_millis(20);
+            seg.push_split(d, k, t, &mut out);
+        }
+        let Some(Segment::Ended { samples, .. }) =
+            out.iter().find(|e| matches!(e, Segment::Ended { .. }))
+        else {
+            panic!("{:?}", names(&out))
+        };
+        let peak = samples.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!((0.1..0.2).contains(&peak), "{peak}");
     }
 
     #[test]

@@ -112,9 +112,13 @@ impl Kernel {
         let tts_sup = sup("tts");
         let engine = tts_engine.clone();
         let tts_output = settings.tts_output.clone();
-        let tts =
-            Supervisor::start(move |_| TtsActor::new(tts_sup, engine).with_output(tts_output));
         let hands = crate::voice::Hands::default();
+        let echo = hands.echo.clone();
+        let tts = Supervisor::start(move |_| {
+            TtsActor::new(tts_sup, engine)
+                .with_output(tts_output.clone())
+                .with_echo(echo.clone())
+        });
         let wake = settings.wake.clone().map(|wake_settings| {
             let wake_sup = sup("wake_word");
             let (c, models) = (components.clone(), hands.wake.clone());

@@ -282,6 +282,8 @@ pub struct TtsActor {
     turns: HashMap<String, TurnSpeech>,
     output: TtsOutput,
     speaker: SpeakerState,
+    /// Where what the speaker plays goes for echo cancellation.
+    echo: Option<crate::audio::echo::EchoReference>,
 }
 
 impl TtsActor {
@@ -293,7 +295,14 @@ impl TtsActor {
             turns: HashMap::new(),
             output: TtsOutput::default(),
             speaker: SpeakerState::Off,
+            echo: None,
         }
+    }
+
+    /// What the speaker plays also goes to `echo` (the input device's echo canceller).
+    pub fn with_echo(mut self, echo: crate::audio::echo::EchoReference) -> Self {
+        self.echo = Some(echo);
+        self
     }
 
     /// Where speech goes: the device is opened when the actor starts.
@@ -570,9 +579,9 @@ impl Actor for TtsActor {
 impl TtsActor {
     #[cfg(feature = "audio")]
     fn open_speaker(&mut self, ctx: &mut Context<Self>) {
-        let device = self.output.device.clone();
+        let (device, echo) = (self.output.device.clone(), self.echo.clone());
         let open = crate::supervise::dedicated("coda-speaker-open", move || {
-            crate::audio::Speaker::open(&device)
+            crate::audio::Speaker::open(&device, echo)
         });
         // `wait`: sentences queue behind the opening, so none is synthesised for a
         // speaker state that is about to change.

@@ -81,7 +81,7 @@ pub fn run(s: &Settings, args: AudioBenchArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "audio")]
 fn bench_interrupt(s: &Settings, runs: usize) -> anyhow::Result<serde_json::Value> {
-    let speaker = coda_actors::audio::Speaker::open(&s.audio.output_device)
+    let speaker = coda_actors::audio::Speaker::open(&s.audio.output_device, None)
         .map_err(|e| anyhow::anyhow!("no output device: {e}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,6 +11,7 @@ use crate::config::Loaded;
 
 pub mod ask_startup;
 pub mod audio;
+pub mod echo;
 pub mod fanout;
 pub mod llm;
 pub mod llm_token;
@@ -50,6 +51,9 @@ pub enum BenchCommand {
     /// The wake word on held-out voices in a noisy room: detection rate, false wakes per
     /// hour of other speech, detection delay, CPU.
     Wake(wake::WakeBenchArgs),
+    /// Echo cancellation in a synthetic room: echo reduction after convergence, and a
+    /// second talker's words through whisper with and without it.
+    Echo(echo::EchoBenchArgs),
 }
 
 /// Runs a benchmark with the configuration the global flags chose; the benchmarks that
@@ -67,6 +71,7 @@ pub fn run(loaded: &Loaded, choice: &ConfigChoice, cmd: BenchCommand) -> anyhow:
         BenchCommand::Audio(args) => audio::run(&loaded.settings, args),
         BenchCommand::Voice(args) => voice::run(choice, &args),
         BenchCommand::Wake(args) => wake::run(loaded, args),
+        BenchCommand::Echo(args) => echo::run(loaded, args),
     }
 }
 

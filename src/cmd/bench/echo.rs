@@ -1,0 +1,461 @@
+//! `coda bench echo`: echo cancellation in a synthetic room. The assistant's voice
+//! (espeak-ng) plays; the microphone hears it through a decaying room response delayed
+//! `--delays` ms, plus a second talker who starts speaking over it after 3 s (barge-in),
+//! plus a little noise. The canceller runs on 10 ms frames exactly as on the capture
+//! thread (the reference fed as it plays); measured: echo reduction (ERLE) before and
+//! after 1 s, and the second talker's words through whisper from the clean recording,
+//! the raw microphone and the cancelled one.
+
+use anyhow::{bail, Context};
+use coda_actors::audio::convert::rms;
+use coda_actors::audio::echo::{EchoCanceller, EchoReference, FRAME};
+use coda_actors::audio::vad::{Vad, VadEvent, VadSettings, FRAME as VAD_FRAME};
+use coda_actors::wake::synth::{speak, Voice};
+use serde::Serialize;
+
+use crate::config::Loaded;
+
+/// `coda bench echo` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EchoBenchArgs {
+    /// Echo path delays to measure, ms (speaker → microphone, device buffers included).
+    #[arg(long, value_delimiter = ',', default_values_t = [40u32, 80, 120])]
+    pub delays: Vec<u32>,
+    /// Level of the echo against the second talker, dB (positive: the speaker is louder).
+    #[arg(long, default_value_t = 6.0, allow_negative_numbers = true)]
+    pub echo_db: f64,
+    /// Energy of the room's reflections against the direct sound, dB (-10: a speaker a
+    /// few cm from the microphone in a furnished room; 0 or more: far off, bare walls).
+    #[arg(long, default_value_t = -10.0, allow_negative_numbers = true)]
+    pub reverb_db: f64,
+    /// Skip whisper (echo reduction only).
+    #[arg(long)]
+    pub no_stt: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the assistant says (it keeps talking through the barge-in).
+const ASSISTANT: &str = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. It is easy to tell the depth of a well. These days a chicken leg is a rare dish. Rice is often served in round bowls.";
+
+/// What the person says over it, one per delay in turn.
+const PERSON: [&str; 3] = [
+    "stop and set a timer for ten minutes",
+    "what is the weather like in paris tomorrow",
+    "turn off the lights in the living room",
+];
+
+const ASSISTANT_VOICE: Voice = Voice {
+    voice: "en-us",
+    variant: "m3",
+    wpm: 165,
+    pitch: 50,
+};
+const PERSON_VOICE: Voice = Voice {
+    voice: "en-gb",
+    variant: "f2",
+    wpm: 160,
+    pitch: 60,
+};
+
+/// The person starts talking here, s.
+const BARGE_IN_S: f64 = 3.0;
+/// With barge-in the assistant falls silent this long after the VAD starts the person's
+/// utterance: the speaker's 5 ms tick and its buffer (`coda bench audio`), rounded up.
+const SPEAKER_STOP_MS: f64 = 20.0;
+const RATE: usize = 16_000;
+
+#[derive(Debug, Serialize)]
+struct Row {
+    delay_ms: u32,
+    /// Echo reduction (ERLE) over the first 0.5 s, 0.5–1 s and the rest of the echo-only
+    /// audio, dB.
+    erle_0_500ms_db: f64,
+    erle_500_1000ms_db: f64,
+    erle_after_1s_db: f64,
+    /// Echo reduction while both talk (of the echo part, from a run on the echo alone).
+    erle_double_talk_db: f64,
+    said: String,
+    /// The person's words recorded without the echo.
+    clean: Option<Heard>,
+    /// The assistant stops speaking when the VAD hears the person start (what barge-in
+    /// by voice does).
+    barge_in: Case,
+    /// The assistant talks on over the person (barge-in off).
+    talk_over: Case,
+    /// CPU of the canceller, % of one core in real time.
+    cpu_percent_of_one_core: f64,
+    underruns: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Case {
+    /// The raw microphone.
+    microphone: Option<Heard>,
+    /// The fully cancelled audio (what the VAD and the wake word hear).
+    cancelled: Option<Heard>,
+    /// What Coda transcribes: AEC3's linear output (the echo path's estimate subtracted,
+    /// nothing suppressed), cut where the VAD on the cancelled audio starts the utterance.
+    transcribed: Option<Heard>,
+    /// Utterances the VAD starts on the assistant's own voice before the person speaks.
+    vad_false_starts_microphone: usize,
+    vad_false_starts_cancelled: usize,
+    /// When the VAD (as configured) starts the person's utterance in the cancelled audio,
+    /// ms after the person starts speaking: what triggers barge-in.
+    vad_person_start_ms: Option<f64>,
+    /// When the assistant fell silent, ms after the person started (barge-in).
+    assistant_stopped_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Heard {
+    text: String,
+    wer_percent: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    echo_db: f64,
+    reverb_db: f64,
+    rows: Vec<Row>,
+}
+
+/// A room response: the direct sound after `delay` samples, then 250 ms of
+/// exponentially decaying reflections (RT60 250 ms) carrying `reverb_db` of the direct
+/// sound's energy; seeded so runs compare.
+fn room(delay: usize, reverb_db: f64, seed: u64) -> Vec<f32> {
+    let tail = RATE / 4;
+    let mut x = seed;
+    let mut ir = vec![0.0; delay + tail];
+    ir[delay] = 1.0;
+    // 60 dB down in 250 ms.
+    let decay = (1e-3f32).powf(1.0 / (0.25 * RATE as f32));
+    // Uniform noise has energy 1/3 per sample; the decay sums to 1 / (1 - decay²).
+    let energy = 10f32.powf(reverb_db as f32 / 10.0);
+    let mut g = (energy * 3.0 * (1.0 - decay * decay)).sqrt();
+    for v in ir.iter_mut().skip(delay + 16) {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let n = (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        *v = g * n;
+        g *= decay;
+    }
+    ir
+}
+
+/// `x` through `h` (FFT convolution), `x.len()` samples.
+fn convolve(x: &[f32], h: &[f32]) -> Vec<f32> {
+    use realfft::RealFftPlanner;
+    let n = (x.len() + h.len()).next_power_of_two();
+    let mut planner = RealFftPlanner::<f32>::new();
+    let fwd = planner.plan_fft_forward(n);
+    let inv = planner.plan_fft_inverse(n);
+    let spectrum = |v: &[f32]| {
+        let mut buf = vec![0.0; n];
+        buf[..v.len()].copy_from_slice(v);
+        let mut out = fwd.make_output_vec();
+        let _ = fwd.process(&mut buf, &mut out);
+        out
+    };
+    let (a, b) = (spectrum(x), spectrum(h));
+    let mut prod: Vec<_> = a.iter().zip(&b).map(|(p, q)| p * q).collect();
+    let mut out = vec![0.0; n];
+    let _ = inv.process(&mut prod, &mut out);
+    let scale = 1.0 / n as f32;
+    out.truncate(x.len());
+    out.iter_mut().for_each(|v| *v *= scale);
+    out
+}
+
+fn noise(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
+
+fn db(ratio: f64) -> f64 {
+    10.0 * ratio.max(1e-12).log10()
+}
+
+/// Energy ratio of `echo` to `left` over `range` (samples), dB.
+fn erle(echo: &[f32], left: &[f32], range: std::ops::Range<usize>) -> f64 {
+    let e: f64 = echo[range.clone()]
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum();
+    let l: f64 = left[range].iter().map(|v| f64::from(*v).powi(2)).sum();
+    db(e / l.max(1e-12))
+}
+
+/// Runs the canceller over `mic` with `far` as what played, frame by frame as the capture
+/// thread does; returns the output (aligned with `mic`) and its CPU time, µs.
+fn cancel(far: &[f32], mic: &[f32]) -> anyhow::Result<Cancelled> {
+    let reference = EchoReference::new();
+    let mut c = EchoCanceller::new(reference.clone())?;
+    let (mut out, mut linear) = (Vec::with_capacity(mic.len()), Vec::with_capacity(mic.len()));
+    let cpu0 = super::thread_cpu_us();
+    for (i, m) in mic.chunks(FRAME).enumerate() {
+        let f = far
+            .get(i * FRAME..((i + 1) * FRAME).min(far.len()))
+            .unwrap_or(&[]);
+        reference.played(RATE as u32, f);
+        let (o, l) = c.process_both(m);
+        out.extend(o);
+        linear.extend(l);
+    }
+    let cpu_us = super::thread_cpu_us().saturating_sub(cpu0);
+    out.resize(mic.len(), 0.0);
+    linear.resize(mic.len(), 0.0);
+    Ok(Cancelled {
+        out,
+        linear,
+        cpu_us,
+        underruns: c.stats().underruns,
+    })
+}
+
+/// What [`cancel`] made of a recording.
+struct Cancelled {
+    out: Vec<f32>,
+    linear: Vec<f32>,
+    cpu_us: u64,
+    underruns: u64,
+}
+
+/// Utterance starts of the VAD over `audio`, as sample positions where it fired.
+fn vad_starts(audio: &[f32], settings: VadSettings) -> Vec<usize> {
+    let mut vad = Vad::new(settings);
+    audio
+        .chunks_exact(VAD_FRAME)
+        .enumerate()
+        .filter(|(_, f)| matches!(vad.push_frame(f), VadEvent::SpeechStart { .. }))
+        .map(|(i, _)| (i + 1) * VAD_FRAME)
+        .collect()
+}
+
+/// One recording of the room: the assistant's `far` (as played), the person from
+/// `start` to `end`.
+struct Take<'a> {
+    far: Vec<f32>,
+    echo: Vec<f32>,
+    clean: &'a [f32],
+}
+
+impl Take<'_> {
+    fn mic(&self) -> Vec<f32> {
+        self.clean
+            .iter()
+            .zip(&self.echo)
+            .map(|(c, e)| c + e)
+            .collect()
+    }
+}
+
+/// `coda bench echo`.
+pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
+    if args.delays.is_empty() {
+        bail!("--delays needs at least one delay");
+    }
+    let espeak = &loaded.settings.wake_settings().espeak;
+    let segment = loaded.settings.audio_settings().segment;
+    let vad_settings = segment.vad;
+    let far = speak(espeak, &ASSISTANT_VOICE, ASSISTANT).context("the assistant's voice")?;
+    #[cfg(feature = "stt")]
+    let engine = if args.no_stt {
+        None
+    } else {
+        let s = crate::cmd::transcribe::stt_settings(loaded, None, None);
+        Some(coda_actors::stt::load_engine(&s)?)
+    };
+    let ms = |t: usize| t * RATE / 1000;
+    let mut rows = Vec::new();
+    for (k, &delay_ms) in args.delays.iter().enumerate() {
+        let said = PERSON[k % PERSON.len()];
+        let near = speak(espeak, &PERSON_VOICE, said).context("the second talker's voice")?;
+        let start = (BARGE_IN_S * RATE as f64) as usize;
+        let end = start + near.len();
+        if end + RATE > far.len() {
+            bail!("the assistant's speech is too short for the barge-in");
+        }
+        let len = far.len();
+        let ir = room(
+            delay_ms as usize * RATE / 1000,
+            args.reverb_db,
+            11 + k as u64,
+        );
+        let full_echo = convolve(&far, &ir);
+        // Levels: the echo `echo_db` above the person's speech (the same gain when the
+        // assistant stops early).
+        let near_level = rms(&near).max(1e-6);
+        let gain = near_level * 10f32.powf(args.echo_db as f32 / 20.0) / rms(&full_echo).max(1e-6);
+        let floor = noise(len, 5 + k as u64, near_level * 0.003);
+        let mut clean: Vec<f32> = floor.clone();
+        for (c, n) in clean[start..end].iter_mut().zip(&near) {
+            *c += n;
+        }
+        let make_take = |played: Vec<f32>| Take {
+            echo: convolve(&played, &ir).iter().map(|v| v * gain).collect(),
+            far: played,
+            clean: &clean,
+        };
+
+        // What the Segmenter cuts: from its pre-roll before the VAD's start (or before the
+        // person, for the recordings no VAD decides on) to 500 ms after the person.
+        let preroll = ms((segment.preroll_ms + vad_settings.start_ms) as usize);
+        let cut = |from: usize| from.saturating_sub(preroll)..(end + ms(500)).min(len);
+        #[cfg(feature = "stt")]
+        let hear =
+            |audio: &[f32], window: std::ops::Range<usize>| -> anyhow::Result<Option<Heard>> {
+                let Some(engine) = engine.as_ref() else {
+                    return Ok(None);
+                };
+                let t = engine.transcribe(&audio[window], None)?;
+                Ok(Some(Heard {
+                    wer_percent: 100.0 * crate::wer::wer(said, &t.text),
+                    text: t.text.trim().to_string(),
+                }))
+            };
+        #[cfg(not(feature = "stt"))]
+        let hear =
+            |_: &[f32], _: std::ops::Range<usize>| -> anyhow::Result<Option<Heard>> { Ok(None) };
+
+        let mut cases = Vec::new();
+        let mut measured = None;
+        let mut stop_ms = 0.0;
+        let mut takes = vec![make_take(far.clone())];
+        // Talk-over first; then the assistant stops where that run's VAD heard the person
+        // start (plus the speaker's stop), as barge-in does.
+        for i in 0..2 {
+            let Some(mic) = takes.get(i).map(Take::mic) else {
+                break;
+            };
+            let Cancelled {
+                out,
+                linear,
+                cpu_us,
+                underruns,
+            } = cancel(&takes[i].far, &mic)?;
+            let before = |v: Vec<usize>| v.iter().filter(|&&p| p < start).count();
+            let heard_at = vad_starts(&out, vad_settings)
+                .into_iter()
+                .find(|&p| p >= start);
+            let person = heard_at.map(|p| (p - start) as f64 * 1000.0 / RATE as f64);
+            let window = cut(heard_at.unwrap_or(start));
+            cases.push(Case {
+                microphone: hear(&mic, cut(start))?,
+                cancelled: hear(&out, window.clone())?,
+                transcribed: hear(&linear, window)?,
+                vad_false_starts_microphone: before(vad_starts(&mic, vad_settings)),
+                vad_false_starts_cancelled: before(vad_starts(&out, vad_settings)),
+                vad_person_start_ms: person,
+                assistant_stopped_ms: (i == 1).then_some(stop_ms),
+            });
+            if i == 0 {
+                stop_ms = person.unwrap_or(1000.0) + SPEAKER_STOP_MS;
+                let mut stopped = far.clone();
+                stopped[(start + ms(stop_ms as usize)).min(len)..].fill(0.0);
+                takes.push(make_take(stopped));
+            }
+            if measured.is_none() {
+                measured = Some((out, cpu_us, underruns));
+            }
+        }
+        let Some((out, cpu_us, underruns)) = measured else {
+            bail!("nothing measured");
+        };
+        let echo = &takes[0].echo;
+        // The echo alone through the canceller, for its reduction while both talk.
+        let echo_only: Vec<f32> = echo.iter().zip(&floor).map(|(e, n)| e + n).collect();
+        let echo_out = cancel(&far, &echo_only)?.out;
+        // Energy-weighted across both echo-only stretches after 1 s.
+        let stretches = [ms(1000)..start, end + ms(300)..len];
+        let energy = |v: &[f32]| -> f64 {
+            stretches
+                .iter()
+                .flat_map(|r| v[r.clone()].iter())
+                .map(|x| f64::from(*x).powi(2))
+                .sum()
+        };
+        let mut cases = cases.into_iter();
+        let (Some(talk_over), Some(barge_in)) = (cases.next(), cases.next()) else {
+            bail!("nothing measured");
+        };
+        rows.push(Row {
+            delay_ms,
+            erle_0_500ms_db: erle(echo, &out, 0..ms(500)),
+            erle_500_1000ms_db: erle(echo, &out, ms(500)..ms(1000)),
+            erle_after_1s_db: db(energy(echo) / energy(&out).max(1e-12)),
+            erle_double_talk_db: erle(echo, &echo_out, start..end),
+            said: said.to_string(),
+            clean: hear(&clean, cut(start))?,
+            barge_in,
+            talk_over,
+            cpu_percent_of_one_core: cpu_us as f64 / 1e4 / (len as f64 / RATE as f64),
+            underruns,
+        });
+    }
+    let report = Report {
+        echo_db: args.echo_db,
+        reverb_db: args.reverb_db,
+        rows,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "echo cancellation (AEC3), synthetic room (reflections {:+.0} dB, RT60 250 ms), echo {:+.0} dB over the second talker",
+        report.reverb_db, report.echo_db
+    );
+    for r in &report.rows {
+        println!(
+            "  delay {:>3} ms: echo reduced {:>5.1} dB in 0–0.5 s, {:>5.1} dB in 0.5–1 s, {:>5.1} dB after 1 s, {:>5.1} dB while both talk; CPU {:.1}% of a core",
+            r.delay_ms,
+            r.erle_0_500ms_db,
+            r.erle_500_1000ms_db,
+            r.erle_after_1s_db,
+            r.erle_double_talk_db,
+            r.cpu_percent_of_one_core
+        );
+        if let Some(h) = &r.clean {
+            println!(
+                "    clean                 WER {:>5.1}%  {:?}",
+                h.wer_percent, h.text
+            );
+        }
+        for (case, c) in [("talk-over", &r.talk_over), ("barge-in", &r.barge_in)] {
+            println!(
+                "    {case}: VAD starts on the assistant's voice: {} raw, {} cancelled; the person's start heard {}{}",
+                c.vad_false_starts_microphone,
+                c.vad_false_starts_cancelled,
+                c.vad_person_start_ms
+                    .map(|v| format!("{v:.0} ms in"))
+                    .unwrap_or_else(|| "never".into()),
+                c.assistant_stopped_ms
+                    .map(|v| format!("; the assistant stopped {v:.0} ms in"))
+                    .unwrap_or_default()
+            );
+            for (what, h) in [
+                ("microphone", &c.microphone),
+                ("cancelled", &c.cancelled),
+                ("transcribed", &c.transcribed),
+            ] {
+                if let Some(h) = h {
+                    println!(
+                        "      {what:<11}         WER {:>5.1}%  {:?}",
+                        h.wer_percent, h.text
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
