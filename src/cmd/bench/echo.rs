@@ -126,7 +126,7 @@ struct Report {
 /// sound's energy; seeded so runs compare.
 fn room(delay: usize, reverb_db: f64, seed: u64) -> Vec<f32> {
     let tail = RATE / 4;
-    let mut x = seed;
+    let reflections = noise(tail, seed, 1.0);
     let mut ir = vec![0.0; delay + tail];
     ir[delay] = 1.0;
     // 60 dB down in 250 ms.
@@ -134,11 +134,7 @@ fn room(delay: usize, reverb_db: f64, seed: u64) -> Vec<f32> {
     // Uniform noise has energy 1/3 per sample; the decay sums to 1 / (1 - decay²).
     let energy = 10f32.powf(reverb_db as f32 / 10.0);
     let mut g = (energy * 3.0 * (1.0 - decay * decay)).sqrt();
-    for v in ir.iter_mut().skip(delay + 16) {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let n = (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+    for (v, n) in ir.iter_mut().skip(delay + 16).zip(&reflections) {
         *v = g * n;
         g *= decay;
     }
@@ -169,16 +165,11 @@ fn convolve(x: &[f32], h: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Uniform noise in ±`amp`, seeded so runs compare.
 fn noise(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-amp..=amp)).collect()
 }
 
 fn db(ratio: f64) -> f64 {
