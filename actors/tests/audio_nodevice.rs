@@ -136,6 +136,7 @@ async fn playback_without_a_device_is_an_error_and_speech_is_not_played() {
         session_id: "s1".into(),
         index: 0,
         text: "Nobody hears this.".into(),
+        progress: Default::default(),
         reply_to: rec,
     })
     .await

@@ -17,7 +17,7 @@ use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{HubHandle, TypeMask};
 use coda_actors::supervise::Supervision;
 use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
-use coda_actors::tts::{FinishTurn, Speak, TtsActor, TtsOutput, TtsUpdate};
+use coda_actors::tts::{FinishTurn, SentenceProgress, Speak, TtsActor, TtsOutput, TtsUpdate};
 use coda_actors::voice::SpeechAudio;
 use coda_protocol::{EventType, RawEnvelope, SttMode};
 
@@ -340,6 +340,7 @@ async fn tts_plays_each_sentence_and_reports_played_with_audio_chunks() {
     // A client subscribed to tts_audio by name (ALL = DEFAULT + tts_audio).
     let (hub, events) = hub_with_events(TypeMask::ALL);
     let (tts, updates, rec) = speaking_on_null(hub.clone(), espeak()).await;
+    let progress: Vec<Arc<SentenceProgress>> = (0..2).map(|_| Default::default()).collect();
     for (i, text) in ["Hello there.", "This is the second sentence."]
         .into_iter()
         .enumerate()
@@ -349,6 +350,7 @@ async fn tts_plays_each_sentence_and_reports_played_with_audio_chunks() {
             session_id: "s1".into(),
             index: i as u32,
             text: text.into(),
+            progress: progress[i].clone(),
             reply_to: rec.clone(),
         })
         .await
@@ -360,6 +362,10 @@ async fn tts_plays_each_sentence_and_reports_played_with_audio_chunks() {
     });
     let result = tts_result(&events).await;
     assert_eq!(result["played"], true, "{result}");
+    // Every sample of both went to the device: both were heard whole.
+    for p in &progress {
+        assert_eq!(p.heard(), Some(1.0));
+    }
     let evs = events.lock().unwrap().clone();
     let chunks: Vec<&RawEnvelope> = evs.iter().filter(|e| e.event_type == "tts_audio").collect();
     assert!(chunks.len() >= 3, "{} tts_audio chunks", chunks.len());
@@ -416,6 +422,7 @@ async fn tts_audio_is_not_produced_for_wildcard_subscribers_and_no_playback_is_n
         session_id: "s1".into(),
         index: 0,
         text: "Hello.".into(),
+        progress: Default::default(),
         reply_to: rec,
     })
     .await
@@ -483,6 +490,7 @@ async fn remote_speech_plays_as_it_streams_in() {
         session_id: "s1".into(),
         index: 0,
         text: "One slow sentence.".into(),
+        progress: Default::default(),
         reply_to: rec,
     })
     .await

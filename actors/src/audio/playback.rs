@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZero;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -23,6 +23,7 @@ enum Cmd {
     Play {
         samples: Vec<f32>,
         rate: u32,
+        played: Option<Arc<AtomicUsize>>,
         done: oneshot::Sender<PlayOutcome>,
     },
     Stop {
@@ -48,6 +49,8 @@ struct Tracked<S> {
     epoch: Instant,
     n: u32,
     tap: Option<Tap>,
+    /// Samples of this sound the device has taken.
+    played: Option<Arc<AtomicUsize>>,
 }
 
 /// Pulled samples on their way to the [`EchoReference`], 10 ms at a time.
@@ -78,6 +81,9 @@ impl<S: Source> Iterator for Tracked<S> {
                 .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         let s = self.inner.next();
+        if let (Some(played), Some(_)) = (&self.played, s) {
+            played.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(tap) = self.tap.as_mut() {
             match s {
                 Some(v) => {
@@ -175,12 +181,24 @@ impl Speaker {
 
     /// Queues mono `samples` at `rate`; resolves when they have played (or were stopped).
     pub async fn play(&self, samples: Vec<f32>, rate: u32) -> PlayOutcome {
+        self.play_counted(samples, rate, None).await
+    }
+
+    /// Like [`play`](Self::play), adding each sample the output device takes to `played`
+    /// (what a listener has heard when the sound is stopped part-way).
+    pub async fn play_counted(
+        &self,
+        samples: Vec<f32>,
+        rate: u32,
+        played: Option<Arc<AtomicUsize>>,
+    ) -> PlayOutcome {
         let (done, rx) = oneshot::channel();
         if self
             .tx
             .send(Cmd::Play {
                 samples,
                 rate,
+                played,
                 done,
             })
             .is_err()
@@ -243,6 +261,7 @@ fn run(
             Some(Cmd::Play {
                 samples,
                 rate,
+                played,
                 done,
             }) => {
                 let (Some(rate), Some(ch)) = (NonZero::new(rate), NonZero::new(1u16)) else {
@@ -258,6 +277,7 @@ fn run(
                     last_pull: last_pull.clone(),
                     epoch,
                     n: 0,
+                    played,
                     tap: echo.as_ref().map(|reference| Tap {
                         reference: reference.clone(),
                         rate: rate.get(),

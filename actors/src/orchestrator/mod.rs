@@ -23,6 +23,7 @@ pub mod phase;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -35,7 +36,9 @@ use crate::intent::{Decision, IntentDecision, IntentRouter, RouteText, SystemInt
 use crate::llm::actor::{CancelGeneration, Generate, LlmActor, LlmUpdate};
 use crate::llm::{ChatMessage, ChatRequest, ChatRole, LlmError};
 use crate::supervise::Supervision;
-use crate::tts::{CancelTurn, FinishTurn, SentenceSplitter, Speak, TtsActor, TtsUpdate};
+use crate::tts::{
+    CancelTurn, FinishTurn, SentenceProgress, SentenceSplitter, Speak, TtsActor, TtsUpdate,
+};
 use phase::{Latency, Phase, Speech, Stage, TurnEvent};
 
 /// Conversation settings (from the `[conversation]` config section).
@@ -218,6 +221,8 @@ struct Turn {
     answer: String,
     splitter: SentenceSplitter,
     spoken: Vec<String>,
+    /// Every sentence sent to speech, with how much of it was played.
+    sentences: Vec<(String, Arc<SentenceProgress>)>,
     /// The input was speech.
     voice: bool,
 }
@@ -455,6 +460,7 @@ impl Orchestrator {
                 answer: String::new(),
                 splitter: SentenceSplitter::new().first_clause(self.settings.speak_first_clause),
                 spoken: Vec::new(),
+                sentences: Vec::new(),
                 voice: voice.is_some(),
             },
         );
@@ -668,12 +674,15 @@ impl Orchestrator {
         let index = turn.speech.queued;
         turn.speech.queued += 1;
         let id = turn_id.to_string();
+        let progress = Arc::new(SentenceProgress::default());
+        turn.sentences.push((sentence.clone(), progress.clone()));
         let fut = self.engines.speak.send(Speak {
             turn_id: turn_id.to_string(),
             session_id: turn.session_id.clone(),
             index,
             text: sentence,
             reply_to: ctx.address().recipient(),
+            progress,
         });
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
             let failed = match res {
@@ -906,8 +915,11 @@ impl Orchestrator {
         self.engines.cancel_speech.do_send(CancelTurn {
             turn_id: active.clone(),
         });
-        let spoken = turn.spoken.join(" ");
-        let cut = cut_part(&turn.answer, &turn.spoken);
+        // What the listener heard when the speech went to a device; otherwise (a client
+        // plays the audio, or nothing does) the sentences whose audio was produced.
+        let said = heard(&turn.sentences).unwrap_or_else(|| turn.spoken.clone());
+        let spoken = said.join(" ");
+        let cut = cut_part(&turn.answer, &said);
         tracing::info!(turn = %active, spoken_chars = spoken.len(), cut_chars = cut.len(), "interrupted");
         if !turn.answer.is_empty() || !spoken.is_empty() {
             self.message(
@@ -931,6 +943,45 @@ fn spoken_tool_answer(value: &serde_json::Value) -> String {
         .find_map(|k| value.get(k).and_then(|v| v.as_str()))
         .map(str::to_string)
         .unwrap_or_else(|| value.to_string())
+}
+
+/// What of `sentences` was heard: those played to the end, then the words of the one
+/// playing in proportion to its samples played. `None` when none went to a device.
+fn heard(sentences: &[(String, Arc<SentenceProgress>)]) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut any = false;
+    for (text, progress) in sentences {
+        let Some(fraction) = progress.heard() else {
+            break;
+        };
+        any = true;
+        if fraction >= 1.0 {
+            parts.push(text.clone());
+            continue;
+        }
+        let part = words_up_to(text, fraction);
+        if !part.is_empty() {
+            parts.push(part.to_string());
+        }
+        break;
+    }
+    any.then_some(parts)
+}
+
+/// The words of `text` that end within its first `fraction` (of characters).
+fn words_up_to(text: &str, fraction: f64) -> &str {
+    let limit = (text.chars().count() as f64 * fraction.clamp(0.0, 1.0)).floor() as usize;
+    let Some((cut, next)) = text.char_indices().nth(limit) else {
+        return text.trim_end();
+    };
+    let whole = if next.is_whitespace() {
+        &text[..cut]
+    } else {
+        text[..cut]
+            .rfind(char::is_whitespace)
+            .map_or("", |i| &text[..i])
+    };
+    whole.trim_end()
 }
 
 /// The unspoken rest of `answer` given the sentences spoken so far.

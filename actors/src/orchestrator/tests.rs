@@ -103,6 +103,8 @@ enum Voice {
     Speaks,
     /// Refuses every sentence.
     Refuses,
+    /// Speaks every sentence on a device that has played 40 % of each so far.
+    PlaysPart,
 }
 
 struct Speech {
@@ -122,6 +124,9 @@ impl Handler<Speak> for Speech {
             .push(format!("speak {}", s.text));
         if self.voice == Voice::Refuses {
             return Err("the fake speech refuses".into());
+        }
+        if self.voice == Voice::PlaysPart {
+            s.progress.record(1000, 400, true);
         }
         s.reply_to.do_send(TtsUpdate::Spoken {
             turn_id: s.turn_id,
@@ -453,9 +458,13 @@ fn cut_part_is_the_unspoken_rest() {
 }
 
 async fn speaking_rig(barge_in: bool) -> (Rig, String) {
+    speaking_rig_with(barge_in, Voice::Speaks).await
+}
+
+async fn speaking_rig_with(barge_in: bool, voice: Voice) -> (Rig, String) {
     let r = rig_with(
         Script::Hang(vec!["The first sentence is spoken. ", "and more"]),
-        Voice::Speaks,
+        voice,
         ConversationSettings {
             barge_in,
             ..Default::default()
@@ -471,6 +480,26 @@ async fn speaking_rig(barge_in: bool) -> (Rig, String) {
     (r, turn)
 }
 
+impl Rig {
+    /// The interrupted assistant message, once published.
+    async fn interrupted_message(&self) -> serde_json::Value {
+        for _ in 0..100 {
+            let found = self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|e| e.event_type == "conversation_message" && e.data["interrupted"] == true)
+                .map(|e| e.data.clone());
+            if let Some(m) = found {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no interrupted assistant message");
+    }
+}
+
 #[actix_rt::test]
 async fn speech_while_the_answer_is_spoken_interrupts_it() {
     let (r, turn) = speaking_rig(true).await;
@@ -481,22 +510,37 @@ async fn speech_while_the_answer_is_spoken_interrupts_it() {
         log.contains(&format!("cancel generation {turn}")),
         "{log:?}"
     );
-    let mut cut = None;
-    for _ in 0..100 {
-        cut = r
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|e| e.event_type == "conversation_message" && e.data["interrupted"] == true)
-            .map(|e| e.data.clone());
-        if cut.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let cut = cut.expect("the interrupted assistant message");
+    let cut = r.interrupted_message().await;
     assert_eq!(cut["content"], "The first sentence is spoken.", "{cut}");
+}
+
+/// Played on a device, what counts as said is what the device played: 40 % of the
+/// sentence's samples is its first two words, the rest is cut.
+#[actix_rt::test]
+async fn an_interrupted_answer_keeps_only_what_was_played() {
+    let (r, _) = speaking_rig_with(true, Voice::PlaysPart).await;
+    r.speech_starts("s").await;
+    let m = r.interrupted_message().await;
+    assert_eq!(m["content"], "The first", "{m}");
+    assert!(
+        m["cut"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("sentence is spoken.")),
+        "{m}"
+    );
+}
+
+#[test]
+fn the_words_heard_end_within_the_fraction_played() {
+    let s = "The first sentence is spoken.";
+    assert_eq!(words_up_to(s, 0.0), "");
+    assert_eq!(words_up_to(s, 0.1), "");
+    assert_eq!(words_up_to(s, 0.11), "The");
+    assert_eq!(words_up_to(s, 0.4), "The first");
+    assert_eq!(words_up_to(s, 0.99), "The first sentence is");
+    assert_eq!(words_up_to(s, 1.0), s);
+    assert_eq!(words_up_to("héllo wörld", 0.5), "héllo");
+    assert_eq!(words_up_to("", 0.5), "");
 }
 
 #[actix_rt::test]

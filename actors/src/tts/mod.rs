@@ -21,6 +21,7 @@ mod sentences;
 pub use sentences::SentenceSplitter;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -159,6 +160,7 @@ struct Piece {
 #[rtype(result = "()")]
 struct SentenceEnd {
     turn_id: String,
+    index: u32,
     result: Result<(), TtsEngineError>,
 }
 
@@ -218,6 +220,48 @@ pub enum TtsUpdate {
     },
 }
 
+/// How much of one sentence was synthesised and how much of that the output device took,
+/// written by the Tts actor and the speaker, read by whoever asked for the sentence (the
+/// Orchestrator, when the turn is interrupted: what was heard is what was played, not what
+/// was synthesised).
+#[derive(Debug, Default)]
+pub struct SentenceProgress {
+    synthesized: AtomicUsize,
+    played: Arc<AtomicUsize>,
+    complete: AtomicBool,
+    on_device: AtomicBool,
+}
+
+impl SentenceProgress {
+    /// How much of the sentence was played, 0–1; `None` when it did not go to an output
+    /// device (then nobody can say what was heard).
+    pub fn heard(&self) -> Option<f64> {
+        if !self.on_device.load(Ordering::Relaxed) {
+            return None;
+        }
+        let total = self.synthesized.load(Ordering::Relaxed);
+        let played = self.played.load(Ordering::Relaxed);
+        if total == 0 {
+            return Some(0.0);
+        }
+        let fraction = (played as f64 / total as f64).min(1.0);
+        // All that was synthesised played, but more was still to come.
+        if !self.complete.load(Ordering::Relaxed) && fraction >= 1.0 {
+            return Some(0.99);
+        }
+        Some(fraction)
+    }
+
+    /// Records `synthesized` more samples, all `played` (tests, and engines without a
+    /// device that know what was heard).
+    pub fn record(&self, synthesized: usize, played: usize, complete: bool) {
+        self.on_device.store(true, Ordering::Relaxed);
+        self.synthesized.fetch_add(synthesized, Ordering::Relaxed);
+        self.played.fetch_add(played, Ordering::Relaxed);
+        self.complete.store(complete, Ordering::Relaxed);
+    }
+}
+
 /// Queue a sentence of a turn.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
@@ -231,6 +275,8 @@ pub struct Speak {
     pub text: String,
     /// Where updates go.
     pub reply_to: Recipient<TtsUpdate>,
+    /// How much of it was synthesised and played.
+    pub progress: Arc<SentenceProgress>,
 }
 
 /// No more sentences for this turn: finish when the queue drains.
@@ -258,6 +304,8 @@ struct TurnSpeech {
     announced: bool,
     /// Sentences queued on the speaker and not yet done.
     playing: usize,
+    /// Each sentence's progress, by index.
+    progress: HashMap<u32, Arc<SentenceProgress>>,
     /// Every sentence so far went to a device to the end.
     all_played: bool,
     /// `tts_audio` chunks published.
@@ -371,6 +419,7 @@ impl TtsActor {
             };
             me.do_send(SentenceEnd {
                 turn_id: id,
+                index,
                 result,
             });
         };
@@ -406,6 +455,11 @@ impl TtsActor {
         }
         let audio_ms = p.audio.duration_ms();
         turn.audio_ms += audio_ms;
+        if let Some(progress) = turn.progress.get(&p.index) {
+            progress
+                .synthesized
+                .fetch_add(p.audio.samples.len(), Ordering::Relaxed);
+        }
         if p.first {
             hub.publish(
                 &turn.session_id,
@@ -444,7 +498,7 @@ impl TtsActor {
             });
         }
         let turn_id = p.turn_id;
-        self.play(&turn_id, p.audio, ctx);
+        self.play(&turn_id, p.index, p.audio, ctx);
     }
 
     fn sentence_end(&mut self, end: SentenceEnd, ctx: &mut Context<Self>) {
@@ -455,7 +509,12 @@ impl TtsActor {
         };
         turn.busy = None;
         match end.result {
-            Ok(()) => self.pump(turn_id, ctx),
+            Ok(()) => {
+                if let Some(p) = turn.progress.get(&end.index) {
+                    p.complete.store(true, Ordering::Relaxed);
+                }
+                self.pump(turn_id, ctx)
+            }
             Err(error) => {
                 hub.publish(
                     &turn.session_id,
@@ -478,7 +537,7 @@ impl TtsActor {
     }
 
     /// Queues a sentence's audio on the speaker (in order); the turn waits for it.
-    fn play(&mut self, turn_id: &str, audio: Audio, ctx: &mut Context<Self>) {
+    fn play(&mut self, turn_id: &str, index: u32, audio: Audio, ctx: &mut Context<Self>) {
         let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
@@ -490,14 +549,18 @@ impl TtsActor {
                 let id = turn_id.to_string();
                 let samples = crate::audio::convert::i16_to_f32(&audio.samples);
                 let rate = audio.sample_rate;
+                let played = turn.progress.get(&index).map(|p| {
+                    p.on_device.store(true, Ordering::Relaxed);
+                    p.played.clone()
+                });
                 ctx.spawn(
-                    async move { speaker.play(samples, rate).await }
+                    async move { speaker.play_counted(samples, rate, played).await }
                         .into_actor(self)
                         .map(move |outcome, act, ctx| act.played(&id, outcome, ctx)),
                 );
             }
             SpeakerState::Off | SpeakerState::Missing => {
-                let _ = (audio, ctx);
+                let _ = (audio, index, ctx);
                 turn.all_played = false;
             }
         }
@@ -646,9 +709,11 @@ impl Handler<Speak> for TtsActor {
                 audio_ms: 0.0,
                 announced: false,
                 playing: 0,
+                progress: HashMap::new(),
                 all_played: true,
                 chunks: 0,
             });
+        turn.progress.insert(msg.index, msg.progress);
         turn.pending.push_back((msg.index, msg.text));
         self.pump(&msg.turn_id, ctx);
         Ok(())
