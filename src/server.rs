@@ -359,7 +359,7 @@ fn start_rooms(
         BuiltinDeps {
             memory: Some(memory.clone()),
             components: Some(components.clone()),
-            timers: Some(timers),
+            timers: Some(timers.clone()),
         },
     )
     .map_err(|e| StartError::Other(anyhow::anyhow!("cannot register the built-in tools: {e}")))?;
@@ -376,6 +376,7 @@ fn start_rooms(
         // `stt_start {source:"device"}` and reports speech to the Stt actor.
         device_audio: None,
         speech: None,
+        timers: Some(timers),
     })
 }
 

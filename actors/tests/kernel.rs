@@ -114,12 +114,13 @@ fn rooms(
         .supervised(sup("memory"));
     let memory = Supervisor::start(move |_| memory);
     let mut registry = ToolRegistry::new(RegistrySettings::default());
+    let timers = TimerService::new(Some(hub.clone()), None).start();
     register_builtins(
         &mut registry,
         BuiltinDeps {
             memory: Some(memory.clone()),
             components: Some(components.clone()),
-            timers: Some(TimerService::new(Some(hub.clone()), None).start()),
+            timers: Some(timers.clone()),
         },
     )
     .expect("builtins");
@@ -136,6 +137,7 @@ fn rooms(
         matcher: None,
         device_audio: None,
         speech: None,
+        timers: Some(timers),
     }
 }
 

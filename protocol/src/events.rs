@@ -885,6 +885,25 @@ pub struct ConversationMessage {
     pub cut: Option<String>,
 }
 
+/// `alarm`: a timer went off and rings in the session that set it (its text spoken there,
+/// a few times), or stopped ringing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Alarm {
+    /// The timer (`timer-N`).
+    pub timer_id: String,
+    /// Its label, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// What the assistant says, e.g. `"Your 5 minute timer for tea is done."`.
+    pub text: String,
+    /// True when it starts ringing; false when it stops (silenced, or it rang out).
+    pub ringing: bool,
+    /// Why it stopped: `"stopped"` (an interrupt, speech, or new input in the session) or
+    /// `"rang_out"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `mode_change`: the assistant changed mode. Only the latest is replayed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ModeChange {
@@ -1017,6 +1036,7 @@ event_data! {
     ConversationTurn,
     ConversationEnd,
     ConversationMessage,
+    Alarm,
     ModeChange,
     EmotionChange,
 }

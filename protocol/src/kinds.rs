@@ -121,6 +121,8 @@ name_enum! {
         ConversationEnd = "conversation_end",
         /// One message of the conversation transcript.
         ConversationMessage = "conversation_message",
+        /// A timer went off and rings in the session that set it, or stopped ringing.
+        Alarm = "alarm",
         /// The assistant changed mode (idle, listening, thinking, speaking).
         ModeChange = "mode_change",
         /// The assistant's expressed emotion changed.

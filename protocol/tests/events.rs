@@ -328,6 +328,14 @@ fn samples() -> Vec<EventData> {
             cut: Some(" And then some.".into()),
         }
         .into(),
+        Alarm {
+            timer_id: "timer-1".into(),
+            label: Some("tea".into()),
+            text: "Your 5 minute timer for tea is done.".into(),
+            ringing: true,
+            reason: None,
+        }
+        .into(),
         ModeChange {
             mode: Mode::Speaking,
             previous: Some(Mode::Thinking),

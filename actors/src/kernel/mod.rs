@@ -53,6 +53,8 @@ pub struct Rooms {
     pub device_audio: Option<Recipient<crate::voice::DeviceListen>>,
     /// Where AudioCapture sends speech (the Stt actor); `None`: logged and dropped.
     pub speech: Option<Recipient<crate::voice::SpeechAudio>>,
+    /// The timers: those that go off ring through the Orchestrator.
+    pub timers: Option<Addr<crate::tools::builtin::timer::TimerService>>,
 }
 
 /// The running kernel's actors.
@@ -137,6 +139,11 @@ impl Kernel {
                 .with_tools(tools_addr)
                 .with_follow_ups(follow_ups)
         });
+        if let Some(timers) = &rooms.timers {
+            timers.do_send(crate::tools::builtin::timer::ConnectFired(
+                orchestrator.clone().recipient(),
+            ));
+        }
 
         let stt_sup = sup("stt");
         let (o, stt_settings) = (orchestrator.clone(), settings.stt.clone());

@@ -18,6 +18,7 @@
 //! actually spoken in the context. A new input in a session interrupts that session's
 //! turn in flight. Turns of different sessions run side by side.
 
+mod alarm;
 pub mod phase;
 #[cfg(test)]
 mod tests;
@@ -271,6 +272,8 @@ pub struct Orchestrator {
     tools: Option<Addr<crate::tools::ToolsActor>>,
     follow_ups: crate::voice::FollowUps,
     me: Option<Addr<Orchestrator>>,
+    /// Alarms ringing, by session.
+    alarms: HashMap<String, alarm::Ringing>,
 }
 
 /// A follow-up window closed: mode back to idle unless something happened since.
@@ -308,6 +311,7 @@ impl Orchestrator {
             tools: None,
             follow_ups: crate::voice::FollowUps::default(),
             me: None,
+            alarms: HashMap::new(),
         }
     }
 
@@ -1063,6 +1067,7 @@ impl Orchestrator {
         if msg.text.trim().is_empty() {
             return Err(TurnStartError::Invalid("empty text".into()));
         }
+        self.silence(&msg.session_id, "stopped");
         let replaces_own = self
             .sessions
             .get(&msg.session_id)
@@ -1139,6 +1144,7 @@ impl Handler<Listening> for Orchestrator {
             |_| (),
             |act, _| {
                 if msg.on {
+                    act.silence(&msg.session_id, "stopped");
                     act.ensure_session(&msg.session_id);
                     let speaking = act
                         .sessions
@@ -1171,10 +1177,18 @@ impl Handler<Interrupt> for Orchestrator {
             |act, _| {
                 let sessions: Vec<String> = match msg.session_id {
                     Some(s) => vec![s],
-                    None => act.sessions.keys().cloned().collect(),
+                    None => act
+                        .sessions
+                        .keys()
+                        .chain(act.alarms.keys())
+                        .cloned()
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
                 };
                 let mut report = InterruptReport::default();
                 for s in sessions {
+                    act.silence(&s, "stopped");
                     if let Some((turn, spoken, cut)) = act.interrupt_session(&s) {
                         report.turns.push(turn);
                         report.spoken.push(spoken);
@@ -1215,13 +1229,15 @@ impl Handler<TtsUpdate> for Orchestrator {
     type Result = ();
 
     fn handle(&mut self, msg: TtsUpdate, ctx: &mut Context<Self>) {
-        self.guarded(ctx, |_| (), |act, _| match msg {
+        self.guarded(ctx, |_| (), |act, ctx| match msg {
             TtsUpdate::Spoken {
                 turn_id,
                 text,
                 synth_ms,
                 ..
             } => act.on_spoken(&turn_id, text, synth_ms),
+            TtsUpdate::Done { turn_id, .. } | TtsUpdate::Failed { turn_id, .. }
+                if act.ring_done(&turn_id, ctx) => {}
             TtsUpdate::Done {
                 turn_id,
                 duration_ms,

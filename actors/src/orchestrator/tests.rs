@@ -551,3 +551,125 @@ async fn without_barge_in_speech_waits_for_its_turn() {
     assert!(!log.iter().any(|l| l.starts_with("cancel")), "{log:?}");
     assert!(r.types(&turn).iter().all(|t| t != "latency_trace"));
 }
+
+fn fired(session: &str) -> crate::tools::builtin::timer::TimerFired {
+    crate::tools::builtin::timer::TimerFired {
+        timer: crate::tools::builtin::timer::TimerInfo {
+            timer_id: "timer-1".into(),
+            label: Some("tea".into()),
+            seconds: 2.0,
+            due_at: 0.0,
+            remaining_s: 0.0,
+            session_id: Some(session.into()),
+        },
+        text: "Your 2 second timer for tea is done.".into(),
+    }
+}
+
+impl Rig {
+    fn alarms(&self) -> Vec<serde_json::Value> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.event_type == "alarm")
+            .map(|e| {
+                let mut d = e.data.clone();
+                d["session"] = e.session_id.clone().into();
+                d
+            })
+            .collect()
+    }
+
+    async fn alarm_stops(&self) -> serde_json::Value {
+        for _ in 0..1000 {
+            if let Some(a) = self.alarms().into_iter().find(|a| a["ringing"] == false) {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the alarm never stopped: {:?}", self.alarms());
+    }
+
+    fn rings(&self) -> usize {
+        self.log()
+            .iter()
+            .filter(|l| l.as_str() == "speak Your 2 second timer for tea is done.")
+            .count()
+    }
+}
+
+/// A timer that goes off rings in its session: `alarm`, then its text spoken there, three
+/// times, two seconds apart; then it has rung out.
+#[actix_rt::test]
+async fn an_alarm_rings_in_its_session_three_times_then_stops() {
+    let r = rig(Script::Answer(vec!["ok"]), Voice::Speaks);
+    r.orchestrator.send(fired("kitchen")).await.unwrap();
+    for _ in 0..100 {
+        if !r.alarms().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let a = r.alarms();
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["ringing"], true);
+    assert_eq!(a[0]["session"], "kitchen");
+    assert_eq!(a[0]["label"], "tea");
+    let stopped = r.alarm_stops().await;
+    assert_eq!(stopped["reason"], "rang_out", "{stopped}");
+    assert_eq!(r.rings(), alarm::RINGS as usize, "{:?}", r.log());
+    let log = r.log();
+    let speaks: Vec<&String> = log.iter().filter(|l| l.starts_with("speak ")).collect();
+    assert_eq!(speaks.len(), 3, "{log:?}");
+}
+
+/// Speech in the session (the wake word, an utterance) silences a ringing alarm at once,
+/// and no later ring starts.
+#[actix_rt::test]
+async fn speech_silences_a_ringing_alarm() {
+    let r = rig(Script::Answer(vec!["ok"]), Voice::Speaks);
+    r.orchestrator.send(fired("s")).await.unwrap();
+    r.speech_starts("s").await;
+    let stopped = r.alarm_stops().await;
+    assert_eq!(stopped["reason"], "stopped", "{stopped}");
+    assert!(
+        r.log()
+            .contains(&"cancel speech timer-1-ring-1".to_string()),
+        "{:?}",
+        r.log()
+    );
+    tokio::time::sleep(alarm::RING_GAP + Duration::from_millis(300)).await;
+    assert_eq!(r.rings(), 1, "{:?}", r.log());
+}
+
+/// An interrupt of the session, or a new input there, silences it too; another session's
+/// alarm rings on.
+#[actix_rt::test]
+async fn an_interrupt_or_new_input_silences_only_its_sessions_alarm() {
+    let r = rig(Script::Answer(vec!["ok"]), Voice::Speaks);
+    r.orchestrator.send(fired("a")).await.unwrap();
+    r.orchestrator.send(fired("b")).await.unwrap();
+    r.orchestrator
+        .send(Interrupt {
+            session_id: Some("a".into()),
+        })
+        .await
+        .unwrap();
+    let stopped = r.alarm_stops().await;
+    assert_eq!(stopped["session"], "a", "{stopped}");
+    r.turn_in("b", "thanks").await.expect("starts");
+    for _ in 0..100 {
+        if r.alarms().iter().filter(|a| a["ringing"] == false).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let off: Vec<_> = r
+        .alarms()
+        .into_iter()
+        .filter(|a| a["ringing"] == false)
+        .map(|a| a["session"].clone())
+        .collect();
+    assert_eq!(off, vec![serde_json::json!("a"), serde_json::json!("b")]);
+}

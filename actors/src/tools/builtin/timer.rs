@@ -63,6 +63,12 @@ pub struct SetTimer {
     pub session_id: Option<String>,
 }
 
+/// From now on, timers that go off are told to this recipient (the Orchestrator, wired
+/// when the kernel starts, after the tools).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectFired(pub Recipient<TimerFired>);
+
 /// The running timers, soonest first.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Vec<TimerInfo>")]
@@ -112,6 +118,14 @@ impl TimerService {
 
 impl Actor for TimerService {
     type Context = Context<Self>;
+}
+
+impl Handler<ConnectFired> for TimerService {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectFired, _: &mut Context<Self>) {
+        self.fired = Some(msg.0);
+    }
 }
 
 /// "5 minutes", "1 hour 30 minutes", "45 seconds".
