@@ -65,6 +65,10 @@ class App {
       if (!text) return;
       this.conn.request('text_input', { text }).then(() => { input.value = ''; }, (err) => this.report(err));
     });
+    // A ringing alarm: interrupt silences it (and every other) on the server.
+    $('#alarm-stop').addEventListener('click', () => {
+      this.conn.request('interrupt').catch((e) => this.report(e));
+    });
     $('#interrupt').addEventListener('click', () => {
       this.conn.request('interrupt').then((r) => this.note(`interrupted: ${JSON.stringify(r)}`), (e) => this.report(e));
     });
@@ -257,6 +261,11 @@ class App {
         break;
       case 'wake_detected':
         if (this.handsFree) this.setPtt('listening', `heard “${d.word}” — go on`);
+        break;
+      case 'alarm':
+        $('#alarm').textContent = d.ringing ? `⏰ ${d.text}` : '';
+        $('#alarm').hidden = !d.ringing;
+        $('#alarm-stop').hidden = !d.ringing;
         break;
       case 'alert':
         if (d.cleared) this.alerts.delete(d.metric);

@@ -940,3 +940,50 @@ async fn hands_free_streams_the_microphone_until_turned_off() {
     no_page_errors(&b).await;
     b.close().await;
 }
+
+/// A timer set from the page rings there: the alarm shows in the header with a stop
+/// button, which silences it on the server.
+#[tokio::test]
+async fn a_ringing_alarm_shows_and_its_stop_button_silences_it() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    // A timer is a tool intent: no language model is needed (a dead one is configured).
+    let server = Server::start(
+        &[],
+        &[
+            ("CODA__LLM__PROVIDER", "openai"),
+            ("CODA__LLM__OPENAI__BASE_URL", "http://127.0.0.1:9/v1"),
+        ],
+    );
+    b.goto(&page_url(&server, "#transcript")).await;
+    wait_connected(&b).await;
+    say(&b, "set a timer for 2 seconds for tea").await;
+    let shown = b
+        .wait(
+            "the alarm in the header",
+            Duration::from_secs(20),
+            "const a = document.querySelector('#alarm'); \
+             return !a.hidden && !document.querySelector('#alarm-stop').hidden && a.textContent",
+        )
+        .await;
+    assert!(
+        shown
+            .as_str()
+            .is_some_and(|t| t.contains("timer for tea is done")),
+        "{shown}"
+    );
+    maybe_screenshot(&b, "alarm").await;
+    b.js("document.querySelector('#alarm-stop').click(); return true")
+        .await;
+    b.wait(
+        "the alarm silenced",
+        SHOW,
+        "return document.querySelector('#alarm').hidden \
+         && coda.byId.events.entries.some(e => e.type === 'alarm' \
+              && JSON.parse(e.text).data.ringing === false)",
+    )
+    .await;
+    no_page_errors(&b).await;
+    b.close().await;
+}
