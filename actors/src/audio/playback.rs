@@ -86,14 +86,15 @@ impl<S: Source> Iterator for Tracked<S> {
         }
         if let Some(tap) = self.tap.as_mut() {
             match s {
-                Some(v) => {
+                // Copied only while a canceller reads: the input device is not always open.
+                Some(v) if tap.reference.is_listening() => {
                     tap.buf.push(v);
                     if tap.buf.len() >= (tap.rate / 100).max(1) as usize {
                         tap.offer();
                     }
                 }
                 None if !tap.buf.is_empty() => tap.offer(),
-                None => {}
+                _ => {}
             }
         }
         s

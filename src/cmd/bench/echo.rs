@@ -178,12 +178,19 @@ fn db(ratio: f64) -> f64 {
 
 /// Energy ratio of `echo` to `left` over `range` (samples), dB.
 fn erle(echo: &[f32], left: &[f32], range: std::ops::Range<usize>) -> f64 {
-    let e: f64 = echo[range.clone()]
-        .iter()
-        .map(|v| f64::from(*v).powi(2))
-        .sum();
-    let l: f64 = left[range].iter().map(|v| f64::from(*v).powi(2)).sum();
-    db(e / l.max(1e-12))
+    erle_over(echo, left, &[range])
+}
+
+/// Energy ratio of `echo` to `left` over `ranges` (samples) together, dB.
+fn erle_over(echo: &[f32], left: &[f32], ranges: &[std::ops::Range<usize>]) -> f64 {
+    let energy = |v: &[f32]| -> f64 {
+        ranges
+            .iter()
+            .flat_map(|r| v[r.clone()].iter())
+            .map(|x| f64::from(*x).powi(2))
+            .sum()
+    };
+    db(energy(echo) / energy(left).max(1e-12))
 }
 
 /// Runs the canceller over `mic` with `far` as what played, frame by frame as the capture
@@ -232,24 +239,6 @@ fn vad_starts(audio: &[f32], settings: VadSettings) -> Vec<usize> {
         .collect()
 }
 
-/// One recording of the room: the assistant's `far` (as played), the person from
-/// `start` to `end`.
-struct Take<'a> {
-    far: Vec<f32>,
-    echo: Vec<f32>,
-    clean: &'a [f32],
-}
-
-impl Take<'_> {
-    fn mic(&self) -> Vec<f32> {
-        self.clean
-            .iter()
-            .zip(&self.echo)
-            .map(|(c, e)| c + e)
-            .collect()
-    }
-}
-
 /// `coda bench echo`.
 pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
     if args.delays.is_empty() {
@@ -282,21 +271,23 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
             args.reverb_db,
             11 + k as u64,
         );
-        let full_echo = convolve(&far, &ir);
         // Levels: the echo `echo_db` above the person's speech (the same gain when the
         // assistant stops early).
         let near_level = rms(&near).max(1e-6);
-        let gain = near_level * 10f32.powf(args.echo_db as f32 / 20.0) / rms(&full_echo).max(1e-6);
+        let gain = near_level * 10f32.powf(args.echo_db as f32 / 20.0)
+            / rms(&convolve(&far, &ir)).max(1e-6);
         let floor = noise(len, 5 + k as u64, near_level * 0.003);
         let mut clean: Vec<f32> = floor.clone();
         for (c, n) in clean[start..end].iter_mut().zip(&near) {
             *c += n;
         }
-        let make_take = |played: Vec<f32>| Take {
-            echo: convolve(&played, &ir).iter().map(|v| v * gain).collect(),
-            far: played,
-            clean: &clean,
+        // The microphone when the assistant plays `played`: its echo in the room over the
+        // person and the noise floor.
+        let echo_of = |played: &[f32]| -> Vec<f32> {
+            convolve(played, &ir).iter().map(|v| v * gain).collect()
         };
+        let mic_of =
+            |echo: &[f32]| -> Vec<f32> { clean.iter().zip(echo).map(|(c, e)| c + e).collect() };
 
         // What the Segmenter cuts: from its pre-roll before the VAD's start (or before the
         // person, for the recordings no VAD decides on) to 500 ms after the person.
@@ -318,79 +309,54 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         let hear =
             |_: &[f32], _: std::ops::Range<usize>| -> anyhow::Result<Option<Heard>> { Ok(None) };
 
-        let mut cases = Vec::new();
-        let mut measured = None;
-        let mut stop_ms = 0.0;
-        let mut takes = vec![make_take(far.clone())];
-        // Talk-over first; then the assistant stops where that run's VAD heard the person
-        // start (plus the speaker's stop), as barge-in does.
-        for i in 0..2 {
-            let Some(mic) = takes.get(i).map(Take::mic) else {
-                break;
-            };
-            let Cancelled {
-                out,
-                linear,
-                cpu_us,
-                underruns,
-            } = cancel(&takes[i].far, &mic)?;
+        // One run of the canceller over the room while the assistant plays `played`.
+        let case = |played: &[f32],
+                    echo: &[f32],
+                    stopped: Option<f64>|
+         -> anyhow::Result<(Case, Cancelled)> {
+            let mic = mic_of(echo);
+            let c = cancel(played, &mic)?;
             let before = |v: Vec<usize>| v.iter().filter(|&&p| p < start).count();
-            let heard_at = vad_starts(&out, vad_settings)
+            let heard_at = vad_starts(&c.out, vad_settings)
                 .into_iter()
                 .find(|&p| p >= start);
-            let person = heard_at.map(|p| (p - start) as f64 * 1000.0 / RATE as f64);
             let window = cut(heard_at.unwrap_or(start));
-            cases.push(Case {
+            let case = Case {
                 microphone: hear(&mic, cut(start))?,
-                cancelled: hear(&out, window.clone())?,
-                transcribed: hear(&linear, window)?,
+                cancelled: hear(&c.out, window.clone())?,
+                transcribed: hear(&c.linear, window)?,
                 vad_false_starts_microphone: before(vad_starts(&mic, vad_settings)),
-                vad_false_starts_cancelled: before(vad_starts(&out, vad_settings)),
-                vad_person_start_ms: person,
-                assistant_stopped_ms: (i == 1).then_some(stop_ms),
-            });
-            if i == 0 {
-                stop_ms = person.unwrap_or(1000.0) + SPEAKER_STOP_MS;
-                let mut stopped = far.clone();
-                stopped[(start + ms(stop_ms as usize)).min(len)..].fill(0.0);
-                takes.push(make_take(stopped));
-            }
-            if measured.is_none() {
-                measured = Some((out, cpu_us, underruns));
-            }
-        }
-        let Some((out, cpu_us, underruns)) = measured else {
-            bail!("nothing measured");
+                vad_false_starts_cancelled: before(vad_starts(&c.out, vad_settings)),
+                vad_person_start_ms: heard_at.map(|p| (p - start) as f64 * 1000.0 / RATE as f64),
+                assistant_stopped_ms: stopped,
+            };
+            Ok((case, c))
         };
-        let echo = &takes[0].echo;
+        // Talked over; then the assistant stops where that run's VAD heard the person start
+        // (plus the speaker's stop), as barge-in does.
+        let echo = echo_of(&far);
+        let (talk_over, measured) = case(&far, &echo, None)?;
+        let stop_ms = talk_over.vad_person_start_ms.unwrap_or(1000.0) + SPEAKER_STOP_MS;
+        let mut stopped = far.clone();
+        stopped[(start + ms(stop_ms as usize)).min(len)..].fill(0.0);
+        let (barge_in, _) = case(&stopped, &echo_of(&stopped), Some(stop_ms))?;
+        let out = &measured.out;
         // The echo alone through the canceller, for its reduction while both talk.
         let echo_only: Vec<f32> = echo.iter().zip(&floor).map(|(e, n)| e + n).collect();
         let echo_out = cancel(&far, &echo_only)?.out;
-        // Energy-weighted across both echo-only stretches after 1 s.
-        let stretches = [ms(1000)..start, end + ms(300)..len];
-        let energy = |v: &[f32]| -> f64 {
-            stretches
-                .iter()
-                .flat_map(|r| v[r.clone()].iter())
-                .map(|x| f64::from(*x).powi(2))
-                .sum()
-        };
-        let mut cases = cases.into_iter();
-        let (Some(talk_over), Some(barge_in)) = (cases.next(), cases.next()) else {
-            bail!("nothing measured");
-        };
         rows.push(Row {
             delay_ms,
-            erle_0_500ms_db: erle(echo, &out, 0..ms(500)),
-            erle_500_1000ms_db: erle(echo, &out, ms(500)..ms(1000)),
-            erle_after_1s_db: db(energy(echo) / energy(&out).max(1e-12)),
-            erle_double_talk_db: erle(echo, &echo_out, start..end),
+            erle_0_500ms_db: erle(&echo, out, 0..ms(500)),
+            erle_500_1000ms_db: erle(&echo, out, ms(500)..ms(1000)),
+            // Both echo-only stretches after 1 s.
+            erle_after_1s_db: erle_over(&echo, out, &[ms(1000)..start, end + ms(300)..len]),
+            erle_double_talk_db: erle(&echo, &echo_out, start..end),
             said: said.to_string(),
             clean: hear(&clean, cut(start))?,
             barge_in,
             talk_over,
-            cpu_percent_of_one_core: cpu_us as f64 / 1e4 / (len as f64 / RATE as f64),
-            underruns,
+            cpu_percent_of_one_core: measured.cpu_us as f64 / 1e4 / (len as f64 / RATE as f64),
+            underruns: measured.underruns,
         });
     }
     let report = Report {
