@@ -196,6 +196,9 @@ pub struct WakeConfig {
     pub reference: String,
     pub threshold: f32,
     pub synthesize_missing: bool,
+    pub verify: bool,
+    pub verify_threshold: f32,
+    pub candidate_threshold: f32,
 }
 
 /// `[stt]`
@@ -960,6 +963,20 @@ fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
     }
     if !(s.wake.threshold.is_finite() && (0.0..=1.0).contains(&s.wake.threshold)) {
         return Err(invalid("wake.threshold", "must be between 0 and 1"));
+    }
+    if !(s.wake.candidate_threshold.is_finite()
+        && (0.0..=1.0).contains(&s.wake.candidate_threshold))
+    {
+        return Err(invalid(
+            "wake.candidate_threshold",
+            "must be between 0 and 1",
+        ));
+    }
+    if !(s.wake.verify_threshold.is_finite() && (-30.0..=0.0).contains(&s.wake.verify_threshold)) {
+        return Err(invalid(
+            "wake.verify_threshold",
+            "must be between -30 and 0 (a mean log-probability per token)",
+        ));
     }
     let f = s.conversation.follow_up_s;
     if !(f.is_finite() && (0.0..=120.0).contains(&f)) {

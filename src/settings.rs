@@ -50,6 +50,12 @@ impl Settings {
             reference: (!w.reference.is_empty()).then(|| w.reference.clone().into()),
             models_dir: Some(self.model_store().dir().to_path_buf()),
             threshold: w.threshold,
+            verify: w
+                .verify
+                .then_some(coda_actors::wake::verify::VerifySettings {
+                    candidate_threshold: w.candidate_threshold,
+                    threshold: w.verify_threshold,
+                }),
             synthesize_missing: w.synthesize_missing,
             espeak: PathBuf::from(&self.tts.binary),
         }

@@ -642,3 +642,95 @@ async fn client_audio_streams_are_capped_across_connections() {
         "{metrics}"
     );
 }
+
+/// The wake word check ([`coda_actors::wake::verify`]) on the real model: the word said by
+/// voices it has not heard scores above the shipped threshold, other short speech below;
+/// a detector whose first stage proposes both keeps only the word.
+#[cfg(feature = "stt")]
+#[test]
+fn the_wake_word_check_tells_the_word_from_other_speech() {
+    use coda_actors::stt::{EngineVerifier, WhisperEngine};
+    use coda_actors::wake::verify::{phrases, Verified, DEFAULT_THRESHOLD, PRE_MS};
+    use coda_actors::wake::WakeDetector;
+    use std::sync::Arc;
+
+    let engine = Arc::new(WhisperEngine::load(&whisper_model(), "en", 2).expect("model loads"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = |voice: &str, text: &str| -> Vec<f32> {
+        let wav = dir.path().join("clip.wav");
+        let status = Command::new("espeak-ng")
+            .args(["-v", voice, "-s", "150", "-w"])
+            .arg(&wav)
+            .arg(text)
+            .status()
+            .expect("espeak-ng runs");
+        assert!(status.success());
+        let mut samples = vec![0.0; PRE_MS as usize * 16];
+        samples.extend(coda_actors::audio::convert::read_wav_16k(&wav).expect("wav"));
+        samples
+    };
+    let phrases = phrases("hey coda");
+    let threshold = f64::from(DEFAULT_THRESHOLD);
+    let mut scores = Vec::new();
+    for (voice, text, word) in [
+        ("en-us", "hey coda", true),
+        ("en-gb+f2", "hey coda", true),
+        ("en-us+m3", "hey coda", true),
+        ("en-us", "good morning", false),
+        ("en-gb+f2", "turn on the lights", false),
+        ("en-us+m3", "they called her", false),
+    ] {
+        let s = engine
+            .phrase_score(&clip(voice, text), &phrases)
+            .expect("scored");
+        scores.push(format!("{voice} {text:?}: {s:.2}"));
+        assert_eq!(s >= threshold, word, "{scores:?}");
+    }
+
+    let detections = |text: &str| -> usize {
+        let samples = clip("en-us+m1", text);
+        let first = ProposeAt {
+            end: samples.len() as u64,
+            heard: 0,
+        };
+        let mut d = Verified::new(
+            Box::new(first),
+            Arc::new(EngineVerifier(engine.clone())),
+            DEFAULT_THRESHOLD,
+            1.0,
+        );
+        let silence = [0.0f32; 320];
+        let pushes = samples
+            .chunks(320)
+            .chain(std::iter::repeat_n(&silence[..], 10));
+        pushes.filter(|chunk| d.push(chunk).is_some()).count()
+    };
+    assert_eq!(detections("hey coda"), 1);
+    assert_eq!(detections("good morning"), 0);
+}
+
+/// A first stage proposing one candidate: the whole clip after the leading silence.
+#[cfg(feature = "stt")]
+struct ProposeAt {
+    end: u64,
+    heard: u64,
+}
+
+#[cfg(feature = "stt")]
+impl coda_actors::wake::WakeDetector for ProposeAt {
+    fn word(&self) -> &str {
+        "hey coda"
+    }
+    fn push(&mut self, samples: &[f32]) -> Option<coda_actors::wake::Detection> {
+        let before = self.heard;
+        self.heard += samples.len() as u64;
+        (before < self.end && self.heard >= self.end).then(|| coda_actors::wake::Detection {
+            word: "hey coda".into(),
+            score: 0.04,
+            start: coda_actors::wake::verify::PRE_MS * 16,
+            end: self.end,
+            verified: None,
+        })
+    }
+    fn reset(&mut self) {}
+}

@@ -52,6 +52,8 @@ pub enum SpeechAudio {
         session_id: String,
         word: String,
         score: f32,
+        /// The speech-to-text check's score, when it verified the word.
+        verified: Option<f32>,
         source: AudioSource,
     },
     /// Listening stopped with nothing to transcribe (cancelled, or no speech at all).

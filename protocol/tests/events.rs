@@ -146,6 +146,7 @@ fn samples() -> Vec<EventData> {
             word: "hey coda".into(),
             score: 0.061,
             source: AudioSource::Device,
+            verified: Some(-4.2),
         }
         .into(),
         SttStart {

@@ -1,11 +1,14 @@
 //! `coda wake train|test|info`: build a wake word reference and try it on recordings.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Subcommand;
 use coda_actors::audio::convert::read_wav_16k;
+use coda_actors::stt::EngineVerifier;
 use coda_actors::wake::template::{Reference, TemplateModel};
+use coda_actors::wake::verify::Verified;
 use coda_actors::wake::{synth, WakeDetector, WakeSettings};
 
 use crate::config::Loaded;
@@ -30,12 +33,16 @@ pub enum WakeCommand {
         /// A reference file (default: the configured word's).
         #[arg(long)]
         reference: Option<PathBuf>,
-        /// Score threshold (default: wake.threshold).
+        /// Word matcher threshold (default: wake.candidate_threshold when verifying,
+        /// else wake.threshold).
         #[arg(long)]
         threshold: Option<f32>,
-        /// Also print the best score of every second.
+        /// Also print the word matcher's best score of every second.
         #[arg(long)]
         scores: bool,
+        /// The word matcher alone: no check by the speech-to-text model.
+        #[arg(long)]
+        no_verify: bool,
     },
     /// Show a reference: its word, examples and where they came from.
     Info {
@@ -89,15 +96,41 @@ pub fn run(loaded: &Loaded, cmd: WakeCommand) -> anyhow::Result<()> {
             reference,
             threshold,
             scores,
+            no_verify,
         } => {
             let path = reference.unwrap_or_else(|| settings.reference_path());
             let r = Reference::load(&path)?;
-            let model = TemplateModel::new(r, threshold.unwrap_or(settings.threshold));
             let samples = read_wav_16k(&file).with_context(|| file.display().to_string())?;
-            let mut d = model.detector();
+            let verify = match settings.verify.filter(|_| !no_verify) {
+                Some(v) => {
+                    let s = crate::cmd::transcribe::stt_settings(loaded, None, None);
+                    match coda_actors::stt::load_engine(&s) {
+                        Ok(e) => Some((v, EngineVerifier(Arc::new(e)))),
+                        Err(e) => {
+                            eprintln!("note: not verified by whisper ({e}); the word matcher alone decides at wake.threshold");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            let model = TemplateModel::new(r, settings.threshold);
+            let mut d: Box<dyn WakeDetector> = match verify {
+                Some((v, engine)) => Box::new(Verified::new(
+                    Box::new(model.detector_at(threshold.unwrap_or(v.candidate_threshold))),
+                    Arc::new(engine),
+                    v.threshold,
+                    model.threshold(),
+                )),
+                None => Box::new(model.detector_at(threshold.unwrap_or(settings.threshold))),
+            };
+            let mut probe = scores.then(|| model.detector());
             let mut found = 0;
             for (i, second) in samples.chunks(16_000).enumerate() {
                 for chunk in second.chunks(320) {
+                    if let Some(p) = probe.as_mut() {
+                        p.push(chunk);
+                    }
                     if let Some(hit) = d.push(chunk) {
                         found += 1;
                         println!(
@@ -111,8 +144,8 @@ pub fn run(loaded: &Loaded, cmd: WakeCommand) -> anyhow::Result<()> {
                         );
                     }
                 }
-                if scores {
-                    println!("{:8} s  best score {:.3}", i, d.best_score());
+                if let Some(p) = probe.as_mut() {
+                    println!("{:8} s  best score {:.3}", i, p.best_score());
                 }
             }
             if found == 0 {

@@ -398,10 +398,15 @@ pub fn speech_report(
             speech_ended,
             settle,
         },
-        Segment::Wake { word, score } => SpeechAudio::Wake {
+        Segment::Wake {
+            word,
+            score,
+            verified,
+        } => SpeechAudio::Wake {
             session_id,
             word,
             score,
+            verified,
             source,
         },
         Segment::Empty if mode == SttMode::Wake => SpeechAudio::Cancelled {

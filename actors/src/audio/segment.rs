@@ -31,6 +31,9 @@ use crate::wake::WakeDetector;
 
 /// After the wake word, how long speech may take to begin.
 pub const WAKE_LISTEN: Duration = Duration::from_secs(4);
+/// Audio kept beyond the preroll while waiting for the wake word: its check
+/// ([`crate::wake::verify`]) reports it up to this much later, samples.
+const WAKE_VERIFY_MARGIN: usize = SPEECH_SAMPLE_RATE as usize * 3 / 2;
 /// Voiced frames after the wake word before it counts as speech (not the word's echo).
 const WAKE_VOICED_FRAMES: usize = 5;
 
@@ -68,7 +71,11 @@ impl Default for SegmentSettings {
 #[derive(Debug, Clone)]
 pub enum Segment {
     /// The wake word was heard (wake mode); `Started` follows.
-    Wake { word: String, score: f32 },
+    Wake {
+        word: String,
+        score: f32,
+        verified: Option<f32>,
+    },
     /// Speech began (continuous mode; push-to-talk starts with the listening).
     Started,
     /// The utterance so far; `settle` when the speaker has paused here.
@@ -271,6 +278,7 @@ impl Segmenter {
                 out.push(Segment::Wake {
                     word: d.word,
                     score: d.score,
+                    verified: d.verified,
                 });
                 out.push(Segment::Started);
                 return;
@@ -280,16 +288,24 @@ impl Segmenter {
                 if let Some(g) = &self.wake {
                     g.follow_up.close();
                 }
-                let mut samples: Vec<f32> = self.recent.drain(..).collect();
+                let skip = self.recent.len().saturating_sub(self.preroll_samples());
+                let mut samples: Vec<f32> = self.recent.drain(..).skip(skip).collect();
                 samples.extend_from_slice(frame);
                 let mut u = Utterance::new(samples, now);
                 u.voiced = true;
                 self.utterance = Some(u);
                 out.push(Segment::Started);
             } else {
-                let preroll = self.preroll_samples();
+                // A wake word being verified is reported late: what was said after it
+                // must still be here then.
+                let keep = self.preroll_samples()
+                    + if self.wake.is_some() {
+                        WAKE_VERIFY_MARGIN
+                    } else {
+                        0
+                    };
                 self.recent.extend(frame.iter().copied());
-                let excess = self.recent.len().saturating_sub(preroll);
+                let excess = self.recent.len().saturating_sub(keep);
                 self.recent.drain(..excess);
             }
             return;
@@ -460,9 +476,10 @@ mod tests {
     }
 
     /// A stand-in detector (the real one is tested in `wake::template`): reports the
-    /// word as ending at sample `at`, once, when it has heard `at + 960` samples.
+    /// word as ending at sample `at`, once, when it has heard `at + late` samples.
     struct At {
         at: u64,
+        late: u64,
         heard: u64,
     }
 
@@ -473,24 +490,33 @@ mod tests {
         fn push(&mut self, samples: &[f32]) -> Option<crate::wake::Detection> {
             let before = self.heard;
             self.heard += samples.len() as u64;
-            let fire = self.at + 960;
+            let fire = self.at + self.late;
             (before < fire && self.heard >= fire).then(|| crate::wake::Detection {
                 word: "hey test".into(),
                 score: 0.9,
                 start: self.at - 8_000,
                 end: self.at,
+                verified: None,
             })
         }
         fn reset(&mut self) {}
     }
 
     fn wake_segmenter(at: u64, t: Instant) -> (Segmenter, std::sync::Arc<FollowUp>) {
+        late_wake_segmenter(at, 960, t)
+    }
+
+    fn late_wake_segmenter(
+        at: u64,
+        late: u64,
+        t: Instant,
+    ) -> (Segmenter, std::sync::Arc<FollowUp>) {
         let ups = crate::voice::FollowUps::default();
         let follow_up = ups.register("s");
         let seg = Segmenter::with_wake(
             SegmentSettings::default(),
             WakeListening {
-                detector: Box::new(At { at, heard: 0 }),
+                detector: Box::new(At { at, late, heard: 0 }),
                 follow_up: follow_up.clone(),
             },
             t,
@@ -554,6 +580,31 @@ mod tests {
         let secs = samples.len() as f64 / 16_000.0;
         assert!((1.8..2.0).contains(&secs), "{secs}");
         assert!(samples[..16_000 * 8 / 10].iter().all(|v| v.abs() < 0.01));
+    }
+
+    #[test]
+    fn a_wake_word_reported_late_keeps_what_was_said_after_it() {
+        let mut t = Instant::now();
+        // Verified a second after it ended, while the request (from 150 ms after the
+        // word) is under way: the utterance still starts where the word ended.
+        let (mut seg, _) = late_wake_segmenter(16_000, 16_000, t);
+        let mut sig = quiet(500);
+        sig.extend(tone(500, 0.3));
+        sig.extend(quiet(150));
+        sig.extend(tone(1_500, 0.3));
+        sig.extend(quiet(1_000));
+        let ev = feed(&mut seg, &sig, &mut t);
+        let Some(Segment::Ended { samples, .. }) =
+            ev.iter().find(|e| matches!(e, Segment::Ended { .. }))
+        else {
+            panic!("{:?}", names(&ev))
+        };
+        assert!(samples[..16_000 * 14 / 100].iter().all(|v| v.abs() < 0.01));
+        let loud = samples.iter().filter(|v| v.abs() > 0.1).count();
+        assert!(
+            loud > 16_000 * 14 / 10 * 7 / 10,
+            "the whole request is there: {loud}"
+        );
     }
 
     #[test]

@@ -148,6 +148,12 @@ impl Kernel {
         let stt_sup = sup("stt");
         let (o, stt_settings) = (orchestrator.clone(), settings.stt.clone());
         let stt = Supervisor::start(move |_| SttActor::new(stt_sup, stt_settings, o));
+        if let Some(v) = settings.wake.as_ref().and_then(|w| w.verify) {
+            hands.wake.set_verifier(
+                Arc::new(crate::stt::SttVerifier(stt.clone().recipient())),
+                v,
+            );
+        }
 
         // The input device reports speech to Stt (unless the caller wired another
         // listener), and `stt_start {source:"device"}` reaches it through `device_audio`.

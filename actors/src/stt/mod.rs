@@ -13,7 +13,9 @@
 #[cfg(feature = "stt")]
 mod engine;
 #[cfg(feature = "stt")]
-pub use engine::{audio_ctx_for, context_plan, degenerate, token_cap, WhisperEngine};
+pub use engine::{
+    audio_ctx_for, clip_audio_ctx, context_plan, degenerate, token_cap, WhisperEngine,
+};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -132,6 +134,11 @@ impl WhisperEngine {
         Err(SttFailure::Unavailable(
             "speech-to-text is not in this build (built without the `stt` feature)".into(),
         ))
+    }
+
+    /// Unreachable: no engine value exists.
+    pub fn phrase_score(&self, _samples: &[f32], _phrases: &[String]) -> Result<f64, SttFailure> {
+        match *self {}
     }
 
     /// Unreachable: no engine value exists.
@@ -664,16 +671,18 @@ impl Handler<SpeechAudio> for SttActor {
             session_id,
             word,
             score,
+            verified,
             source,
         } = msg
         {
-            tracing::info!(session = %session_id, %word, score, %source, "wake word");
+            tracing::info!(session = %session_id, %word, score, ?verified, %source, "wake word");
             self.sup.hub().publish(
                 &session_id,
                 &coda_protocol::WakeDetected {
                     word,
                     score: f64::from(score),
                     source,
+                    verified: verified.map(|v| (f64::from(v) * 100.0).round() / 100.0),
                 },
             );
             return;
@@ -712,6 +721,55 @@ impl Handler<SpeechAudio> for SttActor {
                 });
             }
         }
+    }
+}
+
+/// Scores a wake word candidate with the model ([`crate::wake::verify`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct VerifyWake(pub crate::wake::verify::VerifyRequest);
+
+impl Handler<VerifyWake> for SttActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: VerifyWake, ctx: &mut Context<Self>) {
+        let VerifyWake(r) = msg;
+        if self.sup.is_degraded() {
+            let _ = r.reply.send(Err(self.sup.unavailable()));
+            return;
+        }
+        let (audio, phrases, reply) = (r.audio, r.phrases, r.reply);
+        self.run(
+            move |e| e.phrase_score(&audio, &phrases),
+            move |_, res, _| {
+                let _ = reply.send(res.map_err(|e| e.to_string()));
+            },
+            ctx,
+        );
+    }
+}
+
+/// Wake word checks by the Stt actor's model (loaded once, shared with transcription).
+pub struct SttVerifier(pub Recipient<VerifyWake>);
+
+impl crate::wake::verify::WakeVerify for SttVerifier {
+    fn verify(&self, request: crate::wake::verify::VerifyRequest) {
+        // A full mailbox or a stopped actor drops the request: the detector falls back.
+        let _ = self.0.try_send(VerifyWake(request));
+    }
+}
+
+/// Wake word checks by an engine, in the caller's thread (`coda wake test`, `coda bench
+/// wake`): the answer is there when `verify` returns.
+pub struct EngineVerifier(pub Arc<WhisperEngine>);
+
+impl crate::wake::verify::WakeVerify for EngineVerifier {
+    fn verify(&self, r: crate::wake::verify::VerifyRequest) {
+        let _ = r.reply.send(
+            self.0
+                .phrase_score(&r.audio, &r.phrases)
+                .map_err(|e| e.to_string()),
+        );
     }
 }
 

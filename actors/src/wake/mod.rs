@@ -8,15 +8,17 @@
 //! missing, so any word works on a fresh machine), reports the component's state, and
 //! hands out detectors through the cloneable [`WakeModels`] handle.
 //!
-//! The built-in engine ([`template`]) matches against example utterances; an engine for
-//! neural models (openWakeWord ONNX files a user supplies) would be another
-//! [`WakeModel`].
+//! The built-in engine ([`template`]) matches against example utterances; with a
+//! verifier installed (the Stt actor's whisper model, `wake.verify`), it only proposes
+//! candidates and whisper decides ([`verify`]). An engine for neural models
+//! (openWakeWord ONNX files a user supplies) would be another [`WakeModel`].
 //!
 //! [`Segmenter`]: crate::audio::Segmenter
 
 pub mod features;
 pub mod synth;
 pub mod template;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -37,6 +39,8 @@ pub struct Detection {
     /// Where the word started and ended, in samples since the stream began.
     pub start: u64,
     pub end: u64,
+    /// The speech-to-text check's score, when one verified the word ([`verify`]).
+    pub verified: Option<f32>,
 }
 
 /// Detects a wake word in one stream of 16 kHz mono samples.
@@ -51,7 +55,12 @@ pub trait WakeDetector: Send {
 /// What detectors are made from.
 pub trait WakeModel: Send + Sync {
     fn word(&self) -> &str;
+    /// A detector at the configured threshold.
     fn detector(&self) -> Box<dyn WakeDetector>;
+    /// The configured threshold.
+    fn threshold(&self) -> f32;
+    /// A detector at another threshold (a first stage proposing candidates).
+    fn detector_at(&self, threshold: f32) -> Box<dyn WakeDetector>;
 }
 
 impl WakeModel for template::TemplateModel {
@@ -61,6 +70,14 @@ impl WakeModel for template::TemplateModel {
 
     fn detector(&self) -> Box<dyn WakeDetector> {
         Box::new(template::TemplateModel::detector(self))
+    }
+
+    fn threshold(&self) -> f32 {
+        template::TemplateModel::threshold(self)
+    }
+
+    fn detector_at(&self, threshold: f32) -> Box<dyn WakeDetector> {
+        Box::new(template::TemplateModel::detector_at(self, threshold))
     }
 }
 
@@ -90,8 +107,10 @@ pub struct WakeSettings {
     pub reference: Option<PathBuf>,
     /// The model store directory (`None`: the default store).
     pub models_dir: Option<PathBuf>,
-    /// Detections score at least this, 0–1.
+    /// Detections score at least this, 0–1 (when nothing verifies them).
     pub threshold: f32,
+    /// Verify candidates with the speech-to-text model (`None`: the template alone).
+    pub verify: Option<verify::VerifySettings>,
     /// Build a missing reference from espeak-ng voices (needs `espeak-ng`).
     pub synthesize_missing: bool,
     /// The espeak-ng program.
@@ -108,6 +127,7 @@ impl Default for WakeSettings {
             reference: None,
             models_dir: None,
             threshold: DEFAULT_THRESHOLD,
+            verify: Some(verify::VerifySettings::default()),
             synthesize_missing: true,
             espeak: "espeak-ng".into(),
         }
@@ -171,11 +191,15 @@ pub fn load_model(settings: &WakeSettings) -> Result<template::TemplateModel, Wa
     Ok(template::TemplateModel::new(reference, settings.threshold))
 }
 
+/// What checks candidates, and how strictly.
+type Verifier = (Arc<dyn verify::WakeVerify>, verify::VerifySettings);
+
 /// The loaded model, shared by the WakeWord actor (which fills it) and the producers of
-/// speech (which make detectors from it).
+/// speech (which make detectors from it); and the verifier the kernel wires in.
 #[derive(Clone)]
 pub struct WakeModels {
     slot: Arc<RwLock<Result<Arc<dyn WakeModel>, WakeError>>>,
+    verifier: Arc<RwLock<Option<Verifier>>>,
 }
 
 impl Default for WakeModels {
@@ -184,6 +208,7 @@ impl Default for WakeModels {
             slot: Arc::new(RwLock::new(Err(WakeError::Unavailable(
                 "the wake word component is not running".into(),
             )))),
+            verifier: Arc::new(RwLock::new(None)),
         }
     }
 }
@@ -191,10 +216,30 @@ impl Default for WakeModels {
 impl WakeModels {
     /// A detector for a new stream, or why there is none.
     pub fn detector(&self) -> Result<Box<dyn WakeDetector>, WakeError> {
-        match &*self.slot.read().unwrap_or_else(|p| p.into_inner()) {
-            Ok(m) => Ok(m.detector()),
-            Err(e) => Err(e.clone()),
-        }
+        let model = match &*self.slot.read().unwrap_or_else(|p| p.into_inner()) {
+            Ok(m) => m.clone(),
+            Err(e) => return Err(e.clone()),
+        };
+        Ok(
+            match &*self.verifier.read().unwrap_or_else(|p| p.into_inner()) {
+                Some((v, s)) => Box::new(verify::Verified::new(
+                    model.detector_at(s.candidate_threshold),
+                    v.clone(),
+                    s.threshold,
+                    model.threshold(),
+                )),
+                None => model.detector(),
+            },
+        )
+    }
+
+    /// Candidates of detectors made from now on are checked by `verifier`.
+    pub fn set_verifier(
+        &self,
+        verifier: Arc<dyn verify::WakeVerify>,
+        settings: verify::VerifySettings,
+    ) {
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = Some((verifier, settings));
     }
 
     /// Whether detectors can be made now, or why not (without making one).

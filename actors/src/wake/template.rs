@@ -269,12 +269,21 @@ impl TemplateModel {
         &self.word
     }
 
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
     pub fn detector(&self) -> TemplateDetector {
+        self.detector_at(self.threshold)
+    }
+
+    /// A detector reporting scores at or above `threshold` instead.
+    pub fn detector_at(&self, threshold: f32) -> TemplateDetector {
         TemplateDetector::new(
             self.word.clone(),
             self.examples.clone(),
             self.codebook.clone(),
-            self.threshold,
+            threshold,
         )
     }
 }
@@ -454,6 +463,7 @@ impl TemplateDetector {
             score: c.score,
             start: c.start,
             end: c.end,
+            verified: None,
         })
     }
 

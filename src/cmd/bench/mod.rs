@@ -182,6 +182,26 @@ pub(crate) fn thread_cpu_us() -> u64 {
     0
 }
 
+/// CPU time of the whole process, µs (all its threads: whisper.cpp's workers too).
+#[cfg(unix)]
+pub(crate) fn process_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+#[cfg(not(unix))]
+pub(crate) fn process_cpu_us() -> u64 {
+    0
+}
+
 /// Speaks `text` into the WAV file `path` with espeak-ng (en-us, 165 wpm): the benchmarks'
 /// default spoken input.
 pub(crate) fn espeak_wav(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -6,11 +6,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use coda_actors::audio::convert::read_wav_16k;
+use coda_actors::stt::EngineVerifier;
 use coda_actors::wake::synth::{held_out_voices, speak, Voice};
 use coda_actors::wake::template::{trim, Reference, TemplateModel};
+use coda_actors::wake::verify::{Verified, VerifyRequest, WakeVerify};
 use coda_actors::wake::WakeDetector;
 use serde::Serialize;
 
@@ -22,7 +25,8 @@ pub struct WakeBenchArgs {
     /// The reference (default: the configured word's, built if missing).
     #[arg(long)]
     pub reference: Option<PathBuf>,
-    /// Score thresholds to measure (default: wake.threshold), e.g. `0.6,0.65,0.7`.
+    /// Word matcher thresholds to measure (default: wake.candidate_threshold when
+    /// verifying, else wake.threshold), e.g. `0.03,0.035,0.04`.
     #[arg(long, value_delimiter = ',')]
     pub threshold: Vec<f32>,
     /// Minutes of speech without the wake word.
@@ -34,6 +38,13 @@ pub struct WakeBenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The word matcher alone: no check of its candidates by whisper (as with
+    /// `wake.verify = false`).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Whisper thresholds to measure (default: wake.verify_threshold), e.g. `-7.5,-7,-6.5`.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub verify_threshold: Vec<f32>,
 }
 
 const COMMANDS: [&str; 3] = [
@@ -54,6 +65,12 @@ const PROSE: [&str; 4] = [
 struct WakeReport {
     word: String,
     threshold: f32,
+    /// Whisper's threshold (`None`: the word matcher alone).
+    verify_threshold: Option<f32>,
+    /// Candidates whisper checked, per hour of other speech.
+    candidates_per_hour: f64,
+    verify_ms_p50: f64,
+    verify_ms_p95: f64,
     voices: usize,
     wake_words: usize,
     detected: usize,
@@ -156,6 +173,62 @@ impl Noise {
     }
 }
 
+/// Checks by the engine in this thread, each one's score and time kept.
+struct Recorded {
+    engine: EngineVerifier,
+    checks: Mutex<Vec<(f64, f64)>>,
+}
+
+impl WakeVerify for Recorded {
+    fn verify(&self, r: VerifyRequest) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reply = r.reply;
+        let t0 = std::time::Instant::now();
+        self.engine.verify(VerifyRequest {
+            audio: r.audio,
+            phrases: r.phrases,
+            reply: tx,
+        });
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let answer = rx
+            .recv()
+            .unwrap_or_else(|_| Err("the check was dropped".into()));
+        let score = answer.as_ref().copied().unwrap_or(f64::NEG_INFINITY);
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((score, ms));
+        let _ = reply.send(answer);
+    }
+}
+
+/// A detection: where the word ended, the stream position it was reported at, and (when
+/// verified) whisper's score and the check's time.
+struct Hit {
+    end: usize,
+    reported: usize,
+    verified: Option<f64>,
+    verify_ms: f64,
+}
+
+impl Hit {
+    fn new(end: usize, reported: usize, rec: Option<&Recorded>) -> Hit {
+        let last = rec.and_then(|r| {
+            r.checks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last()
+                .copied()
+        });
+        Hit {
+            end,
+            reported,
+            verified: last.map(|c| c.0),
+            verify_ms: last.map_or(0.0, |c| c.1),
+        }
+    }
+}
+
 fn silence(ms: usize) -> Vec<f32> {
     vec![0.0; ms * 16]
 }
@@ -173,7 +246,9 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
     let word = reference.word.clone();
     let tmp = tempfile::tempdir()?;
     let noise_path = tmp.path().join("noise.wav");
+    // Seeded (`-R`): every run adds the same noise, so runs compare.
     sox(&[
+        "-R",
         "-n",
         "-r",
         "16000",
@@ -255,80 +330,145 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         }
     }
     let speech_s = speech_samples as f64 / 16_000.0;
-    let thresholds = if args.threshold.is_empty() {
-        vec![settings.threshold]
-    } else {
-        args.threshold.clone()
+    let verify = settings.verify.filter(|_| !args.no_verify);
+    let engine = match verify {
+        Some(_) => {
+            let s = crate::cmd::transcribe::stt_settings(loaded, None, None);
+            let engine = coda_actors::stt::load_engine(&s).map_err(|e| {
+                anyhow::anyhow!("{e}\n(the wake word is verified with the speech-to-text model; --no-verify measures the word matcher alone)")
+            })?;
+            Some(Arc::new(engine))
+        }
+        None => None,
+    };
+    let thresholds = match (&args.threshold[..], verify) {
+        ([], Some(v)) => vec![v.candidate_threshold],
+        ([], None) => vec![settings.threshold],
+        (t, _) => t.to_vec(),
+    };
+    let verify_thresholds: Vec<Option<f32>> = match (&args.verify_threshold[..], verify) {
+        (_, None) => vec![None],
+        ([], Some(v)) => vec![Some(v.threshold)],
+        (t, Some(_)) => t.iter().copied().map(Some).collect(),
     };
     let mut reports = Vec::new();
     for threshold in thresholds {
         let model = TemplateModel::new(reference.clone(), threshold);
-        let mut d = model.detector();
-        let mut hits: Vec<(usize, usize)> = Vec::new();
+        // Every candidate is checked and kept with its score; each whisper threshold then
+        // keeps its own (the check runs in this thread, so a detection comes one push
+        // after its candidate, and the check's time is added to its delay).
+        let detector = || -> (Box<dyn WakeDetector>, Option<Arc<Recorded>>) {
+            match &engine {
+                Some(e) => {
+                    let rec = Arc::new(Recorded {
+                        engine: EngineVerifier(e.clone()),
+                        checks: Default::default(),
+                    });
+                    let d = Verified::new(
+                        Box::new(model.detector()),
+                        rec.clone(),
+                        f32::NEG_INFINITY,
+                        threshold,
+                    );
+                    (Box::new(d), Some(rec))
+                }
+                None => (Box::new(model.detector()), None),
+            }
+        };
+        let (mut d, rec) = detector();
+        let mut hits: Vec<Hit> = Vec::new();
         let mut pos = 0;
         for chunk in stream.chunks(320) {
             pos += chunk.len();
             if let Some(h) = d.push(chunk) {
-                hits.push((h.end as usize, pos));
+                hits.push(Hit::new(h.end as usize, pos, rec.as_deref()));
             }
         }
-        let mut latencies = Vec::new();
-        let mut missed = Vec::new();
-        let mut used = vec![false; hits.len()];
-        for (start, end, label) in &words {
-            let found = hits.iter().enumerate().find(|(k, (hit_end, _))| {
-                !used[*k]
-                    && *hit_end + 4_800 >= *end
-                    && *hit_end <= end + 8_000
-                    && *hit_end > *start
-            });
-            match found {
-                Some((k, (_, reported))) => {
-                    used[k] = true;
-                    latencies.push((*reported as f64 - *end as f64) / 16.0);
-                }
-                None => missed.push(label.clone()),
-            }
-        }
-        let extra = used.iter().filter(|u| !**u).count();
-        let mut d = model.detector();
-        let (mut false_wakes, mut cpu) = (0usize, 0.0);
+        let (mut d, rec) = detector();
+        let mut false_hits: Vec<Hit> = Vec::new();
+        let cpu0 = super::process_cpu_us();
         for clip in &other {
-            let t0 = super::thread_cpu_us();
             for chunk in clip.chunks(320) {
                 if d.push(chunk).is_some() {
-                    false_wakes += 1;
+                    false_hits.push(Hit::new(0, 0, rec.as_deref()));
                 }
             }
-            cpu += (super::thread_cpu_us() - t0) as f64 * 1e-6;
         }
-        latencies.sort_by(|a, b| a.total_cmp(b));
-        reports.push(WakeReport {
-            word: word.clone(),
-            threshold,
-            voices: voices.len(),
-            wake_words: words.len(),
-            detected: words.len() - missed.len(),
-            detection_rate: (words.len() - missed.len()) as f64 / words.len() as f64,
-            extra_detections_in_commands: extra,
-            latency_after_word_p50_ms: super::pct(&latencies, 0.5),
-            latency_after_word_p95_ms: super::pct(&latencies, 0.95),
-            latency_after_word_max_ms: latencies.last().copied().unwrap_or(0.0),
-            non_wake_speech_s: speech_s,
-            false_wakes,
-            false_wakes_per_hour: false_wakes as f64 * 3600.0 / speech_s,
-            cpu_percent_of_one_core: cpu / speech_s * 100.0,
-            snr_db: args.snr,
-            missed,
-        });
+        let cpu = (super::process_cpu_us() - cpu0) as f64 * 1e-6;
+        let mut checks: Vec<f64> = rec
+            .map(|r| {
+                r.checks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|c| c.1)
+                    .collect()
+            })
+            .unwrap_or_default();
+        checks.sort_by(|a, b| a.total_cmp(b));
+        for vt in &verify_thresholds {
+            let kept = |h: &&Hit| vt.is_none_or(|t| h.verified.is_some_and(|v| v >= f64::from(t)));
+            let hits: Vec<&Hit> = hits.iter().filter(kept).collect();
+            let false_wakes = false_hits.iter().filter(kept).count();
+            let mut latencies = Vec::new();
+            let mut missed = Vec::new();
+            let mut used = vec![false; hits.len()];
+            for (start, end, label) in &words {
+                let found = hits.iter().enumerate().find(|(k, h)| {
+                    !used[*k] && h.end + 4_800 >= *end && h.end <= end + 8_000 && h.end > *start
+                });
+                match found {
+                    Some((k, h)) => {
+                        used[k] = true;
+                        latencies.push((h.reported as f64 - *end as f64) / 16.0 + h.verify_ms);
+                    }
+                    None => missed.push(label.clone()),
+                }
+            }
+            let extra = used.iter().filter(|u| !**u).count();
+            latencies.sort_by(|a, b| a.total_cmp(b));
+            reports.push(WakeReport {
+                word: word.clone(),
+                threshold,
+                verify_threshold: *vt,
+                candidates_per_hour: if vt.is_some() {
+                    false_hits.len() as f64 * 3600.0 / speech_s
+                } else {
+                    0.0
+                },
+                verify_ms_p50: super::pct(&checks, 0.5),
+                verify_ms_p95: super::pct(&checks, 0.95),
+                voices: voices.len(),
+                wake_words: words.len(),
+                detected: words.len() - missed.len(),
+                detection_rate: (words.len() - missed.len()) as f64 / words.len() as f64,
+                extra_detections_in_commands: extra,
+                latency_after_word_p50_ms: super::pct(&latencies, 0.5),
+                latency_after_word_p95_ms: super::pct(&latencies, 0.95),
+                latency_after_word_max_ms: latencies.last().copied().unwrap_or(0.0),
+                non_wake_speech_s: speech_s,
+                false_wakes,
+                false_wakes_per_hour: false_wakes as f64 * 3600.0 / speech_s,
+                cpu_percent_of_one_core: cpu / speech_s * 100.0,
+                snr_db: args.snr,
+                missed: missed.clone(),
+            });
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());
     }
     for report in reports {
+        let check = match report.verify_threshold {
+            Some(t) => format!(
+                ", verified by whisper at {t:.2} ({:.0} candidates/h, check p50 {:.0} ms, p95 {:.0} ms)",
+                report.candidates_per_hour, report.verify_ms_p50, report.verify_ms_p95
+            ),
+            None => ", not verified".into(),
+        };
         println!(
-            "wake word {:?} at threshold {:.3}, {} held-out voices, noise at {:.0} dB SNR\n  detected {}/{} ({:.1} %), {} extra detections during commands\n  detection after the word ended: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n  false wakes: {} in {:.1} min of other speech ({:.2} per hour)\n  CPU while listening: {:.2} % of one core",
+            "wake word {:?} at threshold {:.3}{check}, {} held-out voices, noise at {:.0} dB SNR\n  detected {}/{} ({:.1} %), {} extra detections during commands\n  detection after the word ended: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n  false wakes: {} in {:.1} min of other speech ({:.2} per hour)\n  CPU while listening: {:.2} % of one core",
             report.word,
             report.threshold,
             report.voices,

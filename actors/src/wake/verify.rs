@@ -1,0 +1,338 @@
+//! The second stage: whisper checks what the template matcher heard.
+//!
+//! The template detector alone trades missed words for false wakes badly (`coda bench
+//! wake`: 96.9 % detected at 118 false wakes an hour, 93.8 % at 20). Run at the lower
+//! threshold, it only proposes candidates; each one's audio (from [`PRE_MS`] before the
+//! word to its end) goes to the speech-to-text model, which scores how likely the clip
+//! says the wake word ([`crate::stt::WhisperEngine::phrase_score`]), and only candidates
+//! it finds likely enough are detections. The check runs off the audio path: the
+//! [`Verified`] detector asks and keeps listening, and reports the detection (with the
+//! word's original position, so the utterance still starts where the word ended) at the
+//! first push after the answer. When no answer can come (no model, a failure, a
+//! [`WAIT`] without one), the first stage's own score decides, at the stricter threshold
+//! it would have had alone.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Detection, WakeDetector};
+
+/// Audio from before the word that the check hears, ms.
+pub const PRE_MS: u64 = 300;
+/// Mean log-probability per token of the wake word at or above which it was said
+/// (`coda bench wake`, see docs/voice.md).
+pub const DEFAULT_THRESHOLD: f32 = -7.0;
+/// The template score of a candidate worth checking.
+pub const DEFAULT_CANDIDATE_THRESHOLD: f32 = 0.035;
+/// How long a candidate may wait for its check before the first stage decides alone.
+pub const WAIT: Duration = Duration::from_millis(1500);
+/// Audio kept for the check: the longest word, [`PRE_MS`] and the time to report.
+const HISTORY: usize = 4 * crate::voice::SPEECH_SAMPLE_RATE as usize;
+
+/// Whether the wake word is verified, and how strictly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VerifySettings {
+    /// Template score that makes a candidate.
+    pub candidate_threshold: f32,
+    /// Mean token log-probability of the word that makes a candidate a detection.
+    pub threshold: f32,
+}
+
+impl Default for VerifySettings {
+    fn default() -> Self {
+        VerifySettings {
+            candidate_threshold: DEFAULT_CANDIDATE_THRESHOLD,
+            threshold: DEFAULT_THRESHOLD,
+        }
+    }
+}
+
+/// One check: the clip, the ways the word is written, and where the score goes.
+pub struct VerifyRequest {
+    pub audio: Vec<f32>,
+    pub phrases: Vec<String>,
+    pub reply: mpsc::Sender<Result<f64, String>>,
+}
+
+/// Scores clips for the wake word (the Stt actor, or an engine in this thread for the
+/// command line and the benchmark). Dropping the request unanswered is a failure.
+pub trait WakeVerify: Send + Sync {
+    fn verify(&self, request: VerifyRequest);
+}
+
+/// How whisper writes the word: `hey coda` → ` Hey Coda`, ` Hey, Coda`.
+pub fn phrases(word: &str) -> Vec<String> {
+    let words: Vec<String> = word
+        .split_whitespace()
+        .map(|w| {
+            let mut c = w.chars();
+            match c.next() {
+                Some(f) => f
+                    .to_uppercase()
+                    .chain(c.flat_map(char::to_lowercase))
+                    .collect(),
+                None => String::new(),
+            }
+        })
+        .collect();
+    if words.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![format!(" {}", words.join(" "))];
+    if words.len() > 1 {
+        out.push(format!(" {}, {}", words[0], words[1..].join(" ")));
+    }
+    out
+}
+
+struct Pending {
+    detection: Detection,
+    reply: mpsc::Receiver<Result<f64, String>>,
+    asked: Instant,
+}
+
+/// A detector whose candidates are checked by a [`WakeVerify`].
+pub struct Verified {
+    inner: Box<dyn WakeDetector>,
+    verifier: Arc<dyn WakeVerify>,
+    phrases: Vec<String>,
+    threshold: f64,
+    /// A first-stage score that stands alone when the check cannot answer.
+    alone: f32,
+    history: VecDeque<f32>,
+    pos: u64,
+    pending: Option<Pending>,
+}
+
+impl Verified {
+    /// `inner` proposes candidates (at the candidate threshold); `alone` is the template
+    /// threshold used when a check fails.
+    pub fn new(
+        inner: Box<dyn WakeDetector>,
+        verifier: Arc<dyn WakeVerify>,
+        threshold: f32,
+        alone: f32,
+    ) -> Verified {
+        Verified {
+            phrases: phrases(inner.word()),
+            inner,
+            verifier,
+            threshold: f64::from(threshold),
+            alone,
+            history: VecDeque::with_capacity(HISTORY),
+            pos: 0,
+            pending: None,
+        }
+    }
+
+    /// The pending candidate's outcome, if it is known.
+    fn settle(&mut self) -> Option<Detection> {
+        let p = self.pending.as_ref()?;
+        let verdict = match p.reply.try_recv() {
+            Ok(Ok(score)) => Ok(score),
+            Ok(Err(e)) => Err(e),
+            Err(mpsc::TryRecvError::Disconnected) => Err("the check was dropped".into()),
+            Err(mpsc::TryRecvError::Empty) if p.asked.elapsed() >= WAIT => {
+                Err(format!("no answer within {} ms", WAIT.as_millis()))
+            }
+            Err(mpsc::TryRecvError::Empty) => return None,
+        };
+        let p = self.pending.take()?;
+        let d = p.detection;
+        match verdict {
+            Ok(score) if score >= self.threshold => {
+                tracing::debug!(word = %d.word, score = d.score, verified = score, "wake word verified");
+                Some(Detection {
+                    verified: Some(score as f32),
+                    ..d
+                })
+            }
+            Ok(score) => {
+                tracing::debug!(word = %d.word, score = d.score, verified = score, threshold = self.threshold, "wake word candidate rejected");
+                None
+            }
+            Err(e) => {
+                let keep = d.score >= self.alone;
+                tracing::debug!(word = %d.word, score = d.score, error = %e, keep, "wake word not verified: the template score decides");
+                keep.then_some(d)
+            }
+        }
+    }
+}
+
+impl WakeDetector for Verified {
+    fn word(&self) -> &str {
+        self.inner.word()
+    }
+
+    fn push(&mut self, samples: &[f32]) -> Option<Detection> {
+        self.pos += samples.len() as u64;
+        let over = (self.history.len() + samples.len()).saturating_sub(HISTORY);
+        self.history.drain(..over.min(self.history.len()));
+        let fresh = samples.len().min(HISTORY);
+        self.history
+            .extend(samples[samples.len() - fresh..].iter().copied());
+        let candidate = self.inner.push(samples);
+        let settled = self.settle();
+        if let Some(d) = candidate {
+            if self.pending.is_none() && settled.is_none() {
+                let from = d.start.saturating_sub(PRE_MS * 16);
+                let back = usize::try_from(self.pos.saturating_sub(from)).unwrap_or(usize::MAX);
+                let skip = self.history.len().saturating_sub(back);
+                let audio: Vec<f32> = self.history.iter().skip(skip).copied().collect();
+                let (reply, answer) = mpsc::channel();
+                self.verifier.verify(VerifyRequest {
+                    audio,
+                    phrases: self.phrases.clone(),
+                    reply,
+                });
+                self.pending = Some(Pending {
+                    detection: d,
+                    reply: answer,
+                    asked: Instant::now(),
+                });
+            }
+        }
+        settled
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset();
+        self.history.clear();
+        self.pending = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phrases_are_written_as_whisper_writes_them() {
+        assert_eq!(phrases("hey coda"), vec![" Hey Coda", " Hey, Coda"]);
+        assert_eq!(phrases("  COMPUTER "), vec![" Computer"]);
+        assert!(phrases("   ").is_empty());
+    }
+
+    /// Proposes a candidate at a fixed sample count.
+    struct At {
+        fire: u64,
+        heard: u64,
+        score: f32,
+    }
+
+    impl WakeDetector for At {
+        fn word(&self) -> &str {
+            "hey coda"
+        }
+        fn push(&mut self, samples: &[f32]) -> Option<Detection> {
+            let before = self.heard;
+            self.heard += samples.len() as u64;
+            (before < self.fire && self.heard >= self.fire).then(|| Detection {
+                word: "hey coda".into(),
+                score: self.score,
+                start: self.fire - 8_000,
+                end: self.fire,
+                verified: None,
+            })
+        }
+        fn reset(&mut self) {}
+    }
+
+    /// Answers every check with a fixed result (or never: keeps the request unanswered),
+    /// recording what it heard.
+    struct Fixed {
+        answer: Option<Result<f64, String>>,
+        heard: std::sync::Mutex<Vec<(usize, Vec<String>)>>,
+        hold: std::sync::Mutex<Vec<mpsc::Sender<Result<f64, String>>>>,
+    }
+
+    impl WakeVerify for Fixed {
+        fn verify(&self, r: VerifyRequest) {
+            self.heard
+                .lock()
+                .unwrap()
+                .push((r.audio.len(), r.phrases.clone()));
+            match &self.answer {
+                Some(a) => {
+                    let _ = r.reply.send(a.clone());
+                }
+                None => self.hold.lock().unwrap().push(r.reply),
+            }
+        }
+    }
+
+    fn run(answer: Option<Result<f64, String>>, score: f32) -> (Vec<Detection>, Arc<Fixed>) {
+        let v = Arc::new(Fixed {
+            answer,
+            heard: Default::default(),
+            hold: Default::default(),
+        });
+        let inner = Box::new(At {
+            fire: 32_000,
+            heard: 0,
+            score,
+        });
+        let mut d = Verified::new(inner, v.clone(), -7.0, 0.05);
+        let mut out = Vec::new();
+        for _ in 0..120 {
+            out.extend(d.push(&[0.0; 320]));
+        }
+        (out, v)
+    }
+
+    #[test]
+    fn a_verified_candidate_is_reported_at_its_own_position() {
+        let (out, v) = run(Some(Ok(-5.0)), 0.04);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].start, out[0].end), (24_000, 32_000));
+        // The check heard the word and the 300 ms before it.
+        let heard = v.heard.lock().unwrap();
+        assert_eq!(heard.len(), 1);
+        assert_eq!(heard[0].0, 8_000 + 300 * 16);
+        assert_eq!(heard[0].1, vec![" Hey Coda", " Hey, Coda"]);
+    }
+
+    #[test]
+    fn an_unlikely_candidate_is_not_a_detection() {
+        let (out, _) = run(Some(Ok(-8.5)), 0.2);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn without_an_answer_the_template_score_decides() {
+        assert_eq!(run(Some(Err("no model".into())), 0.06).0.len(), 1);
+        assert!(run(Some(Err("no model".into())), 0.04).0.is_empty());
+    }
+
+    #[test]
+    fn a_check_that_does_not_answer_is_given_up_after_the_wait() {
+        let v = Arc::new(Fixed {
+            answer: None,
+            heard: Default::default(),
+            hold: Default::default(),
+        });
+        let asked = |v: &Arc<Fixed>| {
+            let inner = Box::new(At {
+                fire: 16_000,
+                heard: 0,
+                score: 0.06,
+            });
+            let mut d = Verified::new(inner, v.clone(), -7.0, 0.05);
+            for _ in 0..51 {
+                assert!(d.push(&[0.0; 320]).is_none(), "still waiting");
+            }
+            d
+        };
+        let mut d = asked(&v);
+        std::thread::sleep(WAIT);
+        let found = d.push(&[0.0; 320]).expect("decided by the template score");
+        assert_eq!(found.verified, None);
+        // A dropped check (the Stt actor gone) is given up at once.
+        let mut d = asked(&v);
+        v.hold.lock().unwrap().clear();
+        assert!(d.push(&[0.0; 320]).is_some());
+    }
+}
