@@ -35,6 +35,10 @@ pub struct WakeBenchArgs {
     /// Speech-to-noise ratio of the added room noise, dB.
     #[arg(long, default_value_t = 15.0)]
     pub snr: f64,
+    /// Which stretch of the (seeded) noise meets which speech: runs with other seeds
+    /// measure other noise over the same voices.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -261,10 +265,9 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         "37",
         "pinknoise",
     ])?;
-    let mut noise = Noise {
-        samples: read_wav_16k(&noise_path)?,
-        at: 0,
-    };
+    let samples = read_wav_16k(&noise_path)?;
+    let at = (args.seed.wrapping_mul(104_729) % samples.len().max(1) as u64) as usize;
+    let mut noise = Noise { samples, at };
     let voices = held_out_voices();
     let espeak = &settings.espeak;
     eprintln!("wake word {word:?}: {} held-out voices", voices.len());
