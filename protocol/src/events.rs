@@ -478,8 +478,9 @@ pub struct WakeDetected {
     pub score: f64,
     /// Where the audio comes from.
     pub source: AudioSource,
-    /// The speech-to-text check's score, when it verified the word (mean log-probability
-    /// per token of the word in the audio, at or above `wake.verify_threshold`).
+    /// The speech-to-text check's score, when it verified the word (whisper's mean
+    /// log-probability per token of the word in the audio plus 2 × ln(score / 0.05), at or
+    /// above `wake.verify_threshold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<f64>,
 }

@@ -133,8 +133,12 @@ pub fn run(loaded: &Loaded, cmd: WakeCommand) -> anyhow::Result<()> {
                     }
                     if let Some(hit) = d.push(chunk) {
                         found += 1;
+                        let check = hit
+                            .verified
+                            .map(|v| format!("  verified {v:.2}"))
+                            .unwrap_or_default();
                         println!(
-                            "{:8.2} s  {:?}  score {:.3}  (word {:.2}–{:.2} s)",
+                            "{:8.2} s  {:?}  score {:.3}{check}  (word {:.2}–{:.2} s)",
                             (hit.end + coda_actors::wake::template::PATIENCE * 160) as f64
                                 / 16_000.0,
                             hit.word,

@@ -177,10 +177,10 @@ impl Noise {
     }
 }
 
-/// Checks by the engine in this thread, each one's score and time kept.
+/// Checks by the engine in this thread, each one's time kept, ms.
 struct Recorded {
     engine: EngineVerifier,
-    checks: Mutex<Vec<(f64, f64)>>,
+    checks: Mutex<Vec<f64>>,
 }
 
 impl WakeVerify for Recorded {
@@ -197,17 +197,16 @@ impl WakeVerify for Recorded {
         let answer = rx
             .recv()
             .unwrap_or_else(|_| Err("the check was dropped".into()));
-        let score = answer.as_ref().copied().unwrap_or(f64::NEG_INFINITY);
         self.checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((score, ms));
+            .push(ms);
         let _ = reply.send(answer);
     }
 }
 
 /// A detection: where the word ended, the stream position it was reported at, and (when
-/// verified) whisper's score and the check's time.
+/// verified) its fused score and the check's time.
 struct Hit {
     end: usize,
     reported: usize,
@@ -216,7 +215,7 @@ struct Hit {
 }
 
 impl Hit {
-    fn new(end: usize, reported: usize, rec: Option<&Recorded>) -> Hit {
+    fn new(end: usize, reported: usize, verified: Option<f32>, rec: Option<&Recorded>) -> Hit {
         let last = rec.and_then(|r| {
             r.checks
                 .lock()
@@ -227,8 +226,8 @@ impl Hit {
         Hit {
             end,
             reported,
-            verified: last.map(|c| c.0),
-            verify_ms: last.map_or(0.0, |c| c.1),
+            verified: verified.map(f64::from),
+            verify_ms: last.unwrap_or(0.0),
         }
     }
 }
@@ -384,7 +383,7 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         for chunk in stream.chunks(320) {
             pos += chunk.len();
             if let Some(h) = d.push(chunk) {
-                hits.push(Hit::new(h.end as usize, pos, rec.as_deref()));
+                hits.push(Hit::new(h.end as usize, pos, h.verified, rec.as_deref()));
             }
         }
         let (mut d, rec) = detector();
@@ -392,21 +391,14 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         let cpu0 = super::process_cpu_us();
         for clip in &other {
             for chunk in clip.chunks(320) {
-                if d.push(chunk).is_some() {
-                    false_hits.push(Hit::new(0, 0, rec.as_deref()));
+                if let Some(h) = d.push(chunk) {
+                    false_hits.push(Hit::new(0, 0, h.verified, rec.as_deref()));
                 }
             }
         }
         let cpu = (super::process_cpu_us() - cpu0) as f64 * 1e-6;
         let mut checks: Vec<f64> = rec
-            .map(|r| {
-                r.checks
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|c| c.1)
-                    .collect()
-            })
+            .map(|r| r.checks.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_default();
         checks.sort_by(|a, b| a.total_cmp(b));
         for vt in &verify_thresholds {
