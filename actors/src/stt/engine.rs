@@ -60,6 +60,26 @@ fn log_softmax_at(logits: &[f32], token: i32) -> f64 {
     f64::from(at - max) - z.ln()
 }
 
+/// `samples` as whisper.cpp takes them: at least 1.1 s (silence pads shorter clips), and
+/// non-finite samples (a broken producer) as silence rather than NaNs in the encoder.
+fn pcm_of(samples: &[f32]) -> Vec<f32> {
+    let min = SPEECH_SAMPLE_RATE as usize * 11 / 10;
+    let mut pcm: Vec<f32> = samples
+        .iter()
+        .map(|s| {
+            if s.is_finite() {
+                s.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    if pcm.len() < min {
+        pcm.resize(min, 0.0);
+    }
+    pcm
+}
+
 /// The narrowest encoder window used.
 const MIN_AUDIO_CTX: i32 = 256;
 
@@ -138,21 +158,7 @@ impl WhisperEngine {
         let t0 = Instant::now();
         let rate = SPEECH_SAMPLE_RATE as usize;
         let audio_ms = samples.len() as f64 * 1000.0 / rate as f64;
-        // whisper.cpp wants at least a second; silence pads shorter clips. Non-finite
-        // samples (a broken producer) become silence rather than NaNs in the encoder.
-        let mut pcm: Vec<f32> = samples
-            .iter()
-            .map(|s| {
-                if s.is_finite() {
-                    s.clamp(-1.0, 1.0)
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        if pcm.len() < rate + rate / 10 {
-            pcm.resize(rate + rate / 10, 0.0);
-        }
+        let pcm = pcm_of(samples);
         let seconds = pcm.len() as f64 / rate as f64;
         let speech_s = audio_ms / 1000.0;
 
@@ -216,19 +222,7 @@ impl WhisperEngine {
     /// unusual voice as other words ("Take all that"), while the name stays likely.
     pub fn phrase_score(&self, samples: &[f32], phrases: &[String]) -> Result<f64, SttFailure> {
         let rate = SPEECH_SAMPLE_RATE as usize;
-        let mut pcm: Vec<f32> = samples
-            .iter()
-            .map(|s| {
-                if s.is_finite() {
-                    s.clamp(-1.0, 1.0)
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        if pcm.len() < rate + rate / 10 {
-            pcm.resize(rate + rate / 10, 0.0);
-        }
+        let pcm = pcm_of(samples);
         let failed =
             |e: whisper_rs::WhisperError| SttFailure::Failed(format!("whisper.cpp failed: {e}"));
         let mut prefix = vec![self.ctx.token_sot()];
@@ -251,16 +245,7 @@ impl WhisperEngine {
         let mut state = self.take_state()?;
         // One pass of `full` encodes the clip on the trimmed window (whisper.cpp sets the
         // window only there) and decodes a single token; the phrases are scored after it.
-        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-        params.set_n_threads(self.threads);
-        params.set_no_context(true);
-        params.set_no_timestamps(true);
-        params.set_print_special(false);
-        params.set_print_progress(false);
-        params.set_print_realtime(false);
-        params.set_print_timestamps(false);
-        params.set_temperature_inc(0.0);
-        params.set_language(Some(self.language.as_str()));
+        let mut params = self.params();
         params.set_audio_ctx(clip_audio_ctx(
             pcm.len() as f64 / rate as f64,
             self.n_audio_ctx,
@@ -296,20 +281,8 @@ impl WhisperEngine {
         speech_s: f64,
         abort: Option<&Arc<AtomicBool>>,
     ) -> Result<Decoded, SttFailure> {
-        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-        params.set_n_threads(self.threads);
-        params.set_translate(false);
-        params.set_no_context(true);
-        params.set_no_timestamps(true);
-        params.set_print_special(false);
-        params.set_print_progress(false);
-        params.set_print_realtime(false);
-        params.set_print_timestamps(false);
+        let mut params = self.params();
         params.set_suppress_blank(true);
-        // No temperature fallback inside whisper.cpp: a degenerate result is decoded again
-        // on a wider window instead, which fixes what the trimmed window broke.
-        params.set_temperature_inc(0.0);
-        params.set_language(Some(self.language.as_str()));
         let cap = token_cap(speech_s);
         if audio_ctx < self.n_audio_ctx {
             params.set_audio_ctx(audio_ctx);
@@ -364,6 +337,24 @@ impl WhisperEngine {
             text,
             hit_cap: audio_ctx < self.n_audio_ctx && p_n as i32 >= cap,
         })
+    }
+
+    /// Greedy decoding of one clip, quiet, in the configured language. No temperature
+    /// fallback inside whisper.cpp: a degenerate transcript is decoded again on a wider
+    /// window instead, which fixes what the trimmed window broke.
+    fn params(&self) -> FullParams<'_, '_> {
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(self.threads);
+        params.set_translate(false);
+        params.set_no_context(true);
+        params.set_no_timestamps(true);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        params.set_temperature_inc(0.0);
+        params.set_language(Some(self.language.as_str()));
+        params
     }
 
     fn take_state(&self) -> Result<whisper_rs::WhisperState, SttFailure> {
