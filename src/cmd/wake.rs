@@ -8,7 +8,7 @@ use clap::Subcommand;
 use coda_actors::audio::convert::read_wav_16k;
 use coda_actors::stt::EngineVerifier;
 use coda_actors::wake::template::{Reference, TemplateModel};
-use coda_actors::wake::verify::Verified;
+use coda_actors::wake::verify::{Verified, VerifySettings};
 use coda_actors::wake::{synth, WakeDetector, WakeSettings};
 
 use crate::config::Loaded;
@@ -116,11 +116,13 @@ pub fn run(loaded: &Loaded, cmd: WakeCommand) -> anyhow::Result<()> {
             };
             let model = TemplateModel::new(r, settings.threshold);
             let mut d: Box<dyn WakeDetector> = match verify {
-                Some((v, engine)) => Box::new(Verified::new(
-                    Box::new(model.detector_at(threshold.unwrap_or(v.candidate_threshold))),
+                Some((v, engine)) => Box::new(Verified::over(
+                    &model,
                     Arc::new(engine),
-                    v.threshold,
-                    model.threshold(),
+                    VerifySettings {
+                        candidate_threshold: threshold.unwrap_or(v.candidate_threshold),
+                        ..v
+                    },
                 )),
                 None => Box::new(model.detector_at(threshold.unwrap_or(settings.threshold))),
             };

@@ -222,12 +222,7 @@ impl WakeModels {
         };
         Ok(
             match &*self.verifier.read().unwrap_or_else(|p| p.into_inner()) {
-                Some((v, s)) => Box::new(verify::Verified::new(
-                    model.detector_at(s.candidate_threshold),
-                    v.clone(),
-                    s.threshold,
-                    model.threshold(),
-                )),
+                Some((v, s)) => Box::new(verify::Verified::over(&*model, v.clone(), *s)),
                 None => model.detector(),
             },
         )

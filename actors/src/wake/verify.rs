@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Detection, WakeDetector};
+use super::{Detection, WakeDetector, WakeModel};
 
 /// Audio from before the word that the check hears, ms.
 pub const PRE_MS: u64 = 300;
@@ -137,6 +137,22 @@ impl Verified {
             pos: 0,
             pending: None,
         }
+    }
+
+    /// A detector of `model` proposing candidates at `settings.candidate_threshold`,
+    /// checked by `verifier` at `settings.threshold`, falling back to the model's own
+    /// threshold.
+    pub fn over(
+        model: &dyn WakeModel,
+        verifier: Arc<dyn WakeVerify>,
+        settings: VerifySettings,
+    ) -> Verified {
+        Verified::new(
+            model.detector_at(settings.candidate_threshold),
+            verifier,
+            settings.threshold,
+            model.threshold(),
+        )
     }
 
     /// The pending candidate's outcome, if it is known.

@@ -165,12 +165,23 @@ pub(crate) fn write_wav_16k(path: &Path, samples: &[f32]) -> anyhow::Result<()> 
 /// thread waited for a core, so it shows the operation's own cost on a busy machine.
 #[cfg(unix)]
 pub(crate) fn thread_cpu_us() -> u64 {
+    cpu_clock_us(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time of the whole process, µs (all its threads: whisper.cpp's workers too).
+#[cfg(unix)]
+pub(crate) fn process_cpu_us() -> u64 {
+    cpu_clock_us(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+#[cfg(unix)]
+fn cpu_clock_us(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc != 0 {
         return 0;
     }
@@ -180,21 +191,6 @@ pub(crate) fn thread_cpu_us() -> u64 {
 #[cfg(not(unix))]
 pub(crate) fn thread_cpu_us() -> u64 {
     0
-}
-
-/// CPU time of the whole process, µs (all its threads: whisper.cpp's workers too).
-#[cfg(unix)]
-pub(crate) fn process_cpu_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 #[cfg(not(unix))]

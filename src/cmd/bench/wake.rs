@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use coda_actors::audio::convert::read_wav_16k;
-use coda_actors::stt::EngineVerifier;
+use coda_actors::stt::WhisperEngine;
 use coda_actors::wake::synth::{held_out_voices, speak, Voice};
 use coda_actors::wake::template::{trim, Reference, TemplateModel};
-use coda_actors::wake::verify::{Verified, VerifyRequest, WakeVerify};
+use coda_actors::wake::verify::{Verified, VerifyRequest, VerifySettings, WakeVerify};
 use coda_actors::wake::WakeDetector;
 use serde::Serialize;
 
@@ -179,29 +179,23 @@ impl Noise {
 
 /// Checks by the engine in this thread, each one's time kept, ms.
 struct Recorded {
-    engine: EngineVerifier,
+    engine: Arc<WhisperEngine>,
     checks: Mutex<Vec<f64>>,
 }
 
 impl WakeVerify for Recorded {
     fn verify(&self, r: VerifyRequest) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reply = r.reply;
         let t0 = std::time::Instant::now();
-        self.engine.verify(VerifyRequest {
-            audio: r.audio,
-            phrases: r.phrases,
-            reply: tx,
-        });
+        let answer = self
+            .engine
+            .phrase_score(&r.audio, &r.phrases)
+            .map_err(|e| e.to_string());
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let answer = rx
-            .recv()
-            .unwrap_or_else(|_| Err("the check was dropped".into()));
         self.checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(ms);
-        let _ = reply.send(answer);
+        let _ = r.reply.send(answer);
     }
 }
 
@@ -363,15 +357,14 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
             match &engine {
                 Some(e) => {
                     let rec = Arc::new(Recorded {
-                        engine: EngineVerifier(e.clone()),
+                        engine: e.clone(),
                         checks: Default::default(),
                     });
-                    let d = Verified::new(
-                        Box::new(model.detector()),
-                        rec.clone(),
-                        f32::NEG_INFINITY,
-                        threshold,
-                    );
+                    let every = VerifySettings {
+                        candidate_threshold: threshold,
+                        threshold: f32::NEG_INFINITY,
+                    };
+                    let d = Verified::over(&model, rec.clone(), every);
                     (Box::new(d), Some(rec))
                 }
                 None => (Box::new(model.detector()), None),
