@@ -64,6 +64,19 @@ pub struct EventsConfig {
     pub resume_max_age_s: f64,
 }
 
+/// `[cluster]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub nats_url: String,
+    pub node: String,
+    pub stream: String,
+    pub max_events: i64,
+    pub max_age_s: f64,
+    pub outbox_max_events: usize,
+    pub outbox_dir: String,
+}
+
 /// `[conversation]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -412,6 +425,7 @@ pub struct Settings {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub events: EventsConfig,
+    pub cluster: ClusterConfig,
     pub conversation: ConversationConfig,
     pub tts: TtsConfig,
     pub kernel: KernelConfig,
@@ -926,7 +940,49 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     validate_memory_tools(s)?;
     validate_stt(&s.stt)?;
+    validate_cluster(&s.cluster)?;
     validate_llm(&s.llm)
+}
+
+fn validate_cluster(c: &ClusterConfig) -> Result<(), ConfigError> {
+    if c.nats_url.trim().is_empty() {
+        return Ok(());
+    }
+    let url = c.nats_url.trim();
+    if !["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .any(|p| url.starts_with(p))
+    {
+        return Err(invalid(
+            "cluster.nats_url",
+            "must be a NATS URL such as nats://127.0.0.1:4222",
+        ));
+    }
+    if !c.node.is_empty() && !coda_actors::cluster::valid_token(&c.node) {
+        return Err(invalid(
+            "cluster.node",
+            "must be 1–64 letters, digits, `-` or `_` (it is part of a NATS subject)",
+        ));
+    }
+    if !coda_actors::cluster::valid_token(&c.stream) {
+        return Err(invalid(
+            "cluster.stream",
+            "must be 1–64 letters, digits, `-` or `_`",
+        ));
+    }
+    if c.max_events < 1 {
+        return Err(invalid("cluster.max_events", "must be at least 1"));
+    }
+    if !(c.max_age_s.is_finite() && c.max_age_s >= 1.0) {
+        return Err(invalid("cluster.max_age_s", "must be at least 1 second"));
+    }
+    if !(1..=100_000_000).contains(&c.outbox_max_events) {
+        return Err(invalid(
+            "cluster.outbox_max_events",
+            "must be between 1 and 100000000",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_stt(c: &SttConfig) -> Result<(), ConfigError> {

@@ -62,6 +62,26 @@ impl StartError {
     }
 }
 
+/// Connects to NATS (in the background) and starts the hub → JetStream bridge, when
+/// `[cluster]` is configured.
+async fn start_cluster(
+    s: &Settings,
+    hub: &coda_actors::hub::HubHandle,
+) -> Result<Option<coda_actors::cluster::Cluster>, StartError> {
+    use coda_actors::cluster::{Bridge, Cluster, Outbox};
+    let Some(cs) = s.cluster_settings() else {
+        return Ok(None);
+    };
+    let outbox = Outbox::open(&cs.outbox_dir, cs.outbox_max_events)
+        .map_err(|e| StartError::Other(e.into()))?;
+    tracing::info!(url = %cs.nats_url, node = %cs.node, stream = %cs.stream, "joining the cluster");
+    let cluster = Cluster::connect(cs)
+        .await
+        .map_err(|e| StartError::Other(e.into()))?;
+    Bridge::start(cluster.clone(), hub.clone(), outbox);
+    Ok(Some(cluster))
+}
+
 /// Is `host` a loopback address (or `localhost`)?
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim().trim_start_matches('[').trim_end_matches(']');
@@ -117,6 +137,8 @@ pub async fn start(
     ));
 
     let hub = EventHub::start_hub(s.hub_settings());
+    // Before anything publishes, so the cluster stream has this node's events from seq 1.
+    let cluster = start_cluster(s, &hub).await?;
     let components = ComponentRegistry::new();
     components.set(&hub, "event_hub", ComponentState::Running, None);
     components.set(&hub, "store", ComponentState::Running, None);
@@ -172,6 +194,10 @@ pub async fn start(
         tracing::warn!(error = %e, "metrics actor did not start");
     }
     shared.set_metrics(metrics);
+    if let Some(c) = cluster {
+        components.set(&hub, "cluster", ComponentState::Running, None);
+        shared.set_cluster(c);
+    }
     let guard = GuardPolicy::new(
         &s.server.host,
         addr.port(),

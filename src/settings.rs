@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use coda_actors::cluster::ClusterSettings;
 use coda_actors::hub::HubSettings;
 use coda_actors::llm::http::HttpOptions;
 use coda_actors::metrics::MetricsSettings;
@@ -98,6 +99,34 @@ impl Settings {
             resume_max_events: self.events.resume_max_events,
             resume_max_age: Settings::secs(self.events.resume_max_age_s),
         }
+    }
+
+    /// The cluster link's settings, or `None` when `cluster.nats_url` is empty.
+    pub fn cluster_settings(&self) -> Option<ClusterSettings> {
+        let c = &self.cluster;
+        if c.nats_url.trim().is_empty() {
+            return None;
+        }
+        let node = if c.node.is_empty() {
+            host_node_name()
+        } else {
+            c.node.clone()
+        };
+        let outbox_dir = if c.outbox_dir.is_empty() {
+            self.storage_dir().join("cluster-outbox")
+        } else {
+            PathBuf::from(&c.outbox_dir)
+        };
+        Some(ClusterSettings {
+            nats_url: c.nats_url.trim().to_string(),
+            node,
+            stream: c.stream.clone(),
+            outbox_dir,
+            outbox_max_events: c.outbox_max_events,
+            max_events: c.max_events,
+            max_age: Settings::secs(c.max_age_s),
+            replay_size: self.events.replay_size,
+        })
     }
 
     /// The metrics actor's settings from config (the rules were validated at load time).
@@ -208,4 +237,29 @@ fn env_key(var: &str) -> Option<String> {
         return None;
     }
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The host name as a node name: what a subject token may hold, the rest as `-`.
+fn host_node_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "node".to_string()
+    } else {
+        name
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod auth;
+pub mod cluster;
 pub mod components;
 pub mod hub;
 pub mod intent;

@@ -63,6 +63,22 @@ pub struct Hello {
     /// Event-type filter to start with (as `subscribe.types`); absent means every type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribe: Option<Vec<String>>,
+    /// Whose events: this node's (`local`, the default) or every node's of the cluster
+    /// (`cluster`: numbered by the cluster stream's sequence, which `epoch`/`last_seq`
+    /// then refer to; needs `[cluster]` configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+/// `hello.scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// This node's hub.
+    #[default]
+    Local,
+    /// Every node's events, from the cluster's JetStream stream.
+    Cluster,
 }
 
 /// `auth`: authenticate with a token, when none came with the HTTP upgrade.

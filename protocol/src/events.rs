@@ -1072,6 +1072,13 @@ pub struct Envelope {
     /// The `type` and `data` fields.
     #[serde(flatten)]
     pub event: EventData,
+    /// Cluster view only (`hello {"scope":"cluster"}`): the node whose hub produced the
+    /// event; `seq` is then the cluster stream's sequence.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Cluster view only: the event's `seq` on its own node.
+    #[serde(default)]
+    pub node_seq: Option<u64>,
 }
 
 impl Envelope {
@@ -1088,6 +1095,8 @@ impl Envelope {
             timestamp,
             session_id: session_id.into(),
             event: event.into(),
+            node: None,
+            node_seq: None,
         }
     }
 
@@ -1105,19 +1114,28 @@ impl Envelope {
             event_type: self.event_type().as_str().to_owned(),
             session_id: self.session_id.clone(),
             data: self.event.data_value()?,
+            node: self.node.clone(),
+            node_seq: self.node_seq,
         })
     }
 }
 
 impl Serialize for Envelope {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("Envelope", 6)?;
+        let fields = 6 + usize::from(self.node.is_some()) + usize::from(self.node_seq.is_some());
+        let mut out = serializer.serialize_struct("Envelope", fields)?;
         out.serialize_field("version", &self.version)?;
         out.serialize_field("seq", &self.seq)?;
         out.serialize_field("timestamp", &self.timestamp)?;
         out.serialize_field("type", self.event.event_type().as_str())?;
         out.serialize_field("session_id", &self.session_id)?;
         self.event.serialize_data_field(&mut out)?;
+        if let Some(node) = &self.node {
+            out.serialize_field("node", node)?;
+        }
+        if let Some(n) = self.node_seq {
+            out.serialize_field("node_seq", &n)?;
+        }
         out.end()
     }
 }
@@ -1143,6 +1161,12 @@ pub struct RawEnvelope {
     pub session_id: String,
     /// The payload, an object whose shape depends on `type`.
     pub data: Value,
+    /// Cluster view only: the node that produced the event (see [`Envelope::node`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Cluster view only: the event's `seq` on its own node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_seq: Option<u64>,
 }
 
 impl RawEnvelope {
@@ -1167,6 +1191,8 @@ impl RawEnvelope {
             timestamp: self.timestamp,
             session_id: self.session_id.clone(),
             event,
+            node: self.node.clone(),
+            node_seq: self.node_seq,
         }))
     }
 }

@@ -37,6 +37,10 @@ pub struct EventsArgs {
     /// Do not print the replay of recent events sent on connect.
     #[arg(long)]
     pub no_replay: bool,
+    /// Every node's events from the cluster stream (the server must be in a cluster:
+    /// `[cluster]`), numbered by the stream; each line names its node.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// Runs the tail until Ctrl-C, `--count`, or (with `--no-reconnect`) a disconnect.
@@ -113,6 +117,9 @@ async fn session(
     });
     if !args.types.is_empty() {
         hello["data"]["subscribe"] = serde_json::json!(args.types);
+    }
+    if args.cluster {
+        hello["data"]["scope"] = serde_json::json!("cluster");
     }
     if let Some(seq) = pos.last_seq {
         hello["data"]["last_seq"] = serde_json::json!(seq);
@@ -226,8 +233,13 @@ fn print(
             data.truncate(cut);
             data.push_str("...");
         }
+        let node = ev
+            .node
+            .as_deref()
+            .map(|n| format!("{n:<10} "))
+            .unwrap_or_default();
         format!(
-            "{:>7} {} {:<20} {:<10} {}",
+            "{:>7} {} {node}{:<20} {:<10} {}",
             ev.seq,
             clock(ev.timestamp),
             ev.event_type,

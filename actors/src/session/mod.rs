@@ -157,6 +157,8 @@ pub struct SessionShared {
     pub facts: ServerFacts,
     /// The metrics actor, once started (answers `get_performance_metrics`).
     metrics: OnceLock<Addr<MetricsActor>>,
+    /// The cluster link, when `[cluster]` is configured (`hello {"scope":"cluster"}`).
+    cluster: OnceLock<crate::cluster::Cluster>,
     /// The assistant (without a pipeline, turn commands answer `unavailable`).
     pub kernel: KernelHandle,
     /// Per-address connection limits.
@@ -183,6 +185,7 @@ impl SessionShared {
             auth,
             facts,
             metrics: OnceLock::new(),
+            cluster: OnceLock::new(),
             kernel: KernelHandle::new(kernel),
             next_id: AtomicU64::new(1),
         })
@@ -210,6 +213,12 @@ impl SessionShared {
             clients: status.clients as u32,
             components: facts.components.snapshot(),
         }
+    }
+
+    /// Hands sessions the cluster link (once). Without it, `hello {"scope":"cluster"}`
+    /// is answered `unavailable`.
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// The metrics actor, if one was handed over.
@@ -283,6 +292,10 @@ pub struct WsSession {
     audio: Option<ClientAudio>,
     /// The incoming frames' size limit, and why it ended the stream when it did.
     frames: FrameCheck,
+    /// `hello {"scope":"cluster"}`: events come from the cluster stream, not the hub;
+    /// the task feeding them while one runs.
+    cluster_scope: bool,
+    cluster_view: Option<tokio::task::AbortHandle>,
     /// This connection's place in its address's count, given back when the session ends.
     _slot: Option<admission::Slot>,
 }
@@ -366,6 +379,8 @@ impl WsSession {
                 close_reason: None,
                 audio: None,
                 frames,
+                cluster_scope: false,
+                cluster_view: None,
                 _slot: slot,
                 shared,
             }
@@ -490,8 +505,15 @@ impl WsSession {
         }
     }
 
-    fn subscribe(&mut self, start: StartAt) {
+    fn subscribe(&mut self, start: StartAt, ctx: &mut Context<Self>) {
         self.subscribed = true;
+        if self.cluster_scope {
+            // The filter applies as events arrive; a position opens the view anew.
+            if !matches!(start, StartAt::Live) {
+                self.open_cluster_view(None, start, ctx);
+            }
+            return;
+        }
         if !matches!(start, StartAt::Live) {
             self.awaiting_replay = true;
         }
@@ -599,9 +621,9 @@ impl WsSession {
 
     fn start_hello_wait(&mut self, ctx: &mut Context<Self>) {
         let wait = self.settings().hello_wait;
-        ctx.run_later(wait, |act, _| {
+        ctx.run_later(wait, |act, ctx| {
             if !act.subscribed {
-                act.subscribe(StartAt::Replay);
+                act.subscribe(StartAt::Replay, ctx);
             }
         });
     }
@@ -610,7 +632,7 @@ impl WsSession {
         // Any command but hello starts live delivery with the default replay first, so the
         // answer to the command follows the replay on the wire.
         if !self.subscribed && !matches!(command, Command::Hello(_) | Command::Resume(_)) {
-            self.subscribe(StartAt::Replay);
+            self.subscribe(StartAt::Replay, ctx);
         }
         match command {
             Command::Hello(h) => self.hello(id, h, ctx),
@@ -653,6 +675,15 @@ impl WsSession {
             | KernelRequestError::Unavailable(_) => ErrorCode::Unavailable,
         };
         self.reply_err(id, code, e.to_string(), ctx);
+    }
+
+    /// The replay came (or will not): the replies held for it go out.
+    fn release_deferred(&mut self, ctx: &mut Context<Self>) {
+        self.awaiting_replay = false;
+        for build in std::mem::take(&mut self.deferred) {
+            let frame = build(self.last_sent_seq);
+            self.push(Frame::Text(frame), ctx);
+        }
     }
 
     fn send_replay(&mut self, batch: ReplayBatch, ctx: &mut Context<Self>) {
@@ -778,6 +809,9 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(view) = self.cluster_view.take() {
+            view.abort();
+        }
         if self.audio.take().is_some() {
             if let Some(stt) = self.stt() {
                 stt.do_send(SpeechAudio::Cancelled {
@@ -840,11 +874,7 @@ impl Handler<HubDelivery> for WsSession {
             HubDelivery::Events(batch) => self.deliver(&batch, ctx),
             HubDelivery::Replay(batch) => {
                 self.send_replay(batch, ctx);
-                self.awaiting_replay = false;
-                for build in std::mem::take(&mut self.deferred) {
-                    let frame = build(self.last_sent_seq);
-                    self.push(Frame::Text(frame), ctx);
-                }
+                self.release_deferred(ctx);
             }
             HubDelivery::Shutdown(reason) => self.close(CloseCode::Away, &reason, ctx),
         }

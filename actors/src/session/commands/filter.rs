@@ -3,7 +3,7 @@
 
 use actix::prelude::*;
 use actix_ws::CloseCode;
-use coda_protocol::{check_compatible, ErrorCode, HelloReply, PROTOCOL_VERSION};
+use coda_protocol::{check_compatible, ErrorCode, HelloReply, Scope, PROTOCOL_VERSION};
 
 use super::super::{to_value, WsSession};
 use crate::hub::{StartAt, TypeMask};
@@ -50,15 +50,23 @@ impl WsSession {
         if h.last_seq.is_some() && self.refuse_second_replay(&id, ctx) {
             return;
         }
+        let cluster = h.scope == Some(Scope::Cluster);
         let start = match h.last_seq {
             Some(last_seq) => StartAt::Resume {
                 epoch: h.epoch.clone(),
                 last_seq,
             },
-            None if self.subscribed => StartAt::Live,
+            None if self.subscribed && cluster == self.cluster_scope => StartAt::Live,
             None => StartAt::Replay,
         };
-        self.subscribe(start);
+        if cluster {
+            self.enter_cluster_scope(id, start, ctx);
+            return;
+        }
+        if self.cluster_scope {
+            self.leave_cluster_scope();
+        }
+        self.subscribe(start, ctx);
         self.answer_with_hub_status(ctx, move |act, status, ctx| {
             let reply = HelloReply {
                 protocol_version: PROTOCOL_VERSION.to_string(),
@@ -119,7 +127,7 @@ impl WsSession {
         if self.refuse_second_replay(&id, ctx) {
             return;
         }
-        self.subscribe(StartAt::Resume { epoch, last_seq });
+        self.subscribe(StartAt::Resume { epoch, last_seq }, ctx);
         self.reply_ok(id, serde_json::json!({"resumed_from": last_seq}), ctx);
     }
 
@@ -173,7 +181,7 @@ impl WsSession {
         }
         match self.recompute_mask() {
             Ok(()) => {
-                self.subscribe(StartAt::Live);
+                self.subscribe(StartAt::Live, ctx);
                 let f = self.filter_json();
                 self.reply_ok(id, f, ctx);
             }

@@ -3,6 +3,7 @@
 //! command into requests to the hub or the assistant ([`crate::kernel::KernelHandle`])
 //! and a reply.
 
+mod cluster;
 mod filter;
 mod info;
 mod memory;
