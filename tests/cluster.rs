@@ -143,7 +143,11 @@ async fn collect(
         .unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !until(&events) {
-        assert!(Instant::now() < deadline, "stopped waiting: {} events", events.len());
+        assert!(
+            Instant::now() < deadline,
+            "stopped waiting: {} events",
+            events.len()
+        );
         let v = c.recv_json(RECV_TIMEOUT).await;
         if !is_direct(&v) {
             events.push(v);
@@ -155,7 +159,13 @@ async fn collect(
 /// Asserts the events are numbered 1 apart (no gap, no repeat) by the stream.
 fn assert_contiguous(events: &[Value]) {
     for w in events.windows(2) {
-        assert_eq!(seq(&w[1]), seq(&w[0]) + 1, "gap or repeat: {} then {}", w[0], w[1]);
+        assert_eq!(
+            seq(&w[1]),
+            seq(&w[0]) + 1,
+            "gap or repeat: {} then {}",
+            w[0],
+            w[1]
+        );
     }
 }
 
@@ -164,7 +174,9 @@ fn node_seqs(events: &[Value]) -> BTreeMap<String, Vec<u64>> {
     let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for e in events {
         let node = e["node"].as_str().unwrap_or_else(|| panic!("no node: {e}"));
-        let n = e["node_seq"].as_u64().unwrap_or_else(|| panic!("no node_seq: {e}"));
+        let n = e["node_seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no node_seq: {e}"));
         by.entry(node.to_string()).or_default().push(n);
     }
     by
@@ -179,7 +191,10 @@ async fn a_dashboard_on_one_node_sees_every_nodes_events_in_stream_order() {
     let b = node(&nats, "study", &[], &[]);
 
     let (mut c, answer, replay) = cluster_client(&b, json!({})).await;
-    assert!(answer["epoch"].as_str().unwrap().starts_with("CODA-"), "{answer}");
+    assert!(
+        answer["epoch"].as_str().unwrap().starts_with("CODA-"),
+        "{answer}"
+    );
     assert_eq!(replay["data"]["complete"], json!(true), "{replay}");
     let events = collect(&mut c, &replay, |ev| {
         let by = node_seqs(ev);
@@ -190,7 +205,10 @@ async fn a_dashboard_on_one_node_sees_every_nodes_events_in_stream_order() {
         // The local envelope plus the two cluster fields.
         let mut local = e.clone();
         let o = local.as_object_mut().unwrap();
-        assert!(o.remove("node").is_some() && o.remove("node_seq").is_some(), "{e}");
+        assert!(
+            o.remove("node").is_some() && o.remove("node_seq").is_some(),
+            "{e}"
+        );
         assert_envelope(&local);
     }
     assert_contiguous(&events);
@@ -200,7 +218,9 @@ async fn a_dashboard_on_one_node_sees_every_nodes_events_in_stream_order() {
         }
     }
     // The kitchen's ticks arrive at the study's client as they happen.
-    assert!(events.iter().any(|e| ty(e) == "diagnostic_tick" && e["node"] == "kitchen"));
+    assert!(events
+        .iter()
+        .any(|e| ty(e) == "diagnostic_tick" && e["node"] == "kitchen"));
 
     // A client that does not ask keeps the local protocol: the study's own events only.
     let (mut local, _) = b.hello_client().await;
@@ -213,7 +233,8 @@ async fn a_dashboard_on_one_node_sees_every_nodes_events_in_stream_order() {
         }
     }
     assert!(
-        seen.iter().all(|e| e.get("node").is_none() && ty(e) != "diagnostic_tick"),
+        seen.iter()
+            .all(|e| e.get("node").is_none() && ty(e) != "diagnostic_tick"),
         "a local client got another node's events"
     );
     drop(a);
@@ -247,8 +268,7 @@ async fn a_killed_dashboard_resumes_on_another_node_with_exactly_the_missing_eve
     assert_contiguous(&more);
 
     // A position of another stream (epoch) is not resumed: it says so.
-    let (_c, _, replay) =
-        cluster_client(&b, json!({"epoch": "CODA-1", "last_seq": last})).await;
+    let (_c, _, replay) = cluster_client(&b, json!({"epoch": "CODA-1", "last_seq": last})).await;
     assert_eq!(replay["data"]["complete"], json!(false));
 }
 
@@ -383,4 +403,30 @@ fn a_bad_cluster_setting_stops_the_server_with_its_name() {
     );
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("cluster.node"), "{}", out.stderr);
+}
+
+#[test]
+fn coda_bench_cluster_measures_the_hop() {
+    let Some(bin) = nats_bin() else { return };
+    let home = Home::new();
+    let bin = bin.display().to_string();
+    let out = home.run(
+        &[
+            "bench",
+            "cluster",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--json",
+            "--nats-server",
+            &bin,
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let r: Value = serde_json::from_str(&out.stdout).expect("JSON report");
+    assert!(r["local_events"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["missing_at_b"], json!(0), "{r}");
+    assert!(r["added"]["p99_ms"].as_f64().is_some(), "{r}");
 }

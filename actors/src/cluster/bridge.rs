@@ -107,7 +107,9 @@ impl Handler<HubDelivery> for Bridge {
                     total_dropped = outbox.dropped(),
                     "the cluster outbox is full: its oldest events were dropped"
                 ),
-                Err(e) => tracing::error!(error = %e, seq = ev.seq, "event not queued for the cluster"),
+                Err(e) => {
+                    tracing::error!(error = %e, seq = ev.seq, "event not queued for the cluster")
+                }
             }
         }
         drop(outbox);
@@ -186,7 +188,10 @@ async fn send(
     let mut failure = None;
     for (key, r) in batch {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{node}.{}.{}", r.epoch, r.seq).as_str());
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{node}.{}.{}", r.epoch, r.seq).as_str(),
+        );
         headers.insert("Coda-Node", node);
         headers.insert("Coda-Epoch", r.epoch.as_str());
         headers.insert("Coda-Seq", r.seq.to_string().as_str());

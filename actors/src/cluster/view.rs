@@ -64,10 +64,7 @@ pub async fn open_view(
         .saturating_add(1)
         .max(first);
     let (from, complete) = match &start {
-        StartAt::Resume {
-            epoch: e,
-            last_seq,
-        } => {
+        StartAt::Resume { epoch: e, last_seq } => {
             if e.as_deref().is_some_and(|e| e != epoch) || *last_seq > last {
                 (recent, false)
             } else {
@@ -113,11 +110,7 @@ struct Replay {
     complete: bool,
 }
 
-async fn feed(
-    mut messages: push::Ordered,
-    recipient: Recipient<HubDelivery>,
-    replay: Replay,
-) {
+async fn feed(mut messages: push::Ordered, recipient: Recipient<HubDelivery>, replay: Replay) {
     let mut events = Vec::new();
     let mut complete = replay.complete;
     if replay.from <= replay.last {
@@ -146,7 +139,9 @@ async fn feed(
             }
         }
     }
-    let last_seq = events.last().map_or(replay.last, |e| e.seq.max(replay.last));
+    let last_seq = events
+        .last()
+        .map_or(replay.last, |e| e.seq.max(replay.last));
     recipient.do_send(HubDelivery::Replay(ReplayBatch {
         events,
         complete,

@@ -11,6 +11,7 @@ use crate::config::Loaded;
 
 pub mod ask_startup;
 pub mod audio;
+pub mod cluster;
 pub mod echo;
 pub mod fanout;
 pub mod llm;
@@ -54,6 +55,9 @@ pub enum BenchCommand {
     /// Echo cancellation in a synthetic room: echo reduction after convergence, and a
     /// second talker's words through whisper with and without it.
     Echo(echo::EchoBenchArgs),
+    /// The cluster stream: two nodes on a real nats-server; what the hop through
+    /// JetStream adds between node A's hub and a dashboard on node B.
+    Cluster(cluster::ClusterBenchArgs),
 }
 
 /// Runs a benchmark with the configuration the global flags chose; the benchmarks that
@@ -61,6 +65,7 @@ pub enum BenchCommand {
 pub fn run(loaded: &Loaded, choice: &ConfigChoice, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Fanout(args) => fanout::run(choice, &args),
+        BenchCommand::Cluster(args) => cluster::run(choice, &args),
         BenchCommand::Llm(args) => llm::run(loaded, args),
         BenchCommand::Turn(args) => turn::run(choice, &args),
         BenchCommand::Memory(args) => memory::run(&args),
@@ -82,6 +87,16 @@ pub(crate) fn spawn_server(
     choice: &ConfigChoice,
     extra: &[&str],
 ) -> anyhow::Result<(ChildGuard, String)> {
+    spawn_server_env(tmp, choice, extra, &[])
+}
+
+/// [`spawn_server`] with more environment (config overrides such as `CODA__CLUSTER__…`).
+pub(crate) fn spawn_server_env(
+    tmp: &Path,
+    choice: &ConfigChoice,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(ChildGuard, String)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(choice.as_args())
@@ -94,6 +109,7 @@ pub(crate) fn spawn_server(
         .env("CODA__SERVER__CONNECT_RATE_PER_IP", "100000")
         .env("CODA__SERVER__MAX_CONNECTIONS_PER_IP", "100000")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
