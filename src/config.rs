@@ -77,6 +77,17 @@ pub struct ClusterConfig {
     pub outbox_dir: String,
 }
 
+/// `[wyoming]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WyomingConfig {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    pub allow_remote: bool,
+    pub max_connections: usize,
+}
+
 /// `[conversation]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -426,6 +437,7 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub events: EventsConfig,
     pub cluster: ClusterConfig,
+    pub wyoming: WyomingConfig,
     pub conversation: ConversationConfig,
     pub tts: TtsConfig,
     pub kernel: KernelConfig,
@@ -941,6 +953,7 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     validate_memory_tools(s)?;
     validate_stt(&s.stt)?;
     validate_cluster(&s.cluster)?;
+    validate_wyoming(&s.wyoming)?;
     validate_llm(&s.llm)
 }
 
@@ -980,6 +993,28 @@ fn validate_cluster(c: &ClusterConfig) -> Result<(), ConfigError> {
         return Err(invalid(
             "cluster.outbox_max_events",
             "must be between 1 and 100000000",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_wyoming(w: &WyomingConfig) -> Result<(), ConfigError> {
+    if !w.enabled {
+        return Ok(());
+    }
+    if w.host.trim().is_empty() {
+        return Err(invalid("wyoming.host", "must not be empty"));
+    }
+    if !(1..=1024).contains(&w.max_connections) {
+        return Err(invalid(
+            "wyoming.max_connections",
+            "must be between 1 and 1024",
+        ));
+    }
+    if !w.allow_remote && !crate::server::is_loopback_host(&w.host) {
+        return Err(invalid(
+            "wyoming.host",
+            "is not a loopback address, and Wyoming has no authentication: set wyoming.allow_remote = true to expose it on the network anyway",
         ));
     }
     Ok(())

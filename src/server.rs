@@ -82,6 +82,59 @@ async fn start_cluster(
     Ok(Some(cluster))
 }
 
+/// Starts the Wyoming server when `wyoming.enabled` (the address was checked with the
+/// config).
+fn start_wyoming(
+    s: &Settings,
+    hub: &HubHandle,
+    kernel: &coda_actors::kernel::Kernel,
+    components: &ComponentRegistry,
+) -> Result<(), StartError> {
+    use coda_actors::wyoming::{serve, TurnAnswers, WyomingServices, WyomingSettings};
+    let w = &s.wyoming;
+    if !w.enabled {
+        return Ok(());
+    }
+    let addr = format!("{}:{}", w.host, w.port);
+    let bind_err = |source| StartError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    let listener =
+        std::net::TcpListener::bind((w.host.trim_start_matches('[').trim_end_matches(']'), w.port))
+            .map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
+    let tts = match coda_actors::tts::registry::build(&s.tts_settings(), None) {
+        Ok(engine) => Some(engine),
+        Err(e) => {
+            tracing::warn!(error = %e, "wyoming: no text-to-speech to offer");
+            None
+        }
+    };
+    let services = WyomingServices {
+        stt: Some(kernel.stt.clone().recipient()),
+        tts,
+        kernel: coda_actors::kernel::KernelHandle::new(Some(kernel.clone())),
+        answers: TurnAnswers::start(hub),
+        wake: kernel.wake.is_some(),
+    };
+    let settings = WyomingSettings {
+        max_connections: w.max_connections,
+        max_audio_s: s.stt.max_utterance_s,
+        stt_model: s.stt.model.clone(),
+        language: s.stt.language.clone(),
+        tts_voice: s.tts.engine.to_string(),
+        ..WyomingSettings::default()
+    };
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!(addr = %a, "wyoming server listening");
+    }
+    actix_rt::spawn(serve(listener, settings, services));
+    components.set(hub, "wyoming", ComponentState::Running, None);
+    Ok(())
+}
+
 /// Is `host` a loopback address (or `localhost`)?
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim().trim_start_matches('[').trim_end_matches(']');
@@ -174,6 +227,7 @@ pub async fn start(
     };
     let rooms = start_rooms(s, storage, &hub, &components)?;
     let kernel = start_kernel(s, &hub, &components, rooms);
+    start_wyoming(s, &hub, &kernel, &components)?;
     listen_on_device(s, &kernel);
     let shared = SessionShared::new(
         s.session_settings(),

@@ -22,3 +22,4 @@ pub mod tools;
 pub mod tts;
 pub mod voice;
 pub mod wake;
+pub mod wyoming;

@@ -724,6 +724,42 @@ impl Handler<SpeechAudio> for SttActor {
     }
 }
 
+/// Transcribe a whole recording (16 kHz mono) and answer with the transcript, off the
+/// hub: for servers that speak other protocols (Wyoming).
+#[derive(Message)]
+#[rtype(result = "Result<Transcript, String>")]
+pub struct Transcribe {
+    /// 16 kHz mono samples in [-1, 1].
+    pub samples: Arc<[f32]>,
+}
+
+impl Handler<Transcribe> for SttActor {
+    type Result = ResponseActFuture<Self, Result<Transcript, String>>;
+
+    fn handle(&mut self, msg: Transcribe, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.sup.is_degraded() {
+            let _ = tx.send(Err(self.sup.unavailable()));
+        } else {
+            let samples = msg.samples;
+            self.run(
+                move |e| e.transcribe(&samples, None),
+                move |_, res, _| {
+                    let _ = tx.send(res.map_err(|e| e.to_string()));
+                },
+                ctx,
+            );
+        }
+        Box::pin(
+            async move {
+                rx.await
+                    .unwrap_or_else(|_| Err("speech-to-text stopped".to_string()))
+            }
+            .into_actor(self),
+        )
+    }
+}
+
 /// Scores a wake word candidate with the model ([`crate::wake::verify`]).
 #[derive(Message)]
 #[rtype(result = "()")]
