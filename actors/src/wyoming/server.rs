@@ -343,7 +343,7 @@ impl Connection {
         };
         let payload = e.payload.as_deref().unwrap_or_default();
         let frame = (audio.width * audio.channels) as usize;
-        if payload.len() % frame != 0 {
+        if !payload.len().is_multiple_of(frame) {
             return Err(Refusal(
                 format!(
                     "audio chunk of {} bytes is not whole frames of {frame} bytes",
