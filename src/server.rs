@@ -64,7 +64,7 @@ impl StartError {
 
 /// Connects to NATS (in the background) and starts the hub → JetStream bridge, when
 /// `[cluster]` is configured.
-async fn start_cluster(
+pub(crate) async fn start_cluster(
     s: &Settings,
     hub: &coda_actors::hub::HubHandle,
 ) -> Result<Option<coda_actors::cluster::Cluster>, StartError> {
@@ -228,6 +228,13 @@ pub async fn start(
     let rooms = start_rooms(s, storage, &hub, &components)?;
     let kernel = start_kernel(s, &hub, &components, rooms);
     start_wyoming(s, &hub, &kernel, &components)?;
+    if let Some(c) = &cluster {
+        coda_actors::cluster::satellite::SatelliteGateway::start(
+            c.clone(),
+            hub.clone(),
+            kernel.stt.clone().recipient(),
+        );
+    }
     listen_on_device(s, &kernel);
     let shared = SessionShared::new(
         s.session_settings(),
@@ -376,7 +383,7 @@ pub async fn shutdown(hub: &HubHandle, http: &actix_web::dev::ServerHandle, grac
     http.stop(true).await;
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

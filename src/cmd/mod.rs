@@ -18,6 +18,7 @@ pub mod events;
 pub mod memory;
 pub mod models;
 pub mod protocol;
+pub mod satellite;
 pub mod say;
 pub mod serve;
 pub mod token;
@@ -45,6 +46,8 @@ pub struct Cli {
 pub enum Commands {
     /// Run the assistant core: event hub, WebSocket server, HTTP endpoints.
     Serve(serve::ServeArgs),
+    /// A room's microphone and speaker for a core elsewhere (over NATS: docs/cluster.md).
+    Satellite(satellite::SatelliteArgs),
     /// Tail the event stream of a running server (reconnects and resumes).
     Events(events::EventsArgs),
     /// Manage access tokens (stored hashed).
@@ -118,7 +121,7 @@ pub mod exit {
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    if !matches!(cli.command, Commands::Serve(_)) {
+    if !matches!(cli.command, Commands::Serve(_) | Commands::Satellite(_)) {
         restore_sigpipe();
     }
     match run(cli) {
@@ -200,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Commands::Serve(args) => serve::run(&choice, args),
+        Commands::Satellite(args) => satellite::run(&choice, args),
         Commands::Events(args) => {
             init_logging("warn", LogFormat::Text);
             events::run(&choice.load(Vec::new())?, args)

@@ -16,6 +16,7 @@
 
 mod bridge;
 mod outbox;
+pub mod satellite;
 mod view;
 
 pub use bridge::Bridge;

@@ -202,7 +202,8 @@ pub struct GetCounters;
 
 /// Deliver the events of `mask` to an in-process observer (e.g. the metrics actor, which
 /// feeds its latency tracker from `latency_trace`). Observers are not clients: they are
-/// not counted, get no replay and no shutdown notice. Registering the same `name` again
+/// not counted, get no replay and no shutdown notice; their types count as wanted
+/// ([`HubHandle::wants`]). Registering the same `name` again
 /// replaces the earlier registration (an actor restarting re-registers).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -339,10 +340,13 @@ impl EventHub {
             .iter()
             .filter_map(|(id, c)| c.mask.map(|m| (*id, m, c.recipient.clone())))
             .collect();
+        // Observers count: one that forwards audio (satellites) wants it produced.
         let union = self
             .subscribers
             .iter()
-            .fold(0u64, |acc, (_, m, _)| acc | m.bits());
+            .map(|(_, m, _)| m)
+            .chain(self.observers.iter().map(|(_, m, _)| m))
+            .fold(0u64, |acc, m| acc | m.bits());
         self.wanted.store(union, Ordering::Relaxed);
         self.counters
             .set_connections(self.clients.len(), self.subscribers.len());
@@ -594,6 +598,7 @@ impl Handler<Observe> for EventHub {
     fn handle(&mut self, msg: Observe, _: &mut Context<Self>) {
         self.observers.retain(|(name, _, _)| *name != msg.name);
         self.observers.push((msg.name, msg.mask, msg.recipient));
+        self.rebuild_subscribers();
     }
 }
 
@@ -627,7 +632,7 @@ pub struct HubHandle {
 }
 
 impl HubHandle {
-    /// Does any subscribed client want events of type `t`? (For costly, opt-in events
+    /// Does any subscribed client or observer want events of type `t`? (For costly, opt-in events
     /// such as `tts_audio`: skip producing them when nobody listens.)
     pub fn wants(&self, t: EventType) -> bool {
         TypeMask::ALL.bits() & self.wanted.load(Ordering::Relaxed) & (1u64 << (t as u32)) != 0

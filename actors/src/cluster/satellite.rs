@@ -1,0 +1,658 @@
+//! Satellites: small machines with a microphone and a speaker and no models. A satellite
+//! (`coda satellite`) listens for the wake word itself; when it hears it, it asks the
+//! core whether it answers (several satellites may hear one person: the best wake score
+//! does, the others stand down), then streams the utterance to the core over core NATS
+//! (not the persisted stream) and plays the answer the core streams back.
+//!
+//! Subjects (under `coda-sat.`, outside the event stream's `coda.*.*`):
+//! - `coda-sat.claim` (request): `{satellite, word, score}` → `{go, winner}`, decided by
+//!   the core after [`CLAIM_WINDOW`] from the first claim of a wake;
+//! - `coda-sat.<name>.speech`: the utterance as the satellite's segmenter cut it
+//!   ([`SpeechWire`]); the core hands it to its speech-to-text as session `sat-<name>`;
+//! - `coda-sat.<name>.settled`: the core's transcriber found the audio up to a pause a
+//!   complete request (the satellite may end the utterance after a shorter silence);
+//! - `coda-sat.<name>.play`: the answer's audio (`tts_audio` payloads) and alarms;
+//! - `coda-sat.ping` (request): is a core there?
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use base64::Engine as _;
+use coda_protocol::{AudioSource, EventType, SttMode, TtsAudio};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::Cluster;
+use crate::hub::{HubDelivery, HubHandle, Observe, TypeMask};
+use crate::voice::{Settle, SpeechAudio};
+
+/// How long the core collects claims of one wake before it decides.
+pub const CLAIM_WINDOW: Duration = Duration::from_millis(150);
+/// A claim this soon after a decision belongs to the same wake (a slow satellite): it
+/// loses.
+const SAME_WAKE: Duration = Duration::from_secs(2);
+/// The conversation session of a satellite's speech on the core.
+pub fn session_of(satellite: &str) -> String {
+    format!("sat-{satellite}")
+}
+
+const CLAIM_SUBJECT: &str = "coda-sat.claim";
+const PING_SUBJECT: &str = "coda-sat.ping";
+/// Queue group of the cores: one of them answers each request.
+const CORES: &str = "coda-cores";
+
+fn subject(satellite: &str, what: &str) -> String {
+    format!("coda-sat.{satellite}.{what}")
+}
+
+/// A wake claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claim {
+    pub satellite: String,
+    pub word: String,
+    pub score: f32,
+}
+
+/// The core's decision on a claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decision {
+    pub go: bool,
+    pub winner: String,
+}
+
+/// The utterance on the wire: what the satellite's segmenter reported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SpeechWire {
+    Wake {
+        word: String,
+        score: f32,
+    },
+    Started {
+        mode: SttMode,
+    },
+    /// The whole utterance so far (s16le, base64); `settle`: the speaker paused here.
+    Partial {
+        pcm: String,
+        settle: Option<usize>,
+    },
+    Ended {
+        pcm: String,
+        settle: Option<usize>,
+        /// How long before sending the speaker stopped, ms (no shared clock needed).
+        ended_ms_ago: f64,
+    },
+    Cancelled {
+        reason: String,
+    },
+}
+
+/// The `settled` message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Settled {
+    len: usize,
+}
+
+fn pcm_of(samples: &[f32]) -> String {
+    let bytes: Vec<u8> = samples
+        .iter()
+        .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn samples_of(pcm: &str) -> Option<Arc<[f32]>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(pcm).ok()?;
+    Some(
+        bytes
+            .chunks_exact(2)
+            .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+            .collect(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The core's side
+// ---------------------------------------------------------------------------------------
+
+/// On the core: takes satellites' claims and speech, and streams their answers back.
+pub struct SatelliteGateway {
+    cluster: Cluster,
+    stt: Recipient<SpeechAudio>,
+    play: Option<tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SatelliteGateway {
+    /// Starts serving satellites on `cluster`; speech goes to `stt`, answers are taken
+    /// from `hub`.
+    pub fn start(
+        cluster: Cluster,
+        hub: HubHandle,
+        stt: Recipient<SpeechAudio>,
+    ) -> Addr<SatelliteGateway> {
+        SatelliteGateway::create(|ctx| {
+            hub.addr().do_send(Observe {
+                name: "satellites",
+                mask: TypeMask::from_type(EventType::TtsAudio),
+                recipient: ctx.address().recipient(),
+            });
+            SatelliteGateway {
+                cluster,
+                stt,
+                play: None,
+                tasks: Vec::new(),
+            }
+        })
+    }
+}
+
+impl Actor for SatelliteGateway {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        let client = self.cluster.client.clone();
+        let node = self.cluster.settings.node.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        self.play = Some(tx);
+        // One sender keeps each satellite's chunks in order.
+        let c = client.clone();
+        self.tasks.push(tokio::spawn(async move {
+            while let Some((subject, body)) = rx.recv().await {
+                if let Err(e) = c.publish(subject, body.into()).await {
+                    tracing::debug!(error = %e, "satellite audio not sent");
+                }
+            }
+        }));
+        self.tasks.push(tokio::spawn(arbitrate(client.clone())));
+        self.tasks.push(tokio::spawn(answer_pings(client.clone(), node)));
+        self.tasks.push(tokio::spawn(take_speech(client, self.stt.clone())));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Handler<HubDelivery> for SatelliteGateway {
+    type Result = ();
+
+    fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
+        let Some(play) = &self.play else { return };
+        for ev in msg.live() {
+            let Ok(env) = serde_json::from_str::<serde_json::Value>(&ev.json) else {
+                continue;
+            };
+            let Some(sat) = env["session_id"]
+                .as_str()
+                .and_then(|s| s.strip_prefix("sat-"))
+            else {
+                continue;
+            };
+            let body = env["data"].to_string().into_bytes();
+            let _ = play.send((subject(sat, "play"), body));
+        }
+    }
+}
+
+/// Decides claims: the best score among those of one wake goes.
+async fn arbitrate(client: async_nats::Client) {
+    let Ok(mut sub) = client
+        .queue_subscribe(CLAIM_SUBJECT.to_string(), CORES.to_string())
+        .await
+    else {
+        tracing::warn!("satellites: cannot take wake claims");
+        return;
+    };
+    let mut pending: Vec<(Claim, async_nats::Subject)> = Vec::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut last: Option<(Instant, String)> = None;
+    loop {
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            m = sub.next() => {
+                let Some(m) = m else { return };
+                let (Some(reply), Ok(claim)) = (m.reply, serde_json::from_slice::<Claim>(&m.payload)) else {
+                    continue;
+                };
+                if let Some((at, winner)) = &last {
+                    if at.elapsed() < SAME_WAKE && deadline.is_none() {
+                        let d = Decision { go: false, winner: winner.clone() };
+                        let _ = client.publish(reply, serde_json::to_vec(&d).unwrap_or_default().into()).await;
+                        continue;
+                    }
+                }
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + CLAIM_WINDOW);
+                pending.push((claim, reply));
+            }
+            _ = next => {
+                deadline = None;
+                let best = pending
+                    .iter()
+                    .max_by(|a, b| a.0.score.total_cmp(&b.0.score))
+                    .map(|(c, _)| c.satellite.clone())
+                    .unwrap_or_default();
+                tracing::info!(winner = %best, claims = pending.len(), "wake claims decided");
+                for (claim, reply) in pending.drain(..) {
+                    let d = Decision { go: claim.satellite == best, winner: best.clone() };
+                    let _ = client.publish(reply, serde_json::to_vec(&d).unwrap_or_default().into()).await;
+                }
+                last = Some((Instant::now(), best));
+            }
+        }
+    }
+}
+
+async fn answer_pings(client: async_nats::Client, node: String) {
+    let Ok(mut sub) = client
+        .queue_subscribe(PING_SUBJECT.to_string(), CORES.to_string())
+        .await
+    else {
+        return;
+    };
+    while let Some(m) = sub.next().await {
+        if let Some(reply) = m.reply {
+            let body = serde_json::json!({"core": node}).to_string();
+            let _ = client.publish(reply, body.into()).await;
+        }
+    }
+}
+
+/// Satellites' speech → the core's speech-to-text, as session `sat-<name>`.
+async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
+    let Ok(mut sub) = client.subscribe("coda-sat.*.speech".to_string()).await else {
+        tracing::warn!("satellites: cannot take speech");
+        return;
+    };
+    // Each satellite's last settle point, shared with the transcriber.
+    let mut settles: HashMap<String, Settle> = HashMap::new();
+    while let Some(m) = sub.next().await {
+        let Some(sat) = m.subject.as_str().split('.').nth(1).map(str::to_string) else {
+            continue;
+        };
+        let wire: SpeechWire = match serde_json::from_slice(&m.payload) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(satellite = %sat, error = %e, "satellite speech unreadable");
+                continue;
+            }
+        };
+        let session_id = session_of(&sat);
+        let mut settle_for = |len: Option<usize>| -> Option<Settle> {
+            let len = len?;
+            let s = settles
+                .entry(sat.clone())
+                .and_modify(|s| {
+                    if s.len != len {
+                        *s = new_settle(len, &client, &sat);
+                    }
+                })
+                .or_insert_with(|| new_settle(len, &client, &sat));
+            Some(s.clone())
+        };
+        let report = match wire {
+            SpeechWire::Wake { word, score } => SpeechAudio::Wake {
+                session_id,
+                word,
+                score,
+                verified: None,
+                source: AudioSource::Client,
+            },
+            SpeechWire::Started { mode } => {
+                settles.remove(&sat);
+                SpeechAudio::Started {
+                    session_id,
+                    mode,
+                    source: AudioSource::Client,
+                }
+            }
+            SpeechWire::Partial { pcm, settle } => {
+                let Some(samples) = samples_of(&pcm) else { continue };
+                SpeechAudio::Partial {
+                    session_id,
+                    samples,
+                    settle: settle_for(settle),
+                }
+            }
+            SpeechWire::Ended {
+                pcm,
+                settle,
+                ended_ms_ago,
+            } => {
+                let Some(samples) = samples_of(&pcm) else { continue };
+                let ago = Duration::from_secs_f64((ended_ms_ago / 1000.0).clamp(0.0, 60.0));
+                SpeechAudio::Ended {
+                    session_id,
+                    samples,
+                    speech_ended: Instant::now().checked_sub(ago).unwrap_or_else(Instant::now),
+                    settle: settle_for(settle),
+                }
+            }
+            SpeechWire::Cancelled { reason } => SpeechAudio::Cancelled { session_id, reason },
+        };
+        stt.do_send(report);
+    }
+}
+
+/// A settle point whose completion the transcriber marks; told to the satellite when it
+/// does (watched for a few seconds).
+fn new_settle(len: usize, client: &async_nats::Client, sat: &str) -> Settle {
+    let complete = Arc::new(AtomicUsize::new(0));
+    let (c, watch, subject) = (client.clone(), complete.clone(), subject(sat, "settled"));
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if watch.load(Ordering::Relaxed) == len {
+                let body = serde_json::to_vec(&Settled { len }).unwrap_or_default();
+                let _ = c.publish(subject, body.into()).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    Settle { len, complete }
+}
+
+// ---------------------------------------------------------------------------------------
+// The satellite's side
+// ---------------------------------------------------------------------------------------
+
+/// Where a satellite plays what the core sends.
+pub enum PlaySink {
+    /// An output device.
+    Speaker(Arc<crate::audio::Speaker>),
+    /// A WAV file, rewritten with each answer (machines without a sound card, tests).
+    File(std::path::PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Claiming {
+    Idle,
+    Asking,
+    Go,
+    StandDown,
+}
+
+/// On the satellite: reports the segmenter's speech to the core, and plays the answers.
+pub struct SatelliteLink {
+    name: String,
+    cluster: Cluster,
+    state: Claiming,
+    held: Vec<SpeechWire>,
+    settles: Arc<std::sync::Mutex<Vec<Settle>>>,
+    sink: Option<Arc<PlaySink>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SatelliteLink {
+    /// A link for satellite `name` on `cluster`, playing into `sink`.
+    pub fn new(name: String, cluster: Cluster, sink: PlaySink) -> SatelliteLink {
+        SatelliteLink {
+            name,
+            cluster,
+            state: Claiming::Idle,
+            held: Vec::new(),
+            settles: Arc::default(),
+            sink: Some(Arc::new(sink)),
+            tasks: Vec::new(),
+        }
+    }
+
+    fn send(&self, w: &SpeechWire) {
+        let client = self.cluster.client.clone();
+        let subject = subject(&self.name, "speech");
+        let body = serde_json::to_vec(w).unwrap_or_default();
+        // Spawned in order on one thread: they go out in order.
+        actix_rt::spawn(async move {
+            if let Err(e) = client.publish(subject, body.into()).await {
+                tracing::debug!(error = %e, "speech not sent to the core");
+            }
+        });
+    }
+}
+
+impl Actor for SatelliteLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        let client = self.cluster.client.clone();
+        let (name, settles) = (self.name.clone(), self.settles.clone());
+        let c = client.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let Ok(mut sub) = c.subscribe(subject(&name, "settled")).await else {
+                return;
+            };
+            while let Some(m) = sub.next().await {
+                let Ok(s) = serde_json::from_slice::<Settled>(&m.payload) else {
+                    continue;
+                };
+                if let Ok(list) = settles.lock() {
+                    for st in list.iter().filter(|st| st.len == s.len) {
+                        st.complete.store(s.len, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+        if let Some(sink) = self.sink.take() {
+            self.tasks
+                .push(tokio::spawn(play_answers(client.clone(), self.name.clone(), sink)));
+        }
+        self.tasks.push(tokio::spawn(watch_core(client)));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Handler<SpeechAudio> for SatelliteLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: SpeechAudio, ctx: &mut Context<Self>) {
+        let wire = match msg {
+            SpeechAudio::Wake { word, score, .. } => {
+                self.state = Claiming::Asking;
+                self.held.clear();
+                let claim = Claim {
+                    satellite: self.name.clone(),
+                    word: word.clone(),
+                    score,
+                };
+                let client = self.cluster.client.clone();
+                let ask = async move {
+                    let body = serde_json::to_vec(&claim).unwrap_or_default();
+                    let reply = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.request(CLAIM_SUBJECT.to_string(), body.into()),
+                    )
+                    .await;
+                    match reply {
+                        Ok(Ok(m)) => match serde_json::from_slice::<Decision>(&m.payload) {
+                            Ok(d) => Some(d),
+                            Err(e) => {
+                                tracing::warn!(error = %e, payload = %String::from_utf8_lossy(&m.payload), status = ?m.status, "wake claim answer unreadable");
+                                None
+                            }
+                        },
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "wake claim failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::warn!("wake claim: no answer within 2 s");
+                            None
+                        }
+                    }
+                };
+                self.held.push(SpeechWire::Wake { word, score });
+                ctx.spawn(ask.into_actor(self).map(|decision, act, _| {
+                    match decision {
+                        Some(d) if d.go => {
+                            act.state = Claiming::Go;
+                            for w in std::mem::take(&mut act.held) {
+                                act.send(&w);
+                            }
+                        }
+                        Some(d) => {
+                            tracing::info!(winner = %d.winner, "another satellite heard it better; standing down");
+                            println!("stood down: {} answers", d.winner);
+                            act.state = Claiming::StandDown;
+                            act.held.clear();
+                        }
+                        None => {
+                            tracing::warn!("no core answered the wake word; not listening to this one");
+                            act.state = Claiming::StandDown;
+                            act.held.clear();
+                        }
+                    }
+                }));
+                return;
+            }
+            SpeechAudio::Started { mode, .. } => SpeechWire::Started { mode },
+            SpeechAudio::Partial {
+                samples, settle, ..
+            } => SpeechWire::Partial {
+                pcm: pcm_of(&samples),
+                settle: settle.map(|s| self.keep(s)),
+            },
+            SpeechAudio::Ended {
+                samples,
+                speech_ended,
+                settle,
+                ..
+            } => SpeechWire::Ended {
+                pcm: pcm_of(&samples),
+                settle: settle.map(|s| self.keep(s)),
+                ended_ms_ago: speech_ended.elapsed().as_secs_f64() * 1000.0,
+            },
+            SpeechAudio::Cancelled { reason, .. } => SpeechWire::Cancelled { reason },
+        };
+        let last = matches!(wire, SpeechWire::Ended { .. } | SpeechWire::Cancelled { .. });
+        match self.state {
+            Claiming::Go => self.send(&wire),
+            Claiming::Asking => self.held.push(wire),
+            // Follow-up speech (no wake word) of the satellite's own conversation.
+            Claiming::Idle => self.send(&wire),
+            Claiming::StandDown => {}
+        }
+        if last && self.state != Claiming::Asking {
+            self.state = Claiming::Idle;
+        }
+    }
+}
+
+impl SatelliteLink {
+    fn keep(&mut self, s: Settle) -> usize {
+        let len = s.len;
+        if let Ok(mut list) = self.settles.lock() {
+            list.retain(|k| k.len < len);
+            list.push(s);
+            if list.len() > 8 {
+                list.remove(0);
+            }
+        }
+        len
+    }
+}
+
+/// Plays what the core sends for this satellite, answer by answer.
+async fn play_answers(client: async_nats::Client, name: String, sink: Arc<PlaySink>) {
+    let Ok(mut sub) = client.subscribe(subject(&name, "play")).await else {
+        return;
+    };
+    let mut answer: Vec<f32> = Vec::new();
+    let mut rate = 0;
+    while let Some(m) = sub.next().await {
+        let Ok(chunk) = serde_json::from_slice::<TtsAudio>(&m.payload) else {
+            continue;
+        };
+        let samples: Vec<f32> = base64::engine::general_purpose::STANDARD
+            .decode(&chunk.audio)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+            .collect();
+        match sink.as_ref() {
+            PlaySink::Speaker(s) => {
+                if !samples.is_empty() {
+                    // Queued, not awaited: the next chunk follows without a gap.
+                    let (s, r) = (s.clone(), chunk.sample_rate);
+                    tokio::spawn(async move { s.play(samples, r).await });
+                }
+            }
+            PlaySink::File(_) => {
+                if !samples.is_empty() {
+                    rate = chunk.sample_rate;
+                }
+                answer.extend(samples);
+            }
+        }
+        if chunk.last {
+            let ms = if rate > 0 {
+                answer.len() as f64 * 1000.0 / f64::from(rate)
+            } else {
+                0.0
+            };
+            if let PlaySink::File(path) = sink.as_ref() {
+                if let Err(e) = write_wav(path, &answer, rate) {
+                    tracing::warn!(error = %e, path = %path.display(), "answer not written");
+                }
+            }
+            tracing::info!(turn = ?chunk.turn_id, ms, "answer played");
+            println!("answer played: {:.0} ms", ms);
+            answer.clear();
+        }
+    }
+}
+
+fn write_wav(path: &std::path::Path, samples: &[f32], rate: u32) -> Result<(), hound::Error> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate.max(1),
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)?;
+    for s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+    }
+    w.finalize()
+}
+
+/// Asks for a core every 2 s; says once when it is lost and once when it is back.
+async fn watch_core(client: async_nats::Client) {
+    let mut up: Option<bool> = None;
+    loop {
+        let ok = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.request(PING_SUBJECT.to_string(), Vec::new().into()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        match (up, ok) {
+            (Some(true) | None, false) => {
+                tracing::warn!("lost the core: no answer on NATS; retrying");
+                println!("core lost");
+            }
+            (Some(false) | None, true) => {
+                tracing::info!("the core answers");
+                println!("core reachable");
+            }
+            _ => {}
+        }
+        up = Some(ok);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
