@@ -6,8 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -429,4 +432,199 @@ fn coda_bench_cluster_measures_the_hop() {
     assert!(r["local_events"].as_u64().unwrap() > 100, "{r}");
     assert_eq!(r["missing_at_b"], json!(0), "{r}");
     assert!(r["added"]["p99_ms"].as_f64().is_some(), "{r}");
+}
+
+/// `coda satellite` as a child process: its stdout lines, killed on drop.
+struct Satellite {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    _home: Arc<Home>,
+}
+
+impl Satellite {
+    /// A satellite named `name` on `nats`, hearing `mic` (a WAV played in real time as
+    /// its microphone), writing each answer to `answer`.
+    fn start(nats: &Nats, name: &str, mic: &Path, answer: &Path) -> Satellite {
+        let home = Home::new();
+        let models = store();
+        let input = format!("file:{}", mic.display());
+        let output = format!("file:{}", answer.display());
+        let url = nats.url();
+        let mut cmd = home.command(
+            &["satellite", "--core", &url, "--name", name, "--output", &output],
+            &[
+                ("CODA__MODELS__DIR", models.to_str().unwrap()),
+                ("CODA__AUDIO__INPUT_DEVICE", &input),
+                ("RUST_LOG", "info"),
+            ],
+        );
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn coda satellite");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Satellite {
+            child,
+            lines,
+            seen: Vec::new(),
+            _home: home,
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns it.
+    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no `{prefix}` line within {timeout:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Satellite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 16 kHz mono PCM: 0.5 s of silence, then each text with its pause after it.
+fn mic_pcm(parts: &[(&str, usize)]) -> Vec<u8> {
+    let mut pcm = vec![0u8; 500 * 32];
+    for (text, pad_ms) in parts {
+        let (s, _wav) = speech(text, *pad_ms);
+        pcm.extend(s);
+    }
+    pcm
+}
+
+/// Milliseconds of audio in an answer line (`answer played: N ms`).
+fn played_ms(line: &str) -> f64 {
+    line.trim_start_matches("answer played: ")
+        .trim_end_matches(" ms")
+        .parse()
+        .unwrap_or_else(|_| panic!("{line:?}"))
+}
+
+#[tokio::test]
+async fn a_turn_spoken_at_a_satellite_is_answered_there_and_its_timer_rings_there() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let models = store();
+    let core = node(
+        &nats,
+        "core",
+        &[],
+        &[("CODA__MODELS__DIR", models.to_str().unwrap())],
+    );
+    let (mut watch, _) = core.hello_client().await;
+    let mic = dir.path().join("mic.wav");
+    write_pcm_wav(
+        &mic,
+        &mic_pcm(&[("Hey Coda.", 250), ("Set a timer for five seconds.", 9000)]),
+    );
+    let answer = dir.path().join("answer.wav");
+    let mut sat = Satellite::start(&nats, "kitchen", &mic, &answer);
+    sat.wait_line("satellite kitchen listening", Duration::from_secs(60));
+
+    // The core heard it as the satellite's conversation.
+    let wake = watch
+        .wait_for("the satellite's wake word", Duration::from_secs(30), |v| {
+            ty(v) == "wake_detected" && v["session_id"] == "sat-kitchen"
+        })
+        .await;
+    assert_eq!(wake["data"]["word"], json!("hey coda"), "{wake}");
+    let heard = watch
+        .wait_for("the satellite's words", Duration::from_secs(60), |v| {
+            ty(v) == "stt_result" && v["session_id"] == "sat-kitchen"
+        })
+        .await;
+    let text = heard["data"]["text"].as_str().unwrap().to_lowercase();
+    assert!(text.contains("timer"), "{heard}");
+
+    // The answer plays at the satellite; then, five seconds later, the alarm.
+    let first = sat.wait_line("answer played:", Duration::from_secs(60));
+    assert!(played_ms(&first) > 500.0, "{first}");
+    let spoken = hound::WavReader::open(&answer).expect("the answer's WAV");
+    assert!(spoken.duration() > spoken.spec().sample_rate / 2, "{first}");
+    let alarm = watch
+        .wait_for("the alarm", Duration::from_secs(30), |v| {
+            ty(v) == "alarm" && v["session_id"] == "sat-kitchen"
+        })
+        .await;
+    let ring = sat.wait_line("answer played:", Duration::from_secs(30));
+    assert!(played_ms(&ring) > 300.0, "{ring} after {alarm}");
+}
+
+#[tokio::test]
+async fn of_two_satellites_hearing_one_wake_word_one_answers() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let models = store();
+    let _core = node(
+        &nats,
+        "core",
+        &[],
+        &[("CODA__MODELS__DIR", models.to_str().unwrap())],
+    );
+    let mic = dir.path().join("mic.wav");
+    write_pcm_wav(&mic, &mic_pcm(&[("Hey Coda.", 250), ("What time is it?", 4000)]));
+    let a = Satellite::start(&nats, "kitchen", &mic, &dir.path().join("a.wav"));
+    let b = Satellite::start(&nats, "hall", &mic, &dir.path().join("b.wav"));
+    let mut sats = [a, b];
+    for s in sats.iter_mut() {
+        s.wait_line("satellite", Duration::from_secs(60));
+    }
+    // Each says whether it answers or stands down; exactly one answers.
+    let mut outcomes = Vec::new();
+    for s in sats.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let line = loop {
+            assert!(Instant::now() < deadline, "{:?}", s.seen);
+            let l = s.wait_line("", Duration::from_secs(60));
+            if l.starts_with("answer played:") || l.starts_with("stood down:") {
+                break l;
+            }
+        };
+        outcomes.push(line);
+    }
+    let answered = outcomes.iter().filter(|l| l.starts_with("answer played:")).count();
+    assert_eq!(answered, 1, "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn a_satellite_says_once_that_it_lost_the_core_and_finds_it_again() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let mut core = node(&nats, "core", &[], &[]);
+    let mic = dir.path().join("mic.wav");
+    write_pcm_wav(&mic, &vec![0u8; 32_000]);
+    let mut sat = Satellite::start(&nats, "kitchen", &mic, &dir.path().join("a.wav"));
+    sat.wait_line("core reachable", Duration::from_secs(60));
+    core.terminate();
+    sat.wait_line("core lost", Duration::from_secs(20));
+    let _core = node(&nats, "core", &[], &[]);
+    sat.wait_line("core reachable", Duration::from_secs(20));
+    assert_eq!(
+        sat.seen.iter().filter(|l| l.as_str() == "core lost").count(),
+        1,
+        "{:?}",
+        sat.seen
+    );
 }
