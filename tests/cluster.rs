@@ -452,7 +452,15 @@ impl Satellite {
         let output = format!("file:{}", answer.display());
         let url = nats.url();
         let mut cmd = home.command(
-            &["satellite", "--core", &url, "--name", name, "--output", &output],
+            &[
+                "satellite",
+                "--core",
+                &url,
+                "--name",
+                name,
+                "--output",
+                &output,
+            ],
             &[
                 ("CODA__MODELS__DIR", models.to_str().unwrap()),
                 ("CODA__AUDIO__INPUT_DEVICE", &input),
@@ -583,7 +591,10 @@ async fn of_two_satellites_hearing_one_wake_word_one_answers() {
         &[("CODA__MODELS__DIR", models.to_str().unwrap())],
     );
     let mic = dir.path().join("mic.wav");
-    write_pcm_wav(&mic, &mic_pcm(&[("Hey Coda.", 250), ("What time is it?", 4000)]));
+    write_pcm_wav(
+        &mic,
+        &mic_pcm(&[("Hey Coda.", 250), ("What time is it?", 4000)]),
+    );
     let a = Satellite::start(&nats, "kitchen", &mic, &dir.path().join("a.wav"));
     let b = Satellite::start(&nats, "hall", &mic, &dir.path().join("b.wav"));
     let mut sats = [a, b];
@@ -603,7 +614,10 @@ async fn of_two_satellites_hearing_one_wake_word_one_answers() {
         };
         outcomes.push(line);
     }
-    let answered = outcomes.iter().filter(|l| l.starts_with("answer played:")).count();
+    let answered = outcomes
+        .iter()
+        .filter(|l| l.starts_with("answer played:"))
+        .count();
     assert_eq!(answered, 1, "{outcomes:?}");
 }
 
@@ -622,7 +636,10 @@ async fn a_satellite_says_once_that_it_lost_the_core_and_finds_it_again() {
     let _core = node(&nats, "core", &[], &[]);
     sat.wait_line("core reachable", Duration::from_secs(20));
     assert_eq!(
-        sat.seen.iter().filter(|l| l.as_str() == "core lost").count(),
+        sat.seen
+            .iter()
+            .filter(|l| l.as_str() == "core lost")
+            .count(),
         1,
         "{:?}",
         sat.seen

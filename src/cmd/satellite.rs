@@ -2,7 +2,6 @@
 //! wake word on this machine's input device (or a `file:` input), streams what follows to
 //! the core over NATS and plays the answer; no models beyond the wake word's reference.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Supervisor};
@@ -58,7 +57,10 @@ pub fn run(choice: &ConfigChoice, args: SatelliteArgs) -> anyhow::Result<()> {
         bail!("a satellite needs its core: pass --core nats://HOST:4222 (or set cluster.nats_url)");
     };
     let name = cluster_settings.node.clone();
-    let output = args.output.clone().unwrap_or_else(|| s.audio.output_device.clone());
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| s.audio.output_device.clone());
     coda_actors::supervise::install_panic_hook();
     let system = actix_rt::System::new();
     system.block_on(async move {
@@ -68,12 +70,9 @@ pub fn run(choice: &ConfigChoice, args: SatelliteArgs) -> anyhow::Result<()> {
         let cluster = server::start_cluster(s, &hub)
             .await?
             .context("the cluster link did not start")?;
-        let sink = if let Some(path) = output.strip_prefix("file:") {
-            PlaySink::File(path.into())
-        } else {
-            let speaker = coda_actors::audio::Speaker::open(&output, None)
-                .with_context(|| format!("the output device `{output}`"))?;
-            PlaySink::Speaker(Arc::new(speaker))
+        let sink = match output.strip_prefix("file:") {
+            Some(path) => PlaySink::File(path.into()),
+            None => speaker(&output)?,
         };
         let components = ComponentRegistry::new();
         let budget = s.restart_budget();
@@ -121,4 +120,17 @@ pub fn run(choice: &ConfigChoice, args: SatelliteArgs) -> anyhow::Result<()> {
         tracing::info!("satellite stopping");
         anyhow::Ok(())
     })
+}
+
+#[cfg(feature = "audio")]
+fn speaker(output: &str) -> anyhow::Result<PlaySink> {
+    let speaker = coda_actors::audio::Speaker::open(output, None).with_context(|| {
+        format!("the output device `{output}` (or pass --output file:PATH.wav)")
+    })?;
+    Ok(PlaySink::Speaker(std::sync::Arc::new(speaker)))
+}
+
+#[cfg(not(feature = "audio"))]
+fn speaker(_: &str) -> anyhow::Result<PlaySink> {
+    bail!("this build of coda has no sound output (built without the `audio` feature): pass --output file:PATH.wav")
 }

@@ -89,7 +89,17 @@ impl Outbox {
             path: dir.display().to_string(),
             detail: e.to_string(),
         })?;
-        let db = sled::Config::new().path(dir).open().map_err(err)?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| {
+            let mut e = err(e);
+            if let ClusterError::Outbox { detail, .. } = &mut e {
+                if detail.contains("lock") {
+                    detail.push_str(
+                        " (is another coda using this store? give each node its own storage.path)",
+                    );
+                }
+            }
+            e
+        })?;
         let tree = db.open_tree("outbox").map_err(err)?;
         let next_key = match tree.last().map_err(err)? {
             Some((k, _)) => key_of(&k).map_or(0, |k| k + 1),

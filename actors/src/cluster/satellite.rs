@@ -168,8 +168,10 @@ impl Actor for SatelliteGateway {
             }
         }));
         self.tasks.push(tokio::spawn(arbitrate(client.clone())));
-        self.tasks.push(tokio::spawn(answer_pings(client.clone(), node)));
-        self.tasks.push(tokio::spawn(take_speech(client, self.stt.clone())));
+        self.tasks
+            .push(tokio::spawn(answer_pings(client.clone(), node)));
+        self.tasks
+            .push(tokio::spawn(take_speech(client, self.stt.clone())));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -317,7 +319,9 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
                 }
             }
             SpeechWire::Partial { pcm, settle } => {
-                let Some(samples) = samples_of(&pcm) else { continue };
+                let Some(samples) = samples_of(&pcm) else {
+                    continue;
+                };
                 SpeechAudio::Partial {
                     session_id,
                     samples,
@@ -329,7 +333,9 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
                 settle,
                 ended_ms_ago,
             } => {
-                let Some(samples) = samples_of(&pcm) else { continue };
+                let Some(samples) = samples_of(&pcm) else {
+                    continue;
+                };
                 let ago = Duration::from_secs_f64((ended_ms_ago / 1000.0).clamp(0.0, 60.0));
                 SpeechAudio::Ended {
                     session_id,
@@ -370,6 +376,7 @@ fn new_settle(len: usize, client: &async_nats::Client, sat: &str) -> Settle {
 /// Where a satellite plays what the core sends.
 pub enum PlaySink {
     /// An output device.
+    #[cfg(feature = "audio")]
     Speaker(Arc<crate::audio::Speaker>),
     /// A WAV file, rewritten with each answer (machines without a sound card, tests).
     File(std::path::PathBuf),
@@ -444,8 +451,11 @@ impl Actor for SatelliteLink {
             }
         }));
         if let Some(sink) = self.sink.take() {
-            self.tasks
-                .push(tokio::spawn(play_answers(client.clone(), self.name.clone(), sink)));
+            self.tasks.push(tokio::spawn(play_answers(
+                client.clone(),
+                self.name.clone(),
+                sink,
+            )));
         }
         self.tasks.push(tokio::spawn(watch_core(client)));
     }
@@ -539,7 +549,10 @@ impl Handler<SpeechAudio> for SatelliteLink {
             },
             SpeechAudio::Cancelled { reason, .. } => SpeechWire::Cancelled { reason },
         };
-        let last = matches!(wire, SpeechWire::Ended { .. } | SpeechWire::Cancelled { .. });
+        let last = matches!(
+            wire,
+            SpeechWire::Ended { .. } | SpeechWire::Cancelled { .. }
+        );
         match self.state {
             Claiming::Go => self.send(&wire),
             Claiming::Asking => self.held.push(wire),
@@ -585,6 +598,7 @@ async fn play_answers(client: async_nats::Client, name: String, sink: Arc<PlaySi
             .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
             .collect();
         match sink.as_ref() {
+            #[cfg(feature = "audio")]
             PlaySink::Speaker(s) => {
                 if !samples.is_empty() {
                     // Queued, not awaited: the next chunk follows without a gap.
@@ -605,6 +619,8 @@ async fn play_answers(client: async_nats::Client, name: String, sink: Arc<PlaySi
             } else {
                 0.0
             };
+            // The only kind without the `audio` feature.
+            #[allow(irrefutable_let_patterns)]
             if let PlaySink::File(path) = sink.as_ref() {
                 if let Err(e) = write_wav(path, &answer, rate) {
                     tracing::warn!(error = %e, path = %path.display(), "answer not written");
