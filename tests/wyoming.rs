@@ -18,26 +18,8 @@ use serde_json::{json, Value};
 /// Where scripts/setup installs the Python `wyoming` package; `None` (skipped) unless
 /// `CODA_REQUIRE_WYOMING` is set, as scripts/test does.
 fn wyoming_python() -> Option<PathBuf> {
-    let dir = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .map(|d| d.join("coda/tools/python"))
-        .filter(|d| d.join("wyoming").is_dir());
-    if dir.is_none() {
-        assert!(
-            std::env::var_os("CODA_REQUIRE_WYOMING").is_none(),
-            "CODA_REQUIRE_WYOMING is set but the Python wyoming package is missing (run scripts/setup)"
-        );
-        eprintln!("skipped: no Python wyoming package (scripts/setup installs it)");
-    }
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    setup_tool("python/wyoming", "CODA_REQUIRE_WYOMING")
+        .and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
 /// `coda serve` on the defaults with the Wyoming server on `port`.

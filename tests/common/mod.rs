@@ -1016,3 +1016,41 @@ pub fn write_pcm_wav(path: &Path, pcm: &[u8]) {
     }
     w.finalize().expect("finalize");
 }
+
+/// 16 kHz mono PCM: 0.5 s of silence, then each text (espeak-ng) with its pause after it.
+pub fn pcm_of(parts: &[(&str, usize)]) -> Vec<u8> {
+    let mut pcm = vec![0u8; 500 * 32];
+    for (text, pad_ms) in parts {
+        let (speech, _wav) = speech(text, *pad_ms);
+        pcm.extend(speech);
+    }
+    pcm
+}
+
+/// A free loopback port (for servers the tests start on a port they choose).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `rel` under the tools directory scripts/setup fills (`$XDG_DATA_HOME/coda/tools`), or
+/// `None` when it is not there: the test is skipped, unless `require_env` is set (as
+/// scripts/test sets it), which fails it.
+pub fn setup_tool(rel: &str, require_env: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("coda/tools").join(rel))
+        .filter(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os(require_env).is_none(),
+            "{require_env} is set but {rel} is missing: run scripts/setup"
+        );
+        eprintln!("skipped: {rel} is missing (scripts/setup installs it)");
+    }
+    found
+}

@@ -102,10 +102,11 @@ impl Handler<HubDelivery> for Bridge {
             };
             match outbox.push(&r) {
                 Ok(0) => {}
-                Ok(n) => tracing::warn!(
-                    dropped = n,
+                // Said at the 1st, 10th, 100th… drop, not at every event of an outage.
+                Ok(_) if !power_of_ten(outbox.dropped()) => {}
+                Ok(_) => tracing::warn!(
                     total_dropped = outbox.dropped(),
-                    "the cluster outbox is full: its oldest events were dropped"
+                    "the cluster outbox is full: its oldest events are being dropped"
                 ),
                 Err(e) => {
                     tracing::error!(error = %e, seq = ev.seq, "event not queued for the cluster")
@@ -219,4 +220,20 @@ async fn send(
         }
     }
     (acked, failure)
+}
+
+fn power_of_ten(mut n: u64) -> bool {
+    while n >= 10 && n.is_multiple_of(10) {
+        n /= 10;
+    }
+    n == 1
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn drops_are_said_at_powers_of_ten() {
+        let said: Vec<u64> = (0..2000).filter(|&n| super::power_of_ten(n)).collect();
+        assert_eq!(said, [1, 10, 100, 1000]);
+    }
 }

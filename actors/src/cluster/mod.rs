@@ -45,6 +45,9 @@ pub struct ClusterSettings {
     pub max_age: Duration,
     /// Events a new cluster client gets as its replay.
     pub replay_size: usize,
+    /// Most events one resume replays (older missing ones make it `complete:false`): a
+    /// client cannot make the node hold the whole stream for it.
+    pub replay_max: usize,
 }
 
 /// Subject prefix of every event.

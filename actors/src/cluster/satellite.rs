@@ -74,12 +74,18 @@ pub enum SpeechWire {
     Started {
         mode: SttMode,
     },
-    /// The whole utterance so far (s16le, base64); `settle`: the speaker paused here.
+    /// The utterance so far: the samples from `from` on (s16le, base64; what came
+    /// before was sent already), so every message stays small; `settle`: the speaker
+    /// paused here.
     Partial {
+        from: usize,
         pcm: String,
         settle: Option<usize>,
     },
+    /// The whole utterance, the same way (it may be shorter than the last partial: the
+    /// silence that ended it is trimmed).
     Ended {
+        from: usize,
         pcm: String,
         settle: Option<usize>,
         /// How long before sending the speaker stopped, ms (no shared clock needed).
@@ -104,7 +110,7 @@ fn pcm_of(samples: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn samples_of(pcm: &str) -> Option<Arc<[f32]>> {
+fn samples_of(pcm: &str) -> Option<Vec<f32>> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(pcm).ok()?;
     Some(
         bytes
@@ -276,8 +282,9 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
         tracing::warn!("satellites: cannot take speech");
         return;
     };
-    // Each satellite's last settle point, shared with the transcriber.
+    // Each satellite's last settle point, shared with the transcriber, and its utterance.
     let mut settles: HashMap<String, Settle> = HashMap::new();
+    let mut utterances: HashMap<String, Vec<f32>> = HashMap::new();
     while let Some(m) = sub.next().await {
         let Some(sat) = m.subject.as_str().split('.').nth(1).map(str::to_string) else {
             continue;
@@ -312,14 +319,15 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
             },
             SpeechWire::Started { mode } => {
                 settles.remove(&sat);
+                utterances.remove(&sat);
                 SpeechAudio::Started {
                     session_id,
                     mode,
                     source: AudioSource::Client,
                 }
             }
-            SpeechWire::Partial { pcm, settle } => {
-                let Some(samples) = samples_of(&pcm) else {
+            SpeechWire::Partial { from, pcm, settle } => {
+                let Some(samples) = extend(&mut utterances, &sat, from, &pcm) else {
                     continue;
                 };
                 SpeechAudio::Partial {
@@ -329,13 +337,15 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
                 }
             }
             SpeechWire::Ended {
+                from,
                 pcm,
                 settle,
                 ended_ms_ago,
             } => {
-                let Some(samples) = samples_of(&pcm) else {
+                let Some(samples) = extend(&mut utterances, &sat, from, &pcm) else {
                     continue;
                 };
+                utterances.remove(&sat);
                 let ago = Duration::from_secs_f64((ended_ms_ago / 1000.0).clamp(0.0, 60.0));
                 SpeechAudio::Ended {
                     session_id,
@@ -348,6 +358,29 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
         };
         stt.do_send(report);
     }
+}
+
+/// Adds a message's samples to `sat`'s utterance at `from`; the utterance so far. A gap
+/// (a message lost: core NATS delivers at most once) is filled with silence, and said.
+fn extend(
+    utterances: &mut HashMap<String, Vec<f32>>,
+    sat: &str,
+    from: usize,
+    pcm: &str,
+) -> Option<Arc<[f32]>> {
+    let add = samples_of(pcm)?;
+    let max = crate::voice::SPEECH_SAMPLE_RATE as usize * 120;
+    if from > max {
+        return None;
+    }
+    let u = utterances.entry(sat.to_string()).or_default();
+    if from > u.len() {
+        tracing::warn!(satellite = %sat, missing = from - u.len(), "satellite speech lost on the way; filled with silence");
+        u.resize(from, 0.0);
+    }
+    u.truncate(from);
+    u.extend_from_slice(&add[..add.len().min(max - from)]);
+    Some(u.as_slice().into())
 }
 
 /// A settle point whose completion the transcriber marks; told to the satellite when it
@@ -396,6 +429,8 @@ pub struct SatelliteLink {
     cluster: Cluster,
     state: Claiming,
     held: Vec<SpeechWire>,
+    /// Samples of the current utterance already put in a message.
+    sent: usize,
     settles: Arc<std::sync::Mutex<Vec<Settle>>>,
     /// When the speaker last stopped (the utterance sent to the core), for the end of
     /// speech → first audio figure the satellite prints.
@@ -412,6 +447,7 @@ impl SatelliteLink {
             cluster,
             state: Claiming::Idle,
             held: Vec::new(),
+            sent: 0,
             settles: Arc::default(),
             speech_end: Arc::default(),
             sink: Some(Arc::new(sink)),
@@ -535,13 +571,20 @@ impl Handler<SpeechAudio> for SatelliteLink {
                 }));
                 return;
             }
-            SpeechAudio::Started { mode, .. } => SpeechWire::Started { mode },
+            SpeechAudio::Started { mode, .. } => {
+                self.sent = 0;
+                SpeechWire::Started { mode }
+            }
             SpeechAudio::Partial {
                 samples, settle, ..
-            } => SpeechWire::Partial {
-                pcm: pcm_of(&samples),
-                settle: settle.map(|s| self.keep(s)),
-            },
+            } => {
+                let (from, pcm) = self.delta(&samples);
+                SpeechWire::Partial {
+                    from,
+                    pcm,
+                    settle: settle.map(|s| self.keep(s)),
+                }
+            }
             SpeechAudio::Ended {
                 samples,
                 speech_ended,
@@ -553,8 +596,11 @@ impl Handler<SpeechAudio> for SatelliteLink {
                         *end = Some(speech_ended);
                     }
                 }
+                let (from, pcm) = self.delta(&samples);
+                self.sent = 0;
                 SpeechWire::Ended {
-                    pcm: pcm_of(&samples),
+                    from,
+                    pcm,
                     settle: settle.map(|s| self.keep(s)),
                     ended_ms_ago: speech_ended.elapsed().as_secs_f64() * 1000.0,
                 }
@@ -579,6 +625,10 @@ impl Handler<SpeechAudio> for SatelliteLink {
 }
 
 impl SatelliteLink {
+    fn delta(&mut self, samples: &[f32]) -> (usize, String) {
+        delta(&mut self.sent, samples)
+    }
+
     fn keep(&mut self, s: Settle) -> usize {
         let len = s.len;
         if let Ok(mut list) = self.settles.lock() {
@@ -590,6 +640,14 @@ impl SatelliteLink {
         }
         len
     }
+}
+
+/// What of the utterance `samples` is new since `sent` samples went out, and where it
+/// starts (`sent` moves on).
+fn delta(sent: &mut usize, samples: &[f32]) -> (usize, String) {
+    let from = (*sent).min(samples.len());
+    *sent = samples.len();
+    (from, pcm_of(&samples[from..]))
 }
 
 /// Plays what the core sends for this satellite, answer by answer.
@@ -695,5 +753,49 @@ async fn watch_core(client: async_nats::Client) {
         }
         up = Some(ok);
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_utterance_is_rebuilt_from_its_pieces() {
+        let mut u = HashMap::new();
+        let piece = |v: &[f32]| pcm_of(v);
+        let a = extend(&mut u, "k", 0, &piece(&[0.5; 4])).unwrap();
+        assert_eq!(a.len(), 4);
+        let b = extend(&mut u, "k", 4, &piece(&[0.25; 2])).unwrap();
+        assert_eq!(b.len(), 6);
+        // The end trims the trailing silence: shorter than the last piece.
+        let c = extend(&mut u, "k", 5, &piece(&[])).unwrap();
+        assert_eq!(c.len(), 5);
+        // A lost piece: the gap is silence.
+        let d = extend(&mut u, "k", 8, &piece(&[0.5])).unwrap();
+        assert_eq!(d.len(), 9);
+        assert_eq!(d[6], 0.0);
+        assert!(extend(&mut u, "k", 0, "not base64!").is_none());
+    }
+
+    #[test]
+    fn the_satellite_sends_only_what_is_new_and_the_core_rebuilds_it() {
+        let utterance: Vec<f32> = (0..160).map(|i| i as f32 / 200.0).collect();
+        let (mut sent, mut core) = (0usize, HashMap::new());
+        let mut last = None;
+        // Two partials, then the end trimmed to 150 samples.
+        for upto in [100, 160, 150] {
+            let (from, pcm) = delta(&mut sent, &utterance[..upto]);
+            assert_eq!(samples_of(&pcm).unwrap().len(), upto - from.min(upto));
+            last = extend(&mut core, "k", from, &pcm);
+        }
+        let rebuilt = last.unwrap();
+        assert_eq!(rebuilt.len(), 150);
+        let err = rebuilt
+            .iter()
+            .zip(&utterance)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "{err}");
     }
 }

@@ -74,6 +74,12 @@ pub async fn open_view(
         }
         StartAt::Replay | StartAt::Live => (recent, true),
     };
+    let most = cluster.settings.replay_max.max(1) as u64;
+    let (from, complete) = if last >= from && last - from >= most {
+        (last + 1 - most, false)
+    } else {
+        (from, complete)
+    };
     let consumer = stream
         .create_consumer(push::OrderedConfig {
             deliver_subject: cluster.client.new_inbox(),

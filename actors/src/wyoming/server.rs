@@ -220,7 +220,7 @@ impl Connection {
 
     fn info(&self) -> Event {
         let version = env!("CARGO_PKG_VERSION");
-        let attribution = json!({"name": "Coda", "url": "https://github.com/coda-assistant/coda"});
+        let attribution = json!({"name": "Coda", "url": env!("CARGO_PKG_REPOSITORY")});
         let lang = json!([self.settings.language]);
         let program = |name: &str, description: &str, extra: Value| {
             let mut p = json!({
