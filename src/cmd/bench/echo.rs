@@ -102,7 +102,8 @@ struct Case {
     vad_false_starts_microphone: usize,
     vad_false_starts_cancelled: usize,
     /// When the VAD (as configured) starts the person's utterance in the cancelled audio,
-    /// ms after the person starts speaking: what triggers barge-in.
+    /// ms after the person's voice begins (the recording's leading silence excluded):
+    /// what triggers barge-in.
     vad_person_start_ms: Option<f64>,
     /// When the assistant fell silent, ms after the person started (barge-in).
     assistant_stopped_ms: Option<f64>,
@@ -228,6 +229,17 @@ struct Cancelled {
     underruns: u64,
 }
 
+/// Samples of leading silence in a recording: up to its first 5 ms whose level is within
+/// 30 dB of its loudest 5 ms.
+fn speech_onset(audio: &[f32]) -> usize {
+    let win = RATE / 200;
+    let loudest = audio.chunks(win).map(rms).fold(0.0f32, f32::max);
+    audio
+        .chunks(win)
+        .position(|c| rms(c) >= loudest * 10f32.powf(-30.0 / 20.0))
+        .map_or(0, |i| i * win)
+}
+
 /// Utterance starts of the VAD over `audio`, as sample positions where it fired.
 fn vad_starts(audio: &[f32], settings: VadSettings) -> Vec<usize> {
     let mut vad = Vad::new(settings);
@@ -262,6 +274,9 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         let near = speak(espeak, &PERSON_VOICE, said).context("the second talker's voice")?;
         let start = (BARGE_IN_S * RATE as f64) as usize;
         let end = start + near.len();
+        // Where the person's voice begins: espeak-ng's recording opens with silence,
+        // which is not speech to stop for.
+        let onset = start + speech_onset(&near);
         if end + RATE > far.len() {
             bail!("the assistant's speech is too short for the barge-in");
         }
@@ -327,7 +342,8 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
                 transcribed: hear(&c.linear, window)?,
                 vad_false_starts_microphone: before(vad_starts(&mic, vad_settings)),
                 vad_false_starts_cancelled: before(vad_starts(&c.out, vad_settings)),
-                vad_person_start_ms: heard_at.map(|p| (p - start) as f64 * 1000.0 / RATE as f64),
+                vad_person_start_ms: heard_at
+                    .map(|p| (p as f64 - onset as f64) * 1000.0 / RATE as f64),
                 assistant_stopped_ms: stopped,
             };
             Ok((case, c))
@@ -338,7 +354,7 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         let (talk_over, measured) = case(&far, &echo, None)?;
         let stop_ms = talk_over.vad_person_start_ms.unwrap_or(1000.0) + SPEAKER_STOP_MS;
         let mut stopped = far.clone();
-        stopped[(start + ms(stop_ms as usize)).min(len)..].fill(0.0);
+        stopped[(onset + ms(stop_ms.max(0.0) as usize)).min(len)..].fill(0.0);
         let (barge_in, _) = case(&stopped, &echo_of(&stopped), Some(stop_ms))?;
         let out = &measured.out;
         // The echo alone through the canceller, for its reduction while both talk.
