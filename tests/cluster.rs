@@ -323,25 +323,26 @@ async fn a_position_out_of_retention_resumes_incomplete() {
     let Some(bin) = nats_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(bin, dir.path());
-    let a = node(
-        &nats,
-        "kitchen",
-        &["--emit-synthetic", "200"],
-        &[("CODA__CLUSTER__MAX_EVENTS", "40")],
-    );
-    let (mut c, answer, replay) = cluster_client(&a, json!({})).await;
-    let epoch = answer["epoch"].clone();
-    let first = collect(&mut c, &replay, |ev| {
-        ev.last().is_some_and(|e| seq(e) > 120)
-    })
-    .await;
-    drop(c);
+    let (a, epoch, last) = busy_node(&nats, &[("CODA__CLUSTER__MAX_EVENTS", "40")]).await;
     let (_c, _, replay) = cluster_client(&a, json!({"epoch": epoch, "last_seq": 5})).await;
     assert_eq!(replay["data"]["complete"], json!(false), "{replay}");
     let events = replay["data"]["events"].as_array().unwrap();
     assert!(!events.is_empty() && events.len() <= 40, "{}", events.len());
-    assert!(seq(&events[0]) > seq(first.last().unwrap()) - 40);
+    assert!(seq(&events[0]) > last - 40);
     assert_contiguous(events);
+}
+
+/// A node publishing 200 events/s (with `env`) whose stream a cluster client has read
+/// past seq 120: the node, the stream's epoch and the last seq read.
+async fn busy_node(nats: &Nats, env: &[(&str, &str)]) -> (Server, Value, u64) {
+    let a = node(nats, "kitchen", &["--emit-synthetic", "200"], env);
+    let (mut c, answer, replay) = cluster_client(&a, json!({})).await;
+    let read = collect(&mut c, &replay, |ev| {
+        ev.last().is_some_and(|e| seq(e) > 120)
+    })
+    .await;
+    let last = read.last().map(seq).unwrap_or(0);
+    (a, answer["epoch"].clone(), last)
 }
 
 #[tokio::test]
@@ -641,19 +642,7 @@ async fn one_resume_replays_at_most_the_resume_window() {
     let Some(bin) = nats_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(bin, dir.path());
-    let a = node(
-        &nats,
-        "kitchen",
-        &["--emit-synthetic", "200"],
-        &[("CODA__EVENTS__RESUME_MAX_EVENTS", "30")],
-    );
-    let (mut c, answer, replay) = cluster_client(&a, json!({})).await;
-    let epoch = answer["epoch"].clone();
-    collect(&mut c, &replay, |ev| {
-        ev.last().is_some_and(|e| seq(e) > 120)
-    })
-    .await;
-    drop(c);
+    let (a, epoch, _) = busy_node(&nats, &[("CODA__EVENTS__RESUME_MAX_EVENTS", "30")]).await;
     // Everything from the start is still in the stream, but one replay holds 30.
     let (_c, _, replay) = cluster_client(&a, json!({"epoch": epoch, "last_seq": 0})).await;
     assert_eq!(replay["data"]["complete"], json!(false), "{replay}");
