@@ -233,6 +233,7 @@ pub async fn start(
             c.clone(),
             hub.clone(),
             kernel.stt.clone().recipient(),
+            kernel.hands.follow_ups.clone(),
         );
     }
     listen_on_device(s, &kernel);

@@ -653,3 +653,41 @@ async fn one_resume_replays_at_most_the_resume_window() {
         replay["data"]["last_seq"].as_u64().unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_follow_up_at_a_satellite_needs_no_wake_word() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let models = store();
+    let core = node(
+        &nats,
+        "core",
+        &[],
+        &[("CODA__MODELS__DIR", models.to_str().unwrap())],
+    );
+    let (mut watch, _) = core.hello_client().await;
+    let mic = dir.path().join("mic.wav");
+    // The follow-up comes 2.5 s after the question, inside the 5 s window.
+    write_pcm_wav(
+        &mic,
+        &pcm_of(&[
+            ("Hey Coda.", 250),
+            ("What time is it?", 2500),
+            ("What is the weather like tomorrow?", 3000),
+        ]),
+    );
+    let mut sat = Satellite::start(&nats, "kitchen", &mic, &dir.path().join("a.wav"));
+    sat.wait_line("satellite kitchen listening", Duration::from_secs(60));
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        let r = watch
+            .wait_for("the satellite's words", Duration::from_secs(60), |v| {
+                ty(v) == "stt_result" && v["session_id"] == "sat-kitchen"
+            })
+            .await;
+        heard.push(r["data"]["text"].as_str().unwrap().to_lowercase());
+    }
+    assert!(heard[0].contains("time"), "{heard:?}");
+    assert!(heard[1].contains("weather"), "{heard:?}");
+}

@@ -135,6 +135,14 @@ impl FollowUp {
         self.until.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Until when it is open (`None`: closed).
+    pub fn until(&self) -> Option<Instant> {
+        match self.until.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ns => Some(epoch() + std::time::Duration::from_nanos(ns)),
+        }
+    }
+
     /// Is it open at `now`?
     pub fn is_open(&self, now: Instant) -> bool {
         match self.until.load(std::sync::atomic::Ordering::Relaxed) {

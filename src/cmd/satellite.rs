@@ -85,7 +85,14 @@ pub fn run(choice: &ConfigChoice, args: SatelliteArgs) -> anyhow::Result<()> {
         let _wake = Supervisor::start(move |_| {
             coda_actors::wake::WakeWord::new(wake_sup, c, wake_settings.clone(), models.clone())
         });
-        let link = SatelliteLink::new(name.clone(), cluster, sink).start();
+        let link = SatelliteLink::new(
+            name.clone(),
+            cluster,
+            sink,
+            hands.follow_ups.clone(),
+            server::DEVICE_SESSION.into(),
+        )
+        .start();
         let audio_sup = Supervision::starting("audio", budget, &hub, &components);
         let (c, h, audio_settings) = (components.clone(), hands.clone(), s.audio_settings());
         let speech = link.clone().recipient();

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Cluster;
 use crate::hub::{HubDelivery, HubHandle, Observe, TypeMask};
-use crate::voice::{Settle, SpeechAudio};
+use crate::voice::{FollowUp, FollowUps, Settle, SpeechAudio};
 
 /// How long the core collects claims of one wake before it decides.
 pub const CLAIM_WINDOW: Duration = Duration::from_millis(150);
@@ -128,6 +128,7 @@ fn samples_of(pcm: &str) -> Option<Vec<f32>> {
 pub struct SatelliteGateway {
     cluster: Cluster,
     stt: Recipient<SpeechAudio>,
+    follow_ups: FollowUps,
     play: Option<tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -139,6 +140,7 @@ impl SatelliteGateway {
         cluster: Cluster,
         hub: HubHandle,
         stt: Recipient<SpeechAudio>,
+        follow_ups: FollowUps,
     ) -> Addr<SatelliteGateway> {
         SatelliteGateway::create(|ctx| {
             hub.addr().do_send(Observe {
@@ -149,6 +151,7 @@ impl SatelliteGateway {
             SatelliteGateway {
                 cluster,
                 stt,
+                follow_ups,
                 play: None,
                 tasks: Vec::new(),
             }
@@ -176,8 +179,11 @@ impl Actor for SatelliteGateway {
         self.tasks.push(tokio::spawn(arbitrate(client.clone())));
         self.tasks
             .push(tokio::spawn(answer_pings(client.clone(), node)));
-        self.tasks
-            .push(tokio::spawn(take_speech(client, self.stt.clone())));
+        self.tasks.push(tokio::spawn(take_speech(
+            client,
+            self.stt.clone(),
+            self.follow_ups.clone(),
+        )));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -277,7 +283,11 @@ async fn answer_pings(client: async_nats::Client, node: String) {
 }
 
 /// Satellites' speech → the core's speech-to-text, as session `sat-<name>`.
-async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
+async fn take_speech(
+    client: async_nats::Client,
+    stt: Recipient<SpeechAudio>,
+    follow_ups: FollowUps,
+) {
     let Ok(mut sub) = client.subscribe("coda-sat.*.speech".to_string()).await else {
         tracing::warn!("satellites: cannot take speech");
         return;
@@ -285,6 +295,9 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
     // Each satellite's last settle point, shared with the transcriber, and its utterance.
     let mut settles: HashMap<String, Settle> = HashMap::new();
     let mut utterances: HashMap<String, Vec<f32>> = HashMap::new();
+    // Each satellite's follow-up window on the core (the Orchestrator opens it after an
+    // answer), watched and passed on.
+    let mut windows: HashMap<String, Aborting> = HashMap::new();
     while let Some(m) = sub.next().await {
         let Some(sat) = m.subject.as_str().split('.').nth(1).map(str::to_string) else {
             continue;
@@ -297,6 +310,11 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
             }
         };
         let session_id = session_of(&sat);
+        if !windows.contains_key(&sat) {
+            let window = follow_ups.register(&session_id);
+            let watch = tokio::spawn(pass_follow_ups(client.clone(), sat.clone(), window));
+            windows.insert(sat.clone(), Aborting(watch));
+        }
         let mut settle_for = |len: Option<usize>| -> Option<Settle> {
             let len = len?;
             let s = settles
@@ -358,6 +376,44 @@ async fn take_speech(client: async_nats::Client, stt: Recipient<SpeechAudio>) {
         };
         stt.do_send(report);
     }
+}
+
+/// Tells satellite `sat` each time the core opens its follow-up window (for as long as
+/// the gateway runs: the window is the satellite's for good).
+async fn pass_follow_ups(client: async_nats::Client, sat: String, window: Arc<FollowUp>) {
+    let mut told = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let until = window.until();
+        if until == told {
+            continue;
+        }
+        told = until;
+        let Some(until) = until else { continue };
+        let ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+        if ms == 0 {
+            continue;
+        }
+        let body = serde_json::to_vec(&FollowUpWire { ms }).unwrap_or_default();
+        let _ = client
+            .publish(subject(&sat, "follow_up"), body.into())
+            .await;
+    }
+}
+
+/// A task that ends with its owner.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The `follow_up` message: the window is open for `ms` more.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FollowUpWire {
+    ms: u64,
 }
 
 /// Adds a message's samples to `sat`'s utterance at `from`; the utterance so far. A gap
@@ -436,12 +492,22 @@ pub struct SatelliteLink {
     /// speech → first audio figure the satellite prints.
     speech_end: Arc<std::sync::Mutex<Option<Instant>>>,
     sink: Option<Arc<PlaySink>>,
+    /// The local listening's follow-up windows (opened when the core says so).
+    follow_ups: FollowUps,
+    listening: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl SatelliteLink {
-    /// A link for satellite `name` on `cluster`, playing into `sink`.
-    pub fn new(name: String, cluster: Cluster, sink: PlaySink) -> SatelliteLink {
+    /// A link for satellite `name` on `cluster`, playing into `sink`; the core's
+    /// follow-up windows open the local listening's (`follow_ups`, session `listening`).
+    pub fn new(
+        name: String,
+        cluster: Cluster,
+        sink: PlaySink,
+        follow_ups: FollowUps,
+        listening: String,
+    ) -> SatelliteLink {
         SatelliteLink {
             name,
             cluster,
@@ -451,6 +517,8 @@ impl SatelliteLink {
             settles: Arc::default(),
             speech_end: Arc::default(),
             sink: Some(Arc::new(sink)),
+            follow_ups,
+            listening,
             tasks: Vec::new(),
         }
     }
@@ -498,6 +566,21 @@ impl Actor for SatelliteLink {
                 self.speech_end.clone(),
             )));
         }
+        let (c, name) = (client.clone(), self.name.clone());
+        let (follow_ups, listening) = (self.follow_ups.clone(), self.listening.clone());
+        self.tasks.push(tokio::spawn(async move {
+            let Ok(mut sub) = c.subscribe(subject(&name, "follow_up")).await else {
+                return;
+            };
+            while let Some(m) = sub.next().await {
+                if let Ok(w) = serde_json::from_slice::<FollowUpWire>(&m.payload) {
+                    let until = Instant::now() + Duration::from_millis(w.ms.min(600_000));
+                    if follow_ups.open(&listening, until) {
+                        tracing::debug!(ms = w.ms, "follow-up window open");
+                    }
+                }
+            }
+        }));
         self.tasks.push(tokio::spawn(watch_core(client)));
     }
 
