@@ -117,7 +117,10 @@ fn start_wyoming(
         tts,
         kernel: coda_actors::kernel::KernelHandle::new(Some(kernel.clone())),
         answers: TurnAnswers::start(hub),
-        wake: kernel.wake.is_some(),
+        wake_word: kernel
+            .wake
+            .is_some()
+            .then(|| s.wake.word.trim().to_string()),
     };
     let settings = WyomingSettings {
         max_connections: w.max_connections,

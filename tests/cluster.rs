@@ -481,6 +481,17 @@ impl Drop for Satellite {
     }
 }
 
+/// A core on the shipped defaults (the models scripts/setup installs).
+fn core_on_defaults(nats: &Nats) -> Server {
+    let models = store();
+    node(
+        nats,
+        "core",
+        &[],
+        &[("CODA__MODELS__DIR", models.to_str().unwrap())],
+    )
+}
+
 /// Milliseconds of audio in an answer line (`answer played: N ms`).
 fn played_ms(line: &str) -> f64 {
     line.trim_start_matches("answer played: ")
@@ -494,13 +505,7 @@ async fn a_turn_spoken_at_a_satellite_is_answered_there_and_its_timer_rings_ther
     let Some(bin) = nats_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(bin, dir.path());
-    let models = store();
-    let core = node(
-        &nats,
-        "core",
-        &[],
-        &[("CODA__MODELS__DIR", models.to_str().unwrap())],
-    );
+    let core = core_on_defaults(&nats);
     let (mut watch, _) = core.hello_client().await;
     let mic = dir.path().join("mic.wav");
     write_pcm_wav(
@@ -545,13 +550,7 @@ async fn of_two_satellites_hearing_one_wake_word_one_answers() {
     let Some(bin) = nats_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(bin, dir.path());
-    let models = store();
-    let _core = node(
-        &nats,
-        "core",
-        &[],
-        &[("CODA__MODELS__DIR", models.to_str().unwrap())],
-    );
+    let _core = core_on_defaults(&nats);
     let mic = dir.path().join("mic.wav");
     write_pcm_wav(
         &mic,
@@ -659,13 +658,7 @@ async fn a_follow_up_at_a_satellite_needs_no_wake_word() {
     let Some(bin) = nats_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(bin, dir.path());
-    let models = store();
-    let core = node(
-        &nats,
-        "core",
-        &[],
-        &[("CODA__MODELS__DIR", models.to_str().unwrap())],
-    );
+    let core = core_on_defaults(&nats);
     let (mut watch, _) = core.hello_client().await;
     let mic = dir.path().join("mic.wav");
     // The follow-up comes 2.5 s after the question, inside the 5 s window.

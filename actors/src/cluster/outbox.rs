@@ -59,6 +59,7 @@ impl Record {
 
 /// The queue on disk.
 pub struct Outbox {
+    path: String,
     tree: sled::Tree,
     // Kept open for the tree's lifetime.
     _db: sled::Db,
@@ -107,6 +108,7 @@ impl Outbox {
         };
         let len = tree.len();
         Ok(Outbox {
+            path: dir.display().to_string(),
             tree,
             _db: db,
             next_key,
@@ -188,7 +190,7 @@ impl Outbox {
 
     fn err(&self, e: sled::Error) -> ClusterError {
         ClusterError::Outbox {
-            path: "outbox".into(),
+            path: self.path.clone(),
             detail: e.to_string(),
         }
     }

@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::Cluster;
-use crate::hub::{HubDelivery, HubHandle, Observe, TypeMask};
+use crate::hub::{EnvelopeRef, HubDelivery, HubHandle, Observe, TypeMask};
 use crate::voice::{FollowUp, FollowUps, Settle, SpeechAudio};
 
 /// How long the core collects claims of one wake before it decides.
@@ -129,7 +129,7 @@ pub struct SatelliteGateway {
     cluster: Cluster,
     stt: Recipient<SpeechAudio>,
     follow_ups: FollowUps,
-    play: Option<tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>>,
+    play: Option<Publisher>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -165,17 +165,9 @@ impl Actor for SatelliteGateway {
     fn started(&mut self, _: &mut Context<Self>) {
         let client = self.cluster.client.clone();
         let node = self.cluster.settings.node.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
-        self.play = Some(tx);
-        // One sender keeps each satellite's chunks in order.
-        let c = client.clone();
-        self.tasks.push(tokio::spawn(async move {
-            while let Some((subject, body)) = rx.recv().await {
-                if let Err(e) = c.publish(subject, body.into()).await {
-                    tracing::debug!(error = %e, "satellite audio not sent");
-                }
-            }
-        }));
+        let (play, sender) = in_order(client.clone());
+        self.play = Some(play);
+        self.tasks.push(sender);
         self.tasks.push(tokio::spawn(arbitrate(client.clone())));
         self.tasks
             .push(tokio::spawn(answer_pings(client.clone(), node)));
@@ -199,19 +191,31 @@ impl Handler<HubDelivery> for SatelliteGateway {
     fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
         let Some(play) = &self.play else { return };
         for ev in msg.live() {
-            let Ok(env) = serde_json::from_str::<serde_json::Value>(&ev.json) else {
+            let Some(env) = EnvelopeRef::read(ev.json.as_bytes()) else {
                 continue;
             };
-            let Some(sat) = env["session_id"]
-                .as_str()
-                .and_then(|s| s.strip_prefix("sat-"))
-            else {
+            let Some(sat) = env.session_id.strip_prefix("sat-") else {
                 continue;
             };
-            let body = env["data"].to_string().into_bytes();
-            let _ = play.send((subject(sat, "play"), body));
+            let _ = play.send((subject(sat, "play"), env.data.get().as_bytes().to_vec()));
         }
     }
+}
+
+/// Messages (subject, body) published in the order they were handed over.
+type Publisher = tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>;
+
+/// A [`Publisher`] and the one task sending for it (a task per message could reorder).
+fn in_order(client: async_nats::Client) -> (Publisher, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    let task = tokio::spawn(async move {
+        while let Some((subject, body)) = rx.recv().await {
+            if let Err(e) = client.publish(subject, body.into()).await {
+                tracing::debug!(error = %e, "satellite message not sent");
+            }
+        }
+    });
+    (tx, task)
 }
 
 /// Decides claims: the best score among those of one wake goes.
@@ -495,6 +499,8 @@ pub struct SatelliteLink {
     /// The local listening's follow-up windows (opened when the core says so).
     follow_ups: FollowUps,
     listening: String,
+    /// Speech to the core, in order.
+    out: Option<Publisher>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -519,20 +525,16 @@ impl SatelliteLink {
             sink: Some(Arc::new(sink)),
             follow_ups,
             listening,
+            out: None,
             tasks: Vec::new(),
         }
     }
 
     fn send(&self, w: &SpeechWire) {
-        let client = self.cluster.client.clone();
-        let subject = subject(&self.name, "speech");
-        let body = serde_json::to_vec(w).unwrap_or_default();
-        // Spawned in order on one thread: they go out in order.
-        actix_rt::spawn(async move {
-            if let Err(e) = client.publish(subject, body.into()).await {
-                tracing::debug!(error = %e, "speech not sent to the core");
-            }
-        });
+        if let Some(out) = &self.out {
+            let body = serde_json::to_vec(w).unwrap_or_default();
+            let _ = out.send((subject(&self.name, "speech"), body));
+        }
     }
 }
 
@@ -541,6 +543,9 @@ impl Actor for SatelliteLink {
 
     fn started(&mut self, _: &mut Context<Self>) {
         let client = self.cluster.client.clone();
+        let (out, sender) = in_order(client.clone());
+        self.out = Some(out);
+        self.tasks.push(sender);
         let (name, settles) = (self.name.clone(), self.settles.clone());
         let c = client.clone();
         self.tasks.push(tokio::spawn(async move {

@@ -2,7 +2,6 @@
 //! client's position, its messages turned back into envelopes numbered by the stream
 //! sequence and handed to the session like the hub's own deliveries.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,11 +10,9 @@ use async_nats::jetstream::consumer::{push, DeliverPolicy};
 use bytestring::ByteString;
 use coda_protocol::EventType;
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::{Cluster, ClusterError};
-use crate::hub::{open_envelope, HubDelivery, ReplayBatch, StartAt, StreamEvent};
+use crate::hub::{open_envelope, EnvelopeRef, HubDelivery, ReplayBatch, StartAt, StreamEvent};
 
 /// The longest a replay may take to arrive from JetStream before it is sent as it is
 /// (marked incomplete).
@@ -170,18 +167,6 @@ async fn feed(mut messages: push::Ordered, recipient: Recipient<HubDelivery>, re
     }
 }
 
-/// What a node put on the stream: its envelope.
-#[derive(Deserialize)]
-struct Stored<'a> {
-    timestamp: f64,
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    session_id: Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
-
 /// The envelope of a stream message for a cluster client: numbered `seq` by the stream,
 /// with the node that produced it and that node's own seq. `None` for what is not a
 /// Coda event of a known type (logged).
@@ -194,12 +179,9 @@ fn event_of(m: &async_nats::jetstream::Message, seq: u64) -> Option<StreamEvent>
     };
     let node = header("Coda-Node").unwrap_or_default();
     let node_seq: u64 = header("Coda-Seq").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let stored: Stored = match serde_json::from_slice(&m.payload) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(seq, error = %e, "cluster view: not a Coda event; skipped");
-            return None;
-        }
+    let Some(stored) = EnvelopeRef::read(&m.payload) else {
+        tracing::debug!(seq, "cluster view: not a Coda event; skipped");
+        return None;
     };
     let Some(kind) = EventType::parse(&stored.kind) else {
         tracing::debug!(seq, kind = %stored.kind, "cluster view: an event type this version does not know; skipped");

@@ -455,6 +455,26 @@ pub fn open_envelope(
     );
 }
 
+/// An envelope as the hub wrote it, read without copying its payload: for observers
+/// that need its session or forward its `data` (the cluster, satellites, answers).
+#[derive(Debug, serde::Deserialize)]
+pub struct EnvelopeRef<'a> {
+    pub timestamp: f64,
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub session_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+impl<'a> EnvelopeRef<'a> {
+    /// Reads `json` (`None` when it is not an envelope).
+    pub fn read(json: &'a [u8]) -> Option<EnvelopeRef<'a>> {
+        serde_json::from_slice(json).ok()
+    }
+}
+
 /// A whole envelope around `data` (valid JSON).
 pub fn envelope(seq: u64, timestamp: f64, kind: EventType, session_id: &str, data: &str) -> String {
     let mut out = String::with_capacity(data.len() + session_id.len() + 112);

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use coda_protocol::{ConversationMessage, EventType, Role};
 use tokio::sync::oneshot;
 
-use crate::hub::{HubDelivery, HubHandle, Observe, TypeMask};
+use crate::hub::{EnvelopeRef, HubDelivery, HubHandle, Observe, TypeMask};
 
 /// Answers kept for a request that asks after they came.
 const KEPT: usize = 256;
@@ -42,10 +42,10 @@ impl Handler<HubDelivery> for TurnAnswers {
 
     fn handle(&mut self, msg: HubDelivery, _: &mut Context<Self>) {
         for ev in msg.live() {
-            let Ok(env) = serde_json::from_str::<serde_json::Value>(&ev.json) else {
+            let Some(env) = EnvelopeRef::read(ev.json.as_bytes()) else {
                 continue;
             };
-            let Ok(m) = serde_json::from_value::<ConversationMessage>(env["data"].clone()) else {
+            let Ok(m) = serde_json::from_str::<ConversationMessage>(env.data.get()) else {
                 continue;
             };
             let (Role::Assistant, Some(turn)) = (m.role, m.turn_id) else {

@@ -57,8 +57,8 @@ pub struct WyomingServices {
     pub tts: Option<Arc<dyn TtsEngine>>,
     pub kernel: KernelHandle,
     pub answers: Addr<TurnAnswers>,
-    /// Offer the wake word (the kernel has one).
-    pub wake: bool,
+    /// The wake word offered (the kernel has one), as configured.
+    pub wake_word: Option<String>,
 }
 
 /// Serves connections on `listener` until the task is dropped.
@@ -267,25 +267,22 @@ impl Connection {
                 )]),
             );
         }
-        if self.services.wake {
-            if let Ok(l) = self.services.kernel.wake_listening(&self.session) {
-                let word = l.detector.word().to_string();
-                let model = program(
-                    &word.replace(' ', "_"),
-                    "wake word",
-                    json!({
-                        "languages": lang, "phrase": word,
-                    }),
-                );
-                info.insert(
-                    "wake".into(),
-                    json!([program(
-                        "coda-wake",
-                        "Coda wake word",
-                        json!({"models": [model]})
-                    )]),
-                );
-            }
+        if let Some(word) = &self.services.wake_word {
+            let model = program(
+                &word.replace(' ', "_"),
+                "wake word",
+                json!({
+                    "languages": lang, "phrase": word,
+                }),
+            );
+            info.insert(
+                "wake".into(),
+                json!([program(
+                    "coda-wake",
+                    "Coda wake word",
+                    json!({"models": [model]})
+                )]),
+            );
         }
         let model = program(
             "coda",

@@ -130,10 +130,6 @@ pub(super) fn start_nats(bin: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, 
     Ok((child, port))
 }
 
-fn unix_now() -> f64 {
-    coda_actors::hub::unix_now()
-}
-
 /// `coda bench cluster`.
 pub fn run(choice: &ConfigChoice, args: &ClusterBenchArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.duration > 0.0) {
@@ -260,7 +256,7 @@ async fn read(
             Err(_) | Ok(None) => break,
             Ok(Some(m)) => m?,
         };
-        let now = unix_now();
+        let now = coda_actors::hub::unix_now();
         let Message::Text(t) = msg else { continue };
         let Ok(f) = serde_json::from_str::<Frame>(t.as_str()) else {
             continue;
