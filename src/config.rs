@@ -75,6 +75,9 @@ pub struct ClusterConfig {
     pub max_age_s: f64,
     pub outbox_max_events: usize,
     pub outbox_dir: String,
+    pub llm_pool: bool,
+    pub llm_pool_capacity: usize,
+    pub llm_pool_wait_s: f64,
 }
 
 /// `[wyoming]`
@@ -952,14 +955,46 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     validate_memory_tools(s)?;
     validate_stt(&s.stt)?;
-    validate_cluster(&s.cluster)?;
+    validate_cluster(&s.cluster, &s.llm)?;
     validate_wyoming(&s.wyoming)?;
     validate_llm(&s.llm)
 }
 
-fn validate_cluster(c: &ClusterConfig) -> Result<(), ConfigError> {
+fn validate_cluster(c: &ClusterConfig, llm: &LlmConfig) -> Result<(), ConfigError> {
+    let asks_pool =
+        llm.provider == ProviderKind::Pool || llm.fallback.contains(&ProviderKind::Pool);
+    if !(1..=64).contains(&c.llm_pool_capacity) {
+        return Err(invalid(
+            "cluster.llm_pool_capacity",
+            "must be between 1 and 64",
+        ));
+    }
+    if !(c.llm_pool_wait_s.is_finite() && (0.0..=3600.0).contains(&c.llm_pool_wait_s)) {
+        return Err(invalid(
+            "cluster.llm_pool_wait_s",
+            "must be between 0 and 3600 seconds",
+        ));
+    }
     if c.nats_url.trim().is_empty() {
+        if asks_pool {
+            return Err(invalid(
+                "cluster.nats_url",
+                "llm.provider (or llm.fallback) names \"pool\", which sends requests to the cores of the LLM pool over NATS: set cluster.nats_url, e.g. nats://127.0.0.1:4222",
+            ));
+        }
+        if c.llm_pool {
+            return Err(invalid(
+                "cluster.llm_pool",
+                "a pool member takes requests over NATS: set cluster.nats_url too",
+            ));
+        }
         return Ok(());
+    }
+    if c.llm_pool && asks_pool {
+        return Err(invalid(
+            "cluster.llm_pool",
+            "a pool member answers with its own provider, but llm.provider (or llm.fallback) names \"pool\": it would send the pool's requests back into the pool",
+        ));
     }
     let url = c.nats_url.trim();
     if !["nats://", "tls://", "ws://", "wss://"]

@@ -17,7 +17,7 @@ use crate::config::{LlmConfig, OverrideValue, Settings};
 /// `--provider` / `--model`, shared by `ask`, `chat` and `models`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ProviderArgs {
-    /// Provider for this command: local, ollama, openai or oci (llm.provider).
+    /// Provider for this command: local, ollama, openai, oci or pool (llm.provider).
     #[arg(long, value_name = "P")]
     pub provider: Option<String>,
     /// Model for this command (the provider's configured model otherwise).
@@ -104,6 +104,7 @@ pub fn llm_settings(cfg: &LlmConfig, model: Option<String>) -> LlmSettings {
             cache_dir: Some(cache_dir()),
             http,
         },
+        pool: None,
     }
 }
 

@@ -229,7 +229,8 @@ pub async fn start(
         ..facts
     };
     let rooms = start_rooms(s, storage, &hub, &components)?;
-    let kernel = start_kernel(s, &hub, &components, rooms);
+    let llm = llm_provider(s, &hub, cluster.as_ref());
+    let kernel = start_kernel(s, &hub, &components, rooms, llm.clone());
     start_wyoming(s, &hub, &kernel, &components)?;
     if let Some(c) = &cluster {
         coda_actors::cluster::satellite::SatelliteGateway::start(
@@ -238,6 +239,9 @@ pub async fn start(
             kernel.stt.clone().recipient(),
             kernel.hands.follow_ups.clone(),
         );
+        if s.cluster.llm_pool {
+            join_llm_pool(s, c, &llm, &hub, &components);
+        }
     }
     listen_on_device(s, &kernel);
     let shared = SessionShared::new(
@@ -413,11 +417,48 @@ pub(crate) async fn wait_for_signal() {
 }
 
 /// The language model named by config (`[llm]`), with its fallback chain; fallbacks
-/// are announced as events through the hub.
-pub fn llm_provider(s: &Settings, hub: &HubHandle) -> ProviderSlot {
-    let settings = crate::llm_setup::llm_settings(&s.llm, None);
+/// are announced as events through the hub. The `pool` provider asks through `cluster`.
+pub fn llm_provider(
+    s: &Settings,
+    hub: &HubHandle,
+    cluster: Option<&coda_actors::cluster::Cluster>,
+) -> ProviderSlot {
+    let mut settings = crate::llm_setup::llm_settings(&s.llm, None);
+    settings.pool = cluster.map(|c| coda_actors::cluster::pool::PoolLink::of(c, s.pool_settings()));
     coda_actors::llm::registry::build(&settings, Some(hub.clone()), None)
         .map(|chain| Arc::new(chain) as Arc<dyn coda_actors::llm::LlmProvider>)
+}
+
+/// `cluster.llm_pool`: answers other nodes' LLM requests with this node's own provider
+/// (the same chain its turns use). Without a usable provider it stays out of the pool,
+/// so other nodes' requests go to members that can answer.
+fn join_llm_pool(
+    s: &Settings,
+    cluster: &coda_actors::cluster::Cluster,
+    llm: &ProviderSlot,
+    hub: &HubHandle,
+    components: &ComponentRegistry,
+) {
+    match llm {
+        Ok(provider) => {
+            // Detached: they serve for the life of the process.
+            drop(coda_actors::cluster::pool::serve(
+                cluster,
+                provider.clone(),
+                s.cluster.llm_pool_capacity,
+            ));
+            components.set(hub, "llm_pool", ComponentState::Running, None);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster.llm_pool: not joining the LLM pool: this node has no usable provider");
+            components.set(
+                hub,
+                "llm_pool",
+                ComponentState::Degraded,
+                Some(format!("not in the LLM pool: {e}")),
+            );
+        }
+    }
 }
 
 /// Memory (on the same store) and Tools, which the kernel uses.
@@ -512,6 +553,7 @@ fn start_kernel(
     hub: &HubHandle,
     components: &ComponentRegistry,
     rooms: Rooms,
+    llm: ProviderSlot,
 ) -> Kernel {
     let settings = KernelSettings {
         budget: s.restart_budget(),
@@ -542,7 +584,7 @@ fn start_kernel(
         hub.clone(),
         components.clone(),
         settings,
-        llm_provider(s, hub),
+        llm,
         engine,
         rooms,
     )

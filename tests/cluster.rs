@@ -684,3 +684,358 @@ async fn a_follow_up_at_a_satellite_needs_no_wake_word() {
     assert!(heard[0].contains("time"), "{heard:?}");
     assert!(heard[1].contains("weather"), "{heard:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The LLM pool: turns of one node answered by whichever core is free
+// ---------------------------------------------------------------------------------------
+
+use coda_actors::llm::scripted::{Recorded, Reply, ScriptedServer, Step};
+
+fn sse_delta(content: &str) -> Vec<u8> {
+    format!(
+        "data: {}\n\n",
+        json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
+    )
+    .into_bytes()
+}
+
+/// Does the request's last user message contain `word`?
+fn asks(r: &Recorded, word: &str) -> bool {
+    r.json()["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .is_some_and(|t| t.contains(word))
+}
+
+/// An OpenAI-compatible server answering "Answer from NAME."; a question with "slowly"
+/// in it waits `slow` before the first piece, one with "stall" gets one piece and then
+/// nothing for a minute.
+async fn upstream(name: &'static str, slow: Duration) -> ScriptedServer {
+    ScriptedServer::start(move |r| {
+        let mut steps = Vec::new();
+        if asks(r, "slowly") {
+            steps.push(Step::Sleep(slow));
+        }
+        for piece in ["Answer ", "from ", name, "."] {
+            steps.push(Step::Write(sse_delta(piece)));
+            if asks(r, "stall") {
+                steps.push(Step::Sleep(Duration::from_secs(60)));
+            }
+        }
+        steps.push(Step::Write(
+            format!(
+                "data: {}\n\ndata: [DONE]\n\n",
+                json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+            )
+            .into_bytes(),
+        ));
+        Reply::stream("text/event-stream", steps)
+    })
+    .await
+    .expect("upstream")
+}
+
+/// A pool member `name` answering with the OpenAI-compatible server `up`.
+fn pool_member(nats: &Nats, name: &str, up: &ScriptedServer, extra: &[(&str, &str)]) -> Server {
+    let base = format!("{}/v1", up.url());
+    let mut env = vec![
+        ("CODA__LLM__PROVIDER", "openai"),
+        ("CODA__LLM__OPENAI__BASE_URL", base.as_str()),
+        ("CODA__LLM__OPENAI__MODEL", "scripted"),
+        ("CODA__CLUSTER__LLM_POOL", "true"),
+    ];
+    env.extend_from_slice(extra);
+    node(nats, name, &[], &env)
+}
+
+/// A node whose turns go to the pool.
+fn pool_front(nats: &Nats, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![("CODA__LLM__PROVIDER", "pool")];
+    env.extend_from_slice(extra);
+    node(nats, "front", &[], &env)
+}
+
+/// Starts a text turn on a fresh client of `front`; the client and the turn's id.
+async fn start_turn(front: &Server, text: &str) -> (Client, String) {
+    let mut c = front.client().await;
+    let r = c.request("text_input", json!({ "text": text })).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let turn = r["data"]["data"]["turn_id"]
+        .as_str()
+        .expect("turn_id")
+        .to_string();
+    (c, turn)
+}
+
+/// The turn's `llm_result` or `llm_error`.
+async fn turn_outcome(c: &mut Client, turn: &str, limit: Duration) -> Value {
+    c.wait_for("the turn's answer", limit, |v| {
+        matches!(ty(v), "llm_result" | "llm_error") && v["data"]["turn_id"] == json!(turn)
+    })
+    .await
+}
+
+fn answered_by(outcome: &Value) -> &str {
+    assert_eq!(ty(outcome), "llm_result", "{outcome}");
+    outcome["data"]["provider"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_core_in_the_llm_pool_does_not_hold_up_another_turn() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let slow = Duration::from_secs(6);
+    let ups = [upstream("one", slow).await, upstream("two", slow).await];
+    let _members = [
+        pool_member(&nats, "core-one", &ups[0], &[]),
+        pool_member(&nats, "core-two", &ups[1], &[]),
+    ];
+    let front = pool_front(&nats, &[]);
+
+    // A slow question: whichever member takes it is busy for `slow`.
+    let (mut slow_client, slow_turn) =
+        start_turn(&front, "Explain slowly why the sky is blue").await;
+    let total = |ups: &[ScriptedServer]| ups.iter().map(|u| u.requests().len()).sum::<usize>();
+    poll_until(
+        "a member to take the slow question",
+        Duration::from_secs(30),
+        || async { (total(&ups) == 1).then_some(()) },
+    )
+    .await;
+    let busy = usize::from(ups[1].requests().len() == 1);
+    let free = 1 - busy;
+    let names = ["core-one", "core-two"];
+
+    // Meanwhile every other turn goes to the free member and is answered at once.
+    let mut fast_done = Vec::new();
+    for _ in 0..3 {
+        let (mut c, turn) = start_turn(&front, "Why is grass green").await;
+        let outcome = turn_outcome(&mut c, &turn, Duration::from_secs(30)).await;
+        fast_done.push(Instant::now());
+        assert_eq!(answered_by(&outcome), format!("pool:{}", names[free]));
+        assert_eq!(
+            outcome["data"]["text"],
+            json!(format!("Answer from {}.", ["one", "two"][free]))
+        );
+    }
+    let outcome = turn_outcome(&mut slow_client, &slow_turn, Duration::from_secs(60)).await;
+    let slow_done = Instant::now();
+    assert_eq!(answered_by(&outcome), format!("pool:{}", names[busy]));
+    assert_eq!(outcome["data"]["model"], json!("scripted"), "{outcome}");
+    assert!(
+        fast_done.iter().all(|t| *t < slow_done),
+        "a quick turn waited for the slow one"
+    );
+    assert_eq!(ups[busy].requests().len(), 1, "the busy member took more");
+    assert_eq!(ups[free].requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_with_no_free_core_in_the_llm_pool_fails_clearly_after_the_wait() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let front = pool_front(&nats, &[("CODA__CLUSTER__LLM_POOL_WAIT_S", "1")]);
+
+    // No member at all.
+    let (mut c, turn) = start_turn(&front, "Why is grass green").await;
+    let t0 = Instant::now();
+    let e = turn_outcome(&mut c, &turn, Duration::from_secs(30)).await;
+    assert_eq!(ty(&e), "llm_error", "{e}");
+    assert_eq!(e["data"]["code"], json!("unavailable"), "{e}");
+    let msg = e["data"]["message"].as_str().unwrap();
+    assert!(msg.contains("no core serves the LLM pool"), "{msg}");
+    assert!(msg.contains("cluster.llm_pool"), "{msg}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // One member, busy with a stalled answer: the next turn waits 1 s, then says so.
+    let up = upstream("one", Duration::ZERO).await;
+    let _member = pool_member(&nats, "core-one", &up, &[]);
+    let (mut stalled, stalled_turn) = start_turn(&front, "Tell me, stall please").await;
+    stalled
+        .wait_for(
+            "the stalled answer's first piece",
+            Duration::from_secs(30),
+            |v| ty(v) == "llm_token" && v["data"]["turn_id"] == json!(stalled_turn),
+        )
+        .await;
+    let (mut c, turn) = start_turn(&front, "Why is grass green").await;
+    let e = turn_outcome(&mut c, &turn, Duration::from_secs(30)).await;
+    assert_eq!(ty(&e), "llm_error", "{e}");
+    assert_eq!(e["data"]["code"], json!("unavailable"), "{e}");
+    let msg = e["data"]["message"].as_str().unwrap();
+    assert!(msg.contains("no core in the LLM pool is free"), "{msg}");
+    assert!(msg.contains("cluster.llm_pool_wait_s"), "{msg}");
+    assert_eq!(up.requests().len(), 1);
+}
+
+/// SIGKILL, by PID.
+fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_killed_mid_answer_fails_its_turn_clearly_and_the_pool_serves_on() {
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    let ups = [
+        upstream("one", Duration::ZERO).await,
+        upstream("two", Duration::ZERO).await,
+    ];
+    let mut members = [
+        pool_member(&nats, "core-one", &ups[0], &[]),
+        pool_member(&nats, "core-two", &ups[1], &[]),
+    ];
+    let front = pool_front(&nats, &[]);
+
+    let (mut c, turn) = start_turn(&front, "Tell me, stall please").await;
+    c.wait_for("the first piece", Duration::from_secs(30), |v| {
+        ty(v) == "llm_token" && v["data"]["turn_id"] == json!(turn)
+    })
+    .await;
+    let victim = usize::from(ups[1].requests().len() == 1);
+    let names = ["core-one", "core-two"];
+    sigkill(members[victim].pid());
+    let t0 = Instant::now();
+    let e = turn_outcome(&mut c, &turn, Duration::from_secs(30)).await;
+    assert_eq!(ty(&e), "llm_error", "{e}");
+    assert_eq!(e["data"]["code"], json!("timeout"), "{e}");
+    let msg = e["data"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("pool member {}", names[victim])),
+        "{msg}"
+    );
+    assert!(msg.contains("went silent"), "{msg}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert!(members[victim].exited().is_some());
+
+    let (mut c, turn) = start_turn(&front, "Why is grass green").await;
+    let outcome = turn_outcome(&mut c, &turn, Duration::from_secs(30)).await;
+    assert_eq!(answered_by(&outcome), format!("pool:{}", names[1 - victim]));
+}
+
+/// A node's cluster connection, in this process.
+async fn connect(nats: &Nats, node: &str, dir: &Path) -> coda_actors::cluster::Cluster {
+    coda_actors::cluster::Cluster::connect(coda_actors::cluster::ClusterSettings {
+        nats_url: nats.url(),
+        node: node.into(),
+        stream: "CODA".into(),
+        outbox_dir: dir.join(node),
+        outbox_max_events: 100,
+        max_events: 1000,
+        max_age: Duration::from_secs(60),
+        replay_size: 10,
+        replay_max: 100,
+    })
+    .await
+    .expect("connect")
+}
+
+fn openai(up: &ScriptedServer) -> Arc<dyn coda_actors::llm::LlmProvider> {
+    use coda_actors::llm::openai::{OpenAiConfig, OpenAiProvider};
+    Arc::new(
+        OpenAiProvider::new(OpenAiConfig {
+            base_url: format!("{}/v1", up.url()),
+            model: "scripted".into(),
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+fn question(text: &str) -> coda_actors::llm::ChatRequest {
+    use coda_actors::llm::{ChatMessage, ChatRole};
+    coda_actors::llm::ChatRequest {
+        messages: vec![ChatMessage::new(ChatRole::User, text)],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_pool_answer_stops_the_members_generation() {
+    use coda_actors::cluster::pool::{self, PoolLink, PoolProvider, PoolSettings};
+    use coda_actors::llm::{LlmProvider, StreamChunk};
+    use futures_util::StreamExt;
+    let Some(bin) = nats_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(bin, dir.path());
+    // One piece, then the server waits for the client to hang up (recorded).
+    let up = ScriptedServer::start(|r| {
+        if r.path().ends_with("/models") {
+            return Reply::json(200, r#"{"object":"list","data":[{"id":"scripted"}]}"#);
+        }
+        Reply::stream(
+            "text/event-stream",
+            vec![Step::Write(sse_delta("Once upon")), Step::Stall],
+        )
+    })
+    .await
+    .unwrap();
+    let member = connect(&nats, "core-one", dir.path()).await;
+    let _serving = pool::serve(&member, openai(&up), 1);
+    let front = connect(&nats, "front", dir.path()).await;
+    let pool = PoolProvider::new(PoolLink::of(&front, PoolSettings::default()));
+
+    let served = pool.chat_stream_served(question("a story")).await.unwrap();
+    assert_eq!(served.provider, "pool:core-one");
+    assert_eq!(served.model, "scripted");
+    let mut stream = served.stream;
+    match stream.next().await {
+        Some(Ok(StreamChunk::Token(t))) => assert_eq!(t, "Once upon"),
+        other => panic!("{other:?}"),
+    }
+    drop(stream);
+    assert!(
+        up.wait_for(Duration::from_secs(3), |s| s.hangups() == 1)
+            .await,
+        "the member's request upstream was not closed"
+    );
+    // Its room is back: the next request is taken (and answered up to the stall).
+    let mut again = pool.chat_stream(question("another")).await.unwrap();
+    assert!(matches!(
+        again.next().await,
+        Some(Ok(StreamChunk::Token(_)))
+    ));
+    // Health and models through the pool name the member.
+    drop(again);
+    let h = pool.health().await;
+    assert!(
+        h.as_ref().is_ok_and(|h| h.detail.contains("core-one")),
+        "{h:?}"
+    );
+    let models = pool.list_models().await.unwrap();
+    assert_eq!(models[0].id, "scripted");
+}
+
+#[test]
+fn a_pool_provider_without_a_cluster_is_refused_naming_the_key() {
+    let home = Home::new();
+    let out = home.run(
+        &["serve", "--port", "0"],
+        &[("CODA__LLM__PROVIDER", "pool")],
+    );
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("cluster.nats_url"), "{}", out.stderr);
+    // A member that would send the pool's requests back into the pool.
+    let out = home.run(
+        &["serve", "--port", "0"],
+        &[
+            ("CODA__CLUSTER__NATS_URL", "nats://127.0.0.1:4222"),
+            ("CODA__CLUSTER__LLM_POOL", "true"),
+            ("CODA__LLM__FALLBACK", "pool"),
+        ],
+    );
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("cluster.llm_pool"), "{}", out.stderr);
+}

@@ -583,6 +583,13 @@ pub struct LlmResult {
     pub tokens: u32,
     /// Generation speed.
     pub tokens_per_second: f64,
+    /// The provider that answered, after any fallback: e.g. `"openai"`, or `"pool:<node>"`
+    /// when a core of the LLM pool did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The model that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// `llm_error`: the language model failed.

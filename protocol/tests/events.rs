@@ -195,6 +195,8 @@ fn samples() -> Vec<EventData> {
             duration_ms: 800.0,
             tokens: 15,
             tokens_per_second: 18.75,
+            provider: Some("pool:kitchen".into()),
+            model: Some("llama3.2".into()),
         }
         .into(),
         LlmError {

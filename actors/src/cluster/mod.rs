@@ -16,6 +16,7 @@
 
 mod bridge;
 mod outbox;
+pub mod pool;
 pub mod satellite;
 mod view;
 

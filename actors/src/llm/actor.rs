@@ -143,7 +143,9 @@ impl Handler<Generate> for LlmActor {
         let t_id = turn_id.clone();
         let work = async move {
             let started = Instant::now();
-            let mut stream = provider.chat_stream(request).await?;
+            let served = provider.chat_stream_served(request).await?;
+            let (by, model) = (served.provider, served.model);
+            let mut stream = served.stream;
             let mut text = String::new();
             let mut index = 0u32;
             let mut ttft = None;
@@ -182,6 +184,8 @@ impl Handler<Generate> for LlmActor {
                     duration_ms: total_ms,
                     tokens: index,
                     tokens_per_second: f64::from(index) / secs,
+                    provider: Some(by),
+                    model: Some(model),
                 },
             );
             Ok::<_, LlmError>((text, ttft, total_ms))

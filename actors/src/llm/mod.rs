@@ -199,6 +199,25 @@ pub enum StreamChunk {
 /// A stream of chunks. Dropping it cancels the generation (and the HTTP request).
 pub type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamChunk, LlmError>> + Send>>;
 
+/// A streamed answer and who gives it: with a fallback chain or the LLM pool, that is
+/// only known once the answer started.
+pub struct Served {
+    pub stream: ChatStream,
+    /// The provider answering: the chain's link that answered, `pool:<node>` for a core
+    /// of the LLM pool.
+    pub provider: String,
+    pub model: String,
+}
+
+impl fmt::Debug for Served {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Served")
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a provider says about a model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -286,6 +305,39 @@ impl LlmError {
         }
     }
 
+    /// What the error says, without the prefix of its kind.
+    pub fn detail(&self) -> String {
+        match self {
+            LlmError::Auth(m)
+            | LlmError::NotFound(m)
+            | LlmError::Timeout(m)
+            | LlmError::Unavailable(m)
+            | LlmError::BadResponse(m)
+            | LlmError::Invalid(m) => m.clone(),
+            LlmError::RateLimited { message, .. } => message.clone(),
+            LlmError::Cancelled => String::new(),
+        }
+    }
+
+    /// The error of `code` (as [`LlmError::code`] names it) saying `detail`: the same
+    /// variant again on the other side of a wire. An unknown code is a bad response.
+    pub fn from_parts(code: &str, detail: String, retry_after: Option<Duration>) -> LlmError {
+        match code {
+            "auth" => LlmError::Auth(detail),
+            "not_found" => LlmError::NotFound(detail),
+            "rate_limited" => LlmError::RateLimited {
+                retry_after,
+                message: detail,
+            },
+            "timeout" => LlmError::Timeout(detail),
+            "unavailable" => LlmError::Unavailable(detail),
+            "bad_response" => LlmError::BadResponse(detail),
+            "invalid" => LlmError::Invalid(detail),
+            "cancelled" => LlmError::Cancelled,
+            other => LlmError::BadResponse(format!("unknown error kind `{other}`: {detail}")),
+        }
+    }
+
     /// Is it worth trying the next provider of a fallback chain?
     pub fn is_unavailable(&self) -> bool {
         matches!(self, LlmError::Unavailable(_) | LlmError::Timeout(_))
@@ -309,6 +361,18 @@ pub trait LlmProvider: Send + Sync + fmt::Debug {
 
     /// A streamed answer. Dropping the stream cancels the generation.
     async fn chat_stream(&self, req: ChatRequest) -> Result<ChatStream, LlmError>;
+
+    /// A streamed answer, saying which provider and model give it.
+    async fn chat_stream_served(&self, req: ChatRequest) -> Result<Served, LlmError> {
+        let named = req.named_model().map(str::to_string);
+        let stream = self.chat_stream(req).await?;
+        Ok(Served {
+            stream,
+            provider: self.name().to_string(),
+            // Asked after the call: a provider may discover its model on first use.
+            model: named.unwrap_or_else(|| self.default_model()),
+        })
+    }
 
     /// Models this provider can serve.
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError>;

@@ -14,8 +14,9 @@ use super::oci::{OciConfig, OciProvider};
 use super::ollama::{OllamaConfig, OllamaProvider};
 use super::openai::{OpenAiConfig, OpenAiProvider};
 use super::{
-    ChatRequest, ChatStream, GenerationDefaults, Health, LlmError, LlmProvider, ModelInfo,
+    ChatRequest, ChatStream, GenerationDefaults, Health, LlmError, LlmProvider, ModelInfo, Served,
 };
+use crate::cluster::pool::{PoolLink, PoolProvider};
 use crate::hub::HubHandle;
 
 /// A provider `llm.provider` and `llm.fallback` can name.
@@ -30,14 +31,17 @@ pub enum ProviderKind {
     OpenAi,
     /// Oracle OCI Generative AI.
     Oci,
+    /// The LLM pool: whichever core of the cluster is free answers (over NATS).
+    Pool,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 4] = [
+    pub const ALL: [ProviderKind; 5] = [
         ProviderKind::Local,
         ProviderKind::Ollama,
         ProviderKind::OpenAi,
         ProviderKind::Oci,
+        ProviderKind::Pool,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,10 +50,11 @@ impl ProviderKind {
             ProviderKind::Ollama => "ollama",
             ProviderKind::OpenAi => "openai",
             ProviderKind::Oci => "oci",
+            ProviderKind::Pool => "pool",
         }
     }
 
-    /// `local, ollama, openai, oci` (for messages).
+    /// `local, ollama, openai, oci, pool` (for messages).
     pub fn known() -> String {
         Self::ALL.map(Self::as_str).join(", ")
     }
@@ -108,6 +113,8 @@ pub struct LlmSettings {
     pub ollama: OllamaConfig,
     pub openai: OpenAiConfig,
     pub oci: OciConfig,
+    /// The LLM pool's connection (`[cluster]`); `None` where there is none.
+    pub pool: Option<PoolLink>,
 }
 
 impl Default for LlmSettings {
@@ -121,6 +128,7 @@ impl Default for LlmSettings {
             ollama: OllamaConfig::default(),
             openai: OpenAiConfig::default(),
             oci: OciConfig::default(),
+            pool: None,
         }
     }
 }
@@ -156,6 +164,13 @@ pub fn build_one(kind: ProviderKind, s: &LlmSettings) -> Result<Arc<dyn LlmProvi
         ProviderKind::Ollama => Arc::new(OllamaProvider::new(s.ollama.clone())?),
         ProviderKind::OpenAi => Arc::new(OpenAiProvider::new(s.openai.clone())?),
         ProviderKind::Oci => Arc::new(OciProvider::new(s.oci.clone())?),
+        ProviderKind::Pool => match &s.pool {
+            Some(link) => Arc::new(PoolProvider::new(link.clone())),
+            None => return Err(LlmError::Unavailable(
+                "the `pool` provider asks the cluster's cores over NATS: it needs cluster.nats_url"
+                    .into(),
+            )),
+        },
     })
 }
 
@@ -294,7 +309,11 @@ impl LlmProvider for Chain {
             .unwrap_or_default()
     }
 
-    async fn chat_stream(&self, mut req: ChatRequest) -> Result<ChatStream, LlmError> {
+    async fn chat_stream(&self, req: ChatRequest) -> Result<ChatStream, LlmError> {
+        Ok(self.chat_stream_served(req).await?.stream)
+    }
+
+    async fn chat_stream_served(&self, mut req: ChatRequest) -> Result<Served, LlmError> {
         self.defaults.apply(&mut req);
         let explicit = req.named_model().map(str::to_string);
         let n = self.slots.len();
@@ -307,20 +326,14 @@ impl LlmProvider for Chain {
                 None
             };
             let attempt = match &slot.provider {
-                Ok(p) => {
-                    let named = r.model.clone();
-                    // Asked after the call: a provider may discover its model on first use.
-                    p.chat_stream(r)
-                        .await
-                        .map(|s| (s, named.unwrap_or_else(|| p.default_model())))
-                }
+                Ok(p) => p.chat_stream_served(r).await,
                 Err(e) => Err(e.clone()),
             };
             match attempt {
-                Ok((stream, model)) => {
+                Ok(served) => {
                     *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((slot.name.to_string(), model));
-                    return Ok(stream);
+                        Some((served.provider.clone(), served.model.clone()));
+                    return Ok(served);
                 }
                 Err(e) if e.is_unavailable() && i + 1 < n => self.announce(&FallbackNotice {
                     from: slot.name,
