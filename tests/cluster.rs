@@ -995,6 +995,14 @@ async fn dropping_a_pool_answer_stops_the_members_generation() {
         Some(Ok(StreamChunk::Token(t))) => assert_eq!(t, "Once upon"),
         other => panic!("{other:?}"),
     }
+    // Full (capacity 1), the member left the queue group: NATS says nobody is there
+    // rather than handing it a request it would have to bounce.
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    let r = raw.request(pool::CHAT_SUBJECT, "{}".into()).await;
+    assert!(
+        matches!(&r, Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders),
+        "{r:?}"
+    );
     drop(stream);
     assert!(
         up.wait_for(Duration::from_secs(3), |s| s.hangups() == 1)
