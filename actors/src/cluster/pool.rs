@@ -714,7 +714,9 @@ impl PoolProvider {
         let client = self.link.client().await?;
         let s = &self.link.settings;
         let started = Instant::now();
-        let mut pause = Duration::from_millis(10);
+        // Short at first: a member that just finished an answer is back in the queue
+        // group within a millisecond or two.
+        let mut pause = Duration::from_millis(2);
         let mut req = PoolRequest {
             v: WIRE_VERSION,
             id: String::new(),

@@ -35,6 +35,13 @@ pub struct ClusterBenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Measure the LLM pool instead: time to the first token through a pool member
+    /// against the member's provider called directly.
+    #[arg(long)]
+    pub pool: bool,
+    /// With --pool: runs of each path (interleaved).
+    #[arg(long, default_value_t = 9)]
+    pub runs: usize,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -132,6 +139,9 @@ pub(super) fn start_nats(bin: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, 
 
 /// `coda bench cluster`.
 pub fn run(choice: &ConfigChoice, args: &ClusterBenchArgs) -> anyhow::Result<()> {
+    if args.pool {
+        return super::pool::run(choice, args);
+    }
     if !(args.rate > 0.0 && args.duration > 0.0) {
         bail!("--rate and --duration must be positive");
     }

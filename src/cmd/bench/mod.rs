@@ -12,6 +12,7 @@ use crate::config::Loaded;
 pub mod ask_startup;
 pub mod audio;
 pub mod cluster;
+mod pool;
 pub mod echo;
 pub mod fanout;
 pub mod llm;
@@ -57,7 +58,8 @@ pub enum BenchCommand {
     /// second talker's words through whisper with and without it.
     Echo(echo::EchoBenchArgs),
     /// The cluster stream: two nodes on a real nats-server; what the hop through
-    /// JetStream adds between node A's hub and a dashboard on node B.
+    /// JetStream adds between node A's hub and a dashboard on node B. With `--pool`: what
+    /// the LLM pool's hop adds to the time to the first token.
     Cluster(cluster::ClusterBenchArgs),
     /// A spoken turn through a satellite against the same turn on the core's own device
     /// (end of speech → first audio).
