@@ -391,6 +391,19 @@ pub struct LlmConfig {
     pub ollama: LlmOllamaConfig,
     pub openai: LlmOpenAiConfig,
     pub oci: LlmOciConfig,
+    /// Where the `pool` provider asks: copied from `[cluster]` at load (not a key), so
+    /// the CLI's LLM commands can use the pool too.
+    #[serde(skip)]
+    pub pool: Option<PoolTarget>,
+}
+
+/// The LLM pool as a requester sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolTarget {
+    pub nats_url: String,
+    /// This node's name (for the members' logs).
+    pub node: String,
+    pub wait_s: f64,
 }
 
 /// `[llm.ollama]`
@@ -724,6 +737,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         ConfigError::Invalid { key, problem }
     })?;
     validate(&settings)?;
+    let mut settings = settings;
+    settings.llm.pool = settings.cluster_settings().map(|c| PoolTarget {
+        nats_url: c.nats_url,
+        node: c.node,
+        wait_s: settings.cluster.llm_pool_wait_s,
+    });
     Ok(Loaded {
         settings,
         sources,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use coda_actors::cluster::pool::{PoolLink, PoolSettings};
 use coda_actors::llm::http::HttpOptions;
 use coda_actors::llm::oci::auth as oci_auth;
 use coda_actors::llm::oci::OciConfig;
@@ -104,7 +105,17 @@ pub fn llm_settings(cfg: &LlmConfig, model: Option<String>) -> LlmSettings {
             cache_dir: Some(cache_dir()),
             http,
         },
-        pool: None,
+        // A connection made on first use; `coda serve` puts its own cluster link here.
+        pool: cfg.pool.as_ref().map(|p| {
+            PoolLink::lazy(
+                &p.nats_url,
+                &p.node,
+                PoolSettings {
+                    wait: Settings::secs(p.wait_s),
+                    ..Default::default()
+                },
+            )
+        }),
     }
 }
 

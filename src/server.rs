@@ -424,7 +424,13 @@ pub fn llm_provider(
     cluster: Option<&coda_actors::cluster::Cluster>,
 ) -> ProviderSlot {
     let mut settings = crate::llm_setup::llm_settings(&s.llm, None);
-    settings.pool = cluster.map(|c| coda_actors::cluster::pool::PoolLink::of(c, s.pool_settings()));
+    // The node's own NATS connection rather than one more.
+    if let (Some(c), Some(link)) = (cluster, &settings.pool) {
+        settings.pool = Some(coda_actors::cluster::pool::PoolLink::of(
+            c,
+            link.settings().clone(),
+        ));
+    }
     coda_actors::llm::registry::build(&settings, Some(hub.clone()), None)
         .map(|chain| Arc::new(chain) as Arc<dyn coda_actors::llm::LlmProvider>)
 }

@@ -130,14 +130,6 @@ impl Settings {
         })
     }
 
-    /// How this node asks the LLM pool (`[cluster]` `llm_pool_*`).
-    pub fn pool_settings(&self) -> coda_actors::cluster::pool::PoolSettings {
-        coda_actors::cluster::pool::PoolSettings {
-            wait: Settings::secs(self.cluster.llm_pool_wait_s),
-            ..Default::default()
-        }
-    }
-
     /// The metrics actor's settings from config (the rules were validated at load time).
     pub fn metrics_settings(&self) -> anyhow::Result<MetricsSettings> {
         Ok(MetricsSettings {

@@ -659,6 +659,10 @@ impl PoolLink {
         }
     }
 
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
     async fn client(&self) -> Result<Client, LlmError> {
         match &self.conn {
             Conn::Ready(c) => Ok(c.clone()),

@@ -115,7 +115,9 @@ pub fn run(choice: &ConfigChoice, args: &ClusterBenchArgs) -> anyhow::Result<()>
     rt.block_on(async {
         // Warm-up: connections made, the member in the queue group.
         first_token(direct.as_ref()).await.context("direct")?;
-        first_token(pool.as_ref()).await.context("through the pool")?;
+        first_token(pool.as_ref())
+            .await
+            .context("through the pool")?;
         for _ in 0..args.runs {
             // Turns come seconds apart, not back to back: the member (capacity 1) is
             // back in the queue group after each answer, as it would be.
