@@ -1358,6 +1358,59 @@ mod tests {
     }
 
     #[test]
+    fn the_llm_pool_settings_are_checked_and_reach_the_llm_config() {
+        const NATS: (&str, &str) = ("CODA__CLUSTER__NATS_URL", "nats://127.0.0.1:4222");
+        for (vars, key) in [
+            (vec![("CODA__LLM__PROVIDER", "pool")], "cluster.nats_url"),
+            (
+                vec![("CODA__LLM__FALLBACK", "ollama,pool")],
+                "cluster.nats_url",
+            ),
+            (
+                vec![("CODA__CLUSTER__LLM_POOL", "true")],
+                "cluster.llm_pool",
+            ),
+            (
+                vec![
+                    NATS,
+                    ("CODA__CLUSTER__LLM_POOL", "true"),
+                    ("CODA__LLM__PROVIDER", "pool"),
+                ],
+                "cluster.llm_pool",
+            ),
+            (
+                vec![NATS, ("CODA__CLUSTER__LLM_POOL_CAPACITY", "0")],
+                "cluster.llm_pool_capacity",
+            ),
+            (
+                vec![NATS, ("CODA__CLUSTER__LLM_POOL_WAIT_S", "-1")],
+                "cluster.llm_pool_wait_s",
+            ),
+        ] {
+            let e = load(&env(&vars)).unwrap_err().to_string();
+            assert!(e.contains(key), "{vars:?}: {e}");
+        }
+        let l = load(&env(&[
+            NATS,
+            ("CODA__CLUSTER__NODE", "kitchen"),
+            ("CODA__LLM__PROVIDER", "pool"),
+            ("CODA__CLUSTER__LLM_POOL_WAIT_S", "2.5"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            l.settings.llm.pool,
+            Some(PoolTarget {
+                nats_url: NATS.1.into(),
+                node: "kitchen".into(),
+                wait_s: 2.5
+            })
+        );
+        let lone = load(&env(&[])).unwrap();
+        assert_eq!(lone.settings.llm.pool, None);
+        assert!(!lone.settings.cluster.llm_pool);
+    }
+
+    #[test]
     fn profile_and_flags_layer_in_order() {
         let mut o = env(&[("CODA__SERVER__PORT", "9002")]);
         o.profile = Some("dev".into());

@@ -253,7 +253,7 @@ fn reply_of(chunk: StreamChunk) -> Reply {
 // ---------------------------------------------------------------------------------------
 
 /// Serves the LLM pool from this node: chat requests (at most `capacity` at once) and
-/// info questions, answered by `provider`. Runs until the returned task is aborted.
+/// info questions, answered by `provider`. Runs until the returned tasks are aborted.
 pub fn serve(
     cluster: &Cluster,
     provider: Arc<dyn LlmProvider>,
