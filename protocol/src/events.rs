@@ -827,6 +827,36 @@ pub struct ToolError {
     pub message: String,
     /// Severity.
     pub level: Level,
+    /// For `needs_confirmation`: what the call would do, for the user to decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<ToolPreview>,
+}
+
+/// What a tool call would do, shown before the user confirms it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolPreview {
+    /// One line, e.g. "write src/main.rs (+3 -1)" or "run `cargo test` in the project".
+    pub summary: String,
+    /// The unified diff of a write or edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+/// `tool_progress`: a piece of a running tool's output (a shell command's stdout or
+/// stderr as it comes), before its `tool_result`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolProgress {
+    /// The turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+    /// Id of the call (from `tool_call`).
+    pub call_id: String,
+    /// Tool name.
+    pub tool: String,
+    /// Which output: `stdout` or `stderr` for commands (other tools may name their own).
+    pub stream: String,
+    /// The text, as it came (invalid UTF-8 replaced).
+    pub text: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1042,6 +1072,7 @@ event_data! {
     MemoryRetrieve,
     MemoryError,
     ToolCall,
+    ToolProgress,
     ToolResult,
     ToolError,
     ConversationStart,

@@ -108,6 +108,8 @@ name_enum! {
         // tools
         /// A tool is being called.
         ToolCall = "tool_call",
+        /// A piece of a running tool's output (a command's stdout or stderr).
+        ToolProgress = "tool_progress",
         /// A tool returned its result.
         ToolResult = "tool_result",
         /// A tool call failed.
@@ -156,9 +158,8 @@ impl EventType {
             SystemMetrics | ModeChange | SystemInfo | ComponentTiming | EmotionChange => {
                 Retention::LatestOnly
             }
-            LlmToken | SttInterim | TtsProgress | TtsAudio | DiagnosticTick | ConnectionStatus => {
-                Retention::Transient
-            }
+            LlmToken | SttInterim | TtsProgress | TtsAudio | DiagnosticTick | ConnectionStatus
+            | ToolProgress => Retention::Transient,
             Replay | Config | CommandResult | CommandError => Retention::Direct,
             _ => Retention::Important,
         }

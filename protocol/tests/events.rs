@@ -285,6 +285,14 @@ fn samples() -> Vec<EventData> {
             arguments: json!({"tz": "UTC"}),
         }
         .into(),
+        ToolProgress {
+            turn_id: turn(),
+            call_id: "k-1".into(),
+            tool: "run_command".into(),
+            stream: "stdout".into(),
+            text: "test result: ok\n".into(),
+        }
+        .into(),
         ToolResult {
             turn_id: turn(),
             call_id: "k-1".into(),
@@ -295,11 +303,15 @@ fn samples() -> Vec<EventData> {
         .into(),
         ToolError {
             turn_id: turn(),
-            call_id: "k-1".into(),
-            tool: "clock".into(),
-            code: "timeout".into(),
-            message: "took too long".into(),
-            level: Level::Error,
+            call_id: "k-2".into(),
+            tool: "write_file".into(),
+            code: "needs_confirmation".into(),
+            message: "the tool `write_file` needs the user's confirmation".into(),
+            level: Level::Warning,
+            preview: Some(ToolPreview {
+                summary: "write a.txt (+1 -0)".into(),
+                diff: Some("--- a/a.txt\n+++ b/a.txt\n@@ -0,0 +1 @@\n+hi\n".into()),
+            }),
         }
         .into(),
         ConversationStart {
@@ -517,7 +529,14 @@ fn retention_classes_follow_the_design() {
     for t in [Replay, Config, CommandResult, CommandError] {
         assert_eq!(t.retention(), Retention::Direct, "{t}");
     }
-    for t in [LlmToken, SttInterim, TtsAudio, TtsProgress, DiagnosticTick] {
+    for t in [
+        LlmToken,
+        SttInterim,
+        TtsAudio,
+        TtsProgress,
+        DiagnosticTick,
+        ToolProgress,
+    ] {
         assert_eq!(t.retention(), Retention::Transient, "{t}");
     }
     for t in [SystemMetrics, ModeChange, SystemInfo] {

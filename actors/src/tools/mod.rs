@@ -9,6 +9,7 @@
 //! | [`Call`] | `Result<serde_json::Value, ToolFailure>` | `tool_call`, then `tool_result` or `tool_error` |
 //! | [`Specs`] | `Vec<ToolSpec>`: the tools offered to the LLM (`ChatRequest::tools`) | — |
 //! | [`ListTools`] | `Vec<ToolInfo>` (with permissions and timeouts) | — |
+//! | [`Cancel`] | number of running calls told to stop | — (their `tool_result`/`tool_error` follow) |
 //!
 //! # Choosing a tool
 //!
@@ -22,32 +23,39 @@
 //!
 //! # Containment
 //!
-//! Each call: permission (`deny` → `denied`; `ask` → `needs_confirmation` unless the call
-//! is `confirmed`), arguments validated against the tool's JSON Schema (`jsonschema`),
-//! then the tool runs on a thread of its own under its timeout. A panic is caught (`catch_unwind`)
+//! Each call: permission (`deny` → `denied`), arguments validated against the tool's JSON
+//! Schema (`jsonschema`), the call's own permission where the tool has one (the shell's
+//! rules; the stricter applies), `ask` → `needs_confirmation` with a preview of what the
+//! call would do (a write's diff) unless the call is `confirmed`; then the tool runs on a
+//! thread of its own under its timeout, reporting progress as `tool_progress`. A panic is caught (`catch_unwind`)
 //! → `panicked`; no answer in time → `timeout` (the call's `cancelled` flag is set; the
 //! thread cannot be killed and is left to finish, its result dropped); a result over
 //! `tools.max_output_bytes` or not matching the tool's declared output schema →
 //! `bad_output`. The actor never waits on a tool: each call is its own future.
 
 pub mod builtin;
+pub mod hgignore;
 pub mod intent;
 pub mod registry;
+pub mod workspace;
 
-pub use builtin::{register_builtins, BuiltinDeps, BUILTIN_TOOLS};
+pub use builtin::{register_builtins, BuiltinDeps, BUILTIN_TOOLS, CODING_TOOLS};
 pub use intent::{match_intent, parse_duration, IntentMatch};
 pub use registry::{
-    Permission, RegistryError, RegistrySettings, Tool, ToolContext, ToolFailure, ToolInfo,
-    ToolRegistry,
+    CallPermission, Permission, ProgressSink, RegistryError, RegistrySettings, Tool, ToolContext,
+    ToolFailure, ToolInfo, ToolPreview, ToolRegistry,
 };
+pub use workspace::{Workspace, WorkspaceSettings};
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix::prelude::*;
 use coda_protocol::{
-    ToolCall as ToolCallEvent, ToolError as ToolErrorEvent, ToolResult as ToolResultEvent,
-    SYSTEM_SESSION,
+    ToolCall as ToolCallEvent, ToolError as ToolErrorEvent, ToolProgress as ToolProgressEvent,
+    ToolResult as ToolResultEvent, SYSTEM_SESSION,
 };
 use serde_json::Value;
 
@@ -121,10 +129,27 @@ pub struct Specs;
 #[rtype(result = "Vec<ToolInfo>")]
 pub struct ListTools;
 
+/// Tell running calls to stop (barge-in, Ctrl-C): the call with this id, or every call of
+/// this session, or (neither given) every call. A tool that can stop does (the shell
+/// kills its process group) and answers what it had.
+#[derive(Message, Debug, Clone, Default)]
+#[rtype(result = "usize")]
+pub struct Cancel {
+    pub call_id: Option<String>,
+    pub session_id: Option<String>,
+}
+
+struct Running {
+    session_id: Option<String>,
+    cancelled: Arc<AtomicBool>,
+}
+
 pub struct ToolsActor {
     registry: Arc<ToolRegistry>,
     hub: Option<HubHandle>,
     calls: u64,
+    /// The calls under way, by call id, for [`Cancel`].
+    running: Arc<Mutex<HashMap<String, Running>>>,
     /// The kernel's restart budget and `component_status`, when run under it.
     sup: Option<Supervision>,
 }
@@ -144,6 +169,7 @@ impl ToolsActor {
             registry: Arc::new(registry),
             hub,
             calls: 0,
+            running: Default::default(),
             sup: None,
         }
     }
@@ -211,17 +237,52 @@ impl Handler<Call> for ToolsActor {
                 },
             );
         }
+        let cancelled = Arc::new(AtomicBool::new(false));
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(
+                call_id.clone(),
+                Running {
+                    session_id: msg.session_id.clone(),
+                    cancelled: cancelled.clone(),
+                },
+            );
+        }
+        let running = self.running.clone();
+        let progress = hub.clone().map(|hub| {
+            let (session, turn_id, call_id, tool) = (
+                session.clone(),
+                msg.turn_id.clone(),
+                call_id.clone(),
+                msg.name.clone(),
+            );
+            ProgressSink::new(move |stream, text| {
+                hub.publish(
+                    &session,
+                    &ToolProgressEvent {
+                        turn_id: turn_id.clone(),
+                        call_id: call_id.clone(),
+                        tool: tool.clone(),
+                        stream: stream.to_string(),
+                        text: text.to_string(),
+                    },
+                )
+            })
+        });
         Box::pin(async move {
             let started = Instant::now();
             let ctx = ToolContext {
                 call_id: call_id.clone(),
                 session_id: msg.session_id.clone(),
                 turn_id: msg.turn_id.clone(),
-                cancelled: Default::default(),
+                cancelled,
+                progress,
             };
             let result = registry
                 .call(&msg.name, msg.arguments.clone(), ctx, msg.confirmed)
                 .await;
+            if let Ok(mut running) = running.lock() {
+                running.remove(&call_id);
+            }
             if let Some(hub) = &hub {
                 match &result {
                     Ok(value) => hub.publish(
@@ -243,6 +304,7 @@ impl Handler<Call> for ToolsActor {
                             code: e.code().to_string(),
                             message: e.to_string(),
                             level: e.level(),
+                            preview: e.preview().cloned(),
                         },
                     ),
                 }
@@ -260,6 +322,29 @@ impl Handler<Specs> for ToolsActor {
             return MessageResult(Vec::new());
         }
         MessageResult(self.registry.specs())
+    }
+}
+
+impl Handler<Cancel> for ToolsActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) -> usize {
+        let Ok(running) = self.running.lock() else {
+            return 0;
+        };
+        let mut told = 0;
+        for (id, call) in running.iter() {
+            let hit = match (&msg.call_id, &msg.session_id) {
+                (Some(c), _) => c == id,
+                (None, Some(s)) => call.session_id.as_deref() == Some(s.as_str()),
+                (None, None) => true,
+            };
+            if hit {
+                call.cancelled.store(true, Ordering::Relaxed);
+                told += 1;
+            }
+        }
+        told
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use coda_protocol::ToolPreview;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -53,12 +54,20 @@ pub enum ToolFailure {
     /// No tool by that name.
     #[error("there is no tool named `{0}`")]
     UnknownTool(String),
-    /// The configuration denies it.
-    #[error("the tool `{0}` is not allowed (tools.permissions)")]
-    Denied(String),
-    /// Its permission is `ask` and the call was not confirmed.
-    #[error("the tool `{0}` needs the user's confirmation before it runs")]
-    NeedsConfirmation(String),
+    /// The configuration denies it (the tool, or this call: a shell rule).
+    #[error("the tool `{tool}` is not allowed to {why}")]
+    Denied {
+        tool: String,
+        /// What was refused and by which setting, e.g. "run (tools.permissions.x is deny)".
+        why: String,
+    },
+    /// Its permission is `ask` and the call was not confirmed. The preview says what the
+    /// call would do (a write's diff, a command line), for the user to decide.
+    #[error("the tool `{tool}` needs the user's confirmation before it runs{}", confirm_suffix(.preview.as_deref()))]
+    NeedsConfirmation {
+        tool: String,
+        preview: Option<Box<ToolPreview>>,
+    },
     /// The arguments do not match the tool's JSON Schema (or are not JSON).
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
@@ -84,8 +93,8 @@ impl ToolFailure {
     pub fn code(&self) -> &'static str {
         match self {
             ToolFailure::UnknownTool(_) => "unknown_tool",
-            ToolFailure::Denied(_) => "denied",
-            ToolFailure::NeedsConfirmation(_) => "needs_confirmation",
+            ToolFailure::Denied { .. } => "denied",
+            ToolFailure::NeedsConfirmation { .. } => "needs_confirmation",
             ToolFailure::InvalidArguments(_) => "invalid_arguments",
             ToolFailure::Failed(_) => "failed",
             ToolFailure::Timeout(_) => "timeout",
@@ -108,6 +117,54 @@ impl ToolFailure {
             _ => Level::Warning,
         }
     }
+
+    /// A tool refused by its configured permission.
+    pub fn denied_by_config(tool: &str) -> ToolFailure {
+        ToolFailure::Denied {
+            tool: tool.to_string(),
+            why: format!("run (tools.permissions.{tool} is \"deny\")"),
+        }
+    }
+
+    /// What the call would have done, for a `needs_confirmation`.
+    pub fn preview(&self) -> Option<&ToolPreview> {
+        match self {
+            ToolFailure::NeedsConfirmation { preview, .. } => preview.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+fn confirm_suffix(preview: Option<&ToolPreview>) -> String {
+    preview
+        .map(|p| format!(": it would {}", p.summary))
+        .unwrap_or_default()
+}
+
+/// Where a running tool reports progress (a command's output as it comes); the Tools
+/// actor publishes it as `tool_progress`, `coda tools call` prints it.
+#[derive(Clone)]
+pub struct ProgressSink(Arc<dyn Fn(&str, &str) + Send + Sync>);
+
+impl ProgressSink {
+    /// A sink calling `f(stream, text)`.
+    pub fn new(f: impl Fn(&str, &str) + Send + Sync + 'static) -> ProgressSink {
+        ProgressSink(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+/// How one call is to be treated, when it depends on its arguments (the shell's rules).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallPermission {
+    pub permission: Permission,
+    /// Which rule decided, for the user ("tools.shell.allow `git diff *`").
+    pub why: String,
 }
 
 /// What a running call knows about itself.
@@ -119,14 +176,24 @@ pub struct ToolContext {
     pub session_id: Option<String>,
     /// The turn, if any.
     pub turn_id: Option<String>,
-    /// Set when the caller gave up (timeout): a long tool should check it and stop.
+    /// Set when the caller gave up (timeout, interrupt): a long tool should check it and
+    /// stop.
     pub cancelled: Arc<AtomicBool>,
+    /// Where to report progress, if anyone listens.
+    pub progress: Option<ProgressSink>,
 }
 
 impl ToolContext {
     /// Has the caller given up on this call?
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Reports progress (`stream`: e.g. `stdout`, `stderr`); nothing when nobody listens.
+    pub fn report(&self, stream: &str, text: &str) {
+        if let Some(p) = &self.progress {
+            (p.0)(stream, text);
+        }
     }
 }
 
@@ -156,6 +223,19 @@ pub trait Tool: Send + Sync + 'static {
     /// This tool's timeout, when it needs another than `tools.default_timeout_s`.
     fn timeout(&self) -> Option<Duration> {
         None
+    }
+
+    /// The permission this call needs, when it depends on the arguments (`None`: the
+    /// tool's configured one alone). The stricter of this and the configured permission
+    /// applies. An error refuses the call (bad arguments found early).
+    fn call_permission(&self, _args: &Value) -> Result<Option<CallPermission>, ToolFailure> {
+        Ok(None)
+    }
+
+    /// What a call would do, shown when it needs confirmation (a write's diff). An error
+    /// refuses the call at once (the edit cannot apply), instead of asking for nothing.
+    fn preview(&self, _args: &Value) -> Result<Option<ToolPreview>, ToolFailure> {
+        Ok(None)
     }
 
     /// Runs the tool on valid arguments.
@@ -193,7 +273,7 @@ pub enum RegistryError {
         /// Why.
         message: String,
     },
-    /// A permission names a tool that does not exist.
+    /// A permission names a tool that does not exist (and is no built-in).
     #[error("tools.permissions names `{0}`, which is not a registered tool")]
     UnknownInPermissions(String),
 }
@@ -296,17 +376,19 @@ impl ToolRegistry {
         Ok(())
     }
 
-    /// Applies the configured permissions; a name that is not registered is an error.
+    /// Applies the configured permissions. A name that is not registered is an error,
+    /// unless it is a built-in left out for want of its dependencies (`coda tools` has no
+    /// memory store, for one).
     pub fn set_permissions(
         &mut self,
         permissions: &BTreeMap<String, Permission>,
     ) -> Result<(), RegistryError> {
         for (name, p) in permissions {
-            let entry = self
-                .entries
-                .get_mut(name)
-                .ok_or_else(|| RegistryError::UnknownInPermissions(name.clone()))?;
-            entry.permission = *p;
+            match self.entries.get_mut(name) {
+                Some(entry) => entry.permission = *p,
+                None if super::builtin::is_builtin(name) => {}
+                None => return Err(RegistryError::UnknownInPermissions(name.clone())),
+            }
         }
         Ok(())
     }
@@ -343,26 +425,22 @@ impl ToolRegistry {
         self.entries.get(name).map(|e| e.permission)
     }
 
-    /// Runs one call: permission, argument validation, then the tool on a thread of its own
-    /// under its timeout, with panics caught and the result checked (size, declared
-    /// schema). Must be called inside a tokio runtime.
-    pub async fn call(
+    /// Checks a call without running it: the tool exists, the configuration does not deny
+    /// it, the arguments are valid, and, when it would need confirmation that `confirmed`
+    /// does not give, `needs_confirmation` with a preview of what it would do. Returns the
+    /// arguments to run with (`null` made `{}`).
+    pub fn check(
         &self,
         name: &str,
         arguments: Value,
-        ctx: ToolContext,
         confirmed: bool,
     ) -> Result<Value, ToolFailure> {
         let entry = self
             .entries
             .get(name)
             .ok_or_else(|| ToolFailure::UnknownTool(name.to_string()))?;
-        match entry.permission {
-            Permission::Deny => return Err(ToolFailure::Denied(name.to_string())),
-            Permission::Ask if !confirmed => {
-                return Err(ToolFailure::NeedsConfirmation(name.to_string()))
-            }
-            _ => {}
+        if entry.permission == Permission::Deny {
+            return Err(ToolFailure::denied_by_config(name));
         }
         // Function-calling models sometimes send `null` for "no arguments".
         let arguments = if arguments.is_null() {
@@ -386,6 +464,39 @@ impl ToolRegistry {
         if !problems.is_empty() {
             return Err(ToolFailure::InvalidArguments(problems.join("; ")));
         }
+        let per_call = entry.tool.call_permission(&arguments)?;
+        let permission = match &per_call {
+            Some(c) => stricter(entry.permission, c.permission),
+            None => entry.permission,
+        };
+        match permission {
+            Permission::Deny => Err(ToolFailure::Denied {
+                tool: name.to_string(),
+                why: per_call.map(|c| c.why).unwrap_or_else(|| "run".to_string()),
+            }),
+            Permission::Ask if !confirmed => Err(ToolFailure::NeedsConfirmation {
+                tool: name.to_string(),
+                preview: entry.tool.preview(&arguments)?.map(Box::new),
+            }),
+            _ => Ok(arguments),
+        }
+    }
+
+    /// Runs one call: [`ToolRegistry::check`], then the tool on a thread of its own under
+    /// its timeout, with panics caught and the result checked (size, declared schema).
+    /// Must be called inside a tokio runtime.
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: Value,
+        ctx: ToolContext,
+        confirmed: bool,
+    ) -> Result<Value, ToolFailure> {
+        let arguments = self.check(name, arguments, confirmed)?;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ToolFailure::UnknownTool(name.to_string()))?;
 
         let tool = entry.tool.clone();
         let cancelled = ctx.cancelled.clone();
@@ -445,6 +556,20 @@ impl ToolRegistry {
             }
         }
         Ok(value)
+    }
+}
+
+/// The stricter of two permissions (deny > ask > safe).
+pub fn stricter(a: Permission, b: Permission) -> Permission {
+    let rank = |p: Permission| match p {
+        Permission::Safe => 0,
+        Permission::Ask => 1,
+        Permission::Deny => 2,
+    };
+    if rank(a) >= rank(b) {
+        a
+    } else {
+        b
     }
 }
 

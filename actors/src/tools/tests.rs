@@ -354,6 +354,7 @@ async fn fixture() -> Fixture {
             memory: Some(memory),
             components: Some(crate::components::ComponentRegistry::new()),
             timers: Some(timers),
+            ..BuiltinDeps::default()
         },
     )
     .expect("builtins");

@@ -1,9 +1,14 @@
 //! The built-in tools: `clock`, `calculator`, `remember`, `recall`, `system_status`,
-//! `timer`.
+//! `timer`; and the coding tools over a project: the file tools (`read_file`,
+//! `write_file`, `edit_file`, `list_dir`, `search_files`, `undo_last_write`) and the
+//! shell (`run_command`).
 
 pub mod calculator;
 pub mod clock;
+pub mod files;
 pub mod memory;
+pub mod shell;
+pub mod shell_rules;
 pub mod system;
 pub mod timer;
 
@@ -13,6 +18,7 @@ use actix::Addr;
 
 use crate::components::ComponentRegistry;
 use crate::memory::MemoryActor;
+use crate::tools::workspace::Workspace;
 
 use super::registry::{RegistryError, ToolRegistry};
 
@@ -26,6 +32,22 @@ pub const BUILTIN_TOOLS: &[&str] = &[
     "timer",
 ];
 
+/// Names of the coding tools (registered when a project is given).
+pub const CODING_TOOLS: &[&str] = &[
+    "edit_file",
+    "list_dir",
+    "read_file",
+    "run_command",
+    "search_files",
+    "undo_last_write",
+    "write_file",
+];
+
+/// Is `name` a built-in or coding tool (registered or not)?
+pub fn is_builtin(name: &str) -> bool {
+    BUILTIN_TOOLS.contains(&name) || CODING_TOOLS.contains(&name)
+}
+
 /// What the built-ins need from the rest of the system. Without a memory actor,
 /// `remember` and `recall` are not registered (and calling them is `unknown_tool`).
 #[derive(Default, Clone)]
@@ -36,6 +58,10 @@ pub struct BuiltinDeps {
     pub components: Option<ComponentRegistry>,
     /// For `timer` (without it, no `timer` tool).
     pub timers: Option<Addr<timer::TimerService>>,
+    /// The project of the coding tools (without it, none of them).
+    pub project: Option<Arc<Workspace>>,
+    /// The shell's settings (with a project: `run_command`).
+    pub shell: Option<shell::ShellSettings>,
 }
 
 /// Registers every built-in whose dependencies are present.
@@ -55,6 +81,14 @@ pub fn register_builtins(
     }
     if let Some(t) = &deps.timers {
         registry.register(Arc::new(timer::TimerTool::new(t.clone())))?;
+    }
+    if let Some(ws) = &deps.project {
+        for tool in files::file_tools(ws) {
+            registry.register(tool)?;
+        }
+        if let Some(shell) = deps.shell {
+            registry.register(Arc::new(shell::RunCommand::new(ws.clone(), shell)))?;
+        }
     }
     Ok(())
 }
