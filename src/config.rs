@@ -274,6 +274,40 @@ pub struct ToolsConfig {
     pub max_output_bytes: usize,
     pub default_permission: Permission,
     pub permissions: BTreeMap<String, Permission>,
+    /// The project of the coding tools ("" = the working directory).
+    pub project_root: String,
+    pub files: ToolFilesConfig,
+    pub shell: ToolShellConfig,
+}
+
+/// `[tools.files]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolFilesConfig {
+    pub max_read_bytes: usize,
+    pub max_file_bytes: u64,
+    pub max_search_results: usize,
+    pub max_list_entries: usize,
+    pub max_diff_bytes: usize,
+    pub undo_dir: String,
+    pub undo_depth: usize,
+    pub undo_bytes: u64,
+}
+
+/// `[tools.shell]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolShellConfig {
+    pub timeout_s: f64,
+    pub max_timeout_s: f64,
+    pub max_output_bytes: usize,
+    pub max_stream_bytes: usize,
+    pub kill_grace_s: f64,
+    pub env: Vec<String>,
+    pub default: Permission,
+    pub allow: Vec<String>,
+    pub ask: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 impl ToolsConfig {
@@ -283,6 +317,59 @@ impl ToolsConfig {
             default_permission: self.default_permission,
             max_output_bytes: self.max_output_bytes,
         }
+    }
+
+    /// The project root: `project_root`, else the working directory.
+    pub fn project_root(&self) -> PathBuf {
+        if self.project_root.is_empty() {
+            std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+        } else {
+            PathBuf::from(&self.project_root)
+        }
+    }
+
+    /// The file tools' settings for the project.
+    pub fn workspace_settings(&self) -> coda_actors::tools::WorkspaceSettings {
+        let f = &self.files;
+        let undo_dir = if f.undo_dir.is_empty() {
+            dirs::data_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("coda")
+                .join("undo")
+        } else {
+            PathBuf::from(&f.undo_dir)
+        };
+        coda_actors::tools::WorkspaceSettings {
+            root: self.project_root(),
+            max_read_bytes: f.max_read_bytes,
+            max_file_bytes: f.max_file_bytes,
+            max_search_results: f.max_search_results,
+            max_list_entries: f.max_list_entries,
+            max_diff_bytes: f.max_diff_bytes,
+            undo_dir,
+            undo_depth: f.undo_depth,
+            undo_bytes: f.undo_bytes,
+        }
+    }
+
+    /// The shell's settings, rules compiled.
+    pub fn shell_settings(
+        &self,
+    ) -> Result<coda_actors::tools::builtin::shell::ShellSettings, ConfigError> {
+        let sh = &self.shell;
+        let rules = coda_actors::tools::builtin::shell_rules::ShellRules::new(
+            &sh.allow, &sh.ask, &sh.deny, sh.default,
+        )
+        .map_err(|e| invalid("tools.shell", e))?;
+        Ok(coda_actors::tools::builtin::shell::ShellSettings {
+            timeout: Settings::secs(sh.timeout_s),
+            max_timeout: Settings::secs(sh.max_timeout_s),
+            max_output_bytes: sh.max_output_bytes,
+            max_stream_bytes: sh.max_stream_bytes,
+            kill_grace: Settings::secs(sh.kill_grace_s),
+            pass_env: sh.env.clone(),
+            rules,
+        })
     }
 }
 
@@ -1255,6 +1342,75 @@ fn validate_memory_tools(s: &Settings) -> Result<(), ConfigError> {
             "must be between 1024 and 67108864",
         ));
     }
+    // What the file and shell tools put in one result must fit under the result cap,
+    // or a finished write would be reported as `bad_output`.
+    let half = t.max_output_bytes / 2;
+    let f = &t.files;
+    for (key, v) in [
+        ("tools.files.max_read_bytes", f.max_read_bytes),
+        ("tools.files.max_diff_bytes", f.max_diff_bytes),
+    ] {
+        if !(256..=half).contains(&v) {
+            return Err(invalid(
+                key,
+                format!("must be between 256 and half of tools.max_output_bytes ({half})"),
+            ));
+        }
+    }
+    if !(1..=1000).contains(&f.max_search_results) {
+        return Err(invalid(
+            "tools.files.max_search_results",
+            "must be between 1 and 1000",
+        ));
+    }
+    if !(1..=10_000).contains(&f.max_list_entries) {
+        return Err(invalid(
+            "tools.files.max_list_entries",
+            "must be between 1 and 10000",
+        ));
+    }
+    if !(1..=1024 * 1024 * 1024).contains(&f.max_file_bytes) {
+        return Err(invalid(
+            "tools.files.max_file_bytes",
+            "must be between 1 and 1073741824",
+        ));
+    }
+    if !(1..=10_000).contains(&f.undo_depth) {
+        return Err(invalid(
+            "tools.files.undo_depth",
+            "must be between 1 and 10000",
+        ));
+    }
+    if f.undo_bytes < f.max_file_bytes {
+        return Err(invalid(
+            "tools.files.undo_bytes",
+            "must be at least tools.files.max_file_bytes, so every write can be undone",
+        ));
+    }
+    let sh = &t.shell;
+    let secs = |v: f64| v.is_finite() && v > 0.0 && v <= 86_400.0;
+    if !secs(sh.timeout_s) || !secs(sh.max_timeout_s) || sh.timeout_s > sh.max_timeout_s {
+        return Err(invalid(
+            "tools.shell.timeout_s",
+            "timeout_s and max_timeout_s must be positive seconds (at most a day), timeout_s <= max_timeout_s",
+        ));
+    }
+    if !(sh.kill_grace_s.is_finite() && (0.0..=60.0).contains(&sh.kill_grace_s)) {
+        return Err(invalid(
+            "tools.shell.kill_grace_s",
+            "must be between 0 and 60 seconds",
+        ));
+    }
+    if !(64..=t.max_output_bytes / 4).contains(&sh.max_output_bytes) {
+        return Err(invalid(
+            "tools.shell.max_output_bytes",
+            format!(
+                "must be between 64 and a quarter of tools.max_output_bytes ({}): stdout and stderr each keep this much",
+                t.max_output_bytes / 4
+            ),
+        ));
+    }
+    t.shell_settings()?;
     Ok(())
 }
 
@@ -1266,9 +1422,29 @@ mod tests {
     fn memory_and_tools_sections() {
         let l = load(&LoadOptions::hermetic()).unwrap();
         let perms = &l.settings.tools.permissions;
-        for tool in coda_actors::tools::BUILTIN_TOOLS {
+        for tool in coda_actors::tools::BUILTIN_TOOLS
+            .iter()
+            .chain(coda_actors::tools::CODING_TOOLS)
+        {
             assert!(perms.contains_key(*tool), "default.toml names {tool}");
         }
+        let shell = l
+            .settings
+            .tools
+            .shell_settings()
+            .expect("default shell rules");
+        use coda_actors::tools::Permission::*;
+        assert_eq!(shell.rules.decide("git status").permission, Safe);
+        assert_eq!(shell.rules.decide("rm -rf /").permission, Deny);
+        assert_eq!(shell.rules.decide("make").permission, Ask);
+        let e = load(&env(&[("CODA__TOOLS__SHELL__MAX_OUTPUT_BYTES", "60000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tools.shell.max_output_bytes"), "{e}");
+        let e = load(&env(&[("CODA__TOOLS__FILES__UNDO_BYTES", "10")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tools.files.undo_bytes"), "{e}");
         assert_eq!(
             l.settings.memory.engine_settings().recent_turns,
             l.settings.memory.recent_turns

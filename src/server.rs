@@ -492,12 +492,20 @@ fn start_rooms(
     let timers =
         coda_actors::tools::builtin::timer::TimerService::new(Some(hub.clone()), None).start();
     let mut registry = ToolRegistry::new(s.tools.registry_settings());
+    let project = coda_actors::tools::Workspace::open(s.tools.workspace_settings())
+        .map_err(|e| StartError::Other(anyhow::anyhow!("tools.project_root: {e}")))?;
+    let shell = s
+        .tools
+        .shell_settings()
+        .map_err(|e| StartError::Other(e.into()))?;
     register_builtins(
         &mut registry,
         BuiltinDeps {
             memory: Some(memory.clone()),
             components: Some(components.clone()),
             timers: Some(timers.clone()),
+            project: Some(Arc::new(project)),
+            shell: Some(shell),
         },
     )
     .map_err(|e| StartError::Other(anyhow::anyhow!("cannot register the built-in tools: {e}")))?;

@@ -121,6 +121,7 @@ fn rooms(
             memory: Some(memory.clone()),
             components: Some(components.clone()),
             timers: Some(timers.clone()),
+            ..BuiltinDeps::default()
         },
     )
     .expect("builtins");

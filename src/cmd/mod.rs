@@ -22,6 +22,7 @@ pub mod satellite;
 pub mod say;
 pub mod serve;
 pub mod token;
+pub mod tools;
 pub mod transcribe;
 pub mod wake;
 
@@ -99,6 +100,9 @@ pub enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// The assistant's tools without a model or a server: list them, call one (files,
+    /// shell, ...) with the same permission checks, undo the last write.
+    Tools(tools::ToolsArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -143,6 +147,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
     if e.downcast_ref::<memory::StoreInUse>().is_some() {
         return 3;
+    }
+    if let Some(r) = e.downcast_ref::<tools::CallRefused>() {
+        return r.exit_code();
     }
     exit::FAILURE
 }
@@ -254,6 +261,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Say(args) => {
             init_logging("warn", LogFormat::Text);
             say::run(&choice.load(Vec::new())?.settings, args)
+        }
+        Commands::Tools(args) => {
+            init_logging("warn", LogFormat::Text);
+            let loaded = choice.load(args.overrides())?;
+            tools::run(&loaded, args)
         }
         Commands::Devices { json } => {
             init_logging("warn", LogFormat::Text);

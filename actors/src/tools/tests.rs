@@ -603,3 +603,255 @@ async fn timers_fire_list_and_cancel() {
         .expect_err("too long");
     assert_eq!(e.code(), "invalid_arguments");
 }
+
+// ---------------------------------------------------------------------------------------
+// The coding tools through the actor, as a chat or voice turn drives them
+// ---------------------------------------------------------------------------------------
+
+struct Coding {
+    tools: Addr<ToolsActor>,
+    seen: Arc<Mutex<Vec<Value>>>,
+    root: std::path::PathBuf,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn coding() -> Coding {
+    let project = tempfile::tempdir().expect("tempdir");
+    let undo = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(project.path().join("src")).expect("mkdir");
+    std::fs::write(
+        project.path().join("src/lib.rs"),
+        "pub fn greet() -> &'static str {\n    \"hello\"\n}\n",
+    )
+    .expect("write");
+    let ws = Arc::new(
+        Workspace::open(WorkspaceSettings::new(project.path(), undo.path())).expect("workspace"),
+    );
+    let (hub, seen) = hub_with_sink().await;
+    let mut registry = ToolRegistry::new(RegistrySettings::default());
+    let rules = builtin::shell_rules::ShellRules::new(
+        &["echo *".to_string(), "sleep *".to_string()],
+        &[],
+        &["rm *".to_string()],
+        Permission::Ask,
+    )
+    .expect("rules");
+    register_builtins(
+        &mut registry,
+        BuiltinDeps {
+            project: Some(ws.clone()),
+            shell: Some(builtin::shell::ShellSettings {
+                rules,
+                kill_grace: Duration::from_millis(300),
+                ..Default::default()
+            }),
+            ..BuiltinDeps::default()
+        },
+    )
+    .expect("builtins");
+    let perms: BTreeMap<String, Permission> = [
+        ("read_file", Permission::Safe),
+        ("edit_file", Permission::Ask),
+        ("run_command", Permission::Safe),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    registry.set_permissions(&perms).expect("permissions");
+    Coding {
+        tools: ToolsActor::new(registry, Some(hub)).start(),
+        seen,
+        root: ws.root().to_path_buf(),
+        _dirs: (project, undo),
+    }
+}
+
+#[actix_rt::test]
+async fn read_edit_asked_then_confirmed_and_read_back() {
+    let c = coding().await;
+    let names: Vec<String> = c
+        .tools
+        .send(Specs)
+        .await
+        .expect("mailbox")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    for t in CODING_TOOLS {
+        assert!(names.iter().any(|n| n == t), "{t} offered: {names:?}");
+    }
+    let read = c
+        .tools
+        .send(call("read_file", json!({"path": "src/lib.rs"})))
+        .await
+        .expect("mailbox")
+        .expect("read");
+    assert!(read["content"]
+        .as_str()
+        .expect("content")
+        .contains("\"hello\""));
+
+    let edit = json!({"path": "src/lib.rs", "edits": [{"search": "\"hello\"", "replace": "\"hello, world\""}]});
+    let asked = c
+        .tools
+        .send(Call {
+            call_id: Some("k-edit".into()),
+            ..call("edit_file", edit.clone())
+        })
+        .await
+        .expect("mailbox")
+        .expect_err("ask");
+    assert_eq!(asked.code(), "needs_confirmation");
+    let preview = asked.preview().expect("a preview").clone();
+    assert_eq!(preview.summary, "edit src/lib.rs (+1 -1)");
+    assert!(preview
+        .diff
+        .as_deref()
+        .expect("diff")
+        .contains("+    \"hello, world\""));
+    assert!(
+        asked.to_string().contains("it would edit src/lib.rs"),
+        "{asked}"
+    );
+    let message = tool_message("k-edit", &Err(asked));
+    assert!(
+        message.content.contains("needs_confirmation"),
+        "{}",
+        message.content
+    );
+    assert!(
+        std::fs::read_to_string(c.root.join("src/lib.rs"))
+            .expect("read")
+            .contains("\"hello\""),
+        "nothing written before the user said yes"
+    );
+
+    let done = c
+        .tools
+        .send(Call {
+            confirmed: true,
+            ..call("edit_file", edit)
+        })
+        .await
+        .expect("mailbox")
+        .expect("confirmed edit");
+    assert_eq!(done["added"], 1);
+    let back = c
+        .tools
+        .send(call(
+            "read_file",
+            json!({"path": "src/lib.rs", "start_line": 2, "end_line": 2}),
+        ))
+        .await
+        .expect("mailbox")
+        .expect("read back");
+    assert_eq!(back["content"], "    \"hello, world\"\n");
+
+    let events = wait_for(&c.seen, |e| {
+        of_type(e, "tool_error")
+            .iter()
+            .any(|x| x["data"]["call_id"] == "k-edit")
+            && of_type(e, "tool_result").len() >= 3
+    })
+    .await;
+    let err = of_type(&events, "tool_error")
+        .into_iter()
+        .find(|x| x["data"]["call_id"] == "k-edit")
+        .expect("tool_error");
+    assert_eq!(err["data"]["code"], "needs_confirmation");
+    assert_eq!(err["data"]["preview"]["summary"], "edit src/lib.rs (+1 -1)");
+    assert!(err["data"]["preview"]["diff"]
+        .as_str()
+        .expect("diff")
+        .starts_with("--- a/src/lib.rs"));
+}
+
+#[actix_rt::test]
+async fn commands_stream_progress_obey_rules_and_can_be_cancelled() {
+    let c = coding().await;
+    let v = c
+        .tools
+        .send(Call {
+            call_id: Some("k-echo".into()),
+            ..call("run_command", json!({"command": "echo one; echo two >&2"}))
+        })
+        .await
+        .expect("mailbox")
+        .expect("allowed by `echo *`");
+    assert_eq!(v["exit_code"], 0);
+    let events = wait_for(&c.seen, |e| {
+        of_type(e, "tool_progress")
+            .iter()
+            .filter(|x| x["data"]["call_id"] == "k-echo")
+            .count()
+            >= 2
+    })
+    .await;
+    let progress: Vec<(String, String)> = of_type(&events, "tool_progress")
+        .into_iter()
+        .map(|x| {
+            (
+                x["data"]["stream"].as_str().unwrap_or_default().to_string(),
+                x["data"]["text"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        progress.contains(&("stdout".into(), "one\n".into())),
+        "{progress:?}"
+    );
+    assert!(
+        progress.contains(&("stderr".into(), "two\n".into())),
+        "{progress:?}"
+    );
+    assert_eq!(
+        of_type(&events, "tool_progress")[0]["data"]["tool"],
+        "run_command"
+    );
+
+    let e = c
+        .tools
+        .send(call("run_command", json!({"command": "rm -f src/lib.rs"})))
+        .await
+        .expect("mailbox")
+        .expect_err("denied");
+    assert_eq!(e.code(), "denied");
+    assert!(e.to_string().contains("tools.shell.deny `rm *`"), "{e}");
+    let e = c
+        .tools
+        .send(call("run_command", json!({"command": "make"})))
+        .await
+        .expect("mailbox")
+        .expect_err("ask");
+    assert_eq!(e.code(), "needs_confirmation");
+    assert!(e.to_string().contains("run `make`"), "{e}");
+
+    // Barge-in: Cancel stops the command; the call answers what it had.
+    let pending = c.tools.send(Call {
+        call_id: Some("k-sleep".into()),
+        session_id: Some("s-9".into()),
+        ..call("run_command", json!({"command": "sleep 30"}))
+    });
+    let tools = c.tools.clone();
+    let cancel = async move {
+        for _ in 0..500 {
+            let n = tools
+                .send(Cancel {
+                    session_id: Some("s-9".into()),
+                    ..Cancel::default()
+                })
+                .await
+                .expect("mailbox");
+            if n > 0 {
+                return n;
+            }
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        0
+    };
+    let (result, told) = tokio::join!(pending, cancel);
+    assert_eq!(told, 1);
+    let v = result.expect("mailbox").expect("answered");
+    assert_eq!(v["cancelled"], true);
+    assert_eq!(v["signal"], "SIGTERM");
+}

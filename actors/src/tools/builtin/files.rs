@@ -43,7 +43,7 @@ fn path_failure(tool: &str, e: PathError) -> ToolFailure {
     if e.is_confinement() {
         ToolFailure::Denied {
             tool: tool.to_string(),
-            why: format!("use it: {e}"),
+            why: format!("go there: {e}"),
         }
     } else {
         ToolFailure::Failed(e.to_string())
@@ -566,6 +566,9 @@ fn walker(ws: &Workspace, start: &Path, all: bool) -> ignore::WalkBuilder {
     b
 }
 
+/// Walks of a large project take longer than the default tool timeout.
+const WALK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Lists a directory of the project.
 pub struct ListDir(pub Arc<Workspace>);
 
@@ -573,6 +576,10 @@ pub struct ListDir(pub Arc<Workspace>);
 impl Tool for ListDir {
     fn name(&self) -> &str {
         "list_dir"
+    }
+
+    fn timeout(&self) -> Option<std::time::Duration> {
+        Some(WALK_TIMEOUT)
     }
 
     fn description(&self) -> &str {
@@ -650,6 +657,10 @@ const MAX_MATCH_CHARS: usize = 300;
 impl Tool for SearchFiles {
     fn name(&self) -> &str {
         "search_files"
+    }
+
+    fn timeout(&self) -> Option<std::time::Duration> {
+        Some(WALK_TIMEOUT)
     }
 
     fn description(&self) -> &str {
