@@ -144,7 +144,10 @@ fn confirm_suffix(preview: Option<&ToolPreview>) -> String {
 /// Where a running tool reports progress (a command's output as it comes); the Tools
 /// actor publishes it as `tool_progress`, `coda tools call` prints it.
 #[derive(Clone)]
-pub struct ProgressSink(Arc<dyn Fn(&str, &str) + Send + Sync>);
+pub struct ProgressSink(Arc<ProgressFn>);
+
+/// `(stream, text)`.
+type ProgressFn = dyn Fn(&str, &str) + Send + Sync;
 
 impl ProgressSink {
     /// A sink calling `f(stream, text)`.
