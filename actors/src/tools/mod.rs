@@ -33,6 +33,7 @@
 pub mod builtin;
 pub mod intent;
 pub mod registry;
+pub mod vcs;
 
 pub use builtin::{register_builtins, BuiltinDeps, BUILTIN_TOOLS};
 pub use intent::{match_intent, parse_duration, IntentMatch};
