@@ -33,6 +33,7 @@
 pub mod builtin;
 pub mod intent;
 pub mod registry;
+pub mod repomap;
 pub mod vcs;
 
 pub use builtin::{register_builtins, BuiltinDeps, BUILTIN_TOOLS};
