@@ -12,6 +12,9 @@
 //! Tags are cached per file by size and modification time, on disk, so a second map of a
 //! project reads only what changed.
 
+// Without the feature only the types and the refusal remain.
+#![cfg_attr(not(feature = "repomap"), allow(dead_code))]
+
 #[cfg(feature = "repomap")]
 mod lang;
 
