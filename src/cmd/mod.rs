@@ -15,6 +15,7 @@ pub mod chat;
 pub mod config;
 pub mod devices;
 pub mod events;
+pub mod map;
 pub mod memory;
 pub mod models;
 pub mod protocol;
@@ -94,6 +95,9 @@ pub enum Commands {
         #[command(subcommand)]
         cmd: wake::WakeCommand,
     },
+    /// The repo map of a project: what it defines, ranked by use, fitted to a token
+    /// budget (what `coda chat` gives the model).
+    Map(map::MapArgs),
     /// List the sound devices (inputs and outputs, defaults marked, supported configs).
     Devices {
         /// Machine-readable output.
@@ -225,6 +229,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Config { cmd } => config::run(&choice.load(Vec::new())?, cmd),
         Commands::Protocol { cmd } => protocol::run(cmd),
+        Commands::Map(args) => {
+            init_logging("warn", LogFormat::Text);
+            map::run(args)
+        }
         Commands::Bench { cmd } => {
             // whisper.cpp reports every model load at INFO.
             let level = if matches!(cmd, bench::BenchCommand::Stt(_)) {

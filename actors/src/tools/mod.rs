@@ -37,6 +37,8 @@ pub mod builtin;
 pub mod hgignore;
 pub mod intent;
 pub mod registry;
+pub mod repomap;
+pub mod vcs;
 pub mod workspace;
 
 pub use builtin::{register_builtins, BuiltinDeps, BUILTIN_TOOLS, CODING_TOOLS};

@@ -22,6 +22,7 @@ pub mod satellite;
 pub mod stt;
 pub mod tts;
 pub mod turn;
+pub mod vcs;
 pub mod voice;
 pub mod wake;
 
@@ -64,6 +65,9 @@ pub enum BenchCommand {
     /// A spoken turn through a satellite against the same turn on the core's own device
     /// (end of speech → first audio).
     Satellite(satellite::SatelliteBenchArgs),
+    /// The coding tools' version control: status and diff per VCS on a generated
+    /// project, beside the same program run directly.
+    Vcs(vcs::VcsBenchArgs),
 }
 
 /// Runs a benchmark with the configuration the global flags chose; the benchmarks that
@@ -84,6 +88,7 @@ pub fn run(loaded: &Loaded, choice: &ConfigChoice, cmd: BenchCommand) -> anyhow:
         BenchCommand::Voice(args) => voice::run(choice, &args),
         BenchCommand::Wake(args) => wake::run(loaded, args),
         BenchCommand::Echo(args) => echo::run(loaded, args),
+        BenchCommand::Vcs(args) => vcs::run(&args),
     }
 }
 
