@@ -506,6 +506,7 @@ fn start_rooms(
             timers: Some(timers.clone()),
             project: Some(Arc::new(project)),
             shell: Some(shell),
+            map_cache: Some(crate::llm_setup::cache_dir().join("repomap")),
         },
     )
     .map_err(|e| StartError::Other(anyhow::anyhow!("cannot register the built-in tools: {e}")))?;

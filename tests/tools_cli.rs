@@ -384,3 +384,82 @@ fn ctrl_c_stops_the_command_and_its_group() {
     assert_eq!(v["cancelled"], true);
     assert!(group_members(pgid).is_empty(), "{:?}", group_members(pgid));
 }
+
+/// Version control through the tools: a commit and its undo only once confirmed (the
+/// confirmation shows the files and the message), the reads in between, and the repo map.
+#[test]
+fn version_control_commits_only_when_confirmed_and_undoes_its_own_commit() {
+    let p = Project::new();
+    let git = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&p.root)
+        .status()
+        .expect("git");
+    assert!(git.success());
+    let status = json_of(&p.call("vcs_status", json!({}), false));
+    assert_eq!(status["vcs"], "git", "{status}");
+    assert_eq!(status["files"][0]["path"], "src/lib.rs", "{status}");
+    assert_eq!(status["files"][0]["state"], "untracked", "{status}");
+
+    let msg = json!({"message": "Add greet"});
+    let asked = p.call("vcs_commit", msg.clone(), false);
+    assert_eq!(asked.code, Some(4), "{asked:?}");
+    assert!(
+        asked.stdout.contains("commit 1 changed file(s) in git")
+            && asked.stdout.contains("src/lib.rs")
+            && asked.stdout.contains("Add greet"),
+        "{asked:?}"
+    );
+    let log = json_of(&p.call("vcs_log", json!({}), false));
+    assert_eq!(log["commits"], json!([]), "nothing committed: {log}");
+
+    let done = json_of(&p.call("vcs_commit", msg, true));
+    let id = done["commit"]["id"].as_str().expect("an id").to_string();
+    assert_eq!(done["commit"]["summary"], "Add greet");
+    let log = json_of(&p.call("vcs_log", json!({"limit": 5}), false));
+    assert_eq!(log["commits"][0]["id"], id.as_str(), "{log}");
+
+    std::fs::write(
+        p.root.join("src/lib.rs"),
+        "pub fn greet() -> &'static str {\n    \"hi\"\n}\n",
+    )
+    .expect("write");
+    let diff = json_of(&p.call("vcs_diff", json!({}), false));
+    assert!(
+        diff["diff"].as_str().unwrap_or("").contains("+    \"hi\""),
+        "{diff}"
+    );
+    let blame = json_of(&p.call("vcs_blame", json!({"path": "src/lib.rs"}), false));
+    assert_eq!(
+        blame["lines"][0]["text"], "pub fn greet() -> &'static str {",
+        "{blame}"
+    );
+    let shown = json_of(&p.call("vcs_show", json!({"revision": id}), false));
+    assert!(
+        shown["text"].as_str().unwrap_or("").contains("Add greet"),
+        "{shown}"
+    );
+    let bad = p.call("vcs_show", json!({"revision": "--output=/tmp/x"}), false);
+    assert!(
+        bad.code != Some(0) && bad.stderr.contains("is not a revision"),
+        "{bad:?}"
+    );
+
+    let undo = json!({"id": id});
+    let asked = p.call("vcs_undo_commit", undo.clone(), false);
+    assert_eq!(asked.code, Some(4), "{asked:?}");
+    assert!(asked.stdout.contains("Add greet"), "{asked:?}");
+    json_of(&p.call("vcs_undo_commit", undo, true));
+    let log = json_of(&p.call("vcs_log", json!({}), false));
+    assert_eq!(log["commits"], json!([]), "{log}");
+    assert!(
+        p.read("src/lib.rs").contains("\"hi\""),
+        "the change is kept"
+    );
+
+    let map = json_of(&p.call("repo_map", json!({"tokens": 200}), false));
+    assert!(
+        map["map"].as_str().unwrap_or("").contains("pub fn greet"),
+        "{map}"
+    );
+}

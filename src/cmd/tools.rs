@@ -110,6 +110,7 @@ fn registry(loaded: &Loaded) -> anyhow::Result<ToolRegistry> {
         BuiltinDeps {
             project: Some(Arc::new(ws)),
             shell: Some(t.shell_settings()?),
+            map_cache: Some(crate::llm_setup::cache_dir().join("repomap")),
             ..BuiltinDeps::default()
         },
     )?;

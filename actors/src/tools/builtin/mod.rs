@@ -1,7 +1,8 @@
 //! The built-in tools: `clock`, `calculator`, `remember`, `recall`, `system_status`,
 //! `timer`; and the coding tools over a project: the file tools (`read_file`,
-//! `write_file`, `edit_file`, `list_dir`, `search_files`, `undo_last_write`) and the
-//! shell (`run_command`).
+//! `write_file`, `edit_file`, `list_dir`, `search_files`, `undo_last_write`), the
+//! shell (`run_command`), version control (`vcs_status`, `vcs_diff`, `vcs_log`,
+//! `vcs_blame`, `vcs_show`, `vcs_commit`, `vcs_undo_commit`) and `repo_map`.
 
 pub mod calculator;
 pub mod clock;
@@ -11,6 +12,7 @@ pub mod shell;
 pub mod shell_rules;
 pub mod system;
 pub mod timer;
+pub mod vcs;
 
 use std::sync::Arc;
 
@@ -37,9 +39,17 @@ pub const CODING_TOOLS: &[&str] = &[
     "edit_file",
     "list_dir",
     "read_file",
+    "repo_map",
     "run_command",
     "search_files",
     "undo_last_write",
+    "vcs_blame",
+    "vcs_commit",
+    "vcs_diff",
+    "vcs_log",
+    "vcs_show",
+    "vcs_status",
+    "vcs_undo_commit",
     "write_file",
 ];
 
@@ -62,6 +72,8 @@ pub struct BuiltinDeps {
     pub project: Option<Arc<Workspace>>,
     /// The shell's settings (with a project: `run_command`).
     pub shell: Option<shell::ShellSettings>,
+    /// Where `repo_map` caches tags (`None`: not cached).
+    pub map_cache: Option<std::path::PathBuf>,
 }
 
 /// Registers every built-in whose dependencies are present.
@@ -84,6 +96,9 @@ pub fn register_builtins(
     }
     if let Some(ws) = &deps.project {
         for tool in files::file_tools(ws) {
+            registry.register(tool)?;
+        }
+        for tool in vcs::vcs_tools(ws, deps.map_cache.clone()) {
             registry.register(tool)?;
         }
         if let Some(shell) = deps.shell {
