@@ -69,10 +69,7 @@ fn capped(text: String, max: usize) -> (String, bool) {
     if text.len() <= max {
         return (text, false);
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = text.floor_char_boundary(max);
     let cut = text.len() - end;
     (
         format!("{}\n[… {cut} more bytes not shown]\n", &text[..end]),

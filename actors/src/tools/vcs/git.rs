@@ -16,12 +16,7 @@ const HARDENED: [&str; 8] = [
 ];
 
 async fn git(repo: &Repo, args: &[&str]) -> Result<String, VcsError> {
-    let all: Vec<&str> = HARDENED
-        .iter()
-        .copied()
-        .chain(args.iter().copied())
-        .collect();
-    repo.run(&all).await
+    repo.run_after(&HARDENED, args).await
 }
 
 pub(super) async fn status(repo: &Repo) -> Result<Vec<FileStatus>, VcsError> {

@@ -14,12 +14,7 @@ const HARDENED: [&str; 5] = [
 ];
 
 async fn hg(repo: &Repo, args: &[&str]) -> Result<String, VcsError> {
-    let all: Vec<&str> = HARDENED
-        .iter()
-        .copied()
-        .chain(args.iter().copied())
-        .collect();
-    repo.run(&all).await
+    repo.run_after(&HARDENED, args).await
 }
 
 #[derive(Deserialize)]

@@ -364,6 +364,12 @@ impl Repo {
         self.run_with(args, &[]).await
     }
 
+    /// [`run`](Self::run) with `prefix` (global options) before `args`.
+    async fn run_after(&self, prefix: &[&str], args: &[&str]) -> Result<String, VcsError> {
+        let all: Vec<&str> = prefix.iter().chain(args).copied().collect();
+        self.run(&all).await
+    }
+
     async fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<String, VcsError> {
         let program = self.kind.program();
         let command = format!("{program} {}", args.join(" "));
