@@ -3,6 +3,7 @@
 //! they come (Ctrl-C stops one), slash commands, saved sessions and exports, and a token
 //! usage summary at the end.
 
+mod project;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,10 @@ pub struct ChatArgs {
     /// Load this saved session first.
     #[arg(long, value_name = "NAME")]
     pub session: Option<String>,
+    /// Tokens of the project's repo map in the model's context (0: none). The project is
+    /// the working copy or build-file directory the chat starts in.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub map_tokens: usize,
 }
 
 /// How the assistant behaves: each mode is a system prompt.
@@ -354,6 +359,8 @@ struct Repl {
     rt: tokio::runtime::Runtime,
     color: bool,
     turns: u32,
+    /// The project the chat started in, told to the model with each turn.
+    project: Option<project::Project>,
 }
 
 impl Repl {
@@ -606,10 +613,11 @@ impl Repl {
     /// Sends `text` and streams the answer.
     fn turn(&mut self, text: String) {
         self.messages.push(ChatMessage::new(ChatRole::User, text));
-        let mut msgs = vec![ChatMessage::new(
-            ChatRole::System,
-            self.mode.system_prompt(),
-        )];
+        let system = match &self.project {
+            Some(p) => format!("{}{}", self.mode.system_prompt(), p.prompt()),
+            None => self.mode.system_prompt().to_string(),
+        };
+        let mut msgs = vec![ChatMessage::new(ChatRole::System, system)];
         msgs.extend(self.messages.iter().cloned());
         let req = ChatRequest {
             messages: msgs,
@@ -718,6 +726,13 @@ pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
         rt: llm_setup::background_runtime()?,
         color: std::io::stdout().is_terminal(),
         turns: 0,
+        project: std::env::current_dir().ok().and_then(|d| {
+            project::detect(
+                &d,
+                args.map_tokens,
+                Some(llm_setup::cache_dir().join("repomap")),
+            )
+        }),
     };
     if let Some(name) = &args.session {
         repl.load(name)?;
@@ -738,6 +753,9 @@ pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
         repl.current_model(),
         repl.mode.name()
     );
+    if let Some(p) = &repl.project {
+        println!("{}", repl.dim(&p.line()));
+    }
     loop {
         match editor.readline("you> ") {
             Ok(line) => {
