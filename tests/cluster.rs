@@ -691,14 +691,6 @@ async fn a_follow_up_at_a_satellite_needs_no_wake_word() {
 
 use coda_actors::llm::scripted::{Recorded, Reply, ScriptedServer, Step};
 
-fn sse_delta(content: &str) -> Vec<u8> {
-    format!(
-        "data: {}\n\n",
-        json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
-    )
-    .into_bytes()
-}
-
 /// Does the request's last user message contain `word`?
 fn asks(r: &Recorded, word: &str) -> bool {
     r.json()["messages"]
@@ -718,18 +710,12 @@ async fn upstream(name: &'static str, slow: Duration) -> ScriptedServer {
             steps.push(Step::Sleep(slow));
         }
         for piece in ["Answer ", "from ", name, "."] {
-            steps.push(Step::Write(sse_delta(piece)));
+            steps.push(Step::Write(common::sse_delta(piece)));
             if asks(r, "stall") {
                 steps.push(Step::Sleep(Duration::from_secs(60)));
             }
         }
-        steps.push(Step::Write(
-            format!(
-                "data: {}\n\ndata: [DONE]\n\n",
-                json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
-            )
-            .into_bytes(),
-        ));
+        steps.push(Step::Write(common::sse_stop()));
         Reply::stream("text/event-stream", steps)
     })
     .await
@@ -978,7 +964,7 @@ async fn dropping_a_pool_answer_stops_the_members_generation() {
         }
         Reply::stream(
             "text/event-stream",
-            vec![Step::Write(sse_delta("Once upon")), Step::Stall],
+            vec![Step::Write(common::sse_delta("Once upon")), Step::Stall],
         )
     })
     .await

@@ -116,27 +116,13 @@ fn espeak_sentences_are_transcribed_by_the_converted_model() {
     );
 }
 
-fn delta(content: &str) -> Vec<u8> {
-    format!(
-        "data: {}\n\n",
-        json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
-    )
-    .into_bytes()
-}
-
 async fn scripted_llm() -> ScriptedServer {
     ScriptedServer::start(|_| {
         let mut steps = Vec::new();
         for piece in ["Because air ", "scatters blue light."] {
-            steps.push(Step::Write(delta(piece)));
+            steps.push(Step::Write(common::sse_delta(piece)));
         }
-        steps.push(Step::Write(
-            format!(
-                "data: {}\n\ndata: [DONE]\n\n",
-                json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
-            )
-            .into_bytes(),
-        ));
+        steps.push(Step::Write(common::sse_stop()));
         Reply::stream("text/event-stream", steps)
     })
     .await

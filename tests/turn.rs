@@ -9,29 +9,15 @@ use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
 use common::*;
 use serde_json::json;
 
-fn delta(content: &str) -> Vec<u8> {
-    format!(
-        "data: {}\n\n",
-        json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
-    )
-    .into_bytes()
-}
-
 #[tokio::test]
 async fn a_text_turn_over_the_websocket_streams_tokens_and_speaks() {
     let upstream = ScriptedServer::start(|_| {
         let mut steps = Vec::new();
         for piece in ["The sky ", "is blue. ", "Light ", "scatters."] {
-            steps.push(Step::Write(delta(piece)));
+            steps.push(Step::Write(common::sse_delta(piece)));
             steps.push(Step::Sleep(Duration::from_millis(20)));
         }
-        steps.push(Step::Write(
-            format!(
-                "data: {}\n\ndata: [DONE]\n\n",
-                json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
-            )
-            .into_bytes(),
-        ));
+        steps.push(Step::Write(common::sse_stop()));
         Reply::stream("text/event-stream", steps)
     })
     .await

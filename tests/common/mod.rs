@@ -1054,3 +1054,22 @@ pub fn setup_tool(rel: &str, require_env: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// One token of an OpenAI-style streamed answer (an SSE `data:` event), for the scripted
+/// servers the tests put in place of a model.
+pub fn sse_delta(content: &str) -> Vec<u8> {
+    format!(
+        "data: {}\n\n",
+        json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
+    )
+    .into_bytes()
+}
+
+/// The end of an OpenAI-style streamed answer: the stop chunk, then `[DONE]`.
+pub fn sse_stop() -> Vec<u8> {
+    format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+    )
+    .into_bytes()
+}

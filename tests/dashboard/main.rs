@@ -23,14 +23,6 @@ use serde_json::{json, Value};
 /// A generous bound for anything the page should show.
 const SHOW: Duration = Duration::from_secs(20);
 
-fn delta(content: &str) -> Vec<u8> {
-    format!(
-        "data: {}\n\n",
-        json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
-    )
-    .into_bytes()
-}
-
 /// An OpenAI-compatible loopback server that streams the same answer to every request.
 async fn scripted_llm() -> ScriptedServer {
     ScriptedServer::start(|_| {
@@ -41,16 +33,10 @@ async fn scripted_llm() -> ScriptedServer {
             "because air ",
             "scatters blue light.",
         ] {
-            steps.push(Step::Write(delta(piece)));
+            steps.push(Step::Write(common::sse_delta(piece)));
             steps.push(Step::Sleep(Duration::from_millis(40)));
         }
-        steps.push(Step::Write(
-            format!(
-                "data: {}\n\ndata: [DONE]\n\n",
-                json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
-            )
-            .into_bytes(),
-        ));
+        steps.push(Step::Write(common::sse_stop()));
         Reply::stream("text/event-stream", steps)
     })
     .await
