@@ -90,7 +90,19 @@ impl Outbox {
             path: dir.display().to_string(),
             detail: e.to_string(),
         })?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| {
+        // A store just closed is still locked until sled's flusher thread lets go of it
+        // (up to its 500 ms flush interval): a node restarted at once waits for that.
+        let mut tries = 0;
+        let opened = loop {
+            match sled::Config::new().path(dir).open() {
+                Err(e) if tries < 40 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        };
+        let db = opened.map_err(|e| {
             let mut e = err(e);
             if let ClusterError::Outbox { detail, .. } = &mut e {
                 if detail.contains("lock") {
