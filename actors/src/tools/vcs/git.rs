@@ -1,6 +1,6 @@
 //! git, through `git` with porcelain output.
 
-use super::{summary, BlameLine, Commit, FileState, FileStatus, Repo, VcsError};
+use super::{BlameLine, Commit, FileState, FileStatus, Repo, VcsError};
 
 /// Options before every subcommand: no fsmonitor hook, no external diff, no colour, and
 /// paths printed as they are (not quoted octal).
@@ -208,20 +208,7 @@ pub(super) async fn commit(repo: &Repo, message: &str) -> Result<Commit, VcsErro
         ])
         .collect();
     repo.run_with(&all, env).await?;
-    last(repo, message).await
-}
-
-/// The commit just made.
-async fn last(repo: &Repo, message: &str) -> Result<Commit, VcsError> {
-    log(repo, 1)
-        .await?
-        .into_iter()
-        .next()
-        .filter(|c| c.summary == summary(message))
-        .ok_or_else(|| VcsError::Failed {
-            command: "git commit".into(),
-            message: "the commit is not in the log".into(),
-        })
+    repo.just_committed(message).await
 }
 
 pub(super) async fn undo(repo: &Repo, last: &Commit) -> Result<String, VcsError> {

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{summary, BlameLine, Commit, FileState, FileStatus, Repo, VcsError};
+use super::{BlameLine, Commit, FileState, FileStatus, Repo, VcsError};
 
 /// Options before every command: never prompt, no pager, no colour.
 const HARDENED: [&str; 5] = [
@@ -155,15 +155,7 @@ pub(super) async fn commit(repo: &Repo, message: &str) -> Result<Commit, VcsErro
         args.extend(["-u", &author]);
     }
     hg(repo, &args).await?;
-    log(repo, 1)
-        .await?
-        .into_iter()
-        .next()
-        .filter(|c| c.summary == summary(message))
-        .ok_or_else(|| VcsError::Failed {
-            command: "hg commit".into(),
-            message: "the commit is not in the log".into(),
-        })
+    repo.just_committed(message).await
 }
 
 pub(super) async fn undo(repo: &Repo, last: &Commit) -> Result<String, VcsError> {

@@ -326,6 +326,19 @@ impl Repo {
         }
     }
 
+    /// The commit just made with `message`: the newest, carrying its first line.
+    async fn just_committed(&self, message: &str) -> Result<Commit, VcsError> {
+        self.log(1)
+            .await?
+            .into_iter()
+            .next()
+            .filter(|c| c.summary == summary(message))
+            .ok_or_else(|| VcsError::Failed {
+                command: format!("{} commit", self.kind.program()),
+                message: "the commit is not in the log".into(),
+            })
+    }
+
     /// `path` relative to the root, refused when it leaves the working copy.
     fn check_path(&self, path: &str) -> Result<String, VcsError> {
         let p = Path::new(path);
