@@ -27,6 +27,9 @@ fn delta(content: &str) -> Vec<u8> {
 async fn server() -> ScriptedServer {
     let n = Arc::new(AtomicUsize::new(0));
     ScriptedServer::start(move |r| {
+        if r.path() != "/v1/chat/completions" {
+            return Reply::json(404, r#"{"error":{"message":"not here"}}"#);
+        }
         let body = r.json();
         let last = body["messages"]
             .as_array()
@@ -62,6 +65,16 @@ async fn server() -> ScriptedServer {
 }
 
 fn spawn(home: &std::path::Path, server: &ScriptedServer, args: &[&str]) -> OsSession {
+    spawn_in(home, home, server, args)
+}
+
+/// `coda chat` started in `dir`.
+fn spawn_in(
+    home: &std::path::Path,
+    dir: &std::path::Path,
+    server: &ScriptedServer,
+    args: &[&str],
+) -> OsSession {
     let mut c = Command::new(CODA);
     c.arg("chat")
         .args(args)
@@ -78,7 +91,7 @@ fn spawn(home: &std::path::Path, server: &ScriptedServer, args: &[&str]) -> OsSe
             format!("{}/v1", server.url()),
         )
         .env("CODA__LLM__OPENAI__MODEL", "test-model")
-        .current_dir(home);
+        .current_dir(dir);
     let mut s = Session::spawn(c).expect("spawn coda chat in a pty");
     s.set_expect_timeout(Some(Duration::from_secs(30)));
     s
@@ -195,4 +208,292 @@ async fn a_chat_session_in_a_terminal() {
     p.expect("session summary").unwrap();
     p.expect(Eof).unwrap();
     assert!(exited_ok(&p));
+}
+
+fn stop(usage: (u32, u32)) -> Vec<u8> {
+    format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":usage.0,"completion_tokens":usage.1}})
+    )
+    .into_bytes()
+}
+
+/// A streamed answer that is one tool call.
+fn tool_call(id: &str, name: &str, args: serde_json::Value) -> Reply {
+    let call = json!({"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":id,"type":"function","function":{"name":name,"arguments":args.to_string()}}]},"finish_reason":null}]});
+    let end = json!({"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]});
+    Reply::stream(
+        "text/event-stream",
+        vec![Step::Write(
+            format!("data: {call}\n\ndata: {end}\n\ndata: [DONE]\n\n").into_bytes(),
+        )],
+    )
+}
+
+fn text(answer: &str) -> Reply {
+    Reply::stream(
+        "text/event-stream",
+        vec![Step::Write(delta(answer)), Step::Write(stop((5, 3)))],
+    )
+}
+
+fn git(dir: &std::path::Path, home: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tool_names(request: &serde_json::Value) -> Vec<String> {
+    request["tools"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t["function"]["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The model (a scripted OpenAI-compatible server) reads a file, edits it, looks at the
+/// diff and tries to commit; the person allows the edit at the prompt and refuses the
+/// commit. Then `/tools`, a mode that offers only reading, `/undo`, `/tools off`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_reads_edits_and_asks_before_committing() {
+    let home = tempfile::tempdir().unwrap();
+    let proj = home.path().join("proj");
+    std::fs::create_dir_all(proj.join("src")).unwrap();
+    std::fs::write(
+        home.path().join(".gitconfig"),
+        "[user]\n\tname = Test\n\temail = test@example.com\n",
+    )
+    .unwrap();
+    std::fs::write(proj.join("Cargo.toml"), "[package]\nname = \"greet\"\n").unwrap();
+    std::fs::write(
+        proj.join("src/lib.rs"),
+        "/// Says hello.\npub fn greet() -> &'static str {\n    \"helo\"\n}\n",
+    )
+    .unwrap();
+    git(&proj, home.path(), &["init", "-q"]);
+    git(&proj, home.path(), &["add", "."]);
+    git(&proj, home.path(), &["commit", "-qm", "start"]);
+
+    let server = ScriptedServer::start(|r| {
+        let body = r.json();
+        let msgs = body["messages"].as_array().cloned().unwrap_or_default();
+        let last_user = msgs
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        if !last_user.starts_with("fix the typo") {
+            return text("Nothing to do.");
+        }
+        let results = msgs.iter().filter(|m| m["role"] == "tool").count();
+        match results {
+            0 => tool_call("c1", "read_file", json!({"path": "src/lib.rs"})),
+            1 => tool_call(
+                "c2",
+                "edit_file",
+                json!({"path": "src/lib.rs", "edits": [{"search": "\"helo\"", "replace": "\"hello\""}]}),
+            ),
+            2 => tool_call("c3", "vcs_diff", json!({})),
+            3 => tool_call("c4", "vcs_commit", json!({"message": "Fix the greeting"})),
+            _ => text("Fixed, not committed."),
+        }
+    })
+    .await
+    .unwrap();
+    let mut p = spawn_in(home.path(), &proj, &server, &[]);
+    p.expect("git · map").unwrap();
+    p.expect("you> ").unwrap();
+
+    p.send_line("fix the typo in @src/lib.rs please").unwrap();
+    p.expect("attached src/lib.rs (lines 1–4 of 4)").unwrap();
+    p.expect("⚙ read_file").unwrap();
+    p.expect("→ read src/lib.rs lines 1–4").unwrap();
+    p.expect("⚙ edit_file").unwrap();
+    p.expect("+    \"hello\"").unwrap();
+    p.expect("allow edit_file? [y]es, [n]o, [a]lways this session: ")
+        .unwrap();
+    p.send_line("y").unwrap();
+    p.expect("⚙ vcs_diff").unwrap();
+    p.expect("⚙ vcs_commit").unwrap();
+    p.expect("allow vcs_commit? [y]es, [n]o: ").unwrap();
+    p.send_line("n").unwrap();
+    p.expect("not allowed").unwrap();
+    p.expect("Fixed, not committed.").unwrap();
+    p.expect("you> ").unwrap();
+    let lib = std::fs::read_to_string(proj.join("src/lib.rs")).unwrap();
+    assert!(lib.contains("\"hello\""), "{lib}");
+    assert_eq!(
+        git(&proj, home.path(), &["rev-list", "--count", "HEAD"]).trim(),
+        "1"
+    );
+
+    p.send_line("/tools").unwrap();
+    p.expect("vcs_commit").unwrap();
+    p.expect("you> ").unwrap();
+    p.send_line("/mode explain").unwrap();
+    p.expect("mode: explain").unwrap();
+    p.send_line("/tools").unwrap();
+    p.expect("edit_file").unwrap();
+    p.expect("not in this mode").unwrap();
+    p.expect("you> ").unwrap();
+    p.send_line("what does it do").unwrap();
+    p.expect("Nothing to do.").unwrap();
+    p.send_line("/undo").unwrap();
+    p.expect("src/lib.rs").unwrap();
+    p.expect("you> ").unwrap();
+    assert!(std::fs::read_to_string(proj.join("src/lib.rs"))
+        .unwrap()
+        .contains("\"helo\""));
+    p.send_line("/tools off").unwrap();
+    p.expect("all tools off").unwrap();
+    p.send_line("and now").unwrap();
+    p.expect("Nothing to do.").unwrap();
+    p.send_line("/tools on nosuchtool").unwrap();
+    p.expect("no tool named `nosuchtool`").unwrap();
+    p.send(ControlCode::EndOfTransmission).unwrap();
+    p.expect("session summary").unwrap();
+    p.expect(Eof).unwrap();
+    assert!(exited_ok(&p));
+
+    let chats: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == "/v1/chat/completions")
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(chats.len(), 7, "{chats:#?}");
+    let first = &chats[0];
+    let offered = tool_names(first);
+    for t in [
+        "read_file",
+        "edit_file",
+        "run_command",
+        "vcs_diff",
+        "vcs_commit",
+    ] {
+        assert!(offered.contains(&t.to_string()), "{t} not in {offered:?}");
+    }
+    let last = |c: &serde_json::Value| c["messages"].as_array().unwrap().last().unwrap().clone();
+    // The attachment went with the question, fenced.
+    let asked = last(first)["content"].as_str().unwrap().to_string();
+    assert!(
+        asked.contains("File src/lib.rs (lines 1–4 of 4):\n```\n/// Says hello."),
+        "{asked}"
+    );
+    // Each call's result went back to the model under its call id.
+    assert_eq!(last(&chats[1])["tool_call_id"], "c1");
+    assert!(last(&chats[1])["content"]
+        .as_str()
+        .unwrap()
+        .contains("helo"));
+    assert!(last(&chats[2])["content"].as_str().unwrap().contains("+++"));
+    assert!(last(&chats[3])["content"]
+        .as_str()
+        .unwrap()
+        .contains("+    \\\"hello\\\""));
+    let refusal: serde_json::Value =
+        serde_json::from_str(last(&chats[4])["content"].as_str().unwrap()).unwrap();
+    assert_eq!(refusal["error"], "refused");
+    // Explain mode offers reading, not writing; with the tools off, none.
+    let explain = tool_names(&chats[5]);
+    assert!(explain.contains(&"read_file".to_string()), "{explain:?}");
+    assert!(!explain
+        .iter()
+        .any(|t| t == "edit_file" || t == "run_command" || t == "vcs_commit"));
+    assert!(chats[6].get("tools").is_none(), "{:?}", chats[6]["tools"]);
+}
+
+/// Past three quarters of the window (`--context-tokens`), older turns are summarised by
+/// the model and replaced by the notes; the latest two turns are kept whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_conversations_are_compacted_into_notes() {
+    let server = ScriptedServer::start(|r| {
+        let body = r.json();
+        let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+        if system.contains("condense a conversation") {
+            return text("NOTES: the user is planning a trip to Oslo.");
+        }
+        text(&"Sure. ".repeat(40))
+    })
+    .await
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut p = spawn(
+        home.path(),
+        &server,
+        &["--context-tokens", "600", "--no-tools"],
+    );
+    p.expect("you> ").unwrap();
+    p.send_line("/compact").unwrap();
+    p.expect("nothing to compact yet").unwrap();
+    for i in 1..=4 {
+        p.send_line(format!(
+            "question {i}: {}",
+            "tell me about Oslo ".repeat(12)
+        ))
+        .unwrap();
+        p.expect("Sure.").unwrap();
+        p.expect("you> ").unwrap();
+    }
+    p.send_line("/session save long").unwrap();
+    p.expect("saved session long").unwrap();
+    p.send(ControlCode::EndOfTransmission).unwrap();
+    p.expect(Eof).unwrap();
+    assert!(exited_ok(&p));
+
+    let chats: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == "/v1/chat/completions")
+        .map(|r| r.json())
+        .collect();
+    let summaries: Vec<usize> = chats
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            c["messages"][0]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("condense a conversation")
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !summaries.is_empty(),
+        "never compacted: {} requests",
+        chats.len()
+    );
+    let after = &chats[summaries[0] + 1];
+    let system = after["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("NOTES: the user is planning a trip to Oslo."),
+        "{system}"
+    );
+    let users = after["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .count();
+    assert_eq!(users, 2, "{after:#?}");
+    // The summariser saw the first question, which the kept turns no longer carry.
+    let asked = chats[summaries[0]]["messages"][1]["content"]
+        .as_str()
+        .unwrap();
+    assert!(asked.contains("question 1"), "{asked}");
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home.path().join("data/coda/chat-sessions/long.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(saved["summary"].as_str().unwrap().contains("Oslo"));
 }

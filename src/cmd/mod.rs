@@ -255,7 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Chat(args) => {
             init_logging(LLM_CLI_LOG, LogFormat::Text);
             let loaded = choice.load(args.provider.overrides())?;
-            chat::run(&loaded.settings.llm, args)
+            chat::run(&loaded, args)
         }
         Commands::Models { cmd } => {
             init_logging(LLM_CLI_LOG, LogFormat::Text);

@@ -98,9 +98,15 @@ impl CallRefused {
     }
 }
 
-fn registry(loaded: &Loaded) -> anyhow::Result<ToolRegistry> {
+/// The tools as configured, working in `root` (`None`: `tools.project_root`, else the
+/// working directory); the registry `coda chat` offers the model too.
+pub fn registry(loaded: &Loaded, root: Option<PathBuf>) -> anyhow::Result<ToolRegistry> {
     let t = &loaded.settings.tools;
-    let ws = Workspace::open(t.workspace_settings()).map_err(|e| ConfigError::Invalid {
+    let mut settings = t.workspace_settings();
+    if let Some(root) = root {
+        settings.root = root;
+    }
+    let ws = Workspace::open(settings).map_err(|e| ConfigError::Invalid {
         key: "tools.project_root".into(),
         problem: e.to_string(),
     })?;
@@ -120,7 +126,7 @@ fn registry(loaded: &Loaded) -> anyhow::Result<ToolRegistry> {
 
 /// Runs a `coda tools` command.
 pub fn run(loaded: &Loaded, args: ToolsArgs) -> anyhow::Result<()> {
-    let registry = registry(loaded)?;
+    let registry = registry(loaded, None)?;
     match args.cmd {
         ToolsCommand::List { json } => list(&registry, json),
         ToolsCommand::Call {

@@ -1,8 +1,12 @@
 //! `coda chat`: the interactive terminal assistant. Line editing and history (rustyline),
 //! multi-line input (end a line with `\`, or wrap a block in `"""`), answers streamed as
 //! they come (Ctrl-C stops one), slash commands, saved sessions and exports, and a token
-//! usage summary at the end.
+//! usage summary at the end. In a project the model is offered the coding tools (by mode,
+//! `/tools`), calls that need permission ask at the prompt, `@path` attaches a file, the
+//! repo map follows the files in play, and long conversations are compacted.
 
+mod agent;
+mod compact;
 mod project;
 pub mod store;
 
@@ -12,7 +16,10 @@ use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
 use coda_actors::llm::registry::Chain;
-use coda_actors::llm::{ChatMessage, ChatRequest, ChatRole, LlmProvider, StreamChunk};
+use coda_actors::llm::{
+    ChatMessage, ChatRequest, ChatRole, LlmError, LlmProvider, StreamChunk, ToolCallRequest, Usage,
+};
+use coda_actors::tools::{ProgressSink, ToolContext, ToolFailure};
 use futures_util::StreamExt;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -23,8 +30,9 @@ use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Editor, Helper};
 use serde::{Deserialize, Serialize};
 
+use self::agent::ChatTools;
 use self::store::{JsonDirStore, SavedSession, SessionStore};
-use crate::config::LlmConfig;
+use crate::config::{LlmConfig, Loaded};
 use crate::llm_setup::{self, ProviderArgs};
 
 /// `coda chat` flags.
@@ -42,7 +50,17 @@ pub struct ChatArgs {
     /// the working copy or build-file directory the chat starts in.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub map_tokens: usize,
+    /// The model's context window in tokens, for compacting long conversations (0: as the
+    /// provider reports it, else 8192).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub context_tokens: usize,
+    /// Offer the model no tools (`/tools on` offers them again).
+    #[arg(long)]
+    pub no_tools: bool,
 }
+
+/// Most requests one turn makes while the model keeps calling tools.
+const MAX_TOOL_ROUNDS: usize = 25;
 
 /// How the assistant behaves: each mode is a system prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -183,6 +201,12 @@ pub enum Command {
     Session(Vec<String>),
     /// `/export markdown|json [FILE]`
     Export(Vec<String>),
+    /// `/tools [on|off [NAME…]]`
+    Tools(Vec<String>),
+    /// `/undo`
+    Undo,
+    /// `/compact`
+    Compact,
     /// `/clear`
     Clear,
     /// `/exit`, `/quit`
@@ -214,6 +238,12 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "/export markdown|json [FILE]",
         "write the conversation to a file",
     ),
+    (
+        "/tools [on|off [NAME...]]",
+        "list the tools, or turn them (or all) on or off",
+    ),
+    ("/undo", "undo the assistant's newest file change"),
+    ("/compact", "summarise older turns now to free context"),
     ("/clear", "start the conversation over (usage is kept)"),
     ("/exit", "quit with a usage summary (also /quit, Ctrl-D)"),
 ];
@@ -221,7 +251,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
 /// Keys and input forms, for `/help`.
 const HELP_KEYS: &[(&str, &str)] = &[
     ("line ending in \\  or  \"\"\"...\"\"\"", "multi-line input"),
-    ("Ctrl-C while answering", "stop the answer"),
+    (
+        "Ctrl-C while answering",
+        "stop the answer (and a running tool)",
+    ),
+    (
+        "@path (Tab completes)",
+        "attach a project file to the message",
+    ),
 ];
 
 /// Parses a line: `None` when it is not a command.
@@ -239,6 +276,9 @@ pub fn parse_command(line: &str) -> Option<Command> {
         "mode" => Command::Mode(first),
         "session" => Command::Session(args),
         "export" => Command::Export(args),
+        "tools" => Command::Tools(args),
+        "undo" => Command::Undo,
+        "compact" => Command::Compact,
         "clear" => Command::Clear,
         "exit" | "quit" | "q" => Command::Exit,
         other => Command::Unknown(other.to_string()),
@@ -293,7 +333,10 @@ pub fn to_markdown(s: &SavedSession) -> String {
     out
 }
 
-struct ChatHelper;
+struct ChatHelper {
+    /// Where `@path` completes from.
+    root: Option<std::path::PathBuf>,
+}
 
 impl Completer for ChatHelper {
     type Candidate = Pair;
@@ -303,7 +346,23 @@ impl Completer for ChatHelper {
         pos: usize,
         _: &rustyline::Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let head = &line[..pos];
+        if let Some((start, names)) = self
+            .root
+            .as_deref()
+            .and_then(|root| agent::complete_mention(root, line, pos))
+        {
+            let pairs = names
+                .into_iter()
+                .map(|n| Pair {
+                    replacement: n.clone(),
+                    display: n,
+                })
+                .collect();
+            return Ok((start, pairs));
+        }
+        let Some(head) = line.get(..pos) else {
+            return Ok((pos, Vec::new()));
+        };
         if !head.starts_with('/') || head.contains(' ') {
             return Ok((pos, Vec::new()));
         }
@@ -361,6 +420,51 @@ struct Repl {
     turns: u32,
     /// The project the chat started in, told to the model with each turn.
     project: Option<project::Project>,
+    /// The tools offered to the model, and the person's decisions about them.
+    tools: Option<ChatTools>,
+    /// Notes on the older turns compacted away, told to the model with each turn.
+    summary: Option<String>,
+    /// `--context-tokens` (0: ask the provider).
+    context_tokens: usize,
+    /// The window found for the current model.
+    window: Option<usize>,
+    /// The files in play changed since the map was last ranked.
+    refocus: bool,
+}
+
+/// One request's streamed answer.
+#[derive(Default)]
+struct Round {
+    answer: String,
+    calls: Vec<ToolCallRequest>,
+    usage: Option<Usage>,
+    tokens: u32,
+    cancelled: bool,
+}
+
+/// What the model is told of a call that did not run.
+fn refused(call_id: &str, code: &str, message: &str) -> ChatMessage {
+    ChatMessage {
+        role: ChatRole::Tool,
+        content: serde_json::json!({"error": code, "message": message}).to_string(),
+        tool_calls: Vec::new(),
+        tool_call_id: Some(call_id.to_string()),
+    }
+}
+
+/// `s` on one line, cut to about `max` characters.
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max).collect();
+    format!("{cut}…")
+}
+
+/// The longest run of backticks in `s` (a fence around it must be longer).
+fn longest_backtick_run(s: &str) -> usize {
+    s.split(|c| c != '`').map(str::len).max().unwrap_or(0)
 }
 
 impl Repl {
@@ -406,6 +510,7 @@ impl Repl {
             model: self.model.clone(),
             mode: self.mode.name().to_string(),
             messages: self.messages.clone(),
+            summary: self.summary.clone(),
             usage: self.usage.clone(),
         }
     }
@@ -432,6 +537,7 @@ impl Repl {
         }
         self.mode = Mode::parse(&s.mode).unwrap_or(self.mode);
         self.messages = s.messages;
+        self.summary = s.summary;
         self.usage = s.usage;
         self.created_at = s.created_at;
         self.session = Some(s.name);
@@ -466,6 +572,7 @@ impl Repl {
                 }
             }
             Command::Model(Some(m)) => {
+                self.window = None;
                 self.model = (m != "default").then_some(m);
                 match self.build(&self.provider, self.model.clone()) {
                     Ok(c) => self.chain = c,
@@ -480,6 +587,7 @@ impl Repl {
             ),
             Command::Provider(Some(p)) => match self.build(&p, None) {
                 Ok(c) => {
+                    self.window = None;
                     self.chain = c;
                     self.provider = p;
                     self.model = None;
@@ -517,8 +625,12 @@ impl Repl {
             },
             Command::Session(args) => self.session_cmd(&args),
             Command::Export(args) => self.export(&args),
+            Command::Tools(args) => self.tools_cmd(&args),
+            Command::Undo => self.undo(),
+            Command::Compact => self.compact(true),
             Command::Clear => {
                 self.messages.clear();
+                self.summary = None;
                 println!("conversation cleared");
             }
             Command::Exit => return false,
@@ -610,108 +722,584 @@ impl Repl {
         }
     }
 
-    /// Sends `text` and streams the answer.
-    fn turn(&mut self, text: String) {
-        self.messages.push(ChatMessage::new(ChatRole::User, text));
-        let system = match &self.project {
-            Some(p) => format!("{}{}", self.mode.system_prompt(), p.prompt()),
-            None => self.mode.system_prompt().to_string(),
+    /// The system prompt: the mode's, the project's, and the notes on compacted turns.
+    fn system_prompt(&self) -> String {
+        let mut system = self.mode.system_prompt().to_string();
+        if let Some(p) = &self.project {
+            system.push_str(&p.prompt());
+        }
+        if self
+            .tools
+            .as_ref()
+            .is_some_and(|t| !t.specs(self.mode).is_empty())
+        {
+            system.push_str(
+                "\n\nUse the tools to look at the project before answering about it, and to \
+                 make the changes asked for; paths are relative to the project. The user \
+                 confirms changes, commands and commits.",
+            );
+        }
+        if let Some(notes) = &self.summary {
+            system.push_str(
+                "\n\nNotes on the earlier conversation (its older turns were condensed):\n",
+            );
+            system.push_str(notes);
+        }
+        system
+    }
+
+    /// The model's context window, in tokens.
+    fn window(&mut self) -> usize {
+        if self.context_tokens > 0 {
+            return self.context_tokens;
+        }
+        if let Some(w) = self.window {
+            return w;
+        }
+        let model = self
+            .model
+            .clone()
+            .unwrap_or_else(|| self.chain.default_model());
+        let known = (!model.is_empty())
+            .then(|| self.rt.block_on(self.chain.model_info(&model)).ok())
+            .flatten()
+            .and_then(|i| i.context_length)
+            .map(|c| c as usize)
+            .filter(|&c| c > 0);
+        let w = known.unwrap_or(compact::DEFAULT_WINDOW);
+        self.window = Some(w);
+        w
+    }
+
+    /// Compacts the older turns when the next request would fill most of the window
+    /// (`force`: now, whatever the size).
+    fn compact(&mut self, force: bool) {
+        let specs = self
+            .tools
+            .as_ref()
+            .map(|t| t.specs(self.mode))
+            .unwrap_or_default();
+        let system = ChatMessage::new(ChatRole::System, self.system_prompt());
+        let estimate = |msgs: &[ChatMessage], system: &ChatMessage| {
+            compact::estimate_tokens(std::iter::once(system).chain(msgs))
+                + serde_json::to_string(&specs).map_or(0, |s| s.len() / 4)
         };
-        let mut msgs = vec![ChatMessage::new(ChatRole::System, system)];
-        msgs.extend(self.messages.iter().cloned());
+        let before = estimate(&self.messages, &system);
+        let window = self.window();
+        if !force && (before as f64) < window as f64 * compact::COMPACT_AT {
+            return;
+        }
+        let Some(cut) = compact::cut_point(&self.messages, compact::KEEP_TURNS) else {
+            if force {
+                println!(
+                    "nothing to compact yet (the last {} turns are kept whole)",
+                    compact::KEEP_TURNS
+                );
+            }
+            return;
+        };
         let req = ChatRequest {
-            messages: msgs,
+            messages: compact::summary_request(self.summary.as_deref(), &self.messages[..cut]),
+            model: self.model.clone(),
+            max_tokens: Some(400),
             ..Default::default()
         };
-        let chain = self.chain.clone();
         let t0 = Instant::now();
-        let outcome = self.rt.block_on(async move {
-            let mut answer = String::new();
+        let chain = self.chain.clone();
+        match self.rt.block_on(chain.chat(req)) {
+            Ok(r) if !r.text.trim().is_empty() => {
+                let (provider, model) = self
+                    .chain
+                    .answered_by()
+                    .unwrap_or_else(|| (self.provider.clone(), self.current_model()));
+                self.usage.add(
+                    &format!("{provider}/{model}"),
+                    r.usage.prompt_tokens,
+                    r.usage.completion_tokens,
+                    t0.elapsed().as_secs_f64() * 1000.0,
+                );
+                self.summary = Some(r.text.trim().to_string());
+            }
+            Ok(_) => println!(
+                "{}",
+                self.err("the model wrote no summary of the older turns; they are dropped")
+            ),
+            Err(e) => println!(
+                "{}",
+                self.err(&format!(
+                    "could not summarise the older turns ({e}); they are dropped"
+                ))
+            ),
+        }
+        self.messages.drain(..cut);
+        let system = ChatMessage::new(ChatRole::System, self.system_prompt());
+        let after = estimate(&self.messages, &system);
+        println!(
+            "{}",
+            self.dim(&format!(
+                "[compacted {cut} older messages into notes: ~{before} → ~{after} of {window} tokens]"
+            ))
+        );
+    }
+
+    /// Attaches the files `@mentioned` in `text` (read through `read_file`, so confined to
+    /// the project like the model's reads). A mention that is no file is left as written.
+    fn attach(&mut self, text: String) -> String {
+        let Some(tools) = self.tools.as_mut() else {
+            return text;
+        };
+        let mut out = text.clone();
+        let mut notes = Vec::new();
+        for path in agent::mentions(&text) {
+            let dir = tools.root.join(&path).is_dir();
+            let (tool, args) = if dir {
+                ("list_dir", serde_json::json!({ "path": path }))
+            } else {
+                ("read_file", serde_json::json!({ "path": path }))
+            };
+            let ctx = ToolContext {
+                call_id: format!("attach-{path}"),
+                ..ToolContext::default()
+            };
+            let res = self
+                .rt
+                .block_on(tools.registry.call(tool, args, ctx, false));
+            let note = match res {
+                Ok(v) if dir => {
+                    let listing = serde_json::to_string_pretty(&v["entries"]).unwrap_or_default();
+                    out.push_str(&format!("\n\nDirectory {path}:\n{listing}"));
+                    format!("attached the listing of {path}/")
+                }
+                Ok(v) => {
+                    let content = v["content"].as_str().unwrap_or_default();
+                    let (a, b) = (
+                        v["start_line"].as_u64().unwrap_or(1),
+                        v["end_line"].as_u64().unwrap_or(0),
+                    );
+                    let total = v["total_lines"]
+                        .as_u64()
+                        .map(|t| format!(" of {t}"))
+                        .unwrap_or_default();
+                    let cut = if v["truncated"] == true {
+                        ", truncated"
+                    } else {
+                        ""
+                    };
+                    let fence = "`".repeat(longest_backtick_run(content).max(2) + 1);
+                    out.push_str(&format!(
+                        "\n\nFile {path} (lines {a}–{b}{total}{cut}):\n{fence}\n{}\n{fence}",
+                        content.trim_end_matches('\n')
+                    ));
+                    if tools.touch(&path) {
+                        self.refocus = true;
+                    }
+                    format!("attached {path} (lines {a}–{b}{total}{cut})")
+                }
+                Err(e) => format!("@{path} not attached: {e}"),
+            };
+            notes.push(note);
+        }
+        for note in notes {
+            println!("{}", self.dim(&note));
+        }
+        out
+    }
+
+    fn tools_cmd(&mut self, args: &[String]) {
+        let mode = self.mode;
+        let Some(tools) = self.tools.as_mut() else {
+            println!("{}", self.err("no tools in this chat"));
+            return;
+        };
+        match args.first().map(String::as_str) {
+            None => {
+                println!(
+                    "tools in mode {} (/tools on|off [NAME...] to change):",
+                    mode.name()
+                );
+                print!("{}", tools.listing(mode));
+            }
+            Some(w @ ("on" | "off")) => match tools.toggle(w == "on", &args[1..]) {
+                Ok(said) => println!("{said}"),
+                Err(e) => println!("{}", self.err(&e)),
+            },
+            Some(other) => println!(
+                "{}",
+                self.err(&format!(
+                    "unknown /tools {other}: /tools, /tools on|off [NAME...]"
+                ))
+            ),
+        }
+    }
+
+    /// `/undo`: the person typed it, so it is confirmed.
+    fn undo(&mut self) {
+        let Some(tools) = self.tools.as_ref() else {
+            println!("{}", self.err("no tools in this chat"));
+            return;
+        };
+        let ctx = ToolContext {
+            call_id: "undo".into(),
+            ..ToolContext::default()
+        };
+        let res = self.rt.block_on(tools.registry.call(
+            "undo_last_write",
+            serde_json::json!({}),
+            ctx,
+            true,
+        ));
+        match res {
+            Ok(v) => println!("{}", agent::result_line("undo_last_write", &v)),
+            Err(e) => println!("{}", self.err(&format!("undo: {e}"))),
+        }
+    }
+
+    /// Sends `text`, streams the answer and runs the tools the model calls, until it
+    /// answers without calling one.
+    fn turn(&mut self, editor: &mut Editor<ChatHelper, DefaultHistory>, text: String) {
+        let text = self.attach(text);
+        self.messages.push(ChatMessage::new(ChatRole::User, text));
+        let t0 = Instant::now();
+        let mut tokens = 0u32;
+        let mut last = (self.provider.clone(), self.current_model());
+        for round in 0..MAX_TOOL_ROUNDS {
+            self.compact(false);
+            if std::mem::take(&mut self.refocus) {
+                if let (Some(p), Some(t)) = (self.project.as_mut(), self.tools.as_ref()) {
+                    p.refocus(t.touched(), Some(llm_setup::cache_dir().join("repomap")));
+                }
+            }
+            let mut msgs = vec![ChatMessage::new(ChatRole::System, self.system_prompt())];
+            msgs.extend(self.messages.iter().cloned());
+            let req = ChatRequest {
+                messages: msgs,
+                model: self.model.clone(),
+                tools: self
+                    .tools
+                    .as_ref()
+                    .map(|t| t.specs(self.mode))
+                    .unwrap_or_default(),
+                ..Default::default()
+            };
+            let started = Instant::now();
+            let (r, error) = self.stream_round(req);
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let (provider, model) = self
+                .chain
+                .answered_by()
+                .unwrap_or_else(|| (self.provider.clone(), self.current_model()));
+            last = (provider.clone(), model.clone());
+            if let Some(e) = error {
+                if r.answer.is_empty() && round == 0 {
+                    // Nothing came back: forget the question so a retry does not repeat it.
+                    self.messages.pop();
+                } else if !r.answer.is_empty() {
+                    println!();
+                    self.messages
+                        .push(ChatMessage::new(ChatRole::Assistant, r.answer));
+                }
+                println!("{}", self.err(&format!("error: {e}")));
+                return;
+            }
+            let (p, c) = r
+                .usage
+                .map(|u| (u.prompt_tokens, u.completion_tokens))
+                .unwrap_or((0, r.tokens));
+            self.usage.add(&format!("{provider}/{model}"), p, c, ms);
+            tokens += c;
+            let calls = if r.cancelled { Vec::new() } else { r.calls };
+            if !r.answer.is_empty() || calls.is_empty() {
+                println!();
+            }
+            self.messages.push(ChatMessage {
+                role: ChatRole::Assistant,
+                content: r.answer,
+                tool_calls: calls.clone(),
+                tool_call_id: None,
+            });
+            if r.cancelled {
+                println!("{}", self.dim("[stopped]"));
+                break;
+            }
+            if calls.is_empty() {
+                break;
+            }
+            if !self.run_calls(editor, &calls) {
+                println!("{}", self.dim("[stopped]"));
+                break;
+            }
+            if round + 1 == MAX_TOOL_ROUNDS {
+                println!(
+                    "{}",
+                    self.err(&format!(
+                        "stopped after {MAX_TOOL_ROUNDS} rounds of tool calls; say how to go on"
+                    ))
+                );
+            }
+        }
+        self.turns += 1;
+        println!(
+            "{}",
+            self.dim(&format!(
+                "· {}/{} · {tokens} tokens · {:.1} s",
+                last.0,
+                last.1,
+                t0.elapsed().as_secs_f64()
+            ))
+        );
+    }
+
+    /// One request, its answer streamed to the terminal; Ctrl-C stops it.
+    fn stream_round(&self, req: ChatRequest) -> (Round, Option<LlmError>) {
+        let chain = self.chain.clone();
+        self.rt.block_on(async move {
+            let mut r = Round::default();
             // Subscribed before the request goes out: `tokio::signal::ctrl_c()` only
             // subscribes when first polled, so a Ctrl-C typed right after the first token
             // could be missed and the chat would hang on a stalled answer.
             let mut interrupt = Interrupt::subscribe();
             let mut stream = tokio::select! {
-                _ = interrupt.recv() => return (answer, None, Ok(0), true),
+                _ = interrupt.recv() => {
+                    r.cancelled = true;
+                    return (r, None);
+                }
                 s = chain.chat_stream(req) => match s {
                     Ok(s) => s,
-                    Err(e) => return (answer, None, Err(e), false),
+                    Err(e) => return (r, Some(e)),
                 },
             };
             let mut out = std::io::stdout();
-            let mut tokens = 0u32;
-            let mut usage = None;
             loop {
                 tokio::select! {
-                    _ = interrupt.recv() => return (answer, usage, Ok(tokens), true),
+                    _ = interrupt.recv() => {
+                        r.cancelled = true;
+                        return (r, None);
+                    }
                     next = stream.next() => match next {
                         Some(Ok(StreamChunk::Token(t))) => {
-                            tokens += 1;
+                            r.tokens += 1;
                             let _ = out.write_all(t.as_bytes());
                             let _ = out.flush();
-                            answer.push_str(&t);
+                            r.answer.push_str(&t);
                         }
-                        Some(Ok(StreamChunk::ToolCall(c))) => {
-                            let _ = writeln!(out, "\n[tool call {}({})]", c.name, c.arguments);
-                        }
-                        Some(Ok(StreamChunk::Done { usage: u, .. })) => {
-                            usage = u;
+                        Some(Ok(StreamChunk::ToolCall(c))) => r.calls.push(c),
+                        Some(Ok(StreamChunk::Done { usage, .. })) => {
+                            r.usage = usage;
                             break;
                         }
-                        Some(Err(e)) => return (answer, usage, Err(e), false),
+                        Some(Err(e)) => return (r, Some(e)),
                         None => break,
                     }
                 }
             }
-            (answer, usage, Ok(tokens), false)
-        });
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let (answer, usage, result, cancelled) = outcome;
-        let (provider, model) = self
-            .chain
-            .answered_by()
-            .unwrap_or_else(|| (self.provider.clone(), self.current_model()));
-        match result {
-            Ok(tokens) => {
-                println!();
-                if cancelled {
-                    println!("{}", self.dim("[stopped]"));
-                }
-                let (p, c) = usage
-                    .map(|u| (u.prompt_tokens, u.completion_tokens))
-                    .unwrap_or((0, tokens));
-                self.usage.add(&format!("{provider}/{model}"), p, c, ms);
-                self.turns += 1;
-                println!(
-                    "{}",
-                    self.dim(&format!(
-                        "· {provider}/{model} · {c} tokens · {:.1} s",
-                        ms / 1000.0
-                    ))
-                );
+            (r, None)
+        })
+    }
+
+    /// Runs the model's calls in order, asking where the permission says to, and adds
+    /// their results to the conversation. `false`: the person stopped the turn (Ctrl-C).
+    fn run_calls(
+        &mut self,
+        editor: &mut Editor<ChatHelper, DefaultHistory>,
+        calls: &[ToolCallRequest],
+    ) -> bool {
+        let mut stopped = false;
+        for call in calls {
+            if stopped {
                 self.messages
-                    .push(ChatMessage::new(ChatRole::Assistant, answer));
+                    .push(refused(&call.id, "cancelled", "the user stopped the turn"));
+                continue;
             }
-            Err(e) => {
-                if !answer.is_empty() {
-                    println!();
-                    self.messages
-                        .push(ChatMessage::new(ChatRole::Assistant, answer));
-                } else {
-                    // Nothing came back: forget the question so a retry does not repeat it.
-                    self.messages.pop();
+            let Some(tools) = self.tools.as_ref() else {
+                self.messages
+                    .push(refused(&call.id, "unavailable", "no tools in this chat"));
+                continue;
+            };
+            let args = coda_actors::tools::Call::from_request(call, None, None).arguments;
+            println!(
+                "{}",
+                self.dim(&format!(
+                    "⚙ {}({})",
+                    call.name,
+                    one_line(&call.arguments, 200)
+                ))
+            );
+            let confirmed = tools.confirmed(&call.name);
+            let mut res = self.call_tool(&call.name, &call.id, args.clone(), confirmed);
+            if let Err(ToolFailure::NeedsConfirmation { preview, .. }) = &res {
+                if let Some(p) = preview {
+                    println!("  {}", p.summary);
+                    if let Some(diff) = &p.diff {
+                        print!("{}", self.colour_diff(diff));
+                    }
                 }
-                println!("{}", self.err(&format!("error: {e}")));
+                match self.confirm(editor, &call.name) {
+                    Some(true) => {
+                        res = self.call_tool(&call.name, &call.id, args.clone(), true);
+                    }
+                    Some(false) => {
+                        println!("{}", self.dim("  → not allowed"));
+                        self.messages.push(refused(
+                            &call.id,
+                            "refused",
+                            "the user did not allow this call; ask them or do something else",
+                        ));
+                        continue;
+                    }
+                    None => {
+                        stopped = true;
+                        self.messages.push(refused(
+                            &call.id,
+                            "cancelled",
+                            "the user stopped the turn",
+                        ));
+                        continue;
+                    }
+                }
+            }
+            match &res {
+                Ok(v) => println!(
+                    "{}",
+                    self.dim(&format!("  → {}", agent::result_line(&call.name, v)))
+                ),
+                Err(ToolFailure::Unavailable(why)) if why == "interrupted" => stopped = true,
+                Err(e) => println!("{}", self.err(&format!("  → {e}"))),
+            }
+            if res.is_ok() {
+                if let Some(t) = self.tools.as_mut() {
+                    if t.note_call(&call.name, &args) {
+                        self.refocus = true;
+                    }
+                }
+            }
+            self.messages
+                .push(coda_actors::tools::tool_message(&call.id, &res));
+        }
+        !stopped
+    }
+
+    /// Runs one call; Ctrl-C stops it (a command's process group is killed) and it answers
+    /// `unavailable: interrupted`.
+    fn call_tool(
+        &self,
+        name: &str,
+        id: &str,
+        args: serde_json::Value,
+        confirmed: bool,
+    ) -> Result<serde_json::Value, ToolFailure> {
+        let Some(tools) = self.tools.as_ref() else {
+            return Err(ToolFailure::Unavailable("no tools in this chat".into()));
+        };
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let color = self.color;
+        let ctx = ToolContext {
+            call_id: id.to_string(),
+            cancelled: cancelled.clone(),
+            progress: Some(ProgressSink::new(move |_stream, text| {
+                let mut out = std::io::stdout().lock();
+                let _ = if color {
+                    write!(out, "\x1b[2m{text}\x1b[0m")
+                } else {
+                    write!(out, "{text}")
+                };
+                let _ = out.flush();
+            })),
+            ..ToolContext::default()
+        };
+        self.rt.block_on(async {
+            let mut interrupt = Interrupt::subscribe();
+            let call = tools.registry.call(name, args, ctx, confirmed);
+            tokio::pin!(call);
+            tokio::select! {
+                r = &mut call => r,
+                _ = interrupt.recv() => {
+                    cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = call.await;
+                    Err(ToolFailure::Unavailable("interrupted".into()))
+                }
+            }
+        })
+    }
+
+    /// Asks whether `tool` may run: `Some(true)` yes, `Some(false)` no, `None` Ctrl-C/D.
+    fn confirm(
+        &mut self,
+        editor: &mut Editor<ChatHelper, DefaultHistory>,
+        tool: &str,
+    ) -> Option<bool> {
+        let always = self.tools.as_ref().is_some_and(|t| t.can_always(tool));
+        let prompt = if always {
+            format!("  allow {tool}? [y]es, [n]o, [a]lways this session: ")
+        } else {
+            format!("  allow {tool}? [y]es, [n]o: ")
+        };
+        loop {
+            match editor.readline(&prompt) {
+                Ok(a) => match a.trim().to_ascii_lowercase().as_str() {
+                    "y" | "yes" => return Some(true),
+                    "n" | "no" | "" => return Some(false),
+                    "a" | "always" if always => {
+                        if let Some(t) = self.tools.as_mut() {
+                            t.allow_always(tool);
+                        }
+                        return Some(true);
+                    }
+                    _ => continue,
+                },
+                Err(_) => return None,
             }
         }
+    }
+
+    fn colour_diff(&self, diff: &str) -> String {
+        if !self.color {
+            return diff.to_string();
+        }
+        diff.lines()
+            .map(|l| {
+                let code = if l.starts_with("+++") || l.starts_with("---") {
+                    "1"
+                } else if l.starts_with('+') {
+                    "32"
+                } else if l.starts_with('-') {
+                    "31"
+                } else if l.starts_with("@@") {
+                    "36"
+                } else {
+                    return format!("{l}\n");
+                };
+                format!("\x1b[{code}m{l}\x1b[0m\n")
+            })
+            .collect()
     }
 }
 
 /// Runs `coda chat`. `cfg` already has `--provider` applied.
-pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
+pub fn run(loaded: &Loaded, args: ChatArgs) -> anyhow::Result<()> {
+    let cfg = &loaded.settings.llm;
     let settings = llm_setup::llm_settings(cfg, args.provider.model.clone());
     let chain = llm_setup::build_chain(&settings)?;
     let data = llm_setup::data_dir();
+    let cache = llm_setup::cache_dir().join("repomap");
+    let project = std::env::current_dir()
+        .ok()
+        .and_then(|d| project::detect(&d, args.map_tokens, Some(cache.clone())));
+    // The tools work in `tools.project_root` when it is set, else in the project the chat
+    // started in (so the model's paths match the map's), else in the working directory.
+    let root = (loaded.settings.tools.project_root.is_empty())
+        .then(|| project.as_ref().map(|p| p.root.clone()))
+        .flatten();
+    let registry = crate::cmd::tools::registry(loaded, root)?;
+    let mut tools = ChatTools::new(registry, loaded.settings.tools.project_root());
+    if let Some(p) = &project {
+        if loaded.settings.tools.project_root.is_empty() {
+            tools.root = p.root.clone();
+        }
+    }
+    if args.no_tools {
+        let _ = tools.toggle(false, &[]);
+    }
+    let helper_root = tools.root.clone();
     let mut repl = Repl {
         cfg: cfg.clone(),
         provider: cfg.provider.to_string(),
@@ -726,13 +1314,12 @@ pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
         rt: llm_setup::background_runtime()?,
         color: std::io::stdout().is_terminal(),
         turns: 0,
-        project: std::env::current_dir().ok().and_then(|d| {
-            project::detect(
-                &d,
-                args.map_tokens,
-                Some(llm_setup::cache_dir().join("repomap")),
-            )
-        }),
+        project,
+        tools: Some(tools),
+        summary: None,
+        context_tokens: args.context_tokens,
+        window: None,
+        refocus: false,
     };
     if let Some(name) = &args.session {
         repl.load(name)?;
@@ -744,7 +1331,9 @@ pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
             .auto_add_history(false)
             .build(),
     )?;
-    editor.set_helper(Some(ChatHelper));
+    editor.set_helper(Some(ChatHelper {
+        root: Some(helper_root),
+    }));
     let history = data.join("chat_history");
     let _ = editor.load_history(&history);
     println!(
@@ -771,7 +1360,7 @@ pub fn run(cfg: &LlmConfig, args: ChatArgs) -> anyhow::Result<()> {
                 }
                 let text = join_input(&line);
                 if !text.is_empty() {
-                    repl.turn(text);
+                    repl.turn(&mut editor, text);
                 }
             }
             Err(ReadlineError::Interrupted) => continue,
@@ -893,6 +1482,7 @@ mod tests {
                 ChatMessage::new(ChatRole::User, "q"),
                 ChatMessage::new(ChatRole::Assistant, "a"),
             ],
+            summary: None,
             usage: u,
         });
         assert!(

@@ -16,6 +16,8 @@ pub struct Project {
     pub vcs: Option<String>,
     /// The repo map, when one was asked for and has something in it.
     pub map: Option<Map>,
+    /// Its budget, when a map was asked for.
+    pub map_tokens: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,31 +55,50 @@ pub fn detect(dir: &Path, map_tokens: usize, cache: Option<PathBuf>) -> Option<P
     if repo.is_none() && kind.is_none() {
         return None;
     }
-    let map = (map_tokens > 0)
-        .then(|| {
-            let settings = RepoMapSettings {
-                tokens: map_tokens,
-                cache_dir: cache,
-                ..Default::default()
-            };
-            build(&root, &[], &settings).ok()
-        })
-        .flatten()
-        .filter(|m| !m.text.is_empty())
-        .map(|m| Map {
-            tokens: m.tokens,
-            files: m.stats.files,
-            text: m.text,
-        });
+    let map = map_of(&root, &[], map_tokens, cache);
     Some(Project {
         root,
         kind,
         vcs: repo.map(|r| r.kind().to_string()),
         map,
+        map_tokens: (map_tokens > 0).then_some(map_tokens),
     })
 }
 
+/// The map of `root` personalised to `focus` (project-relative paths), when one is
+/// asked for (`tokens` > 0) and has something in it.
+fn map_of(root: &Path, focus: &[String], tokens: usize, cache: Option<PathBuf>) -> Option<Map> {
+    if tokens == 0 {
+        return None;
+    }
+    let settings = RepoMapSettings {
+        tokens,
+        cache_dir: cache,
+        ..Default::default()
+    };
+    let focus: Vec<PathBuf> = focus.iter().map(PathBuf::from).collect();
+    build(root, &focus, &settings)
+        .ok()
+        .filter(|m| !m.text.is_empty())
+        .map(|m| Map {
+            tokens: m.tokens,
+            files: m.stats.files,
+            text: m.text,
+        })
+}
+
 impl Project {
+    /// Ranks the map again around the files the conversation is about (`focus`), keeping
+    /// its size; the old map stays if the new one cannot be built.
+    pub fn refocus(&mut self, focus: &[String], cache: Option<PathBuf>) {
+        let Some(tokens) = self.map_tokens else {
+            return;
+        };
+        if let Some(map) = map_of(&self.root, focus, tokens, cache) {
+            self.map = Some(map);
+        }
+    }
+
     /// The line shown at start.
     pub fn line(&self) -> String {
         let mut parts = vec![format!("project {}", self.root.display())];

@@ -26,6 +26,9 @@ pub struct SavedSession {
     pub mode: String,
     /// The conversation, oldest first (system prompts are not stored: they follow the mode).
     pub messages: Vec<ChatMessage>,
+    /// Notes on the older turns compacted out of `messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
     /// Token use so far.
     #[serde(default)]
     pub usage: UsageBook,
@@ -167,6 +170,7 @@ mod tests {
             model: Some("m".into()),
             mode: "code".into(),
             messages: vec![ChatMessage::new(ChatRole::User, "hi")],
+            summary: None,
             usage: UsageBook::default(),
         };
         store.save(&s).unwrap();
