@@ -2,6 +2,8 @@
 //! commands, multi-line input, Ctrl-C during an answer, Ctrl-D to quit — against a
 //! loopback OpenAI-compatible server.
 
+mod common;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,14 +15,6 @@ use expectrl::{ControlCode, Eof, Expect, Session};
 use serde_json::json;
 
 const CODA: &str = env!("CARGO_BIN_EXE_coda");
-
-fn delta(content: &str) -> Vec<u8> {
-    format!(
-        "data: {}\n\n",
-        json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
-    )
-    .into_bytes()
-}
 
 /// Answers `Answer-N.` (N counts chat requests); a question containing "slow" gets one
 /// token and then nothing until the client hangs up.
@@ -40,16 +34,16 @@ async fn server() -> ScriptedServer {
         if last.contains("slow") {
             return Reply::stream(
                 "text/event-stream",
-                vec![Step::Write(delta("Thinking")), Step::Stall],
+                vec![Step::Write(common::sse_delta("Thinking")), Step::Stall],
             );
         }
         let i = n.fetch_add(1, Ordering::SeqCst) + 1;
         Reply::stream(
             "text/event-stream",
             vec![
-                Step::Write(delta("Answer")),
+                Step::Write(common::sse_delta("Answer")),
                 Step::Sleep(Duration::from_millis(10)),
-                Step::Write(delta(&format!("-{i}."))),
+                Step::Write(common::sse_delta(&format!("-{i}."))),
                 Step::Write(
                     format!(
                         "data: {}\n\ndata: [DONE]\n\n",
@@ -220,20 +214,19 @@ fn stop(usage: (u32, u32)) -> Vec<u8> {
 
 /// A streamed answer that is one tool call.
 fn tool_call(id: &str, name: &str, args: serde_json::Value) -> Reply {
-    let call = json!({"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":id,"type":"function","function":{"name":name,"arguments":args.to_string()}}]},"finish_reason":null}]});
-    let end = json!({"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]});
     Reply::stream(
         "text/event-stream",
-        vec![Step::Write(
-            format!("data: {call}\n\ndata: {end}\n\ndata: [DONE]\n\n").into_bytes(),
-        )],
+        vec![Step::Write(common::sse_tool_call(id, name, &args))],
     )
 }
 
 fn text(answer: &str) -> Reply {
     Reply::stream(
         "text/event-stream",
-        vec![Step::Write(delta(answer)), Step::Write(stop((5, 3)))],
+        vec![
+            Step::Write(common::sse_delta(answer)),
+            Step::Write(stop((5, 3))),
+        ],
     )
 }
 

@@ -463,3 +463,75 @@ fn version_control_commits_only_when_confirmed_and_undoes_its_own_commit() {
         "{map}"
     );
 }
+
+/// `coda ask --tools`: the model (a scripted OpenAI-compatible server) reads a file and
+/// edits it. The read runs; the edit needs confirmation, so without --yes the model is
+/// told it did not run and the file is untouched; with --yes it is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_with_tools_runs_reads_and_writes_only_with_yes() {
+    use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
+    let p = Project::new();
+    let server = ScriptedServer::start(|r| {
+        if r.path() != "/v1/chat/completions" {
+            return Reply::json(404, r#"{"error":{"message":"not here"}}"#);
+        }
+        let body = r.json();
+        let msgs = body["messages"].as_array().cloned().unwrap_or_default();
+        let step = match msgs.iter().filter(|m| m["role"] == "tool").count() {
+            0 => common::sse_tool_call("c1", "read_file", &json!({"path": "src/lib.rs"})),
+            1 => common::sse_tool_call(
+                "c2",
+                "edit_file",
+                &json!({"path": "src/lib.rs", "edits": [{"search": "\"hello\"", "replace": "\"howdy\""}]}),
+            ),
+            _ => [common::sse_delta("Done."), common::sse_stop()].concat(),
+        };
+        Reply::stream("text/event-stream", vec![Step::Write(step)])
+    })
+    .await
+    .expect("server");
+    let url = format!("{}/v1", server.url());
+    let env = [
+        ("CODA__LLM__PROVIDER", "openai"),
+        ("CODA__LLM__OPENAI__BASE_URL", url.as_str()),
+        ("CODA__LLM__OPENAI__MODEL", "m"),
+    ];
+    let root = p.root.display().to_string();
+    let ask = |yes: bool| {
+        let mut args = vec!["ask", "--tools", "--root", root.as_str(), "--json"];
+        if yes {
+            args.push("--yes");
+        }
+        args.push("say howdy instead");
+        tokio::task::block_in_place(|| p.home.run(&args, &env))
+    };
+
+    let out = ask(false);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v = json_of(&out);
+    assert_eq!(v["text"], "Done.");
+    let runs = v["tool_results"].as_array().expect("tool_results");
+    assert_eq!(runs.len(), 2, "{v:#}");
+    assert!(runs[0]["result"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("\"hello\""));
+    let refused = runs[1]["error"].as_str().unwrap();
+    assert!(
+        refused.contains("not run") && refused.contains("--yes"),
+        "{refused}"
+    );
+    assert!(p.read("src/lib.rs").contains("\"hello\""));
+    assert!(out.stderr.contains("⚙ read_file"), "{}", out.stderr);
+    // What the model was told, under the call's id.
+    let sent = server.requests().last().map(|r| r.json()).unwrap();
+    let told = sent["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(told["tool_call_id"], "c2");
+    assert!(told["content"].as_str().unwrap().contains("not run"));
+
+    let out = ask(true);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v = json_of(&out);
+    assert!(v["tool_results"][1]["result"].is_object(), "{v:#}");
+    assert!(p.read("src/lib.rs").contains("\"howdy\""));
+}

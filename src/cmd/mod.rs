@@ -249,8 +249,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Ask(args) => {
             init_logging(LLM_CLI_LOG, LogFormat::Text);
-            let loaded = choice.load(args.provider.overrides())?;
-            ask::run(&loaded.settings.llm, args)
+            let mut overrides = args.provider.overrides();
+            if let Some(root) = &args.root {
+                overrides.push((
+                    "tools.project_root".to_string(),
+                    OverrideValue::Str(root.display().to_string()),
+                    "--root".to_string(),
+                ));
+            }
+            let loaded = choice.load(overrides)?;
+            ask::run(&loaded, args)
         }
         Commands::Chat(args) => {
             init_logging(LLM_CLI_LOG, LogFormat::Text);

@@ -1073,3 +1073,10 @@ pub fn sse_stop() -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// An OpenAI-style streamed answer that is one tool call, then the end.
+pub fn sse_tool_call(id: &str, name: &str, args: &Value) -> Vec<u8> {
+    let call = json!({"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":id,"type":"function","function":{"name":name,"arguments":args.to_string()}}]},"finish_reason":null}]});
+    let end = json!({"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]});
+    format!("data: {call}\n\ndata: {end}\n\ndata: [DONE]\n\n").into_bytes()
+}

@@ -728,11 +728,7 @@ impl Repl {
         if let Some(p) = &self.project {
             system.push_str(&p.prompt());
         }
-        if self
-            .tools
-            .as_ref()
-            .is_some_and(|t| !t.specs(self.mode).is_empty())
-        {
+        if !self.offered().is_empty() {
             system.push_str(
                 "\n\nUse the tools to look at the project before answering about it, and to \
                  make the changes asked for; paths are relative to the project. The user \
@@ -746,6 +742,15 @@ impl Repl {
             system.push_str(notes);
         }
         system
+    }
+
+    /// The tools offered with the next request. None to the embedded model: it does not
+    /// call functions, and their schemas would only fill its small window.
+    fn offered(&self) -> Vec<coda_actors::llm::ToolSpec> {
+        match &self.tools {
+            Some(t) if self.provider != "local" => t.specs(self.mode),
+            _ => Vec::new(),
+        }
     }
 
     /// The model's context window, in tokens.
@@ -774,11 +779,7 @@ impl Repl {
     /// Compacts the older turns when the next request would fill most of the window
     /// (`force`: now, whatever the size).
     fn compact(&mut self, force: bool) {
-        let specs = self
-            .tools
-            .as_ref()
-            .map(|t| t.specs(self.mode))
-            .unwrap_or_default();
+        let specs = self.offered();
         let system = ChatMessage::new(ChatRole::System, self.system_prompt());
         let estimate = |msgs: &[ChatMessage], system: &ChatMessage| {
             compact::estimate_tokens(std::iter::once(system).chain(msgs))
@@ -974,11 +975,7 @@ impl Repl {
             let req = ChatRequest {
                 messages: msgs,
                 model: self.model.clone(),
-                tools: self
-                    .tools
-                    .as_ref()
-                    .map(|t| t.specs(self.mode))
-                    .unwrap_or_default(),
+                tools: self.offered(),
                 ..Default::default()
             };
             let started = Instant::now();
