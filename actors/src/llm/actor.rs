@@ -30,6 +30,8 @@ pub enum LlmUpdate {
         ttft_ms: Option<f64>,
         /// From request to the end, ms.
         total_ms: f64,
+        /// The tools the model asked to call (function calling), in order.
+        tool_calls: Vec<super::ToolCallRequest>,
     },
     /// Generation failed.
     Failed {
@@ -149,6 +151,7 @@ impl Handler<Generate> for LlmActor {
             let mut text = String::new();
             let mut index = 0u32;
             let mut ttft = None;
+            let mut calls = Vec::new();
             while let Some(chunk) = stream.next().await {
                 match chunk? {
                     StreamChunk::Token(piece) => {
@@ -170,7 +173,7 @@ impl Handler<Generate> for LlmActor {
                             text: piece,
                         });
                     }
-                    StreamChunk::ToolCall(_) => {}
+                    StreamChunk::ToolCall(c) => calls.push(c),
                     StreamChunk::Done { .. } => break,
                 }
             }
@@ -188,7 +191,7 @@ impl Handler<Generate> for LlmActor {
                     model: Some(model),
                 },
             );
-            Ok::<_, LlmError>((text, ttft, total_ms))
+            Ok::<_, LlmError>((text, ttft, total_ms, calls))
         };
         let reply = msg.reply_to;
         let session = msg.session_id;
@@ -201,12 +204,15 @@ impl Handler<Generate> for LlmActor {
                 .map(move |outcome, act, ctx| {
                     act.active.remove(&id);
                     match outcome {
-                        Ok(Ok((text, ttft_ms, total_ms))) => reply.do_send(LlmUpdate::Done {
-                            turn_id: id,
-                            text,
-                            ttft_ms,
-                            total_ms,
-                        }),
+                        Ok(Ok((text, ttft_ms, total_ms, tool_calls))) => {
+                            reply.do_send(LlmUpdate::Done {
+                                turn_id: id,
+                                text,
+                                ttft_ms,
+                                total_ms,
+                                tool_calls,
+                            })
+                        }
                         Ok(Err(error)) => {
                             act.sup.hub().publish(&session, &error.event(&id));
                             reply.do_send(LlmUpdate::Failed { turn_id: id, error });

@@ -49,17 +49,23 @@ impl Default for HttpOptions {
     }
 }
 
+/// Installs rustls' ring provider as the process default, once; every reqwest client of
+/// the process needs it (reqwest is built without a provider of its own).
+pub fn install_tls_provider() {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        // Err means another part of the process installed one first: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Largest error body read to build a message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Builds a client with `opts`' timeouts. The first call installs rustls' ring provider
 /// as the process default (reqwest is built without a provider of its own).
 pub fn client(opts: &HttpOptions) -> Result<reqwest::Client, LlmError> {
-    static PROVIDER: Once = Once::new();
-    PROVIDER.call_once(|| {
-        // Err means another part of the process installed one first: that one is used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    install_tls_provider();
     reqwest::Client::builder()
         .connect_timeout(opts.connect_timeout)
         .read_timeout(opts.idle_timeout)

@@ -66,6 +66,11 @@ pub struct ConversationSettings {
     /// Speech heard while the session's answer is being spoken interrupts it, as the
     /// `interrupt` command does (barge-in by voice).
     pub barge_in: bool,
+    /// Offer the model the tools (function calling, where the provider does it): its
+    /// calls run through the Tools actor, with their permissions, and it answers from the
+    /// results. At most `max_tool_rounds` rounds of calls per turn.
+    pub llm_tools: bool,
+    pub max_tool_rounds: u32,
 }
 
 impl Default for ConversationSettings {
@@ -79,6 +84,8 @@ impl Default for ConversationSettings {
             max_turns_in_flight: 16,
             follow_up: std::time::Duration::from_secs(5),
             barge_in: true,
+            llm_tools: true,
+            max_tool_rounds: 5,
         }
     }
 }
@@ -226,6 +233,11 @@ struct Turn {
     sentences: Vec<(String, Arc<SentenceProgress>)>,
     /// The input was speech.
     voice: bool,
+    /// The request of the last generation (with the tool calls and results so far), for
+    /// the next round.
+    messages: Vec<ChatMessage>,
+    /// Rounds of tool calls the model made.
+    tool_rounds: u32,
 }
 
 /// Where the orchestrator sends work. The kernel wires the real actors
@@ -466,6 +478,8 @@ impl Orchestrator {
                 spoken: Vec::new(),
                 sentences: Vec::new(),
                 voice: voice.is_some(),
+                messages: Vec::new(),
+                tool_rounds: 0,
             },
         );
         self.route(&turn_id, &session_id, msg.text, ctx);
@@ -595,18 +609,51 @@ impl Orchestrator {
     }
 
     fn generate(&mut self, turn_id: &str, context: Vec<ChatMessage>, ctx: &mut Context<Self>) {
-        let Some(turn) = self.turns.get(turn_id) else {
+        let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
-        let session_id = turn.session_id.clone();
         let mut messages = vec![ChatMessage::new(
             ChatRole::System,
             &self.settings.system_prompt,
         )];
         messages.extend(context);
+        turn.messages = messages;
+        self.generate_round(turn_id, ctx);
+    }
+
+    /// Asks the model with the turn's messages, offering the tools when configured.
+    fn generate_round(&mut self, turn_id: &str, ctx: &mut Context<Self>) {
+        let tools = self.tools.clone().filter(|_| self.settings.llm_tools);
+        let Some(tools) = tools else {
+            self.send_generate(turn_id, Vec::new(), ctx);
+            return;
+        };
+        let id = turn_id.to_string();
+        ctx.spawn(
+            tools
+                .send(crate::tools::Specs)
+                .into_actor(self)
+                .map(move |specs, act, ctx| act.send_generate(&id, specs.unwrap_or_default(), ctx)),
+        );
+    }
+
+    fn send_generate(
+        &mut self,
+        turn_id: &str,
+        tools: Vec<crate::llm::ToolSpec>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(turn) = self.turns.get(turn_id) else {
+            return;
+        };
+        if turn.phase.is_over() {
+            return;
+        }
+        let session_id = turn.session_id.clone();
         let request = ChatRequest {
-            messages,
+            messages: turn.messages.clone(),
             max_tokens: self.settings.max_tokens,
+            tools,
             ..Default::default()
         };
         let id = turn_id.to_string();
@@ -631,6 +678,66 @@ impl Orchestrator {
             };
             act.llm_failed(&id, error, ctx);
         }));
+    }
+
+    /// The model asked for tools: they run one after another through the Tools actor
+    /// (`tool_call`, `tool_result`/`tool_error` events; a tool that asks is not confirmed,
+    /// so the model hears that it needs the user's yes), and the model is asked again
+    /// with the results. `false`: no more rounds (none configured, the turn is over, or
+    /// the budget is spent), so the answer so far stands.
+    fn tool_round(
+        &mut self,
+        turn_id: &str,
+        text: String,
+        calls: Vec<crate::llm::ToolCallRequest>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let Some(tools) = self.tools.clone().filter(|_| self.settings.llm_tools) else {
+            return false;
+        };
+        let max = self.settings.max_tool_rounds;
+        let Some(turn) = self.turns.get_mut(turn_id) else {
+            return false;
+        };
+        if turn.phase.is_over() || turn.tool_rounds >= max {
+            if turn.tool_rounds >= max {
+                tracing::warn!(turn = %turn_id, "the model still calls tools after {max} rounds; answering with what it said");
+            }
+            return false;
+        }
+        turn.tool_rounds += 1;
+        turn.messages.push(ChatMessage {
+            role: ChatRole::Assistant,
+            content: text,
+            tool_calls: calls.clone(),
+            tool_call_id: None,
+        });
+        let session = turn.session_id.clone();
+        let id = turn_id.to_string();
+        let run = async move {
+            let mut results = Vec::new();
+            for c in &calls {
+                let call =
+                    crate::tools::Call::from_request(c, Some(id.clone()), Some(session.clone()));
+                let result = match tools.send(call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(crate::tools::ToolFailure::Unavailable(
+                        "the tools component is restarting".into(),
+                    )),
+                };
+                results.push(crate::tools::tool_message(&c.id, &result));
+            }
+            results
+        };
+        let id = turn_id.to_string();
+        ctx.spawn(run.into_actor(self).map(move |results, act, ctx| {
+            let Some(turn) = act.turns.get_mut(&id) else {
+                return;
+            };
+            turn.messages.extend(results);
+            act.generate_round(&id, ctx);
+        }));
+        true
     }
 
     fn run_system(&mut self, turn_id: &str, intent: SystemIntent, ctx: &mut Context<Self>) {
@@ -1211,8 +1318,15 @@ impl Handler<LlmUpdate> for Orchestrator {
             |act, ctx| match msg {
                 LlmUpdate::Token { turn_id, text } => act.on_token(&turn_id, &text, ctx),
                 LlmUpdate::Done {
-                    turn_id, total_ms, ..
+                    turn_id,
+                    total_ms,
+                    text,
+                    tool_calls,
+                    ..
                 } => {
+                    if !tool_calls.is_empty() && act.tool_round(&turn_id, text, tool_calls, ctx) {
+                        return;
+                    }
                     if let Some(turn) = act.turns.get_mut(&turn_id) {
                         turn.latency.set(Stage::Llm, total_ms);
                         turn.llm_done_at = Some(Instant::now());
