@@ -507,3 +507,121 @@ async fn coda_mcp_serve_with_the_rmcp_client() {
     assert_eq!(unknown.is_error, Some(true));
     let _ = client.cancel().await;
 }
+
+/// A voice/text turn in `coda serve` offers the model the tools, an MCP server's among
+/// them: the model (a scripted OpenAI-compatible server) calls `everything__echo`, the
+/// Tools actor runs it (`tool_call`, `tool_result`), and the model answers from the
+/// result. A tool that asks (`write_file`) is not run: the model is told it needs a yes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_lets_the_model_call_an_mcp_servers_tool() {
+    use coda_actors::llm::scripted::{Reply, ScriptedServer, Step};
+    let Some(index) = everything() else { return };
+    let upstream = ScriptedServer::start(|r| {
+        if r.path() != "/v1/chat/completions" {
+            return Reply::json(404, r#"{"error":{"message":"not here"}}"#);
+        }
+        let body = r.json();
+        let msgs = body["messages"].as_array().cloned().unwrap_or_default();
+        let results: Vec<String> = msgs
+            .iter()
+            .filter(|m| m["role"] == "tool")
+            .filter_map(|m| m["content"].as_str().map(str::to_string))
+            .collect();
+        let step = match results.len() {
+            0 => sse_tool_call(
+                "c1",
+                "everything__echo",
+                &json!({"message": "from the model"}),
+            ),
+            1 => sse_tool_call(
+                "c2",
+                "write_file",
+                &json!({"path": "notes.txt", "content": "x"}),
+            ),
+            _ => {
+                let echoed: Value = serde_json::from_str(&results[0]).unwrap_or(Value::Null);
+                let text = format!("It said {}. ", echoed["text"].as_str().unwrap_or("nothing"));
+                [sse_delta(&text), sse_stop()].concat()
+            }
+        };
+        Reply::stream("text/event-stream", vec![Step::Write(step)])
+    })
+    .await
+    .expect("upstream");
+    let home = Home::new();
+    write_config(&home, &stdio_config("everything", &index));
+    let base = format!("{}/v1", upstream.url());
+    let server = Server::start_in(
+        home.clone(),
+        &[],
+        &[
+            ("CODA__LLM__PROVIDER", "openai"),
+            ("CODA__LLM__OPENAI__BASE_URL", base.as_str()),
+            ("CODA__LLM__OPENAI__MODEL", "test-model"),
+        ],
+    );
+    let mut c = server.client().await;
+    c.hello(json!({})).await;
+    c.wait_for("everything ready", Duration::from_secs(30), |e| {
+        ty(e) == "mcp_status" && e["data"]["state"] == "ready"
+    })
+    .await;
+    let r = c
+        .request(
+            "text_input",
+            json!({"text": "please repeat something for me"}),
+        )
+        .await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let turn = r["data"]["data"]["turn_id"]
+        .as_str()
+        .expect("turn_id")
+        .to_string();
+    let mut seen = Vec::new();
+    let mut result = None;
+    loop {
+        let v = c.recv_json(Duration::from_secs(60)).await;
+        if v["data"]["turn_id"] != json!(turn) {
+            continue;
+        }
+        seen.push(v.clone());
+        if ty(&v) == "llm_result" {
+            result = Some(v["data"]["text"].as_str().unwrap_or_default().to_string());
+        }
+        if ty(&v) == "latency_trace" {
+            break;
+        }
+    }
+    let types: Vec<&str> = seen.iter().map(ty).collect();
+    let call = seen
+        .iter()
+        .find(|v| ty(v) == "tool_result" && v["data"]["tool"] == "everything__echo")
+        .unwrap_or_else(|| panic!("no echo result in {types:?}"));
+    assert_eq!(call["data"]["result"]["text"], "Echo: from the model");
+    let refused = seen
+        .iter()
+        .find(|v| ty(v) == "tool_error" && v["data"]["tool"] == "write_file")
+        .unwrap_or_else(|| panic!("no write_file error in {types:?}"));
+    assert_eq!(refused["data"]["code"], "needs_confirmation");
+    assert!(!home.path().join("notes.txt").exists());
+    assert_eq!(
+        result.as_deref(),
+        Some("It said Echo: from the model. "),
+        "{types:?}"
+    );
+    // What the model was offered: the built-ins and the MCP server's tools.
+    let first = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.path() == "/v1/chat/completions")
+        .map(|r| r.json())
+        .expect("a request");
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .expect("tools offered")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(offered.contains(&"everything__echo"), "{offered:?}");
+    assert!(offered.contains(&"clock"), "{offered:?}");
+}
