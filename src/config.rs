@@ -1487,6 +1487,21 @@ fn validate_memory_tools(s: &Settings) -> Result<(), ConfigError> {
         ));
     }
     let t = &s.tools;
+    // Any key may be written under tools.permissions (an MCP server's tools are only
+    // known once it runs), but a name that is no built-in and no `SERVER__tool` is a typo.
+    for name in t.permissions.keys() {
+        let mcp = name
+            .split_once(coda_actors::tools::registry::GROUP_SEPARATOR)
+            .is_some_and(|(server, tool)| {
+                coda_actors::mcp::valid_server_name(server) && !tool.is_empty()
+            });
+        if !mcp && !coda_actors::tools::builtin::is_builtin(name) {
+            return Err(invalid(
+                &format!("tools.permissions.{name}"),
+                "not a tool: name a built-in tool (`coda tools list`) or an MCP server's as SERVER__tool",
+            ));
+        }
+    }
     if !(t.default_timeout_s.is_finite()
         && t.default_timeout_s > 0.0
         && t.default_timeout_s <= 3600.0)
@@ -1625,7 +1640,32 @@ mod tests {
         let e = load(&env(&[("CODA__TOOLS__PERMISSIONS__NOT_A_TOOL", "safe")]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown config key"), "{e}");
+        assert!(
+            e.contains("tools.permissions.not_a_tool") && e.contains("not a tool"),
+            "{e}"
+        );
+        // An MCP server's tool may be named before the server runs (in a file: the
+        // environment's `__` would split its name).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[tools.permissions]\ntime__get_current_time = \"ask\"\n",
+        )
+        .unwrap();
+        let loaded = load(&LoadOptions {
+            config_file: Some(file),
+            ..env(&[])
+        })
+        .unwrap();
+        assert_eq!(
+            loaded
+                .settings
+                .tools
+                .permissions
+                .get("time__get_current_time"),
+            Some(&Permission::Ask)
+        );
     }
 
     fn env(pairs: &[(&str, &str)]) -> LoadOptions {
