@@ -459,6 +459,23 @@ impl MetricsConfig {
     }
 }
 
+/// `[telemetry]`: OpenTelemetry export (traces of every turn and the metrics, OTLP/HTTP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (`/v1/traces`, `/v1/metrics` are appended); empty =
+    /// `$OTEL_EXPORTER_OTLP_ENDPOINT`, and nothing is exported when both are empty.
+    pub endpoint: String,
+    /// Extra HTTP headers on every export (e.g. an API key).
+    pub headers: BTreeMap<String, String>,
+    /// `service.name`; empty = `$OTEL_SERVICE_NAME`, else `coda`.
+    pub service_name: String,
+    /// Fraction of turns traced, 0–1.
+    pub sampling_ratio: f64,
+    /// Seconds between metric exports.
+    pub export_interval_s: f64,
+}
+
 /// `[llm]`: the language model. The sampling keys apply to every provider (a request's own
 /// values win); `model` and `threads` are the embedded (`local`) model's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -478,6 +495,9 @@ pub struct LlmConfig {
     pub ollama: LlmOllamaConfig,
     pub openai: LlmOpenAiConfig,
     pub oci: LlmOciConfig,
+    /// Prices per model (`[llm.prices."MODEL"]`), for the cost of usage.
+    #[serde(default)]
+    pub prices: BTreeMap<String, coda_actors::llm::usage::Price>,
     /// Where the `pool` provider asks: copied from `[cluster]` at load (not a key), so
     /// the CLI's LLM commands can use the pool too.
     #[serde(skip)]
@@ -549,6 +569,7 @@ pub struct Settings {
     pub tools: ToolsConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub telemetry: TelemetryConfig,
     pub llm: LlmConfig,
     pub models: ModelsConfig,
     pub stt: SttConfig,
@@ -927,7 +948,16 @@ pub fn is_secret_key(key: &str) -> bool {
 fn redact(v: &mut serde_json::Value) {
     if let serde_json::Value::Object(map) = v {
         for (k, val) in map.iter_mut() {
-            if is_secret_key(k) {
+            // Export headers carry keys under any name (`authorization`, `x-api-key`).
+            if k == "headers" {
+                if let serde_json::Value::Object(h) = val {
+                    for hv in h.values_mut() {
+                        if matches!(hv, serde_json::Value::String(s) if !s.is_empty()) {
+                            *hv = serde_json::Value::String("***redacted***".into());
+                        }
+                    }
+                }
+            } else if is_secret_key(k) {
                 if matches!(val, serde_json::Value::String(s) if !s.is_empty()) {
                     *val = serde_json::Value::String("***redacted***".into());
                 }

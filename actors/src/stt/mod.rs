@@ -479,7 +479,14 @@ impl SttActor {
                 run.result = Some(res.clone());
                 if let Some((speech_ended, utterance_ended)) = u.final_waiting.take() {
                     act.utterances.remove(&session_id);
-                    act.finish(session_id, turn_id, res, speech_ended, utterance_ended);
+                    act.finish(
+                        session_id,
+                        turn_id,
+                        res,
+                        speech_ended,
+                        utterance_ended,
+                        tracing::Span::none(),
+                    );
                 } else {
                     act.interim(&session_id, turn_id, res);
                 }
@@ -514,7 +521,14 @@ impl SttActor {
                     match done {
                         Some(res) => {
                             self.utterances.remove(&session_id);
-                            self.finish(session_id, turn_id, res, speech_ended, utterance_ended);
+                            self.finish(
+                                session_id,
+                                turn_id,
+                                res,
+                                speech_ended,
+                                utterance_ended,
+                                tracing::Span::none(),
+                            );
                         }
                         None => u.final_waiting = Some((speech_ended, utterance_ended)),
                     }
@@ -539,9 +553,25 @@ impl SttActor {
             u.final_abort = Some(flag.clone());
         }
         let abort = flag.clone();
+        // The turn's trace starts here: its root span (the orchestrator keeps it) and the
+        // transcription's child span, closed when the transcript is back.
+        let root = crate::orchestrator::turn_span(&turn_id, &session_id);
+        let stt_span = tracing::debug_span!(
+            parent: &root,
+            "coda.stt",
+            otel.name = "stt",
+            coda.turn_id = turn_id.as_str(),
+            coda.session_id = session_id.as_str(),
+            coda.stt.audio_ms = samples.len() as f64 / 16.0,
+            otel.status_code = tracing::field::Empty,
+        );
         self.run(
             move |e| e.transcribe(&samples, Some(abort)),
             move |act, res, _| {
+                if res.is_err() {
+                    stt_span.record("otel.status_code", "error");
+                }
+                drop(stt_span);
                 let current = act.utterances.get(&session_id).is_some_and(|u| {
                     u.final_abort
                         .as_ref()
@@ -550,7 +580,14 @@ impl SttActor {
                 if current {
                     act.utterances.remove(&session_id);
                 }
-                act.finish(session_id, turn_id, res, speech_ended, utterance_ended);
+                act.finish(
+                    session_id,
+                    turn_id,
+                    res,
+                    speech_ended,
+                    utterance_ended,
+                    root,
+                );
             },
             ctx,
         );
@@ -563,6 +600,7 @@ impl SttActor {
         res: Result<Transcript, SttFailure>,
         speech_ended: Instant,
         utterance_ended: Instant,
+        span: tracing::Span,
     ) {
         let t = match res {
             Ok(t) => t,
@@ -606,6 +644,7 @@ impl SttActor {
             stt_ms: t.elapsed_ms,
             speech_ended,
             utterance_ended,
+            span,
         });
     }
 

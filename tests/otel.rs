@@ -1,0 +1,262 @@
+//! OpenTelemetry through the real `coda serve`: a loopback OTLP/HTTP receiver (the
+//! scripted server, decoding the protobuf bodies with `opentelemetry-proto`'s prost
+//! types) gets the span tree of one text turn, with the GenAI attributes and the token
+//! counts the scripted model reported, tagged with the turn id the WebSocket client saw;
+//! and the metrics. Without an endpoint nothing is sent and no exporter thread runs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use coda_actors::llm::scripted::{Recorded, Reply, ScriptedServer, Step};
+use common::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use serde_json::json;
+
+/// An OpenAI-compatible model that streams two sentences and reports usage 12 in, 7 out.
+async fn model() -> ScriptedServer {
+    ScriptedServer::start(|_| {
+        let mut steps = Vec::new();
+        for piece in ["Hello ", "there. ", "Bye."] {
+            steps.push(Step::Write(sse_delta(piece)));
+        }
+        steps.push(Step::Write(
+            format!(
+                "data: {}\n\n",
+                json!({"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7}})
+            )
+            .into_bytes(),
+        ));
+        steps.push(Step::Write(sse_stop()));
+        Reply::stream("text/event-stream", steps)
+    })
+    .await
+    .expect("model server")
+}
+
+/// A collector: every export is accepted with an empty protobuf answer.
+async fn collector() -> ScriptedServer {
+    ScriptedServer::start(|_| Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/x-protobuf".into()),
+            ("content-length".into(), "0".into()),
+        ],
+        chunked: false,
+        steps: Vec::new(),
+    })
+    .await
+    .expect("collector")
+}
+
+fn env_for<'a>(base: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("CODA__LLM__PROVIDER", "openai"),
+        ("CODA__LLM__OPENAI__BASE_URL", base),
+        ("CODA__LLM__OPENAI__MODEL", "test-model"),
+    ]
+}
+
+/// One text turn; its turn id once its `latency_trace` arrived.
+async fn one_turn(server: &Server) -> String {
+    let mut c = server.client().await;
+    let r = c.request("text_input", json!({"text": "say hello"})).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    let turn = r["data"]["data"]["turn_id"]
+        .as_str()
+        .expect("turn_id")
+        .to_string();
+    loop {
+        let v = c.recv_json(Duration::from_secs(30)).await;
+        if ty(&v) == "latency_trace" && v["data"]["turn_id"] == json!(turn) {
+            return turn;
+        }
+    }
+}
+
+/// Threads of `pid` whose name starts with `OpenTelemetry` (the SDK's exporter threads).
+fn exporter_threads(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|name| name.starts_with("OpenTelemetry"))
+        .count()
+}
+
+fn attrs(kv: &[KeyValue]) -> HashMap<String, any_value::Value> {
+    kv.iter()
+        .filter_map(|a| {
+            Some((
+                a.key.clone(),
+                a.value.as_ref().and_then(|v| v.value.clone())?,
+            ))
+        })
+        .collect()
+}
+
+fn string(a: &HashMap<String, any_value::Value>, k: &str) -> Option<String> {
+    match a.get(k) {
+        Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(a: &HashMap<String, any_value::Value>, k: &str) -> Option<i64> {
+    match a.get(k) {
+        Some(any_value::Value::IntValue(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+fn bodies<'a>(reqs: &'a [Recorded], path: &str) -> Vec<&'a Recorded> {
+    reqs.iter().filter(|r| r.path() == path).collect()
+}
+
+#[tokio::test]
+async fn a_turn_is_exported_as_a_span_tree_with_genai_attributes_and_metrics_follow() {
+    let (llm, otlp) = (model().await, collector().await);
+    let base = format!("{}/v1", llm.url());
+    let endpoint = otlp.url();
+    let mut env = env_for(&base);
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()));
+    env.push(("CODA__TELEMETRY__EXPORT_INTERVAL_S", "0.5"));
+    env.push(("CODA__TELEMETRY__SERVICE_NAME", "coda-under-test"));
+    let mut server = Server::start(&[], &env);
+    assert_eq!(
+        exporter_threads(server.pid()),
+        2,
+        "a batch span processor and a periodic metric reader"
+    );
+    let turn = one_turn(&server).await;
+    // SIGTERM: the spans still batched are flushed on the way out.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}: {}", server.stderr_text());
+
+    let reqs = otlp.requests();
+    let mut spans: Vec<Span> = Vec::new();
+    let mut services = Vec::new();
+    for r in bodies(&reqs, "/v1/traces") {
+        assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+        let req = ExportTraceServiceRequest::decode(r.body.as_slice()).expect("protobuf traces");
+        for rs in req.resource_spans {
+            if let Some(res) = &rs.resource {
+                services.extend(string(&attrs(&res.attributes), "service.name"));
+            }
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+    }
+    assert!(
+        services.iter().all(|s| s == "coda-under-test"),
+        "{services:?}"
+    );
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let root = spans
+        .iter()
+        .find(|s| {
+            s.name == "turn" && string(&attrs(&s.attributes), "coda.turn_id") == Some(turn.clone())
+        })
+        .unwrap_or_else(|| panic!("no root span for {turn} in {names:?}"));
+    assert!(root.parent_span_id.is_empty(), "the turn span is a root");
+    let ra = attrs(&root.attributes);
+    assert!(string(&ra, "coda.session_id").is_some_and(|s| !s.is_empty()));
+    assert_eq!(string(&ra, "coda.source").as_deref(), Some("text"));
+    assert!(int(&ra, "coda.seq").is_some(), "{ra:?}");
+    let children: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_id)
+        .collect();
+    let child = |name: &str| {
+        children
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no child {name} of the turn span in {names:?}"))
+    };
+    for s in &children {
+        assert_eq!(s.trace_id, root.trace_id, "one trace per turn");
+        assert!(s.start_time_unix_nano >= root.start_time_unix_nano);
+        assert!(
+            s.end_time_unix_nano <= root.end_time_unix_nano,
+            "{} ends inside the turn",
+            s.name
+        );
+    }
+    child("intent");
+    child("memory context");
+    child("tts");
+    let chat = child("chat test-model");
+    let ca = attrs(&chat.attributes);
+    assert_eq!(
+        string(&ca, "gen_ai.operation.name").as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        string(&ca, "gen_ai.provider.name").as_deref(),
+        Some("openai")
+    );
+    assert_eq!(string(&ca, "gen_ai.system").as_deref(), Some("openai"));
+    assert_eq!(
+        string(&ca, "gen_ai.request.model").as_deref(),
+        Some("test-model")
+    );
+    assert_eq!(
+        string(&ca, "gen_ai.response.model").as_deref(),
+        Some("test-model")
+    );
+    assert_eq!(int(&ca, "gen_ai.usage.input_tokens"), Some(12));
+    assert_eq!(int(&ca, "gen_ai.usage.output_tokens"), Some(7));
+    assert_eq!(string(&ca, "coda.turn_id"), Some(turn.clone()));
+    // SpanKind::Client is 3 in OTLP.
+    assert_eq!(chat.kind, 3);
+
+    // Metrics: the hub's event counters and the model's token counts.
+    let mut metric_names = Vec::new();
+    let mut input_tokens = None;
+    for r in bodies(&reqs, "/v1/metrics") {
+        let req = ExportMetricsServiceRequest::decode(r.body.as_slice()).expect("protobuf metrics");
+        for rm in req.resource_metrics {
+            for sm in rm.scope_metrics {
+                for m in sm.metrics {
+                    if m.name == "gen_ai.client.token.usage.input" {
+                        use opentelemetry_proto::tonic::metrics::v1::{
+                            metric::Data, number_data_point::Value,
+                        };
+                        if let Some(Data::Sum(sum)) = &m.data {
+                            for p in &sum.data_points {
+                                if let Some(Value::AsInt(v)) = p.value {
+                                    input_tokens = Some(v);
+                                }
+                            }
+                        }
+                    }
+                    metric_names.push(m.name);
+                }
+            }
+        }
+    }
+    assert!(
+        metric_names.iter().any(|n| n == "coda.events"),
+        "{metric_names:?}"
+    );
+    assert_eq!(input_tokens, Some(12), "{metric_names:?}");
+}
+
+#[tokio::test]
+async fn without_an_endpoint_nothing_is_exported_and_no_exporter_runs() {
+    let (llm, otlp) = (model().await, collector().await);
+    let base = format!("{}/v1", llm.url());
+    let mut server = Server::start(&[], &env_for(&base));
+    assert_eq!(exporter_threads(server.pid()), 0);
+    one_turn(&server).await;
+    assert_eq!(exporter_threads(server.pid()), 0);
+    server.terminate();
+    assert!(otlp.requests().is_empty(), "{:?}", otlp.requests());
+}
