@@ -119,7 +119,9 @@ fn bodies<'a>(reqs: &'a [Recorded], path: &str) -> Vec<&'a Recorded> {
     reqs.iter().filter(|r| r.path() == path).collect()
 }
 
-#[tokio::test]
+// Multi-threaded: the collector must answer while the test thread waits for the server
+// to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_is_exported_as_a_span_tree_with_genai_attributes_and_metrics_follow() {
     let (llm, otlp) = (model().await, collector().await);
     let base = format!("{}/v1", llm.url());

@@ -244,8 +244,10 @@ impl Handler<Generate> for LlmActor {
             let token_usage = prices.usage(&by, &model, counts, estimated);
             llm_span.record("gen_ai.response.model", model.as_str());
             llm_span.record("coda.provider", by.as_str());
-            llm_span.record("gen_ai.usage.input_tokens", token_usage.input_tokens);
-            llm_span.record("gen_ai.usage.output_tokens", token_usage.output_tokens);
+            // i64: u64 values become strings in OTLP.
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            llm_span.record("gen_ai.usage.input_tokens", int(token_usage.input_tokens));
+            llm_span.record("gen_ai.usage.output_tokens", int(token_usage.output_tokens));
             llm_span.record("coda.usage.estimated", estimated);
             if let Some(f) = &finish {
                 llm_span.record(

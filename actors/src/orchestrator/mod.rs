@@ -502,7 +502,9 @@ impl Orchestrator {
             },
         );
         if let Some(t) = self.turns.get(&turn_id) {
-            t.span.record("coda.seq", seq_before);
+            // i64: u64 values become strings in OTLP.
+            t.span
+                .record("coda.seq", i64::try_from(seq_before).unwrap_or(i64::MAX));
         }
         self.route(&turn_id, &session_id, msg.text, ctx);
         TurnStarted {
@@ -664,7 +666,7 @@ impl Orchestrator {
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let messages = match res {
                 Ok(Ok(context)) => {
-                    span.record("coda.memory.messages", context.messages.len());
+                    span.record("coda.memory.messages", context.messages.len() as i64);
                     context.messages
                 }
                 _ => {
@@ -1381,7 +1383,7 @@ impl Handler<TtsUpdate> for Orchestrator {
                 if let Some(turn) = act.turns.get_mut(&turn_id) {
                     turn.latency.set(Stage::Tts, duration_ms);
                     if let Some(span) = turn.tts_span.take() {
-                        span.record("coda.tts.sentences", turn.speech.queued);
+                        span.record("coda.tts.sentences", i64::from(turn.speech.queued));
                         span.record("coda.tts.duration_ms", duration_ms);
                     }
                 }
