@@ -804,7 +804,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let mut sources = BTreeMap::new();
     for (label, layer) in &layers {
         for key in flatten_config(layer)?.into_keys() {
-            if !known.contains_key(&key) {
+            if !known.contains_key(&key) && !OPEN_TABLES.iter().any(|t| key.starts_with(t)) {
                 let source_name = if label == "env" {
                     format!(
                         "environment variable CODA__{}",
@@ -890,6 +890,10 @@ fn extract_key(message: &str) -> Option<String> {
     let rest = &message[i + 9..];
     Some(rest[..rest.find('`')?].to_string())
 }
+
+/// Tables whose keys are the user's own (model names, header names): any key is taken
+/// there; serde checks the values' shape.
+const OPEN_TABLES: &[&str] = &["llm.prices.", "telemetry.headers."];
 
 fn flatten_config(c: &Config) -> Result<BTreeMap<String, serde_json::Value>, ConfigError> {
     let v: serde_json::Value = c

@@ -15,6 +15,7 @@ use super::{ChatMessage, Usage};
 
 /// The price of one model, per million tokens.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Price {
     /// Per million prompt tokens.
     pub input_per_mtok: f64,
