@@ -1719,5 +1719,13 @@ mod tests {
         assert_eq!(v["llm"]["openai"]["api_key"], "***redacted***");
         assert_eq!(v["llm"]["openai"]["api_key_env"], "OPENAI_API_KEY");
         assert_eq!(v["auth"]["token_file"], "/x");
+        // Export headers carry keys under any name.
+        let mut v = serde_json::json!({"telemetry": {"headers": {"x-honeycomb-team": "k1"}, "endpoint": "http://c"}});
+        redact(&mut v);
+        assert_eq!(
+            v["telemetry"]["headers"]["x-honeycomb-team"],
+            "***redacted***"
+        );
+        assert_eq!(v["telemetry"]["endpoint"], "http://c");
     }
 }
