@@ -54,7 +54,7 @@ async fn collector() -> ScriptedServer {
     .expect("collector")
 }
 
-fn env_for<'a>(base: &'a str) -> Vec<(&'static str, &'a str)> {
+fn env_for(base: &str) -> Vec<(&'static str, &str)> {
     vec![
         ("CODA__LLM__PROVIDER", "openai"),
         ("CODA__LLM__OPENAI__BASE_URL", base),

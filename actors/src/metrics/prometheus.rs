@@ -343,7 +343,8 @@ pub fn render(s: &Snapshot) -> String {
     .sample_u64("", &[], s.alerts_fired);
 
     if !s.llm_usage.is_empty() {
-        let families: [(&str, &str, fn(&crate::hub::LlmUsageTotals) -> u64); 4] = [
+        type Get = fn(&crate::hub::LlmUsageTotals) -> u64;
+        let families: [(&str, &str, Get); 4] = [
             (
                 "coda_llm_requests_total",
                 "Generations answered, by provider and model.",

@@ -536,7 +536,7 @@ impl Orchestrator {
             Ok(decision) => {
                 span.record("coda.intent", decision.intent.as_str());
                 span.record("coda.decision", decision.decision.kind());
-                span.record("coda.confidence", f64::from(decision.confidence));
+                span.record("coda.confidence", decision.confidence);
                 drop(span);
                 act.on_route(&id, decision, ctx)
             }
