@@ -62,21 +62,32 @@ fn env_for(base: &str) -> Vec<(&'static str, &str)> {
     ]
 }
 
-/// One text turn; its turn id once its `latency_trace` arrived.
-async fn one_turn(server: &Server) -> String {
-    let mut c = server.client().await;
-    let r = c.request("text_input", json!({"text": "say hello"})).await;
+/// One text turn; its turn id once its `latency_trace` arrived, and the `call_id` of its
+/// `tool_result` if a tool answered it.
+async fn turn_of(c: &mut Client, text: &str) -> (String, Option<String>) {
+    let r = c.request("text_input", json!({"text": text})).await;
     assert_eq!(ty(&r), "command_result", "{r}");
     let turn = r["data"]["data"]["turn_id"]
         .as_str()
         .expect("turn_id")
         .to_string();
+    let mut call = None;
     loop {
         let v = c.recv_json(Duration::from_secs(30)).await;
-        if ty(&v) == "latency_trace" && v["data"]["turn_id"] == json!(turn) {
-            return turn;
+        if v["data"]["turn_id"] != json!(turn) {
+            continue;
+        }
+        if ty(&v) == "tool_result" {
+            call = v["data"]["call_id"].as_str().map(str::to_string);
+        }
+        if ty(&v) == "latency_trace" {
+            return (turn, call);
         }
     }
+}
+
+async fn one_turn(server: &Server) -> String {
+    turn_of(&mut server.client().await, "say hello").await.0
 }
 
 /// Threads of `pid` whose name starts with `OpenTelemetry` (the SDK's exporter threads).
@@ -136,7 +147,11 @@ async fn a_turn_is_exported_as_a_span_tree_with_genai_attributes_and_metrics_fol
         2,
         "a batch span processor and a periodic metric reader"
     );
-    let turn = one_turn(&server).await;
+    let mut c = server.client().await;
+    let (turn, _) = turn_of(&mut c, "say hello").await;
+    // The clock tool answers this one, without the model.
+    let (tool_turn, call_id) = turn_of(&mut c, "what time is it").await;
+    let call_id = call_id.expect("a tool_result with a call_id");
     // SIGTERM: the spans still batched are flushed on the way out.
     let status = server.terminate();
     assert!(status.success(), "{status:?}: {}", server.stderr_text());
@@ -218,6 +233,27 @@ async fn a_turn_is_exported_as_a_span_tree_with_genai_attributes_and_metrics_fol
     assert_eq!(string(&ca, "coda.turn_id"), Some(turn.clone()));
     // SpanKind::Client is 3 in OTLP.
     assert_eq!(chat.kind, 3);
+
+    // The tool turn: a tool span under its own root, naming the tool_result's call.
+    let tool_root = spans
+        .iter()
+        .find(|s| {
+            s.name == "turn"
+                && string(&attrs(&s.attributes), "coda.turn_id") == Some(tool_turn.clone())
+        })
+        .unwrap_or_else(|| panic!("no root span for {tool_turn} in {names:?}"));
+    assert_ne!(tool_root.trace_id, root.trace_id, "a trace per turn");
+    let tool = spans
+        .iter()
+        .find(|s| s.parent_span_id == tool_root.span_id && s.name == "execute_tool clock")
+        .unwrap_or_else(|| panic!("no tool span under {tool_turn} in {names:?}"));
+    let ta = attrs(&tool.attributes);
+    assert_eq!(
+        string(&ta, "gen_ai.operation.name").as_deref(),
+        Some("execute_tool")
+    );
+    assert_eq!(string(&ta, "gen_ai.tool.name").as_deref(), Some("clock"));
+    assert_eq!(string(&ta, "gen_ai.tool.call.id"), Some(call_id));
 
     // Metrics: the hub's event counters and the model's token counts.
     let mut metric_names = Vec::new();
