@@ -298,3 +298,118 @@ async fn without_an_endpoint_nothing_is_exported_and_no_exporter_runs() {
     server.terminate();
     assert!(otlp.requests().is_empty(), "{:?}", otlp.requests());
 }
+
+/// The whisper model `scripts/setup` installs (or `CODA_TEST_WHISPER`).
+#[cfg(feature = "stt")]
+fn whisper_model() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("CODA_TEST_WHISPER").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share")))
+        .expect("HOME");
+    let p = base.join("coda/models/whisper-tiny.en.bin");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `coda models pull whisper-tiny.en` (scripts/setup does)",
+        p.display()
+    );
+    p
+}
+
+/// A spoken turn: the Stt actor opens the turn's root span, with the transcription as
+/// its first child, and the orchestrator's stages follow under the same root.
+#[cfg(feature = "stt")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoken_turn_has_its_transcription_under_the_same_root() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let (llm, otlp) = (model().await, collector().await);
+    let base = format!("{}/v1", llm.url());
+    let endpoint = otlp.url();
+    let whisper = whisper_model();
+    let mut env = env_for(&base);
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()));
+    env.push(("CODA__STT__MODEL", whisper.to_str().expect("utf-8")));
+    let mut server = Server::start(&[], &env);
+
+    let wav = tempfile::Builder::new()
+        .suffix(".wav")
+        .tempfile()
+        .expect("tempfile")
+        .into_temp_path();
+    let status = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "160", "-w"])
+        .arg(&wav)
+        .arg("Why is the sky blue?")
+        .status()
+        .expect("espeak-ng runs (scripts/setup installs it)");
+    assert!(status.success());
+    let samples = coda_actors::audio::convert::read_wav_16k(&wav).expect("wav");
+    let mut c = server.client().await;
+    c.send_cmd(
+        "stt_start",
+        json!({"mode": "push_to_talk", "source": "client"}),
+        Some("start"),
+    )
+    .await;
+    for chunk in samples.chunks(1600) {
+        let pcm: Vec<u8> = chunk
+            .iter()
+            .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+            .collect();
+        c.ws.send(WsMessage::binary(pcm)).await.expect("send audio");
+    }
+    c.send_cmd("stt_stop", json!({}), Some("stop")).await;
+    let mut turn = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = c.next_json(left).await.expect("the spoken turn's events");
+        if ty(&v) == "stt_result" {
+            turn = v["data"]["turn_id"].as_str().map(str::to_string);
+        }
+        if ty(&v) == "latency_trace"
+            && turn.is_some()
+            && v["data"]["turn_id"].as_str() == turn.as_deref()
+        {
+            break;
+        }
+    }
+    let turn = turn.expect("stt_result with a turn id");
+    assert!(server.terminate().success());
+
+    let mut spans: Vec<Span> = Vec::new();
+    for r in bodies(&otlp.requests(), "/v1/traces") {
+        let req = ExportTraceServiceRequest::decode(r.body.as_slice()).expect("protobuf traces");
+        for rs in req.resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+    }
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let root = spans
+        .iter()
+        .find(|s| {
+            s.name == "turn" && string(&attrs(&s.attributes), "coda.turn_id") == Some(turn.clone())
+        })
+        .unwrap_or_else(|| panic!("no root span for {turn} in {names:?}"));
+    assert_eq!(
+        string(&attrs(&root.attributes), "coda.source").as_deref(),
+        Some("voice")
+    );
+    let child = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.parent_span_id == root.span_id && s.name == name)
+            .unwrap_or_else(|| panic!("no child {name} of {turn} in {names:?}"))
+    };
+    let stt = child("stt");
+    assert!(stt.end_time_unix_nano > stt.start_time_unix_nano);
+    // The transcription comes first, then the model.
+    assert!(child("chat test-model").start_time_unix_nano >= stt.end_time_unix_nano);
+}
