@@ -891,6 +891,42 @@ fn extract_key(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
+fn validate_telemetry(t: &TelemetryConfig, llm: &LlmConfig) -> Result<(), ConfigError> {
+    let e = t.endpoint.trim();
+    if !e.is_empty() && !(e.starts_with("http://") || e.starts_with("https://")) {
+        return Err(invalid(
+            "telemetry.endpoint",
+            "must be an http:// or https:// URL (OTLP/HTTP), e.g. http://127.0.0.1:4318",
+        ));
+    }
+    if !(t.sampling_ratio.is_finite() && (0.0..=1.0).contains(&t.sampling_ratio)) {
+        return Err(invalid(
+            "telemetry.sampling_ratio",
+            "must be between 0 and 1",
+        ));
+    }
+    if !(t.export_interval_s.is_finite() && (0.1..=86_400.0).contains(&t.export_interval_s)) {
+        return Err(invalid(
+            "telemetry.export_interval_s",
+            "must be between 0.1 and 86400 seconds",
+        ));
+    }
+    for (model, p) in &llm.prices {
+        for (field, v) in [
+            ("input_per_mtok", p.input_per_mtok),
+            ("output_per_mtok", p.output_per_mtok),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(
+                    &format!("llm.prices.{model}.{field}"),
+                    "must be a price of zero or more",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Tables whose keys are the user's own (model names, header names): any key is taken
 /// there; serde checks the values' shape.
 const OPEN_TABLES: &[&str] = &["llm.prices.", "telemetry.headers."];
@@ -1064,6 +1100,7 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         }
     }
     s.metrics.alert_rules()?;
+    validate_telemetry(&s.telemetry, &s.llm)?;
     if s.conversation.history_turns > 1000 {
         return Err(invalid("conversation.history_turns", "at most 1000"));
     }
@@ -1710,6 +1747,28 @@ mod tests {
         assert!(e.contains("metrics.interval_s"), "{e}");
         let l = load(&env(&[("CODA__METRICS__INTERVAL_S", "0.2")])).unwrap();
         assert_eq!(l.settings.metrics.interval_s, 0.2);
+        for (k, v, key) in [
+            (
+                "CODA__TELEMETRY__SAMPLING_RATIO",
+                "1.5",
+                "telemetry.sampling_ratio",
+            ),
+            (
+                "CODA__TELEMETRY__ENDPOINT",
+                "127.0.0.1:4318",
+                "telemetry.endpoint",
+            ),
+            (
+                "CODA__TELEMETRY__EXPORT_INTERVAL_S",
+                "0",
+                "telemetry.export_interval_s",
+            ),
+        ] {
+            let e = load(&env(&[(k, v)])).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let l = load(&env(&[("CODA__TELEMETRY__ENDPOINT", "http://c:4318")])).unwrap();
+        assert_eq!(l.settings.telemetry.endpoint, "http://c:4318");
     }
 
     #[test]
