@@ -102,6 +102,8 @@ pub struct ConversationConfig {
     pub max_sessions: usize,
     pub max_turns_in_flight: usize,
     pub follow_up_s: f64,
+    pub llm_tools: bool,
+    pub max_tool_rounds: u32,
 }
 
 /// `[tts]`
@@ -278,6 +280,101 @@ pub struct ToolsConfig {
     pub project_root: String,
     pub files: ToolFilesConfig,
     pub shell: ToolShellConfig,
+}
+
+/// `[mcp]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    pub servers: BTreeMap<String, McpServerConfig>,
+    pub connect_timeout_s: f64,
+    pub call_timeout_s: f64,
+    pub max_result_bytes: usize,
+    pub serve: McpServeConfig,
+}
+
+/// `[mcp.servers.NAME]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpServerConfig {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: String,
+    pub url: String,
+    pub bearer_token: String,
+    pub bearer_token_env: String,
+    pub permissions: BTreeMap<String, Permission>,
+    pub enabled: Option<bool>,
+}
+
+/// `[mcp.serve]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServeConfig {
+    pub allow_ask: bool,
+    pub http: bool,
+}
+
+impl McpConfig {
+    /// The enabled servers' settings; `project` is their root and default directory.
+    /// Problems (a token variable that is not set) are errors naming the key.
+    pub fn server_settings(
+        &self,
+        project: &std::path::Path,
+        tools: &ToolsConfig,
+    ) -> Result<Vec<coda_actors::mcp::McpServerSettings>, ConfigError> {
+        use coda_actors::mcp::{McpServerSettings, McpTransport};
+        let mut out = Vec::new();
+        for (name, c) in &self.servers {
+            if c.enabled == Some(false) {
+                continue;
+            }
+            let key = |k: &str| format!("mcp.servers.{name}.{k}");
+            let transport = if !c.command.is_empty() {
+                McpTransport::Stdio {
+                    command: c.command.clone(),
+                    args: c.args.clone(),
+                    env: c.env.clone(),
+                    cwd: Some(if c.cwd.is_empty() {
+                        project.to_path_buf()
+                    } else {
+                        PathBuf::from(&c.cwd)
+                    }),
+                }
+            } else {
+                let token = if !c.bearer_token_env.is_empty() {
+                    Some(std::env::var(&c.bearer_token_env).map_err(|_| {
+                        invalid(
+                            &key("bearer_token_env"),
+                            format!("the environment variable {} is not set", c.bearer_token_env),
+                        )
+                    })?)
+                } else {
+                    Some(c.bearer_token.clone()).filter(|t| !t.is_empty())
+                };
+                McpTransport::Http {
+                    url: c.url.clone(),
+                    bearer_token: token,
+                }
+            };
+            let mut s = McpServerSettings::new(name, transport);
+            // tools.permissions with the full name wins over the server's own table.
+            s.permissions = c.permissions.clone();
+            let prefix = format!("{name}{}", coda_actors::tools::registry::GROUP_SEPARATOR);
+            for (full, p) in &tools.permissions {
+                if let Some(tool) = full.strip_prefix(&prefix) {
+                    s.permissions.insert(tool.to_string(), *p);
+                }
+            }
+            s.connect_timeout = Duration::from_secs_f64(self.connect_timeout_s);
+            s.call_timeout = Duration::from_secs_f64(self.call_timeout_s);
+            s.max_result_bytes = self.max_result_bytes;
+            s.roots = vec![project.to_path_buf()];
+            out.push(s);
+        }
+        Ok(out)
+    }
 }
 
 /// `[tools.files]`
@@ -567,6 +664,7 @@ pub struct Settings {
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     pub tools: ToolsConfig,
+    pub mcp: McpConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
@@ -927,9 +1025,14 @@ fn validate_telemetry(t: &TelemetryConfig, llm: &LlmConfig) -> Result<(), Config
     Ok(())
 }
 
-/// Tables whose keys are the user's own (model names, header names): any key is taken
-/// there; serde checks the values' shape.
-const OPEN_TABLES: &[&str] = &["llm.prices.", "telemetry.headers."];
+/// Tables whose keys are the user's own (server, tool, model and header names): any key
+/// is taken there; their values are still checked when read.
+const OPEN_TABLES: &[&str] = &[
+    "mcp.servers.",
+    "tools.permissions.",
+    "llm.prices.",
+    "telemetry.headers.",
+];
 
 fn flatten_config(c: &Config) -> Result<BTreeMap<String, serde_json::Value>, ConfigError> {
     let v: serde_json::Value = c
@@ -1131,6 +1234,7 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         ));
     }
     validate_memory_tools(s)?;
+    validate_mcp(&s.mcp)?;
     validate_stt(&s.stt)?;
     validate_cluster(&s.cluster, &s.llm)?;
     validate_wyoming(&s.wyoming)?;
@@ -1288,6 +1392,9 @@ fn validate_speech(s: &Settings) -> Result<(), ConfigError> {
             "must be between 0 and 120 seconds (0 = off)",
         ));
     }
+    if s.conversation.max_tool_rounds > 20 {
+        return Err(invalid("conversation.max_tool_rounds", "at most 20"));
+    }
     if !(s.tts.timeout_s.is_finite() && (0.5..=600.0).contains(&s.tts.timeout_s)) {
         return Err(invalid(
             "tts.timeout_s",
@@ -1370,6 +1477,61 @@ fn validate_llm(l: &LlmConfig) -> Result<(), ConfigError> {
     }
     if l.max_retries > 10 {
         return Err(invalid("llm.max_retries", "at most 10"));
+    }
+    Ok(())
+}
+
+fn validate_mcp(m: &McpConfig) -> Result<(), ConfigError> {
+    for (k, v) in [
+        ("mcp.connect_timeout_s", m.connect_timeout_s),
+        ("mcp.call_timeout_s", m.call_timeout_s),
+    ] {
+        if !(v.is_finite() && (0.1..=3600.0).contains(&v)) {
+            return Err(invalid(k, "must be between 0.1 and 3600 seconds"));
+        }
+    }
+    if !(256..=16 * 1024 * 1024).contains(&m.max_result_bytes) {
+        return Err(invalid(
+            "mcp.max_result_bytes",
+            "must be between 256 and 16777216",
+        ));
+    }
+    for (name, c) in &m.servers {
+        let key = |k: &str| format!("mcp.servers.{name}{k}");
+        if !coda_actors::mcp::valid_server_name(name) {
+            return Err(invalid(
+                &key(""),
+                "a server's name must be 1-32 characters of a-z, 0-9 and - (its tools are NAME__tool)",
+            ));
+        }
+        match (c.command.trim().is_empty(), c.url.trim().is_empty()) {
+            (true, true) => {
+                return Err(invalid(
+                    &key(""),
+                    "give `command` (a program speaking MCP on stdio) or `url` (streamable HTTP)",
+                ))
+            }
+            (false, false) => return Err(invalid(&key(""), "give `command` or `url`, not both")),
+            (true, false) => {
+                if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                    return Err(invalid(&key(".url"), "must be an http:// or https:// URL"));
+                }
+                if !c.args.is_empty() || !c.env.is_empty() || !c.cwd.is_empty() {
+                    return Err(invalid(
+                        &key(""),
+                        "`args`, `env` and `cwd` are for a `command`, not a `url`",
+                    ));
+                }
+            }
+            (false, true) => {
+                if !c.bearer_token.is_empty() || !c.bearer_token_env.is_empty() {
+                    return Err(invalid(
+                        &key(""),
+                        "a bearer token is for a `url`, not a `command`",
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -166,6 +166,7 @@ pub struct Running {
     server: actix_web::dev::Server,
     store: Arc<SledStore>,
     grace: Duration,
+    mcp: Vec<actix::Addr<coda_actors::mcp::McpServerActor>>,
 }
 
 /// Starts everything (must be called inside an actix `System`).
@@ -230,8 +231,18 @@ pub async fn start(
         listen: Some(addr.to_string()),
         ..facts
     };
-    let rooms = start_rooms(s, storage, &hub, &components)?;
+    let (rooms, registry) = start_rooms(s, storage, &hub, &components)?;
+    let mcp = start_mcp(s, &registry, &hub)?;
     let llm = llm_provider(s, &hub, cluster.as_ref());
+    let mcp_http = s.mcp.serve.http.then(|| {
+        web::Data::new(coda_actors::mcp::server::HttpEndpoint::new(
+            coda_actors::mcp::server::CodaMcpServer::new(
+                registry.clone(),
+                llm.clone().ok(),
+                s.mcp.serve.allow_ask,
+            ),
+        ))
+    });
     let kernel = start_kernel(s, &hub, &components, rooms, llm.clone());
     start_wyoming(s, &hub, &kernel, &components)?;
     if let Some(c) = &cluster {
@@ -310,6 +321,12 @@ pub async fn start(
             .route("/metrics", web::get().to(prometheus_metrics))
             .route("/api/system_info", web::get().to(api_system_info))
             .route("/api/config", web::get().to(api_config))
+            .configure(|cfg| {
+                if let Some(endpoint) = &mcp_http {
+                    cfg.app_data(endpoint.clone())
+                        .route("/mcp", web::route().to(mcp_endpoint));
+                }
+            })
             .default_service(web::to(not_found))
     })
     .workers(workers)
@@ -346,6 +363,7 @@ pub async fn start(
         server,
         store,
         grace,
+        mcp,
     })
 }
 
@@ -367,6 +385,10 @@ impl Running {
     /// Waits for the HTTP server to stop, then flushes and cleans up.
     pub async fn finish(self) -> anyhow::Result<()> {
         let result = self.server.await;
+        // The MCP servers' programs go with us.
+        for m in &self.mcp {
+            let _ = m.send(coda_actors::mcp::actor::StopMcp).await;
+        }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "store flush failed at shutdown");
         }
@@ -476,7 +498,7 @@ fn start_rooms(
     storage: Arc<dyn Storage>,
     hub: &HubHandle,
     components: &ComponentRegistry,
-) -> Result<Rooms, StartError> {
+) -> Result<(Rooms, Arc<coda_actors::tools::ToolRegistry>), StartError> {
     use actix::{Actor, Supervisor};
     use coda_actors::memory::{MemoryActor, MemoryEngine};
     use coda_actors::tools::{register_builtins, BuiltinDeps, ToolRegistry, ToolsActor};
@@ -516,9 +538,11 @@ fn start_rooms(
     registry
         .set_permissions(&s.tools.permissions)
         .map_err(|e| StartError::Other(anyhow::anyhow!("tools.permissions: {e}")))?;
-    let tools_actor = ToolsActor::new(registry, Some(hub.clone())).supervised(sup("tools"));
+    let registry = Arc::new(registry);
+    let tools_actor =
+        ToolsActor::shared(registry.clone(), Some(hub.clone())).supervised(sup("tools"));
     let tools = Supervisor::start(move |_| tools_actor);
-    Ok(Rooms {
+    let rooms = Rooms {
         memory: Some(memory),
         tools: Some(tools),
         matcher: None,
@@ -527,7 +551,34 @@ fn start_rooms(
         device_audio: None,
         speech: None,
         timers: Some(timers),
-    })
+    };
+    Ok((rooms, registry))
+}
+
+/// One `McpServerActor` per configured MCP server: their tools join the registry as they
+/// connect (`mcp_status` says so), and go when they stop.
+fn start_mcp(
+    s: &Settings,
+    registry: &Arc<coda_actors::tools::ToolRegistry>,
+    hub: &HubHandle,
+) -> Result<Vec<actix::Addr<coda_actors::mcp::McpServerActor>>, StartError> {
+    use coda_actors::mcp::McpServerActor;
+    let servers = s
+        .mcp
+        .server_settings(&s.tools.project_root(), &s.tools)
+        .map_err(|e| StartError::Other(e.into()))?;
+    Ok(servers
+        .into_iter()
+        .map(|settings| {
+            let actor = McpServerActor::new(
+                settings,
+                registry.clone(),
+                Some(hub.clone()),
+                s.restart_budget(),
+            );
+            actix::Supervisor::start(move |_| actor)
+        })
+        .collect())
 }
 
 /// `audio.listen`: the server listens on its own input device from the start, as the
@@ -584,6 +635,8 @@ fn start_kernel(
             max_turns_in_flight: s.conversation.max_turns_in_flight,
             follow_up: crate::config::Settings::secs(s.conversation.follow_up_s),
             barge_in: s.audio.barge_in,
+            llm_tools: s.conversation.llm_tools,
+            max_tool_rounds: s.conversation.max_tool_rounds,
         },
         stt: s.stt_settings(),
         tts_output: s.tts_output(),
@@ -753,6 +806,44 @@ async fn api_config(req: HttpRequest, state: web::Data<UpgradeState>) -> HttpRes
         "config": state.shared.facts.config,
         "profile": state.shared.facts.profile,
     }))
+}
+
+/// `/mcp`: Coda's tools to MCP clients over streamable HTTP, behind the same token as the
+/// API and the WebSocket.
+async fn mcp_endpoint(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<UpgradeState>,
+    endpoint: web::Data<coda_actors::mcp::server::HttpEndpoint>,
+) -> HttpResponse {
+    if let Some(r) = api_refusal(&req, &state) {
+        return r;
+    }
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let answer = endpoint
+        .handle(
+            req.method().as_str(),
+            &req.uri().to_string(),
+            headers,
+            bytes::Bytes::from(body.to_vec()),
+        )
+        .await;
+    let status = actix_web::http::StatusCode::from_u16(answer.status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = HttpResponse::build(status);
+    for (k, v) in answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::try_from(k.as_str()),
+            header::HeaderValue::from_bytes(&v),
+        ) {
+            out.append_header((name, value));
+        }
+    }
+    out.streaming(answer.body)
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

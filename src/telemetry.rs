@@ -103,7 +103,7 @@ mod otel {
         /// Builds the exporters and the layer that feeds spans to them.
         pub fn start(s: &TelemetrySettings) -> Result<(Telemetry, BoxedLayer), TelemetryError> {
             let err = |e: &dyn std::fmt::Display| TelemetryError(e.to_string());
-            coda_actors::llm::http::install_crypto_provider();
+            coda_actors::llm::http::install_tls_provider();
             let headers: std::collections::HashMap<String, String> =
                 s.headers.clone().into_iter().collect();
             let resource = Resource::builder()

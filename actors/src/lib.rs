@@ -10,6 +10,7 @@ pub mod hub;
 pub mod intent;
 pub mod kernel;
 pub mod llm;
+pub mod mcp;
 pub mod memory;
 pub mod metrics;
 pub mod models;

@@ -892,6 +892,27 @@ pub struct ToolPreview {
     pub diff: Option<String>,
 }
 
+/// `mcp_status`: an MCP server (`[mcp.servers.NAME]`) connected, changed its tools
+/// (`notifications/tools/list_changed`), exited, is being restarted, or was given up on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct McpStatus {
+    /// The server's name in the config.
+    pub server: String,
+    /// `starting`, `ready`, `restarting`, `failed` (out of restarts, or cannot start) or
+    /// `stopped`.
+    pub state: String,
+    /// `stdio` or `http`.
+    pub transport: String,
+    /// Its tools as registered (`NAME__tool`), when ready.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// What happened: `connected`, `list_changed`, an exit or error message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `tool_progress`: a piece of a running tool's output (a shell command's stdout or
 /// stderr as it comes), before its `tool_result`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1125,6 +1146,7 @@ event_data! {
     ToolProgress,
     ToolResult,
     ToolError,
+    McpStatus,
     ConversationStart,
     ConversationTurn,
     ConversationEnd,

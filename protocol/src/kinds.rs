@@ -114,6 +114,8 @@ name_enum! {
         ToolResult = "tool_result",
         /// A tool call failed.
         ToolError = "tool_error",
+        /// An MCP server connected, changed its tools, exited or was given up on.
+        McpStatus = "mcp_status",
         // conversation and state
         /// A conversation began.
         ConversationStart = "conversation_start",

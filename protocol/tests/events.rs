@@ -323,6 +323,15 @@ fn samples() -> Vec<EventData> {
             }),
         }
         .into(),
+        McpStatus {
+            server: "time".into(),
+            state: "ready".into(),
+            transport: "stdio".into(),
+            tools: vec!["time__get_current_time".into()],
+            restarts: 0,
+            reason: Some("connected".into()),
+        }
+        .into(),
         ConversationStart {
             conversation_id: "v-1".into(),
             client_id: Some("c-9".into()),

@@ -123,12 +123,19 @@ pub fn run(loaded: &Loaded, args: AskArgs) -> anyhow::Result<()> {
         messages.push(ChatMessage::new(ChatRole::System, sys));
     }
     messages.push(ChatMessage::new(ChatRole::User, prompt));
+    let rt = llm_setup::runtime()?;
+    let mcp = match &registry {
+        Some(r) => {
+            let servers = crate::cmd::mcp::servers(loaded, &loaded.settings.tools.project_root())?;
+            rt.block_on(crate::cmd::mcp::connect_all(servers, r))
+        }
+        None => Vec::new(),
+    };
     let tools = registry
         .as_ref()
         .map(ToolRegistry::specs)
         .unwrap_or_default();
-    let rt = llm_setup::runtime()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let t0 = Instant::now();
         let mut out = std::io::stdout().lock();
         let mut text = String::new();
@@ -239,7 +246,9 @@ pub fn run(loaded: &Loaded, args: AskArgs) -> anyhow::Result<()> {
         }
         out.flush()?;
         Ok(())
-    })
+    });
+    rt.block_on(crate::cmd::mcp::disconnect_all(mcp));
+    result
 }
 
 /// Runs one call the model made, telling stderr; a call that asks runs only when `yes`.

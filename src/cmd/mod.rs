@@ -16,6 +16,7 @@ pub mod config;
 pub mod devices;
 pub mod events;
 pub mod map;
+pub mod mcp;
 pub mod memory;
 pub mod models;
 pub mod protocol;
@@ -107,6 +108,12 @@ pub enum Commands {
     /// The assistant's tools without a model or a server: list them, call one (files,
     /// shell, ...) with the same permission checks, undo the last write.
     Tools(tools::ToolsArgs),
+    /// MCP: the servers whose tools Coda uses (list, their tools), and Coda as an MCP
+    /// server on stdio.
+    Mcp {
+        #[command(subcommand)]
+        cmd: mcp::McpCommand,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -282,6 +289,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn", LogFormat::Text);
             let loaded = choice.load(args.overrides())?;
             tools::run(&loaded, args)
+        }
+        Commands::Mcp { cmd } => {
+            // stdout is the protocol for `serve`: logs go to stderr, as always.
+            init_logging("warn", LogFormat::Text);
+            mcp::run(&choice.load(Vec::new())?, cmd)
         }
         Commands::Devices { json } => {
             init_logging("warn", LogFormat::Text);

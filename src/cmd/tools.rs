@@ -127,8 +127,33 @@ pub fn registry(loaded: &Loaded, root: Option<PathBuf>) -> anyhow::Result<ToolRe
 /// Runs a `coda tools` command.
 pub fn run(loaded: &Loaded, args: ToolsArgs) -> anyhow::Result<()> {
     let registry = registry(loaded, None)?;
+    // The MCP servers' tools too: every server for a listing, the one named for a call.
+    let mut servers = super::mcp::servers(loaded, &loaded.settings.tools.project_root())?;
+    match &args.cmd {
+        ToolsCommand::List { .. } => {}
+        ToolsCommand::Call { name, .. } => servers.retain(|s| {
+            name.starts_with(&format!(
+                "{}{}",
+                s.name,
+                coda_actors::tools::registry::GROUP_SEPARATOR
+            ))
+        }),
+        ToolsCommand::Undo { .. } => servers.clear(),
+    }
+    let rt = crate::llm_setup::background_runtime()?;
+    let conns = rt.block_on(super::mcp::connect_all(servers, &registry));
+    let result = run_with(&rt, &registry, args);
+    rt.block_on(super::mcp::disconnect_all(conns));
+    result
+}
+
+fn run_with(
+    rt: &tokio::runtime::Runtime,
+    registry: &ToolRegistry,
+    args: ToolsArgs,
+) -> anyhow::Result<()> {
     match args.cmd {
-        ToolsCommand::List { json } => list(&registry, json),
+        ToolsCommand::List { json } => list(registry, json),
         ToolsCommand::Call {
             name,
             args,
@@ -140,10 +165,11 @@ pub fn run(loaded: &Loaded, args: ToolsArgs) -> anyhow::Result<()> {
                     key: "--args".into(),
                     problem: format!("not JSON: {e}"),
                 })?;
-            call(&registry, &name, arguments, yes, json)
+            call(rt, registry, &name, arguments, yes, json)
         }
         ToolsCommand::Undo { yes, force } => call(
-            &registry,
+            rt,
+            registry,
             "undo_last_write",
             json!({"force": force}),
             yes,
@@ -176,6 +202,7 @@ fn list(registry: &ToolRegistry, json: bool) -> anyhow::Result<()> {
 }
 
 fn call(
+    rt: &tokio::runtime::Runtime,
     registry: &ToolRegistry,
     name: &str,
     arguments: Value,
@@ -197,7 +224,6 @@ fn call(
         progress,
         ..ToolContext::default()
     };
-    let rt = crate::llm_setup::runtime()?;
     let result = rt.block_on(async {
         // Ctrl-C or SIGTERM stops the tool (a command's process group is killed, as it is
         // in its own group and the terminal's Ctrl-C does not reach it), and the call

@@ -31,6 +31,8 @@ pub enum LlmUpdate {
         ttft_ms: Option<f64>,
         /// From request to the end, ms.
         total_ms: f64,
+        /// The tools the model asked to call (function calling), in order.
+        tool_calls: Vec<super::ToolCallRequest>,
     },
     /// Generation failed.
     Failed {
@@ -99,6 +101,8 @@ struct Generated {
     ttft_ms: Option<f64>,
     total_ms: f64,
     result: LlmResult,
+    /// The tool calls the model asked for.
+    tool_calls: Vec<super::ToolCallRequest>,
 }
 
 impl Actor for LlmActor {
@@ -199,6 +203,7 @@ impl Handler<Generate> for LlmActor {
             let mut ttft = None;
             let mut reported: Option<Usage> = None;
             let mut finish = None;
+            let mut calls = Vec::new();
             while let Some(chunk) = stream.next().await {
                 match chunk? {
                     StreamChunk::Token(piece) => {
@@ -220,7 +225,7 @@ impl Handler<Generate> for LlmActor {
                             text: piece,
                         });
                     }
-                    StreamChunk::ToolCall(_) => {}
+                    StreamChunk::ToolCall(c) => calls.push(c),
                     StreamChunk::Done {
                         finish_reason,
                         usage,
@@ -274,6 +279,7 @@ impl Handler<Generate> for LlmActor {
                 ttft_ms: ttft,
                 total_ms,
                 result,
+                tool_calls: calls,
             })
         };
         let reply = msg.reply_to;
@@ -305,6 +311,7 @@ impl Handler<Generate> for LlmActor {
                                 text: g.text,
                                 ttft_ms: g.ttft_ms,
                                 total_ms: g.total_ms,
+                                tool_calls: g.tool_calls,
                             })
                         }
                         Ok(Err(error)) => {

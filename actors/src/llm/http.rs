@@ -49,13 +49,9 @@ impl Default for HttpOptions {
     }
 }
 
-/// Largest error body read to build a message.
-const MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// Installs rustls' ring provider as the process default, once (reqwest is built without
-/// a provider of its own; every reqwest client of the process needs it, the OpenTelemetry
-/// exporter's too).
-pub fn install_crypto_provider() {
+/// Installs rustls' ring provider as the process default, once; every reqwest client of
+/// the process needs it (reqwest is built without a provider of its own).
+pub fn install_tls_provider() {
     static PROVIDER: Once = Once::new();
     PROVIDER.call_once(|| {
         // Err means another part of the process installed one first: that one is used.
@@ -63,10 +59,13 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// Largest error body read to build a message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// Builds a client with `opts`' timeouts. The first call installs rustls' ring provider
 /// as the process default (reqwest is built without a provider of its own).
 pub fn client(opts: &HttpOptions) -> Result<reqwest::Client, LlmError> {
-    install_crypto_provider();
+    install_tls_provider();
     reqwest::Client::builder()
         .connect_timeout(opts.connect_timeout)
         .read_timeout(opts.idle_timeout)

@@ -66,6 +66,11 @@ pub struct ConversationSettings {
     /// Speech heard while the session's answer is being spoken interrupts it, as the
     /// `interrupt` command does (barge-in by voice).
     pub barge_in: bool,
+    /// Offer the model the tools (function calling, where the provider does it): its
+    /// calls run through the Tools actor, with their permissions, and it answers from the
+    /// results. At most `max_tool_rounds` rounds of calls per turn.
+    pub llm_tools: bool,
+    pub max_tool_rounds: u32,
 }
 
 impl Default for ConversationSettings {
@@ -79,6 +84,8 @@ impl Default for ConversationSettings {
             max_turns_in_flight: 16,
             follow_up: std::time::Duration::from_secs(5),
             barge_in: true,
+            llm_tools: true,
+            max_tool_rounds: 5,
         }
     }
 }
@@ -234,6 +241,11 @@ struct Turn {
     span: tracing::Span,
     /// Speech's span: from the first sentence queued to the last one spoken.
     tts_span: Option<tracing::Span>,
+    /// The request of the last generation (with the tool calls and results so far), for
+    /// the next round.
+    messages: Vec<ChatMessage>,
+    /// Rounds of tool calls the model made.
+    tool_rounds: u32,
 }
 
 /// Where the orchestrator sends work. The kernel wires the real actors
@@ -499,6 +511,8 @@ impl Orchestrator {
                 voice: voice.is_some(),
                 span,
                 tts_span: None,
+                messages: Vec::new(),
+                tool_rounds: 0,
             },
         );
         if let Some(t) = self.turns.get(&turn_id) {
@@ -591,18 +605,7 @@ impl Orchestrator {
         let id = turn_id.to_string();
         // Our own call id, so the span and the tool_result event name the same call.
         let call_id = format!("k-{turn_id}");
-        let span = tracing::debug_span!(
-            parent: &turn.span,
-            "gen_ai.execute_tool",
-            otel.name = format!("execute_tool {name}"),
-            otel.status_code = tracing::field::Empty,
-            gen_ai.operation.name = "execute_tool",
-            gen_ai.tool.name = name.as_str(),
-            gen_ai.tool.call.id = call_id.as_str(),
-            gen_ai.tool.type = "function",
-            coda.turn_id = turn_id,
-            coda.session_id = turn.session_id.as_str(),
-        );
+        let span = tool_span(&turn.span, &name, &call_id, turn_id, &turn.session_id);
         let fut = tools.send(crate::tools::Call {
             name: name.clone(),
             arguments,
@@ -681,18 +684,51 @@ impl Orchestrator {
     }
 
     fn generate(&mut self, turn_id: &str, context: Vec<ChatMessage>, ctx: &mut Context<Self>) {
-        let Some(turn) = self.turns.get(turn_id) else {
+        let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
-        let session_id = turn.session_id.clone();
         let mut messages = vec![ChatMessage::new(
             ChatRole::System,
             &self.settings.system_prompt,
         )];
         messages.extend(context);
+        turn.messages = messages;
+        self.generate_round(turn_id, ctx);
+    }
+
+    /// Asks the model with the turn's messages, offering the tools when configured.
+    fn generate_round(&mut self, turn_id: &str, ctx: &mut Context<Self>) {
+        let tools = self.tools.clone().filter(|_| self.settings.llm_tools);
+        let Some(tools) = tools else {
+            self.send_generate(turn_id, Vec::new(), ctx);
+            return;
+        };
+        let id = turn_id.to_string();
+        ctx.spawn(
+            tools
+                .send(crate::tools::Specs)
+                .into_actor(self)
+                .map(move |specs, act, ctx| act.send_generate(&id, specs.unwrap_or_default(), ctx)),
+        );
+    }
+
+    fn send_generate(
+        &mut self,
+        turn_id: &str,
+        tools: Vec<crate::llm::ToolSpec>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(turn) = self.turns.get(turn_id) else {
+            return;
+        };
+        if turn.phase.is_over() {
+            return;
+        }
+        let session_id = turn.session_id.clone();
         let request = ChatRequest {
-            messages,
+            messages: turn.messages.clone(),
             max_tokens: self.settings.max_tokens,
+            tools,
             ..Default::default()
         };
         let id = turn_id.to_string();
@@ -718,6 +754,72 @@ impl Orchestrator {
             };
             act.llm_failed(&id, error, ctx);
         }));
+    }
+
+    /// The model asked for tools: they run one after another through the Tools actor
+    /// (`tool_call`, `tool_result`/`tool_error` events; a tool that asks is not confirmed,
+    /// so the model hears that it needs the user's yes), and the model is asked again
+    /// with the results. `false`: no more rounds (none configured, the turn is over, or
+    /// the budget is spent), so the answer so far stands.
+    fn tool_round(
+        &mut self,
+        turn_id: &str,
+        text: String,
+        calls: Vec<crate::llm::ToolCallRequest>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let Some(tools) = self.tools.clone().filter(|_| self.settings.llm_tools) else {
+            return false;
+        };
+        let max = self.settings.max_tool_rounds;
+        let Some(turn) = self.turns.get_mut(turn_id) else {
+            return false;
+        };
+        if turn.phase.is_over() || turn.tool_rounds >= max {
+            if turn.tool_rounds >= max {
+                tracing::warn!(turn = %turn_id, "the model still calls tools after {max} rounds; answering with what it said");
+            }
+            return false;
+        }
+        turn.tool_rounds += 1;
+        turn.messages.push(ChatMessage {
+            role: ChatRole::Assistant,
+            content: text,
+            tool_calls: calls.clone(),
+            tool_call_id: None,
+        });
+        let session = turn.session_id.clone();
+        let id = turn_id.to_string();
+        let parent = turn.span.clone();
+        let run = async move {
+            let mut results = Vec::new();
+            for c in &calls {
+                let span = tool_span(&parent, &c.name, &c.id, &id, &session);
+                let call =
+                    crate::tools::Call::from_request(c, Some(id.clone()), Some(session.clone()));
+                let result = match tools.send(call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(crate::tools::ToolFailure::Unavailable(
+                        "the tools component is restarting".into(),
+                    )),
+                };
+                if result.is_err() {
+                    span.record("otel.status_code", "error");
+                }
+                drop(span);
+                results.push(crate::tools::tool_message(&c.id, &result));
+            }
+            results
+        };
+        let id = turn_id.to_string();
+        ctx.spawn(run.into_actor(self).map(move |results, act, ctx| {
+            let Some(turn) = act.turns.get_mut(&id) else {
+                return;
+            };
+            turn.messages.extend(results);
+            act.generate_round(&id, ctx);
+        }));
+        true
     }
 
     fn run_system(&mut self, turn_id: &str, intent: SystemIntent, ctx: &mut Context<Self>) {
@@ -1076,6 +1178,28 @@ pub fn turn_span(turn_id: &str, session_id: &str) -> tracing::Span {
     )
 }
 
+/// A tool call's span (GenAI `execute_tool`) under the turn's span.
+fn tool_span(
+    parent: &tracing::Span,
+    name: &str,
+    call_id: &str,
+    turn_id: &str,
+    session_id: &str,
+) -> tracing::Span {
+    tracing::debug_span!(
+        parent: parent,
+        "gen_ai.execute_tool",
+        otel.name = format!("execute_tool {name}"),
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = name,
+        gen_ai.tool.call.id = call_id,
+        gen_ai.tool.type = "function",
+        coda.turn_id = turn_id,
+        coda.session_id = session_id,
+    )
+}
+
 /// What to say for a tool's answer: its `spoken` or `text` field, else compact JSON.
 fn spoken_tool_answer(value: &serde_json::Value) -> String {
     ["spoken", "text", "message", "summary"]
@@ -1348,8 +1472,15 @@ impl Handler<LlmUpdate> for Orchestrator {
             |act, ctx| match msg {
                 LlmUpdate::Token { turn_id, text } => act.on_token(&turn_id, &text, ctx),
                 LlmUpdate::Done {
-                    turn_id, total_ms, ..
+                    turn_id,
+                    total_ms,
+                    text,
+                    tool_calls,
+                    ..
                 } => {
+                    if !tool_calls.is_empty() && act.tool_round(&turn_id, text, tool_calls, ctx) {
+                        return;
+                    }
                     if let Some(turn) = act.turns.get_mut(&turn_id) {
                         turn.latency.set(Stage::Llm, total_ms);
                         turn.llm_done_at = Some(Instant::now());

@@ -76,6 +76,7 @@ impl Handler<Generate> for Model {
                 text,
                 ttft_ms: Some(1.0),
                 total_ms: 5.0,
+                tool_calls: Vec::new(),
             }),
             Some(false) => g.reply_to.do_send(LlmUpdate::Failed {
                 turn_id: g.turn_id,

@@ -44,8 +44,8 @@ pub mod workspace;
 pub use builtin::{register_builtins, BuiltinDeps, BUILTIN_TOOLS, CODING_TOOLS};
 pub use intent::{match_intent, parse_duration, IntentMatch};
 pub use registry::{
-    CallPermission, Permission, ProgressSink, RegistryError, RegistrySettings, Tool, ToolContext,
-    ToolFailure, ToolInfo, ToolPreview, ToolRegistry,
+    CallPermission, GroupTool, Permission, ProgressSink, RegistryError, RegistrySettings, Tool,
+    ToolContext, ToolFailure, ToolInfo, ToolPreview, ToolRegistry,
 };
 pub use workspace::{Workspace, WorkspaceSettings};
 
@@ -167,8 +167,13 @@ impl std::fmt::Debug for ToolsActor {
 impl ToolsActor {
     /// An actor over `registry`, publishing through `hub` when given.
     pub fn new(registry: ToolRegistry, hub: Option<HubHandle>) -> ToolsActor {
+        ToolsActor::shared(Arc::new(registry), hub)
+    }
+
+    /// An actor over a registry others add to while it runs (the MCP servers' tools).
+    pub fn shared(registry: Arc<ToolRegistry>, hub: Option<HubHandle>) -> ToolsActor {
         ToolsActor {
-            registry: Arc::new(registry),
+            registry,
             hub,
             calls: 0,
             running: Default::default(),

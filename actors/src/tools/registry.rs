@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use coda_protocol::ToolPreview;
@@ -279,7 +279,25 @@ pub enum RegistryError {
     /// A permission names a tool that does not exist (and is no built-in).
     #[error("tools.permissions names `{0}`, which is not a registered tool")]
     UnknownInPermissions(String),
+    /// A tool of a group (an MCP server's) whose name does not fit.
+    #[error("tool `{tool}` of {group}: {problem}")]
+    BadGroupTool {
+        group: String,
+        tool: String,
+        problem: String,
+    },
 }
+
+/// A tool that joins the registry with a group (an MCP server's tools), with the
+/// permission decided for it.
+pub struct GroupTool {
+    pub tool: Arc<dyn Tool>,
+    pub permission: Permission,
+}
+
+/// The separator between a group's name and its tools' (`time__get_current_time`):
+/// function-calling APIs accept only `[A-Za-z0-9_-]` in names, so no dot.
+pub const GROUP_SEPARATOR: &str = "__";
 
 struct Entry {
     tool: Arc<dyn Tool>,
@@ -310,16 +328,21 @@ impl Default for RegistrySettings {
     }
 }
 
-/// The tools, their validators and permissions.
+/// The tools, their validators and permissions: the built-ins, fixed at start, and the
+/// groups that come and go while it runs (each MCP server's tools).
 pub struct ToolRegistry {
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, Arc<Entry>>,
+    groups: RwLock<BTreeMap<String, BTreeMap<String, Arc<Entry>>>>,
     settings: RegistrySettings,
 }
 
 impl std::fmt::Debug for ToolRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ToolRegistry")
-            .field("tools", &self.entries.keys().collect::<Vec<_>>())
+            .field(
+                "tools",
+                &self.all().into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("settings", &self.settings)
             .finish()
     }
@@ -342,6 +365,7 @@ impl ToolRegistry {
     pub fn new(settings: RegistrySettings) -> ToolRegistry {
         ToolRegistry {
             entries: BTreeMap::new(),
+            groups: RwLock::new(BTreeMap::new()),
             settings,
         }
     }
@@ -368,15 +392,117 @@ impl ToolRegistry {
         let timeout = tool.timeout().unwrap_or(self.settings.default_timeout);
         self.entries.insert(
             name,
-            Entry {
+            Arc::new(Entry {
                 tool,
                 arguments,
                 output,
                 permission: self.settings.default_permission,
                 timeout,
-            },
+            }),
         );
         Ok(())
+    }
+
+    /// Puts `group`'s tools in place of the ones it had (an MCP server connected or its
+    /// tools changed). Each name must be `group__…` of `[A-Za-z0-9_-]`, at most 64, and
+    /// not a built-in's. A tool that does not fit is left out and reported; the others
+    /// join. Returns the names that joined, and the problems.
+    pub fn set_group(
+        &self,
+        group: &str,
+        tools: Vec<GroupTool>,
+    ) -> (Vec<String>, Vec<RegistryError>) {
+        let mut joined = BTreeMap::new();
+        let mut problems = Vec::new();
+        for t in tools {
+            let name = t.tool.name().to_string();
+            let bad = |problem: &str| RegistryError::BadGroupTool {
+                group: group.to_string(),
+                tool: name.clone(),
+                problem: problem.to_string(),
+            };
+            let prefix = format!("{group}{GROUP_SEPARATOR}");
+            if !name.starts_with(&prefix) || name.len() == prefix.len() {
+                problems.push(bad(&format!("its name must start with `{prefix}`")));
+                continue;
+            }
+            if name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                problems.push(bad(
+                    "a tool name must be 1-64 characters of A-Z, a-z, 0-9, _ and -",
+                ));
+                continue;
+            }
+            if self.entries.contains_key(&name) || joined.contains_key(&name) {
+                problems.push(RegistryError::Duplicate(name));
+                continue;
+            }
+            let arguments = match compile(&name, "arguments", &t.tool.parameters()) {
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            let output = match t.tool.output_schema().map(|s| compile(&name, "output", &s)) {
+                Some(Err(e)) => {
+                    problems.push(e);
+                    continue;
+                }
+                Some(Ok(v)) => Some(v),
+                None => None,
+            };
+            let timeout = t.tool.timeout().unwrap_or(self.settings.default_timeout);
+            joined.insert(
+                name,
+                Arc::new(Entry {
+                    tool: t.tool,
+                    arguments,
+                    output,
+                    permission: t.permission,
+                    timeout,
+                }),
+            );
+        }
+        let names = joined.keys().cloned().collect();
+        if let Ok(mut groups) = self.groups.write() {
+            groups.insert(group.to_string(), joined);
+        }
+        (names, problems)
+    }
+
+    /// Takes `group`'s tools out (its server stopped or failed).
+    pub fn remove_group(&self, group: &str) {
+        if let Ok(mut groups) = self.groups.write() {
+            groups.remove(group);
+        }
+    }
+
+    /// A tool by name: a built-in, or one of a group's.
+    fn entry(&self, name: &str) -> Option<Arc<Entry>> {
+        if let Some(e) = self.entries.get(name) {
+            return Some(e.clone());
+        }
+        let groups = self.groups.read().ok()?;
+        groups.values().find_map(|g| g.get(name).cloned())
+    }
+
+    /// Every tool, built-ins first, then the groups', by name.
+    fn all(&self) -> Vec<(String, Arc<Entry>)> {
+        let mut all: Vec<(String, Arc<Entry>)> = self
+            .entries
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
+        if let Ok(groups) = self.groups.read() {
+            for g in groups.values() {
+                all.extend(g.iter().map(|(n, e)| (n.clone(), e.clone())));
+            }
+        }
+        all
     }
 
     /// Applies the configured permissions. A name that is not registered is an error,
@@ -387,9 +513,13 @@ impl ToolRegistry {
         permissions: &BTreeMap<String, Permission>,
     ) -> Result<(), RegistryError> {
         for (name, p) in permissions {
-            match self.entries.get_mut(name) {
-                Some(entry) => entry.permission = *p,
+            match self.entries.get_mut(name).map(Arc::get_mut) {
+                Some(Some(entry)) => entry.permission = *p,
+                // Set before any call, so never shared yet; if it were, a clear error.
+                Some(None) => return Err(RegistryError::Duplicate(name.clone())),
                 None if super::builtin::is_builtin(name) => {}
+                // An MCP server's tool: its server applies it when its tools join.
+                None if name.contains(GROUP_SEPARATOR) => {}
                 None => return Err(RegistryError::UnknownInPermissions(name.clone())),
             }
         }
@@ -398,8 +528,8 @@ impl ToolRegistry {
 
     /// Every tool.
     pub fn list(&self) -> Vec<ToolInfo> {
-        self.entries
-            .iter()
+        self.all()
+            .into_iter()
             .map(|(name, e)| ToolInfo {
                 name: name.clone(),
                 description: e.tool.description().to_string(),
@@ -412,11 +542,11 @@ impl ToolRegistry {
 
     /// The tools offered to the LLM for function calling (every tool not denied).
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.entries
-            .iter()
+        self.all()
+            .into_iter()
             .filter(|(_, e)| e.permission != Permission::Deny)
             .map(|(name, e)| ToolSpec {
-                name: name.clone(),
+                name,
                 description: e.tool.description().to_string(),
                 parameters: e.tool.parameters(),
             })
@@ -425,7 +555,7 @@ impl ToolRegistry {
 
     /// Whether a tool exists, and its permission.
     pub fn permission(&self, name: &str) -> Option<Permission> {
-        self.entries.get(name).map(|e| e.permission)
+        self.entry(name).map(|e| e.permission)
     }
 
     /// Checks a call without running it: the tool exists, the configuration does not deny
@@ -439,8 +569,7 @@ impl ToolRegistry {
         confirmed: bool,
     ) -> Result<Value, ToolFailure> {
         let entry = self
-            .entries
-            .get(name)
+            .entry(name)
             .ok_or_else(|| ToolFailure::UnknownTool(name.to_string()))?;
         if entry.permission == Permission::Deny {
             return Err(ToolFailure::denied_by_config(name));
@@ -497,8 +626,7 @@ impl ToolRegistry {
     ) -> Result<Value, ToolFailure> {
         let arguments = self.check(name, arguments, confirmed)?;
         let entry = self
-            .entries
-            .get(name)
+            .entry(name)
             .ok_or_else(|| ToolFailure::UnknownTool(name.to_string()))?;
 
         let tool = entry.tool.clone();

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use coda_actors::llm::ToolSpec;
+use coda_actors::tools::registry::GROUP_SEPARATOR;
 use coda_actors::tools::{Permission, ToolRegistry};
 use serde_json::Value;
 
@@ -84,8 +85,18 @@ impl ChatTools {
         self.registry
             .specs()
             .into_iter()
-            .filter(|s| mode.offers(&s.name) && !self.off.contains(&s.name))
+            .filter(|s| self.offered_in(mode, &s.name) && !self.off.contains(&s.name))
             .collect()
+    }
+
+    /// Does `mode` offer `tool`? An MCP server's tool (`NAME__tool`) counts as reading when
+    /// it runs without asking (its server marks it read-only), as writing otherwise.
+    fn offered_in(&self, mode: Mode, tool: &str) -> bool {
+        if !tool.contains(GROUP_SEPARATOR) {
+            return mode.offers(tool);
+        }
+        let reads = self.registry.permission(tool) == Some(Permission::Safe);
+        reads || mode.offers("write_file")
     }
 
     /// `/tools on|off [NAME…]`: no names means every tool. Returns what changed, or an
@@ -131,7 +142,7 @@ impl ChatTools {
         for t in tools {
             let state = if self.off.contains(&t.name) {
                 "off"
-            } else if !mode.offers(&t.name) {
+            } else if !self.offered_in(mode, &t.name) {
                 "not in this mode"
             } else {
                 "on"

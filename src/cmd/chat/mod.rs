@@ -470,6 +470,8 @@ struct Repl {
     window: Option<usize>,
     /// The files in play changed since the map was last ranked.
     refocus: bool,
+    /// The MCP servers whose tools are in `tools`, connected for the chat's life.
+    mcp: Vec<coda_actors::mcp::Connection>,
 }
 
 /// One request's streamed answer.
@@ -1354,7 +1356,11 @@ pub fn run(loaded: &Loaded, args: ChatArgs) -> anyhow::Result<()> {
     let root = (loaded.settings.tools.project_root.is_empty())
         .then(|| project.as_ref().map(|p| p.root.clone()))
         .flatten();
-    let registry = crate::cmd::tools::registry(loaded, root)?;
+    let registry = crate::cmd::tools::registry(loaded, root.clone())?;
+    let rt = llm_setup::background_runtime()?;
+    let mcp_root = root.unwrap_or_else(|| loaded.settings.tools.project_root());
+    let servers = crate::cmd::mcp::servers(loaded, &mcp_root)?;
+    let mcp = rt.block_on(crate::cmd::mcp::connect_all(servers, &registry));
     let mut tools = ChatTools::new(registry, loaded.settings.tools.project_root());
     if let Some(p) = &project {
         if loaded.settings.tools.project_root.is_empty() {
@@ -1376,7 +1382,7 @@ pub fn run(loaded: &Loaded, args: ChatArgs) -> anyhow::Result<()> {
         session: None,
         created_at: unix_now(),
         store: Box::new(JsonDirStore::new(data.join("chat-sessions"))),
-        rt: llm_setup::background_runtime()?,
+        rt,
         color: std::io::stdout().is_terminal(),
         turns: 0,
         project,
@@ -1385,6 +1391,7 @@ pub fn run(loaded: &Loaded, args: ChatArgs) -> anyhow::Result<()> {
         context_tokens: args.context_tokens,
         window: None,
         refocus: false,
+        mcp,
     };
     if let Some(name) = &args.session {
         repl.load(name)?;
@@ -1437,6 +1444,8 @@ pub fn run(loaded: &Loaded, args: ChatArgs) -> anyhow::Result<()> {
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = editor.save_history(&history);
+    let conns = std::mem::take(&mut repl.mcp);
+    repl.rt.block_on(crate::cmd::mcp::disconnect_all(conns));
     println!("\n── session summary ──");
     println!(
         "turns: {} · time: {:.1} s",
