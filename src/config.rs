@@ -991,7 +991,8 @@ fn extract_key(message: &str) -> Option<String> {
 
 fn validate_telemetry(t: &TelemetryConfig, llm: &LlmConfig) -> Result<(), ConfigError> {
     let e = t.endpoint.trim();
-    if !e.is_empty() && !(e.starts_with("http://") || e.starts_with("https://")) {
+    let url = e.starts_with("http://") || e.starts_with("https://");
+    if !e.is_empty() && !url {
         return Err(invalid(
             "telemetry.endpoint",
             "must be an http:// or https:// URL (OTLP/HTTP), e.g. http://127.0.0.1:4318",
