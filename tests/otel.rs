@@ -413,3 +413,84 @@ async fn a_spoken_turn_has_its_transcription_under_the_same_root() {
     // The transcription comes first, then the model.
     assert!(child("chat test-model").start_time_unix_nano >= stt.end_time_unix_nano);
 }
+
+/// The model calls a tool in a turn: one `chat` span per round and the call's
+/// `execute_tool` span between them, all children of the turn, the call named by the
+/// model's call id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_tool_call_is_a_span_between_its_two_rounds() {
+    let llm = ScriptedServer::start(|r| {
+        let answered = r.json()["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+        if answered {
+            Reply::stream(
+                "text/event-stream",
+                vec![
+                    Step::Write(sse_delta("It is late.")),
+                    Step::Write(sse_stop()),
+                ],
+            )
+        } else {
+            Reply::stream(
+                "text/event-stream",
+                vec![Step::Write(sse_tool_call("call-7", "clock", &json!({})))],
+            )
+        }
+    })
+    .await
+    .expect("model server");
+    let otlp = collector().await;
+    let base = format!("{}/v1", llm.url());
+    let endpoint = otlp.url();
+    let mut env = env_for(&base);
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()));
+    let mut server = Server::start(&[], &env);
+    let mut c = server.client().await;
+    // Not a rule's intent: the model answers, calling the clock.
+    let (turn, call) = turn_of(&mut c, "should I go to bed").await;
+    assert_eq!(call.as_deref(), Some("call-7"));
+    assert!(server.terminate().success());
+
+    let mut spans: Vec<Span> = Vec::new();
+    for r in bodies(&otlp.requests(), "/v1/traces") {
+        let req = ExportTraceServiceRequest::decode(r.body.as_slice()).expect("protobuf traces");
+        for rs in req.resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+    }
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let root = spans
+        .iter()
+        .find(|s| {
+            s.name == "turn" && string(&attrs(&s.attributes), "coda.turn_id") == Some(turn.clone())
+        })
+        .unwrap_or_else(|| panic!("no root span for {turn} in {names:?}"));
+    let mut chats: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_id && s.name == "chat test-model")
+        .collect();
+    chats.sort_by_key(|s| s.start_time_unix_nano);
+    assert_eq!(chats.len(), 2, "{names:?}");
+    let tool = spans
+        .iter()
+        .find(|s| s.parent_span_id == root.span_id && s.name == "execute_tool clock")
+        .unwrap_or_else(|| panic!("no tool span in {names:?}"));
+    let ta = attrs(&tool.attributes);
+    assert_eq!(
+        string(&ta, "gen_ai.tool.call.id").as_deref(),
+        Some("call-7")
+    );
+    assert!(tool.start_time_unix_nano >= chats[0].end_time_unix_nano);
+    assert!(tool.end_time_unix_nano <= chats[1].start_time_unix_nano);
+    assert_eq!(
+        string(
+            &attrs(&chats[0].attributes),
+            "gen_ai.response.finish_reasons"
+        )
+        .as_deref(),
+        Some("tool_calls")
+    );
+}

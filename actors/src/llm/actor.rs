@@ -95,6 +95,18 @@ impl LlmActor {
     }
 }
 
+/// A finish reason as the GenAI conventions (and OpenAI) spell it.
+fn finish_name(f: &super::FinishReason) -> &str {
+    use super::FinishReason as F;
+    match f {
+        F::Stop => "stop",
+        F::Length => "length",
+        F::ToolCalls => "tool_calls",
+        F::Cancelled => "cancelled",
+        F::Other(s) => s,
+    }
+}
+
 /// A generation's outcome, as the work future hands it back to the actor.
 struct Generated {
     text: String,
@@ -255,10 +267,7 @@ impl Handler<Generate> for LlmActor {
             llm_span.record("gen_ai.usage.output_tokens", int(token_usage.output_tokens));
             llm_span.record("coda.usage.estimated", estimated);
             if let Some(f) = &finish {
-                llm_span.record(
-                    "gen_ai.response.finish_reasons",
-                    format!("{f:?}").to_lowercase(),
-                );
+                llm_span.record("gen_ai.response.finish_reasons", finish_name(f));
             }
             if let Some(t) = ttft {
                 llm_span.record("coda.llm.ttft_ms", t);
