@@ -556,6 +556,23 @@ impl MetricsConfig {
     }
 }
 
+/// `[telemetry]`: OpenTelemetry export (traces of every turn and the metrics, OTLP/HTTP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (`/v1/traces`, `/v1/metrics` are appended); empty =
+    /// `$OTEL_EXPORTER_OTLP_ENDPOINT`, and nothing is exported when both are empty.
+    pub endpoint: String,
+    /// Extra HTTP headers on every export (e.g. an API key).
+    pub headers: BTreeMap<String, String>,
+    /// `service.name`; empty = `$OTEL_SERVICE_NAME`, else `coda`.
+    pub service_name: String,
+    /// Fraction of turns traced, 0–1.
+    pub sampling_ratio: f64,
+    /// Seconds between metric exports.
+    pub export_interval_s: f64,
+}
+
 /// `[llm]`: the language model. The sampling keys apply to every provider (a request's own
 /// values win); `model` and `threads` are the embedded (`local`) model's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -575,6 +592,9 @@ pub struct LlmConfig {
     pub ollama: LlmOllamaConfig,
     pub openai: LlmOpenAiConfig,
     pub oci: LlmOciConfig,
+    /// Prices per model (`[llm.prices."MODEL"]`), for the cost of usage.
+    #[serde(default)]
+    pub prices: BTreeMap<String, coda_actors::llm::usage::Price>,
     /// Where the `pool` provider asks: copied from `[cluster]` at load (not a key), so
     /// the CLI's LLM commands can use the pool too.
     #[serde(skip)]
@@ -647,6 +667,7 @@ pub struct Settings {
     pub mcp: McpConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub telemetry: TelemetryConfig,
     pub llm: LlmConfig,
     pub models: ModelsConfig,
     pub stt: SttConfig,
@@ -968,8 +989,51 @@ fn extract_key(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
-/// Tables whose keys are the user's own (their values are still checked when read).
-const OPEN_TABLES: &[&str] = &["mcp.servers.", "tools.permissions."];
+fn validate_telemetry(t: &TelemetryConfig, llm: &LlmConfig) -> Result<(), ConfigError> {
+    let e = t.endpoint.trim();
+    let url = e.starts_with("http://") || e.starts_with("https://");
+    if !e.is_empty() && !url {
+        return Err(invalid(
+            "telemetry.endpoint",
+            "must be an http:// or https:// URL (OTLP/HTTP), e.g. http://127.0.0.1:4318",
+        ));
+    }
+    if !(t.sampling_ratio.is_finite() && (0.0..=1.0).contains(&t.sampling_ratio)) {
+        return Err(invalid(
+            "telemetry.sampling_ratio",
+            "must be between 0 and 1",
+        ));
+    }
+    if !(t.export_interval_s.is_finite() && (0.1..=86_400.0).contains(&t.export_interval_s)) {
+        return Err(invalid(
+            "telemetry.export_interval_s",
+            "must be between 0.1 and 86400 seconds",
+        ));
+    }
+    for (model, p) in &llm.prices {
+        for (field, v) in [
+            ("input_per_mtok", p.input_per_mtok),
+            ("output_per_mtok", p.output_per_mtok),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(
+                    &format!("llm.prices.{model}.{field}"),
+                    "must be a price of zero or more",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tables whose keys are the user's own (server, tool, model and header names): any key
+/// is taken there; their values are still checked when read.
+const OPEN_TABLES: &[&str] = &[
+    "mcp.servers.",
+    "tools.permissions.",
+    "llm.prices.",
+    "telemetry.headers.",
+];
 
 fn flatten_config(c: &Config) -> Result<BTreeMap<String, serde_json::Value>, ConfigError> {
     let v: serde_json::Value = c
@@ -1028,7 +1092,16 @@ pub fn is_secret_key(key: &str) -> bool {
 fn redact(v: &mut serde_json::Value) {
     if let serde_json::Value::Object(map) = v {
         for (k, val) in map.iter_mut() {
-            if is_secret_key(k) {
+            // Export headers carry keys under any name (`authorization`, `x-api-key`).
+            if k == "headers" {
+                if let serde_json::Value::Object(h) = val {
+                    for hv in h.values_mut() {
+                        if matches!(hv, serde_json::Value::String(s) if !s.is_empty()) {
+                            *hv = serde_json::Value::String("***redacted***".into());
+                        }
+                    }
+                }
+            } else if is_secret_key(k) {
                 if matches!(val, serde_json::Value::String(s) if !s.is_empty()) {
                     *val = serde_json::Value::String("***redacted***".into());
                 }
@@ -1131,6 +1204,7 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         }
     }
     s.metrics.alert_rules()?;
+    validate_telemetry(&s.telemetry, &s.llm)?;
     if s.conversation.history_turns > 1000 {
         return Err(invalid("conversation.history_turns", "at most 1000"));
     }
@@ -1876,6 +1950,28 @@ mod tests {
         assert!(e.contains("metrics.interval_s"), "{e}");
         let l = load(&env(&[("CODA__METRICS__INTERVAL_S", "0.2")])).unwrap();
         assert_eq!(l.settings.metrics.interval_s, 0.2);
+        for (k, v, key) in [
+            (
+                "CODA__TELEMETRY__SAMPLING_RATIO",
+                "1.5",
+                "telemetry.sampling_ratio",
+            ),
+            (
+                "CODA__TELEMETRY__ENDPOINT",
+                "127.0.0.1:4318",
+                "telemetry.endpoint",
+            ),
+            (
+                "CODA__TELEMETRY__EXPORT_INTERVAL_S",
+                "0",
+                "telemetry.export_interval_s",
+            ),
+        ] {
+            let e = load(&env(&[(k, v)])).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let l = load(&env(&[("CODA__TELEMETRY__ENDPOINT", "http://c:4318")])).unwrap();
+        assert_eq!(l.settings.telemetry.endpoint, "http://c:4318");
     }
 
     #[test]
@@ -1885,5 +1981,13 @@ mod tests {
         assert_eq!(v["llm"]["openai"]["api_key"], "***redacted***");
         assert_eq!(v["llm"]["openai"]["api_key_env"], "OPENAI_API_KEY");
         assert_eq!(v["auth"]["token_file"], "/x");
+        // Export headers carry keys under any name.
+        let mut v = serde_json::json!({"telemetry": {"headers": {"x-honeycomb-team": "k1"}, "endpoint": "http://c"}});
+        redact(&mut v);
+        assert_eq!(
+            v["telemetry"]["headers"]["x-honeycomb-team"],
+            "***redacted***"
+        );
+        assert_eq!(v["telemetry"]["endpoint"], "http://c");
     }
 }

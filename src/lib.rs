@@ -11,6 +11,7 @@ pub mod server;
 pub mod settings;
 pub mod speech;
 pub mod synthetic;
+pub mod telemetry;
 pub mod wer;
 
 /// Unix seconds now (the clock `coda bench` compares event timestamps against).

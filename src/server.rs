@@ -161,6 +161,8 @@ pub struct Running {
     pub token_file: PathBuf,
     /// The per-boot token (the CLI's own clients use it).
     pub boot_token: String,
+    /// The metrics actor (the OpenTelemetry export reads it).
+    pub metrics: actix::Addr<MetricsActor>,
     server: actix_web::dev::Server,
     store: Arc<SledStore>,
     grace: Duration,
@@ -273,7 +275,7 @@ pub async fn start(
     if let Err(e) = metrics.send(GetPerformance).await {
         tracing::warn!(error = %e, "metrics actor did not start");
     }
-    shared.set_metrics(metrics);
+    shared.set_metrics(metrics.clone());
     if let Some(c) = cluster {
         components.set(&hub, "cluster", ComponentState::Running, None);
         shared.set_cluster(c);
@@ -357,6 +359,7 @@ pub async fn start(
         http,
         token_file,
         boot_token: boot_secret,
+        metrics,
         server,
         store,
         grace,
@@ -639,6 +642,7 @@ fn start_kernel(
         tts_output: s.tts_output(),
         audio: s.audio.enabled.then(|| s.audio_settings()),
         wake: Some(s.wake_settings()),
+        prices: s.prices(),
     };
     let engine = crate::speech::tts_engine(s, None, None).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "speech engine not usable; speaking with espeak-ng");

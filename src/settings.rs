@@ -130,6 +130,17 @@ impl Settings {
         })
     }
 
+    /// Prices per model (`llm.prices`), looked up by the lower-cased model name.
+    pub fn prices(&self) -> coda_actors::llm::usage::Prices {
+        coda_actors::llm::usage::Prices(
+            self.llm
+                .prices
+                .iter()
+                .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                .collect(),
+        )
+    }
+
     /// The metrics actor's settings from config (the rules were validated at load time).
     pub fn metrics_settings(&self) -> anyhow::Result<MetricsSettings> {
         Ok(MetricsSettings {

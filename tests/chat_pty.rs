@@ -490,3 +490,36 @@ async fn long_conversations_are_compacted_into_notes() {
     .unwrap();
     assert!(saved["summary"].as_str().unwrap().contains("Oslo"));
 }
+
+/// `/usage` and the end summary price the provider's counts at `[llm.prices]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_priced_from_the_config() {
+    let server = server().await;
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config/coda");
+    std::fs::create_dir_all(&config).unwrap();
+    // One unit per prompt token, generated tokens free: the cost is the prompt count.
+    std::fs::write(
+        config.join("config.toml"),
+        "[llm.prices.\"test-model\"]\ninput_per_mtok = 1000000.0\noutput_per_mtok = 0.0\ncurrency = \"EUR\"\n",
+    )
+    .unwrap();
+    let mut p = spawn(home.path(), &server, &[]);
+    p.expect("you> ").unwrap();
+    p.send_line("hello").unwrap();
+    p.expect("Answer-1.").unwrap();
+    p.expect("you> ").unwrap();
+    // The scripted server reported 10 prompt tokens for the first answer.
+    p.send_line("/usage").unwrap();
+    p.expect("10.000000 EUR").unwrap();
+    p.expect("you> ").unwrap();
+    p.send_line("again").unwrap();
+    p.expect("Answer-2.").unwrap();
+    p.expect("you> ").unwrap();
+    p.send_line("/exit").unwrap();
+    p.expect("session summary").unwrap();
+    // 10 + 20 prompt tokens.
+    p.expect("30.000000 EUR").unwrap();
+    p.expect(Eof).unwrap();
+    assert!(exited_ok(&p));
+}

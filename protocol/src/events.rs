@@ -590,6 +590,56 @@ pub struct LlmResult {
     /// The model that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Tokens in and out of this generation, and what they cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+    /// The session's running total (every generation of this session on this server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_usage: Option<TokenUsage>,
+}
+
+/// Tokens in and out, and their cost (in `llm_result`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenUsage {
+    /// Prompt tokens (the whole context sent).
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// `true` when some counts are estimates (the provider reported none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+    /// How the cost is known.
+    pub pricing: Pricing,
+    /// The cost (`pricing` `priced`; `0` when `free`; absent when `unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    /// The cost's currency, as configured (e.g. `"USD"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+}
+
+/// How a cost is known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pricing {
+    /// From the configured price of the model (`llm.prices`).
+    Priced,
+    /// A local model: nothing to pay.
+    Free,
+    /// A paid provider with no price configured for the model.
+    #[default]
+    Unknown,
+}
+
+impl Pricing {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pricing::Priced => "priced",
+            Pricing::Free => "free",
+            Pricing::Unknown => "unknown",
+        }
+    }
 }
 
 /// `llm_error`: the language model failed.

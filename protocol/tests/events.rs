@@ -197,6 +197,15 @@ fn samples() -> Vec<EventData> {
             tokens_per_second: 18.75,
             provider: Some("pool:kitchen".into()),
             model: Some("llama3.2".into()),
+            usage: Some(TokenUsage {
+                input_tokens: 42,
+                output_tokens: 15,
+                estimated: true,
+                pricing: Pricing::Priced,
+                cost: Some(0.000_015),
+                currency: Some("USD".into()),
+            }),
+            session_usage: None,
         }
         .into(),
         LlmError {

@@ -347,16 +347,31 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
 
 /// Initialises `tracing` on stderr. `RUST_LOG` wins over the configured level.
 pub fn init_logging(level: &str, format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+    init_logging_with(level, format, None);
+}
+
+/// [`init_logging`] plus another layer (the OpenTelemetry one) with its own filter: the
+/// log level filters only the log lines.
+pub fn init_logging_with(
+    level: &str,
+    format: LogFormat,
+    extra: Option<crate::telemetry::BoxedLayer>,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == LogFormat::Json {
-        builder.json().try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: crate::telemetry::BoxedLayer = if format == LogFormat::Json {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.try_init()
+        fmt.with_filter(filter).boxed()
     };
+    // Boxed layers over the bare registry, in a Vec: one subscriber type with or without
+    // the extra layer.
+    let mut layers = vec![fmt];
+    layers.extend(extra);
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }

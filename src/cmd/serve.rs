@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{init_logging, ConfigChoice};
+use super::{init_logging_with, ConfigChoice};
 use crate::config::{ConfigError, OverrideValue};
 use crate::server;
 use crate::synthetic::SyntheticOptions;
@@ -58,7 +58,26 @@ pub fn run(choice: &ConfigChoice, args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
     let loaded = choice.load(overrides)?;
-    init_logging(&loaded.settings.log.level, loaded.settings.log.format);
+    // OpenTelemetry only when an endpoint is configured: otherwise no layer, no threads.
+    let otel = crate::telemetry::TelemetrySettings::resolve(&loaded.settings.telemetry, |k| {
+        std::env::var(k).ok()
+    });
+    let (telemetry, layer, otel_error) = match otel.as_ref().map(crate::telemetry::Telemetry::start)
+    {
+        Some(Ok((t, layer))) => (Some(t), Some(layer), None),
+        Some(Err(e)) => (None, None, Some(e.to_string())),
+        None => (None, None, None),
+    };
+    init_logging_with(
+        &loaded.settings.log.level,
+        loaded.settings.log.format,
+        layer,
+    );
+    if let Some(e) = otel_error {
+        tracing::warn!(error = %e, "OpenTelemetry export is off");
+    } else if let Some(s) = &otel {
+        tracing::info!(endpoint = %s.endpoint, service = %s.service_name, "exporting OpenTelemetry traces and metrics");
+    }
     let synthetic = match args.emit_synthetic {
         Some(rate) if !(rate.is_finite() && rate > 0.0) => {
             return Err(ConfigError::Invalid {
@@ -76,11 +95,25 @@ pub fn run(choice: &ConfigChoice, args: ServeArgs) -> anyhow::Result<()> {
     };
     coda_actors::supervise::install_panic_hook();
     let system = actix_rt::System::new();
-    system.block_on(async move {
+    let result = system.block_on(async {
         let running = server::start(&loaded, synthetic).await?;
+        let metrics = running.metrics.clone();
+        if let Some(t) = &telemetry {
+            t.follow_metrics(metrics.clone());
+        }
         // One machine-readable line on stdout: scripts and `coda bench` read it.
         println!("listening ws://{}/ws", running.addr);
         let _ = std::io::stdout().flush();
-        running.serve_until_signal().await
-    })
+        let r = running.serve_until_signal().await;
+        if let Some(t) = &telemetry {
+            t.refresh(&metrics).await;
+        }
+        r
+    });
+    // After the server stopped: every turn's spans are closed; export them and the last
+    // metrics before exiting (SIGTERM included).
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    result
 }

@@ -202,6 +202,24 @@ async fn a_text_turn_shows_in_every_view_and_metrics_update() {
         "{card}"
     );
     assert_eq!(card["stats"]["tokens"], json!("4"), "{card}");
+    // The scripted model reports no usage: estimated counts, no price configured.
+    let usage = card["stats"]["usage"].as_str().unwrap_or("");
+    assert!(
+        usage.starts_with('~') && usage.contains(" in · ") && usage.ends_with("cost unknown"),
+        "{card}"
+    );
+    let line = b
+        .wait(
+            "the session's usage line",
+            SHOW,
+            "const l = document.querySelector('.usage-line'); return l ? l.textContent : null",
+        )
+        .await;
+    assert!(
+        line.as_str()
+            .is_some_and(|l| l.starts_with("session ") && l.contains(" out · cost unknown")),
+        "{line}"
+    );
     assert!(
         card["stats"]["first token"]
             .as_str()

@@ -3,7 +3,9 @@
 //! no locks: the hub's hot path pays one `fetch_add` per event. `/metrics` and
 //! `component_timing` read them.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use coda_protocol::EventType;
 
@@ -56,6 +58,28 @@ pub struct HubCounters {
     commands: AtomicU64,
     command_errors: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
+    /// LLM usage by (provider, model): labels are open-ended, so a map under a lock
+    /// (taken once per generation, not per event).
+    llm: Mutex<BTreeMap<(String, String), LlmUsageTotals>>,
+}
+
+/// Tokens and cost of one provider/model since start (`/metrics`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LlmUsageTotals {
+    /// Generations.
+    pub requests: u64,
+    /// Prompt tokens (estimated ones included).
+    pub prompt_tokens: u64,
+    /// Generated tokens (estimated ones included).
+    pub completion_tokens: u64,
+    /// Generations whose counts were estimated.
+    pub estimated: u64,
+    /// Cost of the priced generations.
+    pub cost: f64,
+    /// Its currency (the configured one; `None` while nothing was priced).
+    pub currency: Option<String>,
+    /// How the model is priced (`priced`, `free`, `unknown`).
+    pub pricing: coda_protocol::Pricing,
 }
 
 impl Default for HubCounters {
@@ -68,6 +92,7 @@ impl Default for HubCounters {
             commands: AtomicU64::new(0),
             command_errors: AtomicU64::new(0),
             refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            llm: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -145,6 +170,29 @@ impl HubCounters {
     /// A limit refused something.
     pub fn refused(&self, kind: Refusal) {
         self.refusals[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds one generation's usage to its provider/model's totals.
+    pub fn llm_usage(&self, provider: &str, model: &str, u: &coda_protocol::TokenUsage) {
+        let mut map = self.llm.lock().unwrap_or_else(|p| p.into_inner());
+        let t = map
+            .entry((provider.to_string(), model.to_string()))
+            .or_default();
+        t.requests += 1;
+        t.prompt_tokens += u.input_tokens;
+        t.completion_tokens += u.output_tokens;
+        t.estimated += u64::from(u.estimated);
+        t.cost += u.cost.unwrap_or(0.0);
+        if u.currency.is_some() {
+            t.currency.clone_from(&u.currency);
+        }
+        t.pricing = u.pricing;
+    }
+
+    /// LLM usage by (provider, model), sorted.
+    pub fn llm_usage_snapshot(&self) -> Vec<((String, String), LlmUsageTotals)> {
+        let map = self.llm.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// Reads every counter. Taken inside the hub (see [`super::GetCounters`]) the event

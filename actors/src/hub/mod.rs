@@ -9,7 +9,7 @@ mod counters;
 mod filter;
 mod recorder;
 
-pub use counters::{CounterSnapshot, HubCounters, Refusal};
+pub use counters::{CounterSnapshot, HubCounters, LlmUsageTotals, Refusal};
 pub use filter::{FilterError, TypeMask};
 pub use recorder::{record_events, Recorded};
 

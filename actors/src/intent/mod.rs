@@ -35,6 +35,17 @@ pub enum Decision {
     System(SystemIntent),
 }
 
+impl Decision {
+    /// `llm`, `tool` or `system` (trace attributes).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Llm => "llm",
+            Decision::Tool { .. } => "tool",
+            Decision::System(_) => "system",
+        }
+    }
+}
+
 /// The router's answer.
 #[derive(Debug, Clone, PartialEq, MessageResponse)]
 pub struct IntentDecision {

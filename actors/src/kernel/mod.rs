@@ -37,6 +37,8 @@ pub struct KernelSettings {
     pub audio: Option<crate::audio::AudioSettings>,
     /// The wake word (WakeWord); `None`: wake mode is refused.
     pub wake: Option<crate::wake::WakeSettings>,
+    /// Prices per model, for the cost in `llm_result` and `/metrics`.
+    pub prices: crate::llm::usage::Prices,
 }
 
 /// The rooms started outside the kernel that it uses when present.
@@ -110,7 +112,8 @@ impl Kernel {
         let router_sup = sup("intent_router");
         let router = Supervisor::start(move |_| IntentRouter::new(router_sup, tools));
         let llm_sup = sup("llm");
-        let llm = Supervisor::start(move |_| LlmActor::new(llm_sup, provider));
+        let prices = settings.prices.clone();
+        let llm = Supervisor::start(move |_| LlmActor::new(llm_sup, provider).with_prices(prices));
         let tts_sup = sup("tts");
         let engine = tts_engine.clone();
         let tts_output = settings.tts_output.clone();

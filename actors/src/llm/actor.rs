@@ -12,7 +12,8 @@ use actix::prelude::*;
 use coda_protocol::{LlmResult, LlmStart, LlmToken};
 use futures_util::{FutureExt, StreamExt};
 
-use super::{ChatRequest, LlmError, LlmProvider, StreamChunk};
+use super::usage::{self, Prices, SessionBook};
+use super::{ChatRequest, LlmError, LlmProvider, StreamChunk, Usage};
 use crate::supervise::{panic_message, Supervision};
 
 /// What the LlmActor tells a turn's owner.
@@ -52,6 +53,8 @@ pub struct Generate {
     pub request: ChatRequest,
     /// Where updates go.
     pub reply_to: Recipient<LlmUpdate>,
+    /// The turn's trace span: the generation's span is its child (`Span::none()`: none).
+    pub span: tracing::Span,
 }
 
 /// Stop a turn's generation now.
@@ -68,6 +71,9 @@ pub struct LlmActor {
     sup: Supervision,
     provider: ProviderSlot,
     active: HashMap<String, SpawnHandle>,
+    prices: Arc<Prices>,
+    /// Usage per session (kept across restarts: the actor is reused).
+    sessions: SessionBook,
 }
 
 impl LlmActor {
@@ -77,8 +83,38 @@ impl LlmActor {
             sup,
             provider,
             active: HashMap::new(),
+            prices: Arc::new(Prices::default()),
+            sessions: SessionBook::default(),
         }
     }
+
+    /// Prices the usage of generations with these prices (default: none configured).
+    pub fn with_prices(mut self, prices: Prices) -> Self {
+        self.prices = Arc::new(prices);
+        self
+    }
+}
+
+/// A finish reason as the GenAI conventions (and OpenAI) spell it.
+fn finish_name(f: &super::FinishReason) -> &str {
+    use super::FinishReason as F;
+    match f {
+        F::Stop => "stop",
+        F::Length => "length",
+        F::ToolCalls => "tool_calls",
+        F::Cancelled => "cancelled",
+        F::Other(s) => s,
+    }
+}
+
+/// A generation's outcome, as the work future hands it back to the actor.
+struct Generated {
+    text: String,
+    ttft_ms: Option<f64>,
+    total_ms: f64,
+    result: LlmResult,
+    /// The tool calls the model asked for.
+    tool_calls: Vec<super::ToolCallRequest>,
 }
 
 impl Actor for LlmActor {
@@ -132,6 +168,29 @@ impl Handler<Generate> for LlmActor {
             .find(|m| m.role == super::ChatRole::User)
             .map(|m| m.content.clone())
             .unwrap_or_default();
+        // The GenAI semantic conventions' client span; its end-of-answer attributes are
+        // recorded when the stream ends, its timing is the same `started` as `total_ms`.
+        let span = tracing::debug_span!(
+            parent: &msg.span,
+            "gen_ai.chat",
+            otel.name = format!("chat {model}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "chat",
+            gen_ai.system = provider.name(),
+            gen_ai.provider.name = provider.name(),
+            gen_ai.request.model = model.as_str(),
+            gen_ai.request.max_tokens = msg.request.max_tokens.map(i64::from),
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            coda.turn_id = turn_id.as_str(),
+            coda.session_id = session.as_str(),
+            coda.usage.estimated = tracing::field::Empty,
+            coda.provider = tracing::field::Empty,
+            coda.llm.ttft_ms = tracing::field::Empty,
+        );
         hub.publish(
             &session,
             &LlmStart {
@@ -142,6 +201,9 @@ impl Handler<Generate> for LlmActor {
             },
         );
         let request = msg.request;
+        let prompt_estimate = usage::estimate_prompt(&request.messages);
+        let prices = self.prices.clone();
+        let llm_span = span.clone();
         let t_id = turn_id.clone();
         let work = async move {
             let started = Instant::now();
@@ -151,6 +213,8 @@ impl Handler<Generate> for LlmActor {
             let mut text = String::new();
             let mut index = 0u32;
             let mut ttft = None;
+            let mut reported: Option<Usage> = None;
+            let mut finish = None;
             let mut calls = Vec::new();
             while let Some(chunk) = stream.next().await {
                 match chunk? {
@@ -174,24 +238,58 @@ impl Handler<Generate> for LlmActor {
                         });
                     }
                     StreamChunk::ToolCall(c) => calls.push(c),
-                    StreamChunk::Done { .. } => break,
+                    StreamChunk::Done {
+                        finish_reason,
+                        usage,
+                    } => {
+                        reported = usage;
+                        finish = Some(finish_reason);
+                        break;
+                    }
                 }
             }
             let total_ms = started.elapsed().as_secs_f64() * 1000.0;
             let secs = (total_ms / 1000.0).max(1e-9);
-            hub.publish(
-                &session,
-                &LlmResult {
-                    turn_id: Some(t_id.clone()),
-                    text: text.clone(),
-                    duration_ms: total_ms,
-                    tokens: index,
-                    tokens_per_second: f64::from(index) / secs,
-                    provider: Some(by),
-                    model: Some(model),
-                },
-            );
-            Ok::<_, LlmError>((text, ttft, total_ms, calls))
+            // A provider that reports no counts (or zeros for a non-empty exchange) is
+            // estimated, and said to be.
+            let counts = reported.filter(|u| u.prompt_tokens > 0 || u.completion_tokens > 0);
+            let estimated = counts.is_none();
+            let counts = counts.unwrap_or(Usage {
+                prompt_tokens: prompt_estimate,
+                completion_tokens: usage::estimate_completion(&text, index),
+            });
+            let token_usage = prices.usage(&by, &model, counts, estimated);
+            llm_span.record("gen_ai.response.model", model.as_str());
+            llm_span.record("coda.provider", by.as_str());
+            // i64: u64 values become strings in OTLP.
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            llm_span.record("gen_ai.usage.input_tokens", int(token_usage.input_tokens));
+            llm_span.record("gen_ai.usage.output_tokens", int(token_usage.output_tokens));
+            llm_span.record("coda.usage.estimated", estimated);
+            if let Some(f) = &finish {
+                llm_span.record("gen_ai.response.finish_reasons", finish_name(f));
+            }
+            if let Some(t) = ttft {
+                llm_span.record("coda.llm.ttft_ms", t);
+            }
+            let result = LlmResult {
+                turn_id: Some(t_id.clone()),
+                text: text.clone(),
+                duration_ms: total_ms,
+                tokens: index,
+                tokens_per_second: f64::from(index) / secs,
+                provider: Some(by),
+                model: Some(model),
+                usage: Some(token_usage),
+                session_usage: None,
+            };
+            Ok::<_, LlmError>(Generated {
+                text,
+                ttft_ms: ttft,
+                total_ms,
+                result,
+                tool_calls: calls,
+            })
         };
         let reply = msg.reply_to;
         let session = msg.session_id;
@@ -204,20 +302,34 @@ impl Handler<Generate> for LlmActor {
                 .map(move |outcome, act, ctx| {
                     act.active.remove(&id);
                     match outcome {
-                        Ok(Ok((text, ttft_ms, total_ms, tool_calls))) => {
+                        Ok(Ok(mut g)) => {
+                            // Published here, not in the work, so the session's running
+                            // total (actor state) goes with it.
+                            if let Some(u) = &g.result.usage {
+                                g.result.session_usage = Some(act.sessions.add(&session, u));
+                                act.sup.hub().counters().llm_usage(
+                                    g.result.provider.as_deref().unwrap_or(""),
+                                    g.result.model.as_deref().unwrap_or(""),
+                                    u,
+                                );
+                            }
+                            act.sup.hub().publish(&session, &g.result);
+                            drop(span);
                             reply.do_send(LlmUpdate::Done {
                                 turn_id: id,
-                                text,
-                                ttft_ms,
-                                total_ms,
-                                tool_calls,
+                                text: g.text,
+                                ttft_ms: g.ttft_ms,
+                                total_ms: g.total_ms,
+                                tool_calls: g.tool_calls,
                             })
                         }
                         Ok(Err(error)) => {
+                            span.record("otel.status_code", "error");
                             act.sup.hub().publish(&session, &error.event(&id));
                             reply.do_send(LlmUpdate::Failed { turn_id: id, error });
                         }
                         Err(panic) => {
+                            span.record("otel.status_code", "error");
                             let what = panic_message(panic.as_ref());
                             act.sup.crashed(&what);
                             reply.do_send(LlmUpdate::Failed {

@@ -13,6 +13,7 @@ pub mod ollama;
 pub mod openai;
 pub mod registry;
 pub mod scripted;
+pub mod usage;
 
 pub mod actor;
 

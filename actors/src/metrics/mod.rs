@@ -102,6 +102,11 @@ pub struct GetPerformance;
 #[rtype(result = "String")]
 pub struct RenderPrometheus;
 
+/// Everything `/metrics` shows, as data (the OpenTelemetry export reads it).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "prometheus::Snapshot")]
+pub struct GetSnapshot;
+
 /// The latest `system_metrics` sample (`None` before the first interval has passed).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Option<SystemMetrics>")]
@@ -293,6 +298,7 @@ impl MetricsActor {
                 })
                 .collect(),
             alerts_fired: self.alerts.fired_total(),
+            llm_usage: self.hub.counters().llm_usage_snapshot(),
         }
     }
 }
@@ -392,6 +398,14 @@ impl Handler<LatestSample> for MetricsActor {
 
     fn handle(&mut self, _: LatestSample, _: &mut Context<Self>) -> Option<SystemMetrics> {
         self.latest.clone()
+    }
+}
+
+impl Handler<GetSnapshot> for MetricsActor {
+    type Result = MessageResult<GetSnapshot>;
+
+    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.snapshot(Instant::now()))
     }
 }
 

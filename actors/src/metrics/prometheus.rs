@@ -164,6 +164,8 @@ pub struct Snapshot {
     pub alerts: Vec<AlertState>,
     /// Alerts fired since start.
     pub alerts_fired: u64,
+    /// LLM usage by (provider, model) since start.
+    pub llm_usage: Vec<((String, String), crate::hub::LlmUsageTotals)>,
 }
 
 /// Renders the exposition.
@@ -339,6 +341,59 @@ pub fn render(s: &Snapshot) -> String {
         "Alerts fired since start.",
     )
     .sample_u64("", &[], s.alerts_fired);
+
+    if !s.llm_usage.is_empty() {
+        type Get = fn(&crate::hub::LlmUsageTotals) -> u64;
+        let families: [(&str, &str, Get); 4] = [
+            (
+                "coda_llm_requests_total",
+                "Generations answered, by provider and model.",
+                |t| t.requests,
+            ),
+            (
+                "coda_llm_prompt_tokens_total",
+                "Prompt tokens sent, by provider and model (estimated where the provider reports none).",
+                |t| t.prompt_tokens,
+            ),
+            (
+                "coda_llm_completion_tokens_total",
+                "Tokens generated, by provider and model (estimated where the provider reports none).",
+                |t| t.completion_tokens,
+            ),
+            (
+                "coda_llm_estimated_usage_total",
+                "Generations whose token counts were estimated, by provider and model.",
+                |t| t.estimated,
+            ),
+        ];
+        for (name, help, get) in families {
+            e.family(name, Kind::Counter, help);
+            for ((provider, model), t) in &s.llm_usage {
+                e.sample_u64("", &[("provider", provider), ("model", model)], get(t));
+            }
+        }
+        e.family(
+            "coda_llm_cost_total",
+            Kind::Counter,
+            "Cost of the generations at the configured prices (llm.prices), by provider, model and currency; 0 for local models; models without a price are absent.",
+        );
+        for ((provider, model), t) in &s.llm_usage {
+            if t.pricing == coda_protocol::Pricing::Unknown {
+                continue;
+            }
+            let currency = t.currency.as_deref().unwrap_or("");
+            e.sample(
+                "",
+                &[
+                    ("provider", provider),
+                    ("model", model),
+                    ("currency", currency),
+                    ("pricing", t.pricing.as_str()),
+                ],
+                t.cost,
+            );
+        }
+    }
 
     if !s.components.is_empty() {
         e.family(
@@ -605,6 +660,29 @@ pub(crate) mod tests {
                 active: true,
             }],
             alerts_fired: 1,
+            llm_usage: vec![
+                (
+                    ("openai".into(), "gpt-4o-mini".into()),
+                    crate::hub::LlmUsageTotals {
+                        requests: 2,
+                        prompt_tokens: 300,
+                        completion_tokens: 40,
+                        estimated: 1,
+                        cost: 0.000_069,
+                        currency: Some("USD".into()),
+                        pricing: coda_protocol::Pricing::Priced,
+                    },
+                ),
+                (
+                    ("openai".into(), "unpriced".into()),
+                    crate::hub::LlmUsageTotals {
+                        requests: 1,
+                        prompt_tokens: 7,
+                        completion_tokens: 3,
+                        ..Default::default()
+                    },
+                ),
+            ],
         }
     }
 
@@ -624,6 +702,26 @@ pub(crate) mod tests {
         assert!(find(&series, "coda_gpu_utilization_percent", &[]).is_none());
         assert_eq!(v("coda_events_total", &[("type", "system_metrics")]), 5.0);
         assert_eq!(v("coda_events_total", &[("type", "alert")]), 2.0);
+        let gpt = [("provider", "openai"), ("model", "gpt-4o-mini")];
+        assert_eq!(v("coda_llm_prompt_tokens_total", &gpt), 300.0);
+        assert_eq!(v("coda_llm_completion_tokens_total", &gpt), 40.0);
+        assert_eq!(v("coda_llm_estimated_usage_total", &gpt), 1.0);
+        let priced = [
+            ("provider", "openai"),
+            ("model", "gpt-4o-mini"),
+            ("currency", "USD"),
+            ("pricing", "priced"),
+        ];
+        assert!((v("coda_llm_cost_total", &priced) - 0.000_069).abs() < 1e-12);
+        assert_eq!(
+            v(
+                "coda_llm_prompt_tokens_total",
+                &[("provider", "openai"), ("model", "unpriced")]
+            ),
+            7.0
+        );
+        // No price, no cost series (rather than a misleading zero).
+        assert!(!text.contains("coda_llm_cost_total{provider=\"openai\",model=\"unpriced\""));
         assert_eq!(v("coda_events_total", &[("type", "llm_token")]), 0.0);
         assert!(
             find(&series, "coda_events_total", &[("type", "command_result")]).is_none(),

@@ -153,6 +153,9 @@ pub struct VoiceTurn {
     /// When the utterance was declared over (push-to-talk released, or the silence after
     /// speech long enough).
     pub utterance_ended: Instant,
+    /// The turn's trace span, opened by the Stt actor around the transcription
+    /// (`Span::none()`: the orchestrator opens one).
+    pub span: tracing::Span,
 }
 
 /// Speech capture started (`on`) or stopped with nothing to say in a session: mode
@@ -171,6 +174,7 @@ struct VoiceInput {
     stt_ms: f64,
     speech_ended: Instant,
     utterance_ended: Instant,
+    span: tracing::Span,
 }
 
 /// A started turn.
@@ -233,6 +237,10 @@ struct Turn {
     sentences: Vec<(String, Arc<SentenceProgress>)>,
     /// The input was speech.
     voice: bool,
+    /// The turn's trace span (the root of its stages' spans; closed with the turn).
+    span: tracing::Span,
+    /// Speech's span: from the first sentence queued to the last one spoken.
+    tts_span: Option<tracing::Span>,
     /// The request of the last generation (with the tool calls and results so far), for
     /// the next round.
     messages: Vec<ChatMessage>,
@@ -426,6 +434,26 @@ impl Orchestrator {
         }
     }
 
+    /// The turn's root span: the Stt actor's for speech (it opened it around the
+    /// transcription), else a new one. Spans cost next to nothing without an exporter:
+    /// no subscriber layer is interested, so nothing is recorded.
+    fn turn_span(
+        &self,
+        turn_id: &str,
+        session_id: &str,
+        conversation_id: &str,
+        source: TurnSource,
+        voice: &Option<VoiceInput>,
+    ) -> tracing::Span {
+        let span = match voice {
+            Some(v) if !v.span.is_disabled() => v.span.clone(),
+            _ => turn_span(turn_id, session_id),
+        };
+        span.record("coda.conversation_id", conversation_id);
+        span.record("coda.source", source.as_str());
+        span
+    }
+
     fn start_turn(
         &mut self,
         msg: TextTurn,
@@ -440,6 +468,8 @@ impl Orchestrator {
             Some(v) => v.turn_id.clone(),
             None => self.next("t"),
         };
+        // Every event of this turn is numbered after this one (the hub numbers in order).
+        let seq_before = self.sup.hub().last_seq();
         let (conversation_id, index) = match self.sessions.get_mut(&session_id) {
             Some(s) => {
                 s.active = Some(turn_id.clone());
@@ -458,6 +488,7 @@ impl Orchestrator {
                 source: msg.source.as_str().to_string(),
             },
         );
+        let span = self.turn_span(&turn_id, &session_id, &conversation_id, msg.source, &voice);
         self.message(&session_id, &turn_id, Role::User, &msg.text, None);
         self.set_mode(&session_id, Mode::Thinking);
         self.turns.insert(
@@ -478,10 +509,17 @@ impl Orchestrator {
                 spoken: Vec::new(),
                 sentences: Vec::new(),
                 voice: voice.is_some(),
+                span,
+                tts_span: None,
                 messages: Vec::new(),
                 tool_rounds: 0,
             },
         );
+        if let Some(t) = self.turns.get(&turn_id) {
+            // i64: u64 values become strings in OTLP.
+            t.span
+                .record("coda.seq", i64::try_from(seq_before).unwrap_or(i64::MAX));
+        }
         self.route(&turn_id, &session_id, msg.text, ctx);
         TurnStarted {
             turn_id,
@@ -493,13 +531,29 @@ impl Orchestrator {
 
     fn route(&mut self, turn_id: &str, session_id: &str, text: String, ctx: &mut Context<Self>) {
         let id = turn_id.to_string();
+        let parent = self.turns.get(turn_id).map(|t| t.span.clone());
+        let span = tracing::debug_span!(
+            parent: parent.as_ref().and_then(|p| p.id()),
+            "coda.intent",
+            otel.name = "intent",
+            coda.turn_id = turn_id,
+            coda.intent = tracing::field::Empty,
+            coda.decision = tracing::field::Empty,
+            coda.confidence = tracing::field::Empty,
+        );
         let fut = self.engines.route.send(RouteText {
             turn_id: turn_id.to_string(),
             session_id: session_id.to_string(),
             text,
         });
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(decision) => act.on_route(&id, decision, ctx),
+            Ok(decision) => {
+                span.record("coda.intent", decision.intent.as_str());
+                span.record("coda.decision", decision.decision.kind());
+                span.record("coda.confidence", decision.confidence);
+                drop(span);
+                act.on_route(&id, decision, ctx)
+            }
             // The router crashed mid-request (it is being restarted): the LLM answers.
             Err(_) => act.on_route(
                 &id,
@@ -549,14 +603,22 @@ impl Orchestrator {
             return;
         };
         let id = turn_id.to_string();
+        // Our own call id, so the span and the tool_result event name the same call.
+        let call_id = format!("k-{turn_id}");
+        let span = tool_span(&turn.span, &name, &call_id, turn_id, &turn.session_id);
         let fut = tools.send(crate::tools::Call {
             name: name.clone(),
             arguments,
             turn_id: Some(turn_id.to_string()),
             session_id: Some(turn.session_id.clone()),
+            call_id: Some(call_id),
             ..Default::default()
         });
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if !matches!(res, Ok(Ok(_))) {
+                span.record("otel.status_code", "error");
+            }
+            drop(span);
             // The Tools actor published tool_result / tool_error itself.
             let text = match res {
                 Ok(Ok(value)) => spoken_tool_answer(&value),
@@ -590,6 +652,14 @@ impl Orchestrator {
         };
         // Recent turns and relevant memories within the budget, from the Memory actor.
         let id = turn_id.to_string();
+        let span = tracing::debug_span!(
+            parent: &turn.span,
+            "coda.memory",
+            otel.name = "memory context",
+            coda.turn_id = turn_id,
+            coda.memory.messages = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let fut = memory.send(crate::memory::BuildContext {
             session_id,
             user_text: user_text.clone(),
@@ -598,12 +668,17 @@ impl Orchestrator {
         });
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let messages = match res {
-                Ok(Ok(context)) => context.messages,
+                Ok(Ok(context)) => {
+                    span.record("coda.memory.messages", context.messages.len() as i64);
+                    context.messages
+                }
                 _ => {
+                    span.record("otel.status_code", "error");
                     tracing::warn!(turn = %id, "memory context unavailable; answering without it");
                     vec![ChatMessage::new(ChatRole::User, &user_text)]
                 }
             };
+            drop(span);
             act.generate(&id, messages, ctx);
         }));
     }
@@ -662,6 +737,7 @@ impl Orchestrator {
             session_id,
             request,
             reply_to: ctx.address().recipient(),
+            span: turn.span.clone(),
         });
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let error = match res {
@@ -714,9 +790,11 @@ impl Orchestrator {
         });
         let session = turn.session_id.clone();
         let id = turn_id.to_string();
+        let parent = turn.span.clone();
         let run = async move {
             let mut results = Vec::new();
             for c in &calls {
+                let span = tool_span(&parent, &c.name, &c.id, &id, &session);
                 let call =
                     crate::tools::Call::from_request(c, Some(id.clone()), Some(session.clone()));
                 let result = match tools.send(call).await {
@@ -725,6 +803,10 @@ impl Orchestrator {
                         "the tools component is restarting".into(),
                     )),
                 };
+                if result.is_err() {
+                    span.record("otel.status_code", "error");
+                }
+                drop(span);
                 results.push(crate::tools::tool_message(&c.id, &result));
             }
             results
@@ -784,6 +866,17 @@ impl Orchestrator {
         }
         let index = turn.speech.queued;
         turn.speech.queued += 1;
+        if turn.tts_span.is_none() {
+            turn.tts_span = Some(tracing::debug_span!(
+                parent: &turn.span,
+                "coda.tts",
+                otel.name = "tts",
+                coda.turn_id = turn_id,
+                coda.tts.sentences = tracing::field::Empty,
+                coda.tts.duration_ms = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            ));
+        }
         let id = turn_id.to_string();
         let progress = Arc::new(SentenceProgress::default());
         turn.sentences.push((sentence.clone(), progress.clone()));
@@ -981,6 +1074,22 @@ impl Orchestrator {
     fn close(&mut self, turn: Turn) {
         let total_ms = turn.input_end.elapsed().as_secs_f64() * 1000.0;
         let l = turn.latency;
+        // The latency_trace's figures on the root span too, so a trace viewer and the
+        // event stream agree.
+        let span = &turn.span;
+        span.record("coda.outcome", format!("{:?}", turn.phase).to_lowercase());
+        span.record("coda.latency.total_ms", total_ms);
+        for (field, stage) in [
+            ("coda.latency.intent_ms", Stage::Intent),
+            ("coda.latency.llm_ttft_ms", Stage::LlmFirstToken),
+            ("coda.latency.llm_ms", Stage::Llm),
+            ("coda.latency.tts_first_audio_ms", Stage::FirstAudio),
+            ("coda.latency.stt_ms", Stage::Stt),
+        ] {
+            if let Some(ms) = l.get(stage) {
+                span.record(field, ms);
+            }
+        }
         self.sup.hub().publish(
             &turn.session_id,
             &LatencyTrace {
@@ -1045,6 +1154,50 @@ impl Orchestrator {
         self.close(turn);
         Some((active, spoken, cut))
     }
+}
+
+/// A turn's root trace span (named `turn`; the stages' spans are its children). The
+/// Stt actor opens it for speech, around the transcription; the orchestrator otherwise.
+pub fn turn_span(turn_id: &str, session_id: &str) -> tracing::Span {
+    tracing::debug_span!(
+        parent: None,
+        "coda.turn",
+        otel.name = "turn",
+        coda.turn_id = turn_id,
+        coda.session_id = session_id,
+        coda.conversation_id = tracing::field::Empty,
+        coda.source = tracing::field::Empty,
+        coda.seq = tracing::field::Empty,
+        coda.outcome = tracing::field::Empty,
+        coda.latency.intent_ms = tracing::field::Empty,
+        coda.latency.llm_ttft_ms = tracing::field::Empty,
+        coda.latency.llm_ms = tracing::field::Empty,
+        coda.latency.tts_first_audio_ms = tracing::field::Empty,
+        coda.latency.total_ms = tracing::field::Empty,
+        coda.latency.stt_ms = tracing::field::Empty,
+    )
+}
+
+/// A tool call's span (GenAI `execute_tool`) under the turn's span.
+fn tool_span(
+    parent: &tracing::Span,
+    name: &str,
+    call_id: &str,
+    turn_id: &str,
+    session_id: &str,
+) -> tracing::Span {
+    tracing::debug_span!(
+        parent: parent,
+        "gen_ai.execute_tool",
+        otel.name = format!("execute_tool {name}"),
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = name,
+        gen_ai.tool.call.id = call_id,
+        gen_ai.tool.type = "function",
+        coda.turn_id = turn_id,
+        coda.session_id = session_id,
+    )
 }
 
 /// What to say for a tool's answer: its `spoken` or `text` field, else compact JSON.
@@ -1232,6 +1385,7 @@ impl Handler<VoiceTurn> for Orchestrator {
             stt_ms: msg.stt_ms,
             speech_ended: msg.speech_ended,
             utterance_ended: msg.utterance_ended,
+            span: msg.span,
         };
         let turn = TextTurn {
             session_id: msg.session_id,
@@ -1359,12 +1513,19 @@ impl Handler<TtsUpdate> for Orchestrator {
             } => {
                 if let Some(turn) = act.turns.get_mut(&turn_id) {
                     turn.latency.set(Stage::Tts, duration_ms);
+                    if let Some(span) = turn.tts_span.take() {
+                        span.record("coda.tts.sentences", i64::from(turn.speech.queued));
+                        span.record("coda.tts.duration_ms", duration_ms);
+                    }
                 }
                 act.transition(&turn_id, TurnEvent::SpeechDone);
             }
             TtsUpdate::Failed { turn_id, error } => {
                 if let Some(turn) = act.turns.get_mut(&turn_id) {
                     turn.speech.failed = true;
+                    if let Some(span) = turn.tts_span.take() {
+                        span.record("otel.status_code", "error");
+                    }
                     tracing::warn!(turn = %turn_id, %error, "speech failed; the text answer stands");
                 }
                 act.transition(&turn_id, TurnEvent::SpeechFailed);

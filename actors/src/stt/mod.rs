@@ -215,11 +215,14 @@ struct Utterance {
     /// The utterance ended with nothing said after that pause while its transcription
     /// was still running: it is the final one, finished when it is done.
     final_waiting: Option<(Instant, Instant)>,
+    /// The turn's root trace span, from the start of speech (the orchestrator keeps it).
+    span: tracing::Span,
 }
 
 impl Utterance {
-    fn new(turn_id: String) -> Utterance {
+    fn new(turn_id: String, session_id: &str) -> Utterance {
         Utterance {
+            span: crate::orchestrator::turn_span(&turn_id, session_id),
             turn_id,
             interim: None,
             final_abort: None,
@@ -227,6 +230,20 @@ impl Utterance {
             final_waiting: None,
         }
     }
+}
+
+/// A transcription's span under the turn's root: `settled` (at a pause; it becomes the
+/// final one when nothing follows) or `final`.
+fn stt_span(root: &tracing::Span, turn_id: &str, samples: usize, kind: &str) -> tracing::Span {
+    tracing::debug_span!(
+        parent: root,
+        "coda.stt",
+        otel.name = "stt",
+        coda.turn_id = turn_id,
+        coda.stt.kind = kind,
+        coda.stt.audio_ms = samples as f64 / 16.0,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 struct SettledRun {
@@ -363,8 +380,10 @@ impl SttActor {
             session_id: session_id.clone(),
             on: true,
         });
-        self.utterances
-            .insert(session_id.clone(), Utterance::new(turn_id.clone()));
+        self.utterances.insert(
+            session_id.clone(),
+            Utterance::new(turn_id.clone(), &session_id),
+        );
         // A missing model is said at once, while the user is still speaking.
         self.run(
             |_| Ok(()),
@@ -462,9 +481,14 @@ impl SttActor {
         });
         let turn_id = u.turn_id.clone();
         let abort = flag.clone();
+        let span = stt_span(&u.span, &turn_id, samples.len(), "settled");
         self.run(
             move |e| e.transcribe(&samples, Some(abort)),
             move |act, res, _| {
+                if res.is_err() {
+                    span.record("otel.status_code", "error");
+                }
+                drop(span);
                 let Some(u) = act.utterances.get_mut(&session_id) else {
                     return;
                 };
@@ -478,8 +502,15 @@ impl SttActor {
                 }
                 run.result = Some(res.clone());
                 if let Some((speech_ended, utterance_ended)) = u.final_waiting.take() {
-                    act.utterances.remove(&session_id);
-                    act.finish(session_id, turn_id, res, speech_ended, utterance_ended);
+                    let root = act.utterances.remove(&session_id).map(|u| u.span);
+                    act.finish(
+                        session_id,
+                        turn_id,
+                        res,
+                        speech_ended,
+                        utterance_ended,
+                        root.unwrap_or_else(tracing::Span::none),
+                    );
                 } else {
                     act.interim(&session_id, turn_id, res);
                 }
@@ -513,8 +544,15 @@ impl SttActor {
                     let turn_id = u.turn_id.clone();
                     match done {
                         Some(res) => {
-                            self.utterances.remove(&session_id);
-                            self.finish(session_id, turn_id, res, speech_ended, utterance_ended);
+                            let root = self.utterances.remove(&session_id).map(|u| u.span);
+                            self.finish(
+                                session_id,
+                                turn_id,
+                                res,
+                                speech_ended,
+                                utterance_ended,
+                                root.unwrap_or_else(tracing::Span::none),
+                            );
                         }
                         None => u.final_waiting = Some((speech_ended, utterance_ended)),
                     }
@@ -530,7 +568,7 @@ impl SttActor {
                 let id = format!("t-v{:04}", self.next_turn);
                 self.next_turn += 1;
                 self.utterances
-                    .insert(session_id.clone(), Utterance::new(id.clone()));
+                    .insert(session_id.clone(), Utterance::new(id.clone(), &session_id));
                 id
             }
         };
@@ -539,9 +577,19 @@ impl SttActor {
             u.final_abort = Some(flag.clone());
         }
         let abort = flag.clone();
+        // The utterance's root span goes on to the orchestrator with the transcript.
+        let root = self
+            .utterances
+            .get(&session_id)
+            .map_or_else(tracing::Span::none, |u| u.span.clone());
+        let stt_span = stt_span(&root, &turn_id, samples.len(), "final");
         self.run(
             move |e| e.transcribe(&samples, Some(abort)),
             move |act, res, _| {
+                if res.is_err() {
+                    stt_span.record("otel.status_code", "error");
+                }
+                drop(stt_span);
                 let current = act.utterances.get(&session_id).is_some_and(|u| {
                     u.final_abort
                         .as_ref()
@@ -550,7 +598,14 @@ impl SttActor {
                 if current {
                     act.utterances.remove(&session_id);
                 }
-                act.finish(session_id, turn_id, res, speech_ended, utterance_ended);
+                act.finish(
+                    session_id,
+                    turn_id,
+                    res,
+                    speech_ended,
+                    utterance_ended,
+                    root,
+                );
             },
             ctx,
         );
@@ -563,6 +618,7 @@ impl SttActor {
         res: Result<Transcript, SttFailure>,
         speech_ended: Instant,
         utterance_ended: Instant,
+        span: tracing::Span,
     ) {
         let t = match res {
             Ok(t) => t,
@@ -606,6 +662,7 @@ impl SttActor {
             stt_ms: t.elapsed_ms,
             speech_ended,
             utterance_ended,
+            span,
         });
     }
 

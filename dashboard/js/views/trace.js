@@ -1,10 +1,24 @@
 // LLM trace: one card per turn, newest first: provider and model, the prompt, the answer as
 // its tokens stream in, a strip with one tick per token at its arrival time, and the
-// timings (time to first token, duration, tokens, tokens/s, the turn's latency_trace).
+// timings (time to first token, duration, tokens, tokens/s, the turn's latency_trace), and
+// its usage (tokens in and out, cost). Above the cards, one usage line per session: the
+// running total that llm_result's session_usage carries.
 
 import { el, ms, clock } from '../ui.js';
 
 const MAX_CARDS = 50;
+const MAX_SESSIONS = 8;
+
+// "120 in · 9 out · 0.000024 USD"; "~" marks estimated counts.
+export function usageText(u) {
+  if (!u) return '';
+  const est = u.estimated ? '~' : '';
+  let cost = 'cost unknown';
+  if (u.pricing === 'free') cost = 'free';
+  else if (u.pricing === 'priced' && typeof u.cost === 'number') cost = `${u.cost.toFixed(6)} ${u.currency || ''}`.trim();
+  return `${est}${u.input_tokens} in · ${est}${u.output_tokens} out · ${cost}`;
+}
+
 const STAGES = ['stt_ms', 'intent_ms', 'llm_ttft_ms', 'llm_ms', 'tts_first_audio_ms', 'tts_ms', 'total_ms', 'kernel_ms'];
 
 export class TraceView {
@@ -15,7 +29,9 @@ export class TraceView {
     this.cards = new Map(); // turn_id -> card
     this.list = el('div.trace-list#trace-list');
     this.empty = el('p.muted', 'No language-model turn yet. Type something below.');
-    this.root = el('section.view.trace-view', { dataset: { view: this.id } }, this.empty, this.list);
+    this.sessions = new Map(); // session_id -> session_usage
+    this.usage = el('div.usage-lines#usage-lines');
+    this.root = el('section.view.trace-view', { dataset: { view: this.id } }, this.usage, this.empty, this.list);
     this.dirty = false;
   }
 
@@ -64,6 +80,12 @@ export class TraceView {
         c.result = d;
         c.text = d.text;
         c.state = 'done';
+        if (d.session_usage) {
+          this.sessions.delete(ev.session_id);
+          this.sessions.set(ev.session_id, d.session_usage);
+          while (this.sessions.size > MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value);
+          this.usageChanged = true;
+        }
         break;
       case 'llm_error':
         c = this.card(d.turn_id, ev.timestamp);
@@ -89,6 +111,12 @@ export class TraceView {
   }
 
   render() {
+    if (this.usageChanged) {
+      this.usageChanged = false;
+      const lines = [...this.sessions].reverse().map(([sid, u]) =>
+        el('p.usage-line', { dataset: { session: sid } }, el('b', `session ${sid}`), ` ${usageText(u)}`));
+      this.usage.replaceChildren(...lines);
+    }
     for (const c of this.cards.values()) {
       if (!c.changed) continue;
       c.changed = false;
@@ -107,6 +135,7 @@ export class TraceView {
         ['duration', c.result ? ms(c.result.duration_ms) : '…'],
         ['tok/s', c.result ? c.result.tokens_per_second.toFixed(1) : '…'],
       ];
+      if (c.result && c.result.usage) stats.push(['usage', usageText(c.result.usage)]);
       if (c.latency) {
         for (const k of STAGES) if (typeof c.latency[k] === 'number') stats.push([k.replace(/_ms$/, ''), ms(c.latency[k])]);
       }

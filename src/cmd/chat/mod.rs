@@ -133,20 +133,26 @@ pub struct UsageRow {
     pub completion_tokens: u64,
     /// Time spent answering, ms.
     pub model_ms: f64,
+    /// Some counts were estimated (the provider reported none).
+    #[serde(default)]
+    pub estimated: bool,
 }
 
 impl UsageBook {
     /// Adds one answer.
-    pub fn add(&mut self, key: &str, prompt: u32, completion: u32, ms: f64) {
+    pub fn add(&mut self, key: &str, prompt: u32, completion: u32, ms: f64, estimated: bool) {
         let r = self.rows.entry(key.to_string()).or_default();
+        r.estimated |= estimated;
         r.requests += 1;
         r.prompt_tokens += u64::from(prompt);
         r.completion_tokens += u64::from(completion);
         r.model_ms += ms;
     }
 
-    /// The summary table.
-    pub fn summary(&self) -> String {
+    /// The summary table, with each row's cost at `prices` ("free" for local models,
+    /// "unknown" without a price); `~` marks estimated counts.
+    pub fn summary(&self, prices: &coda_actors::llm::usage::Prices) -> String {
+        use coda_actors::llm::usage::accumulate;
         let w = self
             .rows
             .keys()
@@ -155,34 +161,64 @@ impl UsageBook {
             .unwrap_or(14)
             .max(14);
         let mut out = format!(
-            "{:<w$}  {:>8}  {:>10}  {:>10}  {:>9}\n",
-            "provider/model", "requests", "prompt", "completion", "time"
+            "{:<w$}  {:>8}  {:>10}  {:>10}  {:>9}  {:>14}\n",
+            "provider/model", "requests", "prompt", "completion", "time", "cost"
         );
         let mut total = UsageRow::default();
-        for (k, r) in &self.rows {
+        let mut total_cost = coda_protocol::TokenUsage::default();
+        let est = |e: bool| if e { "~" } else { "" };
+        for (i, (k, r)) in self.rows.iter().enumerate() {
+            let (provider, model) = k.split_once('/').unwrap_or((k.as_str(), ""));
+            let mut u = coda_protocol::TokenUsage {
+                input_tokens: r.prompt_tokens,
+                output_tokens: r.completion_tokens,
+                estimated: r.estimated,
+                ..Default::default()
+            };
+            prices.price(provider, model, &mut u);
+            accumulate(&mut total_cost, &u, i == 0);
             out.push_str(&format!(
-                "{k:<w$}  {:>8}  {:>10}  {:>10}  {:>8.1}s\n",
+                "{k:<w$}  {:>8}  {:>10}  {:>10}  {:>8.1}s  {:>14}\n",
                 r.requests,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.model_ms / 1000.0
+                format!("{}{}", est(r.estimated), r.prompt_tokens),
+                format!("{}{}", est(r.estimated), r.completion_tokens),
+                r.model_ms / 1000.0,
+                cost_text(&u),
             ));
             total.requests += r.requests;
             total.prompt_tokens += r.prompt_tokens;
             total.completion_tokens += r.completion_tokens;
             total.model_ms += r.model_ms;
+            total.estimated |= r.estimated;
         }
         if self.rows.len() > 1 {
             out.push_str(&format!(
-                "{:<w$}  {:>8}  {:>10}  {:>10}  {:>8.1}s\n",
+                "{:<w$}  {:>8}  {:>10}  {:>10}  {:>8.1}s  {:>14}\n",
                 "total",
                 total.requests,
-                total.prompt_tokens,
-                total.completion_tokens,
-                total.model_ms / 1000.0
+                format!("{}{}", est(total.estimated), total.prompt_tokens),
+                format!("{}{}", est(total.estimated), total.completion_tokens),
+                total.model_ms / 1000.0,
+                cost_text(&total_cost),
             ));
         }
+        if total.estimated {
+            out.push_str("~ estimated: the provider reported no token counts\n");
+        }
         out
+    }
+}
+
+/// A cost for the table: `0.000123 USD`, `free`, `unknown`.
+fn cost_text(u: &coda_protocol::TokenUsage) -> String {
+    match (u.pricing, u.cost) {
+        (coda_protocol::Pricing::Free, _) => "free".into(),
+        (coda_protocol::Pricing::Priced, Some(c)) => {
+            format!("{c:.6} {}", u.currency.as_deref().unwrap_or(""))
+                .trim_end()
+                .to_string()
+        }
+        _ => "unknown".into(),
     }
 }
 
@@ -209,6 +245,8 @@ pub enum Command {
     Compact,
     /// `/clear`
     Clear,
+    /// `/usage`
+    Usage,
     /// `/exit`, `/quit`
     Exit,
     /// Anything else starting with `/`.
@@ -245,6 +283,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("/undo", "undo the assistant's newest file change"),
     ("/compact", "summarise older turns now to free context"),
     ("/clear", "start the conversation over (usage is kept)"),
+    ("/usage", "tokens in and out and their cost so far"),
     ("/exit", "quit with a usage summary (also /quit, Ctrl-D)"),
 ];
 
@@ -280,6 +319,7 @@ pub fn parse_command(line: &str) -> Option<Command> {
         "undo" => Command::Undo,
         "compact" => Command::Compact,
         "clear" => Command::Clear,
+        "usage" => Command::Usage,
         "exit" | "quit" | "q" => Command::Exit,
         other => Command::Unknown(other.to_string()),
     })
@@ -546,6 +586,26 @@ impl Repl {
         Ok(())
     }
 
+    /// The usage so far (`/usage`, and at the end).
+    fn print_usage(&self) {
+        if self.usage.rows.is_empty() {
+            println!("no tokens used");
+        } else {
+            print!("{}", self.usage.summary(&self.prices()));
+        }
+    }
+
+    /// `llm.prices`, looked up by lower-cased model name.
+    fn prices(&self) -> coda_actors::llm::usage::Prices {
+        coda_actors::llm::usage::Prices(
+            self.cfg
+                .prices
+                .iter()
+                .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                .collect(),
+        )
+    }
+
     /// Runs a command; `false` means quit.
     fn command(&mut self, cmd: Command) -> bool {
         match cmd {
@@ -635,6 +695,7 @@ impl Repl {
                 self.summary = None;
                 println!("conversation cleared");
             }
+            Command::Usage => self.print_usage(),
             Command::Exit => return false,
             Command::Unknown(c) => {
                 println!(
@@ -820,6 +881,7 @@ impl Repl {
                     r.usage.prompt_tokens,
                     r.usage.completion_tokens,
                     t0.elapsed().as_secs_f64() * 1000.0,
+                    false,
                 );
                 self.summary = Some(r.text.trim().to_string());
             }
@@ -981,6 +1043,7 @@ impl Repl {
                 ..Default::default()
             };
             let started = Instant::now();
+            let prompt_estimate = coda_actors::llm::usage::estimate_prompt(&req.messages);
             let (r, error) = self.stream_round(req);
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             let (provider, model) = self
@@ -1000,11 +1063,16 @@ impl Repl {
                 println!("{}", self.err(&format!("error: {e}")));
                 return;
             }
-            let (p, c) = r
-                .usage
-                .map(|u| (u.prompt_tokens, u.completion_tokens))
-                .unwrap_or((0, r.tokens));
-            self.usage.add(&format!("{provider}/{model}"), p, c, ms);
+            // Without counts from the provider: estimated, and marked so.
+            let (p, c, estimated) = r.usage.map_or_else(
+                || {
+                    let c = coda_actors::llm::usage::estimate_completion(&r.answer, r.tokens);
+                    (prompt_estimate, c, true)
+                },
+                |u| (u.prompt_tokens, u.completion_tokens, false),
+            );
+            self.usage
+                .add(&format!("{provider}/{model}"), p, c, ms, estimated);
             tokens += c;
             let calls = if r.cancelled { Vec::new() } else { r.calls };
             if !r.answer.is_empty() || calls.is_empty() {
@@ -1384,11 +1452,7 @@ pub fn run(loaded: &Loaded, args: ChatArgs) -> anyhow::Result<()> {
         repl.turns,
         started.elapsed().as_secs_f64()
     );
-    if repl.usage.rows.is_empty() {
-        println!("no tokens used");
-    } else {
-        print!("{}", repl.usage.summary());
-    }
+    repl.print_usage();
     Ok(())
 }
 
@@ -1468,15 +1532,56 @@ mod tests {
     #[test]
     fn usage_and_markdown() {
         let mut u = UsageBook::default();
-        u.add("openai/m", 10, 5, 1000.0);
-        u.add("openai/m", 20, 7, 500.0);
-        u.add("ollama/l", 1, 2, 100.0);
-        let s = u.summary();
+        u.add("openai/m", 10, 5, 1000.0, false);
+        u.add("openai/m", 20, 7, 500.0, false);
+        u.add("ollama/l", 1, 2, 100.0, false);
+        let none = coda_actors::llm::usage::Prices::default();
+        let s = u.summary(&none);
         assert!(
             s.contains("openai/m") && s.contains("30") && s.contains("12"),
             "{s}"
         );
         assert!(s.contains("total"), "{s}");
+        // Local models are free; a paid model without a price is unknown, and so is a
+        // total that includes it.
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("ollama/l") && l.ends_with("free")),
+            "{s}"
+        );
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("openai/m") && l.ends_with("unknown")),
+            "{s}"
+        );
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("total") && l.ends_with("unknown")),
+            "{s}"
+        );
+        let mut priced = std::collections::BTreeMap::new();
+        priced.insert(
+            "m".to_string(),
+            coda_actors::llm::usage::Price {
+                input_per_mtok: 1_000_000.0,
+                output_per_mtok: 0.0,
+                currency: "USD".into(),
+            },
+        );
+        let s = u.summary(&coda_actors::llm::usage::Prices(priced));
+        // 30 prompt tokens at 1 per token; the free model adds nothing.
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("openai/m") && l.ends_with("30.000000 USD")),
+            "{s}"
+        );
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("total") && l.ends_with("30.000000 USD")),
+            "{s}"
+        );
+        u.add("openai/m", 3, 3, 1.0, true);
+        assert!(u.summary(&none).contains("~ estimated"));
         let md = to_markdown(&SavedSession {
             name: "n".into(),
             created_at: 0,
