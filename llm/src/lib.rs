@@ -12,6 +12,7 @@
 pub mod engine;
 pub mod gguf;
 pub mod kernels;
+pub mod kquants;
 pub mod model;
 pub mod quant;
 pub mod requant;
