@@ -587,4 +587,60 @@ mod tests {
         assert_eq!(s.push(&e[..1]), "");
         assert_eq!(s.finish(), "\u{fffd}");
     }
+
+    /// A tiny SentencePiece vocabulary: merges by score, a byte fallback, a special token
+    /// matched whole, `▁` decoded as a space.
+    #[test]
+    fn sentencepiece_merges_by_score_with_byte_fallback() {
+        use crate::gguf::{self, ValueType};
+        let toks = [
+            ("<unk>", 2, 0.0),
+            ("<s>", 3, 0.0),
+            ("</s>", 3, 0.0),
+            ("<0x41>", 6, 0.0),
+            ("\u{2581}", 1, -10.0),
+            ("h", 1, -10.0),
+            ("e", 1, -10.0),
+            ("l", 1, -10.0),
+            ("o", 1, -10.0),
+            ("he", 1, -1.0),
+            ("ll", 1, -2.0),
+            ("hell", 1, -3.0),
+            ("hello", 1, -4.0),
+            ("<start_of_turn>", 3, 0.0),
+        ];
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        meta.insert(
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(
+                ValueType::String,
+                toks.iter().map(|t| Value::String(t.0.into())).collect(),
+            ),
+        );
+        meta.insert(
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(
+                ValueType::I32,
+                toks.iter().map(|t| Value::I32(t.1)).collect(),
+            ),
+        );
+        meta.insert(
+            "tokenizer.ggml.scores".into(),
+            Value::Array(
+                ValueType::F32,
+                toks.iter().map(|t| Value::F32(t.2)).collect(),
+            ),
+        );
+        meta.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
+        meta.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(true));
+        meta.insert("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.gguf");
+        gguf::write(&path, &meta, &[], |_| Ok(Vec::new())).expect("write");
+        let t = Tokenizer::from_gguf(&Gguf::open(&path).expect("reads")).expect("builds");
+        let ids = t.encode("hello A<start_of_turn>").expect("encodes");
+        assert_eq!(ids, vec![1, 12, 4, 3, 13]);
+        assert_eq!(t.decode(&ids), "hello A");
+    }
 }
