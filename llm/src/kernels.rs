@@ -1,6 +1,8 @@
 //! The hot loops: Q8_0 weight rows dotted with Q8-quantised activations (int8 × int8 with
 //! one f32 scale per 32 values on each side, as llama.cpp does), with an AVX-512 VNNI path,
-//! an AVX2 path and a portable one, chosen once at run time.
+//! an AVX2 path and a portable one, chosen once at run time; and [`Linear`] /
+//! [`matmul_linear`], which run each weight row with its own type's kernel (the K-quant
+//! and Q5_0 ones are in [`crate::kquants`]).
 
 use std::sync::OnceLock;
 
@@ -115,7 +117,7 @@ impl QActs {
 pub enum Kernel {
     /// AVX-512 BW + VNNI (64 int8 products per instruction).
     Avx512Vnni,
-    /// AVX2 + FMA.
+    /// AVX2 + FMA (+ F16C).
     Avx2,
     /// Portable Rust.
     Scalar,
@@ -144,10 +146,15 @@ impl Kernel {
                 && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
             {
                 return Kernel::Avx512Vnni;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // F16C converts the K-quant and Q5_0 blocks' f16 scales (every AVX2 CPU has it).
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 return Kernel::Avx2;
             }
         }
@@ -523,6 +530,8 @@ impl Kernel {
     #[inline]
     fn dot_weight(self, w: &Weight, r: usize, x: &Acts, v: usize) -> f32 {
         match w {
+            // `Acts::for_linear` quantised every form the Linear's parts need, so the
+            // `else` arms are unreachable for activations made for this matrix.
             Weight::Q8(m) => {
                 let nb = m.cols / QK;
                 let Some(a) = &x.q8 else { return 0.0 };
