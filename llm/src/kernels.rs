@@ -1,12 +1,15 @@
 //! The hot loops: Q8_0 weight rows dotted with Q8-quantised activations (int8 × int8 with
 //! one f32 scale per 32 values on each side, as llama.cpp does), with an AVX-512 VNNI path,
-//! an AVX2 path and a portable one, chosen once at run time.
+//! an AVX2 path and a portable one, chosen once at run time; and [`Linear`] /
+//! [`matmul_linear`], which run each weight row with its own type's kernel (the K-quant
+//! and Q5_0 ones are in [`crate::kquants`]).
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::quant::{quantize_block_q8, QK};
+use crate::kquants::QActsK;
+use crate::quant::{dequantize, quantize_block_q8, GgmlType, QK};
 
 /// A Q8_0 matrix in the engine's layout: int8 quants row-major, and one f32 scale per
 /// 32-value block (row-major too). Separate arrays keep the SIMD loads aligned to blocks.
@@ -114,7 +117,7 @@ impl QActs {
 pub enum Kernel {
     /// AVX-512 BW + VNNI (64 int8 products per instruction).
     Avx512Vnni,
-    /// AVX2 + FMA.
+    /// AVX2 + FMA (+ F16C).
     Avx2,
     /// Portable Rust.
     Scalar,
@@ -143,10 +146,15 @@ impl Kernel {
                 && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
             {
                 return Kernel::Avx512Vnni;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // F16C converts the K-quant and Q5_0 blocks' f16 scales (every AVX2 CPU has it).
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 return Kernel::Avx2;
             }
         }
@@ -349,6 +357,264 @@ pub fn matmul(pool: &rayon::ThreadPool, kernel: Kernel, w: &QMatrix, x: &QActs, 
             }
         });
     });
+}
+
+/// One weight matrix in the form the kernels read: Q8_0 in the split layout above, or
+/// the file's own blocks (Q5_0, Q4_K, Q5_K, Q6_K) row-major as stored.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// Q8_0 (also what other formats are converted to at load).
+    Q8(QMatrix),
+    /// Blocks of a type with its own kernel.
+    Blocks {
+        /// `Q5_0`, `Q4_K`, `Q5_K` or `Q6_K`.
+        ty: GgmlType,
+        /// Output size.
+        rows: usize,
+        /// Input size (a multiple of the type's block).
+        cols: usize,
+        /// `rows * row_bytes` bytes.
+        data: Vec<u8>,
+    },
+}
+
+impl Weight {
+    /// Output size.
+    pub fn rows(&self) -> usize {
+        match self {
+            Weight::Q8(m) => m.rows,
+            Weight::Blocks { rows, .. } => *rows,
+        }
+    }
+
+    /// Input size.
+    pub fn cols(&self) -> usize {
+        match self {
+            Weight::Q8(m) => m.cols,
+            Weight::Blocks { cols, .. } => *cols,
+        }
+    }
+
+    /// The element type held.
+    pub fn ty(&self) -> GgmlType {
+        match self {
+            Weight::Q8(_) => GgmlType::Q8_0,
+            Weight::Blocks { ty, .. } => *ty,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Weight::Q8(m) => m.bytes(),
+            Weight::Blocks { data, .. } => data.len(),
+        }
+    }
+
+    /// One row, dequantised (embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Weight::Q8(m) => m.row_f32(r, out),
+            Weight::Blocks { ty, data, cols, .. } => {
+                let rb = ty.byte_size(*cols as u64) as usize;
+                // The shape was checked at load, so the row's bytes match `out`.
+                let ok = dequantize(*ty, &data[r * rb..(r + 1) * rb], out);
+                debug_assert!(ok);
+            }
+        }
+    }
+}
+
+/// A projection: one or more weight matrices with the same input size whose outputs are
+/// stacked (Q, K and V; gate and up). Parts of one type are merged, so a file whose
+/// parts share a type runs one matrix.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    parts: Vec<Weight>,
+    /// First output row of each part.
+    starts: Vec<usize>,
+    /// Total output size.
+    pub rows: usize,
+    /// Input size.
+    pub cols: usize,
+}
+
+impl Linear {
+    /// Stacks `parts` (same `cols`, checked by the loader).
+    pub fn new(parts: Vec<Weight>) -> Linear {
+        let mut merged: Vec<Weight> = Vec::with_capacity(parts.len());
+        for p in parts {
+            match (merged.last_mut(), p) {
+                (Some(Weight::Q8(a)), Weight::Q8(b)) => *a = QMatrix::concat(&[a.clone(), b]),
+                (
+                    Some(Weight::Blocks { ty, rows, data, .. }),
+                    Weight::Blocks {
+                        ty: t2,
+                        rows: r2,
+                        data: d2,
+                        ..
+                    },
+                ) if *ty == t2 => {
+                    *rows += r2;
+                    data.extend_from_slice(&d2);
+                }
+                (_, p) => merged.push(p),
+            }
+        }
+        let cols = merged.first().map_or(0, Weight::cols);
+        let mut starts = Vec::with_capacity(merged.len());
+        let mut rows = 0;
+        for p in &merged {
+            starts.push(rows);
+            rows += p.rows();
+        }
+        Linear {
+            parts: merged,
+            starts,
+            rows,
+            cols,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(Weight::bytes).sum()
+    }
+
+    /// The matrices held (one per type run).
+    pub fn parts(&self) -> &[Weight] {
+        &self.parts
+    }
+
+    /// One row, dequantised.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let p = self.starts.partition_point(|&s| s <= r) - 1;
+        self.parts[p].row_f32(r - self.starts[p], out);
+    }
+
+    fn needs_q8_0(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p.ty(), GgmlType::Q8_0 | GgmlType::Q5_0))
+    }
+
+    fn needs_q8_k(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p.ty(), GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K))
+    }
+}
+
+/// Activations quantised in every form a [`Linear`] needs: Q8_0 (for Q8_0 and Q5_0
+/// weights) and Q8_K (for K-quant weights).
+#[derive(Debug, Clone, Default)]
+pub struct Acts {
+    q8: Option<QActs>,
+    q8k: Option<QActsK>,
+    n: usize,
+}
+
+impl Acts {
+    /// Quantises `x` (`n * w.cols` values) for `w`.
+    pub fn for_linear(x: &[f32], w: &Linear) -> Acts {
+        Acts {
+            q8: w.needs_q8_0().then(|| QActs::quantize(x, w.cols)),
+            q8k: w.needs_q8_k().then(|| QActsK::quantize(x, w.cols)),
+            n: x.len().checked_div(w.cols).unwrap_or(0),
+        }
+    }
+}
+
+impl Kernel {
+    /// Row `r` of `w` dotted with vector `v` of `x`.
+    #[inline]
+    fn dot_weight(self, w: &Weight, r: usize, x: &Acts, v: usize) -> f32 {
+        match w {
+            // `Acts::for_linear` quantised every form the Linear's parts need, so the
+            // `else` arms are unreachable for activations made for this matrix.
+            Weight::Q8(m) => {
+                let nb = m.cols / QK;
+                let Some(a) = &x.q8 else { return 0.0 };
+                self.dot(
+                    &m.q[r * m.cols..(r + 1) * m.cols],
+                    &m.d[r * nb..(r + 1) * nb],
+                    &a.q[v * a.cols..(v + 1) * a.cols],
+                    &a.d[v * nb..(v + 1) * nb],
+                )
+            }
+            Weight::Blocks { ty, cols, data, .. } => {
+                let rb = ty.byte_size(*cols as u64) as usize;
+                let row = &data[r * rb..(r + 1) * rb];
+                match ty {
+                    GgmlType::Q5_0 => {
+                        let Some(a) = &x.q8 else { return 0.0 };
+                        let nb = cols / QK;
+                        self.dot_q5_0(
+                            row,
+                            &a.q[v * a.cols..(v + 1) * a.cols],
+                            &a.d[v * nb..(v + 1) * nb],
+                        )
+                    }
+                    _ => {
+                        let Some(a) = &x.q8k else { return 0.0 };
+                        let (xq, xd, bs) = a.vector(v);
+                        match ty {
+                            GgmlType::Q4_K => self.dot_q4_k(row, xq, xd, bs),
+                            GgmlType::Q5_K => self.dot_q5_k(row, xq, xd, bs),
+                            _ => self.dot_q6_k(row, xq, xd),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out[v][r] = W[r] · x[v]` for a [`Linear`], rows split across the pool's threads as in
+/// [`matmul`]; each row runs its part's kernel.
+pub fn matmul_linear(
+    pool: &rayon::ThreadPool,
+    kernel: Kernel,
+    w: &Linear,
+    x: &Acts,
+    out: &mut [f32],
+) {
+    let n = x.n;
+    assert_eq!(out.len(), n * w.rows, "matmul output size");
+    let threads = pool.current_num_threads().max(1);
+    let chunks = if w.rows >= 64 * threads {
+        threads * 4
+    } else {
+        threads
+    };
+    let per = w.rows.div_ceil(chunks);
+    let ptr = OutPtr(out.as_mut_ptr());
+    let rows = w.rows;
+    let run = |c: usize| {
+        let start = c * per;
+        let end = ((c + 1) * per).min(rows);
+        let mut r = start;
+        while r < end {
+            let p = w.starts.partition_point(|&s| s <= r) - 1;
+            let part = &w.parts[p];
+            let part_end = (w.starts[p] + part.rows()).min(end);
+            for rr in r..part_end {
+                let local = rr - w.starts[p];
+                for v in 0..n {
+                    let y = kernel.dot_weight(part, local, x, v);
+                    // SAFETY: v < n and rr < rows, so the index is inside `out`; each
+                    // (v, rr) is written by this task only.
+                    unsafe { *ptr.get().add(v * rows + rr) = y };
+                }
+            }
+            r = part_end;
+        }
+    };
+    if chunks == 1 {
+        run(0);
+    } else {
+        pool.install(|| (0..chunks).into_par_iter().for_each(run));
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,19 @@
 //! Coda's embedded LLM engine, in pure Rust (no C, so nothing clashes with the ggml that
 //! whisper.cpp links): GGUF files ([`gguf`]), ggml block formats ([`quant`]), int8 dot
-//! kernels ([`kernels`]), a llama-family transformer ([`model`]), the model's own
-//! tokenizer and chat template ([`tokenizer`], [`template`]) and the generation loop
-//! ([`engine`]).
+//! kernels ([`kernels`] for Q8_0, [`kquants`] for Q4_K/Q5_K/Q6_K and Q5_0), llama-family
+//! and Gemma 3 transformers ([`model`]), the model's own tokenizer and chat template
+//! ([`tokenizer`], [`template`]) and the generation loop ([`engine`]).
 //!
-//! Weights are held as Q8_0 whatever the file stores (Q4_0/Q4_1/Q5_x/F16/BF16/F32 are
-//! requantised at load), because the Q8_0 × Q8 kernels are the fast path on CPUs.
+//! Weights are held in the file's own type when a kernel runs it (Q8_0, Q5_0, Q4_K, Q5_K,
+//! Q6_K: a Q4_K_M model takes about half the memory and bandwidth of its Q8_0
+//! requantisation); F32/F16/BF16/Q4_0/Q4_1/Q5_1 matrices become Q8_0 at load.
 
 #![warn(missing_docs)]
 
 pub mod engine;
 pub mod gguf;
 pub mod kernels;
+pub mod kquants;
 pub mod model;
 pub mod quant;
 pub mod requant;

@@ -1,21 +1,35 @@
-//! A llama-architecture transformer (Llama, SmolLM, Mistral-style GGUFs): weights loaded
-//! from a GGUF into Q8_0, and a forward pass over a batch of tokens with a per-sequence
-//! KV cache. Matrix products run on a rayon pool; Q/K/V and gate/up are fused so a decode
-//! step is five parallel regions per layer.
+//! The transformer: llama-family models (Llama, SmolLM, Mistral) and Gemma 3, weights
+//! loaded from a GGUF in their own block formats where the engine has a kernel for them
+//! (Q8_0, Q5_0, Q4_K, Q5_K, Q6_K; anything else readable becomes Q8_0 at load), and a
+//! forward pass over a batch of tokens with a per-sequence KV cache. Matrix products run
+//! on a rayon pool; Q/K/V and gate/up are fused where their types agree.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::gguf::{Gguf, GgufError, TensorInfo};
-use crate::kernels::{matmul, Kernel, QActs, QMatrix};
-use crate::quant::{dequantize, GgmlType, QK};
+use crate::gguf::{Gguf, GgufError, TensorInfo, Value};
+use crate::kernels::{matmul_linear, Acts, Kernel, Linear, QMatrix, Weight};
+use crate::quant::{dequantize, GgmlType};
+
+/// Architectures the engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// llama, mistral (and SmolLM, which is llama).
+    Llama,
+    /// gemma3: GELU(tanh) FFN, QK-norm, post-attention and post-FFN norms, scaled
+    /// embeddings, sliding-window layers with their own RoPE base, NeoX RoPE.
+    Gemma3,
+}
 
 /// Shapes and constants from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// `general.architecture`.
     pub arch: String,
+    /// Which forward pass.
+    pub kind: Arch,
     /// Hidden size.
     pub dim: usize,
     /// Transformer blocks.
@@ -34,31 +48,46 @@ pub struct ModelConfig {
     pub context: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
-    /// RoPE base.
+    /// RoPE base (of the global layers).
     pub rope_base: f32,
+    /// RoPE base of the sliding-window layers.
+    pub rope_base_local: f32,
+    /// Linear RoPE scaling factor of the global layers (1 = none).
+    pub rope_scale: f32,
+    /// Sliding window (positions a local layer sees), 0 = none.
+    pub sliding_window: usize,
+    /// Every `n`-th layer is global, the others local (0 = all global).
+    pub sliding_pattern: usize,
 }
 
 struct Layer {
     attn_norm: Vec<f32>,
-    /// Q, K and V stacked: `dim + 2 * kv_dim` rows.
-    qkv: QMatrix,
-    wo: QMatrix,
+    /// Q, K and V stacked: `q_dim + 2 * kv_dim` rows.
+    qkv: Linear,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    wo: Linear,
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     /// Gate and up stacked: `2 * ffn` rows.
-    gate_up: QMatrix,
-    down: QMatrix,
+    gate_up: Linear,
+    down: Linear,
+    post_ffn_norm: Option<Vec<f32>>,
+    /// A sliding-window layer (its window, and the local RoPE).
+    local: bool,
 }
 
 /// A loaded model. Immutable and shared by all generations.
 pub struct Model {
     /// Shapes.
     pub config: ModelConfig,
-    embed: QMatrix,
+    embed: Linear,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     /// The output projection; `None` when tied to the embeddings.
-    output: Option<QMatrix>,
+    output: Option<Linear>,
     rope_inv_freq: Vec<f32>,
+    rope_inv_freq_local: Vec<f32>,
     kernel: Kernel,
 }
 
@@ -112,35 +141,54 @@ pub enum ForwardError {
     BadToken(u32),
 }
 
-fn load_matrix(
+/// Reads a matrix: kept in its own type when a kernel runs it, else converted to Q8_0.
+fn load_weight(
     gguf: &Gguf,
     file: &mut std::fs::File,
     t: &TensorInfo,
     rows: usize,
     cols: usize,
-) -> Result<QMatrix, GgufError> {
+) -> Result<Weight, GgufError> {
     check_shape(gguf, t, &[cols, rows])?;
-    if !cols.is_multiple_of(QK) {
+    let block = t.ty.block_elems() as usize;
+    let q8_block = crate::quant::QK;
+    if !cols.is_multiple_of(block) || !cols.is_multiple_of(q8_block) {
         return Err(gguf.missing(format!(
-            "tensor `{}` has rows of {cols}, not a multiple of {QK}",
-            t.name
+            "tensor `{}` has rows of {cols}, not a multiple of {}",
+            t.name,
+            block.max(q8_block)
         )));
     }
-    let raw = gguf.read_raw(file, t)?;
-    if t.ty == GgmlType::Q8_0 {
-        return Ok(QMatrix::from_q8_0_blocks(rows, cols, &raw));
+    if !t.ty.readable() {
+        return Err(unsupported(gguf, t));
     }
-    let f = dequantize_tensor(gguf, t, &raw)?;
-    Ok(QMatrix::from_f32(rows, cols, &f))
+    let raw = gguf.read_raw(file, t)?;
+    match t.ty {
+        GgmlType::Q8_0 => Ok(Weight::Q8(QMatrix::from_q8_0_blocks(rows, cols, &raw))),
+        ty if ty.native() => Ok(Weight::Blocks {
+            ty,
+            rows,
+            cols,
+            data: raw,
+        }),
+        _ => {
+            let f = dequantize_tensor(gguf, t, &raw)?;
+            Ok(Weight::Q8(QMatrix::from_f32(rows, cols, &f)))
+        }
+    }
+}
+
+fn unsupported(gguf: &Gguf, t: &TensorInfo) -> GgufError {
+    GgufError::UnsupportedType {
+        path: gguf.path.clone(),
+        tensor: t.name.clone(),
+        ty: t.ty.name().to_string(),
+    }
 }
 
 fn dequantize_tensor(gguf: &Gguf, t: &TensorInfo, raw: &[u8]) -> Result<Vec<f32>, GgufError> {
     if !t.ty.readable() {
-        return Err(GgufError::UnsupportedType {
-            path: gguf.path.clone(),
-            tensor: t.name.clone(),
-            ty: t.ty.name().to_string(),
-        });
+        return Err(unsupported(gguf, t));
     }
     let mut f = vec![0f32; t.elements() as usize];
     if !dequantize(t.ty, raw, &mut f) {
@@ -181,11 +229,15 @@ impl ModelConfig {
     /// Reads the shapes from the metadata.
     pub fn from_gguf(g: &Gguf) -> Result<ModelConfig, GgufError> {
         let arch = g.str("general.architecture")?.to_string();
-        if !matches!(arch.as_str(), "llama" | "mistral") {
-            return Err(g.missing(format!(
-                "architecture `{arch}` is not supported by the embedded engine (it runs llama-family models: llama, mistral)"
-            )));
-        }
+        let kind = match arch.as_str() {
+            "llama" | "mistral" => Arch::Llama,
+            "gemma3" => Arch::Gemma3,
+            _ => {
+                return Err(g.missing(format!(
+                    "architecture `{arch}` is not supported by the embedded engine (it runs llama, mistral and gemma3)"
+                )))
+            }
+        };
         let key = |k: &str| format!("{arch}.{k}");
         let usize_of = |k: &str| -> Result<usize, GgufError> {
             let v = g.u64(&key(k))?;
@@ -200,12 +252,29 @@ impl ModelConfig {
             Some(_) => usize_of("attention.head_count_kv")?,
             None => heads,
         };
-        if dim % heads != 0 || heads % kv_heads != 0 {
+        if heads % kv_heads != 0 {
             return Err(g.missing(format!(
-                "inconsistent attention shape: {dim} dims, {heads} heads, {kv_heads} kv heads"
+                "inconsistent attention shape: {heads} heads, {kv_heads} kv heads"
             )));
         }
-        let head_dim = dim / heads;
+        // Gemma's heads are wider than dim / heads; the file says so.
+        let head_dim = match g.get(&key("attention.key_length")) {
+            Some(_) => usize_of("attention.key_length")?,
+            None if dim % heads == 0 => dim / heads,
+            None => {
+                return Err(g.missing(format!(
+                    "inconsistent attention shape: {dim} dims, {heads} heads"
+                )))
+            }
+        };
+        if g.get(&key("attention.value_length")).is_some()
+            && usize_of("attention.value_length")? != head_dim
+        {
+            return Err(g.missing(format!(
+                "metadata `{}` differs from the key length (not supported)",
+                key("attention.value_length")
+            )));
+        }
         if head_dim % 2 != 0 {
             return Err(g.missing(format!("odd head size {head_dim}")));
         }
@@ -214,7 +283,47 @@ impl ModelConfig {
             .get(1)
             .copied()
             .unwrap_or(0) as usize;
+        let rope_scale = match g.get(&key("rope.scaling.type")).and_then(Value::as_str) {
+            None | Some("none") => 1.0,
+            Some("linear") => {
+                let f = g.f64_or(&key("rope.scaling.factor"), 1.0) as f32;
+                if !(f.is_finite() && f > 0.0) {
+                    return Err(g.missing(format!(
+                        "metadata `{}` = {f} is out of range",
+                        key("rope.scaling.factor")
+                    )));
+                }
+                1.0 / f
+            }
+            Some(other) => {
+                return Err(g.missing(format!(
+                "metadata `{}` = `{other}`: this RoPE scaling is not supported (none, linear are)",
+                key("rope.scaling.type")
+            )))
+            }
+        };
+        let (sliding_window, sliding_pattern, local_base) = match kind {
+            Arch::Llama => {
+                if g.get(&key("attention.sliding_window")).is_some() {
+                    return Err(g.missing(format!(
+                        "metadata `{}`: sliding-window attention is not supported for `{arch}`",
+                        key("attention.sliding_window")
+                    )));
+                }
+                (0, 0, 0.0)
+            }
+            // llama.cpp's gemma3: five local layers then one global, local RoPE base 10000.
+            Arch::Gemma3 => (
+                usize_of("attention.sliding_window")?,
+                match g.get(&key("attention.sliding_window_pattern")) {
+                    Some(_) => usize_of("attention.sliding_window_pattern")?,
+                    None => 6,
+                },
+                g.f64_or(&key("rope.freq_base_swa"), 10_000.0) as f32,
+            ),
+        };
         Ok(ModelConfig {
+            kind,
             dim,
             layers: usize_of("block_count")?,
             heads,
@@ -225,6 +334,10 @@ impl ModelConfig {
             context: usize_of("context_length")?,
             eps: g.f64_or(&key("attention.layer_norm_rms_epsilon"), 1e-5) as f32,
             rope_base: g.f64_or(&key("rope.freq_base"), 10_000.0) as f32,
+            rope_base_local: local_base,
+            rope_scale,
+            sliding_window,
+            sliding_pattern,
             arch,
         })
     }
@@ -232,6 +345,18 @@ impl ModelConfig {
     /// Size of the keys (and values) of one position in one layer.
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
+    }
+
+    /// Size of the queries of one position.
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Is layer `i` a sliding-window layer?
+    pub fn is_local(&self, i: usize) -> bool {
+        self.sliding_window > 0
+            && self.sliding_pattern > 0
+            && !(i + 1).is_multiple_of(self.sliding_pattern)
     }
 }
 
@@ -241,34 +366,72 @@ impl Model {
         let c = ModelConfig::from_gguf(gguf)?;
         let mut file = gguf.open_data()?;
         let f = &mut file;
-        let kv = c.kv_dim();
-        let embed = load_matrix(gguf, f, tensor(gguf, "token_embd.weight")?, c.vocab, c.dim)?;
+        let (kv, qd) = (c.kv_dim(), c.q_dim());
+        let gemma = c.kind == Arch::Gemma3;
+        let embed = Linear::new(vec![load_weight(
+            gguf,
+            f,
+            tensor(gguf, "token_embd.weight")?,
+            c.vocab,
+            c.dim,
+        )?]);
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let t = |n: &str| tensor(gguf, &format!("blk.{i}.{n}.weight"));
-            let q = load_matrix(gguf, f, t("attn_q")?, c.dim, c.dim)?;
-            let k = load_matrix(gguf, f, t("attn_k")?, kv, c.dim)?;
-            let v = load_matrix(gguf, f, t("attn_v")?, kv, c.dim)?;
-            let gate = load_matrix(gguf, f, t("ffn_gate")?, c.ffn, c.dim)?;
-            let up = load_matrix(gguf, f, t("ffn_up")?, c.ffn, c.dim)?;
+            let vector = |f: &mut std::fs::File, n: &str, len: usize| {
+                load_vector(gguf, f, &format!("blk.{i}.{n}.weight"), len)
+            };
+            let q = load_weight(gguf, f, t("attn_q")?, qd, c.dim)?;
+            let k = load_weight(gguf, f, t("attn_k")?, kv, c.dim)?;
+            let v = load_weight(gguf, f, t("attn_v")?, kv, c.dim)?;
+            let gate = load_weight(gguf, f, t("ffn_gate")?, c.ffn, c.dim)?;
+            let up = load_weight(gguf, f, t("ffn_up")?, c.ffn, c.dim)?;
+            let (q_norm, k_norm, post_attn_norm, post_ffn_norm) = if gemma {
+                (
+                    Some(vector(f, "attn_q_norm", c.head_dim)?),
+                    Some(vector(f, "attn_k_norm", c.head_dim)?),
+                    Some(vector(f, "post_attention_norm", c.dim)?),
+                    Some(vector(f, "post_ffw_norm", c.dim)?),
+                )
+            } else {
+                (None, None, None, None)
+            };
             layers.push(Layer {
-                attn_norm: load_vector(gguf, f, &format!("blk.{i}.attn_norm.weight"), c.dim)?,
-                qkv: QMatrix::concat(&[q, k, v]),
-                wo: load_matrix(gguf, f, t("attn_output")?, c.dim, c.dim)?,
-                ffn_norm: load_vector(gguf, f, &format!("blk.{i}.ffn_norm.weight"), c.dim)?,
-                gate_up: QMatrix::concat(&[gate, up]),
-                down: load_matrix(gguf, f, t("ffn_down")?, c.dim, c.ffn)?,
+                attn_norm: vector(f, "attn_norm", c.dim)?,
+                qkv: Linear::new(vec![q, k, v]),
+                q_norm,
+                k_norm,
+                wo: Linear::new(vec![load_weight(gguf, f, t("attn_output")?, c.dim, qd)?]),
+                post_attn_norm,
+                ffn_norm: vector(f, "ffn_norm", c.dim)?,
+                gate_up: Linear::new(vec![gate, up]),
+                down: Linear::new(vec![load_weight(gguf, f, t("ffn_down")?, c.dim, c.ffn)?]),
+                post_ffn_norm,
+                local: c.is_local(i),
             });
         }
         let out_norm = load_vector(gguf, f, "output_norm.weight", c.dim)?;
         let output = match gguf.tensor("output.weight") {
-            Some(t) => Some(load_matrix(gguf, f, t, c.vocab, c.dim)?),
+            Some(t) => Some(Linear::new(vec![load_weight(gguf, f, t, c.vocab, c.dim)?])),
             None => None,
         };
         let half = c.head_dim / 2;
-        let rope_inv_freq = (0..half)
-            .map(|i| c.rope_base.powf(-(2.0 * i as f32) / c.head_dim as f32))
-            .collect();
+        let inv_freq = |base: f32, scale: f32| -> Vec<f32> {
+            (0..half)
+                .map(|i| scale * base.powf(-(2.0 * i as f32) / c.head_dim as f32))
+                .collect()
+        };
+        let mut rope_inv_freq = inv_freq(c.rope_base, c.rope_scale);
+        // Llama 3.x's long-context RoPE: per-frequency divisors stored as a tensor.
+        if let Some(t) = gguf.tensor("rope_freqs.weight") {
+            let factors = load_vector(gguf, f, &t.name, half)?;
+            for (v, ff) in rope_inv_freq.iter_mut().zip(&factors) {
+                if *ff > 0.0 {
+                    *v /= ff;
+                }
+            }
+        }
+        let rope_inv_freq_local = inv_freq(c.rope_base_local, 1.0);
         Ok(Model {
             config: c,
             embed,
@@ -276,6 +439,7 @@ impl Model {
             out_norm,
             output,
             rope_inv_freq,
+            rope_inv_freq_local,
             kernel: Kernel::current(),
         })
     }
@@ -290,20 +454,37 @@ impl Model {
         self.kernel
     }
 
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.wo, &l.gate_up, &l.down])
+            .chain(std::iter::once(&self.embed))
+            .chain(self.output.as_ref())
+    }
+
     /// Bytes of weights held in memory.
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self
+        let norms: usize = self
             .layers
             .iter()
             .map(|l| {
-                l.qkv.bytes()
-                    + l.wo.bytes()
-                    + l.gate_up.bytes()
-                    + l.down.bytes()
-                    + (l.attn_norm.len() + l.ffn_norm.len()) * 4
+                (l.attn_norm.len() + l.ffn_norm.len()) * 4
+                    + [&l.q_norm, &l.k_norm, &l.post_attn_norm, &l.post_ffn_norm]
+                        .iter()
+                        .map(|n| n.as_ref().map_or(0, Vec::len) * 4)
+                        .sum::<usize>()
             })
             .sum();
-        layers + self.embed.bytes() + self.output.as_ref().map_or(0, QMatrix::bytes)
+        norms + self.linears().map(Linear::bytes).sum::<usize>()
+    }
+
+    /// The matrices' types as held, each with its bytes (e.g. Q4_K, Q6_K, Q8_0).
+    pub fn weight_types(&self) -> BTreeMap<&'static str, usize> {
+        let mut out = BTreeMap::new();
+        for w in self.linears().flat_map(Linear::parts) {
+            *out.entry(w.ty().name()).or_default() += w.bytes();
+        }
+        out
     }
 
     /// An empty cache for a new sequence.
@@ -313,6 +494,10 @@ impl Model {
             v: vec![Vec::new(); self.config.layers],
             len: 0,
         }
+    }
+
+    fn project(&self, pool: &rayon::ThreadPool, w: &Linear, x: &[f32], out: &mut [f32]) {
+        matmul_linear(pool, self.kernel, w, &Acts::for_linear(x, w), out);
     }
 
     /// Runs `tokens` (appended after the cache's positions) through the model and returns
@@ -334,8 +519,9 @@ impl Model {
                 context: c.context,
             });
         }
-        let (dim, kv, hd) = (c.dim, c.kv_dim(), c.head_dim);
-        let qkv_rows = dim + 2 * kv;
+        let gemma = c.kind == Arch::Gemma3;
+        let (dim, kv, hd, qd) = (c.dim, c.kv_dim(), c.head_dim, c.q_dim());
+        let qkv_rows = qd + 2 * kv;
         let mut x = vec![0f32; n * dim];
         for (i, &t) in tokens.iter().enumerate() {
             if t as usize >= c.vocab {
@@ -344,64 +530,85 @@ impl Model {
             self.embed
                 .row_f32(t as usize, &mut x[i * dim..(i + 1) * dim]);
         }
+        if gemma {
+            let s = (dim as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         let pos0 = cache.len;
         let mut xn = vec![0f32; n * dim];
         let mut qkv = vec![0f32; n * qkv_rows];
-        let mut att = vec![0f32; n * dim];
+        let mut att = vec![0f32; n * qd];
         let mut proj = vec![0f32; n * dim];
+        let mut normed = vec![0f32; n * dim];
         let mut gu = vec![0f32; n * 2 * c.ffn];
         let mut h = vec![0f32; n * c.ffn];
         for (li, layer) in self.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, c.eps, &mut xn);
-            matmul(
-                pool,
-                self.kernel,
-                &layer.qkv,
-                &QActs::quantize(&xn, dim),
-                &mut qkv,
-            );
+            self.project(pool, &layer.qkv, &xn, &mut qkv);
+            let inv_freq = if layer.local {
+                &self.rope_inv_freq_local
+            } else {
+                &self.rope_inv_freq
+            };
             for i in 0..n {
                 let row = &mut qkv[i * qkv_rows..(i + 1) * qkv_rows];
                 let pos = (pos0 + i) as f32;
-                let (q, rest) = row.split_at_mut(dim);
-                rope(q, hd, pos, &self.rope_inv_freq);
-                rope(&mut rest[..kv], hd, pos, &self.rope_inv_freq);
+                let (q, rest) = row.split_at_mut(qd);
+                let k = &mut rest[..kv];
+                if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                    rmsnorm_inplace(q, qn, c.eps);
+                    rmsnorm_inplace(k, kn, c.eps);
+                }
+                if gemma {
+                    rope_neox(q, hd, pos, inv_freq);
+                    rope_neox(k, hd, pos, inv_freq);
+                } else {
+                    rope(q, hd, pos, inv_freq);
+                    rope(k, hd, pos, inv_freq);
+                }
                 cache.k[li].extend_from_slice(&rest[..kv]);
                 cache.v[li].extend_from_slice(&rest[kv..2 * kv]);
             }
-            self.attention(pool, &qkv, &cache.k[li], &cache.v[li], pos0, n, &mut att);
-            matmul(
+            let window = if layer.local { c.sliding_window } else { 0 };
+            self.attention(
                 pool,
-                self.kernel,
-                &layer.wo,
-                &QActs::quantize(&att, dim),
-                &mut proj,
+                &qkv,
+                &cache.k[li],
+                &cache.v[li],
+                pos0,
+                n,
+                window,
+                &mut att,
             );
+            self.project(pool, &layer.wo, &att, &mut proj);
+            if let Some(w) = &layer.post_attn_norm {
+                rmsnorm(&proj, w, c.eps, &mut normed);
+                std::mem::swap(&mut proj, &mut normed);
+            }
             for (a, b) in x.iter_mut().zip(&proj) {
                 *a += b;
             }
             rmsnorm(&x, &layer.ffn_norm, c.eps, &mut xn);
-            matmul(
-                pool,
-                self.kernel,
-                &layer.gate_up,
-                &QActs::quantize(&xn, dim),
-                &mut gu,
-            );
+            self.project(pool, &layer.gate_up, &xn, &mut gu);
             for i in 0..n {
                 let g = &gu[i * 2 * c.ffn..i * 2 * c.ffn + c.ffn];
                 let u = &gu[i * 2 * c.ffn + c.ffn..(i + 1) * 2 * c.ffn];
-                for ((o, &gv), &uv) in h[i * c.ffn..(i + 1) * c.ffn].iter_mut().zip(g).zip(u) {
-                    *o = gv / (1.0 + (-gv).exp()) * uv;
+                let o = &mut h[i * c.ffn..(i + 1) * c.ffn];
+                if gemma {
+                    for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+                        *o = gelu_tanh(gv) * uv;
+                    }
+                } else {
+                    for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+                        *o = gv / (1.0 + (-gv).exp()) * uv;
+                    }
                 }
             }
-            matmul(
-                pool,
-                self.kernel,
-                &layer.down,
-                &QActs::quantize(&h, c.ffn),
-                &mut proj,
-            );
+            self.project(pool, &layer.down, &h, &mut proj);
+            if let Some(w) = &layer.post_ffn_norm {
+                rmsnorm(&proj, w, c.eps, &mut normed);
+                std::mem::swap(&mut proj, &mut normed);
+            }
             for (a, b) in x.iter_mut().zip(&proj) {
                 *a += b;
             }
@@ -412,17 +619,12 @@ impl Model {
         rmsnorm(last, &self.out_norm, c.eps, &mut normed);
         let mut logits = vec![0f32; c.vocab];
         let head = self.output.as_ref().unwrap_or(&self.embed);
-        matmul(
-            pool,
-            self.kernel,
-            head,
-            &QActs::quantize(&normed, dim),
-            &mut logits,
-        );
+        self.project(pool, head, &normed, &mut logits);
         Ok(logits)
     }
 
-    /// Causal attention of the `n` new positions over the cache, one task per (token, head).
+    /// Causal attention of the `n` new positions over the cache, one task per (token, head);
+    /// `window` > 0 limits each position to that many latest positions (itself included).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -432,11 +634,12 @@ impl Model {
         vc: &[f32],
         pos0: usize,
         n: usize,
+        window: usize,
         out: &mut [f32],
     ) {
         let c = &self.config;
-        let (dim, kv, hd) = (c.dim, c.kv_dim(), c.head_dim);
-        let qkv_rows = dim + 2 * kv;
+        let (kv, hd, qd) = (c.kv_dim(), c.head_dim, c.q_dim());
+        let qkv_rows = qd + 2 * kv;
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let task = |(idx, o): (usize, &mut [f32])| {
@@ -444,7 +647,12 @@ impl Model {
             let q = &qkv[i * qkv_rows + hh * hd..i * qkv_rows + (hh + 1) * hd];
             let kvh = hh / group;
             let upto = pos0 + i + 1;
-            let mut scores: Vec<f32> = (0..upto)
+            let from = if window > 0 {
+                upto.saturating_sub(window)
+            } else {
+                0
+            };
+            let mut scores: Vec<f32> = (from..upto)
                 .map(|t| {
                     let k = &kc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
                     dot_f32(q, k) * scale
@@ -452,7 +660,7 @@ impl Model {
                 .collect();
             softmax(&mut scores);
             o.fill(0.0);
-            for (t, &p) in scores.iter().enumerate() {
+            for (t, &p) in (from..upto).zip(&scores) {
                 let v = &vc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
                 for (ov, &vv) in o.iter_mut().zip(v) {
                     *ov += p * vv;
@@ -466,6 +674,13 @@ impl Model {
             pool.install(|| out.par_chunks_mut(hd).enumerate().for_each(task));
         }
     }
+}
+
+/// GELU, tanh approximation (Gemma's `gelu_pytorch_tanh`).
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
 /// A dot product with eight independent partial sums, so it vectorises (a single running
@@ -496,6 +711,32 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         let s = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &g) in oi.iter_mut().zip(xi).zip(w) {
             *o = v * s * g;
+        }
+    }
+}
+
+/// RMS-normalises each `w.len()`-wide piece of `x` in place (Gemma's per-head QK-norm).
+fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for xi in x.chunks_exact_mut(d) {
+        let s = 1.0 / (dot_f32(xi, xi) / d as f32 + eps).sqrt();
+        for (v, &g) in xi.iter_mut().zip(w) {
+            *v *= s * g;
+        }
+    }
+}
+
+/// Rotates element i with element i + head_dim/2 of each head (ggml's NeoX RoPE, which
+/// Gemma and Qwen GGUFs use).
+fn rope_neox(x: &mut [f32], head_dim: usize, pos: f32, inv_freq: &[f32]) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        let (a, b) = head.split_at_mut(half);
+        for ((a, b), &f) in a.iter_mut().zip(b.iter_mut()).zip(inv_freq) {
+            let (s, c) = (pos * f).sin_cos();
+            let (x0, x1) = (*a, *b);
+            *a = x0 * c - x1 * s;
+            *b = x0 * s + x1 * c;
         }
     }
 }

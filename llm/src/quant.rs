@@ -209,7 +209,17 @@ impl GgmlType {
     /// Can [`dequantize`] read it?
     pub fn readable(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0)
+        matches!(
+            self,
+            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K
+        )
+    }
+
+    /// Does the engine run matrices of this type as they are (its own dot kernel), rather
+    /// than converting them to Q8_0 at load?
+    pub fn native(self) -> bool {
+        use GgmlType::*;
+        matches!(self, Q8_0 | Q5_0 | Q4_K | Q5_K | Q6_K)
     }
 }
 
@@ -298,6 +308,9 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
                 }
             }
         }
+        GgmlType::Q4_K => crate::kquants::dequantize_q4_k(data, out),
+        GgmlType::Q5_K => crate::kquants::dequantize_q5_k(data, out),
+        GgmlType::Q6_K => crate::kquants::dequantize_q6_k(data, out),
         _ => return false,
     }
     true
@@ -372,9 +385,10 @@ mod tests {
     }
 
     #[test]
-    fn size_mismatch_and_k_quants_are_refused() {
+    fn size_mismatch_and_unknown_types_are_refused() {
         let mut y = [0f32; 32];
         assert!(!dequantize(GgmlType::Q8_0, &[0u8; 33], &mut y));
-        assert!(!dequantize(GgmlType::Q4_K, &[0u8; 144], &mut [0f32; 256]));
+        assert!(!dequantize(GgmlType::Q4_K, &[0u8; 143], &mut [0f32; 256]));
+        assert!(!dequantize(GgmlType::Q3_K, &[0u8; 110], &mut [0f32; 256]));
     }
 }

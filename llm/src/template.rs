@@ -10,6 +10,11 @@ use crate::gguf::{Gguf, Value};
 /// ChatML, used only when the GGUF carries no template.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turns, as llama.cpp's built-in `gemma` template writes them: system text goes
+/// at the start of the first user turn, the assistant is `model`, the answer starts after
+/// `<start_of_turn>model` (the tokenizer adds BOS).
+pub const GEMMA: &str = "{%- set sys = namespace(text='') -%}{%- for m in messages -%}{%- if m['role'] == 'system' -%}{%- set sys.text = sys.text + (m['content'] | trim) -%}{%- else -%}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}{{ '<start_of_turn>' + role + '\n' }}{%- if sys.text and role != 'model' -%}{{ sys.text + '\n\n' }}{%- set sys.text = '' -%}{%- endif -%}{{ (m['content'] | trim) + '<end_of_turn>\n' }}{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
 /// One message as the template sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateMessage {
@@ -68,10 +73,16 @@ impl ChatTemplate {
         })
     }
 
-    /// The GGUF's template (`tokenizer.chat_template`), or ChatML when it has none.
+    /// The GGUF's template (`tokenizer.chat_template`); when it has none, Gemma's turn
+    /// format for Gemma models, else ChatML.
     pub fn from_gguf(g: &Gguf, bos: &str, eos: &str) -> Result<ChatTemplate, String> {
+        let arch = g
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         match g.get("tokenizer.chat_template").and_then(Value::as_str) {
             Some(src) if !src.trim().is_empty() => ChatTemplate::new(src, bos, eos, true),
+            _ if arch.starts_with("gemma") => ChatTemplate::new(GEMMA, bos, eos, false),
             _ => {
                 tracing::warn!(
                     path = %g.path.display(),
@@ -118,6 +129,23 @@ mod tests {
         assert_eq!(
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn gemma_turns_render() {
+        let t = ChatTemplate::new(GEMMA, "<bos>", "<eos>", false).expect("compiles");
+        let out = t
+            .render(&[
+                msg("system", "Be brief."),
+                msg("user", "Hi"),
+                msg("assistant", "Hello."),
+                msg("user", "Capital of France?"),
+            ])
+            .expect("renders");
+        assert_eq!(
+            out,
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
         );
     }
 

@@ -59,6 +59,8 @@ pub struct EngineFigures {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub ttft_ms: f64,
+    /// Prompt tokens over the time to the first token (prompt processing speed).
+    pub prompt_tok_s: f64,
     pub decode_tok_s: f64,
     pub rss_loaded_mb: f64,
     pub rss_peak_mb: f64,
@@ -71,6 +73,9 @@ pub struct LlmBenchReport {
     pub coda: EngineFigures,
     pub llama_cpp: Option<EngineFigures>,
     pub decode_ratio_vs_llama_cpp: Option<f64>,
+    pub prompt_ratio_vs_llama_cpp: Option<f64>,
+    /// The matrices' types as the engine holds them (e.g. `Q4_K 11.5 MB, Q6_K …`).
+    pub weight_types: String,
     pub sample_text: String,
 }
 
@@ -186,6 +191,13 @@ pub fn run(loaded: &Loaded, args: LlmBenchArgs) -> anyhow::Result<()> {
                 / out.decode_time.as_secs_f64().max(1e-9),
         );
     }
+    let weight_types = engine
+        .weight_types()
+        .iter()
+        .map(|(t, b)| format!("{t} {:.1} MB", *b as f64 / 1e6))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ttft_ms = median(ttfts);
     let coda = EngineFigures {
         engine: format!("coda-llm ({:?} kernel)", engine.kernel()),
         model_file: path.display().to_string(),
@@ -193,7 +205,8 @@ pub fn run(loaded: &Loaded, args: LlmBenchArgs) -> anyhow::Result<()> {
         load_s,
         prompt_tokens: prompt.len(),
         generated_tokens: generated,
-        ttft_ms: median(ttfts),
+        ttft_ms,
+        prompt_tok_s: prompt.len() as f64 / (ttft_ms / 1e3).max(1e-9),
         decode_tok_s: median(rates),
         rss_loaded_mb: rss_loaded,
         rss_peak_mb: rss_mb().1,
@@ -211,10 +224,16 @@ pub fn run(loaded: &Loaded, args: LlmBenchArgs) -> anyhow::Result<()> {
         .as_ref()
         .filter(|l| l.decode_tok_s > 0.0)
         .map(|l| coda.decode_tok_s / l.decode_tok_s);
+    let prompt_ratio = llama_cpp
+        .as_ref()
+        .filter(|l| l.prompt_tok_s > 0.0)
+        .map(|l| coda.prompt_tok_s / l.prompt_tok_s);
     let report = LlmBenchReport {
         coda,
         llama_cpp,
         decode_ratio_vs_llama_cpp: ratio,
+        prompt_ratio_vs_llama_cpp: prompt_ratio,
+        weight_types,
         sample_text,
     };
     if args.json {
@@ -279,6 +298,7 @@ fn run_llama_cpp(
         prompt_tokens: prompt.len(),
         generated_tokens: f("generated") as usize,
         ttft_ms: f("ttft_ms"),
+        prompt_tok_s: prompt.len() as f64 / (f("ttft_ms") / 1e3).max(1e-9),
         decode_tok_s: f("decode_tok_s"),
         rss_loaded_mb: f("rss_loaded_mb"),
         rss_peak_mb: f("rss_peak_mb"),
@@ -296,8 +316,8 @@ fn print_report(r: &LlmBenchReport) {
         );
         println!("  load             {:.3} s", e.load_s);
         println!(
-            "  first token      {:.1} ms ({} prompt tokens)",
-            e.ttft_ms, e.prompt_tokens
+            "  first token      {:.1} ms ({} prompt tokens, {:.1} tokens/s)",
+            e.ttft_ms, e.prompt_tokens, e.prompt_tok_s
         );
         println!(
             "  decode           {:.1} tokens/s ({} tokens)",
@@ -315,10 +335,14 @@ fn print_report(r: &LlmBenchReport) {
         );
     };
     row(&r.coda);
+    println!("  weights          {}", r.weight_types);
     if let Some(l) = &r.llama_cpp {
         row(l);
     }
     if let Some(ratio) = r.decode_ratio_vs_llama_cpp {
         println!("decode speed vs llama.cpp: {ratio:.2}x");
+    }
+    if let Some(ratio) = r.prompt_ratio_vs_llama_cpp {
+        println!("prompt speed vs llama.cpp: {ratio:.2}x");
     }
 }

