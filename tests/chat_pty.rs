@@ -91,6 +91,16 @@ fn spawn_in(
     s
 }
 
+/// The chat requests the server got, as JSON, in order.
+fn chat_requests(server: &ScriptedServer) -> Vec<serde_json::Value> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == "/v1/chat/completions")
+        .map(|r| r.json())
+        .collect()
+}
+
 fn exited_ok(s: &OsSession) -> bool {
     let status = s.get_process().wait().expect("wait for coda chat");
     format!("{status:?}").ends_with(", 0)")
@@ -157,12 +167,7 @@ async fn a_chat_session_in_a_terminal() {
     assert!(exited_ok(&p));
 
     // What went over the wire.
-    let chats: Vec<_> = server
-        .requests()
-        .into_iter()
-        .filter(|r| r.path() == "/v1/chat/completions")
-        .map(|r| r.json())
-        .collect();
+    let chats = chat_requests(&server);
     assert_eq!(chats.len(), 6);
     assert!(chats[0]["messages"][0]["content"]
         .as_str()
@@ -358,12 +363,7 @@ async fn the_model_reads_edits_and_asks_before_committing() {
     p.expect(Eof).unwrap();
     assert!(exited_ok(&p));
 
-    let chats: Vec<_> = server
-        .requests()
-        .into_iter()
-        .filter(|r| r.path() == "/v1/chat/completions")
-        .map(|r| r.json())
-        .collect();
+    let chats = chat_requests(&server);
     assert_eq!(chats.len(), 7, "{chats:#?}");
     let first = &chats[0];
     let offered = tool_names(first);
@@ -444,12 +444,7 @@ async fn long_conversations_are_compacted_into_notes() {
     p.expect(Eof).unwrap();
     assert!(exited_ok(&p));
 
-    let chats: Vec<_> = server
-        .requests()
-        .into_iter()
-        .filter(|r| r.path() == "/v1/chat/completions")
-        .map(|r| r.json())
-        .collect();
+    let chats = chat_requests(&server);
     let summaries: Vec<usize> = chats
         .iter()
         .enumerate()

@@ -206,10 +206,6 @@ impl Connection {
         };
         let server = settings.name.clone();
         let timeout = settings.connect_timeout;
-        let protocol = |why: String| McpError::Protocol {
-            server: server.clone(),
-            why,
-        };
         let (service, pid) = match &settings.transport {
             McpTransport::Stdio {
                 command,
@@ -218,13 +214,10 @@ impl Connection {
                 cwd,
             } => {
                 let (transport, pid) = spawn(&settings.name, command, args, env, cwd.as_ref())?;
-                let s = tokio::time::timeout(timeout, handler.serve(transport))
-                    .await
-                    .map_err(|_| McpError::Timeout {
-                        server: server.clone(),
-                        timeout,
-                    })?
-                    .map_err(|e| protocol(format!("initialisation failed: {e}")))?;
+                let s = within(&server, timeout, handler.serve(transport), |e| {
+                    format!("initialisation failed: {e}")
+                })
+                .await?;
                 (s, pid)
             }
             McpTransport::Http { url, bearer_token } => {
@@ -234,13 +227,10 @@ impl Connection {
                 let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
                 config.auth_header = bearer_token.clone();
                 let transport = StreamableHttpClientTransport::from_config(config);
-                let s = tokio::time::timeout(timeout, handler.serve(transport))
-                    .await
-                    .map_err(|_| McpError::Timeout {
-                        server: server.clone(),
-                        timeout,
-                    })?
-                    .map_err(|e| protocol(format!("cannot connect to {url}: {e}")))?;
+                let s = within(&server, timeout, handler.serve(transport), |e| {
+                    format!("cannot connect to {url}: {e}")
+                })
+                .await?;
                 (s, None)
             }
         };
@@ -255,16 +245,13 @@ impl Connection {
     /// The server's tools, as registry tools with their permissions.
     pub async fn tools(&self) -> Result<Vec<GroupTool>, McpError> {
         let s = &self.settings;
-        let listed = tokio::time::timeout(s.connect_timeout, self.service.list_all_tools())
-            .await
-            .map_err(|_| McpError::Timeout {
-                server: s.name.clone(),
-                timeout: s.connect_timeout,
-            })?
-            .map_err(|e| McpError::Protocol {
-                server: s.name.clone(),
-                why: format!("tools/list failed: {e}"),
-            })?;
+        let listed = within(
+            &s.name,
+            s.connect_timeout,
+            self.service.list_all_tools(),
+            |e| format!("tools/list failed: {e}"),
+        )
+        .await?;
         let peer = self.service.peer().clone();
         Ok(listed
             .into_iter()
@@ -328,6 +315,29 @@ impl Connection {
     /// 3 s, then SIGKILL.
     pub async fn shutdown(self) {
         let _ = self.service.cancel().await;
+    }
+}
+
+/// `fut` within `timeout`; its error told as `why(error)`.
+async fn within<T, E, F>(
+    server: &str,
+    timeout: Duration,
+    fut: F,
+    why: impl FnOnce(E) -> String,
+) -> Result<T, McpError>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(McpError::Timeout {
+            server: server.to_string(),
+            timeout,
+        }),
+        Ok(Err(e)) => Err(McpError::Protocol {
+            server: server.to_string(),
+            why: why(e),
+        }),
+        Ok(Ok(v)) => Ok(v),
     }
 }
 
