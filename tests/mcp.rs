@@ -213,6 +213,14 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The server-everything program `coda serve` (`pid`) runs.
+fn everything_child(pid: u32) -> Option<u32> {
+    children(pid).into_iter().find(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.contains("server-everything"))
+    })
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))
@@ -254,13 +262,8 @@ async fn coda_serve_runs_supervises_and_stops_the_servers() {
         .contains(&json!("everything__get-roots-list")));
 
     // Its program dies: restarted, with its tools again.
-    let node = children(server.pid())
-        .into_iter()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("server-everything"))
-        })
-        .expect("the server's program is a child of coda serve");
+    let node =
+        everything_child(server.pid()).expect("the server's program is a child of coda serve");
     // SAFETY: a process of the server under test, by pid.
     unsafe {
         libc::kill(node as i32, libc::SIGKILL);
@@ -277,13 +280,7 @@ async fn coda_serve_runs_supervises_and_stops_the_servers() {
         })
         .await;
     assert_eq!(again["data"]["restarts"], 1);
-    let node = children(server.pid())
-        .into_iter()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("server-everything"))
-        })
-        .expect("restarted");
+    let node = everything_child(server.pid()).expect("restarted");
 
     // Coda stops: so does the program.
     c.close().await;

@@ -28,6 +28,21 @@ pub struct RestartBudget {
     pub period: Duration,
 }
 
+impl RestartBudget {
+    /// Counts a restart at `now` in `recent` (the restarts inside the sliding window);
+    /// `true` when that is more than the budget allows.
+    pub fn spend(&self, recent: &mut std::collections::VecDeque<Instant>, now: Instant) -> bool {
+        recent.push_back(now);
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.period)
+        {
+            recent.pop_front();
+        }
+        recent.len() as u32 > self.max_restarts
+    }
+}
+
 impl Default for RestartBudget {
     fn default() -> Self {
         RestartBudget {
@@ -132,16 +147,8 @@ impl Supervision {
     pub fn restarting(&mut self) {
         let now = Instant::now();
         self.restart_began = Some(now);
-        self.recent.push_back(now);
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.budget.period)
-        {
-            self.recent.pop_front();
-        }
         let reason = self.last_crash.take();
-        if self.recent.len() as u32 > self.budget.max_restarts {
+        if self.budget.spend(&mut self.recent, now) {
             self.degraded = true;
             let why = format!(
                 "more than {} restarts in {:.0} s{}",

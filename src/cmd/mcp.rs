@@ -183,24 +183,7 @@ fn tools(loaded: &Loaded, root: &Path, name: &str, json: bool) -> anyhow::Result
         conn.shutdown().await;
         r
     })?;
-    let tools = registry.list();
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&tools)?)?;
-        return Ok(());
-    }
-    let width = tools.iter().map(|t| t.name.len()).max().unwrap_or(0);
-    for t in tools {
-        let permission = serde_json::to_value(t.permission)?;
-        writeln!(
-            out,
-            "{:width$}  {:4}  {}",
-            t.name,
-            permission.as_str().unwrap_or_default(),
-            t.description
-        )?;
-    }
-    Ok(())
+    super::tools::list(&registry, json)
 }
 
 fn serve(loaded: &Loaded) -> anyhow::Result<()> {

@@ -178,7 +178,8 @@ fn run_with(
     }
 }
 
-fn list(registry: &ToolRegistry, json: bool) -> anyhow::Result<()> {
+/// Prints the tools: name, permission, timeout, first sentence (or JSON).
+pub fn list(registry: &ToolRegistry, json: bool) -> anyhow::Result<()> {
     let tools = registry.list();
     let mut out = std::io::stdout().lock();
     if json {

@@ -135,16 +135,7 @@ impl McpServerActor {
             return;
         };
         tracing::warn!(server = %self.settings.name, "MCP server lost: {why}");
-        let now = Instant::now();
-        self.recent.push_back(now);
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.budget.period)
-        {
-            self.recent.pop_front();
-        }
-        if self.recent.len() as u32 > self.budget.max_restarts {
+        if self.budget.spend(&mut self.recent, Instant::now()) {
             self.publish(
                 "failed",
                 Vec::new(),
