@@ -256,3 +256,85 @@ fn wake_commands_explain_bad_input() {
         text(&o)
     );
 }
+
+/// A slow speaker's "hey coda" matches the examples before it ends ("hey co…"), dips at
+/// the "d" and matches far better at its end: the whole word must still be reported (it
+/// was lost once: the first, partial match cleared the matcher and whisper refused it).
+#[test]
+fn a_slow_speakers_word_is_read_to_its_end() {
+    let h = null_home();
+    let d = h.path();
+    let reference = d.join("ref.json");
+    let o = coda(
+        d,
+        &[
+            "wake",
+            "train",
+            "hey coda",
+            "--out",
+            reference.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let said = d.join("said.wav");
+    let ok = Command::new("espeak-ng")
+        .args(["-v", "en-gb-x-gbcwmd+m2", "-s", "135", "-p", "45", "-w"])
+        .arg(&said)
+        .arg("hey coda, what time is it")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "espeak-ng runs");
+    let clip = d.join("clip.wav");
+    let sox = Command::new("sox")
+        .arg(&said)
+        .arg(&clip)
+        .args(["pad", "1", "1"])
+        .status()
+        .unwrap();
+    assert!(sox.success());
+    let o = coda(
+        d,
+        &[
+            "wake",
+            "test",
+            clip.to_str().unwrap(),
+            "--reference",
+            reference.to_str().unwrap(),
+            "--no-verify",
+            "--threshold",
+            "0.035",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = text(&o);
+    // `1.80 s  "hey coda"  score 0.091  (word 0.97–1.75 s)`
+    let words: Vec<(f64, f64)> = printed
+        .lines()
+        .filter(|l| l.contains("\"hey coda\""))
+        .map(|l| {
+            let num = |s: &str| {
+                s.trim_matches(|c: char| !c.is_ascii_digit() && c != '.')
+                    .parse::<f64>()
+                    .unwrap()
+            };
+            let score = num(l
+                .split("score")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap());
+            let end = num(l
+                .split('–')
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap());
+            (score, end)
+        })
+        .collect();
+    let last = words.last().copied().unwrap_or_default();
+    assert!(last.0 >= 0.07 && last.1 >= 1.6, "{printed}");
+}

@@ -128,6 +128,8 @@ struct Utterance {
     /// Opened by the wake word and nothing said yet: ended unused at this instant.
     wake_deadline: Option<Instant>,
     voiced_frames: usize,
+    /// Where the wake word that opened it ended (stream samples): the utterance's start.
+    wake_end: Option<u64>,
 }
 
 impl Utterance {
@@ -142,6 +144,7 @@ impl Utterance {
             spoke_since_settle: false,
             wake_deadline: None,
             voiced_frames: 0,
+            wake_end: None,
         }
     }
 }
@@ -274,6 +277,7 @@ impl Segmenter {
                 let samples: Vec<f32> = self.recent.drain(..).skip(skip).collect();
                 let mut u = Utterance::new(samples, now);
                 u.wake_deadline = Some(now + WAKE_LISTEN);
+                u.wake_end = Some(d.end);
                 self.utterance = Some(u);
                 out.push(Segment::Wake {
                     word: d.word,
@@ -310,6 +314,19 @@ impl Segmenter {
             }
             return;
         };
+        if let (Some((d, _)), Some(end)) = (&detection, u.wake_end) {
+            // The word read again to a later end ("hey co…" first, then "hey coda"): what
+            // was taken for speech after it was the rest of the word.
+            // It opens afresh where the word ended.
+            if d.start < end && d.end > end {
+                let n = usize::try_from(d.end - end).unwrap_or(usize::MAX);
+                let rest: Vec<f32> = u.samples.drain(n.min(u.samples.len())..).collect();
+                *u = Utterance::new(rest, now);
+                u.wake_deadline = Some(now + WAKE_LISTEN);
+                u.wake_end = Some(d.end);
+                self.vad.reset();
+            }
+        }
         u.samples.extend_from_slice(frame);
         if let Some(deadline) = u.wake_deadline {
             // Nothing said after the wake word yet: the detector's silence and the word's
@@ -577,6 +594,65 @@ mod tests {
         };
         // From the end of the word: the pause, the request, 200 ms of silence; none of
         // the word.
+        let secs = samples.len() as f64 / 16_000.0;
+        assert!((1.8..2.0).contains(&secs), "{secs}");
+        assert!(samples[..16_000 * 8 / 10].iter().all(|v| v.abs() < 0.01));
+    }
+
+    /// Reports each (start, end) of the word once it has heard `end + 960` samples.
+    struct Readings(Vec<(u64, u64)>, u64);
+
+    impl WakeDetector for Readings {
+        fn word(&self) -> &str {
+            "hey test"
+        }
+        fn push(&mut self, samples: &[f32]) -> Option<crate::wake::Detection> {
+            let before = self.1;
+            self.1 += samples.len() as u64;
+            let heard = self.1;
+            let &(start, end) = self
+                .0
+                .iter()
+                .find(|(_, end)| before < end + 960 && heard >= end + 960)?;
+            Some(crate::wake::Detection {
+                word: "hey test".into(),
+                score: 0.9,
+                start,
+                end,
+                verified: None,
+            })
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn the_word_read_again_to_a_later_end_moves_the_utterances_start() {
+        let mut t = Instant::now();
+        let ups = crate::voice::FollowUps::default();
+        // The word (a tone, 0.5–1.0 s) is first reported as ending at 0.75 s, then read
+        // to its real end.
+        let mut seg = Segmenter::with_wake(
+            SegmentSettings::default(),
+            WakeListening {
+                detector: Box::new(Readings(vec![(8_000, 12_000), (8_000, 16_000)], 0)),
+                follow_up: ups.register("s"),
+            },
+            t,
+        );
+        let mut sig = quiet(500);
+        sig.extend(tone(500, 0.3));
+        sig.extend(quiet(900));
+        sig.extend(tone(800, 0.3));
+        sig.extend(quiet(1_000));
+        let ev = feed(&mut seg, &sig, &mut t);
+        let n = names(&ev);
+        assert_eq!(n.iter().filter(|e| **e == "wake").count(), 1, "{n:?}");
+        let Some(Segment::Ended { samples, .. }) =
+            ev.iter().find(|e| matches!(e, Segment::Ended { .. }))
+        else {
+            panic!("{n:?}")
+        };
+        // Not the rest of the word taken for the request: the pause, then the request.
         let secs = samples.len() as f64 / 16_000.0;
         assert!((1.8..2.0).contains(&secs), "{secs}");
         assert!(samples[..16_000 * 8 / 10].iter().all(|v| v.abs() < 0.01));

@@ -46,7 +46,9 @@ pub struct Detection {
 /// Detects a wake word in one stream of 16 kHz mono samples.
 pub trait WakeDetector: Send {
     fn word(&self) -> &str;
-    /// Feeds samples; a detection is reported once, shortly after the word ended.
+    /// Feeds samples; a detection is reported once, shortly after the word ended. A later
+    /// reading of the same word (overlapping it, ending later) may follow: where the word
+    /// really ended.
     fn push(&mut self, samples: &[f32]) -> Option<Detection>;
     /// Forgets the audio so far (stream positions keep counting).
     fn reset(&mut self);

@@ -116,6 +116,8 @@ pub struct Verified {
     history: VecDeque<f32>,
     pos: u64,
     pending: Option<Pending>,
+    /// The last detection reported: a later reading of the same word needs no check.
+    reported: Option<Detection>,
 }
 
 impl Verified {
@@ -136,6 +138,7 @@ impl Verified {
             history: VecDeque::with_capacity(HISTORY),
             pos: 0,
             pending: None,
+            reported: None,
         }
     }
 
@@ -204,8 +207,31 @@ impl WakeDetector for Verified {
             .extend(samples[samples.len() - fresh..].iter().copied());
         let candidate = self.inner.push(samples);
         let settled = self.settle();
+        if settled.is_some() {
+            self.reported.clone_from(&settled);
+        }
         if let Some(d) = candidate {
-            if self.pending.is_none() && settled.is_none() {
+            // The word reported, read to a later end: already checked.
+            if let Some(r) = self
+                .reported
+                .as_ref()
+                .filter(|r| d.start < r.end && settled.is_none())
+            {
+                let revised = Detection {
+                    verified: r.verified,
+                    ..d
+                };
+                self.reported = Some(revised.clone());
+                return Some(revised);
+            }
+            // A candidate overlapping the one being checked is a better reading of the same
+            // word (the matcher reports those only when clearly better): it is checked
+            // instead, on audio that now holds the whole word.
+            let revises = self
+                .pending
+                .as_ref()
+                .is_some_and(|p| d.start < p.detection.end);
+            if (self.pending.is_none() || revises) && settled.is_none() {
                 let from = d.start.saturating_sub(PRE_MS * 16);
                 let back = usize::try_from(self.pos.saturating_sub(from)).unwrap_or(usize::MAX);
                 let skip = self.history.len().saturating_sub(back);
@@ -230,6 +256,7 @@ impl WakeDetector for Verified {
         self.inner.reset();
         self.history.clear();
         self.pending = None;
+        self.reported = None;
     }
 }
 
@@ -365,5 +392,64 @@ mod tests {
         let mut d = asked(&v);
         v.hold.lock().unwrap().clear();
         assert!(d.push(&[0.0; 320]).is_some());
+    }
+
+    /// Proposes each (start, end, score) when the stream reaches its end.
+    struct Script(Vec<(u64, u64, f32)>, u64);
+
+    impl WakeDetector for Script {
+        fn word(&self) -> &str {
+            "hey coda"
+        }
+        fn push(&mut self, samples: &[f32]) -> Option<Detection> {
+            let before = self.1;
+            self.1 += samples.len() as u64;
+            let heard = self.1;
+            let &(start, end, score) = self
+                .0
+                .iter()
+                .find(|(_, end, _)| before < *end && heard >= *end)?;
+            Some(Detection {
+                word: "hey coda".into(),
+                score,
+                start,
+                end,
+                verified: None,
+            })
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn a_better_reading_of_the_word_being_checked_is_checked_instead() {
+        let v = Arc::new(Fixed {
+            answer: None,
+            heard: Default::default(),
+            hold: Default::default(),
+        });
+        // "hey co…" proposed first, the whole word 300 ms later.
+        let inner = Box::new(Script(
+            vec![(16_000, 24_000, 0.037), (16_000, 28_800, 0.09)],
+            0,
+        ));
+        let mut d = Verified::new(inner, v.clone(), -7.0, 0.05);
+        for _ in 0..100 {
+            assert!(d.push(&[0.0; 320]).is_none());
+        }
+        {
+            let heard = v.heard.lock().unwrap();
+            // Two checks, each from 300 ms before the word to where it was proposed.
+            let lens: Vec<usize> = heard.iter().map(|h| h.0).collect();
+            assert_eq!(lens, vec![24_000 - 11_200, 28_800 - 11_200]);
+        }
+        let replies: Vec<_> = v.hold.lock().unwrap().drain(..).collect();
+        // The first check's answer goes nowhere: nobody waits for it any more.
+        assert!(replies[0].send(Ok(-5.0)).is_err());
+        replies[1].send(Ok(-5.0)).unwrap();
+        let found = d.push(&[0.0; 320]).expect("the whole word, verified");
+        assert_eq!(
+            (found.start, found.end, found.score),
+            (16_000, 28_800, 0.09)
+        );
     }
 }

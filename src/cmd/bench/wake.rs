@@ -14,7 +14,7 @@ use coda_actors::stt::WhisperEngine;
 use coda_actors::wake::synth::{held_out_voices, speak, Voice};
 use coda_actors::wake::template::{trim, Reference, TemplateModel};
 use coda_actors::wake::verify::{Verified, VerifyRequest, VerifySettings, WakeVerify};
-use coda_actors::wake::WakeDetector;
+use coda_actors::wake::{Detection, WakeDetector};
 use serde::Serialize;
 
 use crate::config::Loaded;
@@ -199,17 +199,17 @@ impl WakeVerify for Recorded {
     }
 }
 
-/// A detection: where the word ended, the stream position it was reported at, and (when
-/// verified) its fused score and the check's time.
+/// A detection: where the word started and ended, the stream position it was reported at,
+/// and the time its check took.
 struct Hit {
+    start: usize,
     end: usize,
     reported: usize,
-    verified: Option<f64>,
     verify_ms: f64,
 }
 
 impl Hit {
-    fn new(end: usize, reported: usize, verified: Option<f32>, rec: Option<&Recorded>) -> Hit {
+    fn new(d: &Detection, reported: usize, rec: Option<&Recorded>) -> Hit {
         let last = rec.and_then(|r| {
             r.checks
                 .lock()
@@ -218,12 +218,25 @@ impl Hit {
                 .copied()
         });
         Hit {
-            end,
+            start: usize::try_from(d.start).unwrap_or(usize::MAX),
+            end: usize::try_from(d.end).unwrap_or(usize::MAX),
             reported,
-            verified: verified.map(f64::from),
             verify_ms: last.unwrap_or(0.0),
         }
     }
+}
+
+/// The wakes a listener has: a detection overlapping the one before is that word read to a
+/// later end, which moves where the utterance starts (the segmenter's rule), not a wake.
+fn wakes(hits: Vec<Hit>) -> Vec<Hit> {
+    let mut out: Vec<Hit> = Vec::new();
+    for h in hits {
+        match out.last_mut() {
+            Some(p) if h.start < p.end => p.end = p.end.max(h.end),
+            _ => out.push(h),
+        }
+    }
+    out
 }
 
 fn silence(ms: usize) -> Vec<f32> {
@@ -348,26 +361,30 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         (t, Some(_)) => t.iter().copied().map(Some).collect(),
     };
     let mut reports = Vec::new();
-    for threshold in thresholds {
+    for (threshold, vt) in thresholds
+        .iter()
+        .flat_map(|t| verify_thresholds.iter().map(move |v| (*t, *v)))
+    {
         let model = TemplateModel::new(reference.clone(), threshold);
-        // Every candidate is checked and kept with its score; each whisper threshold then
-        // keeps its own (the check runs in this thread, so a detection comes one push
-        // after its candidate, and the check's time is added to its delay).
+        // The detector as it runs, one pass per pair of thresholds (whether a candidate
+        // is checked at all depends on the checks before it). The check runs in this
+        // thread, so a detection comes one push after its candidate, and the check's
+        // time is added to its delay.
         let detector = || -> (Box<dyn WakeDetector>, Option<Arc<Recorded>>) {
-            match &engine {
-                Some(e) => {
+            match (&engine, vt) {
+                (Some(e), Some(vt)) => {
                     let rec = Arc::new(Recorded {
                         engine: e.clone(),
                         checks: Default::default(),
                     });
-                    let every = VerifySettings {
+                    let settings = VerifySettings {
                         candidate_threshold: threshold,
-                        threshold: f32::NEG_INFINITY,
+                        threshold: vt,
                     };
-                    let d = Verified::over(&model, rec.clone(), every);
+                    let d = Verified::over(&model, rec.clone(), settings);
                     (Box::new(d), Some(rec))
                 }
-                None => (Box::new(model.detector()), None),
+                _ => (Box::new(model.detector()), None),
             }
         };
         let (mut d, rec) = detector();
@@ -376,7 +393,7 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         for chunk in stream.chunks(320) {
             pos += chunk.len();
             if let Some(h) = d.push(chunk) {
-                hits.push(Hit::new(h.end as usize, pos, h.verified, rec.as_deref()));
+                hits.push(Hit::new(&h, pos, rec.as_deref()));
             }
         }
         let (mut d, rec) = detector();
@@ -385,7 +402,7 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         for clip in &other {
             for chunk in clip.chunks(320) {
                 if let Some(h) = d.push(chunk) {
-                    false_hits.push(Hit::new(0, 0, h.verified, rec.as_deref()));
+                    false_hits.push(Hit::new(&h, 0, rec.as_deref()));
                 }
             }
         }
@@ -394,10 +411,9 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
             .map(|r| r.checks.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_default();
         checks.sort_by(|a, b| a.total_cmp(b));
-        for vt in &verify_thresholds {
-            let kept = |h: &&Hit| vt.is_none_or(|t| h.verified.is_some_and(|v| v >= f64::from(t)));
-            let hits: Vec<&Hit> = hits.iter().filter(kept).collect();
-            let false_wakes = false_hits.iter().filter(kept).count();
+        {
+            let hits = wakes(hits);
+            let false_wakes = wakes(false_hits).len();
             let mut latencies = Vec::new();
             let mut missed = Vec::new();
             let mut used = vec![false; hits.len()];
@@ -418,12 +434,8 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
             reports.push(WakeReport {
                 word: word.clone(),
                 threshold,
-                verify_threshold: *vt,
-                candidates_per_hour: if vt.is_some() {
-                    false_hits.len() as f64 * 3600.0 / speech_s
-                } else {
-                    0.0
-                },
+                verify_threshold: vt,
+                candidates_per_hour: checks.len() as f64 * 3600.0 / speech_s,
                 verify_ms_p50: super::pct(&checks, 0.5),
                 verify_ms_p95: super::pct(&checks, 0.95),
                 voices: voices.len(),
