@@ -1,4 +1,5 @@
-//! The transformer: llama-family models (Llama, SmolLM, Mistral) and Gemma 3, weights
+//! The transformer: llama-family models (Llama, SmolLM, Mistral), Qwen 2/2.5 and 3, Phi-3
+//! and Gemma 2 and 3, weights
 //! loaded from a GGUF in their own block formats where the engine has a kernel for them
 //! (Q8_0, Q5_0, Q4_K, Q5_K, Q6_K; anything else readable becomes Q8_0 at load), and a
 //! forward pass over a batch of tokens with a per-sequence KV cache. Matrix products run
@@ -18,9 +19,31 @@ use crate::quant::{dequantize, GgmlType};
 pub enum Arch {
     /// llama, mistral (and SmolLM, which is llama).
     Llama,
+    /// qwen2 (Qwen 2 and 2.5): llama with Q/K/V biases and NeoX RoPE.
+    Qwen2,
+    /// qwen3: llama with per-head QK-norm and NeoX RoPE, heads wider than dim / heads.
+    Qwen3,
+    /// phi3: fused QKV and gate+up matrices, NeoX RoPE.
+    Phi3,
+    /// gemma2: GELU(tanh) FFN, post-attention and post-FFN norms, scaled embeddings,
+    /// alternating sliding-window layers, attention and final logit soft-capping.
+    Gemma2,
     /// gemma3: GELU(tanh) FFN, QK-norm, post-attention and post-FFN norms, scaled
     /// embeddings, sliding-window layers with their own RoPE base, NeoX RoPE.
     Gemma3,
+}
+
+/// What the engine would need for an architecture it does not run, for the error message.
+fn missing_for(arch: &str) -> &'static str {
+    if arch.contains("moe") || arch == "mixtral" || arch.starts_with("deepseek") {
+        "mixture-of-experts layers"
+    } else if arch.contains("mamba") || arch.contains("rwkv") {
+        "recurrent (state-space) layers"
+    } else if arch.starts_with("bert") || arch.starts_with("nomic") || arch.contains("t5") {
+        "encoder models"
+    } else {
+        "this architecture's forward pass"
+    }
 }
 
 /// Shapes and constants from the GGUF metadata.
@@ -58,12 +81,26 @@ pub struct ModelConfig {
     pub sliding_window: usize,
     /// Every `n`-th layer is global, the others local (0 = all global).
     pub sliding_pattern: usize,
+    /// NeoX RoPE (rotate i with i + head_dim/2) rather than adjacent pairs.
+    pub rope_neox: bool,
+    /// GELU(tanh) gating in the FFN rather than SiLU.
+    pub gelu: bool,
+    /// Embeddings multiplied by √dim (Gemma).
+    pub embed_scale: bool,
+    /// Attention scores are `q·k × query_scale`.
+    pub query_scale: f32,
+    /// Attention scores become `cap × tanh(s / cap)` (0 = none).
+    pub attn_softcap: f32,
+    /// Output logits become `cap × tanh(l / cap)` (0 = none).
+    pub final_softcap: f32,
 }
 
 struct Layer {
     attn_norm: Vec<f32>,
     /// Q, K and V stacked: `q_dim + 2 * kv_dim` rows.
     qkv: Linear,
+    /// Their biases, stacked the same way (Qwen 2).
+    qkv_bias: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     wo: Linear,
@@ -231,10 +268,15 @@ impl ModelConfig {
         let arch = g.str("general.architecture")?.to_string();
         let kind = match arch.as_str() {
             "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "phi3" => Arch::Phi3,
+            "gemma2" => Arch::Gemma2,
             "gemma3" => Arch::Gemma3,
             _ => {
                 return Err(g.missing(format!(
-                    "architecture `{arch}` is not supported by the embedded engine (it runs llama, mistral and gemma3)"
+                    "architecture `{arch}` is not supported by the embedded engine: it lacks {} (it runs llama, mistral, qwen2, qwen3, phi3, gemma2 and gemma3)",
+                    missing_for(&arch)
                 )))
             }
         };
@@ -302,8 +344,19 @@ impl ModelConfig {
             )))
             }
         };
+        // Phi-3.5 and Phi-3 128k stretch RoPE per frequency with two factor sets (LongRoPE),
+        // chosen by context length and with an attention factor: not implemented.
+        if let Some(t) = ["rope_factors_long.weight", "rope_factors_short.weight"]
+            .iter()
+            .find(|n| g.tensor(n).is_some())
+        {
+            return Err(g.missing(format!(
+                "tensor `{t}`: LongRoPE scaling (Phi-3.5, Phi-3 128k) is not supported (none, linear and Llama 3's rope_freqs are)"
+            )));
+        }
+        let rope_base = g.f64_or(&key("rope.freq_base"), 10_000.0) as f32;
         let (sliding_window, sliding_pattern, local_base) = match kind {
-            Arch::Llama => {
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
                 if g.get(&key("attention.sliding_window")).is_some() {
                     return Err(g.missing(format!(
                         "metadata `{}`: sliding-window attention is not supported for `{arch}`",
@@ -312,6 +365,18 @@ impl ModelConfig {
                 }
                 (0, 0, 0.0)
             }
+            // Phi-3's window is as long as most of its context; llama.cpp ignores it too.
+            Arch::Phi3 => (0, 0, 0.0),
+            // llama.cpp's gemma2: every other layer local (window 4096 unless the file says),
+            // one RoPE base for all.
+            Arch::Gemma2 => (
+                match g.get(&key("attention.sliding_window")) {
+                    Some(_) => usize_of("attention.sliding_window")?,
+                    None => 4096,
+                },
+                2,
+                rope_base,
+            ),
             // llama.cpp's gemma3: five local layers then one global, local RoPE base 10000.
             Arch::Gemma3 => (
                 usize_of("attention.sliding_window")?,
@@ -322,10 +387,36 @@ impl ModelConfig {
                 g.f64_or(&key("rope.freq_base_swa"), 10_000.0) as f32,
             ),
         };
+        let layers = usize_of("block_count")?;
+        let gemma = matches!(kind, Arch::Gemma2 | Arch::Gemma3);
+        // Gemma's query_pre_attn_scalar is not in the GGUF; llama.cpp takes dim / heads for
+        // the 27B models (46 and 62 layers) and the head size for the others.
+        let query_scale = if gemma && (layers == 46 || layers == 62) {
+            1.0 / ((dim / heads) as f32).sqrt()
+        } else {
+            1.0 / (head_dim as f32).sqrt()
+        };
+        let softcap = |k: &str, default: f64| -> Result<f32, GgufError> {
+            let v = g.f64_or(&key(k), default) as f32;
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(g.missing(format!("metadata `{}` = {v} is out of range", key(k))))
+            }
+        };
+        // llama.cpp's defaults when a gemma2 file does not say.
+        let (attn_softcap, final_softcap) = if kind == Arch::Gemma2 {
+            (
+                softcap("attn_logit_softcapping", 50.0)?,
+                softcap("final_logit_softcapping", 30.0)?,
+            )
+        } else {
+            (0.0, 0.0)
+        };
         Ok(ModelConfig {
             kind,
             dim,
-            layers: usize_of("block_count")?,
+            layers,
             heads,
             kv_heads,
             head_dim,
@@ -333,11 +424,17 @@ impl ModelConfig {
             vocab,
             context: usize_of("context_length")?,
             eps: g.f64_or(&key("attention.layer_norm_rms_epsilon"), 1e-5) as f32,
-            rope_base: g.f64_or(&key("rope.freq_base"), 10_000.0) as f32,
+            rope_base,
             rope_base_local: local_base,
             rope_scale,
             sliding_window,
             sliding_pattern,
+            rope_neox: kind != Arch::Llama,
+            gelu: gemma,
+            embed_scale: gemma,
+            query_scale,
+            attn_softcap,
+            final_softcap,
             arch,
         })
     }
@@ -367,7 +464,6 @@ impl Model {
         let mut file = gguf.open_data()?;
         let f = &mut file;
         let (kv, qd) = (c.kv_dim(), c.q_dim());
-        let gemma = c.kind == Arch::Gemma3;
         let embed = Linear::new(vec![load_weight(
             gguf,
             f,
@@ -381,30 +477,74 @@ impl Model {
             let vector = |f: &mut std::fs::File, n: &str, len: usize| {
                 load_vector(gguf, f, &format!("blk.{i}.{n}.weight"), len)
             };
-            let q = load_weight(gguf, f, t("attn_q")?, qd, c.dim)?;
-            let k = load_weight(gguf, f, t("attn_k")?, kv, c.dim)?;
-            let v = load_weight(gguf, f, t("attn_v")?, kv, c.dim)?;
-            let gate = load_weight(gguf, f, t("ffn_gate")?, c.ffn, c.dim)?;
-            let up = load_weight(gguf, f, t("ffn_up")?, c.ffn, c.dim)?;
-            let (q_norm, k_norm, post_attn_norm, post_ffn_norm) = if gemma {
+            // Phi-3 stores Q, K and V as one matrix, and gate and up as one `ffn_up` of
+            // twice the rows (gate first), which is the layout the forward pass uses.
+            let qkv = match gguf.tensor(&format!("blk.{i}.attn_qkv.weight")) {
+                Some(fused) => vec![load_weight(gguf, f, fused, qd + 2 * kv, c.dim)?],
+                None => vec![
+                    load_weight(gguf, f, t("attn_q")?, qd, c.dim)?,
+                    load_weight(gguf, f, t("attn_k")?, kv, c.dim)?,
+                    load_weight(gguf, f, t("attn_v")?, kv, c.dim)?,
+                ],
+            };
+            let gate_up = if c.kind == Arch::Phi3 {
+                vec![load_weight(gguf, f, t("ffn_up")?, 2 * c.ffn, c.dim)?]
+            } else {
+                vec![
+                    load_weight(gguf, f, t("ffn_gate")?, c.ffn, c.dim)?,
+                    load_weight(gguf, f, t("ffn_up")?, c.ffn, c.dim)?,
+                ]
+            };
+            let qkv_bias = if c.kind == Arch::Qwen2 {
+                let bias = |f: &mut std::fs::File, n: &str, len: usize| {
+                    load_vector(gguf, f, &format!("blk.{i}.{n}.bias"), len)
+                };
+                let mut b = bias(f, "attn_q", qd)?;
+                b.extend(bias(f, "attn_k", kv)?);
+                b.extend(bias(f, "attn_v", kv)?);
+                Some(b)
+            } else {
+                None
+            };
+            // A bias this forward pass would ignore must not be silently dropped.
+            let used = ["attn_q.bias", "attn_k.bias", "attn_v.bias"];
+            if let Some(t) = gguf.tensors.iter().find(|t| {
+                t.name.strip_prefix(&format!("blk.{i}.")).is_some_and(|n| {
+                    n.ends_with(".bias") && !(qkv_bias.is_some() && used.contains(&n))
+                })
+            }) {
+                return Err(gguf.missing(format!(
+                    "tensor `{}`: biases are not supported for `{}`",
+                    t.name, c.arch
+                )));
+            }
+            let qk_norm = matches!(c.kind, Arch::Gemma3 | Arch::Qwen3);
+            let (q_norm, k_norm) = if qk_norm {
                 (
                     Some(vector(f, "attn_q_norm", c.head_dim)?),
                     Some(vector(f, "attn_k_norm", c.head_dim)?),
+                )
+            } else {
+                (None, None)
+            };
+            let (post_attn_norm, post_ffn_norm) = if matches!(c.kind, Arch::Gemma2 | Arch::Gemma3) {
+                (
                     Some(vector(f, "post_attention_norm", c.dim)?),
                     Some(vector(f, "post_ffw_norm", c.dim)?),
                 )
             } else {
-                (None, None, None, None)
+                (None, None)
             };
             layers.push(Layer {
                 attn_norm: vector(f, "attn_norm", c.dim)?,
-                qkv: Linear::new(vec![q, k, v]),
+                qkv: Linear::new(qkv),
+                qkv_bias,
                 q_norm,
                 k_norm,
                 wo: Linear::new(vec![load_weight(gguf, f, t("attn_output")?, c.dim, qd)?]),
                 post_attn_norm,
                 ffn_norm: vector(f, "ffn_norm", c.dim)?,
-                gate_up: Linear::new(vec![gate, up]),
+                gate_up: Linear::new(gate_up),
                 down: Linear::new(vec![load_weight(gguf, f, t("ffn_down")?, c.dim, c.ffn)?]),
                 post_ffn_norm,
                 local: c.is_local(i),
@@ -468,7 +608,7 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                (l.attn_norm.len() + l.ffn_norm.len()) * 4
+                (l.attn_norm.len() + l.ffn_norm.len() + l.qkv_bias.as_ref().map_or(0, Vec::len)) * 4
                     + [&l.q_norm, &l.k_norm, &l.post_attn_norm, &l.post_ffn_norm]
                         .iter()
                         .map(|n| n.as_ref().map_or(0, Vec::len) * 4)
@@ -519,7 +659,6 @@ impl Model {
                 context: c.context,
             });
         }
-        let gemma = c.kind == Arch::Gemma3;
         let (dim, kv, hd, qd) = (c.dim, c.kv_dim(), c.head_dim, c.q_dim());
         let qkv_rows = qd + 2 * kv;
         let mut x = vec![0f32; n * dim];
@@ -530,7 +669,7 @@ impl Model {
             self.embed
                 .row_f32(t as usize, &mut x[i * dim..(i + 1) * dim]);
         }
-        if gemma {
+        if c.embed_scale {
             let s = (dim as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= s);
         }
@@ -545,6 +684,13 @@ impl Model {
         for (li, layer) in self.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, c.eps, &mut xn);
             self.project(pool, &layer.qkv, &xn, &mut qkv);
+            if let Some(b) = &layer.qkv_bias {
+                for row in qkv.chunks_exact_mut(qkv_rows) {
+                    for (v, bv) in row.iter_mut().zip(b) {
+                        *v += bv;
+                    }
+                }
+            }
             let inv_freq = if layer.local {
                 &self.rope_inv_freq_local
             } else {
@@ -559,7 +705,7 @@ impl Model {
                     rmsnorm_inplace(q, qn, c.eps);
                     rmsnorm_inplace(k, kn, c.eps);
                 }
-                if gemma {
+                if c.rope_neox {
                     rope_neox(q, hd, pos, inv_freq);
                     rope_neox(k, hd, pos, inv_freq);
                 } else {
@@ -594,7 +740,7 @@ impl Model {
                 let g = &gu[i * 2 * c.ffn..i * 2 * c.ffn + c.ffn];
                 let u = &gu[i * 2 * c.ffn + c.ffn..(i + 1) * 2 * c.ffn];
                 let o = &mut h[i * c.ffn..(i + 1) * c.ffn];
-                if gemma {
+                if c.gelu {
                     for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
                         *o = gelu_tanh(gv) * uv;
                     }
@@ -620,6 +766,10 @@ impl Model {
         let mut logits = vec![0f32; c.vocab];
         let head = self.output.as_ref().unwrap_or(&self.embed);
         self.project(pool, head, &normed, &mut logits);
+        if c.final_softcap > 0.0 {
+            let cap = c.final_softcap;
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits)
     }
 
@@ -641,7 +791,7 @@ impl Model {
         let (kv, hd, qd) = (c.kv_dim(), c.head_dim, c.q_dim());
         let qkv_rows = qd + 2 * kv;
         let group = c.heads / c.kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let (scale, cap) = (c.query_scale, c.attn_softcap);
         let task = |(idx, o): (usize, &mut [f32])| {
             let (i, hh) = (idx / c.heads, idx % c.heads);
             let q = &qkv[i * qkv_rows + hh * hd..i * qkv_rows + (hh + 1) * hd];
@@ -655,7 +805,12 @@ impl Model {
             let mut scores: Vec<f32> = (from..upto)
                 .map(|t| {
                     let k = &kc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
-                    dot_f32(q, k) * scale
+                    let s = dot_f32(q, k) * scale;
+                    if cap > 0.0 {
+                        cap * (s / cap).tanh()
+                    } else {
+                        s
+                    }
                 })
                 .collect();
             softmax(&mut scores);
