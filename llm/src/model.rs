@@ -320,22 +320,40 @@ impl ModelConfig {
         if head_dim % 2 != 0 {
             return Err(g.missing(format!("odd head size {head_dim}")));
         }
+        // Phi-2, StableLM and others rotate only part of each head.
+        if g.get(&key("rope.dimension_count")).is_some()
+            && usize_of("rope.dimension_count")? != head_dim
+        {
+            return Err(g.missing(format!(
+                "metadata `{}` = {}: RoPE over part of each head ({head_dim}) is not supported",
+                key("rope.dimension_count"),
+                usize_of("rope.dimension_count")?
+            )));
+        }
         let vocab = tensor(g, "token_embd.weight")?
             .dims
             .get(1)
             .copied()
             .unwrap_or(0) as usize;
+        // As llama.cpp: no type means linear, and older files name the factor
+        // `rope.scale_linear`. (Llama 3.x's own scaling is the `rope_freqs` tensor, below.)
         let rope_scale = match g.get(&key("rope.scaling.type")).and_then(Value::as_str) {
-            None | Some("none") => 1.0,
-            Some("linear") => {
-                let f = g.f64_or(&key("rope.scaling.factor"), 1.0) as f32;
-                if !(f.is_finite() && f > 0.0) {
-                    return Err(g.missing(format!(
-                        "metadata `{}` = {f} is out of range",
-                        key("rope.scaling.factor")
-                    )));
+            Some("none") => 1.0,
+            None | Some("linear") => {
+                let factor_key = [key("rope.scaling.factor"), key("rope.scale_linear")]
+                    .into_iter()
+                    .find(|k| g.get(k).is_some())
+                    .unwrap_or_else(|| key("rope.scaling.factor"));
+                let f = g.f64_or(&factor_key, 1.0) as f32;
+                if !(f.is_finite() && f >= 0.0) {
+                    return Err(g.missing(format!("metadata `{factor_key}` = {f} is out of range")));
                 }
-                1.0 / f
+                // llama.cpp reads a factor of 0 as none.
+                if f == 0.0 {
+                    1.0
+                } else {
+                    1.0 / f
+                }
             }
             Some(other) => {
                 return Err(g.missing(format!(

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use coda_llm::gguf::{self, Gguf, TensorSpec, Value};
-use coda_llm::model::Model;
+use coda_llm::model::{Model, ModelConfig};
 use coda_llm::template::TemplateMessage;
 use coda_llm::Engine;
 use sha2::{Digest, Sha256};
@@ -318,6 +318,13 @@ fn unsupported_architecture_and_rope_scaling_are_named() {
     let e = load_error(&yarn);
     assert!(e.contains("`yarn`") && e.contains("not supported"), "{e}");
 
+    let partial = tmp.path().join("partial.gguf");
+    edited(&partial, |m, _| {
+        m.insert("qwen2.rope.dimension_count".into(), Value::U32(8));
+    });
+    let e = load_error(&partial);
+    assert!(e.contains("part of each head"), "{e}");
+
     let longrope = tmp.path().join("longrope.gguf");
     edited(&longrope, |_, t| {
         t.push(TensorSpec {
@@ -339,4 +346,26 @@ fn unsupported_architecture_and_rope_scaling_are_named() {
     });
     let e = load_error(&bias);
     assert!(e.contains("blk.0.attn_output.bias"), "{e}");
+}
+
+/// llama.cpp reads a factor with no scaling type as linear, also under its old name.
+#[test]
+fn linear_rope_factor_without_type_is_applied() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let old = tmp.path().join("old.gguf");
+    edited(&old, |m, _| {
+        m.insert("qwen2.rope.scale_linear".into(), Value::F32(4.0));
+    });
+    let c = ModelConfig::from_gguf(&Gguf::open(&old).expect("reads")).expect("config");
+    assert_eq!(c.rope_scale, 0.25);
+    let none = tmp.path().join("none.gguf");
+    edited(&none, |m, _| {
+        m.insert("qwen2.rope.scaling.factor".into(), Value::F32(4.0));
+        m.insert(
+            "qwen2.rope.scaling.type".into(),
+            Value::String("none".into()),
+        );
+    });
+    let c = ModelConfig::from_gguf(&Gguf::open(&none).expect("reads")).expect("config");
+    assert_eq!(c.rope_scale, 1.0);
 }
