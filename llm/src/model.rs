@@ -67,7 +67,7 @@ pub struct ModelConfig {
     pub ffn: usize,
     /// Vocabulary size.
     pub vocab: usize,
-    /// Trained context length.
+    /// Trained context length (for LongRoPE models, the original one: see `from_gguf`).
     pub context: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
@@ -362,15 +362,35 @@ impl ModelConfig {
             )))
             }
         };
-        // Phi-3.5 and Phi-3 128k stretch RoPE per frequency with two factor sets (LongRoPE),
-        // chosen by context length and with an attention factor: not implemented.
-        if let Some(t) = ["rope_factors_long.weight", "rope_factors_short.weight"]
-            .iter()
-            .find(|n| g.tensor(n).is_some())
-        {
-            return Err(g.missing(format!(
-                "tensor `{t}`: LongRoPE scaling (Phi-3.5, Phi-3 128k) is not supported (none, linear and Llama 3's rope_freqs are)"
-            )));
+        // Phi-3.5 and Phi-3 128k (LongRoPE) divide each RoPE frequency by a factor: one set
+        // for contexts up to the original length, one beyond, and scale the rotated Q and K
+        // by `rope.scaling.attn_factor`. llama.cpp picks the set by the context it is given;
+        // this engine takes the short set and stops at the original length, which is what
+        // a conversation of a voice assistant needs and what the model was trained for.
+        let mut context = usize_of("context_length")?;
+        let mut rope_mscale = 1.0f32;
+        match (
+            g.tensor("rope_factors_short.weight"),
+            g.tensor("rope_factors_long.weight"),
+        ) {
+            (None, None) => {}
+            (Some(_), _) => {
+                if g.get(&key("rope.scaling.original_context_length")).is_some() {
+                    context = context.min(usize_of("rope.scaling.original_context_length")?);
+                }
+                rope_mscale = g.f64_or(&key("rope.scaling.attn_factor"), 1.0) as f32;
+                if !(rope_mscale.is_finite() && rope_mscale > 0.0) {
+                    return Err(g.missing(format!(
+                        "metadata `{}` = {rope_mscale} is out of range",
+                        key("rope.scaling.attn_factor")
+                    )));
+                }
+            }
+            (None, Some(_)) => {
+                return Err(g.missing(
+                    "tensor `rope_factors_long.weight` without `rope_factors_short.weight`: LongRoPE needs both (only the short set is supported)".into(),
+                ))
+            }
         }
         let rope_base = g.f64_or(&key("rope.freq_base"), 10_000.0) as f32;
         let (sliding_window, sliding_pattern, local_base) = match kind {
@@ -409,11 +429,13 @@ impl ModelConfig {
         let gemma = matches!(kind, Arch::Gemma2 | Arch::Gemma3);
         // Gemma's query_pre_attn_scalar is not in the GGUF; llama.cpp takes dim / heads for
         // the 27B models (46 and 62 layers) and the head size for the others.
+        // LongRoPE's attention factor scales both Q and K, so the scores by its square.
         let query_scale = if gemma && (layers == 46 || layers == 62) {
             1.0 / ((dim / heads) as f32).sqrt()
         } else {
             1.0 / (head_dim as f32).sqrt()
-        };
+        } * rope_mscale
+            * rope_mscale;
         let softcap = |k: &str, default: f64| -> Result<f32, GgufError> {
             let v = g.f64_or(&key(k), default) as f32;
             if v.is_finite() && v >= 0.0 {
@@ -440,7 +462,7 @@ impl ModelConfig {
             head_dim,
             ffn: usize_of("feed_forward_length")?,
             vocab,
-            context: usize_of("context_length")?,
+            context,
             eps: g.f64_or(&key("attention.layer_norm_rms_epsilon"), 1e-5) as f32,
             rope_base,
             rope_base_local: local_base,
@@ -580,8 +602,12 @@ impl Model {
                 .collect()
         };
         let mut rope_inv_freq = inv_freq(c.rope_base, c.rope_scale);
-        // Llama 3.x's long-context RoPE: per-frequency divisors stored as a tensor.
-        if let Some(t) = gguf.tensor("rope_freqs.weight") {
+        // Llama 3.x's long-context RoPE and LongRoPE's short set (see `ModelConfig`):
+        // per-frequency divisors stored as a tensor.
+        if let Some(t) = ["rope_freqs.weight", "rope_factors_short.weight"]
+            .iter()
+            .find_map(|n| gguf.tensor(n))
+        {
             let factors = load_vector(gguf, f, &t.name, half)?;
             for (v, ff) in rope_inv_freq.iter_mut().zip(&factors) {
                 if *ff > 0.0 {

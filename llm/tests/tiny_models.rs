@@ -244,11 +244,16 @@ fn qwen3_matches_llama_cpp() {
     check("qwen3");
 }
 
-/// Fused QKV and gate+up; SentencePiece with a space prefix and Phi-3's right-stripping
-/// specials; the Phi-3 fallback template against llama.cpp's `phi3`.
+/// Fused QKV and gate+up; LongRoPE (Phi-3.5's short factor set and attention factor, the
+/// long set would move logits by 1.8); SentencePiece with a space prefix and Phi-3's
+/// right-stripping specials; the Phi-3 fallback template against llama.cpp's `phi3`.
 #[test]
 fn phi3_matches_llama_cpp() {
     check("phi3");
+    // The short factors hold up to the original context: the engine stops there.
+    let g = Gguf::open(&dir().join("tiny-phi3.gguf")).expect("reads");
+    let c = ModelConfig::from_gguf(&g).expect("config");
+    assert_eq!(c.context, 256);
 }
 
 /// Alternating sliding-window layers (window 5 < the 18 positions run), attention and
