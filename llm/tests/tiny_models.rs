@@ -269,7 +269,15 @@ fn edited(
     out: &Path,
     edit: impl FnOnce(&mut std::collections::BTreeMap<String, Value>, &mut Vec<TensorSpec>),
 ) {
-    let src = Gguf::open(&dir().join("tiny-qwen2.gguf")).expect("reads");
+    edited_from("tiny-qwen2.gguf", out, edit);
+}
+
+fn edited_from(
+    name: &str,
+    out: &Path,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, Value>, &mut Vec<TensorSpec>),
+) {
+    let src = Gguf::open(&dir().join(name)).expect("reads");
     let mut meta = src.metadata.clone();
     let mut specs: Vec<TensorSpec> = src
         .tensors
@@ -373,4 +381,23 @@ fn linear_rope_factor_without_type_is_applied() {
     });
     let c = ModelConfig::from_gguf(&Gguf::open(&none).expect("reads")).expect("config");
     assert_eq!(c.rope_scale, 1.0);
+}
+
+/// llama.cpp strips the whitespace after Phi-3's specials only when `general.name` says
+/// Phi-3; otherwise the text after a special gets its space prefix like any other. The ids
+/// are llama.cpp's (llama-cpp-python 0.3.36) for this file renamed `tiny`.
+#[test]
+fn phi3_right_strip_follows_the_model_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("renamed.gguf");
+    edited_from("tiny-phi3.gguf", &path, |m, _| {
+        m.insert("general.name".into(), Value::String("tiny".into()));
+    });
+    let engine = Engine::load(&path, 1).expect("loads");
+    assert_eq!(
+        engine
+            .encode("<|user|>\nthe user<|end|>\n")
+            .expect("encodes"),
+        [1, 306, 285, 13, 278, 287, 301, 308, 285, 13]
+    );
 }
