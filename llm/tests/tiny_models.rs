@@ -1,6 +1,7 @@
 //! qwen2, qwen3, phi3 and gemma2 against llama.cpp, on tiny synthetic GGUFs: no small real
 //! model of these architectures is reachable offline, so `scripts/tiny-gguf write` made
-//! `tests/fixtures/tiny/tiny-*.gguf` (seeded random weights, Q8_0 matrices, 2-4 layers of
+//! `tests/fixtures/tiny/tiny-*.gguf` (seeded random weights, Q8_0 matrices — qwen3 has a
+//! few in F16 and F32, which the engine turns into Q8_0 —, 2-4 layers of
 //! width 64, grouped-query attention, a small byte-level BPE or SentencePiece vocabulary)
 //! and `scripts/tiny-gguf reference` recorded llama.cpp's answers (llama-cpp-python
 //! 0.3.36) in `tiny-*.json`: every logit after a 14-token prompt and after each of four
