@@ -129,14 +129,14 @@ fn live_reference(model: &Path) -> Option<Reference> {
 
 /// Runs the prompt, then llama.cpp's greedy tokens one at a time through the KV cache, and
 /// compares every logit at every step; returns the worst difference as a share of the
-/// spread.
-fn compare_logits(model: &Model, r: &Reference) -> f32 {
+/// spread, and the worst absolute one.
+fn compare_logits(model: &Model, r: &Reference) -> (f32, f32) {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .expect("pool");
     let mut cache = model.new_cache();
-    let mut worst = 0f32;
+    let (mut worst, mut worst_abs) = (0f32, 0f32);
     let mut seen = 0;
     for (after, want, argmax) in &r.steps {
         let logits = model
@@ -164,6 +164,7 @@ fn compare_logits(model: &Model, r: &Reference) -> f32 {
             r.source
         );
         worst = worst.max(d / spread);
+        worst_abs = worst_abs.max(d);
         let mut sorted = want.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
         // The same greedy token, unless llama.cpp's top two are within the tolerance.
@@ -176,7 +177,7 @@ fn compare_logits(model: &Model, r: &Reference) -> f32 {
             assert_eq!(ours, Some(*argmax), "greedy token after {after}");
         }
     }
-    worst
+    (worst, worst_abs)
 }
 
 /// Tokens of each text (the last is the rendered conversation), and the conversation as
@@ -211,18 +212,18 @@ fn check(arch: &str) {
     assert_eq!(r.tokens[..r.prompt.len()], r.prompt[..]);
     let engine = Engine::load(&path, 2).expect("loads");
     assert_eq!(engine.config().arch, arch);
-    let worst = compare_logits(&engine.model, &r);
+    let (worst, abs) = compare_logits(&engine.model, &r);
     eprintln!(
-        "{arch}: worst logit difference {:.1}% of the spread over {} steps vs {}",
+        "{arch}: worst logit difference {abs:.4}, {:.1}% of the spread, over {} steps vs {}",
         worst * 100.0,
         r.steps.len(),
         r.source
     );
     compare_tokens(&engine, &r);
     if let Some(live) = live_reference(&path) {
-        let worst = compare_logits(&engine.model, &live);
+        let (worst, abs) = compare_logits(&engine.model, &live);
         eprintln!(
-            "{arch}: worst logit difference {:.1}% of the spread vs {}",
+            "{arch}: worst logit difference {abs:.4}, {:.1}% of the spread, vs {}",
             worst * 100.0,
             live.source
         );
