@@ -1,4 +1,5 @@
-//! The transformer: llama-family models (Llama, SmolLM, Mistral) and Gemma 3, weights
+//! The transformer: llama-family models (Llama, SmolLM, Mistral), Qwen 2/2.5 and 3, Phi-3
+//! and Gemma 2 and 3, weights
 //! loaded from a GGUF in their own block formats where the engine has a kernel for them
 //! (Q8_0, Q5_0, Q4_K, Q5_K, Q6_K; anything else readable becomes Q8_0 at load), and a
 //! forward pass over a batch of tokens with a per-sequence KV cache. Matrix products run
@@ -18,9 +19,31 @@ use crate::quant::{dequantize, GgmlType};
 pub enum Arch {
     /// llama, mistral (and SmolLM, which is llama).
     Llama,
+    /// qwen2 (Qwen 2 and 2.5): llama with Q/K/V biases and NeoX RoPE.
+    Qwen2,
+    /// qwen3: llama with per-head QK-norm and NeoX RoPE, heads wider than dim / heads.
+    Qwen3,
+    /// phi3: fused QKV and gate+up matrices, NeoX RoPE.
+    Phi3,
+    /// gemma2: GELU(tanh) FFN, post-attention and post-FFN norms, scaled embeddings,
+    /// alternating sliding-window layers, attention and final logit soft-capping.
+    Gemma2,
     /// gemma3: GELU(tanh) FFN, QK-norm, post-attention and post-FFN norms, scaled
     /// embeddings, sliding-window layers with their own RoPE base, NeoX RoPE.
     Gemma3,
+}
+
+/// What the engine would need for an architecture it does not run, for the error message.
+fn missing_for(arch: &str) -> &'static str {
+    if arch.contains("moe") || arch == "mixtral" || arch.starts_with("deepseek") {
+        "mixture-of-experts layers"
+    } else if arch.contains("mamba") || arch.contains("rwkv") {
+        "recurrent (state-space) layers"
+    } else if arch.starts_with("bert") || arch.starts_with("nomic") || arch.contains("t5") {
+        "encoder models"
+    } else {
+        "this architecture's forward pass"
+    }
 }
 
 /// Shapes and constants from the GGUF metadata.
@@ -44,7 +67,7 @@ pub struct ModelConfig {
     pub ffn: usize,
     /// Vocabulary size.
     pub vocab: usize,
-    /// Trained context length.
+    /// Trained context length (for LongRoPE models, the original one: see `from_gguf`).
     pub context: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
@@ -58,12 +81,26 @@ pub struct ModelConfig {
     pub sliding_window: usize,
     /// Every `n`-th layer is global, the others local (0 = all global).
     pub sliding_pattern: usize,
+    /// NeoX RoPE (rotate i with i + head_dim/2) rather than adjacent pairs.
+    pub rope_neox: bool,
+    /// GELU(tanh) gating in the FFN rather than SiLU.
+    pub gelu: bool,
+    /// Embeddings multiplied by √dim (Gemma).
+    pub embed_scale: bool,
+    /// Attention scores are `q·k × query_scale`.
+    pub query_scale: f32,
+    /// Attention scores become `cap × tanh(s / cap)` (0 = none).
+    pub attn_softcap: f32,
+    /// Output logits become `cap × tanh(l / cap)` (0 = none).
+    pub final_softcap: f32,
 }
 
 struct Layer {
     attn_norm: Vec<f32>,
     /// Q, K and V stacked: `q_dim + 2 * kv_dim` rows.
     qkv: Linear,
+    /// Their biases, stacked the same way (Qwen 2).
+    qkv_bias: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     wo: Linear,
@@ -231,10 +268,15 @@ impl ModelConfig {
         let arch = g.str("general.architecture")?.to_string();
         let kind = match arch.as_str() {
             "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "phi3" => Arch::Phi3,
+            "gemma2" => Arch::Gemma2,
             "gemma3" => Arch::Gemma3,
             _ => {
                 return Err(g.missing(format!(
-                    "architecture `{arch}` is not supported by the embedded engine (it runs llama, mistral and gemma3)"
+                    "architecture `{arch}` is not supported by the embedded engine: it lacks {} (it runs llama, mistral, qwen2, qwen3, phi3, gemma2 and gemma3)",
+                    missing_for(&arch)
                 )))
             }
         };
@@ -278,22 +320,40 @@ impl ModelConfig {
         if head_dim % 2 != 0 {
             return Err(g.missing(format!("odd head size {head_dim}")));
         }
+        // Phi-2, StableLM and others rotate only part of each head.
+        if g.get(&key("rope.dimension_count")).is_some()
+            && usize_of("rope.dimension_count")? != head_dim
+        {
+            return Err(g.missing(format!(
+                "metadata `{}` = {}: RoPE over part of each head ({head_dim}) is not supported",
+                key("rope.dimension_count"),
+                usize_of("rope.dimension_count")?
+            )));
+        }
         let vocab = tensor(g, "token_embd.weight")?
             .dims
             .get(1)
             .copied()
             .unwrap_or(0) as usize;
+        // As llama.cpp: no type means linear, and older files name the factor
+        // `rope.scale_linear`. (Llama 3.x's own scaling is the `rope_freqs` tensor, below.)
         let rope_scale = match g.get(&key("rope.scaling.type")).and_then(Value::as_str) {
-            None | Some("none") => 1.0,
-            Some("linear") => {
-                let f = g.f64_or(&key("rope.scaling.factor"), 1.0) as f32;
-                if !(f.is_finite() && f > 0.0) {
-                    return Err(g.missing(format!(
-                        "metadata `{}` = {f} is out of range",
-                        key("rope.scaling.factor")
-                    )));
+            Some("none") => 1.0,
+            None | Some("linear") => {
+                let factor_key = [key("rope.scaling.factor"), key("rope.scale_linear")]
+                    .into_iter()
+                    .find(|k| g.get(k).is_some())
+                    .unwrap_or_else(|| key("rope.scaling.factor"));
+                let f = g.f64_or(&factor_key, 1.0) as f32;
+                if !(f.is_finite() && f >= 0.0) {
+                    return Err(g.missing(format!("metadata `{factor_key}` = {f} is out of range")));
                 }
-                1.0 / f
+                // llama.cpp reads a factor of 0 as none.
+                if f == 0.0 {
+                    1.0
+                } else {
+                    1.0 / f
+                }
             }
             Some(other) => {
                 return Err(g.missing(format!(
@@ -302,8 +362,39 @@ impl ModelConfig {
             )))
             }
         };
+        // Phi-3.5 and Phi-3 128k (LongRoPE) divide each RoPE frequency by a factor: one set
+        // for contexts up to the original length, one beyond, and scale the rotated Q and K
+        // by `rope.scaling.attn_factor`. llama.cpp picks the set by the context it is given;
+        // this engine takes the short set and stops at the original length, which is what
+        // a conversation of a voice assistant needs and what the model was trained for.
+        let mut context = usize_of("context_length")?;
+        let mut rope_mscale = 1.0f32;
+        match (
+            g.tensor("rope_factors_short.weight"),
+            g.tensor("rope_factors_long.weight"),
+        ) {
+            (None, None) => {}
+            (Some(_), _) => {
+                if g.get(&key("rope.scaling.original_context_length")).is_some() {
+                    context = context.min(usize_of("rope.scaling.original_context_length")?);
+                }
+                rope_mscale = g.f64_or(&key("rope.scaling.attn_factor"), 1.0) as f32;
+                if !(rope_mscale.is_finite() && rope_mscale > 0.0) {
+                    return Err(g.missing(format!(
+                        "metadata `{}` = {rope_mscale} is out of range",
+                        key("rope.scaling.attn_factor")
+                    )));
+                }
+            }
+            (None, Some(_)) => {
+                return Err(g.missing(
+                    "tensor `rope_factors_long.weight` without `rope_factors_short.weight`: LongRoPE needs both (only the short set is supported)".into(),
+                ))
+            }
+        }
+        let rope_base = g.f64_or(&key("rope.freq_base"), 10_000.0) as f32;
         let (sliding_window, sliding_pattern, local_base) = match kind {
-            Arch::Llama => {
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
                 if g.get(&key("attention.sliding_window")).is_some() {
                     return Err(g.missing(format!(
                         "metadata `{}`: sliding-window attention is not supported for `{arch}`",
@@ -312,6 +403,18 @@ impl ModelConfig {
                 }
                 (0, 0, 0.0)
             }
+            // Phi-3's window is as long as most of its context; llama.cpp ignores it too.
+            Arch::Phi3 => (0, 0, 0.0),
+            // llama.cpp's gemma2: every other layer local (window 4096 unless the file says),
+            // one RoPE base for all.
+            Arch::Gemma2 => (
+                match g.get(&key("attention.sliding_window")) {
+                    Some(_) => usize_of("attention.sliding_window")?,
+                    None => 4096,
+                },
+                2,
+                rope_base,
+            ),
             // llama.cpp's gemma3: five local layers then one global, local RoPE base 10000.
             Arch::Gemma3 => (
                 usize_of("attention.sliding_window")?,
@@ -322,22 +425,56 @@ impl ModelConfig {
                 g.f64_or(&key("rope.freq_base_swa"), 10_000.0) as f32,
             ),
         };
+        let layers = usize_of("block_count")?;
+        let gemma = matches!(kind, Arch::Gemma2 | Arch::Gemma3);
+        // Gemma's query_pre_attn_scalar is not in the GGUF; llama.cpp takes dim / heads for
+        // the 27B models (46 and 62 layers) and the head size for the others.
+        // LongRoPE's attention factor scales both Q and K, so the scores by its square.
+        let query_scale = if gemma && (layers == 46 || layers == 62) {
+            1.0 / ((dim / heads) as f32).sqrt()
+        } else {
+            1.0 / (head_dim as f32).sqrt()
+        } * rope_mscale
+            * rope_mscale;
+        let softcap = |k: &str, default: f64| -> Result<f32, GgufError> {
+            let v = g.f64_or(&key(k), default) as f32;
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(g.missing(format!("metadata `{}` = {v} is out of range", key(k))))
+            }
+        };
+        // llama.cpp's defaults when a gemma2 file does not say.
+        let (attn_softcap, final_softcap) = if kind == Arch::Gemma2 {
+            (
+                softcap("attn_logit_softcapping", 50.0)?,
+                softcap("final_logit_softcapping", 30.0)?,
+            )
+        } else {
+            (0.0, 0.0)
+        };
         Ok(ModelConfig {
             kind,
             dim,
-            layers: usize_of("block_count")?,
+            layers,
             heads,
             kv_heads,
             head_dim,
             ffn: usize_of("feed_forward_length")?,
             vocab,
-            context: usize_of("context_length")?,
+            context,
             eps: g.f64_or(&key("attention.layer_norm_rms_epsilon"), 1e-5) as f32,
-            rope_base: g.f64_or(&key("rope.freq_base"), 10_000.0) as f32,
+            rope_base,
             rope_base_local: local_base,
             rope_scale,
             sliding_window,
             sliding_pattern,
+            rope_neox: kind != Arch::Llama,
+            gelu: gemma,
+            embed_scale: gemma,
+            query_scale,
+            attn_softcap,
+            final_softcap,
             arch,
         })
     }
@@ -367,7 +504,6 @@ impl Model {
         let mut file = gguf.open_data()?;
         let f = &mut file;
         let (kv, qd) = (c.kv_dim(), c.q_dim());
-        let gemma = c.kind == Arch::Gemma3;
         let embed = Linear::new(vec![load_weight(
             gguf,
             f,
@@ -381,30 +517,74 @@ impl Model {
             let vector = |f: &mut std::fs::File, n: &str, len: usize| {
                 load_vector(gguf, f, &format!("blk.{i}.{n}.weight"), len)
             };
-            let q = load_weight(gguf, f, t("attn_q")?, qd, c.dim)?;
-            let k = load_weight(gguf, f, t("attn_k")?, kv, c.dim)?;
-            let v = load_weight(gguf, f, t("attn_v")?, kv, c.dim)?;
-            let gate = load_weight(gguf, f, t("ffn_gate")?, c.ffn, c.dim)?;
-            let up = load_weight(gguf, f, t("ffn_up")?, c.ffn, c.dim)?;
-            let (q_norm, k_norm, post_attn_norm, post_ffn_norm) = if gemma {
+            // Phi-3 stores Q, K and V as one matrix, and gate and up as one `ffn_up` of
+            // twice the rows (gate first), which is the layout the forward pass uses.
+            let qkv = match gguf.tensor(&format!("blk.{i}.attn_qkv.weight")) {
+                Some(fused) => vec![load_weight(gguf, f, fused, qd + 2 * kv, c.dim)?],
+                None => vec![
+                    load_weight(gguf, f, t("attn_q")?, qd, c.dim)?,
+                    load_weight(gguf, f, t("attn_k")?, kv, c.dim)?,
+                    load_weight(gguf, f, t("attn_v")?, kv, c.dim)?,
+                ],
+            };
+            let gate_up = if c.kind == Arch::Phi3 {
+                vec![load_weight(gguf, f, t("ffn_up")?, 2 * c.ffn, c.dim)?]
+            } else {
+                vec![
+                    load_weight(gguf, f, t("ffn_gate")?, c.ffn, c.dim)?,
+                    load_weight(gguf, f, t("ffn_up")?, c.ffn, c.dim)?,
+                ]
+            };
+            let qkv_bias = if c.kind == Arch::Qwen2 {
+                let bias = |f: &mut std::fs::File, n: &str, len: usize| {
+                    load_vector(gguf, f, &format!("blk.{i}.{n}.bias"), len)
+                };
+                let mut b = bias(f, "attn_q", qd)?;
+                b.extend(bias(f, "attn_k", kv)?);
+                b.extend(bias(f, "attn_v", kv)?);
+                Some(b)
+            } else {
+                None
+            };
+            // A bias this forward pass would ignore must not be silently dropped.
+            let used = ["attn_q.bias", "attn_k.bias", "attn_v.bias"];
+            if let Some(t) = gguf.tensors.iter().find(|t| {
+                t.name.strip_prefix(&format!("blk.{i}.")).is_some_and(|n| {
+                    n.ends_with(".bias") && !(qkv_bias.is_some() && used.contains(&n))
+                })
+            }) {
+                return Err(gguf.missing(format!(
+                    "tensor `{}`: biases are not supported for `{}`",
+                    t.name, c.arch
+                )));
+            }
+            let qk_norm = matches!(c.kind, Arch::Gemma3 | Arch::Qwen3);
+            let (q_norm, k_norm) = if qk_norm {
                 (
                     Some(vector(f, "attn_q_norm", c.head_dim)?),
                     Some(vector(f, "attn_k_norm", c.head_dim)?),
+                )
+            } else {
+                (None, None)
+            };
+            let (post_attn_norm, post_ffn_norm) = if matches!(c.kind, Arch::Gemma2 | Arch::Gemma3) {
+                (
                     Some(vector(f, "post_attention_norm", c.dim)?),
                     Some(vector(f, "post_ffw_norm", c.dim)?),
                 )
             } else {
-                (None, None, None, None)
+                (None, None)
             };
             layers.push(Layer {
                 attn_norm: vector(f, "attn_norm", c.dim)?,
-                qkv: Linear::new(vec![q, k, v]),
+                qkv: Linear::new(qkv),
+                qkv_bias,
                 q_norm,
                 k_norm,
                 wo: Linear::new(vec![load_weight(gguf, f, t("attn_output")?, c.dim, qd)?]),
                 post_attn_norm,
                 ffn_norm: vector(f, "ffn_norm", c.dim)?,
-                gate_up: Linear::new(vec![gate, up]),
+                gate_up: Linear::new(gate_up),
                 down: Linear::new(vec![load_weight(gguf, f, t("ffn_down")?, c.dim, c.ffn)?]),
                 post_ffn_norm,
                 local: c.is_local(i),
@@ -422,8 +602,12 @@ impl Model {
                 .collect()
         };
         let mut rope_inv_freq = inv_freq(c.rope_base, c.rope_scale);
-        // Llama 3.x's long-context RoPE: per-frequency divisors stored as a tensor.
-        if let Some(t) = gguf.tensor("rope_freqs.weight") {
+        // Llama 3.x's long-context RoPE and LongRoPE's short set (see `ModelConfig`):
+        // per-frequency divisors stored as a tensor.
+        if let Some(t) = ["rope_freqs.weight", "rope_factors_short.weight"]
+            .iter()
+            .find_map(|n| gguf.tensor(n))
+        {
             let factors = load_vector(gguf, f, &t.name, half)?;
             for (v, ff) in rope_inv_freq.iter_mut().zip(&factors) {
                 if *ff > 0.0 {
@@ -468,7 +652,7 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                (l.attn_norm.len() + l.ffn_norm.len()) * 4
+                (l.attn_norm.len() + l.ffn_norm.len() + l.qkv_bias.as_ref().map_or(0, Vec::len)) * 4
                     + [&l.q_norm, &l.k_norm, &l.post_attn_norm, &l.post_ffn_norm]
                         .iter()
                         .map(|n| n.as_ref().map_or(0, Vec::len) * 4)
@@ -519,7 +703,6 @@ impl Model {
                 context: c.context,
             });
         }
-        let gemma = c.kind == Arch::Gemma3;
         let (dim, kv, hd, qd) = (c.dim, c.kv_dim(), c.head_dim, c.q_dim());
         let qkv_rows = qd + 2 * kv;
         let mut x = vec![0f32; n * dim];
@@ -530,7 +713,7 @@ impl Model {
             self.embed
                 .row_f32(t as usize, &mut x[i * dim..(i + 1) * dim]);
         }
-        if gemma {
+        if c.embed_scale {
             let s = (dim as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= s);
         }
@@ -545,6 +728,13 @@ impl Model {
         for (li, layer) in self.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, c.eps, &mut xn);
             self.project(pool, &layer.qkv, &xn, &mut qkv);
+            if let Some(b) = &layer.qkv_bias {
+                for row in qkv.chunks_exact_mut(qkv_rows) {
+                    for (v, bv) in row.iter_mut().zip(b) {
+                        *v += bv;
+                    }
+                }
+            }
             let inv_freq = if layer.local {
                 &self.rope_inv_freq_local
             } else {
@@ -559,7 +749,7 @@ impl Model {
                     rmsnorm_inplace(q, qn, c.eps);
                     rmsnorm_inplace(k, kn, c.eps);
                 }
-                if gemma {
+                if c.rope_neox {
                     rope_neox(q, hd, pos, inv_freq);
                     rope_neox(k, hd, pos, inv_freq);
                 } else {
@@ -594,7 +784,7 @@ impl Model {
                 let g = &gu[i * 2 * c.ffn..i * 2 * c.ffn + c.ffn];
                 let u = &gu[i * 2 * c.ffn + c.ffn..(i + 1) * 2 * c.ffn];
                 let o = &mut h[i * c.ffn..(i + 1) * c.ffn];
-                if gemma {
+                if c.gelu {
                     for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
                         *o = gelu_tanh(gv) * uv;
                     }
@@ -620,6 +810,10 @@ impl Model {
         let mut logits = vec![0f32; c.vocab];
         let head = self.output.as_ref().unwrap_or(&self.embed);
         self.project(pool, head, &normed, &mut logits);
+        if c.final_softcap > 0.0 {
+            let cap = c.final_softcap;
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits)
     }
 
@@ -641,7 +835,7 @@ impl Model {
         let (kv, hd, qd) = (c.kv_dim(), c.head_dim, c.q_dim());
         let qkv_rows = qd + 2 * kv;
         let group = c.heads / c.kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let (scale, cap) = (c.query_scale, c.attn_softcap);
         let task = |(idx, o): (usize, &mut [f32])| {
             let (i, hh) = (idx / c.heads, idx % c.heads);
             let q = &qkv[i * qkv_rows + hh * hd..i * qkv_rows + (hh + 1) * hd];
@@ -655,7 +849,12 @@ impl Model {
             let mut scores: Vec<f32> = (from..upto)
                 .map(|t| {
                     let k = &kc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
-                    dot_f32(q, k) * scale
+                    let s = dot_f32(q, k) * scale;
+                    if cap > 0.0 {
+                        cap * (s / cap).tanh()
+                    } else {
+                        s
+                    }
                 })
                 .collect();
             softmax(&mut scores);

@@ -1,6 +1,7 @@
 //! The chat template: the GGUF's own `tokenizer.chat_template` (Jinja), rendered with
 //! minijinja the way Hugging Face's `apply_chat_template` does (trim_blocks, lstrip_blocks,
-//! Python string methods, `raise_exception`). A GGUF without one falls back to ChatML.
+//! Python string methods, `raise_exception`). A GGUF without one falls back to its
+//! architecture's format (Gemma, Phi-3) or ChatML.
 
 use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
@@ -14,6 +15,9 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 /// at the start of the first user turn, the assistant is `model`, the answer starts after
 /// `<start_of_turn>model` (the tokenizer adds BOS).
 pub const GEMMA: &str = "{%- set sys = namespace(text='') -%}{%- for m in messages -%}{%- if m['role'] == 'system' -%}{%- set sys.text = sys.text + (m['content'] | trim) -%}{%- else -%}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}{{ '<start_of_turn>' + role + '\n' }}{%- if sys.text and role != 'model' -%}{{ sys.text + '\n\n' }}{%- set sys.text = '' -%}{%- endif -%}{{ (m['content'] | trim) + '<end_of_turn>\n' }}{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// Phi-3's turns, as llama.cpp's built-in `phi3` template writes them.
+pub const PHI3: &str = "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}";
 
 /// One message as the template sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -74,7 +78,7 @@ impl ChatTemplate {
     }
 
     /// The GGUF's template (`tokenizer.chat_template`); when it has none, Gemma's turn
-    /// format for Gemma models, else ChatML.
+    /// format for Gemma models, Phi-3's for phi3, else ChatML (Qwen's format).
     pub fn from_gguf(g: &Gguf, bos: &str, eos: &str) -> Result<ChatTemplate, String> {
         let arch = g
             .get("general.architecture")
@@ -83,6 +87,7 @@ impl ChatTemplate {
         match g.get("tokenizer.chat_template").and_then(Value::as_str) {
             Some(src) if !src.trim().is_empty() => ChatTemplate::new(src, bos, eos, true),
             _ if arch.starts_with("gemma") => ChatTemplate::new(GEMMA, bos, eos, false),
+            _ if arch == "phi3" => ChatTemplate::new(PHI3, bos, eos, false),
             _ => {
                 tracing::warn!(
                     path = %g.path.display(),
@@ -146,6 +151,18 @@ mod tests {
         assert_eq!(
             out,
             "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn phi3_turns_render() {
+        let t = ChatTemplate::new(PHI3, "<s>", "<|endoftext|>", false).expect("compiles");
+        let out = t
+            .render(&[msg("system", "Be brief."), msg("user", "Hi")])
+            .expect("renders");
+        assert_eq!(
+            out,
+            "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
         );
     }
 

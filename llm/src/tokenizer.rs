@@ -78,6 +78,9 @@ struct Spm {
     /// first byte, longest first.
     specials: HashMap<u8, Vec<(String, u32)>>,
     add_space_prefix: bool,
+    /// Specials that swallow the whitespace after them (llama.cpp does this for Phi-3,
+    /// whose Hugging Face tokenizer marks its added tokens `rstrip`).
+    rstrip: HashSet<u32>,
 }
 
 /// A candidate merge of two adjacent symbols.
@@ -115,7 +118,8 @@ impl Spm {
         let mut out = Vec::new();
         let bytes = text.as_bytes();
         let (mut start, mut i) = (0, 0);
-        let mut first = true;
+        // llama.cpp prefixes a space to the text at the start and after each special.
+        let mut after_special = true;
         while i < bytes.len() {
             let hit = self.specials.get(&bytes[i]).and_then(|cands| {
                 cands
@@ -124,25 +128,30 @@ impl Spm {
             });
             if let Some((s, id)) = hit {
                 if start < i {
-                    self.encode_plain(&text[start..i], first, &mut out);
+                    self.encode_plain(&text[start..i], after_special, &mut out);
                 }
-                first = false;
                 out.push(*id);
                 i += s.len();
+                if self.rstrip.contains(id) {
+                    while i < bytes.len() && b" \t\n\r\x0b\x0c".contains(&bytes[i]) {
+                        i += 1;
+                    }
+                }
+                after_special = true;
                 start = i;
             } else {
                 i += 1;
             }
         }
         if start < bytes.len() {
-            self.encode_plain(&text[start..], first, &mut out);
+            self.encode_plain(&text[start..], after_special, &mut out);
         }
         out
     }
 
-    fn encode_plain(&self, text: &str, first: bool, out: &mut Vec<u32>) {
+    fn encode_plain(&self, text: &str, after_special: bool, out: &mut Vec<u32>) {
         let mut s = String::with_capacity(text.len() + 3);
-        if self.add_space_prefix && first {
+        if self.add_space_prefix && after_special {
             s.push('\u{2581}');
         }
         s.push_str(&text.replace(' ', "\u{2581}"));
@@ -474,6 +483,22 @@ fn spm(g: &Gguf, texts: &[String], types: &[u64]) -> Result<(Encoder, TokenBytes
     for list in specials.values_mut() {
         list.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
     }
+    // llama.cpp's rule, by model name: every special but <unk>, <s> and <|endoftext|>.
+    let name = g
+        .get("general.name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_lowercase();
+    let rstrip = if name.contains("phi-3") || name.contains("phi3") {
+        specials
+            .values()
+            .flatten()
+            .filter(|(s, _)| !["<unk>", "<s>", "<|endoftext|>"].contains(&s.as_str()))
+            .map(|&(_, id)| id)
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let spm = Spm {
         vocab,
         scores,
@@ -484,6 +509,7 @@ fn spm(g: &Gguf, texts: &[String], types: &[u64]) -> Result<(Encoder, TokenBytes
             .get("tokenizer.ggml.add_space_prefix")
             .and_then(Value::as_bool)
             .unwrap_or(true),
+        rstrip,
     };
     Ok((Encoder::Spm(Box::new(spm)), bytes))
 }
