@@ -89,6 +89,8 @@ struct WakeReport {
     cpu_percent_of_one_core: f64,
     snr_db: f64,
     missed: Vec<String>,
+    /// What was being read when each false wake was reported.
+    false_wake_sentences: Vec<String>,
 }
 
 /// Sentences of `text` fit to say: prose, 4 to 30 words, without the wake word's words.
@@ -206,6 +208,8 @@ struct Hit {
     end: usize,
     reported: usize,
     verify_ms: f64,
+    /// The clip of other speech it came in.
+    clip: usize,
 }
 
 impl Hit {
@@ -222,6 +226,7 @@ impl Hit {
             end: usize::try_from(d.end).unwrap_or(usize::MAX),
             reported,
             verify_ms: last.unwrap_or(0.0),
+            clip: 0,
         }
     }
 }
@@ -399,10 +404,13 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         let (mut d, rec) = detector();
         let mut false_hits: Vec<Hit> = Vec::new();
         let cpu0 = super::process_cpu_us();
-        for clip in &other {
+        for (n, clip) in other.iter().enumerate() {
             for chunk in clip.chunks(320) {
                 if let Some(h) = d.push(chunk) {
-                    false_hits.push(Hit::new(&h, 0, rec.as_deref()));
+                    false_hits.push(Hit {
+                        clip: n,
+                        ..Hit::new(&h, 0, rec.as_deref())
+                    });
                 }
             }
         }
@@ -413,7 +421,12 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         checks.sort_by(|a, b| a.total_cmp(b));
         {
             let hits = wakes(hits);
-            let false_wakes = wakes(false_hits).len();
+            let false_wakes = wakes(false_hits);
+            let false_wake_sentences: Vec<String> = false_wakes
+                .iter()
+                .map(|h| prose[h.clip % prose.len()].clone())
+                .collect();
+            let false_wakes = false_wakes.len();
             let mut latencies = Vec::new();
             let mut missed = Vec::new();
             let mut used = vec![false; hits.len()];
@@ -452,6 +465,7 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
                 cpu_percent_of_one_core: cpu / speech_s * 100.0,
                 snr_db: args.snr,
                 missed: missed.clone(),
+                false_wake_sentences,
             });
         }
     }
@@ -487,6 +501,9 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         );
         if !report.missed.is_empty() {
             println!("  missed: {}", report.missed.join(", "));
+        }
+        for s in &report.false_wake_sentences {
+            println!("  false wake while reading: {s:?}");
         }
     }
     Ok(())
