@@ -509,9 +509,9 @@ impl Linear {
 /// weights) and Q8_K (for K-quant weights).
 #[derive(Debug, Clone, Default)]
 pub struct Acts {
-    q8: Option<QActs>,
-    q8k: Option<QActsK>,
-    n: usize,
+    pub(crate) q8: Option<QActs>,
+    pub(crate) q8k: Option<QActsK>,
+    pub(crate) n: usize,
 }
 
 impl Acts {
@@ -528,7 +528,7 @@ impl Acts {
 impl Kernel {
     /// Row `r` of `w` dotted with vector `v` of `x`.
     #[inline]
-    fn dot_weight(self, w: &Weight, r: usize, x: &Acts, v: usize) -> f32 {
+    pub(crate) fn dot_weight(self, w: &Weight, r: usize, x: &Acts, v: usize) -> f32 {
         match w {
             // `Acts::for_linear` quantised every form the Linear's parts need, so the
             // `else` arms are unreachable for activations made for this matrix.
@@ -598,6 +598,23 @@ pub fn matmul_linear(
             let p = w.starts.partition_point(|&s| s <= r) - 1;
             let part = &w.parts[p];
             let part_end = (w.starts[p] + part.rows()).min(end);
+            let base = w.starts[p];
+            // Several tokens: unpack each weight row once for all of them.
+            if n >= crate::tiled::MIN_TOKENS
+                && crate::tiled::run(
+                    kernel,
+                    part,
+                    r - base..part_end - base,
+                    x,
+                    &mut |v, lr, y| {
+                        // SAFETY: as below; the tile reports rows of this chunk only.
+                        unsafe { *ptr.get().add(v * rows + base + lr) = y }
+                    },
+                )
+            {
+                r = part_end;
+                continue;
+            }
             for rr in r..part_end {
                 let local = rr - w.starts[p];
                 for v in 0..n {

@@ -18,6 +18,7 @@ pub mod model;
 pub mod quant;
 pub mod requant;
 pub mod template;
+mod tiled;
 pub mod tokenizer;
 
 pub use engine::{Engine, Finish, GenError, GenOutput, GenParams, LoadError};

@@ -1,0 +1,653 @@
+//! Prompt processing: weight rows times several tokens at once. A tile of rows is unpacked
+//! once (Q5_0 and the K-quants to int8 values with their scales; Q8_0 is read as is) and
+//! each of its blocks is dotted with a tile of tokens' quantised activations, with one
+//! accumulator register per (row, token) and a single horizontal sum per output. The
+//! per-token kernels re-unpack every weight block for every token and sum each dot
+//! horizontally, which made prompts several times slower than llama.cpp.
+//!
+//! AVX-512 VNNI: the activations are offset to unsigned (x + 128, VPDPBUSD multiplies
+//! u8 × i8) and the offset's contribution, 128 · Σw, is taken back per block. AVX2: the
+//! sign trick of the per-token kernels. Other CPUs use the per-token kernels.
+
+use crate::kernels::{Acts, Kernel, Weight};
+use crate::kquants::{
+    f16_at, q6_k_values, scales_mins, QActsK, Q4_K_BYTES, Q5_0_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K,
+};
+use crate::quant::{GgmlType, QK};
+
+/// Fewest tokens worth the tiled path (one token is a decode step: the per-token kernels
+/// read each weight once anyway and need no unpacking).
+pub const MIN_TOKENS: usize = 2;
+
+/// Weight rows unpacked for the K-quant tile kernel: int8 values in element order, one
+/// f32 scale per 4 values (VPDPBUSD/VPMADDWD lane), and per 256 values 16 floats dotted
+/// with [`QActsK::psums`]: the mins (negated, times `dmin`), then the offset correction,
+/// then zeros.
+#[derive(Default)]
+struct KRows {
+    q: Vec<i8>,
+    ws: Vec<f32>,
+    extra: Vec<f32>,
+}
+
+/// Q5_0 rows unpacked to Q8_0 form (int8 values, one f32 scale per 32).
+#[derive(Default)]
+struct Q8Rows {
+    q: Vec<i8>,
+    d: Vec<f32>,
+}
+
+fn unpack_q5_0(row: &[u8], q: &mut [i8], d: &mut [f32]) {
+    for ((b, q), d) in row
+        .chunks_exact(Q5_0_BYTES)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+    {
+        *d = f16_at(b, 0);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        for j in 0..16 {
+            let v = b[6 + j];
+            let h0 = (((qh >> j) << 4) & 0x10) as u8;
+            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+            q[j] = ((v & 0x0f) | h0) as i8 - 16;
+            q[j + 16] = ((v >> 4) | h1) as i8 - 16;
+        }
+    }
+}
+
+/// The offset correction of one 256-value block: Σ over lanes of scale × (-128 · Σ values).
+fn correction(q: &[i8], ws: &[f32]) -> f32 {
+    q.chunks_exact(4)
+        .zip(ws)
+        .map(|(l, &s)| s * (-128 * l.iter().map(|&v| i32::from(v)).sum::<i32>()) as f32)
+        .sum()
+}
+
+/// Unpacks one K-quant row (`nb` blocks) into `q` (256 per block), `ws` (64 per block) and
+/// `extra` (16 per block).
+fn unpack_k(ty: GgmlType, row: &[u8], q: &mut [i8], ws: &mut [f32], extra: &mut [f32]) {
+    let bytes = match ty {
+        GgmlType::Q4_K => Q4_K_BYTES,
+        GgmlType::Q5_K => Q5_K_BYTES,
+        _ => Q6_K_BYTES,
+    };
+    for (((b, q), ws), ex) in row
+        .chunks_exact(bytes)
+        .zip(q.chunks_exact_mut(QK_K))
+        .zip(ws.chunks_exact_mut(QK_K / 4))
+        .zip(extra.chunks_exact_mut(16))
+    {
+        ex.fill(0.0);
+        if ty == GgmlType::Q6_K {
+            let mut a = [0i8; QK_K];
+            q6_k_values(b, &mut a);
+            q.copy_from_slice(&a);
+            let d = f16_at(b, 208);
+            for (g, w) in ws.chunks_exact_mut(4).enumerate() {
+                w.fill(d * f32::from(b[192 + g] as i8));
+            }
+        } else {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (sc, m) = scales_mins(&b[4..16]);
+            let (qs, qh) = if ty == GgmlType::Q4_K {
+                (&b[16..144], None)
+            } else {
+                (&b[48..176], Some(&b[16..48]))
+            };
+            for j in 0..4 {
+                let src = &qs[32 * j..32 * j + 32];
+                let (lo, hi) = q[64 * j..64 * j + 64].split_at_mut(32);
+                for l in 0..32 {
+                    let (h1, h2) = match qh {
+                        Some(h) => (
+                            ((h[l] >> (2 * j)) & 1) << 4,
+                            ((h[l] >> (2 * j + 1)) & 1) << 4,
+                        ),
+                        None => (0, 0),
+                    };
+                    lo[l] = ((src[l] & 0x0f) | h1) as i8;
+                    hi[l] = ((src[l] >> 4) | h2) as i8;
+                }
+            }
+            for (g, w) in ws.chunks_exact_mut(8).enumerate() {
+                w.fill(d * f32::from(sc[g]));
+            }
+            for (e, &mv) in ex[..8].iter_mut().zip(&m) {
+                *e = -dmin * f32::from(mv);
+            }
+        }
+        ex[8] = correction(q, ws);
+    }
+}
+
+/// Writes one output: token `v`, local row `r`, value.
+pub(crate) type Store<'a> = dyn FnMut(usize, usize, f32) + 'a;
+
+/// `store(v, r, W[r] · x[v])` for the local rows `rows` of `w` and every token of `x`, or
+/// `false` (nothing done) when this kernel has no tiled path for it.
+pub(crate) fn run(
+    kernel: Kernel,
+    w: &Weight,
+    rows: std::ops::Range<usize>,
+    x: &Acts,
+    store: &mut Store<'_>,
+) -> bool {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => run_with::<4, 4>(kernel, w, rows, x, store),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => run_with::<2, 4>(kernel, w, rows, x, store),
+        _ => false,
+    }
+}
+
+/// Row and token indices of a tile: `start..end` padded to `N` by repeating the last one
+/// (the padded results are computed and dropped).
+fn padded<const N: usize>(start: usize, end: usize) -> [usize; N] {
+    std::array::from_fn(|i| (start + i).min(end - 1))
+}
+
+fn run_with<const R: usize, const T: usize>(
+    kernel: Kernel,
+    w: &Weight,
+    rows: std::ops::Range<usize>,
+    x: &Acts,
+    store: &mut Store<'_>,
+) -> bool {
+    let n = x.n;
+    let cols = w.cols();
+    let mut res = [[0f32; T]; R];
+    let mut emit = |r0: usize, r1: usize, t0: usize, t1: usize, res: &[[f32; T]; R]| {
+        for (i, rr) in res.iter().enumerate().take(r1 - r0) {
+            for (j, &y) in rr.iter().enumerate().take(t1 - t0) {
+                store(t0 + j, r0 + i, y);
+            }
+        }
+    };
+    match w {
+        Weight::Q8(m) => {
+            let Some(a) = &x.q8 else { return false };
+            let nb = cols / QK;
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                let r1 = (r0 + R).min(rows.end);
+                let ri = padded::<R>(r0, r1);
+                let wq = ri.map(|r| m.q[r * cols..].as_ptr());
+                let wd = ri.map(|r| m.d[r * nb..].as_ptr());
+                tokens_q8::<R, T>(kernel, wq, wd, a, nb, n, &mut res, &mut |t0, t1, res| {
+                    emit(r0, r1, t0, t1, res)
+                });
+                r0 = r1;
+            }
+        }
+        Weight::Blocks { ty, data, .. } => {
+            let rb = ty.byte_size(cols as u64) as usize;
+            match ty {
+                GgmlType::Q5_0 => {
+                    let Some(a) = &x.q8 else { return false };
+                    let nb = cols / QK;
+                    let mut buf = Q8Rows {
+                        q: vec![0; R * cols],
+                        d: vec![0.0; R * nb],
+                    };
+                    let mut r0 = rows.start;
+                    while r0 < rows.end {
+                        let r1 = (r0 + R).min(rows.end);
+                        for (i, r) in (r0..r1).enumerate() {
+                            unpack_q5_0(
+                                &data[r * rb..(r + 1) * rb],
+                                &mut buf.q[i * cols..(i + 1) * cols],
+                                &mut buf.d[i * nb..(i + 1) * nb],
+                            );
+                        }
+                        let li = padded::<R>(0, r1 - r0);
+                        let wq = li.map(|i| buf.q[i * cols..].as_ptr());
+                        let wd = li.map(|i| buf.d[i * nb..].as_ptr());
+                        tokens_q8::<R, T>(
+                            kernel,
+                            wq,
+                            wd,
+                            a,
+                            nb,
+                            n,
+                            &mut res,
+                            &mut |t0, t1, res| emit(r0, r1, t0, t1, res),
+                        );
+                        r0 = r1;
+                    }
+                }
+                GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+                    let Some(a) = &x.q8k else { return false };
+                    let nb = cols / QK_K;
+                    let mut buf = KRows {
+                        q: vec![0; R * cols],
+                        ws: vec![0.0; R * cols / 4],
+                        extra: vec![0.0; R * nb * 16],
+                    };
+                    let mut r0 = rows.start;
+                    while r0 < rows.end {
+                        let r1 = (r0 + R).min(rows.end);
+                        for (i, r) in (r0..r1).enumerate() {
+                            unpack_k(
+                                *ty,
+                                &data[r * rb..(r + 1) * rb],
+                                &mut buf.q[i * cols..(i + 1) * cols],
+                                &mut buf.ws[i * cols / 4..(i + 1) * cols / 4],
+                                &mut buf.extra[i * nb * 16..(i + 1) * nb * 16],
+                            );
+                        }
+                        let li = padded::<R>(0, r1 - r0);
+                        let wq = li.map(|i| buf.q[i * cols..].as_ptr());
+                        let ws = li.map(|i| buf.ws[i * cols / 4..].as_ptr());
+                        let ex = li.map(|i| buf.extra[i * nb * 16..].as_ptr());
+                        tokens_k::<R, T>(
+                            kernel,
+                            wq,
+                            ws,
+                            ex,
+                            a,
+                            nb,
+                            n,
+                            &mut res,
+                            &mut |t0, t1, res| emit(r0, r1, t0, t1, res),
+                        );
+                        r0 = r1;
+                    }
+                }
+                _ => return false,
+            }
+        }
+    }
+    true
+}
+
+/// Runs the Q8_0 tile kernel over every token tile of `a` for one tile of rows.
+#[allow(clippy::too_many_arguments)]
+fn tokens_q8<const R: usize, const T: usize>(
+    kernel: Kernel,
+    wq: [*const i8; R],
+    wd: [*const f32; R],
+    a: &crate::kernels::QActs,
+    nb: usize,
+    n: usize,
+    res: &mut [[f32; T]; R],
+    emit: &mut dyn FnMut(usize, usize, &[[f32; T]; R]),
+) {
+    let mut t0 = 0;
+    while t0 < n {
+        let t1 = (t0 + T).min(n);
+        let ti = padded::<T>(t0, t1);
+        let xq = ti.map(|v| a.q[v * a.cols..].as_ptr());
+        let xd = ti.map(|v| a.d[v * nb..].as_ptr());
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the variant exists only on CPUs with these features; every pointer
+            // starts a row or vector of `nb` whole blocks (the shapes were checked by the
+            // loader and `matmul_linear`).
+            Kernel::Avx512Vnni => unsafe { x86::q8_avx512::<R, T>(wq, wd, xq, xd, nb, res) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2 and FMA were detected.
+            Kernel::Avx2 => unsafe { x86::q8_avx2::<R, T>(wq, wd, xq, xd, nb, res) },
+            _ => return,
+        }
+        emit(t0, t1, res);
+        t0 = t1;
+    }
+}
+
+/// Runs the K-quant tile kernel over every token tile of `a` for one tile of rows.
+#[allow(clippy::too_many_arguments)]
+fn tokens_k<const R: usize, const T: usize>(
+    kernel: Kernel,
+    wq: [*const i8; R],
+    ws: [*const f32; R],
+    ex: [*const f32; R],
+    a: &QActsK,
+    nb: usize,
+    n: usize,
+    res: &mut [[f32; T]; R],
+    emit: &mut dyn FnMut(usize, usize, &[[f32; T]; R]),
+) {
+    let mut t0 = 0;
+    while t0 < n {
+        let t1 = (t0 + T).min(n);
+        let ti = padded::<T>(t0, t1);
+        let xq = ti.map(|v| a.q[v * a.cols..].as_ptr());
+        let xd = ti.map(|v| a.d[v * nb..].as_ptr());
+        let ps = ti.map(|v| a.psums[v * nb * 16..].as_ptr());
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `tokens_q8`; `ws` holds 64 and `ex`/`ps` 16 floats per block.
+            Kernel::Avx512Vnni => unsafe { x86::k_avx512::<R, T>(wq, ws, ex, xq, ps, xd, nb, res) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2 and FMA were detected.
+            Kernel::Avx2 => unsafe { x86::k_avx2::<R, T>(wq, ws, ex, xq, ps, xd, nb, res) },
+            _ => return,
+        }
+        emit(t0, t1, res);
+        t0 = t1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Two floats (`p[0]`, `p[1]`) spread over the low and high halves of a register.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx512dq,avx2,fma")]
+    unsafe fn pair(p: *const f32) -> __m512 {
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let two = _mm_castpd_ps(_mm_load_sd(p as *const f64));
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two))
+    }
+
+    /// Q8_0 rows × Q8_0 tokens, two blocks per 512-bit step.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx512dq,avx2,fma")]
+    pub unsafe fn q8_avx512<const R: usize, const T: usize>(
+        wq: [*const i8; R],
+        wd: [*const f32; R],
+        xq: [*const i8; T],
+        xd: [*const f32; T],
+        nb: usize,
+        out: &mut [[f32; T]; R],
+    ) {
+        let zero = _mm512_setzero_si512();
+        let off = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut b = 0;
+        while b < nb {
+            // The last odd block reads only its 32 bytes; the zeroed upper weights add 0.
+            let two = b + 2 <= nb;
+            let mask: u64 = if two { !0 } else { 0xffff_ffff };
+            let mut w = [zero; R];
+            let mut neg = [zero; R];
+            let mut dw = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                w[r] = _mm512_maskz_loadu_epi8(mask, wq[r].add(b * 32));
+                // -128 · Σw per lane: takes the activations' +128 offset back out.
+                neg[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, off, w[r]));
+                dw[r] = if two {
+                    pair(wd[r].add(b))
+                } else {
+                    _mm512_set1_ps(*wd[r].add(b))
+                };
+            }
+            for t in 0..T {
+                let xu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, xq[t].add(b * 32)), off);
+                let dx = if two {
+                    pair(xd[t].add(b))
+                } else {
+                    _mm512_set1_ps(*xd[t].add(b))
+                };
+                for r in 0..R {
+                    let s = _mm512_dpbusd_epi32(neg[r], xu, w[r]);
+                    acc[r][t] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dx), acc[r][t]);
+                }
+            }
+            b += 2;
+        }
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(acc: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Q8_0 rows × Q8_0 tokens, one block per 256-bit step (sign trick).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q8_avx2<const R: usize, const T: usize>(
+        wq: [*const i8; R],
+        wd: [*const f32; R],
+        xq: [*const i8; T],
+        xd: [*const f32; T],
+        nb: usize,
+        out: &mut [[f32; T]; R],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        for b in 0..nb {
+            let mut w = [_mm256_setzero_si256(); R];
+            let mut dw = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                w[r] = _mm256_loadu_si256(wq[r].add(b * 32) as *const __m256i);
+                dw[r] = _mm256_set1_ps(*wd[r].add(b));
+            }
+            for t in 0..T {
+                let x = _mm256_loadu_si256(xq[t].add(b * 32) as *const __m256i);
+                let ax = _mm256_sign_epi8(x, x);
+                let dx = _mm256_set1_ps(*xd[t].add(b));
+                for r in 0..R {
+                    let p = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w[r], x)),
+                        ones,
+                    );
+                    acc[r][t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = hsum(acc[r][t]);
+            }
+        }
+    }
+
+    /// Unpacked K-quant rows × Q8_K tokens: per 64 values one VPDPBUSD per (row, token),
+    /// scaled per lane; per block the mins and offset correction as one 16-float FMA.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx512dq,avx2,fma")]
+    pub unsafe fn k_avx512<const R: usize, const T: usize>(
+        wq: [*const i8; R],
+        ws: [*const f32; R],
+        ex: [*const f32; R],
+        xq: [*const i8; T],
+        ps: [*const f32; T],
+        xd: [*const f32; T],
+        nb: usize,
+        out: &mut [[f32; T]; R],
+    ) {
+        let zero = _mm512_setzero_si512();
+        let off = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        for i in 0..nb {
+            let mut dx = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                dx[t] = _mm512_set1_ps(*xd[t].add(i));
+            }
+            for k in 0..4 {
+                let at = i * 256 + 64 * k;
+                let mut w = [zero; R];
+                for r in 0..R {
+                    w[r] = _mm512_loadu_si512(wq[r].add(at) as *const _);
+                }
+                for t in 0..T {
+                    let xu = _mm512_xor_si512(_mm512_loadu_si512(xq[t].add(at) as *const _), off);
+                    for r in 0..R {
+                        let s = _mm512_dpbusd_epi32(zero, xu, w[r]);
+                        let sc = _mm512_mul_ps(_mm512_loadu_ps(ws[r].add(at / 4)), dx[t]);
+                        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r][t]);
+                    }
+                }
+            }
+            for r in 0..R {
+                let e = _mm512_loadu_ps(ex[r].add(i * 16));
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(e, _mm512_loadu_ps(ps[t].add(i * 16)), acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+
+    /// As [`k_avx512`] with 256-bit registers and the sign trick (no offset, so only the
+    /// mins of `ex`).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn k_avx2<const R: usize, const T: usize>(
+        wq: [*const i8; R],
+        ws: [*const f32; R],
+        ex: [*const f32; R],
+        xq: [*const i8; T],
+        ps: [*const f32; T],
+        xd: [*const f32; T],
+        nb: usize,
+        out: &mut [[f32; T]; R],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        for i in 0..nb {
+            let mut dx = [_mm256_setzero_ps(); T];
+            for t in 0..T {
+                dx[t] = _mm256_set1_ps(*xd[t].add(i));
+            }
+            for k in 0..8 {
+                let at = i * 256 + 32 * k;
+                let mut w = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    w[r] = _mm256_loadu_si256(wq[r].add(at) as *const __m256i);
+                }
+                for t in 0..T {
+                    let x = _mm256_loadu_si256(xq[t].add(at) as *const __m256i);
+                    let ax = _mm256_sign_epi8(x, x);
+                    for r in 0..R {
+                        let p = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w[r], x)),
+                            ones,
+                        );
+                        let sc = _mm256_mul_ps(_mm256_loadu_ps(ws[r].add(at / 4)), dx[t]);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[r][t]);
+                    }
+                }
+            }
+            for r in 0..R {
+                let e = _mm256_loadu_ps(ex[r].add(i * 16));
+                for t in 0..T {
+                    acc[r][t] = _mm256_fmadd_ps(e, _mm256_loadu_ps(ps[t].add(i * 16)), acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = hsum(acc[r][t]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::kernels::{Linear, QMatrix};
+
+    fn random_blocks(ty: GgmlType, nb: usize, rng: &mut StdRng) -> Vec<u8> {
+        let bytes = ty.block().1 as usize;
+        let mut out = vec![0u8; nb * bytes];
+        rng.fill(&mut out[..]);
+        let put = |b: &mut [u8], at: usize, v: f32| {
+            b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        };
+        for b in out.chunks_exact_mut(bytes) {
+            match ty {
+                GgmlType::Q4_K | GgmlType::Q5_K => {
+                    put(b, 0, rng.random_range(0.001..0.02));
+                    put(b, 2, rng.random_range(0.001..0.02));
+                }
+                GgmlType::Q6_K => put(b, 208, rng.random_range(-0.01..0.01)),
+                _ => put(b, 0, rng.random_range(-0.05..0.05)),
+            }
+        }
+        out
+    }
+
+    /// For every weight type and token counts 1, 3, 8 and 13: the tiled kernel equals the
+    /// per-token kernel (rows 0..7 and a ragged middle range, so row tiles are padded too).
+    #[test]
+    fn tiled_matches_per_token_kernel() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut kernels = Vec::new();
+        if Kernel::best() == Kernel::Avx512Vnni {
+            kernels.push(Kernel::Avx512Vnni);
+        }
+        if Kernel::best() != Kernel::Scalar {
+            kernels.push(Kernel::Avx2);
+        }
+        let rows = 7;
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            // An odd number of 32-blocks for the 32-wide types (the 512-bit tail).
+            let cols = if ty.block_elems() == 32 { 32 * 19 } else { 512 };
+            let nb = cols / ty.block_elems() as usize;
+            let w = if ty == GgmlType::Q8_0 {
+                let f: Vec<f32> = (0..rows * cols)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
+                Weight::Q8(QMatrix::from_f32(rows, cols, &f))
+            } else {
+                Weight::Blocks {
+                    ty,
+                    rows,
+                    cols,
+                    data: random_blocks(ty, rows * nb, &mut rng),
+                }
+            };
+            let lin = Linear::new(vec![w.clone()]);
+            for n in [1usize, 3, 8, 13] {
+                let xf: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let acts = Acts::for_linear(&xf, &lin);
+                for &k in &kernels {
+                    for range in [0..rows, 2..5] {
+                        let mut got = vec![f32::NAN; n * rows];
+                        let done = run(k, &w, range.clone(), &acts, &mut |v, r, y| {
+                            got[v * rows + r] = y
+                        });
+                        assert!(done, "{ty:?} {k:?} has a tiled path");
+                        for v in 0..n {
+                            for r in range.clone() {
+                                let want = k.dot_weight(&w, r, &acts, v);
+                                let g = got[v * rows + r];
+                                // Both sum thousands of products in f32, in different
+                                // orders: allow a few ulps of the terms' total magnitude.
+                                let mut wr = vec![0f32; cols];
+                                w.row_f32(r, &mut wr);
+                                let mag: f32 = wr
+                                    .iter()
+                                    .zip(&xf[v * cols..(v + 1) * cols])
+                                    .map(|(a, b)| (a * b).abs())
+                                    .sum();
+                                assert!(
+                                    (g - want).abs() <= 1e-5 * mag.max(1.0),
+                                    "{ty:?} {k:?} n={n} token {v} row {r}: {g} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
