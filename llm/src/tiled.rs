@@ -37,7 +37,16 @@ struct Q8Rows {
     d: Vec<f32>,
 }
 
-fn unpack_q5_0(row: &[u8], q: &mut [i8], d: &mut [f32]) {
+fn unpack_q5_0(kernel: Kernel, row: &[u8], q: &mut [i8], d: &mut [f32]) {
+    let nb = d.len();
+    assert!(row.len() >= nb * Q5_0_BYTES && q.len() >= nb * QK);
+    #[cfg(target_arch = "x86_64")]
+    if kernel != Kernel::Scalar {
+        // SAFETY: AVX2 and F16C were detected before these variants exist; the lengths
+        // were checked above.
+        unsafe { x86::unpack_q5_0(row.as_ptr(), q.as_mut_ptr(), d.as_mut_ptr(), nb) };
+        return;
+    }
     for ((b, q), d) in row
         .chunks_exact(Q5_0_BYTES)
         .zip(q.chunks_exact_mut(QK))
@@ -134,7 +143,7 @@ pub(crate) fn run(
 ) -> bool {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => run_with::<4, 4>(kernel, w, rows, x, store),
+        Kernel::Avx512Vnni => run_with::<3, 4>(kernel, w, rows, x, store),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => run_with::<2, 4>(kernel, w, rows, x, store),
         _ => false,
@@ -195,6 +204,7 @@ fn run_with<const R: usize, const T: usize>(
                         let r1 = (r0 + R).min(rows.end);
                         for (i, r) in (r0..r1).enumerate() {
                             unpack_q5_0(
+                                kernel,
                                 &data[r * rb..(r + 1) * rb],
                                 &mut buf.q[i * cols..(i + 1) * cols],
                                 &mut buf.d[i * nb..(i + 1) * nb],
@@ -340,6 +350,34 @@ mod x86 {
         let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let two = _mm_castpd_ps(_mm_load_sd(p as *const f64));
         _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two))
+    }
+
+    /// Q5_0 blocks to int8 (value - 16) and f32 scales, as the Q5_0 dot unpacks them.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn unpack_q5_0(w: *const u8, q: *mut i8, d: *mut f32, nb: usize) {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let shuf = _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0x0000000000000000,
+        );
+        let bitmask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+        let f0 = _mm256_set1_epi8(0xf0u8 as i8);
+        for i in 0..nb {
+            let b = w.add(i * super::Q5_0_BYTES);
+            let bits = u16::from_le_bytes([*b, *b.add(1)]);
+            *d.add(i) = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
+            let qh = i32::from_le_bytes([*b.add(2), *b.add(3), *b.add(4), *b.add(5)]);
+            let nib = _mm_loadu_si128(b.add(6) as *const __m128i);
+            let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nib, 4), nib), m4);
+            let high = _mm256_cmpeq_epi8(
+                _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuf), bitmask),
+                _mm256_set1_epi64x(-1),
+            );
+            let qx = _mm256_or_si256(qx, _mm256_andnot_si256(high, f0));
+            _mm256_storeu_si256(q.add(i * 32) as *mut __m256i, qx);
+        }
     }
 
     /// Q8_0 rows × Q8_0 tokens, two blocks per 512-bit step.
