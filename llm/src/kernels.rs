@@ -101,7 +101,7 @@ impl QActs {
         let mut q = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / QK];
         for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(&mut d) {
-            *db = quantize_block_q8(xb, qb);
+            *db = quantize_acts_q8(xb, qb);
         }
         QActs { cols, q, d }
     }
@@ -110,6 +110,34 @@ impl QActs {
     pub fn n(&self) -> usize {
         self.q.len().checked_div(self.cols).unwrap_or(0)
     }
+}
+
+/// Rounds to nearest, ties to even, for |v| < 2^22: adding and removing 1.5 · 2^23 leaves
+/// the float's mantissa no fraction bits. `round_ties_even`/`round` are libm calls on
+/// baseline x86-64 (no SSE4.1), a tenth of prompt time; this vectorises.
+#[inline(always)]
+pub(crate) fn round_nearest(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// Quantises one block of 32 activations to Q8_0 (scale max|x| / 127), rounding to
+/// nearest even as llama.cpp's SIMD `quantize_row_q8_0` does. Returns the scale.
+#[inline]
+fn quantize_acts_q8(x: &[f32], q: &mut [i8]) -> f32 {
+    let mut m = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for (mi, &v) in m.iter_mut().zip(c) {
+            *mi = mi.max(v.abs());
+        }
+    }
+    let amax = m.iter().fold(0f32, |a, &b| a.max(b));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (qi, &xi) in q.iter_mut().zip(x) {
+        *qi = round_nearest(xi * id) as i8;
+    }
+    d
 }
 
 /// Which dot-product implementation runs.

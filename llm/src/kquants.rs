@@ -52,20 +52,26 @@ impl QActsK {
         let mut bsums = vec![0i16; nb * 16];
         let mut psums = vec![0f32; nb * 16];
         for (b, xb) in x.chunks_exact(QK_K).enumerate() {
-            let (mut amax, mut max) = (0f32, 0f32);
-            for &v in xb {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
+            // The value of largest magnitude, from lane-wise max and min (vectorises). On a
+            // tie between +a and -a this takes +a where ggml takes the first; the products
+            // come out the same (the quants and the scale both change sign).
+            let (mut hi, mut lo) = ([0f32; 8], [0f32; 8]);
+            for c in xb.chunks_exact(8) {
+                for ((h, l), &v) in hi.iter_mut().zip(&mut lo).zip(c) {
+                    *h = h.max(v);
+                    *l = l.min(v);
                 }
             }
+            let hi = hi.iter().fold(0f32, |a, &b| a.max(b));
+            let lo = lo.iter().fold(0f32, |a, &b| a.min(b));
+            let (amax, max) = if -lo > hi { (-lo, lo) } else { (hi, hi) };
             if amax == 0.0 {
                 continue;
             }
             let iscale = -127.0 / max;
             let qb = &mut q[b * QK_K..(b + 1) * QK_K];
             for (o, &v) in qb.iter_mut().zip(xb) {
-                *o = (iscale * v).round_ties_even().min(127.0) as i8;
+                *o = crate::kernels::round_nearest(iscale * v).min(127.0) as i8;
             }
             for (s, g) in bsums[b * 16..(b + 1) * 16]
                 .iter_mut()
