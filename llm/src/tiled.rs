@@ -74,12 +74,55 @@ fn correction(q: &[i8], ws: &[f32]) -> f32 {
 
 /// Unpacks one K-quant row (`nb` blocks) into `q` (256 per block), `ws` (64 per block) and
 /// `extra` (16 per block).
-fn unpack_k(ty: GgmlType, row: &[u8], q: &mut [i8], ws: &mut [f32], extra: &mut [f32]) {
+fn unpack_k(
+    kernel: Kernel,
+    ty: GgmlType,
+    row: &[u8],
+    q: &mut [i8],
+    ws: &mut [f32],
+    extra: &mut [f32],
+) {
     let bytes = match ty {
         GgmlType::Q4_K => Q4_K_BYTES,
         GgmlType::Q5_K => Q5_K_BYTES,
         _ => Q6_K_BYTES,
     };
+    let nb = extra.len() / 16;
+    assert!(row.len() >= nb * bytes && q.len() >= nb * QK_K && ws.len() >= nb * QK_K / 4);
+    #[cfg(target_arch = "x86_64")]
+    if kernel != Kernel::Scalar {
+        for i in 0..nb {
+            let ex = &mut extra[i * 16..(i + 1) * 16];
+            ex.fill(0.0);
+            if ty != GgmlType::Q6_K {
+                let (sc, m) = scales_mins(&row[i * bytes + 4..i * bytes + 16]);
+                let (d, dmin) = (f16_at(row, i * bytes), f16_at(row, i * bytes + 2));
+                for (g, w) in ws[i * 64..(i + 1) * 64].chunks_exact_mut(8).enumerate() {
+                    w.fill(d * f32::from(sc[g]));
+                }
+                for (e, &mv) in ex[..8].iter_mut().zip(&m) {
+                    *e = -dmin * f32::from(mv);
+                }
+            } else {
+                let b = &row[i * bytes..(i + 1) * bytes];
+                let d = f16_at(b, 208);
+                for (g, w) in ws[i * 64..(i + 1) * 64].chunks_exact_mut(4).enumerate() {
+                    w.fill(d * f32::from(b[192 + g] as i8));
+                }
+            }
+            // SAFETY: AVX2 was detected before these variants exist; block `i` of the row,
+            // its 256 values and 64 scales are in bounds (asserted above).
+            ex[8] = unsafe {
+                x86::unpack_k_values(
+                    ty,
+                    row.as_ptr().add(i * bytes),
+                    q.as_mut_ptr().add(i * QK_K),
+                    ws.as_ptr().add(i * 64),
+                )
+            };
+        }
+        return;
+    }
     for (((b, q), ws), ex) in row
         .chunks_exact(bytes)
         .zip(q.chunks_exact_mut(QK_K))
@@ -239,6 +282,7 @@ fn run_with<const R: usize, const T: usize>(
                         let r1 = (r0 + R).min(rows.end);
                         for (i, r) in (r0..r1).enumerate() {
                             unpack_k(
+                                kernel,
                                 *ty,
                                 &data[r * rb..(r + 1) * rb],
                                 &mut buf.q[i * cols..(i + 1) * cols],
@@ -378,6 +422,86 @@ mod x86 {
             let qx = _mm256_or_si256(qx, _mm256_andnot_si256(high, f0));
             _mm256_storeu_si256(q.add(i * 32) as *mut __m256i, qx);
         }
+    }
+
+    /// The int8 values of one Q4_K, Q5_K or Q6_K block (as the per-token kernels unpack
+    /// them) into `q`; returns the block's offset correction, Σ over 4-value lanes of
+    /// `ws[lane]` · -128 · (the lane's sum).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn unpack_k_values(
+        ty: super::GgmlType,
+        b: *const u8,
+        q: *mut i8,
+        ws: *const f32,
+    ) -> f32 {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let mut out = [_mm256_setzero_si256(); 8];
+        match ty {
+            super::GgmlType::Q6_K => {
+                let m2 = _mm256_set1_epi8(3);
+                let m32 = _mm256_set1_epi8(32);
+                for n in 0..2 {
+                    let ql = b.add(64 * n);
+                    let qh = b.add(128 + 32 * n);
+                    let bits1 = _mm256_loadu_si256(ql as *const __m256i);
+                    let bits2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                    let hb = _mm256_loadu_si256(qh as *const __m256i);
+                    let h = |s: i32| {
+                        let v = match s {
+                            0 => hb,
+                            2 => _mm256_srli_epi16(hb, 2),
+                            4 => _mm256_srli_epi16(hb, 4),
+                            _ => _mm256_srli_epi16(hb, 6),
+                        };
+                        _mm256_slli_epi16(_mm256_and_si256(v, m2), 4)
+                    };
+                    let lo1 = _mm256_and_si256(bits1, m4);
+                    let lo2 = _mm256_and_si256(bits2, m4);
+                    let hi1 = _mm256_and_si256(_mm256_srli_epi16(bits1, 4), m4);
+                    let hi2 = _mm256_and_si256(_mm256_srli_epi16(bits2, 4), m4);
+                    out[4 * n] = _mm256_sub_epi8(_mm256_or_si256(lo1, h(0)), m32);
+                    out[4 * n + 1] = _mm256_sub_epi8(_mm256_or_si256(lo2, h(2)), m32);
+                    out[4 * n + 2] = _mm256_sub_epi8(_mm256_or_si256(hi1, h(4)), m32);
+                    out[4 * n + 3] = _mm256_sub_epi8(_mm256_or_si256(hi2, h(6)), m32);
+                }
+            }
+            super::GgmlType::Q4_K => {
+                for j in 0..4 {
+                    let bits = _mm256_loadu_si256(b.add(16 + 32 * j) as *const __m256i);
+                    out[2 * j] = _mm256_and_si256(bits, m4);
+                    out[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                }
+            }
+            _ => {
+                let hbits = _mm256_loadu_si256(b.add(16) as *const __m256i);
+                let one = _mm256_set1_epi8(1);
+                for j in 0..4 {
+                    let bits = _mm256_loadu_si256(b.add(48 + 32 * j) as *const __m256i);
+                    let sh_lo = _mm_cvtsi32_si128(2 * j as i32);
+                    let sh_hi = _mm_cvtsi32_si128(2 * j as i32 + 1);
+                    let h_lo =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh_lo), one), 4);
+                    let h_hi =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh_hi), one), 4);
+                    out[2 * j] = _mm256_or_si256(_mm256_and_si256(bits, m4), h_lo);
+                    out[2 * j + 1] =
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h_hi);
+                }
+            }
+        }
+        let ones8 = _mm256_set1_epi8(1);
+        let ones16 = _mm256_set1_epi16(1);
+        let mut corr = _mm256_setzero_ps();
+        for (k, &v) in out.iter().enumerate() {
+            _mm256_storeu_si256(q.add(32 * k) as *mut __m256i, v);
+            let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16);
+            corr = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(lanes),
+                _mm256_loadu_ps(ws.add(8 * k)),
+                corr,
+            );
+        }
+        -128.0 * hsum(corr)
     }
 
     /// Q8_0 rows × Q8_0 tokens, two blocks per 512-bit step.
@@ -615,6 +739,40 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The SIMD unpacking gives the portable unpacking's values and scales.
+    #[test]
+    fn simd_unpacking_matches_portable() {
+        if Kernel::best() == Kernel::Scalar {
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(7);
+        let nb = 3;
+        let b = random_blocks(GgmlType::Q5_0, nb * 8, &mut rng);
+        let (mut q1, mut d1) = (vec![0i8; nb * 256], vec![0f32; nb * 8]);
+        let (mut q2, mut d2) = (q1.clone(), d1.clone());
+        unpack_q5_0(Kernel::Scalar, &b, &mut q1, &mut d1);
+        unpack_q5_0(Kernel::Avx2, &b, &mut q2, &mut d2);
+        assert_eq!((q1, d1), (q2, d2));
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+            let b = random_blocks(ty, nb, &mut rng);
+            let mut one = (
+                vec![0i8; nb * 256],
+                vec![0f32; nb * 64],
+                vec![0f32; nb * 16],
+            );
+            let mut two = one.clone();
+            unpack_k(Kernel::Scalar, ty, &b, &mut one.0, &mut one.1, &mut one.2);
+            unpack_k(Kernel::Avx2, ty, &b, &mut two.0, &mut two.1, &mut two.2);
+            assert_eq!((&one.0, &one.1), (&two.0, &two.1), "{ty:?}");
+            for (a, c) in one.2.iter().zip(&two.2) {
+                assert!(
+                    (a - c).abs() <= 1e-5 * a.abs().max(1.0),
+                    "{ty:?}: {a} vs {c}"
+                );
+            }
+        }
     }
 
     /// For every weight type and token counts 1, 3, 8 and 13: the tiled kernel equals the
