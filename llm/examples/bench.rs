@@ -68,9 +68,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
+    // CODA_BENCH_IN_POOL: run each forward pass inside the pool, so its matmuls start from
+    // a worker instead of waking the pool from outside.
+    let in_pool = std::env::var_os("CODA_BENCH_IN_POOL").is_some();
+    let fwd = |pool: &rayon::ThreadPool, cache: &mut _, toks: &[u32]| {
+        if in_pool {
+            pool.install(|| model.forward(pool, cache, toks))
+        } else {
+            model.forward(pool, cache, toks)
+        }
+    };
     // Warm-up (page in the weights).
     let mut cache = model.new_cache();
-    model.forward(&pool, &mut cache, &prompt[..8])?;
+    fwd(&pool, &mut cache, &prompt[..8])?;
 
     let mut times = Vec::new();
     let mut cpu = Vec::new();
@@ -79,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cache = model.new_cache();
         let (t, c) = (Instant::now(), cpu_s());
         for chunk in prompt.chunks(PREFILL_CHUNK) {
-            logits = model.forward(&pool, &mut cache, chunk)?;
+            logits = fwd(&pool, &mut cache, chunk)?;
         }
         times.push(t.elapsed().as_secs_f64());
         cpu.push(cpu_s() - c);
@@ -90,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (t, c) = (Instant::now(), cpu_s());
     for _ in 0..decode {
         let tok = argmax(&logits);
-        logits = model.forward(&pool, &mut cache, &[tok])?;
+        logits = fwd(&pool, &mut cache, &[tok])?;
     }
     let decode_s = t.elapsed().as_secs_f64();
     let decode_cpu = cpu_s() - c;
