@@ -12,6 +12,7 @@
 
 pub mod engine;
 pub mod gguf;
+mod glu;
 pub mod kernels;
 pub mod kquants;
 pub mod model;
