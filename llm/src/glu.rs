@@ -27,9 +27,12 @@ fn gelu(x: f32) -> f32 {
     x / (1.0 + exp(-2.0 * y))
 }
 
+/// With libm's exp: SmolLM2's logits move by a few tenths for a 2e-7 relative change in
+/// SiLU (tried: the polynomial exp took its first-step logits 0.5 from llama.cpp's, a
+/// tenth further than libm), while SiLU was only 2% of its time.
 #[inline(always)]
 fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+    x / (1.0 + (-x).exp())
 }
 
 #[inline(always)]
