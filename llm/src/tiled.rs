@@ -172,6 +172,9 @@ fn unpack_k(
     }
 }
 
+/// Hands on a tile's results: first and end token, then the (row, token) values.
+type Emit<'a, const R: usize, const T: usize> = dyn FnMut(usize, usize, &[[f32; T]; R]) + 'a;
+
 /// Writes one output: token `v`, local row `r`, value.
 pub(crate) type Store<'a> = dyn FnMut(usize, usize, f32) + 'a;
 
@@ -325,7 +328,7 @@ fn tokens_q8<const R: usize, const T: usize>(
     nb: usize,
     n: usize,
     res: &mut [[f32; T]; R],
-    emit: &mut dyn FnMut(usize, usize, &[[f32; T]; R]),
+    emit: &mut Emit<'_, R, T>,
 ) {
     let mut t0 = 0;
     while t0 < n {
@@ -360,7 +363,7 @@ fn tokens_k<const R: usize, const T: usize>(
     nb: usize,
     n: usize,
     res: &mut [[f32; T]; R],
-    emit: &mut dyn FnMut(usize, usize, &[[f32; T]; R]),
+    emit: &mut Emit<'_, R, T>,
 ) {
     let mut t0 = 0;
     while t0 < n {
