@@ -68,14 +68,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
-    // CODA_BENCH_IN_POOL: run each forward pass inside the pool, so its matmuls start from
-    // a worker instead of waking the pool from outside.
-    let in_pool = std::env::var_os("CODA_BENCH_IN_POOL").is_some();
+    // As the engine: each pass runs on a pool thread (CODA_BENCH_OUTSIDE_POOL: from
+    // this thread, as before, for comparison).
+    let outside = std::env::var_os("CODA_BENCH_OUTSIDE_POOL").is_some();
     let fwd = |pool: &rayon::ThreadPool, cache: &mut _, toks: &[u32]| {
-        if in_pool {
-            pool.install(|| model.forward(pool, cache, toks))
-        } else {
+        if outside {
             model.forward(pool, cache, toks)
+        } else {
+            pool.install(|| model.forward(pool, cache, toks))
         }
     };
     // Warm-up (page in the weights).
