@@ -100,9 +100,23 @@ impl QActs {
     pub fn quantize(x: &[f32], cols: usize) -> QActs {
         let mut q = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / QK];
-        for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(&mut d) {
-            *db = quantize_acts_q8(xb, qb);
+        let blocks = |q: &mut [i8], d: &mut [f32]| {
+            for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d) {
+                *db = quantize_acts_q8(xb, qb);
+            }
+        };
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::current() != Kernel::Scalar {
+            // The same loop compiled for 256-bit vectors.
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(f: impl FnOnce()) {
+                f()
+            }
+            // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+            unsafe { avx2(|| blocks(&mut q, &mut d)) };
+            return QActs { cols, q, d };
         }
+        blocks(&mut q, &mut d);
         QActs { cols, q, d }
     }
 
@@ -634,9 +648,12 @@ pub fn matmul_linear(
                     part,
                     r - base..part_end - base,
                     x,
-                    &mut |v, lr, y| {
-                        // SAFETY: as below; the tile reports rows of this chunk only.
-                        unsafe { *ptr.get().add(v * rows + base + lr) = y }
+                    &mut |lr, v0, ys| {
+                        for (v, &y) in (v0..).zip(ys) {
+                            // SAFETY: as below; the tile reports rows of this chunk and
+                            // tokens below n only.
+                            unsafe { *ptr.get().add(v * rows + base + lr) = y }
+                        }
                     },
                 )
             {

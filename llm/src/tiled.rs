@@ -175,10 +175,10 @@ fn unpack_k(
 /// Hands on a tile's results: first and end token, then the (row, token) values.
 type Emit<'a, const R: usize, const T: usize> = dyn FnMut(usize, usize, &[[f32; T]; R]) + 'a;
 
-/// Writes one output: token `v`, local row `r`, value.
-pub(crate) type Store<'a> = dyn FnMut(usize, usize, f32) + 'a;
+/// Writes one row's results for consecutive tokens: local row, first token, values.
+pub(crate) type Store<'a> = dyn FnMut(usize, usize, &[f32]) + 'a;
 
-/// `store(v, r, W[r] · x[v])` for the local rows `rows` of `w` and every token of `x`, or
+/// `store(r, v0, [W[r] · x[v0], …])` for the local rows `rows` of `w` and every token of `x`, or
 /// `false` (nothing done) when this kernel has no tiled path for it.
 pub(crate) fn run(
     kernel: Kernel,
@@ -214,9 +214,7 @@ fn run_with<const R: usize, const T: usize>(
     let mut res = [[0f32; T]; R];
     let mut emit = |r0: usize, r1: usize, t0: usize, t1: usize, res: &[[f32; T]; R]| {
         for (i, rr) in res.iter().enumerate().take(r1 - r0) {
-            for (j, &y) in rr.iter().enumerate().take(t1 - t0) {
-                store(t0 + j, r0 + i, y);
-            }
+            store(r0 + i, t0, &rr[..t1 - t0]);
         }
     };
     match w {
@@ -821,8 +819,10 @@ mod tests {
                 for &k in &kernels {
                     for range in [0..rows, 2..5] {
                         let mut got = vec![f32::NAN; n * rows];
-                        let done = run(k, &w, range.clone(), &acts, &mut |v, r, y| {
-                            got[v * rows + r] = y
+                        let done = run(k, &w, range.clone(), &acts, &mut |r, v0, ys| {
+                            for (v, &y) in (v0..).zip(ys) {
+                                got[v * rows + r] = y;
+                            }
                         });
                         assert!(done, "{ty:?} {k:?} has a tiled path");
                         for v in 0..n {
