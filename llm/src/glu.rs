@@ -36,7 +36,7 @@ fn silu(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn apply(g: &[f32], u: &[f32], o: &mut [f32], act: fn(f32) -> f32) {
+fn apply(g: &[f32], u: &[f32], o: &mut [f32], act: impl Fn(f32) -> f32) {
     for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
         *o = act(gv) * uv;
     }
@@ -44,11 +44,11 @@ fn apply(g: &[f32], u: &[f32], o: &mut [f32], act: fn(f32) -> f32) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn apply_avx2(g: &[f32], u: &[f32], o: &mut [f32], act: fn(f32) -> f32) {
+unsafe fn apply_avx2(g: &[f32], u: &[f32], o: &mut [f32], act: impl Fn(f32) -> f32) {
     apply(g, u, o, act)
 }
 
-fn run(g: &[f32], u: &[f32], o: &mut [f32], act: fn(f32) -> f32) {
+fn run(g: &[f32], u: &[f32], o: &mut [f32], act: impl Fn(f32) -> f32 + Copy) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::Kernel::current() != crate::kernels::Kernel::Scalar {
         // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.

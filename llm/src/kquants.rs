@@ -71,7 +71,7 @@ impl QActsK {
             let iscale = -127.0 / max;
             let qb = &mut q[b * QK_K..(b + 1) * QK_K];
             for (o, &v) in qb.iter_mut().zip(xb) {
-                *o = crate::kernels::round_nearest(iscale * v).min(127.0) as i8;
+                *o = crate::kernels::round_nearest(iscale * v).min(127.0) as i32 as i8;
             }
             for (s, g) in bsums[b * 16..(b + 1) * 16]
                 .iter_mut()
