@@ -10,7 +10,7 @@ use coda_llm::template::TemplateMessage;
 use coda_llm::Engine;
 
 /// As the engine's prefill: the prompt runs in chunks of this many tokens.
-const PREFILL_CHUNK: usize = 64;
+const PREFILL_CHUNK: usize = 128;
 
 const PROMPT: &str = "You are helping plan a small garden behind a terraced house in a \
 rainy northern city. The plot is about six metres by four, gets sun only in the afternoon, \
