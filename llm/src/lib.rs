@@ -1,6 +1,7 @@
 //! Coda's embedded LLM engine, in pure Rust (no C, so nothing clashes with the ggml that
 //! whisper.cpp links): GGUF files ([`gguf`]), ggml block formats ([`quant`]), int8 dot
-//! kernels ([`kernels`] for Q8_0, [`kquants`] for Q4_K/Q5_K/Q6_K and Q5_0), llama-family
+//! kernels ([`kernels`] for Q8_0, [`kquants`] for Q4_K/Q5_K/Q6_K and Q5_0, and `tiled`,
+//! which runs prompts several rows × several tokens at a time), llama-family
 //! and Gemma 3 transformers ([`model`]), the model's own tokenizer and chat template
 //! ([`tokenizer`], [`template`]) and the generation loop ([`engine`]).
 //!
