@@ -37,7 +37,7 @@ pub struct QActsK {
     pub d: Vec<f32>,
     /// Sums of each 16 quants.
     pub bsums: Vec<i16>,
-    /// Per 256 values, 16 floats for the tiled kernels ([`crate::tiled`]): the eight
+    /// Per 256 values, 16 floats for the tiled (multi-token) kernels: the eight
     /// 32-value sums times the scale, then the scale, then zeros.
     pub psums: Vec<f32>,
 }
