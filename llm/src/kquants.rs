@@ -21,7 +21,7 @@ pub const Q6_K_BYTES: usize = 210;
 pub const Q5_0_BYTES: usize = 22;
 
 #[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -37,6 +37,9 @@ pub struct QActsK {
     pub d: Vec<f32>,
     /// Sums of each 16 quants.
     pub bsums: Vec<i16>,
+    /// Per 256 values, 16 floats for the tiled (multi-token) kernels: the eight
+    /// 32-value sums times the scale, then the scale, then zeros.
+    pub psums: Vec<f32>,
 }
 
 impl QActsK {
@@ -47,21 +50,28 @@ impl QActsK {
         let mut q = vec![0i8; nb * QK_K];
         let mut d = vec![0f32; nb];
         let mut bsums = vec![0i16; nb * 16];
+        let mut psums = vec![0f32; nb * 16];
         for (b, xb) in x.chunks_exact(QK_K).enumerate() {
-            let (mut amax, mut max) = (0f32, 0f32);
-            for &v in xb {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
+            // The value of largest magnitude, from lane-wise max and min (vectorises). On a
+            // tie between +a and -a this takes +a where ggml takes the first; the products
+            // come out the same (the quants and the scale both change sign).
+            let (mut hi, mut lo) = ([0f32; 8], [0f32; 8]);
+            for c in xb.chunks_exact(8) {
+                for ((h, l), &v) in hi.iter_mut().zip(&mut lo).zip(c) {
+                    *h = h.max(v);
+                    *l = l.min(v);
                 }
             }
+            let hi = hi.iter().fold(0f32, |a, &b| a.max(b));
+            let lo = lo.iter().fold(0f32, |a, &b| a.min(b));
+            let (amax, max) = if -lo > hi { (-lo, lo) } else { (hi, hi) };
             if amax == 0.0 {
                 continue;
             }
             let iscale = -127.0 / max;
             let qb = &mut q[b * QK_K..(b + 1) * QK_K];
             for (o, &v) in qb.iter_mut().zip(xb) {
-                *o = (iscale * v).round_ties_even().min(127.0) as i8;
+                *o = crate::kernels::round_nearest(iscale * v).min(127.0) as i32 as i8;
             }
             for (s, g) in bsums[b * 16..(b + 1) * 16]
                 .iter_mut()
@@ -70,8 +80,19 @@ impl QActsK {
                 *s = g.iter().map(|&v| i16::from(v)).sum();
             }
             d[b] = 1.0 / iscale;
+            let ps = &mut psums[b * 16..(b + 1) * 16];
+            for (j, p) in ps[..8].iter_mut().enumerate() {
+                *p = d[b] * f32::from(bsums[b * 16 + 2 * j] + bsums[b * 16 + 2 * j + 1]);
+            }
+            ps[8] = d[b];
         }
-        QActsK { cols, q, d, bsums }
+        QActsK {
+            cols,
+            q,
+            d,
+            bsums,
+            psums,
+        }
     }
 
     /// The `v`-th vector's quants, scales and sums.
@@ -89,7 +110,7 @@ impl QActsK {
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K block (ggml's
 /// `get_scale_min_k4` for all eight at once).
 #[inline]
-fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut m = [0u8; 8];
     for j in 0..8 {
@@ -151,7 +172,7 @@ pub fn dequantize_q5_k(data: &[u8], out: &mut [f32]) {
 
 /// The 256 signed 6-bit values of a Q6_K block (before scaling), in element order.
 #[inline]
-fn q6_k_values(b: &[u8], a: &mut [i8; QK_K]) {
+pub(crate) fn q6_k_values(b: &[u8], a: &mut [i8; QK_K]) {
     let (ql, qh) = (&b[0..128], &b[128..192]);
     for n in 0..2 {
         let (ql, qh) = (&ql[64 * n..64 * n + 64], &qh[32 * n..32 * n + 32]);

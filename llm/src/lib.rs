@@ -1,7 +1,8 @@
 //! Coda's embedded LLM engine, in pure Rust (no C, so nothing clashes with the ggml that
 //! whisper.cpp links): GGUF files ([`gguf`]), ggml block formats ([`quant`]), int8 dot
-//! kernels ([`kernels`] for Q8_0, [`kquants`] for Q4_K/Q5_K/Q6_K and Q5_0), llama-family,
-//! Qwen 2/3, Phi-3 and Gemma 2/3 transformers ([`model`]), the model's own tokenizer and chat template
+//! kernels ([`kernels`] for Q8_0, [`kquants`] for Q4_K/Q5_K/Q6_K and Q5_0, and `tiled`,
+//! which runs prompts several rows × several tokens at a time), llama-family, Qwen 2/3,
+//! Phi-3 and Gemma 2/3 transformers ([`model`]), the model's own tokenizer and chat template
 //! ([`tokenizer`], [`template`]) and the generation loop ([`engine`]).
 //!
 //! Weights are held in the file's own type when a kernel runs it (Q8_0, Q5_0, Q4_K, Q5_K,
@@ -12,12 +13,14 @@
 
 pub mod engine;
 pub mod gguf;
+mod glu;
 pub mod kernels;
 pub mod kquants;
 pub mod model;
 pub mod quant;
 pub mod requant;
 pub mod template;
+mod tiled;
 pub mod tokenizer;
 
 pub use engine::{Engine, Finish, GenError, GenOutput, GenParams, LoadError};

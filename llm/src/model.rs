@@ -785,13 +785,9 @@ impl Model {
                 let u = &gu[i * 2 * c.ffn + c.ffn..(i + 1) * 2 * c.ffn];
                 let o = &mut h[i * c.ffn..(i + 1) * c.ffn];
                 if c.gelu {
-                    for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-                        *o = gelu_tanh(gv) * uv;
-                    }
+                    crate::glu::gelu_mul(g, u, o);
                 } else {
-                    for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-                        *o = gv / (1.0 + (-gv).exp()) * uv;
-                    }
+                    crate::glu::silu_mul(g, u, o);
                 }
             }
             self.project(pool, &layer.down, &h, &mut proj);
@@ -873,13 +869,6 @@ impl Model {
             pool.install(|| out.par_chunks_mut(hd).enumerate().for_each(task));
         }
     }
-}
-
-/// GELU, tanh approximation (Gemma's `gelu_pytorch_tanh`).
-#[inline]
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
 /// A dot product with eight independent partial sums, so it vectorises (a single running
