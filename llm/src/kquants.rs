@@ -596,7 +596,7 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -605,7 +605,7 @@ mod tests {
     use crate::quant::{dequantize, GgmlType};
 
     /// Random blocks of `ty` with small, sane f16 scales (random bytes elsewhere).
-    fn random_blocks(ty: GgmlType, nb: usize, rng: &mut StdRng) -> Vec<u8> {
+    pub(crate) fn random_blocks(ty: GgmlType, nb: usize, rng: &mut StdRng) -> Vec<u8> {
         let bytes = ty.block().1 as usize;
         let mut out = vec![0u8; nb * bytes];
         rng.fill(&mut out[..]);

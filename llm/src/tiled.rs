@@ -715,32 +715,12 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
-    use half::f16;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
     use super::*;
     use crate::kernels::{Linear, QMatrix};
-
-    fn random_blocks(ty: GgmlType, nb: usize, rng: &mut StdRng) -> Vec<u8> {
-        let bytes = ty.block().1 as usize;
-        let mut out = vec![0u8; nb * bytes];
-        rng.fill(&mut out[..]);
-        let put = |b: &mut [u8], at: usize, v: f32| {
-            b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
-        };
-        for b in out.chunks_exact_mut(bytes) {
-            match ty {
-                GgmlType::Q4_K | GgmlType::Q5_K => {
-                    put(b, 0, rng.random_range(0.001..0.02));
-                    put(b, 2, rng.random_range(0.001..0.02));
-                }
-                GgmlType::Q6_K => put(b, 208, rng.random_range(-0.01..0.01)),
-                _ => put(b, 0, rng.random_range(-0.05..0.05)),
-            }
-        }
-        out
-    }
+    use crate::kquants::tests::random_blocks;
 
     /// The SIMD unpacking gives the portable unpacking's values and scales.
     #[test]

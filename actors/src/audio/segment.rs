@@ -575,25 +575,34 @@ mod tests {
     #[test]
     fn the_wake_word_opens_an_utterance_that_starts_after_it() {
         let mut t = Instant::now();
-        // The "word" (a tone) ends at 1.0 s; the detector says so 60 ms later. Then a
-        // pause longer than the end-of-speech silence, then the request.
+        // The word ends at 1.0 s; the detector says so 60 ms later.
         let (mut seg, _) = wake_segmenter(16_000, t);
+        let ev = word_pause_request(&mut seg, &mut t);
+        let n = names(&ev);
+        assert_eq!(&n[..2], ["wake", "started"], "{n:?}");
+        assert_eq!(n.iter().filter(|e| **e == "ended").count(), 1, "{n:?}");
+        starts_after_the_word(&ev);
+    }
+
+    /// A word (a tone, 0.5–1.0 s), a pause longer than the end-of-speech silence, then
+    /// the request.
+    fn word_pause_request(seg: &mut Segmenter, t: &mut Instant) -> Vec<Segment> {
         let mut sig = quiet(500);
         sig.extend(tone(500, 0.3));
         sig.extend(quiet(900));
         sig.extend(tone(800, 0.3));
         sig.extend(quiet(1_000));
-        let ev = feed(&mut seg, &sig, &mut t);
-        let n = names(&ev);
-        assert_eq!(&n[..2], ["wake", "started"], "{n:?}");
-        assert_eq!(n.iter().filter(|e| **e == "ended").count(), 1, "{n:?}");
+        feed(seg, &sig, t)
+    }
+
+    /// The utterance ended holds, from the end of the word, the pause, the request and
+    /// 200 ms of silence; none of the word.
+    fn starts_after_the_word(ev: &[Segment]) {
         let Some(Segment::Ended { samples, .. }) =
             ev.iter().find(|e| matches!(e, Segment::Ended { .. }))
         else {
-            unreachable!()
+            panic!("{:?}", names(ev))
         };
-        // From the end of the word: the pause, the request, 200 ms of silence; none of
-        // the word.
         let secs = samples.len() as f64 / 16_000.0;
         assert!((1.8..2.0).contains(&secs), "{secs}");
         assert!(samples[..16_000 * 8 / 10].iter().all(|v| v.abs() < 0.01));
@@ -639,23 +648,11 @@ mod tests {
             },
             t,
         );
-        let mut sig = quiet(500);
-        sig.extend(tone(500, 0.3));
-        sig.extend(quiet(900));
-        sig.extend(tone(800, 0.3));
-        sig.extend(quiet(1_000));
-        let ev = feed(&mut seg, &sig, &mut t);
+        let ev = word_pause_request(&mut seg, &mut t);
         let n = names(&ev);
         assert_eq!(n.iter().filter(|e| **e == "wake").count(), 1, "{n:?}");
-        let Some(Segment::Ended { samples, .. }) =
-            ev.iter().find(|e| matches!(e, Segment::Ended { .. }))
-        else {
-            panic!("{n:?}")
-        };
-        // Not the rest of the word taken for the request: the pause, then the request.
-        let secs = samples.len() as f64 / 16_000.0;
-        assert!((1.8..2.0).contains(&secs), "{secs}");
-        assert!(samples[..16_000 * 8 / 10].iter().all(|v| v.abs() < 0.01));
+        // Not the rest of the word taken for the request.
+        starts_after_the_word(&ev);
     }
 
     #[test]
