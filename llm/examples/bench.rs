@@ -100,7 +100,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (t, c) = (Instant::now(), cpu_s());
     for _ in 0..decode {
         let tok = argmax(&logits);
-        logits = fwd(&pool, &mut cache, &[tok])?;
+        logits = if outside {
+            model.decode(&pool, &mut cache, tok)
+        } else {
+            pool.install(|| model.decode(&pool, &mut cache, tok))
+        }?;
     }
     let decode_s = t.elapsed().as_secs_f64();
     let decode_cpu = cpu_s() - c;

@@ -377,9 +377,16 @@ impl Engine {
                 out.finish = Finish::Cancelled;
                 break;
             }
-            logits = self.forward(&mut cache, &[token])?;
+            logits = self
+                .pool
+                .install(|| self.model.decode(&self.pool, &mut cache, token))?;
             seq.push(token);
         }
+        // Only the prompt's positions are kept: the answer's ran the per-token kernels, and
+        // the next prompt (which repeats the answer) must compute them as a prompt does, or
+        // the cache would change what it answers.
+        seq.truncate(prompt.len());
+        cache.truncate(prompt.len());
         self.keep_prefix(seq, cache);
         if out.finish != Finish::Cancelled && !hit_stop {
             // Held-back text: a partial stop sequence that never completed, or bytes of an

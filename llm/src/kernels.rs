@@ -614,13 +614,16 @@ impl Kernel {
 }
 
 /// `out[v][r] = W[r] · x[v]` for a [`Linear`], rows split across the pool's threads as in
-/// [`matmul`]; each row runs its part's kernel.
+/// [`matmul`]; each row runs its part's kernel, the tiled one when `tiled` (prompts) and the
+/// CPU has it. The two sum in different orders: one position must always take the same
+/// path, or its keys and values (and an answer) would depend on how it was computed.
 pub fn matmul_linear(
     pool: &rayon::ThreadPool,
     kernel: Kernel,
     w: &Linear,
     x: &Acts,
     out: &mut [f32],
+    tiled: bool,
 ) {
     let n = x.n;
     assert_eq!(out.len(), n * w.rows, "matmul output size");
@@ -642,8 +645,8 @@ pub fn matmul_linear(
             let part = &w.parts[p];
             let part_end = (w.starts[p] + part.rows()).min(end);
             let base = w.starts[p];
-            // Several tokens: unpack each weight row once for all of them.
-            if n >= crate::tiled::MIN_TOKENS
+            // Prompt tokens: unpack each weight row once for all of them.
+            if tiled
                 && crate::tiled::run(
                     kernel,
                     part,

@@ -680,17 +680,47 @@ impl Model {
         }
     }
 
-    fn project(&self, pool: &rayon::ThreadPool, w: &Linear, x: &[f32], out: &mut [f32]) {
-        matmul_linear(pool, self.kernel, w, &Acts::for_linear(x, w), out);
+    fn project(
+        &self,
+        pool: &rayon::ThreadPool,
+        w: &Linear,
+        x: &[f32],
+        out: &mut [f32],
+        tiled: bool,
+    ) {
+        matmul_linear(pool, self.kernel, w, &Acts::for_linear(x, w), out, tiled);
     }
 
-    /// Runs `tokens` (appended after the cache's positions) through the model and returns
-    /// the logits of the last one.
+    /// Runs prompt `tokens` (appended after the cache's positions) through the model and
+    /// returns the logits of the last one. Every prompt token, even a single one, goes
+    /// through the tiled kernels, so a position's keys and values do not depend on how
+    /// the prompt was split into passes.
     pub fn forward(
         &self,
         pool: &rayon::ThreadPool,
         cache: &mut KvCache,
         tokens: &[u32],
+    ) -> Result<Vec<f32>, ForwardError> {
+        self.pass(pool, cache, tokens, true)
+    }
+
+    /// One generated token through the per-token kernels (they read each weight once and
+    /// need no unpacking); returns its logits.
+    pub fn decode(
+        &self,
+        pool: &rayon::ThreadPool,
+        cache: &mut KvCache,
+        token: u32,
+    ) -> Result<Vec<f32>, ForwardError> {
+        self.pass(pool, cache, &[token], false)
+    }
+
+    fn pass(
+        &self,
+        pool: &rayon::ThreadPool,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        tiled: bool,
     ) -> Result<Vec<f32>, ForwardError> {
         let c = &self.config;
         let n = tokens.len();
@@ -727,7 +757,7 @@ impl Model {
         let mut h = vec![0f32; n * c.ffn];
         for (li, layer) in self.layers.iter().enumerate() {
             rmsnorm(&x, &layer.attn_norm, c.eps, &mut xn);
-            self.project(pool, &layer.qkv, &xn, &mut qkv);
+            self.project(pool, &layer.qkv, &xn, &mut qkv, tiled);
             if let Some(b) = &layer.qkv_bias {
                 for row in qkv.chunks_exact_mut(qkv_rows) {
                     for (v, bv) in row.iter_mut().zip(b) {
@@ -770,7 +800,7 @@ impl Model {
                 window,
                 &mut att,
             );
-            self.project(pool, &layer.wo, &att, &mut proj);
+            self.project(pool, &layer.wo, &att, &mut proj, tiled);
             if let Some(w) = &layer.post_attn_norm {
                 rmsnorm(&proj, w, c.eps, &mut normed);
                 std::mem::swap(&mut proj, &mut normed);
@@ -779,7 +809,7 @@ impl Model {
                 *a += b;
             }
             rmsnorm(&x, &layer.ffn_norm, c.eps, &mut xn);
-            self.project(pool, &layer.gate_up, &xn, &mut gu);
+            self.project(pool, &layer.gate_up, &xn, &mut gu, tiled);
             for i in 0..n {
                 let g = &gu[i * 2 * c.ffn..i * 2 * c.ffn + c.ffn];
                 let u = &gu[i * 2 * c.ffn + c.ffn..(i + 1) * 2 * c.ffn];
@@ -790,7 +820,7 @@ impl Model {
                     crate::glu::silu_mul(g, u, o);
                 }
             }
-            self.project(pool, &layer.down, &h, &mut proj);
+            self.project(pool, &layer.down, &h, &mut proj, tiled);
             if let Some(w) = &layer.post_ffn_norm {
                 rmsnorm(&proj, w, c.eps, &mut normed);
                 std::mem::swap(&mut proj, &mut normed);
@@ -805,7 +835,7 @@ impl Model {
         rmsnorm(last, &self.out_norm, c.eps, &mut normed);
         let mut logits = vec![0f32; c.vocab];
         let head = self.output.as_ref().unwrap_or(&self.embed);
-        self.project(pool, head, &normed, &mut logits);
+        self.project(pool, head, &normed, &mut logits, tiled);
         if c.final_softcap > 0.0 {
             let cap = c.final_softcap;
             logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());

@@ -15,10 +15,6 @@ use crate::kquants::{
 };
 use crate::quant::{GgmlType, QK};
 
-/// Fewest tokens worth the tiled path (one token is a decode step: the per-token kernels
-/// read each weight once anyway and need no unpacking).
-pub const MIN_TOKENS: usize = 2;
-
 /// Weight rows unpacked for the K-quant tile kernel: int8 values in element order, one
 /// f32 scale per 4 values (VPDPBUSD/VPMADDWD lane), and per 256 values 16 floats dotted
 /// with [`QActsK::psums`]: the mins (negated, times `dmin`), then the offset correction,
