@@ -365,6 +365,18 @@ impl OutPtr {
     }
 }
 
+/// How `rows` are split over the pool: chunks and rows per chunk. A few chunks per thread
+/// balance a core that another process is also using.
+fn row_chunks(rows: usize, pool: &rayon::ThreadPool) -> (usize, usize) {
+    let threads = pool.current_num_threads().max(1);
+    let chunks = if rows >= 64 * threads {
+        threads * 4
+    } else {
+        threads
+    };
+    (chunks, rows.div_ceil(chunks))
+}
+
 /// `out[v][r] = W[r] · x[v]` for every activation vector `v` and row `r`, rows split across
 /// the pool's threads. `out` is `x.n() * w.rows` long.
 pub fn matmul(pool: &rayon::ThreadPool, kernel: Kernel, w: &QMatrix, x: &QActs, out: &mut [f32]) {
@@ -372,14 +384,7 @@ pub fn matmul(pool: &rayon::ThreadPool, kernel: Kernel, w: &QMatrix, x: &QActs, 
     assert_eq!(w.cols, x.cols, "matmul shape mismatch");
     assert_eq!(out.len(), n * w.rows, "matmul output size");
     let nb = w.cols / QK;
-    let threads = pool.current_num_threads().max(1);
-    // A few chunks per thread balance a core that another process is also using.
-    let chunks = if w.rows >= 64 * threads {
-        threads * 4
-    } else {
-        threads
-    };
-    let per = w.rows.div_ceil(chunks);
+    let (chunks, per) = row_chunks(w.rows, pool);
     let ptr = OutPtr(out.as_mut_ptr());
     let rows = w.rows;
     pool.install(|| {
@@ -627,13 +632,7 @@ pub fn matmul_linear(
 ) {
     let n = x.n;
     assert_eq!(out.len(), n * w.rows, "matmul output size");
-    let threads = pool.current_num_threads().max(1);
-    let chunks = if w.rows >= 64 * threads {
-        threads * 4
-    } else {
-        threads
-    };
-    let per = w.rows.div_ceil(chunks);
+    let (chunks, per) = row_chunks(w.rows, pool);
     let ptr = OutPtr(out.as_mut_ptr());
     let rows = w.rows;
     let run = |c: usize| {
@@ -676,7 +675,7 @@ pub fn matmul_linear(
             r = part_end;
         }
     };
-    if threads == 1 {
+    if pool.current_num_threads() <= 1 {
         // One thread: run here. A trip through the pool wakes its worker and puts this
         // thread to sleep, twice per projection, a sixth of a decode step on small models.
         (0..chunks).for_each(run);

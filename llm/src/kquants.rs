@@ -369,7 +369,7 @@ pub fn dot_q5_0_scalar(w: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{scales_mins, Q4_K_BYTES, Q5_0_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K};
@@ -378,7 +378,7 @@ mod x86 {
     /// spill the vector registers every block: it was half the time of the Q5_0 dot).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_at(p: *const u8) -> f32 {
+    pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
         let bits = u16::from_le_bytes([*p, *p.add(1)]);
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
@@ -436,17 +436,8 @@ mod x86 {
                 let bits = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
                 let lo = _mm256_and_si256(bits, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-                let ylo = _mm256_loadu_si256(y.add(64 * j) as *const __m256i);
-                let yhi = _mm256_loadu_si256(y.add(64 * j + 32) as *const __m256i);
-                let plo = _mm256_madd_epi16(
-                    _mm256_set1_epi16(i16::from(sc[2 * j])),
-                    _mm256_maddubs_epi16(lo, ylo),
-                );
-                let phi = _mm256_madd_epi16(
-                    _mm256_set1_epi16(i16::from(sc[2 * j + 1])),
-                    _mm256_maddubs_epi16(hi, yhi),
-                );
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+                let p = scaled_halves(lo, hi, y.add(64 * j), sc[2 * j], sc[2 * j + 1]);
+                sumi = _mm256_add_epi32(sumi, p);
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
@@ -488,17 +479,8 @@ mod x86 {
                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh_hi), one), 4);
                 let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), h_lo);
                 let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h_hi);
-                let ylo = _mm256_loadu_si256(y.add(64 * j) as *const __m256i);
-                let yhi = _mm256_loadu_si256(y.add(64 * j + 32) as *const __m256i);
-                let plo = _mm256_madd_epi16(
-                    _mm256_set1_epi16(i16::from(sc[2 * j])),
-                    _mm256_maddubs_epi16(lo, ylo),
-                );
-                let phi = _mm256_madd_epi16(
-                    _mm256_set1_epi16(i16::from(sc[2 * j + 1])),
-                    _mm256_maddubs_epi16(hi, yhi),
-                );
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+                let p = scaled_halves(lo, hi, y.add(64 * j), sc[2 * j], sc[2 * j + 1]);
+                sumi = _mm256_add_epi32(sumi, p);
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
@@ -560,29 +542,11 @@ mod x86 {
     /// the sign trick and VPMADDUBSW/VPMADDWD as for Q8_0.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q5_0(w: *const u8, xq: *const i8, xd: *const f32, nb: usize) -> f32 {
-        let m4 = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
-        let shuf = _mm256_set_epi64x(
-            0x0303030303030303,
-            0x0202020202020202,
-            0x0101010101010101,
-            0x0000000000000000,
-        );
-        let bitmask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
-        let f0 = _mm256_set1_epi8(0xf0u8 as i8);
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let b = w.add(i * Q5_0_BYTES);
-            let qh = i32::from_le_bytes([*b.add(2), *b.add(3), *b.add(4), *b.add(5)]);
-            let nib = _mm_loadu_si128(b.add(6) as *const __m128i);
-            let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nib, 4), nib), m4);
-            // Byte k is all ones when bit k of qh is set; where it is not, OR-ing 0xF0
-            // makes the nibble v into the signed byte v - 16.
-            let bits = _mm256_cmpeq_epi8(
-                _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuf), bitmask),
-                _mm256_set1_epi64x(-1),
-            );
-            let qx = _mm256_or_si256(qx, _mm256_andnot_si256(bits, f0));
+            let qx = q5_0_values(b);
             let y = _mm256_loadu_si256(xq.add(i * 32) as *const __m256i);
             let p = _mm256_madd_epi16(
                 _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(y, qx)),
@@ -592,6 +556,55 @@ mod x86 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
         }
         hsum(acc)
+    }
+
+    /// Q4_K/Q5_K: 32 unsigned values `lo` times the 32 activations at `y`, scaled by
+    /// `sc_lo`, plus `hi` times the next 32, scaled by `sc_hi`, as int32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn scaled_halves(
+        lo: __m256i,
+        hi: __m256i,
+        y: *const i8,
+        sc_lo: u8,
+        sc_hi: u8,
+    ) -> __m256i {
+        let ylo = _mm256_loadu_si256(y as *const __m256i);
+        let yhi = _mm256_loadu_si256(y.add(32) as *const __m256i);
+        let plo = _mm256_madd_epi16(
+            _mm256_set1_epi16(i16::from(sc_lo)),
+            _mm256_maddubs_epi16(lo, ylo),
+        );
+        let phi = _mm256_madd_epi16(
+            _mm256_set1_epi16(i16::from(sc_hi)),
+            _mm256_maddubs_epi16(hi, yhi),
+        );
+        _mm256_add_epi32(plo, phi)
+    }
+
+    /// The 32 values of the Q5_0 block at `b` as signed bytes (value - 16).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn q5_0_values(b: *const u8) -> __m256i {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let shuf = _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0x0000000000000000,
+        );
+        let bitmask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+        let f0 = _mm256_set1_epi8(0xf0u8 as i8);
+        let qh = i32::from_le_bytes([*b.add(2), *b.add(3), *b.add(4), *b.add(5)]);
+        let nib = _mm_loadu_si128(b.add(6) as *const __m128i);
+        let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nib, 4), nib), m4);
+        // Byte k is all ones when bit k of qh is set; where it is not, OR-ing 0xF0 makes
+        // the nibble v into the signed byte v - 16.
+        let high = _mm256_cmpeq_epi8(
+            _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuf), bitmask),
+            _mm256_set1_epi64x(-1),
+        );
+        _mm256_or_si256(qx, _mm256_andnot_si256(high, f0))
     }
 }
 

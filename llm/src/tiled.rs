@@ -384,6 +384,8 @@ fn tokens_k<const R: usize, const T: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::kquants::x86 as kx86;
+
     /// Two floats (`p[0]`, `p[1]`) spread over the low and high halves of a register.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx512dq,avx2,fma")]
@@ -396,28 +398,10 @@ mod x86 {
     /// Q5_0 blocks to int8 (value - 16) and f32 scales, as the Q5_0 dot unpacks them.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn unpack_q5_0(w: *const u8, q: *mut i8, d: *mut f32, nb: usize) {
-        let m4 = _mm256_set1_epi8(0x0f);
-        let shuf = _mm256_set_epi64x(
-            0x0303030303030303,
-            0x0202020202020202,
-            0x0101010101010101,
-            0x0000000000000000,
-        );
-        let bitmask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
-        let f0 = _mm256_set1_epi8(0xf0u8 as i8);
         for i in 0..nb {
             let b = w.add(i * super::Q5_0_BYTES);
-            let bits = u16::from_le_bytes([*b, *b.add(1)]);
-            *d.add(i) = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
-            let qh = i32::from_le_bytes([*b.add(2), *b.add(3), *b.add(4), *b.add(5)]);
-            let nib = _mm_loadu_si128(b.add(6) as *const __m128i);
-            let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nib, 4), nib), m4);
-            let high = _mm256_cmpeq_epi8(
-                _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuf), bitmask),
-                _mm256_set1_epi64x(-1),
-            );
-            let qx = _mm256_or_si256(qx, _mm256_andnot_si256(high, f0));
-            _mm256_storeu_si256(q.add(i * 32) as *mut __m256i, qx);
+            *d.add(i) = kx86::f16_at(b);
+            _mm256_storeu_si256(q.add(i * 32) as *mut __m256i, kx86::q5_0_values(b));
         }
     }
 
