@@ -91,9 +91,9 @@ async fn the_wake_word_a_question_and_a_follow_up_on_client_audio() {
         wake["data"]["score"].as_f64().unwrap_or(0.0) > 0.0,
         "{wake}"
     );
-    // On the defaults whisper checked the word (wake.verify_threshold = -6.7).
+    // On the defaults whisper checked the word (wake.verify_threshold = -9.4).
     let verified = wake["data"]["verified"].as_f64();
-    assert!(verified.is_some_and(|v| v >= -6.7), "{wake}");
+    assert!(verified.is_some_and(|v| v >= -9.4), "{wake}");
     let (_, events) = voice_turn(&mut c, Duration::from_secs(90)).await;
     check_turn(&events, QUESTION);
     let start = events

@@ -12,6 +12,7 @@ use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextPar
 
 use super::{SttFailure, Transcript};
 use crate::voice::SPEECH_SAMPLE_RATE;
+use crate::wake::verify::{phrase_check, Phrase};
 
 /// A loaded whisper model.
 pub struct WhisperEngine {
@@ -215,12 +216,13 @@ impl WhisperEngine {
         })
     }
 
-    /// How likely whisper finds it that a short clip says one of `phrases`: the mean
-    /// log-probability of the likeliest phrase's tokens, forced through the decoder after
-    /// one encoding of the clip (on an encoder window fitted to it: [`clip_audio_ctx`]).
-    /// Free transcription is no judge here: tiny.en writes an unfamiliar name said by an
-    /// unusual voice as other words ("Take all that"), while the name stays likely.
-    pub fn phrase_score(&self, samples: &[f32], phrases: &[String]) -> Result<f64, SttFailure> {
+    /// How likely whisper finds it that a short clip says one of `phrases`: each phrase's
+    /// tokens forced through the decoder after one encoding of the clip (on an encoder
+    /// window fitted to it: [`clip_audio_ctx`]), their log-probabilities combined by
+    /// [`phrase_check`]; the likeliest phrase's score. Free transcription is no judge
+    /// here: tiny.en writes an unfamiliar name said by an unusual voice as other words
+    /// ("Take all that"), while the name stays likely.
+    pub fn phrase_score(&self, samples: &[f32], phrases: &[Phrase]) -> Result<f64, SttFailure> {
         let rate = SPEECH_SAMPLE_RATE as usize;
         let pcm = pcm_of(samples);
         let failed =
@@ -232,11 +234,23 @@ impl WhisperEngine {
             prefix.push(self.ctx.token_transcribe());
         }
         prefix.push(self.ctx.token_not());
+        let tokens = |text: &str| -> Result<Vec<whisper_rs::WhisperTokenId>, SttFailure> {
+            match text {
+                "" => Ok(Vec::new()),
+                t => self.ctx.tokenize(t, 64).map_err(failed),
+            }
+        };
+        // Each part on its own: whisper's tokenizer splits words (and punctuation) before
+        // merging, so the parts' tokens joined are the phrase's.
         let mut sequences = Vec::new();
         for phrase in phrases {
-            let words = self.ctx.tokenize(phrase, 64).map_err(failed)?;
-            if !words.is_empty() {
-                sequences.push(words);
+            let (lead, joiner, name) = (
+                tokens(&phrase.lead)?,
+                tokens(&phrase.joiner)?,
+                tokens(&phrase.name)?,
+            );
+            if !name.is_empty() {
+                sequences.push((lead, joiner, name));
             }
         }
         if sequences.is_empty() {
@@ -255,18 +269,31 @@ impl WhisperEngine {
         state.full(params, &pcm).map_err(failed)?;
         let threads = self.threads.max(1) as usize;
         let mut best = f64::NEG_INFINITY;
-        for words in &sequences {
-            let tokens: Vec<_> = prefix.iter().chain(words).copied().collect();
-            let mut sum = 0f64;
+        for (lead, joiner, name) in &sequences {
+            let tokens: Vec<_> = prefix
+                .iter()
+                .chain(lead)
+                .chain(joiner)
+                .chain(name)
+                .copied()
+                .collect();
+            let mut log_probs = Vec::with_capacity(tokens.len());
             // whisper.cpp keeps logits for the last token of a decode call only: one
             // token per call, each scored by the logits before it.
             for i in 0..tokens.len() - 1 {
                 state.decode(&tokens[i..=i], i, threads).map_err(failed)?;
                 if i + 1 >= prefix.len() {
-                    sum += log_softmax_at(state.get_logits().map_err(failed)?, tokens[i + 1]);
+                    log_probs.push(log_softmax_at(
+                        state.get_logits().map_err(failed)?,
+                        tokens[i + 1],
+                    ));
                 }
             }
-            best = best.max(sum / words.len() as f64);
+            let name_from = lead.len() + joiner.len();
+            best = best.max(phrase_check(
+                &log_probs[..lead.len()],
+                &log_probs[name_from..],
+            ));
         }
         self.give_back(state);
         Ok(best)

@@ -137,7 +137,11 @@ impl WhisperEngine {
     }
 
     /// Unreachable: no engine value exists.
-    pub fn phrase_score(&self, _samples: &[f32], _phrases: &[String]) -> Result<f64, SttFailure> {
+    pub fn phrase_score(
+        &self,
+        _samples: &[f32],
+        _phrases: &[crate::wake::verify::Phrase],
+    ) -> Result<f64, SttFailure> {
         match *self {}
     }
 
