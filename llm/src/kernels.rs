@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::kquants::QActsK;
+use crate::kquants::{QActsK, QK_K};
 use crate::quant::{dequantize, quantize_block_q8, GgmlType, QK};
+use crate::rows::{Rows, Split};
 
 /// A Q8_0 matrix in the engine's layout: int8 quants row-major, and one f32 scale per
 /// 32-value block (row-major too). Separate arrays keep the SIMD loads aligned to blocks.
@@ -100,23 +101,7 @@ impl QActs {
     pub fn quantize(x: &[f32], cols: usize) -> QActs {
         let mut q = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / QK];
-        let blocks = |q: &mut [i8], d: &mut [f32]| {
-            for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d) {
-                *db = quantize_acts_q8(xb, qb);
-            }
-        };
-        #[cfg(target_arch = "x86_64")]
-        if Kernel::current() != Kernel::Scalar {
-            // The same loop compiled for 256-bit vectors.
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2(f: impl FnOnce()) {
-                f()
-            }
-            // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
-            unsafe { avx2(|| blocks(&mut q, &mut d)) };
-            return QActs { cols, q, d };
-        }
-        blocks(&mut q, &mut d);
+        quantize_q8_into(x, &mut q, &mut d);
         QActs { cols, q, d }
     }
 
@@ -124,6 +109,27 @@ impl QActs {
     pub fn n(&self) -> usize {
         self.q.len().checked_div(self.cols).unwrap_or(0)
     }
+}
+
+/// Quantises `x` into Q8_0 blocks: `q` as long as `x`, one scale in `d` per 32 values.
+pub(crate) fn quantize_q8_into(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    let blocks = |q: &mut [i8], d: &mut [f32]| {
+        for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d) {
+            *db = quantize_acts_q8(xb, qb);
+        }
+    };
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::current() != Kernel::Scalar {
+        // The same loop compiled for 256-bit vectors.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(f: impl FnOnce()) {
+            f()
+        }
+        // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+        unsafe { avx2(|| blocks(q, d)) };
+        return;
+    }
+    blocks(q, d);
 }
 
 /// Rounds to nearest, ties to even, for |v| < 2^22: adding and removing 1.5 · 2^23 leaves
@@ -565,10 +571,76 @@ pub struct Acts {
 impl Acts {
     /// Quantises `x` (`n * w.cols` values) for `w`.
     pub fn for_linear(x: &[f32], w: &Linear) -> Acts {
+        let mut a = Acts::alloc(w, x.len().checked_div(w.cols).unwrap_or(0));
+        a.rows().quantize(x);
+        a
+    }
+
+    /// Room for `n` vectors quantised for `w`, filled through [`Acts::rows`].
+    pub(crate) fn alloc(w: &Linear, n: usize) -> Acts {
+        let cols = w.cols;
+        let len = n * cols;
         Acts {
-            q8: w.needs_q8_0().then(|| QActs::quantize(x, w.cols)),
-            q8k: w.needs_q8_k().then(|| QActsK::quantize(x, w.cols)),
-            n: x.len().checked_div(w.cols).unwrap_or(0),
+            q8: w.needs_q8_0().then(|| QActs {
+                cols,
+                q: vec![0; len],
+                d: vec![0.0; len / QK],
+            }),
+            q8k: w.needs_q8_k().then(|| QActsK {
+                cols,
+                q: vec![0; len],
+                d: vec![0.0; len / QK_K],
+                bsums: vec![0; len / QK_K * 16],
+                psums: vec![0.0; len / QK_K * 16],
+            }),
+            n,
+        }
+    }
+
+    /// The buffers, to be split by tokens and filled by [`ActsRows::quantize`].
+    pub(crate) fn rows(&mut self) -> ActsRows<'_> {
+        ActsRows {
+            q8: self.q8.as_mut().map(|a| {
+                let nb = a.cols / QK;
+                (Rows::new(&mut a.q, a.cols), Rows::new(&mut a.d, nb))
+            }),
+            q8k: self.q8k.as_mut().map(|a| {
+                let nb = a.cols / QK_K;
+                (
+                    Rows::new(&mut a.q, a.cols),
+                    Rows::new(&mut a.d, nb),
+                    Rows::new(&mut a.bsums, nb * 16),
+                    Rows::new(&mut a.psums, nb * 16),
+                )
+            }),
+        }
+    }
+}
+
+/// Some tokens' rows of an [`Acts`].
+pub(crate) struct ActsRows<'a> {
+    q8: Option<(Rows<'a, i8>, Rows<'a, f32>)>,
+    q8k: Option<ActsKRows<'a>>,
+}
+
+type ActsKRows<'a> = (Rows<'a, i8>, Rows<'a, f32>, Rows<'a, i16>, Rows<'a, f32>);
+
+impl Split for ActsRows<'_> {
+    fn split(self, tokens: usize) -> (Self, Self) {
+        let (a8, b8) = self.q8.split(tokens);
+        let (ak, bk) = self.q8k.split(tokens);
+        (ActsRows { q8: a8, q8k: ak }, ActsRows { q8: b8, q8k: bk })
+    }
+}
+
+impl ActsRows<'_> {
+    /// Quantises `x`, these rows' tokens, in every form held.
+    pub(crate) fn quantize(&mut self, x: &[f32]) {
+        if let Some((q, d)) = &mut self.q8 {
+            quantize_q8_into(x, q.data, d.data);
+        }
+        if let Some((q, d, bsums, psums)) = &mut self.q8k {
+            crate::kquants::quantize_q8_k_into(x, q.data, d.data, bsums.data, psums.data);
         }
     }
 }

@@ -51,41 +51,7 @@ impl QActsK {
         let mut d = vec![0f32; nb];
         let mut bsums = vec![0i16; nb * 16];
         let mut psums = vec![0f32; nb * 16];
-        for (b, xb) in x.chunks_exact(QK_K).enumerate() {
-            // The value of largest magnitude, from lane-wise max and min (vectorises). On a
-            // tie between +a and -a this takes +a where ggml takes the first; the products
-            // come out the same (the quants and the scale both change sign).
-            let (mut hi, mut lo) = ([0f32; 8], [0f32; 8]);
-            for c in xb.chunks_exact(8) {
-                for ((h, l), &v) in hi.iter_mut().zip(&mut lo).zip(c) {
-                    *h = h.max(v);
-                    *l = l.min(v);
-                }
-            }
-            let hi = hi.iter().fold(0f32, |a, &b| a.max(b));
-            let lo = lo.iter().fold(0f32, |a, &b| a.min(b));
-            let (amax, max) = if -lo > hi { (-lo, lo) } else { (hi, hi) };
-            if amax == 0.0 {
-                continue;
-            }
-            let iscale = -127.0 / max;
-            let qb = &mut q[b * QK_K..(b + 1) * QK_K];
-            for (o, &v) in qb.iter_mut().zip(xb) {
-                *o = crate::kernels::round_nearest(iscale * v).min(127.0) as i32 as i8;
-            }
-            for (s, g) in bsums[b * 16..(b + 1) * 16]
-                .iter_mut()
-                .zip(qb.chunks_exact(16))
-            {
-                *s = g.iter().map(|&v| i16::from(v)).sum();
-            }
-            d[b] = 1.0 / iscale;
-            let ps = &mut psums[b * 16..(b + 1) * 16];
-            for (j, p) in ps[..8].iter_mut().enumerate() {
-                *p = d[b] * f32::from(bsums[b * 16 + 2 * j] + bsums[b * 16 + 2 * j + 1]);
-            }
-            ps[8] = d[b];
-        }
+        quantize_q8_k_into(x, &mut q, &mut d, &mut bsums, &mut psums);
         QActsK {
             cols,
             q,
@@ -104,6 +70,55 @@ impl QActsK {
             &self.d[v * nb..(v + 1) * nb],
             &self.bsums[v * nb * 16..(v + 1) * nb * 16],
         )
+    }
+}
+
+/// [`QActsK::quantize`] into buffers: per 256 values of `x`, 256 quants in `q`, one scale
+/// in `d`, 16 sums in `bsums` and 16 floats in `psums` (all written, zeros included).
+pub(crate) fn quantize_q8_k_into(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+    psums: &mut [f32],
+) {
+    for (b, xb) in x.chunks_exact(QK_K).enumerate() {
+        // The value of largest magnitude, from lane-wise max and min (vectorises). On a
+        // tie between +a and -a this takes +a where ggml takes the first; the products
+        // come out the same (the quants and the scale both change sign).
+        let (mut hi, mut lo) = ([0f32; 8], [0f32; 8]);
+        for c in xb.chunks_exact(8) {
+            for ((h, l), &v) in hi.iter_mut().zip(&mut lo).zip(c) {
+                *h = h.max(v);
+                *l = l.min(v);
+            }
+        }
+        let hi = hi.iter().fold(0f32, |a, &b| a.max(b));
+        let lo = lo.iter().fold(0f32, |a, &b| a.min(b));
+        let (amax, max) = if -lo > hi { (-lo, lo) } else { (hi, hi) };
+        let qb = &mut q[b * QK_K..(b + 1) * QK_K];
+        let bs = &mut bsums[b * 16..(b + 1) * 16];
+        let ps = &mut psums[b * 16..(b + 1) * 16];
+        if amax == 0.0 {
+            qb.fill(0);
+            bs.fill(0);
+            ps.fill(0.0);
+            d[b] = 0.0;
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (o, &v) in qb.iter_mut().zip(xb) {
+            *o = crate::kernels::round_nearest(iscale * v).min(127.0) as i32 as i8;
+        }
+        for (s, g) in bs.iter_mut().zip(qb.chunks_exact(16)) {
+            *s = g.iter().map(|&v| i16::from(v)).sum();
+        }
+        d[b] = 1.0 / iscale;
+        for (j, p) in ps[..8].iter_mut().enumerate() {
+            *p = d[b] * f32::from(bs[2 * j] + bs[2 * j + 1]);
+        }
+        ps[8] = d[b];
+        ps[9..].fill(0.0);
     }
 }
 

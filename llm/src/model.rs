@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::gguf::{Gguf, GgufError, TensorInfo, Value};
 use crate::kernels::{matmul_linear, Acts, Kernel, Linear, QMatrix, Weight};
 use crate::quant::{dequantize, GgmlType};
+use crate::rows::{self, Rows, RowsRef};
 
 /// Architectures the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -733,7 +734,7 @@ impl Model {
                 context: c.context,
             });
         }
-        let (dim, kv, hd, qd) = (c.dim, c.kv_dim(), c.head_dim, c.q_dim());
+        let (dim, kv, qd) = (c.dim, c.kv_dim(), c.q_dim());
         let qkv_rows = qd + 2 * kv;
         let mut x = vec![0f32; n * dim];
         for (i, &t) in tokens.iter().enumerate() {
@@ -748,31 +749,180 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= s);
         }
         let pos0 = cache.len;
+        let piece = rows::piece(pool, n);
+        let ffn = c.ffn;
         let mut xn = vec![0f32; n * dim];
         let mut qkv = vec![0f32; n * qkv_rows];
         let mut att = vec![0f32; n * qd];
         let mut proj = vec![0f32; n * dim];
-        let mut normed = vec![0f32; n * dim];
-        let mut gu = vec![0f32; n * 2 * c.ffn];
-        let mut h = vec![0f32; n * c.ffn];
+        let mut gu = vec![0f32; n * 2 * ffn];
+        let mut h = vec![0f32; n * ffn];
+        let last = self.layers.len().saturating_sub(1);
+        // The previous layer's output waits in `proj` (with its post-FFN norm, if any) to
+        // be added to `x` by the next norm.
+        let mut pending: Option<Option<&[f32]>> = None;
         for (li, layer) in self.layers.iter().enumerate() {
-            rmsnorm(&x, &layer.attn_norm, c.eps, &mut xn);
-            self.project(pool, &layer.qkv, &xn, &mut qkv, tiled);
-            if let Some(b) = &layer.qkv_bias {
-                for row in qkv.chunks_exact_mut(qkv_rows) {
+            let mut acts = Acts::alloc(&layer.qkv, n);
+            let add = pending.map(|w| (&mut proj[..], w));
+            self.residual_norm(
+                pool,
+                piece,
+                n,
+                &mut x,
+                add,
+                &layer.attn_norm,
+                &mut xn,
+                Some(&mut acts),
+            );
+            matmul_linear(pool, self.kernel, &layer.qkv, &acts, &mut qkv, tiled);
+            self.bias_norm_rope(pool, piece, layer, pos0, &mut qkv);
+            for row in qkv.chunks_exact(qkv_rows) {
+                cache.k[li].extend_from_slice(&row[qd..qd + kv]);
+                cache.v[li].extend_from_slice(&row[qd + kv..]);
+            }
+            // Past the last layer's attention only the last token matters (its logits);
+            // the others' keys and values are in the cache. Each token's values do not
+            // depend on the others', so the last one's come out the same.
+            let m = if li == last { 1 } else { n };
+            let first = n - m;
+            x.drain(..first * dim);
+            let window = if layer.local { c.sliding_window } else { 0 };
+            self.attention(
+                pool,
+                &qkv[first * qkv_rows..],
+                &cache.k[li],
+                &cache.v[li],
+                pos0 + first,
+                m,
+                window,
+                &mut att[..m * qd],
+            );
+            let acts = self.quantized(pool, piece, &layer.wo, &att[..m * qd]);
+            matmul_linear(
+                pool,
+                self.kernel,
+                &layer.wo,
+                &acts,
+                &mut proj[..m * dim],
+                tiled,
+            );
+            let mut acts = Acts::alloc(&layer.gate_up, m);
+            let add = Some((&mut proj[..m * dim], layer.post_attn_norm.as_deref()));
+            self.residual_norm(
+                pool,
+                piece,
+                m,
+                &mut x,
+                add,
+                &layer.ffn_norm,
+                &mut xn[..m * dim],
+                Some(&mut acts),
+            );
+            let gu = &mut gu[..m * 2 * ffn];
+            matmul_linear(pool, self.kernel, &layer.gate_up, &acts, gu, tiled);
+            let mut acts = Acts::alloc(&layer.down, m);
+            self.gate(pool, piece, gu, &mut h[..m * ffn], &mut acts);
+            matmul_linear(
+                pool,
+                self.kernel,
+                &layer.down,
+                &acts,
+                &mut proj[..m * dim],
+                tiled,
+            );
+            pending = Some(layer.post_ffn_norm.as_deref());
+        }
+        cache.len += n;
+        // `x` now holds the last token only.
+        let mut normed = vec![0f32; dim];
+        let add = pending.map(|w| (&mut proj[..dim], w));
+        self.residual_norm(
+            pool,
+            piece,
+            1,
+            &mut x[..dim],
+            add,
+            &self.out_norm,
+            &mut normed,
+            None,
+        );
+        let mut logits = vec![0f32; c.vocab];
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        self.project(pool, head, &normed, &mut logits, tiled);
+        if c.final_softcap > 0.0 {
+            let cap = c.final_softcap;
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
+        Ok(logits)
+    }
+
+    /// For each of `n` tokens: `x += add` (first RMS-normed by its weight, if any), `out =`
+    /// `x` RMS-normed by `norm`, and `out` quantised into `acts`; split over the pool.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_norm(
+        &self,
+        pool: &rayon::ThreadPool,
+        piece: usize,
+        n: usize,
+        x: &mut [f32],
+        add: Option<(&mut [f32], Option<&[f32]>)>,
+        norm: &[f32],
+        out: &mut [f32],
+        acts: Option<&mut Acts>,
+    ) {
+        let (dim, eps) = (self.config.dim, self.config.eps);
+        let (add, post) = match add {
+            Some((a, w)) => (Some(Rows::new(a, dim)), w),
+            None => (None, None),
+        };
+        let bufs = (
+            Rows::new(x, dim),
+            add,
+            Rows::new(out, dim),
+            acts.map(Acts::rows),
+        );
+        rows::for_tokens(pool, n, piece, bufs, &|_, (x, add, out, acts)| {
+            if let Some(a) = add {
+                if let Some(w) = post {
+                    rmsnorm_self(a.data, w, eps);
+                }
+                for (xv, av) in x.data.iter_mut().zip(a.data.iter()) {
+                    *xv += av;
+                }
+            }
+            rmsnorm(x.data, norm, eps, out.data);
+            if let Some(mut acts) = acts {
+                acts.quantize(out.data);
+            }
+        });
+    }
+
+    /// Q/K/V biases, QK-norm and RoPE of each token's `qkv` row; split over the pool.
+    fn bias_norm_rope(
+        &self,
+        pool: &rayon::ThreadPool,
+        piece: usize,
+        layer: &Layer,
+        pos0: usize,
+        qkv: &mut [f32],
+    ) {
+        let c = &self.config;
+        let (kv, hd, qd) = (c.kv_dim(), c.head_dim, c.q_dim());
+        let qkv_rows = qd + 2 * kv;
+        let n = qkv.len() / qkv_rows;
+        let inv_freq = if layer.local {
+            &self.rope_inv_freq_local
+        } else {
+            &self.rope_inv_freq
+        };
+        let task = |t0: usize, rows: Rows<f32>| {
+            for (i, row) in rows.data.chunks_exact_mut(qkv_rows).enumerate() {
+                if let Some(b) = &layer.qkv_bias {
                     for (v, bv) in row.iter_mut().zip(b) {
                         *v += bv;
                     }
                 }
-            }
-            let inv_freq = if layer.local {
-                &self.rope_inv_freq_local
-            } else {
-                &self.rope_inv_freq
-            };
-            for i in 0..n {
-                let row = &mut qkv[i * qkv_rows..(i + 1) * qkv_rows];
-                let pos = (pos0 + i) as f32;
+                let pos = (pos0 + t0 + i) as f32;
                 let (q, rest) = row.split_at_mut(qd);
                 let k = &mut rest[..kv];
                 if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
@@ -786,61 +936,48 @@ impl Model {
                     rope(q, hd, pos, inv_freq);
                     rope(k, hd, pos, inv_freq);
                 }
-                cache.k[li].extend_from_slice(&rest[..kv]);
-                cache.v[li].extend_from_slice(&rest[kv..2 * kv]);
             }
-            let window = if layer.local { c.sliding_window } else { 0 };
-            self.attention(
-                pool,
-                &qkv,
-                &cache.k[li],
-                &cache.v[li],
-                pos0,
-                n,
-                window,
-                &mut att,
-            );
-            self.project(pool, &layer.wo, &att, &mut proj, tiled);
-            if let Some(w) = &layer.post_attn_norm {
-                rmsnorm(&proj, w, c.eps, &mut normed);
-                std::mem::swap(&mut proj, &mut normed);
-            }
-            for (a, b) in x.iter_mut().zip(&proj) {
-                *a += b;
-            }
-            rmsnorm(&x, &layer.ffn_norm, c.eps, &mut xn);
-            self.project(pool, &layer.gate_up, &xn, &mut gu, tiled);
-            for i in 0..n {
-                let g = &gu[i * 2 * c.ffn..i * 2 * c.ffn + c.ffn];
-                let u = &gu[i * 2 * c.ffn + c.ffn..(i + 1) * 2 * c.ffn];
-                let o = &mut h[i * c.ffn..(i + 1) * c.ffn];
-                if c.gelu {
+        };
+        rows::for_tokens(pool, n, piece, Rows::new(qkv, qkv_rows), &task);
+    }
+
+    /// `x` (whole vectors of `w.cols`) quantised for `w`; split over the pool.
+    fn quantized(&self, pool: &rayon::ThreadPool, piece: usize, w: &Linear, x: &[f32]) -> Acts {
+        let n = x.len() / w.cols;
+        let mut acts = Acts::alloc(w, n);
+        let bufs = (RowsRef::new(x, w.cols), acts.rows());
+        rows::for_tokens(pool, n, piece, bufs, &|_, (x, mut a)| a.quantize(x.data));
+        acts
+    }
+
+    /// `h = act(gate) · up` per token from the stacked `gu`, quantised into `acts`; split
+    /// over the pool.
+    fn gate(
+        &self,
+        pool: &rayon::ThreadPool,
+        piece: usize,
+        gu: &[f32],
+        h: &mut [f32],
+        acts: &mut Acts,
+    ) {
+        let (ffn, gelu) = (self.config.ffn, self.config.gelu);
+        let n = h.len() / ffn;
+        let bufs = (RowsRef::new(gu, 2 * ffn), Rows::new(h, ffn), acts.rows());
+        rows::for_tokens(pool, n, piece, bufs, &|_, (gu, h, mut acts)| {
+            for (gu, o) in gu
+                .data
+                .chunks_exact(2 * ffn)
+                .zip(h.data.chunks_exact_mut(ffn))
+            {
+                let (g, u) = gu.split_at(ffn);
+                if gelu {
                     crate::glu::gelu_mul(g, u, o);
                 } else {
                     crate::glu::silu_mul(g, u, o);
                 }
             }
-            self.project(pool, &layer.down, &h, &mut proj, tiled);
-            if let Some(w) = &layer.post_ffn_norm {
-                rmsnorm(&proj, w, c.eps, &mut normed);
-                std::mem::swap(&mut proj, &mut normed);
-            }
-            for (a, b) in x.iter_mut().zip(&proj) {
-                *a += b;
-            }
-        }
-        cache.len += n;
-        let last = &x[(n - 1) * dim..];
-        let mut normed = vec![0f32; dim];
-        rmsnorm(last, &self.out_norm, c.eps, &mut normed);
-        let mut logits = vec![0f32; c.vocab];
-        let head = self.output.as_ref().unwrap_or(&self.embed);
-        self.project(pool, head, &normed, &mut logits, tiled);
-        if c.final_softcap > 0.0 {
-            let cap = c.final_softcap;
-            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
-        }
-        Ok(logits)
+            acts.quantize(h.data);
+        });
     }
 
     /// Causal attention of the `n` new positions over the cache, one task per (token, head);
@@ -929,6 +1066,18 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         let s = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &g) in oi.iter_mut().zip(xi).zip(w) {
             *o = v * s * g;
+        }
+    }
+}
+
+/// [`rmsnorm`] of `x` into itself, with the same arithmetic.
+fn rmsnorm_self(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for xi in x.chunks_exact_mut(d) {
+        let ms = dot_f32(xi, xi) / d as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        for (v, &g) in xi.iter_mut().zip(w) {
+            *v = *v * s * g;
         }
     }
 }
