@@ -133,23 +133,63 @@ impl QActs {
 
 /// Quantises `x` into Q8_0 blocks: `q` as long as `x`, one scale in `d` per 32 values.
 pub(crate) fn quantize_q8_into(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    let blocks = |q: &mut [i8], d: &mut [f32]| {
-        for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d) {
-            *db = quantize_acts_q8(xb, qb);
-        }
-    };
     #[cfg(target_arch = "x86_64")]
     if Kernel::current() != Kernel::Scalar {
-        // The same loop compiled for 256-bit vectors.
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(f: impl FnOnce()) {
-            f()
-        }
         // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
-        unsafe { avx2(|| blocks(q, d)) };
+        unsafe { quantize_q8_avx2(x, q, d) };
         return;
     }
-    blocks(q, d);
+    quantize_q8_blocks(x, q, d);
+}
+
+#[inline(always)]
+fn quantize_q8_blocks(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d) {
+        *db = quantize_acts_q8(xb, qb);
+    }
+}
+
+/// [`quantize_q8_blocks`] in AVX2 (as ggml's `quantize_row_q8_0`): the same operations
+/// on each value, so the same quants and scales; the compiler's version of the loop
+/// moved values between lanes one at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_q8_avx2(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let nb = (x.len() / QK).min(q.len() / QK);
+    let sign = _mm256_set1_ps(-0.0);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (b, db) in d.iter_mut().enumerate().take(nb) {
+        let p = x.as_ptr().add(b * QK);
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let a = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        *db = amax / 127.0;
+        let id = _mm256_set1_ps(if *db != 0.0 { 1.0 / *db } else { 0.0 });
+        // round_nearest(x · id), exact integers, so truncating converts them as they are.
+        let r = |v: __m256| {
+            _mm256_cvttps_epi32(_mm256_sub_ps(
+                _mm256_add_ps(_mm256_mul_ps(v, id), magic),
+                magic,
+            ))
+        };
+        let lo = _mm256_packs_epi32(r(v[0]), r(v[1]));
+        let hi = _mm256_packs_epi32(r(v[2]), r(v[3]));
+        // The packs interleave 128-bit lanes; put the 4-value groups back in order.
+        let packed = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+        _mm256_storeu_si256(q.as_mut_ptr().add(b * QK) as *mut __m256i, packed);
+    }
 }
 
 /// Rounds to nearest, ties to even, for |v| < 2^22: adding and removing 1.5 · 2^23 leaves
@@ -163,7 +203,7 @@ pub(crate) fn round_nearest(v: f32) -> f32 {
 
 /// Quantises one block of 32 activations to Q8_0 (scale max|x| / 127), rounding to
 /// nearest even as llama.cpp's SIMD `quantize_row_q8_0` does. Returns the scale.
-#[inline]
+#[inline(always)]
 fn quantize_acts_q8(x: &[f32], q: &mut [i8]) -> f32 {
     let mut m = [0f32; 8];
     for c in x.chunks_exact(8) {
@@ -817,6 +857,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX2 activation quantising gives the portable loop's quants and scales, bit for
+    /// bit (zero blocks, ties and full-scale values included).
+    #[test]
+    fn q8_activation_quantising_is_the_same_in_every_kernel() {
+        let mut x = data(32 * 40, 9);
+        x[..32].fill(0.0);
+        x[32..64]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32 * 0.5 - 8.0);
+        x[64] = 1e-30;
+        let (mut q, mut d) = (vec![0i8; x.len()], vec![0f32; x.len() / QK]);
+        let (mut q2, mut d2) = (vec![1i8; x.len()], vec![1f32; x.len() / QK]);
+        quantize_q8_into(&x, &mut q, &mut d);
+        quantize_q8_blocks(&x, &mut q2, &mut d2);
+        assert_eq!(q, q2);
+        assert!(d.iter().zip(&d2).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

@@ -82,6 +82,36 @@ pub(crate) fn quantize_q8_k_into(
     bsums: &mut [i16],
     psums: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::current() != Kernel::Scalar {
+        // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+        unsafe { quantize_q8_k_avx2(x, q, d, bsums, psums) };
+        return;
+    }
+    quantize_q8_k_blocks(x, q, d, bsums, psums);
+}
+
+/// The same loop compiled for 256-bit vectors (the same operations, so the same values).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_q8_k_avx2(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+    psums: &mut [f32],
+) {
+    quantize_q8_k_blocks(x, q, d, bsums, psums)
+}
+
+#[inline(always)]
+fn quantize_q8_k_blocks(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+    psums: &mut [f32],
+) {
     for (b, xb) in x.chunks_exact(QK_K).enumerate() {
         // The value of largest magnitude, from lane-wise max and min (vectorises). On a
         // tie between +a and -a this takes +a where ggml takes the first; the products

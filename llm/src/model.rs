@@ -11,7 +11,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, Value};
-use crate::kernels::{matmul_linear, Acts, Kernel, Linear, QMatrix, Weight};
+use crate::kernels::{matmul_linear, Acts, ActsRows, Kernel, Linear, QMatrix, Weight};
 use crate::quant::{dequantize, GgmlType};
 use crate::rows::{self, Rows, RowsRef};
 
@@ -903,19 +903,15 @@ impl Model {
             Rows::new(out, dim),
             acts.map(Acts::rows),
         );
+        let kernel = self.kernel;
         rows::for_tokens(pool, n, piece, bufs, &|_, (x, add, out, acts)| {
-            if let Some(a) = add {
-                if let Some(w) = post {
-                    rmsnorm_self(a.data, w, eps);
-                }
-                for (xv, av) in x.data.iter_mut().zip(a.data.iter()) {
-                    *xv += av;
-                }
+            #[cfg(target_arch = "x86_64")]
+            if kernel != Kernel::Scalar {
+                // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+                unsafe { residual_norm_rows_avx2(x, add, post, norm, eps, out, acts) };
+                return;
             }
-            rmsnorm(x.data, norm, eps, out.data);
-            if let Some(mut acts) = acts {
-                acts.quantize(out.data);
-            }
+            residual_norm_rows(x, add, post, norm, eps, out, acts)
         });
     }
 
@@ -1021,7 +1017,7 @@ impl Model {
         let qkv_rows = qd + 2 * kv;
         let group = c.heads / c.kv_heads;
         let (scale, cap) = (c.query_scale, c.attn_softcap);
-        let task = |(idx, o): (usize, &mut [f32])| {
+        let head = |idx: usize, o: &mut [f32]| {
             let (i, hh) = (idx / c.heads, idx % c.heads);
             let q = &qkv[i * qkv_rows + hh * hd..i * qkv_rows + (hh + 1) * hd];
             let kvh = hh / group;
@@ -1031,26 +1027,17 @@ impl Model {
             } else {
                 0
             };
-            let mut scores: Vec<f32> = (from..upto)
-                .map(|t| {
-                    let k = &kc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
-                    let s = dot_f32(q, k) * scale;
-                    if cap > 0.0 {
-                        cap * (s / cap).tanh()
-                    } else {
-                        s
-                    }
-                })
-                .collect();
-            softmax(&mut scores);
-            o.fill(0.0);
-            for (t, &p) in (from..upto).zip(&scores) {
-                let v = &vc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
-                for (ov, &vv) in o.iter_mut().zip(v) {
-                    *ov += p * vv;
-                }
+            let k = &kc[from * kv..upto * kv];
+            let v = &vc[from * kv..upto * kv];
+            #[cfg(target_arch = "x86_64")]
+            if self.kernel != Kernel::Scalar {
+                // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+                unsafe { attend_avx2(q, k, v, kv, kvh * hd, scale, cap, o) };
+                return;
             }
+            attend(q, k, v, kv, kvh * hd, scale, cap, o);
         };
+        let task = |(idx, o): (usize, &mut [f32])| head(idx, o);
         // Very short sequences are cheaper on this thread than a trip through the pool.
         if n * c.heads * (pos0 + n) < 256 {
             out.chunks_mut(hd).enumerate().for_each(task);
@@ -1060,9 +1047,72 @@ impl Model {
     }
 }
 
+/// One query over the keys and values of its positions (rows of `stride` values, this
+/// head's at `offset`) into `o`. Plain loops, all inlined, so `attend_avx2` compiles the
+/// whole of it for 256-bit registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    cap: f32,
+    o: &mut [f32],
+) {
+    let hd = q.len();
+    let mut scores = Vec::with_capacity(k.len() / stride);
+    for kt in k.chunks_exact(stride) {
+        let s = dot_f32(q, &kt[offset..offset + hd]) * scale;
+        scores.push(if cap > 0.0 { cap * (s / cap).tanh() } else { s });
+    }
+    softmax(&mut scores);
+    o.fill(0.0);
+    for (vt, &p) in v.chunks_exact(stride).zip(&scores) {
+        for (ov, &vv) in o.iter_mut().zip(&vt[offset..offset + hd]) {
+            *ov += p * vv;
+        }
+    }
+}
+
+/// [`attend`] compiled for AVX2: the same float operations in the same order (Rust fuses
+/// no multiply-add by itself), so the same values, in 256-bit registers.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    cap: f32,
+    o: &mut [f32],
+) {
+    attend(q, k, v, stride, offset, scale, cap, o)
+}
+
+/// [`residual_norm_rows`] compiled for AVX2, as [`attend_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn residual_norm_rows_avx2(
+    x: Rows<f32>,
+    add: Option<Rows<f32>>,
+    post: Option<&[f32]>,
+    norm: &[f32],
+    eps: f32,
+    out: Rows<f32>,
+    acts: Option<ActsRows>,
+) {
+    residual_norm_rows(x, add, post, norm, eps, out, acts)
+}
+
 /// A dot product with eight independent partial sums, so it vectorises (a single running
 /// float sum cannot be reordered by the compiler).
-#[inline]
+#[inline(always)]
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
@@ -1081,6 +1131,7 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (xi, oi) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -1092,7 +1143,33 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// [`Model::residual_norm`] for some tokens' rows.
+#[inline(always)]
+fn residual_norm_rows(
+    x: Rows<f32>,
+    add: Option<Rows<f32>>,
+    post: Option<&[f32]>,
+    norm: &[f32],
+    eps: f32,
+    out: Rows<f32>,
+    acts: Option<ActsRows>,
+) {
+    if let Some(a) = add {
+        if let Some(w) = post {
+            rmsnorm_self(a.data, w, eps);
+        }
+        for (xv, av) in x.data.iter_mut().zip(a.data.iter()) {
+            *xv += av;
+        }
+    }
+    rmsnorm(x.data, norm, eps, out.data);
+    if let Some(mut acts) = acts {
+        acts.quantize(out.data);
+    }
+}
+
 /// [`rmsnorm`] of `x` into itself, with the same arithmetic.
+#[inline(always)]
 fn rmsnorm_self(x: &mut [f32], w: &[f32], eps: f32) {
     let d = w.len();
     for xi in x.chunks_exact_mut(d) {
