@@ -36,6 +36,20 @@ fn cpu_s() -> f64 {
     ns as f64 / 1e9
 }
 
+/// (VmRSS, VmHWM) of this process in MB: now, and the peak so far (load included).
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
@@ -57,6 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     // The engine only for the tokenizer and template; the model runs on our own pool.
     let engine = Engine::load(path.as_ref(), 1)?;
+    let (rss_loaded, hwm_loaded) = rss_mb();
     let prompt = engine.prompt_tokens(&[TemplateMessage {
         role: "user".into(),
         content: PROMPT.into(),
@@ -110,13 +125,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let decode_cpu = cpu_s() - c;
     // The *_cpu figures: tokens per second of CPU time (all threads together).
     println!(
-        "{{\"engine\":\"coda\",\"kernel\":\"{:?}\",\"threads\":{threads},\"prompt_tokens\":{},\"prompt_tok_s\":{:.2},\"decode_tok_s\":{:.2},\"prompt_tok_cpu_s\":{:.2},\"decode_tok_cpu_s\":{:.2}}}",
+        "{{\"engine\":\"coda\",\"kernel\":\"{:?}\",\"threads\":{threads},\"prompt_tokens\":{},\"prompt_tok_s\":{:.2},\"decode_tok_s\":{:.2},\"prompt_tok_cpu_s\":{:.2},\"decode_tok_cpu_s\":{:.2},\"rss_loaded_mb\":{rss_loaded:.1},\"rss_peak_after_load_mb\":{hwm_loaded:.1},\"rss_peak_mb\":{:.1}}}",
         model.kernel(),
         prompt.len(),
         prompt.len() as f64 / prompt_s,
         decode as f64 / decode_s,
         prompt.len() as f64 / cpu[cpu.len() / 2],
-        decode as f64 / decode_cpu
+        decode as f64 / decode_cpu,
+        rss_mb().1
     );
     Ok(())
 }

@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::kquants::QActsK;
+use crate::kquants::{QActsK, QK_K};
 use crate::quant::{dequantize, quantize_block_q8, GgmlType, QK};
+use crate::rows::{Rows, Split};
 
 /// A Q8_0 matrix in the engine's layout: int8 quants row-major, and one f32 scale per
 /// 32-value block (row-major too). Separate arrays keep the SIMD loads aligned to blocks.
@@ -29,24 +30,44 @@ impl QMatrix {
     /// Quantises a row-major f32 matrix.
     pub fn from_f32(rows: usize, cols: usize, x: &[f32]) -> QMatrix {
         debug_assert_eq!(x.len(), rows * cols);
-        let mut q = vec![0i8; rows * cols];
-        let mut d = vec![0f32; rows * cols / QK];
-        for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(&mut d) {
-            *db = quantize_block_q8(xb, qb);
-        }
-        QMatrix { rows, cols, q, d }
+        let mut m = QMatrix::with_capacity(rows, cols);
+        m.push_f32(x);
+        m
     }
 
     /// From GGUF Q8_0 blocks (f16 scale + 32 int8 each), without requantising.
     pub fn from_q8_0_blocks(rows: usize, cols: usize, data: &[u8]) -> QMatrix {
-        let nb = rows * cols / QK;
-        let mut q = Vec::with_capacity(rows * cols);
-        let mut d = Vec::with_capacity(nb);
-        for b in data.chunks_exact(34).take(nb) {
-            d.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
-            q.extend(b[2..].iter().map(|&v| v as i8));
+        let mut m = QMatrix::with_capacity(rows, cols);
+        m.push_q8_0_blocks(&data[..data.len().min(rows * cols / QK * 34)]);
+        m
+    }
+
+    /// An empty `rows × cols` matrix with room for its values, filled by `push_*` in
+    /// pieces (a large tensor is converted as it is read, not after).
+    pub fn with_capacity(rows: usize, cols: usize) -> QMatrix {
+        QMatrix {
+            rows,
+            cols,
+            q: Vec::with_capacity(rows * cols),
+            d: Vec::with_capacity(rows * cols / QK),
         }
-        QMatrix { rows, cols, q, d }
+    }
+
+    /// Appends f32 values (whole 32-value blocks), quantised.
+    pub fn push_f32(&mut self, x: &[f32]) {
+        for xb in x.chunks_exact(QK) {
+            let mut qb = [0i8; QK];
+            self.d.push(quantize_block_q8(xb, &mut qb));
+            self.q.extend_from_slice(&qb);
+        }
+    }
+
+    /// Appends GGUF Q8_0 blocks (whole 34-byte blocks) as they are.
+    pub fn push_q8_0_blocks(&mut self, data: &[u8]) {
+        for b in data.chunks_exact(34) {
+            self.d.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            self.q.extend(b[2..].iter().map(|&v| v as i8));
+        }
     }
 
     /// Stacks matrices with the same `cols` (e.g. Q, K and V into one QKV projection).
@@ -100,29 +121,74 @@ impl QActs {
     pub fn quantize(x: &[f32], cols: usize) -> QActs {
         let mut q = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / QK];
-        let blocks = |q: &mut [i8], d: &mut [f32]| {
-            for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d) {
-                *db = quantize_acts_q8(xb, qb);
-            }
-        };
-        #[cfg(target_arch = "x86_64")]
-        if Kernel::current() != Kernel::Scalar {
-            // The same loop compiled for 256-bit vectors.
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2(f: impl FnOnce()) {
-                f()
-            }
-            // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
-            unsafe { avx2(|| blocks(&mut q, &mut d)) };
-            return QActs { cols, q, d };
-        }
-        blocks(&mut q, &mut d);
+        quantize_q8_into(x, &mut q, &mut d);
         QActs { cols, q, d }
     }
 
     /// Number of vectors.
     pub fn n(&self) -> usize {
         self.q.len().checked_div(self.cols).unwrap_or(0)
+    }
+}
+
+/// Quantises `x` into Q8_0 blocks: `q` as long as `x`, one scale in `d` per 32 values.
+pub(crate) fn quantize_q8_into(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::current() != Kernel::Scalar {
+        // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+        unsafe { quantize_q8_avx2(x, q, d) };
+        return;
+    }
+    quantize_q8_blocks(x, q, d);
+}
+
+#[inline(always)]
+fn quantize_q8_blocks(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d) {
+        *db = quantize_acts_q8(xb, qb);
+    }
+}
+
+/// [`quantize_q8_blocks`] in AVX2 (as ggml's `quantize_row_q8_0`): the same operations
+/// on each value, so the same quants and scales; the compiler's version of the loop
+/// moved values between lanes one at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_q8_avx2(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let nb = (x.len() / QK).min(q.len() / QK);
+    let sign = _mm256_set1_ps(-0.0);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (b, db) in d.iter_mut().enumerate().take(nb) {
+        let p = x.as_ptr().add(b * QK);
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let a = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        *db = amax / 127.0;
+        let id = _mm256_set1_ps(if *db != 0.0 { 1.0 / *db } else { 0.0 });
+        // round_nearest(x · id), exact integers, so truncating converts them as they are.
+        let r = |v: __m256| {
+            _mm256_cvttps_epi32(_mm256_sub_ps(
+                _mm256_add_ps(_mm256_mul_ps(v, id), magic),
+                magic,
+            ))
+        };
+        let lo = _mm256_packs_epi32(r(v[0]), r(v[1]));
+        let hi = _mm256_packs_epi32(r(v[2]), r(v[3]));
+        // The packs interleave 128-bit lanes; put the 4-value groups back in order.
+        let packed = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+        _mm256_storeu_si256(q.as_mut_ptr().add(b * QK) as *mut __m256i, packed);
     }
 }
 
@@ -137,7 +203,7 @@ pub(crate) fn round_nearest(v: f32) -> f32 {
 
 /// Quantises one block of 32 activations to Q8_0 (scale max|x| / 127), rounding to
 /// nearest even as llama.cpp's SIMD `quantize_row_q8_0` does. Returns the scale.
-#[inline]
+#[inline(always)]
 fn quantize_acts_q8(x: &[f32], q: &mut [i8]) -> f32 {
     let mut m = [0f32; 8];
     for c in x.chunks_exact(8) {
@@ -493,7 +559,11 @@ impl Linear {
         let mut merged: Vec<Weight> = Vec::with_capacity(parts.len());
         for p in parts {
             match (merged.last_mut(), p) {
-                (Some(Weight::Q8(a)), Weight::Q8(b)) => *a = QMatrix::concat(&[a.clone(), b]),
+                (Some(Weight::Q8(a)), Weight::Q8(b)) => {
+                    a.rows += b.rows;
+                    a.q.extend_from_slice(&b.q);
+                    a.d.extend_from_slice(&b.d);
+                }
                 (
                     Some(Weight::Blocks { ty, rows, data, .. }),
                     Weight::Blocks {
@@ -565,10 +635,76 @@ pub struct Acts {
 impl Acts {
     /// Quantises `x` (`n * w.cols` values) for `w`.
     pub fn for_linear(x: &[f32], w: &Linear) -> Acts {
+        let mut a = Acts::alloc(w, x.len().checked_div(w.cols).unwrap_or(0));
+        a.rows().quantize(x);
+        a
+    }
+
+    /// Room for `n` vectors quantised for `w`, filled through [`Acts::rows`].
+    pub(crate) fn alloc(w: &Linear, n: usize) -> Acts {
+        let cols = w.cols;
+        let len = n * cols;
         Acts {
-            q8: w.needs_q8_0().then(|| QActs::quantize(x, w.cols)),
-            q8k: w.needs_q8_k().then(|| QActsK::quantize(x, w.cols)),
-            n: x.len().checked_div(w.cols).unwrap_or(0),
+            q8: w.needs_q8_0().then(|| QActs {
+                cols,
+                q: vec![0; len],
+                d: vec![0.0; len / QK],
+            }),
+            q8k: w.needs_q8_k().then(|| QActsK {
+                cols,
+                q: vec![0; len],
+                d: vec![0.0; len / QK_K],
+                bsums: vec![0; len / QK_K * 16],
+                psums: vec![0.0; len / QK_K * 16],
+            }),
+            n,
+        }
+    }
+
+    /// The buffers, to be split by tokens and filled by [`ActsRows::quantize`].
+    pub(crate) fn rows(&mut self) -> ActsRows<'_> {
+        ActsRows {
+            q8: self.q8.as_mut().map(|a| {
+                let nb = a.cols / QK;
+                (Rows::new(&mut a.q, a.cols), Rows::new(&mut a.d, nb))
+            }),
+            q8k: self.q8k.as_mut().map(|a| {
+                let nb = a.cols / QK_K;
+                (
+                    Rows::new(&mut a.q, a.cols),
+                    Rows::new(&mut a.d, nb),
+                    Rows::new(&mut a.bsums, nb * 16),
+                    Rows::new(&mut a.psums, nb * 16),
+                )
+            }),
+        }
+    }
+}
+
+/// Some tokens' rows of an [`Acts`].
+pub(crate) struct ActsRows<'a> {
+    q8: Option<(Rows<'a, i8>, Rows<'a, f32>)>,
+    q8k: Option<ActsKRows<'a>>,
+}
+
+type ActsKRows<'a> = (Rows<'a, i8>, Rows<'a, f32>, Rows<'a, i16>, Rows<'a, f32>);
+
+impl Split for ActsRows<'_> {
+    fn split(self, tokens: usize) -> (Self, Self) {
+        let (a8, b8) = self.q8.split(tokens);
+        let (ak, bk) = self.q8k.split(tokens);
+        (ActsRows { q8: a8, q8k: ak }, ActsRows { q8: b8, q8k: bk })
+    }
+}
+
+impl ActsRows<'_> {
+    /// Quantises `x`, these rows' tokens, in every form held.
+    pub(crate) fn quantize(&mut self, x: &[f32]) {
+        if let Some((q, d)) = &mut self.q8 {
+            quantize_q8_into(x, q.data, d.data);
+        }
+        if let Some((q, d, bsums, psums)) = &mut self.q8k {
+            crate::kquants::quantize_q8_k_into(x, q.data, d.data, bsums.data, psums.data);
         }
     }
 }
@@ -721,6 +857,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX2 activation quantising gives the portable loop's quants and scales, bit for
+    /// bit (zero blocks, ties and full-scale values included).
+    #[test]
+    fn q8_activation_quantising_is_the_same_in_every_kernel() {
+        let mut x = data(32 * 40, 9);
+        x[..32].fill(0.0);
+        x[32..64]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32 * 0.5 - 8.0);
+        x[64] = 1e-30;
+        let (mut q, mut d) = (vec![0i8; x.len()], vec![0f32; x.len() / QK]);
+        let (mut q2, mut d2) = (vec![1i8; x.len()], vec![1f32; x.len() / QK]);
+        quantize_q8_into(&x, &mut q, &mut d);
+        quantize_q8_blocks(&x, &mut q2, &mut d2);
+        assert_eq!(q, q2);
+        assert!(d.iter().zip(&d2).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

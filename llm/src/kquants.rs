@@ -51,41 +51,7 @@ impl QActsK {
         let mut d = vec![0f32; nb];
         let mut bsums = vec![0i16; nb * 16];
         let mut psums = vec![0f32; nb * 16];
-        for (b, xb) in x.chunks_exact(QK_K).enumerate() {
-            // The value of largest magnitude, from lane-wise max and min (vectorises). On a
-            // tie between +a and -a this takes +a where ggml takes the first; the products
-            // come out the same (the quants and the scale both change sign).
-            let (mut hi, mut lo) = ([0f32; 8], [0f32; 8]);
-            for c in xb.chunks_exact(8) {
-                for ((h, l), &v) in hi.iter_mut().zip(&mut lo).zip(c) {
-                    *h = h.max(v);
-                    *l = l.min(v);
-                }
-            }
-            let hi = hi.iter().fold(0f32, |a, &b| a.max(b));
-            let lo = lo.iter().fold(0f32, |a, &b| a.min(b));
-            let (amax, max) = if -lo > hi { (-lo, lo) } else { (hi, hi) };
-            if amax == 0.0 {
-                continue;
-            }
-            let iscale = -127.0 / max;
-            let qb = &mut q[b * QK_K..(b + 1) * QK_K];
-            for (o, &v) in qb.iter_mut().zip(xb) {
-                *o = crate::kernels::round_nearest(iscale * v).min(127.0) as i32 as i8;
-            }
-            for (s, g) in bsums[b * 16..(b + 1) * 16]
-                .iter_mut()
-                .zip(qb.chunks_exact(16))
-            {
-                *s = g.iter().map(|&v| i16::from(v)).sum();
-            }
-            d[b] = 1.0 / iscale;
-            let ps = &mut psums[b * 16..(b + 1) * 16];
-            for (j, p) in ps[..8].iter_mut().enumerate() {
-                *p = d[b] * f32::from(bsums[b * 16 + 2 * j] + bsums[b * 16 + 2 * j + 1]);
-            }
-            ps[8] = d[b];
-        }
+        quantize_q8_k_into(x, &mut q, &mut d, &mut bsums, &mut psums);
         QActsK {
             cols,
             q,
@@ -104,6 +70,151 @@ impl QActsK {
             &self.d[v * nb..(v + 1) * nb],
             &self.bsums[v * nb * 16..(v + 1) * nb * 16],
         )
+    }
+}
+
+/// [`QActsK::quantize`] into buffers: per 256 values of `x`, 256 quants in `q`, one scale
+/// in `d`, 16 sums in `bsums` and 16 floats in `psums` (all written, zeros included).
+pub(crate) fn quantize_q8_k_into(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+    psums: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::current() != Kernel::Scalar {
+        // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+        unsafe { quantize_q8_k_avx2(x, q, d, bsums, psums) };
+        return;
+    }
+    quantize_q8_k_blocks(x, q, d, bsums, psums);
+}
+
+/// [`quantize_q8_k_blocks`] in AVX2: the same operations on each value, so the same
+/// quants, scales and sums (the compiler's version moved values between lanes one by one).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_q8_k_avx2(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+    psums: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let nb = (x.len() / QK_K)
+        .min(q.len() / QK_K)
+        .min(d.len())
+        .min(bsums.len() / 16)
+        .min(psums.len() / 16);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let top = _mm256_set1_ps(127.0);
+    for b in 0..nb {
+        let p = x.as_ptr().add(b * QK_K);
+        let (mut hi, mut lo) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for i in 0..QK_K / 8 {
+            let v = _mm256_loadu_ps(p.add(8 * i));
+            hi = _mm256_max_ps(hi, v);
+            lo = _mm256_min_ps(lo, v);
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let hi = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        let l = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+        let l = _mm_min_ps(l, _mm_movehl_ps(l, l));
+        let lo = _mm_cvtss_f32(_mm_min_ss(l, _mm_movehdup_ps(l)));
+        let (amax, max) = if -lo > hi { (-lo, lo) } else { (hi, hi) };
+        let qb = &mut q[b * QK_K..(b + 1) * QK_K];
+        let bs = &mut bsums[b * 16..(b + 1) * 16];
+        let ps = &mut psums[b * 16..(b + 1) * 16];
+        if amax == 0.0 {
+            qb.fill(0);
+            bs.fill(0);
+            ps.fill(0.0);
+            d[b] = 0.0;
+            continue;
+        }
+        let iscale = -127.0 / max;
+        let is = _mm256_set1_ps(iscale);
+        // min(round_nearest(iscale · v), 127): exact integers, converted as they are.
+        let r = |i: usize| {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(8 * i)), is);
+            _mm256_cvttps_epi32(_mm256_min_ps(
+                _mm256_sub_ps(_mm256_add_ps(v, magic), magic),
+                top,
+            ))
+        };
+        for g in 0..QK_K / 32 {
+            let v = [r(4 * g), r(4 * g + 1), r(4 * g + 2), r(4 * g + 3)];
+            for (k, pair) in v.chunks_exact(2).enumerate() {
+                let s = _mm256_add_epi32(pair[0], pair[1]);
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                let s = _mm_hadd_epi32(s, s);
+                let s = _mm_hadd_epi32(s, s);
+                bs[2 * g + k] = _mm_cvtsi128_si32(s) as i16;
+            }
+            let lo16 = _mm256_packs_epi32(v[0], v[1]);
+            let hi16 = _mm256_packs_epi32(v[2], v[3]);
+            // The packs interleave 128-bit lanes; put the 4-value groups back in order.
+            let packed = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo16, hi16), order);
+            _mm256_storeu_si256(qb.as_mut_ptr().add(32 * g) as *mut __m256i, packed);
+        }
+        d[b] = 1.0 / iscale;
+        for (j, pv) in ps[..8].iter_mut().enumerate() {
+            *pv = d[b] * f32::from(bs[2 * j] + bs[2 * j + 1]);
+        }
+        ps[8] = d[b];
+        ps[9..].fill(0.0);
+    }
+}
+
+#[inline(always)]
+fn quantize_q8_k_blocks(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+    psums: &mut [f32],
+) {
+    for (b, xb) in x.chunks_exact(QK_K).enumerate() {
+        // The value of largest magnitude, from lane-wise max and min (vectorises). On a
+        // tie between +a and -a this takes +a where ggml takes the first; the products
+        // come out the same (the quants and the scale both change sign).
+        let (mut hi, mut lo) = ([0f32; 8], [0f32; 8]);
+        for c in xb.chunks_exact(8) {
+            for ((h, l), &v) in hi.iter_mut().zip(&mut lo).zip(c) {
+                *h = h.max(v);
+                *l = l.min(v);
+            }
+        }
+        let hi = hi.iter().fold(0f32, |a, &b| a.max(b));
+        let lo = lo.iter().fold(0f32, |a, &b| a.min(b));
+        let (amax, max) = if -lo > hi { (-lo, lo) } else { (hi, hi) };
+        let qb = &mut q[b * QK_K..(b + 1) * QK_K];
+        let bs = &mut bsums[b * 16..(b + 1) * 16];
+        let ps = &mut psums[b * 16..(b + 1) * 16];
+        if amax == 0.0 {
+            qb.fill(0);
+            bs.fill(0);
+            ps.fill(0.0);
+            d[b] = 0.0;
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (o, &v) in qb.iter_mut().zip(xb) {
+            *o = crate::kernels::round_nearest(iscale * v).min(127.0) as i32 as i8;
+        }
+        for (s, g) in bs.iter_mut().zip(qb.chunks_exact(16)) {
+            *s = g.iter().map(|&v| i16::from(v)).sum();
+        }
+        d[b] = 1.0 / iscale;
+        for (j, p) in ps[..8].iter_mut().enumerate() {
+            *p = d[b] * f32::from(bs[2 * j] + bs[2 * j + 1]);
+        }
+        ps[8] = d[b];
+        ps[9..].fill(0.0);
     }
 }
 
@@ -727,5 +838,37 @@ pub(crate) mod tests {
         }
         let zero = QActsK::quantize(&[0.0; QK_K], QK_K);
         assert_eq!(zero.d, vec![0.0]);
+    }
+
+    /// The AVX2 Q8_K quantising gives the portable loop's quants, scales and sums, bit for
+    /// bit (a zero block, a block whose largest magnitude is negative, ties).
+    #[test]
+    fn q8_k_quantising_is_the_same_in_every_kernel() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut x = random_vec(6 * QK_K, &mut rng);
+        x[..QK_K].fill(0.0);
+        x[QK_K + 7] = -40.0;
+        x[2 * QK_K..3 * QK_K]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i % 17) as f32 * 0.5 - 4.0);
+        let n = x.len() / QK_K;
+        let fresh = || {
+            (
+                vec![3i8; n * QK_K],
+                vec![3f32; n],
+                vec![3i16; n * 16],
+                vec![3f32; n * 16],
+            )
+        };
+        let (mut q, mut d, mut bs, mut ps) = fresh();
+        let (mut q2, mut d2, mut bs2, mut ps2) = fresh();
+        quantize_q8_k_into(&x, &mut q, &mut d, &mut bs, &mut ps);
+        quantize_q8_k_blocks(&x, &mut q2, &mut d2, &mut bs2, &mut ps2);
+        assert_eq!(q, q2);
+        assert_eq!(bs, bs2);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&d), bits(&d2));
+        assert_eq!(bits(&ps), bits(&ps2));
     }
 }

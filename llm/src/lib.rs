@@ -19,6 +19,7 @@ pub mod kquants;
 pub mod model;
 pub mod quant;
 pub mod requant;
+mod rows;
 pub mod template;
 mod tiled;
 pub mod tokenizer;

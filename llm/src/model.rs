@@ -11,8 +11,9 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::gguf::{Gguf, GgufError, TensorInfo, Value};
-use crate::kernels::{matmul_linear, Acts, Kernel, Linear, QMatrix, Weight};
+use crate::kernels::{matmul_linear, Acts, ActsRows, Kernel, Linear, QMatrix, Weight};
 use crate::quant::{dequantize, GgmlType};
+use crate::rows::{self, Rows, RowsRef};
 
 /// Architectures the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,21 +200,44 @@ fn load_weight(
     if !t.ty.readable() {
         return Err(unsupported(gguf, t));
     }
-    let raw = gguf.read_raw(file, t)?;
+    // Converted tensors are read a few rows at a time, so the file's copy of a large one
+    // (Gemma's 262k-row embeddings) and the converted one are never both in memory.
+    let row_bytes = t.ty.byte_size(cols as u64) as usize;
+    let piece = row_bytes * (LOAD_PIECE_BYTES / row_bytes.max(1)).max(1);
     match t.ty {
-        GgmlType::Q8_0 => Ok(Weight::Q8(QMatrix::from_q8_0_blocks(rows, cols, &raw))),
+        GgmlType::Q8_0 => {
+            let mut m = QMatrix::with_capacity(rows, cols);
+            gguf.read_pieces(file, t, piece, |raw| {
+                m.push_q8_0_blocks(raw);
+                Ok(())
+            })?;
+            Ok(Weight::Q8(m))
+        }
         ty if ty.native() => Ok(Weight::Blocks {
             ty,
             rows,
             cols,
-            data: raw,
+            data: gguf.read_raw(file, t)?,
         }),
-        _ => {
-            let f = dequantize_tensor(gguf, t, &raw)?;
-            Ok(Weight::Q8(QMatrix::from_f32(rows, cols, &f)))
+        ty => {
+            let mut m = QMatrix::with_capacity(rows, cols);
+            let mut f = Vec::new();
+            gguf.read_pieces(file, t, piece, |raw| {
+                f.resize(raw.len() / row_bytes * cols, 0.0);
+                if !dequantize(ty, raw, &mut f) {
+                    return Err(gguf.missing(format!("tensor `{}` has the wrong size", t.name)));
+                }
+                m.push_f32(&f);
+                Ok(())
+            })?;
+            Ok(Weight::Q8(m))
         }
     }
 }
+
+/// Bytes of a tensor read at a time when it is converted at load: few read calls, and
+/// well under Gemma's 178 MB embeddings (peak RSS measured the same as with 1 MB).
+const LOAD_PIECE_BYTES: usize = 32 << 20;
 
 fn unsupported(gguf: &Gguf, t: &TensorInfo) -> GgufError {
     GgufError::UnsupportedType {
@@ -733,7 +757,7 @@ impl Model {
                 context: c.context,
             });
         }
-        let (dim, kv, hd, qd) = (c.dim, c.kv_dim(), c.head_dim, c.q_dim());
+        let (dim, kv, qd) = (c.dim, c.kv_dim(), c.q_dim());
         let qkv_rows = qd + 2 * kv;
         let mut x = vec![0f32; n * dim];
         for (i, &t) in tokens.iter().enumerate() {
@@ -748,31 +772,176 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= s);
         }
         let pos0 = cache.len;
+        let piece = rows::piece(pool, n);
+        let ffn = c.ffn;
         let mut xn = vec![0f32; n * dim];
         let mut qkv = vec![0f32; n * qkv_rows];
         let mut att = vec![0f32; n * qd];
         let mut proj = vec![0f32; n * dim];
-        let mut normed = vec![0f32; n * dim];
-        let mut gu = vec![0f32; n * 2 * c.ffn];
-        let mut h = vec![0f32; n * c.ffn];
+        let mut gu = vec![0f32; n * 2 * ffn];
+        let mut h = vec![0f32; n * ffn];
+        let last = self.layers.len().saturating_sub(1);
+        // The previous layer's output waits in `proj` (with its post-FFN norm, if any) to
+        // be added to `x` by the next norm.
+        let mut pending: Option<Option<&[f32]>> = None;
         for (li, layer) in self.layers.iter().enumerate() {
-            rmsnorm(&x, &layer.attn_norm, c.eps, &mut xn);
-            self.project(pool, &layer.qkv, &xn, &mut qkv, tiled);
-            if let Some(b) = &layer.qkv_bias {
-                for row in qkv.chunks_exact_mut(qkv_rows) {
+            let mut acts = Acts::alloc(&layer.qkv, n);
+            let add = pending.map(|w| (&mut proj[..], w));
+            self.residual_norm(
+                pool,
+                piece,
+                n,
+                &mut x,
+                add,
+                &layer.attn_norm,
+                &mut xn,
+                Some(&mut acts),
+            );
+            matmul_linear(pool, self.kernel, &layer.qkv, &acts, &mut qkv, tiled);
+            self.bias_norm_rope(pool, piece, layer, pos0, &mut qkv);
+            for row in qkv.chunks_exact(qkv_rows) {
+                cache.k[li].extend_from_slice(&row[qd..qd + kv]);
+                cache.v[li].extend_from_slice(&row[qd + kv..]);
+            }
+            // Past the last layer's attention only the last token matters (its logits);
+            // the others' keys and values are in the cache. Each token's values do not
+            // depend on the others', so the last one's come out the same.
+            let m = if li == last { 1 } else { n };
+            let first = n - m;
+            x.drain(..first * dim);
+            let window = if layer.local { c.sliding_window } else { 0 };
+            self.attention(
+                pool,
+                &qkv[first * qkv_rows..],
+                &cache.k[li],
+                &cache.v[li],
+                pos0 + first,
+                m,
+                window,
+                &mut att[..m * qd],
+            );
+            let acts = self.quantized(pool, piece, &layer.wo, &att[..m * qd]);
+            matmul_linear(
+                pool,
+                self.kernel,
+                &layer.wo,
+                &acts,
+                &mut proj[..m * dim],
+                tiled,
+            );
+            let mut acts = Acts::alloc(&layer.gate_up, m);
+            let add = Some((&mut proj[..m * dim], layer.post_attn_norm.as_deref()));
+            self.residual_norm(
+                pool,
+                piece,
+                m,
+                &mut x,
+                add,
+                &layer.ffn_norm,
+                &mut xn[..m * dim],
+                Some(&mut acts),
+            );
+            let gu = &mut gu[..m * 2 * ffn];
+            matmul_linear(pool, self.kernel, &layer.gate_up, &acts, gu, tiled);
+            let mut acts = Acts::alloc(&layer.down, m);
+            self.gate(pool, piece, gu, &mut h[..m * ffn], &mut acts);
+            matmul_linear(
+                pool,
+                self.kernel,
+                &layer.down,
+                &acts,
+                &mut proj[..m * dim],
+                tiled,
+            );
+            pending = Some(layer.post_ffn_norm.as_deref());
+        }
+        cache.len += n;
+        // `x` now holds the last token only.
+        let mut normed = vec![0f32; dim];
+        let add = pending.map(|w| (&mut proj[..dim], w));
+        self.residual_norm(
+            pool,
+            piece,
+            1,
+            &mut x[..dim],
+            add,
+            &self.out_norm,
+            &mut normed,
+            None,
+        );
+        let mut logits = vec![0f32; c.vocab];
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        self.project(pool, head, &normed, &mut logits, tiled);
+        if c.final_softcap > 0.0 {
+            let cap = c.final_softcap;
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
+        Ok(logits)
+    }
+
+    /// For each of `n` tokens: `x += add` (first RMS-normed by its weight, if any), `out =`
+    /// `x` RMS-normed by `norm`, and `out` quantised into `acts`; split over the pool.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_norm(
+        &self,
+        pool: &rayon::ThreadPool,
+        piece: usize,
+        n: usize,
+        x: &mut [f32],
+        add: Option<(&mut [f32], Option<&[f32]>)>,
+        norm: &[f32],
+        out: &mut [f32],
+        acts: Option<&mut Acts>,
+    ) {
+        let (dim, eps) = (self.config.dim, self.config.eps);
+        let (add, post) = match add {
+            Some((a, w)) => (Some(Rows::new(a, dim)), w),
+            None => (None, None),
+        };
+        let bufs = (
+            Rows::new(x, dim),
+            add,
+            Rows::new(out, dim),
+            acts.map(Acts::rows),
+        );
+        let kernel = self.kernel;
+        rows::for_tokens(pool, n, piece, bufs, &|_, (x, add, out, acts)| {
+            #[cfg(target_arch = "x86_64")]
+            if kernel != Kernel::Scalar {
+                // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+                unsafe { residual_norm_rows_avx2(x, add, post, norm, eps, out, acts) };
+                return;
+            }
+            residual_norm_rows(x, add, post, norm, eps, out, acts)
+        });
+    }
+
+    /// Q/K/V biases, QK-norm and RoPE of each token's `qkv` row; split over the pool.
+    fn bias_norm_rope(
+        &self,
+        pool: &rayon::ThreadPool,
+        piece: usize,
+        layer: &Layer,
+        pos0: usize,
+        qkv: &mut [f32],
+    ) {
+        let c = &self.config;
+        let (kv, hd, qd) = (c.kv_dim(), c.head_dim, c.q_dim());
+        let qkv_rows = qd + 2 * kv;
+        let n = qkv.len() / qkv_rows;
+        let inv_freq = if layer.local {
+            &self.rope_inv_freq_local
+        } else {
+            &self.rope_inv_freq
+        };
+        let task = |t0: usize, rows: Rows<f32>| {
+            for (i, row) in rows.data.chunks_exact_mut(qkv_rows).enumerate() {
+                if let Some(b) = &layer.qkv_bias {
                     for (v, bv) in row.iter_mut().zip(b) {
                         *v += bv;
                     }
                 }
-            }
-            let inv_freq = if layer.local {
-                &self.rope_inv_freq_local
-            } else {
-                &self.rope_inv_freq
-            };
-            for i in 0..n {
-                let row = &mut qkv[i * qkv_rows..(i + 1) * qkv_rows];
-                let pos = (pos0 + i) as f32;
+                let pos = (pos0 + t0 + i) as f32;
                 let (q, rest) = row.split_at_mut(qd);
                 let k = &mut rest[..kv];
                 if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
@@ -786,61 +955,48 @@ impl Model {
                     rope(q, hd, pos, inv_freq);
                     rope(k, hd, pos, inv_freq);
                 }
-                cache.k[li].extend_from_slice(&rest[..kv]);
-                cache.v[li].extend_from_slice(&rest[kv..2 * kv]);
             }
-            let window = if layer.local { c.sliding_window } else { 0 };
-            self.attention(
-                pool,
-                &qkv,
-                &cache.k[li],
-                &cache.v[li],
-                pos0,
-                n,
-                window,
-                &mut att,
-            );
-            self.project(pool, &layer.wo, &att, &mut proj, tiled);
-            if let Some(w) = &layer.post_attn_norm {
-                rmsnorm(&proj, w, c.eps, &mut normed);
-                std::mem::swap(&mut proj, &mut normed);
-            }
-            for (a, b) in x.iter_mut().zip(&proj) {
-                *a += b;
-            }
-            rmsnorm(&x, &layer.ffn_norm, c.eps, &mut xn);
-            self.project(pool, &layer.gate_up, &xn, &mut gu, tiled);
-            for i in 0..n {
-                let g = &gu[i * 2 * c.ffn..i * 2 * c.ffn + c.ffn];
-                let u = &gu[i * 2 * c.ffn + c.ffn..(i + 1) * 2 * c.ffn];
-                let o = &mut h[i * c.ffn..(i + 1) * c.ffn];
-                if c.gelu {
+        };
+        rows::for_tokens(pool, n, piece, Rows::new(qkv, qkv_rows), &task);
+    }
+
+    /// `x` (whole vectors of `w.cols`) quantised for `w`; split over the pool.
+    fn quantized(&self, pool: &rayon::ThreadPool, piece: usize, w: &Linear, x: &[f32]) -> Acts {
+        let n = x.len() / w.cols;
+        let mut acts = Acts::alloc(w, n);
+        let bufs = (RowsRef::new(x, w.cols), acts.rows());
+        rows::for_tokens(pool, n, piece, bufs, &|_, (x, mut a)| a.quantize(x.data));
+        acts
+    }
+
+    /// `h = act(gate) · up` per token from the stacked `gu`, quantised into `acts`; split
+    /// over the pool.
+    fn gate(
+        &self,
+        pool: &rayon::ThreadPool,
+        piece: usize,
+        gu: &[f32],
+        h: &mut [f32],
+        acts: &mut Acts,
+    ) {
+        let (ffn, gelu) = (self.config.ffn, self.config.gelu);
+        let n = h.len() / ffn;
+        let bufs = (RowsRef::new(gu, 2 * ffn), Rows::new(h, ffn), acts.rows());
+        rows::for_tokens(pool, n, piece, bufs, &|_, (gu, h, mut acts)| {
+            for (gu, o) in gu
+                .data
+                .chunks_exact(2 * ffn)
+                .zip(h.data.chunks_exact_mut(ffn))
+            {
+                let (g, u) = gu.split_at(ffn);
+                if gelu {
                     crate::glu::gelu_mul(g, u, o);
                 } else {
                     crate::glu::silu_mul(g, u, o);
                 }
             }
-            self.project(pool, &layer.down, &h, &mut proj, tiled);
-            if let Some(w) = &layer.post_ffn_norm {
-                rmsnorm(&proj, w, c.eps, &mut normed);
-                std::mem::swap(&mut proj, &mut normed);
-            }
-            for (a, b) in x.iter_mut().zip(&proj) {
-                *a += b;
-            }
-        }
-        cache.len += n;
-        let last = &x[(n - 1) * dim..];
-        let mut normed = vec![0f32; dim];
-        rmsnorm(last, &self.out_norm, c.eps, &mut normed);
-        let mut logits = vec![0f32; c.vocab];
-        let head = self.output.as_ref().unwrap_or(&self.embed);
-        self.project(pool, head, &normed, &mut logits, tiled);
-        if c.final_softcap > 0.0 {
-            let cap = c.final_softcap;
-            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
-        }
-        Ok(logits)
+            acts.quantize(h.data);
+        });
     }
 
     /// Causal attention of the `n` new positions over the cache, one task per (token, head);
@@ -862,7 +1018,7 @@ impl Model {
         let qkv_rows = qd + 2 * kv;
         let group = c.heads / c.kv_heads;
         let (scale, cap) = (c.query_scale, c.attn_softcap);
-        let task = |(idx, o): (usize, &mut [f32])| {
+        let head = |idx: usize, o: &mut [f32]| {
             let (i, hh) = (idx / c.heads, idx % c.heads);
             let q = &qkv[i * qkv_rows + hh * hd..i * qkv_rows + (hh + 1) * hd];
             let kvh = hh / group;
@@ -872,26 +1028,17 @@ impl Model {
             } else {
                 0
             };
-            let mut scores: Vec<f32> = (from..upto)
-                .map(|t| {
-                    let k = &kc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
-                    let s = dot_f32(q, k) * scale;
-                    if cap > 0.0 {
-                        cap * (s / cap).tanh()
-                    } else {
-                        s
-                    }
-                })
-                .collect();
-            softmax(&mut scores);
-            o.fill(0.0);
-            for (t, &p) in (from..upto).zip(&scores) {
-                let v = &vc[t * kv + kvh * hd..t * kv + (kvh + 1) * hd];
-                for (ov, &vv) in o.iter_mut().zip(v) {
-                    *ov += p * vv;
-                }
+            let k = &kc[from * kv..upto * kv];
+            let v = &vc[from * kv..upto * kv];
+            #[cfg(target_arch = "x86_64")]
+            if self.kernel != Kernel::Scalar {
+                // SAFETY: the non-scalar kernels exist only where AVX2 and FMA were detected.
+                unsafe { attend_avx2(q, k, v, kv, kvh * hd, scale, cap, o) };
+                return;
             }
+            attend(q, k, v, kv, kvh * hd, scale, cap, o);
         };
+        let task = |(idx, o): (usize, &mut [f32])| head(idx, o);
         // Very short sequences are cheaper on this thread than a trip through the pool.
         if n * c.heads * (pos0 + n) < 256 {
             out.chunks_mut(hd).enumerate().for_each(task);
@@ -901,9 +1048,72 @@ impl Model {
     }
 }
 
+/// One query over the keys and values of its positions (rows of `stride` values, this
+/// head's at `offset`) into `o`. Plain loops, all inlined, so `attend_avx2` compiles the
+/// whole of it for 256-bit registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    cap: f32,
+    o: &mut [f32],
+) {
+    let hd = q.len();
+    let mut scores = Vec::with_capacity(k.len() / stride);
+    for kt in k.chunks_exact(stride) {
+        let s = dot_f32(q, &kt[offset..offset + hd]) * scale;
+        scores.push(if cap > 0.0 { cap * (s / cap).tanh() } else { s });
+    }
+    softmax(&mut scores);
+    o.fill(0.0);
+    for (vt, &p) in v.chunks_exact(stride).zip(&scores) {
+        for (ov, &vv) in o.iter_mut().zip(&vt[offset..offset + hd]) {
+            *ov += p * vv;
+        }
+    }
+}
+
+/// [`attend`] compiled for AVX2: the same float operations in the same order (Rust fuses
+/// no multiply-add by itself), so the same values, in 256-bit registers.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    cap: f32,
+    o: &mut [f32],
+) {
+    attend(q, k, v, stride, offset, scale, cap, o)
+}
+
+/// [`residual_norm_rows`] compiled for AVX2, as [`attend_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn residual_norm_rows_avx2(
+    x: Rows<f32>,
+    add: Option<Rows<f32>>,
+    post: Option<&[f32]>,
+    norm: &[f32],
+    eps: f32,
+    out: Rows<f32>,
+    acts: Option<ActsRows>,
+) {
+    residual_norm_rows(x, add, post, norm, eps, out, acts)
+}
+
 /// A dot product with eight independent partial sums, so it vectorises (a single running
 /// float sum cannot be reordered by the compiler).
-#[inline]
+#[inline(always)]
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
@@ -922,6 +1132,7 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (xi, oi) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -929,6 +1140,44 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         let s = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &g) in oi.iter_mut().zip(xi).zip(w) {
             *o = v * s * g;
+        }
+    }
+}
+
+/// [`Model::residual_norm`] for some tokens' rows.
+#[inline(always)]
+fn residual_norm_rows(
+    x: Rows<f32>,
+    add: Option<Rows<f32>>,
+    post: Option<&[f32]>,
+    norm: &[f32],
+    eps: f32,
+    out: Rows<f32>,
+    acts: Option<ActsRows>,
+) {
+    if let Some(a) = add {
+        if let Some(w) = post {
+            rmsnorm_self(a.data, w, eps);
+        }
+        for (xv, av) in x.data.iter_mut().zip(a.data.iter()) {
+            *xv += av;
+        }
+    }
+    rmsnorm(x.data, norm, eps, out.data);
+    if let Some(mut acts) = acts {
+        acts.quantize(out.data);
+    }
+}
+
+/// [`rmsnorm`] of `x` into itself, with the same arithmetic.
+#[inline(always)]
+fn rmsnorm_self(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for xi in x.chunks_exact_mut(d) {
+        let ms = dot_f32(xi, xi) / d as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        for (v, &g) in xi.iter_mut().zip(w) {
+            *v = *v * s * g;
         }
     }
 }

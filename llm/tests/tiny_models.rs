@@ -436,3 +436,62 @@ fn a_prompt_split_into_passes_gives_the_same_logits() {
         assert!(whole == split, "{arch}: the split prompt's logits differ");
     }
 }
+
+/// The work between the matmuls is split over the pool by tokens, and the matmuls by rows:
+/// a prompt's logits, and the decode steps after it, are the same bit for bit at any
+/// thread count.
+#[test]
+fn one_two_and_three_threads_give_the_same_logits() {
+    for arch in ["qwen2", "qwen3", "phi3", "gemma2"] {
+        let engine = Engine::load(&dir().join(format!("tiny-{arch}.gguf")), 1).expect("loads");
+        let model = &engine.model;
+        // Enough tokens for several tasks per thread.
+        let tokens: Vec<u32> = (0..45).map(|i| 40 + i * 5 % 200).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let mut cache = model.new_cache();
+            let mut out = vec![pool
+                .install(|| model.forward(&pool, &mut cache, &tokens))
+                .expect("forward")];
+            for t in [3, 5] {
+                out.push(
+                    pool.install(|| model.decode(&pool, &mut cache, t))
+                        .expect("decode"),
+                );
+            }
+            out
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            assert!(
+                run(threads) == one,
+                "{arch}: {threads} threads give other logits than one"
+            );
+        }
+    }
+}
+
+/// Tensors converted at load are read in pieces: the pieces, of any size, are the tensor's
+/// bytes in order.
+#[test]
+fn a_tensor_read_in_pieces_is_its_bytes() {
+    let path = dir().join("tiny-qwen3.gguf");
+    let g = Gguf::open(&path).expect("opens");
+    let mut file = std::fs::File::open(&path).expect("opens");
+    for t in &g.tensors {
+        let whole = g.read_raw(&mut file, t).expect("reads");
+        for piece in [1, 34, 1000, whole.len() + 5] {
+            let mut joined = Vec::new();
+            g.read_pieces(&mut file, t, piece, |p| {
+                assert!(p.len() <= piece && !p.is_empty());
+                joined.extend_from_slice(p);
+                Ok(())
+            })
+            .expect("reads");
+            assert!(joined == whole, "{} in pieces of {piece}", t.name);
+        }
+    }
+}
