@@ -235,8 +235,9 @@ fn load_weight(
     }
 }
 
-/// Bytes of a tensor read at a time when it is converted at load: few read calls, and
-/// well under Gemma's 178 MB embeddings (peak RSS measured the same as with 1 MB).
+/// Bytes of a tensor read at a time when it is converted at load. Peak RSS is the same
+/// with 1 MB pieces, but Gemma's decode then measured a few percent slower in most
+/// interleaved runs (the embeddings' memory placed differently?); 32 MB did not.
 const LOAD_PIECE_BYTES: usize = 32 << 20;
 
 fn unsupported(gguf: &Gguf, t: &TensorInfo) -> GgufError {
