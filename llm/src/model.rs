@@ -235,10 +235,8 @@ fn load_weight(
     }
 }
 
-/// Bytes of a tensor read at a time when it is converted at load. Peak RSS is the same
-/// with 1 MB pieces, but Gemma's decode then measured a few percent slower in most
-/// interleaved runs (the embeddings' memory placed differently?); 32 MB did not.
-const LOAD_PIECE_BYTES: usize = 32 << 20;
+/// Bytes of a tensor read at a time when it is converted at load.
+const LOAD_PIECE_BYTES: usize = 1 << 20;
 
 fn unsupported(gguf: &Gguf, t: &TensorInfo) -> GgufError {
     GgufError::UnsupportedType {
