@@ -579,57 +579,26 @@ impl Gguf {
 
     /// Reads one tensor's raw bytes.
     pub fn read_raw(&self, file: &mut File, t: &TensorInfo) -> Result<Vec<u8>, GgufError> {
-        let len = self.seek_tensor(file, t)?;
-        let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf)
-            .map_err(|e| self.read_error(t, e))?;
-        Ok(buf)
-    }
-
-    /// Reads one tensor's raw bytes in pieces of `piece` bytes (the last may be shorter),
-    /// handing each to `f`: a tensor converted at load (Gemma's 262k-row embeddings) is
-    /// then never held twice, raw and converted, at the same time.
-    pub fn read_pieces(
-        &self,
-        file: &mut File,
-        t: &TensorInfo,
-        piece: usize,
-        mut f: impl FnMut(&[u8]) -> Result<(), GgufError>,
-    ) -> Result<(), GgufError> {
-        let len = self.seek_tensor(file, t)?;
-        let mut buf = vec![0u8; piece.clamp(1, len.max(1))];
-        let mut left = len;
-        while left > 0 {
-            let take = left.min(buf.len());
-            file.read_exact(&mut buf[..take])
-                .map_err(|e| self.read_error(t, e))?;
-            f(&buf[..take])?;
-            left -= take;
-        }
-        Ok(())
-    }
-
-    /// Moves `file` to the start of `t`'s data; returns its size in bytes.
-    fn seek_tensor(&self, file: &mut File, t: &TensorInfo) -> Result<usize, GgufError> {
+        let io = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                GgufError::Truncated {
+                    path: self.path.clone(),
+                    what: format!("ends inside tensor `{}`", t.name),
+                }
+            } else {
+                GgufError::Io {
+                    path: self.path.clone(),
+                    source: e,
+                }
+            }
+        };
         let len =
             usize::try_from(t.byte_size()).map_err(|_| self.corrupt("tensor too large".into()))?;
         file.seek(SeekFrom::Start(self.data_offset + t.offset))
-            .map_err(|e| self.read_error(t, e))?;
-        Ok(len)
-    }
-
-    fn read_error(&self, t: &TensorInfo, e: std::io::Error) -> GgufError {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            GgufError::Truncated {
-                path: self.path.clone(),
-                what: format!("ends inside tensor `{}`", t.name),
-            }
-        } else {
-            GgufError::Io {
-                path: self.path.clone(),
-                source: e,
-            }
-        }
+            .map_err(io)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact(&mut buf).map_err(io)?;
+        Ok(buf)
     }
 
     /// The matrices' element types (tensors of two or more dimensions), each with how

@@ -30,44 +30,24 @@ impl QMatrix {
     /// Quantises a row-major f32 matrix.
     pub fn from_f32(rows: usize, cols: usize, x: &[f32]) -> QMatrix {
         debug_assert_eq!(x.len(), rows * cols);
-        let mut m = QMatrix::with_capacity(rows, cols);
-        m.push_f32(x);
-        m
+        let mut q = vec![0i8; rows * cols];
+        let mut d = vec![0f32; rows * cols / QK];
+        for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(&mut d) {
+            *db = quantize_block_q8(xb, qb);
+        }
+        QMatrix { rows, cols, q, d }
     }
 
     /// From GGUF Q8_0 blocks (f16 scale + 32 int8 each), without requantising.
     pub fn from_q8_0_blocks(rows: usize, cols: usize, data: &[u8]) -> QMatrix {
-        let mut m = QMatrix::with_capacity(rows, cols);
-        m.push_q8_0_blocks(&data[..data.len().min(rows * cols / QK * 34)]);
-        m
-    }
-
-    /// An empty `rows × cols` matrix with room for its values, filled by `push_*` in
-    /// pieces (a large tensor is converted as it is read, not after).
-    pub fn with_capacity(rows: usize, cols: usize) -> QMatrix {
-        QMatrix {
-            rows,
-            cols,
-            q: Vec::with_capacity(rows * cols),
-            d: Vec::with_capacity(rows * cols / QK),
+        let nb = rows * cols / QK;
+        let mut q = Vec::with_capacity(rows * cols);
+        let mut d = Vec::with_capacity(nb);
+        for b in data.chunks_exact(34).take(nb) {
+            d.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            q.extend(b[2..].iter().map(|&v| v as i8));
         }
-    }
-
-    /// Appends f32 values (whole 32-value blocks), quantised.
-    pub fn push_f32(&mut self, x: &[f32]) {
-        for xb in x.chunks_exact(QK) {
-            let mut qb = [0i8; QK];
-            self.d.push(quantize_block_q8(xb, &mut qb));
-            self.q.extend_from_slice(&qb);
-        }
-    }
-
-    /// Appends GGUF Q8_0 blocks (whole 34-byte blocks) as they are.
-    pub fn push_q8_0_blocks(&mut self, data: &[u8]) {
-        for b in data.chunks_exact(34) {
-            self.d.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
-            self.q.extend(b[2..].iter().map(|&v| v as i8));
-        }
+        QMatrix { rows, cols, q, d }
     }
 
     /// Stacks matrices with the same `cols` (e.g. Q, K and V into one QKV projection).
@@ -559,11 +539,7 @@ impl Linear {
         let mut merged: Vec<Weight> = Vec::with_capacity(parts.len());
         for p in parts {
             match (merged.last_mut(), p) {
-                (Some(Weight::Q8(a)), Weight::Q8(b)) => {
-                    a.rows += b.rows;
-                    a.q.extend_from_slice(&b.q);
-                    a.d.extend_from_slice(&b.d);
-                }
+                (Some(Weight::Q8(a)), Weight::Q8(b)) => *a = QMatrix::concat(&[a.clone(), b]),
                 (
                     Some(Weight::Blocks { ty, rows, data, .. }),
                     Weight::Blocks {

@@ -200,43 +200,21 @@ fn load_weight(
     if !t.ty.readable() {
         return Err(unsupported(gguf, t));
     }
-    // Converted tensors are read a few rows at a time, so the file's copy of a large one
-    // (Gemma's 262k-row embeddings) and the converted one are never both in memory.
-    let row_bytes = t.ty.byte_size(cols as u64) as usize;
-    let piece = row_bytes * (LOAD_PIECE_BYTES / row_bytes.max(1)).max(1);
+    let raw = gguf.read_raw(file, t)?;
     match t.ty {
-        GgmlType::Q8_0 => {
-            let mut m = QMatrix::with_capacity(rows, cols);
-            gguf.read_pieces(file, t, piece, |raw| {
-                m.push_q8_0_blocks(raw);
-                Ok(())
-            })?;
-            Ok(Weight::Q8(m))
-        }
+        GgmlType::Q8_0 => Ok(Weight::Q8(QMatrix::from_q8_0_blocks(rows, cols, &raw))),
         ty if ty.native() => Ok(Weight::Blocks {
             ty,
             rows,
             cols,
-            data: gguf.read_raw(file, t)?,
+            data: raw,
         }),
-        ty => {
-            let mut m = QMatrix::with_capacity(rows, cols);
-            let mut f = Vec::new();
-            gguf.read_pieces(file, t, piece, |raw| {
-                f.resize(raw.len() / row_bytes * cols, 0.0);
-                if !dequantize(ty, raw, &mut f) {
-                    return Err(gguf.missing(format!("tensor `{}` has the wrong size", t.name)));
-                }
-                m.push_f32(&f);
-                Ok(())
-            })?;
-            Ok(Weight::Q8(m))
+        _ => {
+            let f = dequantize_tensor(gguf, t, &raw)?;
+            Ok(Weight::Q8(QMatrix::from_f32(rows, cols, &f)))
         }
     }
 }
-
-/// Bytes of a tensor read at a time when it is converted at load.
-const LOAD_PIECE_BYTES: usize = 1 << 20;
 
 fn unsupported(gguf: &Gguf, t: &TensorInfo) -> GgufError {
     GgufError::UnsupportedType {

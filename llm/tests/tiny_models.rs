@@ -473,25 +473,3 @@ fn one_two_and_three_threads_give_the_same_logits() {
         }
     }
 }
-
-/// Tensors converted at load are read in pieces: the pieces, of any size, are the tensor's
-/// bytes in order.
-#[test]
-fn a_tensor_read_in_pieces_is_its_bytes() {
-    let path = dir().join("tiny-qwen3.gguf");
-    let g = Gguf::open(&path).expect("opens");
-    let mut file = std::fs::File::open(&path).expect("opens");
-    for t in &g.tensors {
-        let whole = g.read_raw(&mut file, t).expect("reads");
-        for piece in [1, 34, 1000, whole.len() + 5] {
-            let mut joined = Vec::new();
-            g.read_pieces(&mut file, t, piece, |p| {
-                assert!(p.len() <= piece && !p.is_empty());
-                joined.extend_from_slice(p);
-                Ok(())
-            })
-            .expect("reads");
-            assert!(joined == whole, "{} in pieces of {piece}", t.name);
-        }
-    }
-}
