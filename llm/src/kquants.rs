@@ -130,10 +130,8 @@ unsafe fn quantize_q8_k_avx2(
         let bs = &mut bsums[b * 16..(b + 1) * 16];
         let ps = &mut psums[b * 16..(b + 1) * 16];
         if amax == 0.0 {
-            qb.fill(0);
-            bs.fill(0);
-            ps.fill(0.0);
             d[b] = 0.0;
+            zero_q8_k_block(qb, bs, ps);
             continue;
         }
         let iscale = -127.0 / max;
@@ -162,11 +160,7 @@ unsafe fn quantize_q8_k_avx2(
             _mm256_storeu_si256(qb.as_mut_ptr().add(32 * g) as *mut __m256i, packed);
         }
         d[b] = 1.0 / iscale;
-        for (j, pv) in ps[..8].iter_mut().enumerate() {
-            *pv = d[b] * f32::from(bs[2 * j] + bs[2 * j + 1]);
-        }
-        ps[8] = d[b];
-        ps[9..].fill(0.0);
+        pair_sums(d[b], bs, ps);
     }
 }
 
@@ -196,10 +190,8 @@ fn quantize_q8_k_blocks(
         let bs = &mut bsums[b * 16..(b + 1) * 16];
         let ps = &mut psums[b * 16..(b + 1) * 16];
         if amax == 0.0 {
-            qb.fill(0);
-            bs.fill(0);
-            ps.fill(0.0);
             d[b] = 0.0;
+            zero_q8_k_block(qb, bs, ps);
             continue;
         }
         let iscale = -127.0 / max;
@@ -210,12 +202,26 @@ fn quantize_q8_k_blocks(
             *s = g.iter().map(|&v| i16::from(v)).sum();
         }
         d[b] = 1.0 / iscale;
-        for (j, p) in ps[..8].iter_mut().enumerate() {
-            *p = d[b] * f32::from(bs[2 * j] + bs[2 * j + 1]);
-        }
-        ps[8] = d[b];
-        ps[9..].fill(0.0);
+        pair_sums(d[b], bs, ps);
     }
+}
+
+/// A Q8_K block of zeros: no quants and no sums.
+#[inline(always)]
+fn zero_q8_k_block(q: &mut [i8], bsums: &mut [i16], psums: &mut [f32]) {
+    q.fill(0);
+    bsums.fill(0);
+    psums.fill(0.0);
+}
+
+/// The block's 32-value sums times its scale `d`, and the scale after them.
+#[inline(always)]
+fn pair_sums(d: f32, bsums: &[i16], psums: &mut [f32]) {
+    for (j, p) in psums[..8].iter_mut().enumerate() {
+        *p = d * f32::from(bsums[2 * j] + bsums[2 * j + 1]);
+    }
+    psums[8] = d;
+    psums[9..].fill(0.0);
 }
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K block (ggml's
