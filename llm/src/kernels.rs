@@ -38,15 +38,26 @@ impl QMatrix {
         QMatrix { rows, cols, q, d }
     }
 
-    /// From GGUF Q8_0 blocks (f16 scale + 32 int8 each), without requantising.
-    pub fn from_q8_0_blocks(rows: usize, cols: usize, data: &[u8]) -> QMatrix {
-        let nb = rows * cols / QK;
-        let mut q = Vec::with_capacity(rows * cols);
+    /// From GGUF Q8_0 blocks (f16 scale + 32 int8 each), without requantising. The quants
+    /// are moved down inside `data` itself, so a large matrix (Gemma 3's 262k-row
+    /// embeddings, 178 MB) is never held twice while loading.
+    pub fn from_q8_0_blocks(rows: usize, cols: usize, mut data: Vec<u8>) -> QMatrix {
+        let nb = (rows * cols / QK).min(data.len() / 34);
         let mut d = Vec::with_capacity(nb);
-        for b in data.chunks_exact(34).take(nb) {
-            d.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
-            q.extend(b[2..].iter().map(|&v| v as i8));
+        for b in 0..nb {
+            let at = b * 34;
+            d.push(half::f16::from_le_bytes([data[at], data[at + 1]]).to_f32());
+            data.copy_within(at + 2..at + 34, b * QK);
         }
+        data.truncate(nb * QK);
+        // A large buffer is its own mapping, which glibc shrinks with mremap (no copy).
+        data.shrink_to_fit();
+        let mut data = std::mem::ManuallyDrop::new(data);
+        // SAFETY: u8 and i8 have the same size and alignment, and the allocation's
+        // pointer, length and capacity pass unchanged to the new Vec, which owns it.
+        let q = unsafe {
+            Vec::from_raw_parts(data.as_mut_ptr().cast::<i8>(), data.len(), data.capacity())
+        };
         QMatrix { rows, cols, q, d }
     }
 
@@ -852,6 +863,27 @@ mod tests {
         quantize_q8_blocks(&x, &mut q2, &mut d2);
         assert_eq!(q, q2);
         assert!(d.iter().zip(&d2).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    /// Blocks read from a file become the same quants and scales ggml's own dequantiser
+    /// gives (the quants are moved inside the read buffer).
+    #[test]
+    fn q8_0_blocks_are_read_in_place_as_ggml_lays_them_out() {
+        let (rows, cols) = (3, 96);
+        let mut raw = Vec::new();
+        for (b, q) in data(rows * cols, 6).chunks_exact(QK).enumerate() {
+            raw.extend_from_slice(&half::f16::from_f32(0.01 * (b + 1) as f32).to_le_bytes());
+            raw.extend(q.iter().map(|v| (v * 250.0) as i8 as u8));
+        }
+        let mut want = vec![0f32; rows * cols];
+        assert!(dequantize(GgmlType::Q8_0, &raw, &mut want));
+        let m = QMatrix::from_q8_0_blocks(rows, cols, raw);
+        assert_eq!((m.q.len(), m.d.len()), (rows * cols, rows * cols / QK));
+        let mut got = vec![0f32; cols];
+        for r in 0..rows {
+            m.row_f32(r, &mut got);
+            assert_eq!(got, want[r * cols..(r + 1) * cols]);
+        }
     }
 
     #[test]

@@ -202,7 +202,7 @@ fn load_weight(
     }
     let raw = gguf.read_raw(file, t)?;
     match t.ty {
-        GgmlType::Q8_0 => Ok(Weight::Q8(QMatrix::from_q8_0_blocks(rows, cols, &raw))),
+        GgmlType::Q8_0 => Ok(Weight::Q8(QMatrix::from_q8_0_blocks(rows, cols, raw))),
         ty if ty.native() => Ok(Weight::Blocks {
             ty,
             rows,
