@@ -50,6 +50,17 @@ fn rss_mb() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Memory held in transparent huge pages, MB.
+fn huge_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
@@ -125,14 +136,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let decode_cpu = cpu_s() - c;
     // The *_cpu figures: tokens per second of CPU time (all threads together).
     println!(
-        "{{\"engine\":\"coda\",\"kernel\":\"{:?}\",\"threads\":{threads},\"prompt_tokens\":{},\"prompt_tok_s\":{:.2},\"decode_tok_s\":{:.2},\"prompt_tok_cpu_s\":{:.2},\"decode_tok_cpu_s\":{:.2},\"rss_loaded_mb\":{rss_loaded:.1},\"rss_peak_after_load_mb\":{hwm_loaded:.1},\"rss_peak_mb\":{:.1}}}",
+        "{{\"engine\":\"coda\",\"kernel\":\"{:?}\",\"threads\":{threads},\"prompt_tokens\":{},\"prompt_tok_s\":{:.2},\"decode_tok_s\":{:.2},\"prompt_tok_cpu_s\":{:.2},\"decode_tok_cpu_s\":{:.2},\"rss_loaded_mb\":{rss_loaded:.1},\"rss_peak_after_load_mb\":{hwm_loaded:.1},\"rss_peak_mb\":{:.1},\"huge_mb\":{:.1}}}",
         model.kernel(),
         prompt.len(),
         prompt.len() as f64 / prompt_s,
         decode as f64 / decode_s,
         prompt.len() as f64 / cpu[cpu.len() / 2],
         decode as f64 / decode_cpu,
-        rss_mb().1
+        rss_mb().1,
+        huge_mb()
     );
     Ok(())
 }

@@ -597,7 +597,7 @@ impl Gguf {
         file.seek(SeekFrom::Start(self.data_offset + t.offset))
             .map_err(io)?;
         let mut buf = vec![0u8; len];
-        huge_pages(&mut buf);
+        crate::arena::huge_pages(buf.as_mut_ptr(), buf.len());
         file.read_exact(&mut buf).map_err(io)?;
         Ok(buf)
     }
@@ -636,30 +636,6 @@ impl Gguf {
             source: e,
         })
     }
-}
-
-/// Asks Linux to back a large, not yet touched buffer with 2 MB pages where it has them
-/// to spare (`transparent_hugepage` = `madvise` is the usual default): decode streams every
-/// weight once per token, and with 4 KB pages the TLB misses on each new page.
-fn huge_pages(buf: &mut [u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (buf.as_mut_ptr() as usize).next_multiple_of(HUGE);
-        let end = (buf.as_mut_ptr() as usize + buf.len()) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: the range lies inside `buf`, and MADV_HUGEPAGE changes only how its
-            // pages are backed, never their contents.
-            let rc = unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE)
-            };
-            if rc != 0 {
-                tracing::debug!(error = %std::io::Error::last_os_error(), "madvise(MADV_HUGEPAGE) refused");
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = buf;
 }
 
 /// A tensor to write: its name, ggml dims and type; its bytes come from a callback.

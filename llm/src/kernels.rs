@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::arena::{Buf, Packer};
 use crate::kquants::{QActsK, QK_K};
 use crate::quant::{dequantize, quantize_block_q8, GgmlType, QK};
 use crate::rows::{Rows, Split};
@@ -21,9 +22,9 @@ pub struct QMatrix {
     /// Input size (a multiple of 32).
     pub cols: usize,
     /// `rows * cols` quants.
-    pub q: Vec<i8>,
+    pub q: Buf<i8>,
     /// `rows * cols / 32` scales.
-    pub d: Vec<f32>,
+    pub d: Buf<f32>,
 }
 
 impl QMatrix {
@@ -35,7 +36,12 @@ impl QMatrix {
         for ((xb, qb), db) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(&mut d) {
             *db = quantize_block_q8(xb, qb);
         }
-        QMatrix { rows, cols, q, d }
+        QMatrix {
+            rows,
+            cols,
+            q: q.into(),
+            d: d.into(),
+        }
     }
 
     /// From GGUF Q8_0 blocks (f16 scale + 32 int8 each), without requantising. The quants
@@ -58,7 +64,12 @@ impl QMatrix {
         let q = unsafe {
             Vec::from_raw_parts(data.as_mut_ptr().cast::<i8>(), data.len(), data.capacity())
         };
-        QMatrix { rows, cols, q, d }
+        QMatrix {
+            rows,
+            cols,
+            q: q.into(),
+            d: d.into(),
+        }
     }
 
     /// Stacks matrices with the same `cols` (e.g. Q, K and V into one QKV projection).
@@ -67,8 +78,8 @@ impl QMatrix {
         let mut out = QMatrix {
             rows: 0,
             cols,
-            q: Vec::new(),
-            d: Vec::new(),
+            q: Buf::default(),
+            d: Buf::default(),
         };
         for p in parts {
             debug_assert_eq!(p.cols, cols);
@@ -479,7 +490,7 @@ pub enum Weight {
         /// Input size (a multiple of the type's block).
         cols: usize,
         /// `rows * row_bytes` bytes.
-        data: Vec<u8>,
+        data: Buf<u8>,
     },
 }
 
@@ -497,6 +508,17 @@ impl Weight {
         match self {
             Weight::Q8(m) => m.cols,
             Weight::Blocks { cols, .. } => *cols,
+        }
+    }
+
+    /// Hands its buffers to `p` (see [`crate::arena`]).
+    pub fn pack(&mut self, p: &mut Packer) {
+        match self {
+            Weight::Q8(m) => {
+                p.visit(&mut m.q);
+                p.visit(&mut m.d);
+            }
+            Weight::Blocks { data, .. } => p.visit(data),
         }
     }
 
@@ -584,6 +606,11 @@ impl Linear {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.parts.iter().map(Weight::bytes).sum()
+    }
+
+    /// Hands its matrices' buffers to `p` (see [`crate::arena`]).
+    pub fn pack(&mut self, p: &mut Packer) {
+        self.parts.iter_mut().for_each(|w| w.pack(p));
     }
 
     /// The matrices held (one per type run).

@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod arena;
 pub mod engine;
 pub mod gguf;
 mod glu;

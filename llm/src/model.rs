@@ -10,6 +10,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
+use crate::arena::Packer;
 use crate::gguf::{Gguf, GgufError, TensorInfo, Value};
 use crate::kernels::{matmul_linear, Acts, ActsRows, Kernel, Linear, QMatrix, Weight};
 use crate::quant::{dequantize, GgmlType};
@@ -207,7 +208,7 @@ fn load_weight(
             ty,
             rows,
             cols,
-            data: raw,
+            data: raw.into(),
         }),
         _ => {
             let f = dequantize_tensor(gguf, t, &raw)?;
@@ -617,7 +618,7 @@ impl Model {
             }
         }
         let rope_inv_freq_local = inv_freq(c.rope_base_local, 1.0);
-        Ok(Model {
+        let mut model = Model {
             config: c,
             embed,
             layers,
@@ -626,7 +627,30 @@ impl Model {
             rope_inv_freq,
             rope_inv_freq_local,
             kernel: Kernel::current(),
-        })
+        };
+        model.pack();
+        Ok(model)
+    }
+
+    /// Moves the layers' matrices into one arena in huge pages ([`crate::arena`]).
+    fn pack(&mut self) {
+        let mut walk = |p: &mut Packer| {
+            for l in &mut self.layers {
+                for w in [&mut l.qkv, &mut l.wo, &mut l.gate_up, &mut l.down] {
+                    w.pack(p);
+                }
+            }
+            self.embed.pack(p);
+            if let Some(o) = &mut self.output {
+                o.pack(p);
+            }
+        };
+        let mut p = Packer::measure();
+        walk(&mut p);
+        if let Some(mut p) = p.into_placing() {
+            walk(&mut p);
+            tracing::debug!(bytes = p.finish(), "weights packed");
+        }
     }
 
     /// Opens and loads a GGUF file.

@@ -769,7 +769,7 @@ mod tests {
                     ty,
                     rows,
                     cols,
-                    data: random_blocks(ty, rows * nb, &mut rng),
+                    data: random_blocks(ty, rows * nb, &mut rng).into(),
                 }
             };
             let lin = Linear::new(vec![w.clone()]);
