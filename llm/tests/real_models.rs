@@ -9,14 +9,18 @@
 
 use std::path::{Path, PathBuf};
 
+use coda_llm::kernels::Kernel;
 use coda_llm::{Engine, GenParams};
 use sha2::{Digest, Sha256};
 
 /// Largest difference allowed between our logit and llama.cpp's for each of its top
 /// tokens (and for the mean and spread of all logits). Both quantise activations the same
-/// way (Q8_0 / Q8_K) but sum in different orders and use their own GELU/exp; over 18-30
-/// layers that moves logits by a few hundredths up to a few tenths.
-const LOGIT_TOLERANCE: f32 = 0.5;
+/// way (Q8_0 / Q8_K) but sum in different orders and use their own GELU/exp; a last-bit
+/// difference before a quantising step can move an activation by a whole step, and over
+/// 18-30 layers that moves logits by tenths. Our own three kernels differ from each other
+/// by as much as from llama.cpp (top 20, 2026-12-05: Gemma 3 0.51-0.63 between kernels
+/// and 0.33-0.53 from llama.cpp; SmolLM2 0.26-0.38 and 0.28-0.62).
+const LOGIT_TOLERANCE: f32 = 0.75;
 
 fn model_from(var: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
@@ -197,14 +201,58 @@ fn check_logits(var: &str, fixture_name: &str) {
     }
 }
 
+/// The comparison again under each slower kernel this CPU has: this test run as a child
+/// with `CODA_LLM_KERNEL` set (the kernel is chosen once per process).
+fn under_slower_kernels(test: &str, var: &str) {
+    if std::env::var_os("CODA_LLM_KERNEL").is_some() || model_from(var).is_none() {
+        return;
+    }
+    let mut kernels = vec!["scalar"];
+    if !matches!(Kernel::best(), Kernel::Scalar | Kernel::Avx2) {
+        kernels.push("avx2");
+    }
+    for k in kernels {
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+            .env("CODA_LLM_KERNEL", k)
+            .output()
+            .expect("test binary runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{test} under CODA_LLM_KERNEL={k}: {err}"
+        );
+        assert!(
+            err.contains("worst top-"),
+            "{test} under {k} compared nothing: {err}"
+        );
+        eprintln!(
+            "under {k}: {}",
+            err.lines()
+                .filter(|l| l.contains("worst top-"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+}
+
 #[test]
 fn gemma3_first_step_logits_match_llama_cpp() {
     check_logits("CODA_TEST_GEMMA", "gemma3-270m-q4_k_m.json");
+    under_slower_kernels(
+        "gemma3_first_step_logits_match_llama_cpp",
+        "CODA_TEST_GEMMA",
+    );
 }
 
 #[test]
 fn smollm2_first_step_logits_match_llama_cpp() {
     check_logits("CODA_TEST_MODEL", "smollm2-q8_0.json");
+    under_slower_kernels(
+        "smollm2_first_step_logits_match_llama_cpp",
+        "CODA_TEST_MODEL",
+    );
 }
 
 #[test]
