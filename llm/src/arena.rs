@@ -78,42 +78,42 @@ impl std::fmt::Debug for Arena {
     }
 }
 
-/// A weight buffer: its own vector, or a stretch of an [`Arena`].
+/// A weight buffer: its own vector, or a stretch of an [`Arena`] (placed there only by a
+/// [`Packer`], so every stretch is in bounds and aligned).
 #[derive(Debug, Clone)]
-pub enum Buf<T: Pod> {
-    /// As loaded.
+pub struct Buf<T: Pod>(Held<T>);
+
+#[derive(Debug, Clone)]
+enum Held<T: Pod> {
     Own(Vec<T>),
-    /// Placed by a [`Packer`].
     Packed {
         /// Kept alive by every buffer in it.
         arena: Arc<Arena>,
         /// Bytes from the arena's start (a multiple of [`ALIGN`]).
         offset: usize,
-        /// Values.
         len: usize,
-        /// The values' type.
         _t: PhantomData<T>,
     },
 }
 
 impl<T: Pod> Default for Buf<T> {
     fn default() -> Self {
-        Buf::Own(Vec::new())
+        Buf(Held::Own(Vec::new()))
     }
 }
 
 impl<T: Pod> From<Vec<T>> for Buf<T> {
     fn from(v: Vec<T>) -> Self {
-        Buf::Own(v)
+        Buf(Held::Own(v))
     }
 }
 
 impl<T: Pod> Deref for Buf<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        match self {
-            Buf::Own(v) => v,
-            Buf::Packed {
+        match &self.0 {
+            Held::Own(v) => v,
+            Held::Packed {
                 arena, offset, len, ..
             } => {
                 // SAFETY: `Packer` placed `len` values of T at `offset` (aligned for T, as
@@ -130,14 +130,19 @@ impl<T: Pod> Deref for Buf<T> {
 impl<T: Pod> Buf<T> {
     /// Appends, turning a packed buffer back into its own vector first.
     pub fn extend_from_slice(&mut self, more: &[T]) {
-        match self {
-            Buf::Own(v) => v.extend_from_slice(more),
-            Buf::Packed { .. } => {
+        match &mut self.0 {
+            Held::Own(v) => v.extend_from_slice(more),
+            Held::Packed { .. } => {
                 let mut v = self.to_vec();
                 v.extend_from_slice(more);
-                *self = Buf::Own(v);
+                self.0 = Held::Own(v);
             }
         }
+    }
+
+    /// Whether it lives in an arena.
+    pub fn is_packed(&self) -> bool {
+        matches!(self.0, Held::Packed { .. })
     }
 }
 
@@ -180,7 +185,7 @@ impl Packer {
 
     /// Measures or places one buffer.
     pub fn visit<T: Pod>(&mut self, b: &mut Buf<T>) {
-        let Buf::Own(v) = b else { return };
+        let Held::Own(v) = &b.0 else { return };
         let bytes = std::mem::size_of_val(v.as_slice());
         if bytes == 0 || bytes > OWN_ABOVE {
             return;
@@ -205,7 +210,7 @@ impl Packer {
             )
         };
         let len = v.len();
-        *b = Buf::Packed {
+        b.0 = Held::Packed {
             arena: arena.clone(),
             offset,
             len,
@@ -273,8 +278,8 @@ mod tests {
         let mut p = p.into_placing().expect("arena");
         walk(&mut p, &mut a, &mut b, &mut c, &mut big);
         assert_eq!(p.packed(), 200 + 12);
-        assert!(matches!(a, Buf::Packed { .. }) && matches!(b, Buf::Packed { .. }));
-        assert!(matches!(big, Buf::Own(_)) && matches!(c, Buf::Own(_)));
+        assert!(a.is_packed() && b.is_packed());
+        assert!(!big.is_packed() && !c.is_packed());
         assert_eq!((&a[..], &b[..]), (&wa[..], &wb[..]));
         assert_eq!(b.as_ptr() as usize % ALIGN, 0);
         drop(p);

@@ -184,11 +184,11 @@ pub(crate) fn run(
     store: &mut Store<'_>,
 ) -> bool {
     match kernel {
-        #[cfg(target_arch = "x86_64")]
         // One token (the last layer's feed-forward, the output head): no padded tile.
         // Q8_0 weights in tiles of 8 tokens: each row's offset sums are shared by more
         // tokens (SmolLM2's prompt +1 to +6 %). Unpacked Q5_0 and K-quant rows keep 4
         // (8 cost Gemma 3 4 to 7 %). Each (row, token) sums the same way in every shape.
+        #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => match (w, x.n) {
             (_, 1) => run_with::<3, 1>(kernel, w, rows, x, store),
             (Weight::Q8(_), n) if n >= 8 => run_with::<3, 8>(kernel, w, rows, x, store),
