@@ -33,6 +33,9 @@ export class TranscriptView {
     item.node = el(`div.msg.${item.role}`, { dataset: { turn: item.turn || '' } },
       el('div.meta', `${item.label || item.role} · ${clock(item.ts)}`),
       el('div.text'));
+    // Streaming from the start: render() runs a frame later, and until then an answer
+    // just begun looked finished (to a script counting finished answers, too).
+    item.node.classList.toggle('streaming', item.role === 'assistant' && !item.done);
     this.items.push(item);
     this.list.append(item.node);
     if (this.items.length > MAX_ITEMS) {
