@@ -36,29 +36,20 @@ fn cpu_s() -> f64 {
     ns as f64 / 1e9
 }
 
-/// (VmRSS, VmHWM) of this process in MB: now, and the peak so far (load included).
-fn rss_mb() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Memory held in transparent huge pages, MB.
-fn huge_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/smaps_rollup")
+/// A `Name:  N kB` field of a /proc file of this process, in MB (0 when absent).
+fn proc_mb(file: &str, name: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/self/{file}"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("AnonHugePages:"))
+        .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// (VmRSS, VmHWM) of this process in MB: now, and the peak so far (load included).
+fn rss_mb() -> (f64, f64) {
+    (proc_mb("status", "VmRSS:"), proc_mb("status", "VmHWM:"))
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -144,7 +135,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt.len() as f64 / cpu[cpu.len() / 2],
         decode as f64 / decode_cpu,
         rss_mb().1,
-        huge_mb()
+        // Memory in transparent huge pages.
+        proc_mb("smaps_rollup", "AnonHugePages:")
     );
     Ok(())
 }
