@@ -669,13 +669,26 @@ fn the_wake_word_check_tells_the_word_from_other_speech() {
         ("en-us+m3", "they called her", false),
     ] {
         let s = engine
-            .phrase_score(&clip(voice, text), &phrases)
+            .phrase_score(&clip(voice, text), &phrases, None)
             .expect("scored");
         // As scored beside a middling match.
         let s = fused(s, MATCH_REFERENCE);
         scores.push(format!("{voice} {text:?}: {s:.2}"));
         assert_eq!(s >= threshold, word, "{scores:?}");
     }
+
+    // A check nobody waits for stops (whisper.cpp's abort), and the engine scores the next
+    // one as before.
+    let word = clip("en-us", "hey coda");
+    let before = engine.phrase_score(&word, &phrases, None).expect("scored");
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cancelled = engine.phrase_score(&word, &phrases, Some(&cancel));
+    assert!(
+        matches!(cancelled, Err(coda_actors::stt::SttFailure::Cancelled)),
+        "{cancelled:?}"
+    );
+    let after = engine.phrase_score(&word, &phrases, None).expect("scored");
+    assert_eq!(before, after);
 
     let detections = |text: &str| -> usize {
         let samples = clip("en-us+m1", text);

@@ -221,8 +221,14 @@ impl WhisperEngine {
     /// window fitted to it: [`clip_audio_ctx`]), their log-probabilities combined by
     /// [`phrase_check`]; the likeliest phrase's score. Free transcription is no judge
     /// here: tiny.en writes an unfamiliar name said by an unusual voice as other words
-    /// ("Take all that"), while the name stays likely.
-    pub fn phrase_score(&self, samples: &[f32], phrases: &[Phrase]) -> Result<f64, SttFailure> {
+    /// ("Take all that"), while the name stays likely. `abort`, once set, stops the check
+    /// at whisper.cpp's next step or the next phrase ([`SttFailure::Cancelled`]).
+    pub fn phrase_score(
+        &self,
+        samples: &[f32],
+        phrases: &[Phrase],
+        abort: Option<&Arc<AtomicBool>>,
+    ) -> Result<f64, SttFailure> {
         let rate = SPEECH_SAMPLE_RATE as usize;
         let pcm = pcm_of(samples);
         let failed =
@@ -266,10 +272,19 @@ impl WhisperEngine {
         ));
         params.set_single_segment(true);
         params.set_max_tokens(1);
-        state.full(params, &pcm).map_err(failed)?;
+        if let Err(e) = full_abortable(&mut state, params, &pcm, abort) {
+            if matches!(e, SttFailure::Cancelled) {
+                self.give_back(state);
+            }
+            return Err(e);
+        }
         let threads = self.threads.max(1) as usize;
         let mut best = f64::NEG_INFINITY;
         for (lead, joiner, name) in &sequences {
+            if abort.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                self.give_back(state);
+                return Err(SttFailure::Cancelled);
+            }
             let tokens: Vec<_> = prefix
                 .iter()
                 .chain(lead)
@@ -316,27 +331,7 @@ impl WhisperEngine {
             params.set_single_segment(true);
             params.set_max_tokens(cap);
         }
-        if let Some(flag) = abort {
-            // whisper-rs 0.16's `set_abort_callback_safe` is unsound: its trampoline reads
-            // the boxed closure as the caller's closure type, so whisper.cpp "aborts" on
-            // whatever the heap holds there (error -6 in about half of the process starts)
-            // and it leaks the box on every call. Our trampoline gets a pointer to the flag,
-            // which `abort` keeps alive until `full` returns.
-            // SAFETY: `abort_requested` only reads an AtomicBool through the pointer, and
-            // the Arc it points into outlives this call.
-            unsafe {
-                params.set_abort_callback(Some(abort_requested));
-                params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut c_void);
-            }
-        }
-        ABORTING.with(|a| a.set(false));
-        let result = state.full(params, pcm);
-        if abort.is_some_and(|f| f.load(Ordering::Relaxed)) {
-            return Err(SttFailure::Cancelled);
-        }
-        if let Err(e) = result {
-            return Err(SttFailure::Failed(format!("whisper.cpp failed: {e}")));
-        }
+        full_abortable(state, params, pcm, abort)?;
         let eot = self.ctx.token_eot();
         let mut text = String::new();
         let (mut p_sum, mut p_n) = (0f64, 0usize);
@@ -404,6 +399,35 @@ impl WhisperEngine {
             pool.push(state);
         }
     }
+}
+
+/// `state.full`, stopped at whisper.cpp's next check once `abort` is set
+/// ([`SttFailure::Cancelled`]).
+fn full_abortable(
+    state: &mut whisper_rs::WhisperState,
+    mut params: FullParams<'_, '_>,
+    pcm: &[f32],
+    abort: Option<&Arc<AtomicBool>>,
+) -> Result<(), SttFailure> {
+    if let Some(flag) = abort {
+        // whisper-rs 0.16's `set_abort_callback_safe` is unsound: its trampoline reads
+        // the boxed closure as the caller's closure type, so whisper.cpp "aborts" on
+        // whatever the heap holds there (error -6 in about half of the process starts)
+        // and it leaks the box on every call. Our trampoline gets a pointer to the flag,
+        // which `abort` keeps alive until `full` returns.
+        // SAFETY: `abort_requested` only reads an AtomicBool through the pointer, and
+        // the Arc it points into outlives this call.
+        unsafe {
+            params.set_abort_callback(Some(abort_requested));
+            params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut c_void);
+        }
+    }
+    ABORTING.with(|a| a.set(false));
+    let result = state.full(params, pcm);
+    if abort.is_some_and(|f| f.load(Ordering::Relaxed)) {
+        return Err(SttFailure::Cancelled);
+    }
+    result.map_err(|e| SttFailure::Failed(format!("whisper.cpp failed: {e}")))
 }
 
 thread_local! {

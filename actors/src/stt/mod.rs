@@ -141,6 +141,7 @@ impl WhisperEngine {
         &self,
         _samples: &[f32],
         _phrases: &[crate::wake::verify::Phrase],
+        _abort: Option<&Arc<AtomicBool>>,
     ) -> Result<f64, SttFailure> {
         match *self {}
     }
@@ -835,9 +836,12 @@ impl Handler<VerifyWake> for SttActor {
             let _ = r.reply.send(Err(self.sup.unavailable()));
             return;
         }
-        let (audio, phrases, reply) = (r.audio, r.phrases, r.reply);
+        if r.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let (audio, phrases, reply, cancel) = (r.audio, r.phrases, r.reply, r.cancel);
         self.run(
-            move |e| e.phrase_score(&audio, &phrases),
+            move |e| e.phrase_score(&audio, &phrases, Some(&cancel)),
             move |_, res, _| {
                 let _ = reply.send(res.map_err(|e| e.to_string()));
             },
@@ -864,7 +868,7 @@ impl crate::wake::verify::WakeVerify for EngineVerifier {
     fn verify(&self, r: crate::wake::verify::VerifyRequest) {
         let _ = r.reply.send(
             self.0
-                .phrase_score(&r.audio, &r.phrases)
+                .phrase_score(&r.audio, &r.phrases, Some(&r.cancel))
                 .map_err(|e| e.to_string()),
         );
     }

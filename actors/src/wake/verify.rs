@@ -13,6 +13,7 @@
 //! it would have had alone.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +91,10 @@ pub struct VerifyRequest {
     pub audio: Vec<f32>,
     pub phrases: Vec<Phrase>,
     pub reply: mpsc::Sender<Result<f64, String>>,
+    /// Set when nobody waits for the answer any more (a better reading of the word is
+    /// checked instead, the stream was reset): a check not yet run is skipped, one
+    /// running stops at whisper.cpp's next step, so the check that matters has the CPU.
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// Scores clips for the wake word (the Stt actor, or an engine in this thread for the
@@ -134,7 +139,14 @@ pub fn phrases(word: &str) -> Vec<Phrase> {
 struct Pending {
     detection: Detection,
     reply: mpsc::Receiver<Result<f64, String>>,
+    cancel: Arc<AtomicBool>,
     asked: Instant,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A detector whose candidates are checked by a [`WakeVerify`].
@@ -203,7 +215,7 @@ impl Verified {
             Err(mpsc::TryRecvError::Empty) => return None,
         };
         let p = self.pending.take()?;
-        let d = p.detection;
+        let d = p.detection.clone();
         match verdict {
             Ok(score) if score >= self.threshold => {
                 tracing::debug!(word = %d.word, score = d.score, verified = score, "wake word verified");
@@ -269,14 +281,19 @@ impl WakeDetector for Verified {
                 let skip = self.history.len().saturating_sub(back);
                 let audio: Vec<f32> = self.history.iter().skip(skip).copied().collect();
                 let (reply, answer) = mpsc::channel();
+                let cancel = Arc::new(AtomicBool::new(false));
+                // The check replaced is given up before this one is asked.
+                self.pending = None;
                 self.verifier.verify(VerifyRequest {
                     audio,
                     phrases: self.phrases.clone(),
                     reply,
+                    cancel: cancel.clone(),
                 });
                 self.pending = Some(Pending {
                     detection: d,
                     reply: answer,
+                    cancel,
                     asked: Instant::now(),
                 });
             }
@@ -352,6 +369,7 @@ mod tests {
         answer: Option<Result<f64, String>>,
         heard: std::sync::Mutex<Vec<(usize, Vec<Phrase>)>>,
         hold: std::sync::Mutex<Vec<mpsc::Sender<Result<f64, String>>>>,
+        cancels: std::sync::Mutex<Vec<Arc<AtomicBool>>>,
     }
 
     impl WakeVerify for Fixed {
@@ -360,6 +378,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((r.audio.len(), r.phrases.clone()));
+            self.cancels.lock().unwrap().push(r.cancel);
             match &self.answer {
                 Some(a) => {
                     let _ = r.reply.send(a.clone());
@@ -374,6 +393,7 @@ mod tests {
             answer,
             heard: Default::default(),
             hold: Default::default(),
+            cancels: Default::default(),
         });
         let inner = Box::new(At {
             fire: 32_000,
@@ -422,6 +442,7 @@ mod tests {
             answer: None,
             heard: Default::default(),
             hold: Default::default(),
+            cancels: Default::default(),
         });
         let asked = |v: &Arc<Fixed>| {
             let inner = Box::new(At {
@@ -439,6 +460,19 @@ mod tests {
         std::thread::sleep(WAIT);
         let found = d.push(&[0.0; 320]).expect("decided by the template score");
         assert_eq!(found.verified, None);
+        // Given up, the check is told to stop; so is one pending when the stream resets.
+        let cancelled = |v: &Arc<Fixed>| {
+            v.cancels
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+        };
+        assert!(cancelled(&v));
+        let mut d = asked(&v);
+        assert!(!cancelled(&v));
+        d.reset();
+        assert!(cancelled(&v));
         // A dropped check (the Stt actor gone) is given up at once.
         let mut d = asked(&v);
         v.hold.lock().unwrap().clear();
@@ -477,6 +511,7 @@ mod tests {
             answer: None,
             heard: Default::default(),
             hold: Default::default(),
+            cancels: Default::default(),
         });
         // "hey co…" proposed first, the whole word 300 ms later.
         let inner = Box::new(Script(
@@ -494,8 +529,17 @@ mod tests {
             assert_eq!(lens, vec![24_000 - 11_200, 28_800 - 11_200]);
         }
         let replies: Vec<_> = v.hold.lock().unwrap().drain(..).collect();
-        // The first check's answer goes nowhere: nobody waits for it any more.
+        // The first check's answer goes nowhere: nobody waits for it any more, and it was
+        // told so; the second was not.
         assert!(replies[0].send(Ok(-5.0)).is_err());
+        let cancelled: Vec<bool> = v
+            .cancels
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(cancelled, vec![true, false]);
         replies[1].send(Ok(-5.0)).unwrap();
         let found = d.push(&[0.0; 320]).expect("the whole word, verified");
         assert_eq!(

@@ -190,7 +190,7 @@ impl WakeVerify for Recorded {
         let t0 = std::time::Instant::now();
         let answer = self
             .engine
-            .phrase_score(&r.audio, &r.phrases)
+            .phrase_score(&r.audio, &r.phrases, None)
             .map_err(|e| e.to_string());
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         self.checks
