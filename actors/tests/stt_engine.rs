@@ -125,3 +125,16 @@ fn one_word_commands_do_not_loop() {
         );
     }
 }
+
+/// tiny.en loops on this question's trimmed window ("Who wrote the book Moby Dick? Who
+/// wrote the book…" to the token cap); the first copy is the question, kept without a
+/// second decoding on a wider window (which gives the same text, ~500 ms later).
+#[test]
+fn a_looping_question_is_read_in_one_decoding() {
+    let engine = WhisperEngine::load(&model(), "en", 2).expect("the model loads");
+    let t = engine
+        .transcribe(&spoken("Who wrote the book Moby Dick?", "en", 175), None)
+        .expect("transcribes");
+    assert_eq!(t.text, "Who wrote the book Moby Dick?");
+    assert_eq!(t.attempts, 1, "{t:?}");
+}

@@ -150,7 +150,8 @@ impl WhisperEngine {
     /// The encoder runs on a window trimmed to the audio ([`audio_ctx_for`]), which is
     /// what makes a short command fast; a trimmed window can make the decoder loop or
     /// drift, so a result that [`degenerate`] rejects is decoded again on a wider window,
-    /// and finally on the full 30 s one (whisper's own setting, never degenerate-checked).
+    /// and finally on the full 30 s one (whisper's own setting, never degenerate-checked)
+    /// — unless it is one phrase over and over, whose first copy is kept ([`loop_unit`]).
     pub fn transcribe(
         &self,
         samples: &[f32],
@@ -190,6 +191,23 @@ impl WhisperEngine {
                     break;
                 }
                 Some(why) => {
+                    // A pure loop ("Volume up. Volume up. Volume…") is rejected, yet its first
+                    // copy is what was said: kept, it saves the wider window's decode
+                    // (`coda bench stt`, see docs/voice.md).
+                    if let Some(unit) = loop_unit(&decoded.text)
+                        .filter(|u| degenerate(u, speech_s, false).is_none())
+                    {
+                        tracing::debug!(audio_ctx, %why, text = %decoded.text, kept = %unit, "transcript looped; its first copy kept");
+                        last = Some((
+                            Decoded {
+                                text: unit,
+                                hit_cap: false,
+                                ..decoded
+                            },
+                            audio_ctx,
+                        ));
+                        break;
+                    }
                     tracing::debug!(audio_ctx, %why, text = %decoded.text, "transcript rejected; decoding on a wider window");
                     last = Some((decoded, audio_ctx));
                 }
@@ -515,16 +533,7 @@ pub fn degenerate(text: &str, speech_s: f64, hit_cap: bool) -> Option<String> {
     if hit_cap {
         return Some("reached the token cap for the audio's length".into());
     }
-    let words: Vec<String> = text
-        .split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .flat_map(char::to_lowercase)
-                .collect::<String>()
-        })
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words: Vec<String> = plain_words(text).into_iter().map(|(_, w)| w).collect();
     let most = 4.0 + 5.0 * speech_s.max(0.0);
     if words.len() as f64 > most {
         return Some(format!(
@@ -546,6 +555,33 @@ pub fn degenerate(text: &str, speech_s: f64, hit_cap: bool) -> Option<String> {
         }
     }
     None
+}
+
+/// The words of `text` as [`degenerate`] compares them: letters, digits and apostrophes,
+/// lower case; (index in the text's whitespace-split words, word).
+fn plain_words(text: &str) -> Vec<(usize, String)> {
+    text.split_whitespace()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let w: String = w
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .flat_map(char::to_lowercase)
+                .collect();
+            (!w.is_empty()).then_some((i, w))
+        })
+        .collect()
+}
+
+/// The first copy of a text that is nothing but one phrase over and over (at least twice,
+/// the last copy perhaps cut short: where the decoder hit its cap), as written; `None` for
+/// anything else.
+pub fn loop_unit(text: &str) -> Option<String> {
+    let words = plain_words(text);
+    let n =
+        (1..=words.len() / 2).find(|&n| (n..words.len()).all(|i| words[i].1 == words[i % n].1))?;
+    let raw: Vec<&str> = text.split_whitespace().collect();
+    Some(raw[..=words[n - 1].0].join(" "))
 }
 
 /// Whisper's text without its leading space and with the non-speech markers it writes for
@@ -587,6 +623,30 @@ mod tests {
         assert!(degenerate(many, 1.0, false).is_some());
         assert!(degenerate("fine", 1.0, true).is_some());
         assert!(degenerate("", 1.0, false).is_none());
+    }
+
+    #[test]
+    fn a_pure_loop_gives_its_first_copy() {
+        use super::loop_unit;
+        let cut = "Who wrote the book Moby Dick? Who wrote the book Moby Dick? Who wrote the";
+        assert_eq!(
+            loop_unit(cut).as_deref(),
+            Some("Who wrote the book Moby Dick?")
+        );
+        assert_eq!(
+            loop_unit("Stop. Stop. Stop. Stop.").as_deref(),
+            Some("Stop.")
+        );
+        assert_eq!(
+            loop_unit("Volume up. volume up! Volume").as_deref(),
+            Some("Volume up.")
+        );
+        // Anything else in it, or a single copy: not a loop.
+        assert_eq!(loop_unit("Stop. Stop. Stop the music."), None);
+        assert_eq!(loop_unit("Turn on the lights. Turn off the lights."), None);
+        assert_eq!(loop_unit("Who wrote the book Moby Dick? Who"), None);
+        assert_eq!(loop_unit("Stop."), None);
+        assert_eq!(loop_unit(""), None);
     }
 
     #[test]
