@@ -185,33 +185,31 @@ impl WhisperEngine {
             } else {
                 degenerate(&decoded.text, speech_s, decoded.hit_cap)
             };
-            match verdict {
-                None => {
-                    last = Some((decoded, audio_ctx));
-                    break;
-                }
-                Some(why) => {
-                    // A pure loop ("Volume up. Volume up. Volume…") is rejected, yet its first
-                    // copy is what was said: kept, it saves the wider window's decode
-                    // (`coda bench stt`, see docs/voice.md).
-                    if let Some(unit) = loop_unit(&decoded.text)
-                        .filter(|u| degenerate(u, speech_s, false).is_none())
-                    {
+            let decoded = match verdict {
+                None => decoded,
+                // A pure loop ("Volume up. Volume up. Volume…") is rejected, yet its first
+                // copy is what was said: kept, it saves the wider window's decode
+                // (`coda bench stt`, see docs/voice.md).
+                Some(why) => match loop_unit(&decoded.text)
+                    .filter(|u| degenerate(u, speech_s, false).is_none())
+                {
+                    Some(unit) => {
                         tracing::debug!(audio_ctx, %why, text = %decoded.text, kept = %unit, "transcript looped; its first copy kept");
-                        last = Some((
-                            Decoded {
-                                text: unit,
-                                hit_cap: false,
-                                ..decoded
-                            },
-                            audio_ctx,
-                        ));
-                        break;
+                        Decoded {
+                            text: unit,
+                            hit_cap: false,
+                            ..decoded
+                        }
                     }
-                    tracing::debug!(audio_ctx, %why, text = %decoded.text, "transcript rejected; decoding on a wider window");
-                    last = Some((decoded, audio_ctx));
-                }
-            }
+                    None => {
+                        tracing::debug!(audio_ctx, %why, text = %decoded.text, "transcript rejected; decoding on a wider window");
+                        last = Some((decoded, audio_ctx));
+                        continue;
+                    }
+                },
+            };
+            last = Some((decoded, audio_ctx));
+            break;
         }
         let language = if self.multilingual && self.language == "auto" {
             whisper_rs::get_lang_str(state.full_lang_id_from_state())
