@@ -521,10 +521,17 @@ fn models_cli_converts_imports_and_refuses_broken_files() {
     assert!(!out.stderr.contains("panicked"), "{out:?}");
     if f16 {
         assert_eq!(out.code, Some(0), "{out:?}");
-        assert!(out.stdout.contains("ggml q8_0 whisper tiny.en (requantised from f16)"), "{out:?}");
+        assert!(
+            out.stdout
+                .contains("ggml q8_0 whisper tiny.en (requantised from f16)"),
+            "{out:?}"
+        );
     } else {
         assert_ne!(out.code, Some(0), "{out:?}");
-        assert!(out.stderr.contains("only an f16 model can be requantised"), "{out:?}");
+        assert!(
+            out.stderr.contains("only an f16 model can be requantised"),
+            "{out:?}"
+        );
     }
 
     // A truncated ggml file is refused.

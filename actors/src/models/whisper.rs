@@ -193,7 +193,7 @@ const QK8_0: usize = 32;
 
 /// `values` (a multiple of 32) as ggml Q8_0 blocks, by ggml's reference rule
 /// (`quantize_row_q8_0_ref`): scale max|x| / 127, each value times its inverse, rounded
-/// half away from zero. The same bytes as whisper.cpp's `quantize` tool writes.
+/// half away from zero.
 pub fn q8_0_blocks(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() / QK8_0 * 34);
     for block in values.chunks_exact(QK8_0) {
@@ -1273,7 +1273,7 @@ pub fn check_ggml(path: &Path) -> Result<(WhisperHparams, usize), WhisperModelEr
 }
 
 /// Writes the f16 ggml whisper model `src` to `out` with its matrices (2-D f16 tensors) in
-/// Q8_0, as whisper.cpp's `quantize` tool does (`out.partial` first, renamed when complete;
+/// Q8_0 (`out.partial` first, renamed when complete;
 /// `src` is checked with [`check_ggml`] before anything is written). Only f16 models: one
 /// already quantised, or in f32, is a clear error.
 pub fn requantize_ggml(
