@@ -283,3 +283,72 @@ fn a_follow_up_reuses_the_shared_prefix_and_answers_the_same() {
     assert!(!full.text.is_empty());
     assert_eq!(cached.text, full.text, "the cache changed the answer");
 }
+
+/// The answer, computed into the cache as a prompt computes it while it is read out
+/// (`Engine::warm`), is reused by the next turn, and the next answer is still exactly what
+/// a full prompt gives; a generation waiting for the engine stops the warming.
+#[test]
+fn a_warmed_answer_is_reused_and_answers_the_same() {
+    use coda_llm::template::TemplateMessage;
+    use coda_llm::{Engine, GenParams};
+    let engine = Engine::load(&model_path(), 1).expect("load");
+    let greedy = GenParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        max_tokens: 40,
+        seed: 1,
+        stop: Vec::new(),
+    };
+    let msg = |role: &str, content: &str| TemplateMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    let first = vec![msg("user", "Tell me about the moon.")];
+    let p1 = engine.prompt_tokens(&first).expect("prompt");
+    let out1 = engine
+        .generate(&p1, &greedy, &|| false, &mut |_| true)
+        .expect("first");
+    let mut said = first.clone();
+    said.push(msg("assistant", &out1.text));
+    let warm = engine.prompt_tokens(&said).expect("prompt");
+    let computed = engine.warm(&warm, &|| false).expect("warmed");
+    assert!(
+        computed >= warm.len() - p1.len(),
+        "computed {computed} of {} tokens past the first prompt's {}",
+        warm.len(),
+        p1.len()
+    );
+    assert_eq!(
+        engine.warm(&warm, &|| false).expect("again"),
+        0,
+        "already there"
+    );
+    let mut second = said.clone();
+    second.push(msg("user", "And the sun?"));
+    let p2 = engine.prompt_tokens(&second).expect("prompt");
+    let cached = engine
+        .generate(&p2, &greedy, &|| false, &mut |_| true)
+        .expect("follow-up");
+    let shared = warm.iter().zip(&p2).take_while(|(a, b)| a == b).count();
+    assert!(
+        shared > p1.len() + out1.completion_tokens / 2,
+        "the answer is in the next prompt: {shared} shared tokens"
+    );
+    assert_eq!(
+        cached.reused_tokens, shared,
+        "the next turn reuses everything warmed that it repeats"
+    );
+    engine.clear_prefix();
+    let full = engine
+        .generate(&p2, &greedy, &|| false, &mut |_| true)
+        .expect("full prompt");
+    assert_eq!(full.reused_tokens, 0);
+    assert_eq!(
+        cached.text, full.text,
+        "the warmed cache changed the answer"
+    );
+
+    // Told to stop, it computes nothing more and keeps the cache as it was.
+    engine.clear_prefix();
+    assert_eq!(engine.warm(&warm, &|| true).expect("cancelled"), 0);
+}

@@ -23,6 +23,8 @@ use crate::tokenizer::{Tokenizer, Utf8Stream};
 /// a prompt of up to 128 tokens in one pass reads 10% faster than in two; a pass still
 /// takes well under a second, the granularity of cancelling.
 const PREFILL_CHUNK: usize = 128;
+/// Tokens per forward pass of [`Engine::warm`].
+const WARM_CHUNK: usize = 32;
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -407,6 +409,35 @@ impl Engine {
 }
 
 impl Engine {
+    /// Runs `tokens` through the prompt path into the kept prefix (past what it already
+    /// holds), so that a next prompt starting with them — the conversation with the answer
+    /// just given — computes only what is new. The answer's own positions ran the
+    /// per-token kernels and are not kept ([`Engine::generate`]); computed here as a prompt
+    /// computes them, the next answer is the one a cold cache gives. Stops between chunks
+    /// once `cancelled` says so or a generation is waiting, keeping what is done. Returns
+    /// how many tokens were computed.
+    pub fn warm(&self, tokens: &[u32], cancelled: &dyn Fn() -> bool) -> Result<usize, GenError> {
+        let _turn = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = self.prefix.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (mut seq, mut cache) = cached.unwrap_or_else(|| (Vec::new(), self.model.new_cache()));
+        let common = seq.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        seq.truncate(common);
+        cache.truncate(common);
+        let mut done = 0;
+        // Small chunks: a generation asking for the engine waits at most one of them.
+        for chunk in tokens[common..].chunks(WARM_CHUNK) {
+            if cancelled() || self.stats.active.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            // A failed pass leaves the cache in doubt: nothing is kept, as in `generate`.
+            self.forward(&mut cache, chunk)?;
+            seq.extend_from_slice(chunk);
+            done += chunk.len();
+        }
+        self.keep_prefix(seq, cache);
+        Ok(done)
+    }
+
     /// Keeps `seq` (the tokens whose keys and values `cache` holds) for the next prompt.
     fn keep_prefix(&self, seq: Vec<u32>, cache: KvCache) {
         debug_assert_eq!(seq.len(), cache.len);

@@ -229,6 +229,29 @@ mod engine_impl {
         }
     }
 
+    /// While the answer is read out, the conversation with it is computed into the
+    /// engine's prompt cache: the next turn's prompt repeats it, and would otherwise
+    /// compute the whole answer again before its first token (a new generation stops
+    /// this between chunks).
+    fn warm_with_answer(engine: &Engine, mut messages: Vec<TemplateMessage>, answer: String) {
+        messages.push(TemplateMessage {
+            role: "assistant".into(),
+            content: answer,
+        });
+        let started = std::time::Instant::now();
+        match engine
+            .prompt_tokens(&messages)
+            .and_then(|tokens| engine.warm(&tokens, &|| false))
+        {
+            Ok(tokens) => tracing::debug!(
+                tokens,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "the answer is in the prompt cache"
+            ),
+            Err(e) => tracing::debug!(error = %e, "the answer was not put in the prompt cache"),
+        }
+    }
+
     fn gen_err(e: GenError) -> LlmError {
         LlmError::Invalid(e.to_string())
     }
@@ -285,7 +308,7 @@ mod engine_impl {
                     let cancelled = || tx.is_closed();
                     let mut send =
                         |text: &str| tx.send(Ok(StreamChunk::Token(text.into()))).is_ok();
-                    match engine.generate(&prompt, &params, &cancelled, &mut send) {
+                    let answer = match engine.generate(&prompt, &params, &cancelled, &mut send) {
                         Ok(out) => {
                             tracing::debug!(
                                 prompt_tokens = out.prompt_tokens,
@@ -308,10 +331,17 @@ mod engine_impl {
                                     completion_tokens: out.completion_tokens as u32,
                                 }),
                             }));
+                            (out.finish != Finish::Cancelled).then_some(out.text)
                         }
                         Err(e) => {
                             let _ = tx.send(Err(gen_err(e)));
+                            None
                         }
+                    };
+                    // The stream ends here; the cache is filled after.
+                    drop(tx);
+                    if let Some(answer) = answer {
+                        warm_with_answer(&engine, messages, answer);
                     }
                 })
                 .map_err(|e| {
