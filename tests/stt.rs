@@ -467,17 +467,19 @@ fn models_cli_converts_imports_and_refuses_broken_files() {
 
     // An existing ggml whisper file imports as a whisper model and lists as one.
     let model = whisper_model();
-    let out = home.run(
-        &[
+    let import = |name: &str, extra: &[&str]| {
+        let mut args = vec![
             "models",
             "import",
             model.to_str().expect("utf-8"),
             "--name",
-            "tiny-copy",
-            "-q",
-        ],
-        &[],
-    );
+            name,
+        ];
+        args.extend_from_slice(extra);
+        args.push("-q");
+        home.run(&args, &[])
+    };
+    let out = import("tiny-copy", &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("whisper tiny.en"), "{out:?}");
     let out = home.run(
@@ -505,19 +507,7 @@ fn models_cli_converts_imports_and_refuses_broken_files() {
         .0
         .weights_name()
         == "f16";
-    let out = home.run(
-        &[
-            "models",
-            "import",
-            model.to_str().expect("utf-8"),
-            "--name",
-            "tiny-q8",
-            "--requantize",
-            "q8_0",
-            "-q",
-        ],
-        &[],
-    );
+    let out = import("tiny-q8", &["--requantize", "q8_0"]);
     assert!(!out.stderr.contains("panicked"), "{out:?}");
     if f16 {
         assert_eq!(out.code, Some(0), "{out:?}");

@@ -953,10 +953,42 @@ fn read_vocabulary(dir: &Path) -> Result<Vec<String>, WhisperModelError> {
     Ok(tokens[..end].to_vec())
 }
 
-fn write_err(path: &Path) -> impl Fn(std::io::Error) -> WhisperModelError + '_ {
+/// An I/O error on `path`.
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> WhisperModelError + '_ {
     move |source| WhisperModelError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Writes `out` through `write` into `out.partial`, synced and renamed over `out` only
+/// when complete; on an error the partial file is removed and `out` left as it was.
+fn write_whole<T>(
+    out: &Path,
+    write: impl FnOnce(&mut BufWriter<File>, &Path) -> Result<T, WhisperModelError>,
+) -> Result<T, WhisperModelError> {
+    let tmp = out.with_extension("partial");
+    let result = (|| {
+        let f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let value = write(&mut w, &tmp)?;
+        w.flush().map_err(io_err(&tmp))?;
+        let f = w.into_inner().map_err(|e| WhisperModelError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        Ok(value)
+    })();
+    match result {
+        Ok(value) => {
+            std::fs::rename(&tmp, out).map_err(io_err(out))?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
 }
 
@@ -1054,20 +1086,17 @@ pub fn convert_ct2(
     };
     let total: u64 = planned.iter().map(size_of).sum();
 
-    let tmp = out.with_extension("partial");
-    let result = (|| {
-        let f = File::create(&tmp).map_err(write_err(&tmp))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
+    let bytes = write_whole(out, |w, tmp| {
         let mut written = 0u64;
         let mut put = |w: &mut BufWriter<File>, bytes: &[u8]| -> Result<(), WhisperModelError> {
             written += bytes.len() as u64;
-            w.write_all(bytes).map_err(write_err(&tmp))
+            w.write_all(bytes).map_err(io_err(tmp))
         };
         let i32s =
             |vals: &[i32]| -> Vec<u8> { vals.iter().flat_map(|v| v.to_le_bytes()).collect() };
-        put(&mut w, &GGML_MAGIC.to_le_bytes())?;
+        put(w, &GGML_MAGIC.to_le_bytes())?;
         put(
-            &mut w,
+            w,
             &i32s(&[
                 hp.n_vocab,
                 hp.n_audio_ctx,
@@ -1083,16 +1112,16 @@ pub fn convert_ct2(
             ]),
         )?;
         let n_mels = hp.n_mels as usize;
-        put(&mut w, &i32s(&[hp.n_mels, (N_FFT / 2 + 1) as i32]))?;
-        put(&mut w, mel_filters(n_mels).as_bytes())?;
-        put(&mut w, &i32s(&[as_i32(vocab.len())]))?;
+        put(w, &i32s(&[hp.n_mels, (N_FFT / 2 + 1) as i32]))?;
+        put(w, mel_filters(n_mels).as_bytes())?;
+        put(w, &i32s(&[as_i32(vocab.len())]))?;
         for (i, token) in vocab.iter().enumerate() {
             let bytes = token_bytes(token, &decoder).ok_or_else(|| WhisperModelError::Format {
                 path: dir.to_path_buf(),
                 message: format!("vocabulary entry {i} `{token}` is not GPT-2 byte-level text"),
             })?;
-            put(&mut w, &i32s(&[as_i32(bytes.len())]))?;
-            put(&mut w, &bytes)?;
+            put(w, &i32s(&[as_i32(bytes.len())]))?;
+            put(w, &bytes)?;
         }
         let mut cache: Option<(String, Vec<usize>, Vec<f32>)> = None;
         let mut done = 0u64;
@@ -1117,35 +1146,21 @@ pub fn convert_ct2(
                 header.extend_from_slice(&as_i32(*d).to_le_bytes());
             }
             header.extend_from_slice(t.name.as_bytes());
-            put(&mut w, &header)?;
+            put(w, &header)?;
             match ttype {
-                GGML_F32 => put(&mut w, slice.as_bytes())?,
-                GGML_Q8_0 => put(&mut w, &q8_0_blocks(slice))?,
+                GGML_F32 => put(w, slice.as_bytes())?,
+                GGML_Q8_0 => put(w, &q8_0_blocks(slice))?,
                 _ => {
                     let mut h = vec![half::f16::ZERO; slice.len()];
                     h.convert_from_f32_slice(slice);
-                    put(&mut w, h.as_bytes())?;
+                    put(w, h.as_bytes())?;
                 }
             }
             done += size_of(t);
             progress(done, total);
         }
-        w.flush().map_err(write_err(&tmp))?;
-        let f = w.into_inner().map_err(|e| WhisperModelError::Io {
-            path: tmp.clone(),
-            source: e.into_error(),
-        })?;
-        f.sync_all().map_err(write_err(&tmp))?;
         Ok(written)
-    })();
-    let bytes = match result {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&tmp, out).map_err(write_err(out))?;
+    })?;
     Ok(ConvertReport {
         hparams: hp,
         tensors: planned.len(),
@@ -1292,20 +1307,14 @@ pub fn requantize_ggml(
             hp.ftype
         )));
     }
-    let io_src = |source| WhisperModelError::Io {
-        path: src.to_path_buf(),
-        source,
-    };
-    let f = File::open(src).map_err(io_src)?;
-    let total = f.metadata().map_err(io_src)?.len();
+    let io_src = io_err(src);
+    let f = File::open(src).map_err(&io_src)?;
+    let total = f.metadata().map_err(&io_src)?.len();
     let mut r = BufReader::with_capacity(1 << 20, f);
-    let tmp = out.with_extension("partial");
-    let result = (|| {
-        let f = File::create(&tmp).map_err(write_err(&tmp))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
+    write_whole(out, |w, tmp| {
         let mut read = |n: usize| -> Result<Vec<u8>, WhisperModelError> {
             let mut b = vec![0u8; n];
-            r.read_exact(&mut b).map_err(io_src)?;
+            r.read_exact(&mut b).map_err(&io_src)?;
             Ok(b)
         };
         let le = |b: &[u8]| i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -1313,16 +1322,16 @@ pub fn requantize_ggml(
         head[44..48].copy_from_slice(&WhisperWeights::Q8_0.ftype().to_le_bytes());
         let mels = read(8)?;
         let mel_bytes = (le(&mels[..4]) as usize) * (le(&mels[4..]) as usize) * 4;
-        w.write_all(&head).map_err(write_err(&tmp))?;
-        w.write_all(&mels).map_err(write_err(&tmp))?;
-        w.write_all(&read(mel_bytes)?).map_err(write_err(&tmp))?;
+        w.write_all(&head).map_err(io_err(tmp))?;
+        w.write_all(&mels).map_err(io_err(tmp))?;
+        w.write_all(&read(mel_bytes)?).map_err(io_err(tmp))?;
         let n_words = read(4)?;
-        w.write_all(&n_words).map_err(write_err(&tmp))?;
+        w.write_all(&n_words).map_err(io_err(tmp))?;
         for _ in 0..le(&n_words) {
             let l = read(4)?;
             let word = read(le(&l) as usize)?;
-            w.write_all(&l).map_err(write_err(&tmp))?;
-            w.write_all(&word).map_err(write_err(&tmp))?;
+            w.write_all(&l).map_err(io_err(tmp))?;
+            w.write_all(&word).map_err(io_err(tmp))?;
         }
         let mut done = 0u64;
         for _ in 0..tensors {
@@ -1357,23 +1366,13 @@ pub fn requantize_ggml(
             }
             header.extend_from_slice(&dims_raw);
             header.extend_from_slice(&name);
-            w.write_all(&header).map_err(write_err(&tmp))?;
-            w.write_all(&data).map_err(write_err(&tmp))?;
+            w.write_all(&header).map_err(io_err(tmp))?;
+            w.write_all(&data).map_err(io_err(tmp))?;
             done += 12 + (dims_raw.len() + name.len()) as u64 + bytes;
             progress(done, total);
         }
-        w.flush().map_err(write_err(&tmp))?;
-        let f = w.into_inner().map_err(|e| WhisperModelError::Io {
-            path: tmp.clone(),
-            source: e.into_error(),
-        })?;
-        f.sync_all().map_err(write_err(&tmp))
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out).map_err(write_err(out))?;
+        Ok(())
+    })?;
     check_ggml(out)
 }
 
