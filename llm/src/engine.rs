@@ -315,17 +315,9 @@ impl Engine {
             decode_time: Duration::ZERO,
             reused_tokens: 0,
         };
-        let cached = self.prefix.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let (mut seq, mut cache) = cached.unwrap_or_else(|| (Vec::new(), self.model.new_cache()));
         // At least the last prompt token runs: its logits pick the first answer token.
-        let common = seq
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len().saturating_sub(1));
-        seq.truncate(common);
-        cache.truncate(common);
+        let (mut seq, mut cache) = self.take_prefix(prompt, prompt.len().saturating_sub(1));
+        let common = seq.len();
         out.reused_tokens = common;
         let mut logits = Vec::new();
         for chunk in prompt[common..].chunks(PREFILL_CHUNK) {
@@ -418,12 +410,8 @@ impl Engine {
     /// how many tokens were computed.
     pub fn warm(&self, tokens: &[u32], cancelled: &dyn Fn() -> bool) -> Result<usize, GenError> {
         let _turn = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = self.prefix.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let (mut seq, mut cache) = cached.unwrap_or_else(|| (Vec::new(), self.model.new_cache()));
-        let common = seq.iter().zip(tokens).take_while(|(a, b)| a == b).count();
-        seq.truncate(common);
-        cache.truncate(common);
-        let mut done = 0;
+        let (mut seq, mut cache) = self.take_prefix(tokens, tokens.len());
+        let common = seq.len();
         // Small chunks: a generation asking for the engine waits at most one of them.
         for chunk in tokens[common..].chunks(WARM_CHUNK) {
             if cancelled() || self.stats.active.load(Ordering::SeqCst) > 0 {
@@ -432,10 +420,26 @@ impl Engine {
             // A failed pass leaves the cache in doubt: nothing is kept, as in `generate`.
             self.forward(&mut cache, chunk)?;
             seq.extend_from_slice(chunk);
-            done += chunk.len();
         }
+        let done = seq.len() - common;
         self.keep_prefix(seq, cache);
         Ok(done)
+    }
+
+    /// The kept prefix cut to what it shares with `tokens` (at most `limit` tokens), or
+    /// an empty one; the engine holds none until it is kept again.
+    fn take_prefix(&self, tokens: &[u32], limit: usize) -> (Vec<u32>, KvCache) {
+        let cached = self.prefix.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (mut seq, mut cache) = cached.unwrap_or_else(|| (Vec::new(), self.model.new_cache()));
+        let common = seq
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(limit);
+        seq.truncate(common);
+        cache.truncate(common);
+        (seq, cache)
     }
 
     /// Keeps `seq` (the tokens whose keys and values `cache` holds) for the next prompt.

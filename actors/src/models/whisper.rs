@@ -1318,56 +1318,49 @@ pub fn requantize_ggml(
             Ok(b)
         };
         let le = |b: &[u8]| i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let put = |w: &mut BufWriter<File>, parts: &[&[u8]]| -> Result<(), WhisperModelError> {
+            parts
+                .iter()
+                .try_for_each(|b| w.write_all(b).map_err(io_err(tmp)))
+        };
+        // Everything up to the tensors is copied but the file type.
         let mut head = read(4 + 11 * 4)?;
         head[44..48].copy_from_slice(&WhisperWeights::Q8_0.ftype().to_le_bytes());
         let mels = read(8)?;
-        let mel_bytes = (le(&mels[..4]) as usize) * (le(&mels[4..]) as usize) * 4;
-        w.write_all(&head).map_err(io_err(tmp))?;
-        w.write_all(&mels).map_err(io_err(tmp))?;
-        w.write_all(&read(mel_bytes)?).map_err(io_err(tmp))?;
+        let mel_data = read((le(&mels[..4]) as usize) * (le(&mels[4..]) as usize) * 4)?;
         let n_words = read(4)?;
-        w.write_all(&n_words).map_err(io_err(tmp))?;
+        put(w, &[&head, &mels, &mel_data, &n_words])?;
         for _ in 0..le(&n_words) {
             let l = read(4)?;
             let word = read(le(&l) as usize)?;
-            w.write_all(&l).map_err(io_err(tmp))?;
-            w.write_all(&word).map_err(io_err(tmp))?;
+            put(w, &[&l, &word])?;
         }
         let mut done = 0u64;
         for _ in 0..tensors {
-            let h = read(12)?;
+            let mut h = read(12)?;
             let (n_dims, name_len, ttype) = (le(&h[..4]), le(&h[4..8]), le(&h[8..]));
             let dims_raw = read(n_dims as usize * 4)?;
             let dims: Vec<u64> = dims_raw.chunks_exact(4).map(|d| le(d) as u64).collect();
             let name = read(name_len as usize)?;
             let n: u64 = dims.iter().product();
             let bytes = ggml_bytes(ttype, n).unwrap_or(0);
-            let data = read(bytes as usize)?;
-            let quantise = ttype == GGML_F16 && n_dims == 2;
-            if quantise && !dims[0].is_multiple_of(QK8_0 as u64) {
-                return Err(format(format!(
-                    "`{}` has rows of {} values, which Q8_0 (blocks of {QK8_0}) cannot hold",
-                    String::from_utf8_lossy(&name),
-                    dims[0]
-                )));
-            }
-            let (ttype, data) = if quantise {
+            let mut data = read(bytes as usize)?;
+            if ttype == GGML_F16 && n_dims == 2 {
+                if !dims[0].is_multiple_of(QK8_0 as u64) {
+                    return Err(format(format!(
+                        "`{}` has rows of {} values, which Q8_0 (blocks of {QK8_0}) cannot hold",
+                        String::from_utf8_lossy(&name),
+                        dims[0]
+                    )));
+                }
                 let values: Vec<f32> = data
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                     .collect();
-                (GGML_Q8_0, q8_0_blocks(&values))
-            } else {
-                (ttype, data)
-            };
-            let mut header = Vec::with_capacity(12 + dims_raw.len() + name.len());
-            for v in [n_dims, name_len, ttype] {
-                header.extend_from_slice(&v.to_le_bytes());
+                data = q8_0_blocks(&values);
+                h[8..].copy_from_slice(&GGML_Q8_0.to_le_bytes());
             }
-            header.extend_from_slice(&dims_raw);
-            header.extend_from_slice(&name);
-            w.write_all(&header).map_err(io_err(tmp))?;
-            w.write_all(&data).map_err(io_err(tmp))?;
+            put(w, &[&h, &dims_raw, &name, &data])?;
             done += 12 + (dims_raw.len() + name.len()) as u64 + bytes;
             progress(done, total);
         }

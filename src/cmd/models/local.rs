@@ -558,6 +558,17 @@ pub fn import_ct2(
     store_whisper(store, name, &dst, source, source_sha256, format, quiet)
 }
 
+/// Copies `src` to `dst` through `dst.partial`, so `dst` is whole or absent.
+fn copy_whole(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let mut tmp = dst.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    std::fs::copy(src, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
 /// Records the whisper file `dst`, now in the store, as `name`.
 fn store_whisper(
     store: &ModelStore,
@@ -609,10 +620,7 @@ fn import_whisper_ggml(
         pb.finish_and_clear();
         hp
     } else {
-        let tmp = dst.with_extension("bin.partial");
-        std::fs::copy(src, &tmp)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
-        std::fs::rename(&tmp, &dst)?;
+        copy_whole(src, &dst)?;
         from
     };
     let format = format!(
@@ -694,10 +702,7 @@ pub fn import(
         pb.finish_and_clear();
         report.from
     } else {
-        let tmp = dst.with_extension("gguf.partial");
-        std::fs::copy(src, &tmp)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
-        std::fs::rename(&tmp, &dst)?;
+        copy_whole(src, &dst)?;
         None
     };
     let stored = Gguf::open(&dst)?;
