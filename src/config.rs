@@ -228,6 +228,7 @@ pub struct WakeConfig {
     pub verify: bool,
     pub verify_threshold: f32,
     pub candidate_threshold: f32,
+    pub early_check: bool,
 }
 
 /// `[stt]`

@@ -56,6 +56,7 @@ impl Settings {
                 .then_some(coda_actors::wake::verify::VerifySettings {
                     candidate_threshold: w.candidate_threshold,
                     threshold: w.verify_threshold,
+                    early: w.early_check,
                 }),
             synthesize_missing: w.synthesize_missing,
             espeak: PathBuf::from(&self.tts.binary),

@@ -52,6 +52,15 @@ pub trait WakeDetector: Send {
     fn push(&mut self, samples: &[f32]) -> Option<Detection>;
     /// Forgets the audio so far (stream positions keep counting).
     fn reset(&mut self);
+    /// The match that will be reported if no better one comes, before it is: for a first
+    /// look at it while the detector waits to be sure ([`verify`]).
+    fn provisional(&self) -> Option<Detection> {
+        None
+    }
+    /// Whether everything heard since `d` ended is a pause beside the word.
+    fn paused_after(&self, _d: &Detection) -> bool {
+        false
+    }
 }
 
 /// What detectors are made from.

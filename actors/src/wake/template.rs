@@ -475,34 +475,50 @@ impl TemplateDetector {
         // The paths go on: a better reading of the same word may still come (see
         // [`REVISE_GAIN`]); weaker ones overlapping this are suppressed.
         self.reported = Some(c);
-        Some(Detection {
+        Some(self.detection(&c))
+    }
+
+    fn detection(&self, c: &Candidate) -> Detection {
+        Detection {
             word: self.word.clone(),
             score: c.score,
             start: c.start,
             end: c.end,
             verified: None,
-        })
+        }
+    }
+
+    /// The word's mean level, dB (the frames wholly inside it).
+    fn word_db(&self, start: u64, end: u64) -> Option<f32> {
+        self.mean_db(start + WINDOW as u64, end)
+    }
+
+    fn mean_db(&self, from: u64, to: u64) -> Option<f32> {
+        let v: Vec<f32> = self
+            .energy
+            .iter()
+            .filter(|(e, _)| *e > from && *e <= to)
+            .map(|(_, d)| *d)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32)
+    }
+
+    /// Is `quiet` a pause beside a word at `word` dB: [`PAUSE_DB`] quieter, or in noise
+    /// as quiet as the stream gets ([`FLOOR_DB`]) and [`PAUSE_DB_IN_NOISE`] quieter.
+    fn is_pause(&self, word: f32, quiet: f32) -> bool {
+        word - quiet >= PAUSE_DB
+            || (word - quiet >= PAUSE_DB_IN_NOISE && quiet <= self.floor() + FLOOR_DB)
     }
 
     /// Was the word said after a pause: the [`PAUSE_MS`] before it at least
     /// [`PAUSE_DB`] quieter than the word, or as quiet as the stream gets ([`FLOOR_DB`])?
     fn paused_before(&self, c: &Candidate) -> bool {
-        let mean = |from: u64, to: u64| {
-            let v: Vec<f32> = self
-                .energy
-                .iter()
-                .filter(|(e, _)| *e > from && *e <= to)
-                .map(|(_, d)| *d)
-                .collect();
-            (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32)
-        };
         // At the very start of the stream there is nothing before: a pause.
-        let Some(before) = mean(c.start.saturating_sub(PAUSE_MS * 16), c.start) else {
+        let Some(before) = self.mean_db(c.start.saturating_sub(PAUSE_MS * 16), c.start) else {
             return true;
         };
-        let word = mean(c.start + WINDOW as u64, c.end).unwrap_or(before);
-        word - before >= PAUSE_DB
-            || (word - before >= PAUSE_DB_IN_NOISE && before <= self.floor() + FLOOR_DB)
+        let word = self.word_db(c.start, c.end).unwrap_or(before);
+        self.is_pause(word, before)
     }
 
     /// The quietest [`PAUSE_MS`] in the energy kept (the last 8 s), dB.
@@ -544,6 +560,31 @@ impl WakeDetector for TemplateDetector {
         }
         self.frames = frames;
         found
+    }
+
+    fn provisional(&self) -> Option<Detection> {
+        let c = self.candidate?;
+        self.paused_before(&c).then(|| self.detection(&c))
+    }
+
+    /// Every frame heard since the word ended (wholly after it) at least
+    /// [`PAUSE_DB_IN_NOISE`] under the word's mean: the loudest, not their mean, so the
+    /// next syllable of a longer word ("echo ca|ncel") shows. (Not [`PAUSE_DB`]: right
+    /// after a word in a room its echo is still fading.)
+    fn paused_after(&self, d: &Detection) -> bool {
+        let after: Vec<f32> = self
+            .energy
+            .iter()
+            .filter(|(e, _)| *e >= d.end + WINDOW as u64)
+            .map(|(_, db)| *db)
+            .collect();
+        let (Some(loudest), Some(word)) = (
+            after.iter().copied().reduce(f32::max),
+            self.word_db(d.start, d.end),
+        ) else {
+            return false;
+        };
+        word - loudest >= PAUSE_DB_IN_NOISE
     }
 
     fn reset(&mut self) {
@@ -648,6 +689,40 @@ mod tests {
         };
         assert_eq!(run(6_400), 1, "after a 400 ms pause");
         assert_eq!(run(0), 0, "straight after other sound");
+    }
+
+    #[test]
+    fn the_match_is_offered_before_it_is_reported_and_what_followed_it_is_known() {
+        let model = TemplateModel::new(reference(), 0.06);
+        // The word followed by a pause, or at once by more sound (a longer word).
+        let run = |after: Vec<f32>| {
+            let mut d = model.detector();
+            let mut stream = hiss(8_000, 3);
+            stream.extend(word(&WAKE, 1.0, 1.0));
+            stream.extend(after);
+            stream.extend(hiss(16_000, 5));
+            let mut offered = Vec::new();
+            for chunk in stream.chunks(160) {
+                if let Some(found) = d.push(chunk) {
+                    return (offered, found.clone(), d.paused_after(&found));
+                }
+                offered.extend(d.provisional());
+            }
+            panic!("no detection, best score {}", d.best_score());
+        };
+        let (offered, found, paused) = run(Vec::new());
+        assert!(paused);
+        // Offered while the matcher waited to be sure: the reading it then reported,
+        // for as many frames as it waited.
+        let last = offered.last().expect("offered before it was reported");
+        assert_eq!(
+            (last.start, last.end, last.score),
+            (found.start, found.end, found.score)
+        );
+        let same = offered.iter().filter(|o| o.end == found.end).count() as u64;
+        assert_eq!(same, PATIENCE, "{offered:?}");
+        let (_, _, paused) = run(word(&OTHER, 1.0, 1.0));
+        assert!(!paused, "sound went on after the word");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! own score ([`fused`]) that decides whether the candidate is a detection. The check runs off the audio path: the
 //! [`Verified`] detector asks and keeps listening, and reports the detection (with the
 //! word's original position, so the utterance still starts where the word ended) at the
-//! first push after the answer. When no answer can come (no model, a failure, a
+//! first push after the answer. With [`VerifySettings::early`] the check starts sooner: on
+//! the match the matcher is still following, and that answer decides if the matcher then
+//! reports the same reading followed by a pause. When no answer can come (no model, a failure, a
 //! [`WAIT`] without one), the first stage's own score decides, at the stricter threshold
 //! it would have had alone.
 
@@ -56,6 +58,9 @@ pub fn phrase_check(lead: &[f64], name: &[f64]) -> f64 {
 pub const DEFAULT_CANDIDATE_THRESHOLD: f32 = 0.035;
 /// How long a candidate may wait for its check before the first stage decides alone.
 pub const WAIT: Duration = Duration::from_millis(1500);
+/// The first look at a match comes once it has not improved for this many 10 ms frames
+/// (the matcher reports it after [`super::template::PATIENCE`]).
+pub const EARLY_FRAMES: u64 = 2;
 /// Audio kept for the check: the longest word, [`PRE_MS`] and the time to report.
 const HISTORY: usize = 4 * crate::voice::SPEECH_SAMPLE_RATE as usize;
 
@@ -66,6 +71,9 @@ pub struct VerifySettings {
     pub candidate_threshold: f32,
     /// The [`fused`] score that makes a candidate a detection.
     pub threshold: f32,
+    /// Check the match the matcher follows before it reports it, and let that answer decide
+    /// when the word was followed by a pause.
+    pub early: bool,
 }
 
 impl Default for VerifySettings {
@@ -73,6 +81,7 @@ impl Default for VerifySettings {
         VerifySettings {
             candidate_threshold: DEFAULT_CANDIDATE_THRESHOLD,
             threshold: DEFAULT_THRESHOLD,
+            early: true,
         }
     }
 }
@@ -141,6 +150,15 @@ struct Pending {
     reply: mpsc::Receiver<Result<f64, String>>,
     cancel: Arc<AtomicBool>,
     asked: Instant,
+    /// A first look, asked before the matcher reported the word: it decides only once the
+    /// matcher reports this same reading followed by a pause.
+    early: bool,
+}
+
+impl Pending {
+    fn reads(&self, d: &Detection) -> bool {
+        (self.detection.start, self.detection.end) == (d.start, d.end)
+    }
 }
 
 impl Drop for Pending {
@@ -157,6 +175,7 @@ pub struct Verified {
     threshold: f64,
     /// A first-stage score that stands alone when the check cannot answer.
     alone: f32,
+    early: bool,
     history: VecDeque<f32>,
     pos: u64,
     pending: Option<Pending>,
@@ -179,6 +198,7 @@ impl Verified {
             verifier,
             threshold: f64::from(threshold),
             alone,
+            early: false,
             history: VecDeque::with_capacity(HISTORY),
             pos: 0,
             pending: None,
@@ -200,11 +220,19 @@ impl Verified {
             settings.threshold,
             model.threshold(),
         )
+        .looking_early(settings.early)
+    }
+
+    /// Whether the match the matcher follows is checked before it is reported (see
+    /// [`VerifySettings::early`]).
+    pub fn looking_early(mut self, on: bool) -> Verified {
+        self.early = on;
+        self
     }
 
     /// The pending candidate's outcome, if it is known.
     fn settle(&mut self) -> Option<Detection> {
-        let p = self.pending.as_ref()?;
+        let p = self.pending.as_ref().filter(|p| !p.early)?;
         let verdict = match p.reply.try_recv() {
             Ok(Ok(check)) => Ok(fused(check, p.detection.score)),
             Ok(Err(e)) => Err(e),
@@ -237,6 +265,52 @@ impl Verified {
     }
 }
 
+impl Verified {
+    /// Asks whisper about `d`, on the audio from [`PRE_MS`] before it to now; the check
+    /// replaced (if any) is given up first.
+    fn ask(&mut self, d: Detection, early: bool) {
+        let from = d.start.saturating_sub(PRE_MS * 16);
+        let back = usize::try_from(self.pos.saturating_sub(from)).unwrap_or(usize::MAX);
+        let skip = self.history.len().saturating_sub(back);
+        let audio: Vec<f32> = self.history.iter().skip(skip).copied().collect();
+        let (reply, answer) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.pending = None;
+        self.verifier.verify(VerifyRequest {
+            audio,
+            phrases: self.phrases.clone(),
+            reply,
+            cancel: cancel.clone(),
+        });
+        self.pending = Some(Pending {
+            detection: d,
+            reply: answer,
+            cancel,
+            asked: Instant::now(),
+            early,
+        });
+    }
+
+    /// A first look at the match the matcher follows, once it has held for
+    /// [`EARLY_FRAMES`]: the check then runs while the matcher waits to be sure, instead of
+    /// after it (what follows the word decides whether this answer counts).
+    fn look_early(&mut self) {
+        if self.pending.as_ref().is_some_and(|p| !p.early) {
+            return;
+        }
+        let Some(c) = self.inner.provisional() else {
+            return;
+        };
+        let held = self.pos >= c.end + EARLY_FRAMES * super::features::HOP as u64;
+        let looking = self.pending.as_ref().is_some_and(|p| p.reads(&c));
+        // A later reading of the word already reported needs no check.
+        let known = self.reported.as_ref().is_some_and(|r| c.start < r.end);
+        if held && !looking && !known {
+            self.ask(c, true);
+        }
+    }
+}
+
 impl WakeDetector for Verified {
     fn word(&self) -> &str {
         self.inner.word()
@@ -250,10 +324,7 @@ impl WakeDetector for Verified {
         self.history
             .extend(samples[samples.len() - fresh..].iter().copied());
         let candidate = self.inner.push(samples);
-        let settled = self.settle();
-        if settled.is_some() {
-            self.reported.clone_from(&settled);
-        }
+        let mut settled = self.settle();
         if let Some(d) = candidate {
             // The word reported, read to a later end: already checked.
             if let Some(r) = self
@@ -268,35 +339,40 @@ impl WakeDetector for Verified {
                 self.reported = Some(revised.clone());
                 return Some(revised);
             }
-            // A candidate overlapping the one being checked is a better reading of the same
-            // word (the matcher reports those only when clearly better): it is checked
-            // instead, on audio that now holds the whole word.
-            let revises = self
+            let looked = self
                 .pending
                 .as_ref()
-                .is_some_and(|p| d.start < p.detection.end);
-            if (self.pending.is_none() || revises) && settled.is_none() {
-                let from = d.start.saturating_sub(PRE_MS * 16);
-                let back = usize::try_from(self.pos.saturating_sub(from)).unwrap_or(usize::MAX);
-                let skip = self.history.len().saturating_sub(back);
-                let audio: Vec<f32> = self.history.iter().skip(skip).copied().collect();
-                let (reply, answer) = mpsc::channel();
-                let cancel = Arc::new(AtomicBool::new(false));
-                // The check replaced is given up before this one is asked.
-                self.pending = None;
-                self.verifier.verify(VerifyRequest {
-                    audio,
-                    phrases: self.phrases.clone(),
-                    reply,
-                    cancel: cancel.clone(),
-                });
-                self.pending = Some(Pending {
-                    detection: d,
-                    reply: answer,
-                    cancel,
-                    asked: Instant::now(),
-                });
+                .is_some_and(|p| p.early && p.reads(&d));
+            if looked && self.inner.paused_after(&d) {
+                // The first look heard this reading, and what followed it is a pause:
+                // more of it would tell whisper nothing, so that answer decides.
+                tracing::debug!(word = %d.word, end = d.end, "the first look decides");
+                if let Some(p) = self.pending.as_mut() {
+                    p.early = false;
+                }
+                settled = self.settle();
+            } else {
+                if looked {
+                    tracing::debug!(word = %d.word, end = d.end, "no pause after the word: checked again");
+                }
+                // A candidate overlapping the one being checked is a better reading of the
+                // same word (the matcher reports those only when clearly better): it is
+                // checked instead, on audio that now holds the whole word. A first look
+                // gives way to the check of what was reported.
+                let idle = self.pending.as_ref().is_none_or(|p| p.early);
+                let revises = self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| d.start < p.detection.end);
+                if (idle || revises) && settled.is_none() {
+                    self.ask(d, false);
+                }
             }
+        }
+        if settled.is_some() {
+            self.reported.clone_from(&settled);
+        } else if self.early {
+            self.look_early();
         }
         settled
     }
@@ -546,5 +622,155 @@ mod tests {
             (found.start, found.end, found.score),
             (16_000, 28_800, 0.09)
         );
+    }
+
+    /// Follows a match ending at `end` from there on, offering it (`provisional`) from
+    /// `offer_at` until it reports it at `report_at`; the reading may move to `moved` (a
+    /// later end) at `move_at`. Whether a pause followed is `pause`.
+    struct Staged {
+        start: u64,
+        end: u64,
+        offer_at: u64,
+        report_at: u64,
+        moved: Option<(u64, u64)>,
+        pause: bool,
+        heard: u64,
+    }
+
+    impl Staged {
+        fn reading(&self) -> Detection {
+            let end = match self.moved {
+                Some((at, end)) if self.heard >= at => end,
+                _ => self.end,
+            };
+            Detection {
+                word: "hey coda".into(),
+                score: 0.06,
+                start: self.start,
+                end,
+                verified: None,
+            }
+        }
+    }
+
+    impl WakeDetector for Staged {
+        fn word(&self) -> &str {
+            "hey coda"
+        }
+        fn push(&mut self, samples: &[f32]) -> Option<Detection> {
+            let before = self.heard;
+            self.heard += samples.len() as u64;
+            (before < self.report_at && self.heard >= self.report_at).then(|| self.reading())
+        }
+        fn reset(&mut self) {}
+        fn provisional(&self) -> Option<Detection> {
+            (self.heard >= self.offer_at && self.heard < self.report_at).then(|| self.reading())
+        }
+        fn paused_after(&self, _d: &Detection) -> bool {
+            self.pause
+        }
+    }
+
+    fn fixed(answer: Option<Result<f64, String>>) -> Arc<Fixed> {
+        Arc::new(Fixed {
+            answer,
+            heard: Default::default(),
+            hold: Default::default(),
+            cancels: Default::default(),
+        })
+    }
+
+    /// Streams 20 ms pushes through `d`; the positions (samples) where it reported.
+    fn reports(d: &mut Verified, pushes: usize) -> Vec<(u64, Detection)> {
+        (1..=pushes as u64)
+            .filter_map(|n| d.push(&[0.0; 320]).map(|f| (n * 320, f)))
+            .collect()
+    }
+
+    fn staged(pause: bool, moved: Option<(u64, u64)>) -> Box<Staged> {
+        // The match ends at 16 000 and is offered from 16 320 (held 2 frames); the matcher
+        // reports it 60 ms after its end.
+        Box::new(Staged {
+            start: 8_000,
+            end: 16_000,
+            offer_at: 16_320,
+            report_at: 16_960,
+            moved,
+            pause,
+            heard: 0,
+        })
+    }
+
+    #[test]
+    fn a_first_look_decides_when_a_pause_followed_the_word() {
+        let v = fixed(Some(Ok(-5.0)));
+        let mut d = Verified::new(staged(true, None), v.clone(), DEFAULT_THRESHOLD, 0.05)
+            .looking_early(true);
+        let found = reports(&mut d, 100);
+        // Reported at the matcher's report (the answer was in), not a push after it.
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, 16_960);
+        assert_eq!((found[0].1.start, found[0].1.end), (8_000, 16_000));
+        assert_eq!(found[0].1.verified, Some(-5.0 + fused(0.0, 0.06) as f32));
+        // One check, on the audio up to where the match was first offered.
+        let heard = v.heard.lock().unwrap();
+        assert_eq!(heard.len(), 1);
+        assert_eq!(heard[0].0, 16_320 - (8_000 - PRE_MS * 16) as usize);
+        // Off, the same match is checked once it is reported, and comes a push later.
+        let v = fixed(Some(Ok(-5.0)));
+        let mut d = Verified::new(staged(true, None), v.clone(), DEFAULT_THRESHOLD, 0.05);
+        assert_eq!(reports(&mut d, 100)[0].0, 17_280);
+        assert_eq!(v.heard.lock().unwrap()[0].0, 16_960 - 3_200);
+    }
+
+    #[test]
+    fn when_speech_went_on_after_the_word_it_is_checked_again_with_it() {
+        // The first look would have passed; what followed decides instead.
+        let v = fixed(None);
+        let mut d = Verified::new(staged(false, None), v.clone(), DEFAULT_THRESHOLD, 0.05)
+            .looking_early(true);
+        assert!(reports(&mut d, 60).is_empty());
+        let lens: Vec<usize> = v.heard.lock().unwrap().iter().map(|h| h.0).collect();
+        assert_eq!(lens, vec![16_320 - 3_200, 16_960 - 3_200]);
+        let cancelled: Vec<bool> = v
+            .cancels
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(cancelled, vec![true, false]);
+        let replies: Vec<_> = v.hold.lock().unwrap().drain(..).collect();
+        assert!(
+            replies[0].send(Ok(-5.0)).is_err(),
+            "nobody waits for the first look"
+        );
+        replies[1]
+            .send(Ok(f64::from(DEFAULT_THRESHOLD) - 1.0))
+            .unwrap();
+        assert!(reports(&mut d, 5).is_empty(), "the second check refused it");
+    }
+
+    #[test]
+    fn a_reading_that_moves_is_looked_at_again() {
+        // The match's end moves 40 ms later before it is reported: the first look is given
+        // up and the new reading looked at once it has held.
+        let v = fixed(None);
+        let mut d = Verified::new(
+            staged(true, Some((16_640, 16_640))),
+            v.clone(),
+            DEFAULT_THRESHOLD,
+            0.05,
+        )
+        .looking_early(true);
+        assert!(reports(&mut d, 60).is_empty());
+        let lens: Vec<usize> = v.heard.lock().unwrap().iter().map(|h| h.0).collect();
+        assert_eq!(lens, vec![16_320 - 3_200, 16_960 - 3_200]);
+        let replies: Vec<_> = v.hold.lock().unwrap().drain(..).collect();
+        assert!(replies[0].send(Ok(-5.0)).is_err());
+        replies[1].send(Ok(-5.0)).unwrap();
+        let found = reports(&mut d, 1);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1.end, 16_640);
     }
 }

@@ -49,6 +49,10 @@ pub struct WakeBenchArgs {
     /// Whisper thresholds to measure (default: wake.verify_threshold), e.g. `-7.5,-7,-6.5`.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub verify_threshold: Vec<f32>,
+    /// Whether the check looks at the match before the matcher reports it, each measured
+    /// (default: wake.early_check), e.g. `true,false`.
+    #[arg(long, value_delimiter = ',')]
+    pub early: Vec<bool>,
 }
 
 const COMMANDS: [&str; 3] = [
@@ -71,6 +75,7 @@ struct WakeReport {
     threshold: f32,
     /// Whisper's threshold (`None`: the word matcher alone).
     verify_threshold: Option<f32>,
+    early: bool,
     /// Candidates whisper checked, per hour of other speech.
     candidates_per_hour: f64,
     verify_ms_p50: f64,
@@ -179,14 +184,50 @@ impl Noise {
     }
 }
 
-/// Checks by the engine in this thread, each one's time kept, ms.
+/// Checks by the engine in this thread, each one's time kept, ms. Each answer is held
+/// until the stream reaches the moment it would come in a live server (checks one at a
+/// time, each taking the time it took here; one given up stops at once), so a detection is
+/// reported at the push it would be live.
 struct Recorded {
     engine: Arc<WhisperEngine>,
     checks: Mutex<Vec<f64>>,
+    /// The stream position of the push under way, samples.
+    pos: std::sync::atomic::AtomicU64,
+    held: Mutex<Vec<Held>>,
+}
+
+struct Held {
+    /// The stream position the answer would come at.
+    at: u64,
+    reply: std::sync::mpsc::Sender<Result<f64, String>>,
+    answer: Result<f64, String>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorded {
+    fn new(engine: Arc<WhisperEngine>) -> Recorded {
+        Recorded {
+            engine,
+            checks: Default::default(),
+            pos: Default::default(),
+            held: Default::default(),
+        }
+    }
+
+    /// The stream reached `pos`: answers due by then are given.
+    fn reach(&self, pos: u64) {
+        use std::sync::atomic::Ordering;
+        self.pos.store(pos, Ordering::Relaxed);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for h in held.extract_if(.., |h| h.at <= pos) {
+            let _ = h.reply.send(h.answer);
+        }
+    }
 }
 
 impl WakeVerify for Recorded {
     fn verify(&self, r: VerifyRequest) {
+        use std::sync::atomic::Ordering;
         let t0 = std::time::Instant::now();
         let answer = self
             .engine
@@ -197,35 +238,39 @@ impl WakeVerify for Recorded {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(ms);
-        let _ = r.reply.send(answer);
+        let now = self.pos.load(Ordering::Relaxed);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = held
+            .iter()
+            .filter(|h| !h.cancel.load(Ordering::Relaxed))
+            .map(|h| h.at)
+            .max()
+            .unwrap_or(now);
+        held.push(Held {
+            at: busy.max(now) + (ms * 16.0) as u64,
+            reply: r.reply,
+            answer,
+            cancel: r.cancel,
+        });
     }
 }
 
-/// A detection: where the word started and ended, the stream position it was reported at,
-/// and the time its check took.
+/// A detection: where the word started and ended, and the stream position it was reported
+/// at.
 struct Hit {
     start: usize,
     end: usize,
     reported: usize,
-    verify_ms: f64,
     /// The clip of other speech it came in.
     clip: usize,
 }
 
 impl Hit {
-    fn new(d: &Detection, reported: usize, rec: Option<&Recorded>) -> Hit {
-        let last = rec.and_then(|r| {
-            r.checks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .last()
-                .copied()
-        });
+    fn new(d: &Detection, reported: usize) -> Hit {
         Hit {
             start: usize::try_from(d.start).unwrap_or(usize::MAX),
             end: usize::try_from(d.end).unwrap_or(usize::MAX),
             reported,
-            verify_ms: last.unwrap_or(0.0),
             clip: 0,
         }
     }
@@ -365,26 +410,30 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         ([], Some(v)) => vec![Some(v.threshold)],
         (t, Some(_)) => t.iter().copied().map(Some).collect(),
     };
+    let earlies = match (&args.early[..], verify) {
+        (_, None) => vec![false],
+        ([], Some(v)) => vec![v.early],
+        (e, Some(_)) => e.to_vec(),
+    };
     let mut reports = Vec::new();
-    for (threshold, vt) in thresholds
+    let runs: Vec<(f32, Option<f32>, bool)> = thresholds
         .iter()
         .flat_map(|t| verify_thresholds.iter().map(move |v| (*t, *v)))
-    {
+        .flat_map(|(t, v)| earlies.iter().map(move |e| (t, v, *e)))
+        .collect();
+    for (threshold, vt, early) in runs {
         let model = TemplateModel::new(reference.clone(), threshold);
-        // The detector as it runs, one pass per pair of thresholds (whether a candidate
-        // is checked at all depends on the checks before it). The check runs in this
-        // thread, so a detection comes one push after its candidate, and the check's
-        // time is added to its delay.
+        // The detector as it runs, one pass per setting (whether a candidate is checked
+        // at all depends on the checks before it), with its checks' answers coming when
+        // they would live.
         let detector = || -> (Box<dyn WakeDetector>, Option<Arc<Recorded>>) {
             match (&engine, vt) {
                 (Some(e), Some(vt)) => {
-                    let rec = Arc::new(Recorded {
-                        engine: e.clone(),
-                        checks: Default::default(),
-                    });
+                    let rec = Arc::new(Recorded::new(e.clone()));
                     let settings = VerifySettings {
                         candidate_threshold: threshold,
                         threshold: vt,
+                        early,
                     };
                     let d = Verified::over(&model, rec.clone(), settings);
                     (Box::new(d), Some(rec))
@@ -397,19 +446,27 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
         let mut pos = 0;
         for chunk in stream.chunks(320) {
             pos += chunk.len();
+            if let Some(r) = &rec {
+                r.reach(pos as u64);
+            }
             if let Some(h) = d.push(chunk) {
-                hits.push(Hit::new(&h, pos, rec.as_deref()));
+                hits.push(Hit::new(&h, pos));
             }
         }
         let (mut d, rec) = detector();
         let mut false_hits: Vec<Hit> = Vec::new();
         let cpu0 = super::process_cpu_us();
+        let mut pos = 0u64;
         for (n, clip) in other.iter().enumerate() {
             for chunk in clip.chunks(320) {
+                pos += chunk.len() as u64;
+                if let Some(r) = &rec {
+                    r.reach(pos);
+                }
                 if let Some(h) = d.push(chunk) {
                     false_hits.push(Hit {
                         clip: n,
-                        ..Hit::new(&h, 0, rec.as_deref())
+                        ..Hit::new(&h, 0)
                     });
                 }
             }
@@ -437,7 +494,7 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
                 match found {
                     Some((k, h)) => {
                         used[k] = true;
-                        latencies.push((h.reported as f64 - *end as f64) / 16.0 + h.verify_ms);
+                        latencies.push((h.reported as f64 - *end as f64) / 16.0);
                     }
                     None => missed.push(label.clone()),
                 }
@@ -448,6 +505,7 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
                 word: word.clone(),
                 threshold,
                 verify_threshold: vt,
+                early,
                 candidates_per_hour: checks.len() as f64 * 3600.0 / speech_s,
                 verify_ms_p50: super::pct(&checks, 0.5),
                 verify_ms_p95: super::pct(&checks, 0.95),
@@ -476,7 +534,8 @@ pub fn run(loaded: &Loaded, args: WakeBenchArgs) -> anyhow::Result<()> {
     for report in reports {
         let check = match report.verify_threshold {
             Some(t) => format!(
-                ", verified by whisper at {t:.2} ({:.0} candidates/h, check p50 {:.0} ms, p95 {:.0} ms)",
+                ", verified by whisper at {t:.2}{} ({:.0} candidates/h, check p50 {:.0} ms, p95 {:.0} ms)",
+                if report.early { ", looking early" } else { "" },
                 report.candidates_per_hour, report.verify_ms_p50, report.verify_ms_p95
             ),
             None => ", not verified".into(),
