@@ -414,6 +414,23 @@ mod tests {
         assert_eq!(phrase_check(&[], &[-2.0, -4.0]), -3.0);
     }
 
+    fn detection(score: f32, start: u64, end: u64) -> Detection {
+        Detection {
+            word: "hey coda".into(),
+            score,
+            start,
+            end,
+            verified: None,
+        }
+    }
+
+    /// Counts `n` more samples heard; whether that reached `at`.
+    fn reaches(heard: &mut u64, n: usize, at: u64) -> bool {
+        let before = *heard;
+        *heard += n as u64;
+        before < at && *heard >= at
+    }
+
     /// Proposes a candidate at a fixed sample count.
     struct At {
         fire: u64,
@@ -426,15 +443,8 @@ mod tests {
             "hey coda"
         }
         fn push(&mut self, samples: &[f32]) -> Option<Detection> {
-            let before = self.heard;
-            self.heard += samples.len() as u64;
-            (before < self.fire && self.heard >= self.fire).then(|| Detection {
-                word: "hey coda".into(),
-                score: self.score,
-                start: self.fire - 8_000,
-                end: self.fire,
-                verified: None,
-            })
+            reaches(&mut self.heard, samples.len(), self.fire)
+                .then(|| detection(self.score, self.fire - 8_000, self.fire))
         }
         fn reset(&mut self) {}
     }
@@ -464,13 +474,29 @@ mod tests {
         }
     }
 
-    fn run(answer: Option<Result<f64, String>>, score: f32) -> (Vec<Detection>, Arc<Fixed>) {
-        let v = Arc::new(Fixed {
+    impl Fixed {
+        /// The length of each clip checked.
+        fn lens(&self) -> Vec<usize> {
+            self.heard.lock().unwrap().iter().map(|h| h.0).collect()
+        }
+        /// Which checks were given up.
+        fn cancelled(&self) -> Vec<bool> {
+            let cancels = self.cancels.lock().unwrap();
+            cancels.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        }
+    }
+
+    fn fixed(answer: Option<Result<f64, String>>) -> Arc<Fixed> {
+        Arc::new(Fixed {
             answer,
             heard: Default::default(),
             hold: Default::default(),
             cancels: Default::default(),
-        });
+        })
+    }
+
+    fn run(answer: Option<Result<f64, String>>, score: f32) -> (Vec<Detection>, Arc<Fixed>) {
+        let v = fixed(answer);
         let inner = Box::new(At {
             fire: 32_000,
             heard: 0,
@@ -514,12 +540,7 @@ mod tests {
 
     #[test]
     fn a_check_that_does_not_answer_is_given_up_after_the_wait() {
-        let v = Arc::new(Fixed {
-            answer: None,
-            heard: Default::default(),
-            hold: Default::default(),
-            cancels: Default::default(),
-        });
+        let v = fixed(None);
         let asked = |v: &Arc<Fixed>| {
             let inner = Box::new(At {
                 fire: 16_000,
@@ -570,25 +591,14 @@ mod tests {
                 .0
                 .iter()
                 .find(|(_, end, _)| before < *end && heard >= *end)?;
-            Some(Detection {
-                word: "hey coda".into(),
-                score,
-                start,
-                end,
-                verified: None,
-            })
+            Some(detection(score, start, end))
         }
         fn reset(&mut self) {}
     }
 
     #[test]
     fn a_better_reading_of_the_word_being_checked_is_checked_instead() {
-        let v = Arc::new(Fixed {
-            answer: None,
-            heard: Default::default(),
-            hold: Default::default(),
-            cancels: Default::default(),
-        });
+        let v = fixed(None);
         // "hey co…" proposed first, the whole word 300 ms later.
         let inner = Box::new(Script(
             vec![(16_000, 24_000, 0.037), (16_000, 28_800, 0.09)],
@@ -598,24 +608,13 @@ mod tests {
         for _ in 0..100 {
             assert!(d.push(&[0.0; 320]).is_none());
         }
-        {
-            let heard = v.heard.lock().unwrap();
-            // Two checks, each from 300 ms before the word to where it was proposed.
-            let lens: Vec<usize> = heard.iter().map(|h| h.0).collect();
-            assert_eq!(lens, vec![24_000 - 11_200, 28_800 - 11_200]);
-        }
+        // Two checks, each from 300 ms before the word to where it was proposed.
+        assert_eq!(v.lens(), vec![24_000 - 11_200, 28_800 - 11_200]);
         let replies: Vec<_> = v.hold.lock().unwrap().drain(..).collect();
         // The first check's answer goes nowhere: nobody waits for it any more, and it was
         // told so; the second was not.
         assert!(replies[0].send(Ok(-5.0)).is_err());
-        let cancelled: Vec<bool> = v
-            .cancels
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(cancelled, vec![true, false]);
+        assert_eq!(v.cancelled(), vec![true, false]);
         replies[1].send(Ok(-5.0)).unwrap();
         let found = d.push(&[0.0; 320]).expect("the whole word, verified");
         assert_eq!(
@@ -643,13 +642,7 @@ mod tests {
                 Some((at, end)) if self.heard >= at => end,
                 _ => self.end,
             };
-            Detection {
-                word: "hey coda".into(),
-                score: 0.06,
-                start: self.start,
-                end,
-                verified: None,
-            }
+            detection(0.06, self.start, end)
         }
     }
 
@@ -658,9 +651,7 @@ mod tests {
             "hey coda"
         }
         fn push(&mut self, samples: &[f32]) -> Option<Detection> {
-            let before = self.heard;
-            self.heard += samples.len() as u64;
-            (before < self.report_at && self.heard >= self.report_at).then(|| self.reading())
+            reaches(&mut self.heard, samples.len(), self.report_at).then(|| self.reading())
         }
         fn reset(&mut self) {}
         fn provisional(&self) -> Option<Detection> {
@@ -669,15 +660,6 @@ mod tests {
         fn paused_after(&self, _d: &Detection) -> bool {
             self.pause
         }
-    }
-
-    fn fixed(answer: Option<Result<f64, String>>) -> Arc<Fixed> {
-        Arc::new(Fixed {
-            answer,
-            heard: Default::default(),
-            hold: Default::default(),
-            cancels: Default::default(),
-        })
     }
 
     /// Streams 20 ms pushes through `d`; the positions (samples) where it reported.
@@ -723,6 +705,16 @@ mod tests {
         assert_eq!(v.heard.lock().unwrap()[0].0, 16_960 - 3_200);
     }
 
+    /// The first look (from where the match was offered) was given up for a second check
+    /// (to where it was reported): nobody waits for its answer. The second check's reply.
+    fn given_up_for_a_second_check(v: &Fixed) -> mpsc::Sender<Result<f64, String>> {
+        assert_eq!(v.lens(), vec![16_320 - 3_200, 16_960 - 3_200]);
+        assert_eq!(v.cancelled(), vec![true, false]);
+        let mut replies: Vec<_> = v.hold.lock().unwrap().drain(..).collect();
+        assert!(replies[0].send(Ok(-5.0)).is_err());
+        replies.pop().expect("two checks")
+    }
+
     #[test]
     fn when_speech_went_on_after_the_word_it_is_checked_again_with_it() {
         // The first look would have passed; what followed decides instead.
@@ -730,22 +722,7 @@ mod tests {
         let mut d = Verified::new(staged(false, None), v.clone(), DEFAULT_THRESHOLD, 0.05)
             .looking_early(true);
         assert!(reports(&mut d, 60).is_empty());
-        let lens: Vec<usize> = v.heard.lock().unwrap().iter().map(|h| h.0).collect();
-        assert_eq!(lens, vec![16_320 - 3_200, 16_960 - 3_200]);
-        let cancelled: Vec<bool> = v
-            .cancels
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(cancelled, vec![true, false]);
-        let replies: Vec<_> = v.hold.lock().unwrap().drain(..).collect();
-        assert!(
-            replies[0].send(Ok(-5.0)).is_err(),
-            "nobody waits for the first look"
-        );
-        replies[1]
+        given_up_for_a_second_check(&v)
             .send(Ok(f64::from(DEFAULT_THRESHOLD) - 1.0))
             .unwrap();
         assert!(reports(&mut d, 5).is_empty(), "the second check refused it");
@@ -764,11 +741,7 @@ mod tests {
         )
         .looking_early(true);
         assert!(reports(&mut d, 60).is_empty());
-        let lens: Vec<usize> = v.heard.lock().unwrap().iter().map(|h| h.0).collect();
-        assert_eq!(lens, vec![16_320 - 3_200, 16_960 - 3_200]);
-        let replies: Vec<_> = v.hold.lock().unwrap().drain(..).collect();
-        assert!(replies[0].send(Ok(-5.0)).is_err());
-        replies[1].send(Ok(-5.0)).unwrap();
+        given_up_for_a_second_check(&v).send(Ok(-5.0)).unwrap();
         let found = reports(&mut d, 1);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].1.end, 16_640);
