@@ -236,24 +236,44 @@ async fn the_model_is_loaded_once_and_shared() {
     assert!(a.health().await.expect("health").ok);
 }
 
+/// Sampling that always picks the likeliest token, so answers compare.
+fn greedy(max_tokens: u32) -> coda_llm::GenParams {
+    coda_llm::GenParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        max_tokens,
+        seed: 1,
+        stop: Vec::new(),
+    }
+}
+
+fn msg(role: &str, content: &str) -> coda_llm::template::TemplateMessage {
+    coda_llm::template::TemplateMessage {
+        role: role.into(),
+        content: content.into(),
+    }
+}
+
+/// The answer to `prompt` with nothing cached.
+fn from_a_cleared_cache(
+    engine: &coda_llm::Engine,
+    prompt: &[u32],
+    params: &coda_llm::GenParams,
+) -> String {
+    engine.clear_prefix();
+    let full = engine
+        .generate(prompt, params, &|| false, &mut |_| true)
+        .expect("full prompt");
+    assert_eq!(full.reused_tokens, 0);
+    full.text
+}
+
 /// The next turn of a conversation reuses the keys and values of the one before (its
 /// prompt starts the same way), and the answer is exactly what a full prompt gives.
 #[test]
 fn a_follow_up_reuses_the_shared_prefix_and_answers_the_same() {
-    use coda_llm::template::TemplateMessage;
-    use coda_llm::{Engine, GenParams};
-    let engine = Engine::load(&model_path(), 1).expect("load");
-    let greedy = GenParams {
-        temperature: 0.0,
-        top_p: 1.0,
-        max_tokens: 12,
-        seed: 1,
-        stop: Vec::new(),
-    };
-    let msg = |role: &str, content: &str| TemplateMessage {
-        role: role.into(),
-        content: content.into(),
-    };
+    let engine = coda_llm::Engine::load(&model_path(), 1).expect("load");
+    let greedy = greedy(12);
     let first = vec![msg("user", "Name a colour.")];
     let p1 = engine.prompt_tokens(&first).expect("prompt");
     let out1 = engine
@@ -275,13 +295,9 @@ fn a_follow_up_reuses_the_shared_prefix_and_answers_the_same() {
         cached.reused_tokens,
         p1.len()
     );
-    engine.clear_prefix();
-    let full = engine
-        .generate(&p2, &greedy, &|| false, &mut |_| true)
-        .expect("full prompt");
-    assert_eq!(full.reused_tokens, 0);
-    assert!(!full.text.is_empty());
-    assert_eq!(cached.text, full.text, "the cache changed the answer");
+    let full = from_a_cleared_cache(&engine, &p2, &greedy);
+    assert!(!full.is_empty());
+    assert_eq!(cached.text, full, "the cache changed the answer");
 }
 
 /// The answer, computed into the cache as a prompt computes it while it is read out
@@ -289,20 +305,8 @@ fn a_follow_up_reuses_the_shared_prefix_and_answers_the_same() {
 /// a full prompt gives; a generation waiting for the engine stops the warming.
 #[test]
 fn a_warmed_answer_is_reused_and_answers_the_same() {
-    use coda_llm::template::TemplateMessage;
-    use coda_llm::{Engine, GenParams};
-    let engine = Engine::load(&model_path(), 1).expect("load");
-    let greedy = GenParams {
-        temperature: 0.0,
-        top_p: 1.0,
-        max_tokens: 40,
-        seed: 1,
-        stop: Vec::new(),
-    };
-    let msg = |role: &str, content: &str| TemplateMessage {
-        role: role.into(),
-        content: content.into(),
-    };
+    let engine = coda_llm::Engine::load(&model_path(), 1).expect("load");
+    let greedy = greedy(40);
     let first = vec![msg("user", "Tell me about the moon.")];
     let p1 = engine.prompt_tokens(&first).expect("prompt");
     let out1 = engine
@@ -338,15 +342,8 @@ fn a_warmed_answer_is_reused_and_answers_the_same() {
         cached.reused_tokens, shared,
         "the next turn reuses everything warmed that it repeats"
     );
-    engine.clear_prefix();
-    let full = engine
-        .generate(&p2, &greedy, &|| false, &mut |_| true)
-        .expect("full prompt");
-    assert_eq!(full.reused_tokens, 0);
-    assert_eq!(
-        cached.text, full.text,
-        "the warmed cache changed the answer"
-    );
+    let full = from_a_cleared_cache(&engine, &p2, &greedy);
+    assert_eq!(cached.text, full, "the warmed cache changed the answer");
 
     // Told to stop, it computes nothing more and keeps the cache as it was.
     engine.clear_prefix();

@@ -263,9 +263,7 @@ impl Verified {
             }
         }
     }
-}
 
-impl Verified {
     /// Asks whisper about `d`, on the audio from [`PRE_MS`] before it to now; the check
     /// replaced (if any) is given up first.
     fn ask(&mut self, d: Detection, early: bool) {

@@ -34,6 +34,14 @@ fn f16s(v: &[f32]) -> Vec<u8> {
         .collect()
 }
 
+/// A directory holding [`tiny_model`], and where its conversion goes.
+fn tiny_model_dir(int8: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tiny_model(dir.path(), int8);
+    let out = dir.path().join("out.bin");
+    (dir, out)
+}
+
 /// A tiny model: width 8, one layer each side, 6 tokens, 2 mels. Every value is its
 /// element index plus a per-tensor offset, so the split can be checked exactly.
 /// `int8` stores the 2-D weights quantised with a per-row scale.
@@ -226,9 +234,7 @@ fn byte_level_characters_decode_to_bytes() {
 
 #[test]
 fn converts_splits_and_checks_a_model() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    tiny_model(dir.path(), false);
-    let out = dir.path().join("out.bin");
+    let (dir, out) = tiny_model_dir(false);
     let mut calls = 0;
     let report = convert_ct2(dir.path(), &out, WhisperWeights::F16, |done, total| {
         calls += 1;
@@ -277,9 +283,7 @@ fn converts_splits_and_checks_a_model() {
 
 #[test]
 fn int8_models_are_dequantised() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    tiny_model(dir.path(), true);
-    let out = dir.path().join("out.bin");
+    let (dir, out) = tiny_model_dir(true);
     let report = convert_ct2(dir.path(), &out, WhisperWeights::F16, |_, _| {}).expect("converts");
     assert_eq!(report.source_dtype, "int8");
     let t = read_tensors(&out);
@@ -437,9 +441,7 @@ fn converts_with_q8_0_matrices() {
 
 #[test]
 fn rows_q8_0_cannot_hold_are_a_clear_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    tiny_model(dir.path(), false);
-    let out = dir.path().join("out.bin");
+    let (dir, out) = tiny_model_dir(false);
     let err = convert_ct2(dir.path(), &out, WhisperWeights::Q8_0, |_, _| {}).expect_err("width 8");
     assert!(err.to_string().contains("rows of 8 values"), "{err}");
     assert!(err.to_string().contains("f16"), "{err}");
