@@ -28,6 +28,9 @@ pub struct EchoBenchArgs {
     /// few cm from the microphone in a furnished room; 0 or more: far off, bare walls).
     #[arg(long, default_value_t = -10.0, allow_negative_numbers = true)]
     pub reverb_db: f64,
+    /// Seed of the room's reflections and the noise floor (other rooms of the same kind).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Skip whisper (echo reduction only).
     #[arg(long)]
     pub no_stt: bool,
@@ -84,6 +87,14 @@ struct Row {
     barge_in: Case,
     /// The assistant talks on over the person (barge-in off).
     talk_over: Case,
+    /// When the VAD starts the person's utterance in the recording without the echo, ms
+    /// after their voice begins: the detector's own delay, which no canceller removes.
+    vad_clean_start_ms: Option<f64>,
+    /// Utterances the VAD starts on the cancelled audio while the assistant speaks alone,
+    /// over the whole of its speech (`assistant_speech_s`): each one, with barge-in on,
+    /// would have stopped the answer.
+    vad_false_starts_echo_only: usize,
+    assistant_speech_s: f64,
     /// CPU of the canceller, % of one core in real time.
     cpu_percent_of_one_core: f64,
     underruns: u64,
@@ -119,6 +130,7 @@ struct Heard {
 struct Report {
     echo_db: f64,
     reverb_db: f64,
+    seed: u64,
     rows: Vec<Row>,
 }
 
@@ -277,6 +289,7 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         // Where the person's voice begins: espeak-ng's recording opens with silence,
         // which is not speech to stop for.
         let onset = start + speech_onset(&near);
+        let after_onset = |p: usize| (p as f64 - onset as f64) * 1000.0 / RATE as f64;
         if end + RATE > far.len() {
             bail!("the assistant's speech is too short for the barge-in");
         }
@@ -284,14 +297,14 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         let ir = room(
             delay_ms as usize * RATE / 1000,
             args.reverb_db,
-            11 + k as u64,
+            11 + k as u64 + 100 * args.seed,
         );
         // Levels: the echo `echo_db` above the person's speech (the same gain when the
         // assistant stops early).
         let near_level = rms(&near).max(1e-6);
         let gain = near_level * 10f32.powf(args.echo_db as f32 / 20.0)
             / rms(&convolve(&far, &ir)).max(1e-6);
-        let floor = noise(len, 5 + k as u64, near_level * 0.003);
+        let floor = noise(len, 5 + k as u64 + 100 * args.seed, near_level * 0.003);
         let mut clean: Vec<f32> = floor.clone();
         for (c, n) in clean[start..end].iter_mut().zip(&near) {
             *c += n;
@@ -342,8 +355,7 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
                 transcribed: hear(&c.linear, window)?,
                 vad_false_starts_microphone: before(vad_starts(&mic, vad_settings)),
                 vad_false_starts_cancelled: before(vad_starts(&c.out, vad_settings)),
-                vad_person_start_ms: heard_at
-                    .map(|p| (p as f64 - onset as f64) * 1000.0 / RATE as f64),
+                vad_person_start_ms: heard_at.map(after_onset),
                 assistant_stopped_ms: stopped,
             };
             Ok((case, c))
@@ -369,6 +381,12 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
             erle_double_talk_db: erle(&echo, &echo_out, start..end),
             said: said.to_string(),
             clean: hear(&clean, cut(start))?,
+            vad_clean_start_ms: vad_starts(&clean, vad_settings)
+                .into_iter()
+                .find(|&p| p >= start)
+                .map(after_onset),
+            vad_false_starts_echo_only: vad_starts(&echo_out, vad_settings).len(),
+            assistant_speech_s: len as f64 / RATE as f64,
             barge_in,
             talk_over,
             cpu_percent_of_one_core: measured.cpu_us as f64 / 1e4 / (len as f64 / RATE as f64),
@@ -378,6 +396,7 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
     let report = Report {
         echo_db: args.echo_db,
         reverb_db: args.reverb_db,
+        seed: args.seed,
         rows,
     };
     if args.json {
@@ -385,8 +404,8 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "echo cancellation (AEC3), synthetic room (reflections {:+.0} dB, RT60 250 ms), echo {:+.0} dB over the second talker",
-        report.reverb_db, report.echo_db
+        "echo cancellation (AEC3), synthetic room {} (reflections {:+.0} dB, RT60 250 ms), echo {:+.0} dB over the second talker",
+        report.seed, report.reverb_db, report.echo_db
     );
     for r in &report.rows {
         println!(
@@ -397,6 +416,14 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
             r.erle_after_1s_db,
             r.erle_double_talk_db,
             r.cpu_percent_of_one_core
+        );
+        println!(
+            "    the VAD starts on the assistant's voice alone, cancelled: {} in {:.1} s; on the person without the echo: {}",
+            r.vad_false_starts_echo_only,
+            r.assistant_speech_s,
+            r.vad_clean_start_ms
+                .map(|v| format!("{v:.0} ms in"))
+                .unwrap_or_else(|| "never".into())
         );
         if let Some(h) = &r.clean {
             println!(
