@@ -31,13 +31,7 @@ async fn speech_over_the_answer_stops_it_and_becomes_the_next_turn() {
         ],
     );
     let mut c = server.client().await;
-    let r = c
-        .request(
-            "stt_start",
-            json!({"mode": "continuous", "source": "client"}),
-        )
-        .await;
-    assert_eq!(ty(&r), "command_result", "{r}");
+    listen(&mut c, "continuous", "client").await;
 
     // A short story can be told before the question is heard: then the question is a
     // turn of its own, and the test asks again.

@@ -356,13 +356,7 @@ async fn bad_frames_a_missing_model_and_device_audio_get_clear_errors() {
     );
 
     // Client audio with no model: stt_error model_missing with the command to fix it.
-    let r = c
-        .request(
-            "stt_start",
-            json!({"mode": "push_to_talk", "source": "client"}),
-        )
-        .await;
-    assert_eq!(ty(&r), "command_result", "{r}");
+    listen(&mut c, "push_to_talk", "client").await;
     // (The device's own stt_error is an event: it may come before or after its answer.)
     let err = c
         .wait_for("stt_error of the client audio", RECV_TIMEOUT, |v| {

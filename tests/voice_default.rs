@@ -32,13 +32,7 @@ async fn push_to_talk_on_the_defaults_in_fresh_starts() {
     for start in 0..FRESH_STARTS {
         let server = server(&store, &[]);
         let mut c = server.client().await;
-        let r = c
-            .request(
-                "stt_start",
-                json!({"mode": "push_to_talk", "source": "client"}),
-            )
-            .await;
-        assert_eq!(ty(&r), "command_result", "{r}");
+        listen(&mut c, "push_to_talk", "client").await;
         stream(&mut c, &pcm).await;
         let r = c.request("stt_stop", json!({})).await;
         assert_eq!(ty(&r), "command_result", "{r}");
@@ -62,13 +56,7 @@ async fn hands_free_client_audio_on_the_defaults() {
     let store = store();
     let server = server(&store, &[]);
     let mut c = server.client().await;
-    let r = c
-        .request(
-            "stt_start",
-            json!({"mode": "continuous", "source": "client"}),
-        )
-        .await;
-    assert_eq!(ty(&r), "command_result", "{r}");
+    listen(&mut c, "continuous", "client").await;
     // Silence first (the detector learns the floor), the question, then silence: the
     // detector ends the utterance by itself; no stt_stop.
     let (speech, _wav) = speech(QUESTION, 1_500);
@@ -102,13 +90,7 @@ async fn the_device_path_on_the_defaults_with_a_file_input() {
     let input = format!("file:{}", wav.display());
     let server = server(&store, &[("CODA__AUDIO__INPUT_DEVICE", input.as_str())]);
     let mut c = server.client().await;
-    let r = c
-        .request(
-            "stt_start",
-            json!({"mode": "continuous", "source": "device"}),
-        )
-        .await;
-    assert_eq!(ty(&r), "command_result", "{r}");
+    listen(&mut c, "continuous", "device").await;
     let (_, events) = voice_turn(&mut c, Duration::from_secs(90)).await;
     let start = events
         .iter()

@@ -154,13 +154,7 @@ async fn wake_mode_without_a_reference_is_refused_and_says_why() {
         "{msg}"
     );
     // Everything else works: push-to-talk on the same connection.
-    let r = c
-        .request(
-            "stt_start",
-            json!({"mode": "push_to_talk", "source": "client"}),
-        )
-        .await;
-    assert_eq!(ty(&r), "command_result", "{r}");
+    listen(&mut c, "push_to_talk", "client").await;
     let info = server.system_info().await;
     let wake = info["components"]
         .as_array()

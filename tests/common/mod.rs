@@ -926,6 +926,14 @@ pub fn speech(text: &str, pad_ms: usize) -> (Vec<u8>, tempfile::TempPath) {
     (pcm, wav)
 }
 
+/// `stt_start` in `mode` from `source`, which the server accepts.
+pub async fn listen(c: &mut Client, mode: &str, source: &str) {
+    let r = c
+        .request("stt_start", json!({"mode": mode, "source": source}))
+        .await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+}
+
 /// Streams `pcm` in 20 ms frames at real-time pace.
 pub async fn stream(c: &mut Client, pcm: &[u8]) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
