@@ -263,6 +263,12 @@ fn vad_starts(audio: &[f32], settings: VadSettings) -> Vec<usize> {
         .collect()
 }
 
+/// "N ms in", or "never".
+fn ms_in(ms: Option<f64>) -> String {
+    ms.map(|v| format!("{v:.0} ms in"))
+        .unwrap_or_else(|| "never".into())
+}
+
 /// `coda bench echo`.
 pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
     if args.delays.is_empty() {
@@ -290,21 +296,20 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         // which is not speech to stop for.
         let onset = start + speech_onset(&near);
         let after_onset = |p: usize| (p as f64 - onset as f64) * 1000.0 / RATE as f64;
+        // Where the VAD first starts an utterance once the person is there.
+        let heard_in = |starts: &[usize]| starts.iter().copied().find(|&p| p >= start);
         if end + RATE > far.len() {
             bail!("the assistant's speech is too short for the barge-in");
         }
         let len = far.len();
-        let ir = room(
-            delay_ms as usize * RATE / 1000,
-            args.reverb_db,
-            11 + k as u64 + 100 * args.seed,
-        );
+        let seed = k as u64 + 100 * args.seed;
+        let ir = room(delay_ms as usize * RATE / 1000, args.reverb_db, 11 + seed);
         // Levels: the echo `echo_db` above the person's speech (the same gain when the
         // assistant stops early).
         let near_level = rms(&near).max(1e-6);
         let gain = near_level * 10f32.powf(args.echo_db as f32 / 20.0)
             / rms(&convolve(&far, &ir)).max(1e-6);
-        let floor = noise(len, 5 + k as u64 + 100 * args.seed, near_level * 0.003);
+        let floor = noise(len, 5 + seed, near_level * 0.003);
         let mut clean: Vec<f32> = floor.clone();
         for (c, n) in clean[start..end].iter_mut().zip(&near) {
             *c += n;
@@ -344,17 +349,16 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
          -> anyhow::Result<(Case, Cancelled)> {
             let mic = mic_of(echo);
             let c = cancel(played, &mic)?;
-            let before = |v: Vec<usize>| v.iter().filter(|&&p| p < start).count();
-            let heard_at = vad_starts(&c.out, vad_settings)
-                .into_iter()
-                .find(|&p| p >= start);
+            let before = |v: &[usize]| v.iter().filter(|&&p| p < start).count();
+            let cancelled = vad_starts(&c.out, vad_settings);
+            let heard_at = heard_in(&cancelled);
             let window = cut(heard_at.unwrap_or(start));
             let case = Case {
                 microphone: hear(&mic, cut(start))?,
                 cancelled: hear(&c.out, window.clone())?,
                 transcribed: hear(&c.linear, window)?,
-                vad_false_starts_microphone: before(vad_starts(&mic, vad_settings)),
-                vad_false_starts_cancelled: before(vad_starts(&c.out, vad_settings)),
+                vad_false_starts_microphone: before(&vad_starts(&mic, vad_settings)),
+                vad_false_starts_cancelled: before(&cancelled),
                 vad_person_start_ms: heard_at.map(after_onset),
                 assistant_stopped_ms: stopped,
             };
@@ -372,6 +376,7 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         // The echo alone through the canceller, for its reduction while both talk.
         let echo_only: Vec<f32> = echo.iter().zip(&floor).map(|(e, n)| e + n).collect();
         let echo_out = cancel(&far, &echo_only)?.out;
+        let secs = len as f64 / RATE as f64;
         rows.push(Row {
             delay_ms,
             erle_0_500ms_db: erle(&echo, out, 0..ms(500)),
@@ -381,15 +386,12 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
             erle_double_talk_db: erle(&echo, &echo_out, start..end),
             said: said.to_string(),
             clean: hear(&clean, cut(start))?,
-            vad_clean_start_ms: vad_starts(&clean, vad_settings)
-                .into_iter()
-                .find(|&p| p >= start)
-                .map(after_onset),
+            vad_clean_start_ms: heard_in(&vad_starts(&clean, vad_settings)).map(after_onset),
             vad_false_starts_echo_only: vad_starts(&echo_out, vad_settings).len(),
-            assistant_speech_s: len as f64 / RATE as f64,
+            assistant_speech_s: secs,
             barge_in,
             talk_over,
-            cpu_percent_of_one_core: measured.cpu_us as f64 / 1e4 / (len as f64 / RATE as f64),
+            cpu_percent_of_one_core: measured.cpu_us as f64 / 1e4 / secs,
             underruns: measured.underruns,
         });
     }
@@ -421,9 +423,7 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
             "    the VAD starts on the assistant's voice alone, cancelled: {} in {:.1} s; on the person without the echo: {}",
             r.vad_false_starts_echo_only,
             r.assistant_speech_s,
-            r.vad_clean_start_ms
-                .map(|v| format!("{v:.0} ms in"))
-                .unwrap_or_else(|| "never".into())
+            ms_in(r.vad_clean_start_ms)
         );
         if let Some(h) = &r.clean {
             println!(
@@ -436,9 +436,7 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
                 "    {case}: VAD starts on the assistant's voice: {} raw, {} cancelled; the person's start heard {}{}",
                 c.vad_false_starts_microphone,
                 c.vad_false_starts_cancelled,
-                c.vad_person_start_ms
-                    .map(|v| format!("{v:.0} ms in"))
-                    .unwrap_or_else(|| "never".into()),
+                ms_in(c.vad_person_start_ms),
                 c.assistant_stopped_ms
                     .map(|v| format!("; the assistant stopped {v:.0} ms in"))
                     .unwrap_or_default()
