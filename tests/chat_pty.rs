@@ -91,6 +91,14 @@ fn spawn_in(
     s
 }
 
+/// Ctrl-D at the next prompt. Sent before the line editor is back in raw mode, the
+/// terminal's cooked mode turns it into an end-of-file mark the editor then reads as a NUL
+/// byte, and the chat never sees it — so wait for the prompt, which is drawn in raw mode.
+fn ctrl_d(p: &mut OsSession) {
+    p.expect("you> ").unwrap();
+    p.send(ControlCode::EndOfTransmission).unwrap();
+}
+
 /// The chat requests the server got, as JSON, in order.
 fn chat_requests(server: &ScriptedServer) -> Vec<serde_json::Value> {
     server
@@ -203,7 +211,7 @@ async fn a_chat_session_in_a_terminal() {
     p.expect("session: s1 (6 messages)").unwrap();
     p.send_line("/mode").unwrap();
     p.expect("mode: review").unwrap();
-    p.send(ControlCode::EndOfTransmission).unwrap();
+    ctrl_d(&mut p);
     p.expect("session summary").unwrap();
     p.expect(Eof).unwrap();
     assert!(exited_ok(&p));
@@ -358,7 +366,7 @@ async fn the_model_reads_edits_and_asks_before_committing() {
     p.expect("Nothing to do.").unwrap();
     p.send_line("/tools on nosuchtool").unwrap();
     p.expect("no tool named `nosuchtool`").unwrap();
-    p.send(ControlCode::EndOfTransmission).unwrap();
+    ctrl_d(&mut p);
     p.expect("session summary").unwrap();
     p.expect(Eof).unwrap();
     assert!(exited_ok(&p));
@@ -440,7 +448,7 @@ async fn long_conversations_are_compacted_into_notes() {
     }
     p.send_line("/session save long").unwrap();
     p.expect("saved session long").unwrap();
-    p.send(ControlCode::EndOfTransmission).unwrap();
+    ctrl_d(&mut p);
     p.expect(Eof).unwrap();
     assert!(exited_ok(&p));
 
