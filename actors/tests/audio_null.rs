@@ -17,7 +17,9 @@ use coda_actors::components::ComponentRegistry;
 use coda_actors::hub::{HubHandle, TypeMask};
 use coda_actors::supervise::Supervision;
 use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
-use coda_actors::tts::{FinishTurn, SentenceProgress, Speak, TtsActor, TtsOutput, TtsUpdate};
+use coda_actors::tts::{
+    CancelTurn, FinishTurn, HoldTurn, SentenceProgress, Speak, TtsActor, TtsOutput, TtsUpdate,
+};
 use coda_actors::voice::SpeechAudio;
 use coda_protocol::{EventType, RawEnvelope, SttMode};
 
@@ -180,6 +182,59 @@ async fn playback_on_the_null_device_plays_and_interrupt_stops_it() {
             .map(|s| s.saturating_duration_since(t).as_secs_f64() * 1000.0)
             .unwrap_or(0.0)
     );
+}
+
+/// A paused speaker takes no sample of what plays nor of what is queued, and goes on
+/// from where it paused; a stop ends the pause.
+#[actix_rt::test]
+async fn a_paused_speaker_holds_its_place_and_a_stop_ends_the_pause() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    null_home();
+    let speaker = tokio::task::spawn_blocking(|| Speaker::open("", None))
+        .await
+        .unwrap()
+        .expect("the null output opens");
+    let played = Arc::new(AtomicUsize::new(0));
+    let (sp, counter) = (speaker.clone(), played.clone());
+    let long = tokio::spawn(async move {
+        sp.play_counted(tone(60.0, 22_050), 22_050, Some(counter))
+            .await
+    });
+    wait_until("the device to take samples", || {
+        (played.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    speaker.pause_now(true);
+    // The player's controls are read every 5 ms.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let at_pause = played.load(Ordering::Relaxed);
+    let sp = speaker.clone();
+    let queued = tokio::spawn(async move { sp.play(tone(0.2, 22_050), 22_050).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        played.load(Ordering::Relaxed),
+        at_pause,
+        "taken while paused"
+    );
+    assert!(!long.is_finished() && !queued.is_finished());
+
+    speaker.pause_now(false);
+    wait_until("playback to go on", || {
+        (played.load(Ordering::Relaxed) > at_pause).then_some(())
+    })
+    .await;
+    speaker.pause_now(true);
+    speaker.stop().await;
+    let outcomes = (
+        tokio::time::timeout(WAIT, long).await.unwrap().unwrap(),
+        tokio::time::timeout(WAIT, queued).await.unwrap().unwrap(),
+    );
+    assert_eq!(outcomes, (PlayOutcome::Stopped, PlayOutcome::Stopped));
+    // Paused when stopped: the next sound plays all the same.
+    let next = tokio::time::timeout(WAIT, speaker.play(tone(0.2, 22_050), 22_050))
+        .await
+        .unwrap();
+    assert_eq!(next, PlayOutcome::Played);
 }
 
 /// What the speaker plays reaches the echo canceller of the input device: after a tone,
@@ -534,4 +589,176 @@ async fn remote_speech_plays_as_it_streams_in() {
         1,
         "one sentence"
     );
+}
+
+/// Speaks every sentence as `secs` of a tone (long enough to be caught playing).
+#[derive(Debug)]
+struct ToneEngine {
+    secs: f32,
+}
+
+#[async_trait::async_trait]
+impl coda_actors::tts::TtsEngine for ToneEngine {
+    fn name(&self) -> &str {
+        "tone"
+    }
+    fn voice(&self) -> &str {
+        "a"
+    }
+    async fn check(&self) -> Result<(), coda_actors::tts::TtsEngineError> {
+        Ok(())
+    }
+    async fn synthesize(
+        &self,
+        _: &str,
+    ) -> Result<coda_actors::tts::Audio, coda_actors::tts::TtsEngineError> {
+        Ok(coda_actors::tts::Audio {
+            samples: tone(self.secs, 22_050)
+                .into_iter()
+                .map(|v| (v * 32_767.0) as i16)
+                .collect(),
+            sample_rate: 22_050,
+        })
+    }
+}
+
+/// A held turn's playback pauses where it is (`tts_paused`) and goes on from there
+/// (`tts_resumed`), to the end: played whole. A held turn that is cancelled leaves the
+/// speaker free for the next one.
+#[actix_rt::test]
+async fn a_held_turn_pauses_and_goes_on_and_a_cancelled_one_frees_the_speaker() {
+    null_home();
+    let (hub, events) = hub_with_events(TypeMask::DEFAULT);
+    let (tts, updates, rec) = speaking_on_null(hub, Arc::new(ToneEngine { secs: 20.0 })).await;
+    let speak = |turn: &str, progress: Arc<SentenceProgress>| Speak {
+        turn_id: turn.into(),
+        session_id: "s1".into(),
+        index: 0,
+        text: "A long sentence.".into(),
+        progress,
+        reply_to: rec.clone(),
+    };
+    let progress = Arc::new(SentenceProgress::default());
+    tts.send(speak("t1", progress.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    tts.do_send(FinishTurn {
+        turn_id: "t1".into(),
+    });
+    let heard = || progress.heard().unwrap_or(0.0);
+    wait_until("the sentence to play", || (heard() > 0.0).then_some(())).await;
+    tts.do_send(HoldTurn {
+        turn_id: "t1".into(),
+        hold: true,
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let at_pause = heard();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(heard(), at_pause, "played while held");
+    assert!(at_pause < 1.0);
+    tts.do_send(HoldTurn {
+        turn_id: "t1".into(),
+        hold: false,
+    });
+    let result = tts_result(&events).await;
+    assert_eq!(result["played"], true, "{result}");
+    assert_eq!(progress.heard(), Some(1.0));
+    let types: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.event_type.clone())
+        .filter(|t| t.starts_with("tts_"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "tts_start",
+            "tts_progress",
+            "tts_paused",
+            "tts_resumed",
+            "tts_result"
+        ],
+    );
+    let resumed = events
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e.event_type == "tts_resumed")
+        .map(|e| e.data.clone())
+        .unwrap();
+    assert!(resumed["paused_ms"].as_f64().unwrap() >= 300.0, "{resumed}");
+
+    // Held, then cancelled (the transcript interrupts it): the next turn plays.
+    events.lock().unwrap().clear();
+    tts.send(speak("t2", Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    tts.do_send(HoldTurn {
+        turn_id: "t2".into(),
+        hold: true,
+    });
+    tts.do_send(CancelTurn {
+        turn_id: "t2".into(),
+    });
+    let t3 = Arc::new(SentenceProgress::default());
+    tts.send(speak("t3", t3.clone())).await.unwrap().unwrap();
+    wait_until("the next turn to play", || {
+        (t3.heard().unwrap_or(0.0) > 0.0).then_some(())
+    })
+    .await;
+    assert!(updates
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|u| !matches!(u, TtsUpdate::Failed { .. })));
+}
+
+/// With no speaker (a client plays `tts_audio`, paused on `tts_paused`), a held turn whose
+/// audio is all made does not end until it goes on: the client still has it to play.
+#[actix_rt::test]
+async fn a_held_turn_without_a_speaker_ends_only_once_it_goes_on() {
+    let (hub, events) = hub_with_events(TypeMask::DEFAULT);
+    let sup = Supervision::new("tts", Default::default(), hub, ComponentRegistry::new());
+    let tts = TtsActor::new(sup, Arc::new(ToneEngine { secs: 0.5 }))
+        .with_output(TtsOutput::default())
+        .start();
+    let rec = Updates(Arc::new(Mutex::new(Vec::new())))
+        .start()
+        .recipient();
+    tts.send(Speak {
+        turn_id: "t1".into(),
+        session_id: "s1".into(),
+        index: 0,
+        text: "Hello.".into(),
+        progress: Default::default(),
+        reply_to: rec,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    tts.do_send(HoldTurn {
+        turn_id: "t1".into(),
+        hold: true,
+    });
+    tts.do_send(FinishTurn {
+        turn_id: "t1".into(),
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ended = |events: &Arc<Mutex<Vec<RawEnvelope>>>| {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.event_type == "tts_result")
+    };
+    assert!(!ended(&events), "ended while held");
+    tts.do_send(HoldTurn {
+        turn_id: "t1".into(),
+        hold: false,
+    });
+    let result = tts_result(&events).await;
+    assert_eq!(result["played"], false, "{result}");
 }

@@ -280,6 +280,15 @@ class App {
         this.tts.play(d);
         this.headerDirty = true;
         break;
+      case 'tts_paused':
+        this.tts.pause();
+        break;
+      case 'tts_resumed':
+        this.tts.resume();
+        break;
+      case 'conversation_message':
+        if (d.interrupted) this.tts.stop();
+        break;
       case 'command_error':
         // Errors of commands sent without an id (or by the server unprompted, e.g. a
         // refused audio frame) have no promise waiting: show them here.

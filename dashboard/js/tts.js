@@ -5,6 +5,25 @@ export class TtsPlayer {
     this.ctx = null;
     this.next = 0;
     this.chunks = 0;
+    this.sources = new Set();
+  }
+
+  /** Someone talks over the answer (`tts_paused`): hold it where it is. */
+  pause() {
+    if (this.ctx) this.ctx.suspend();
+  }
+
+  /** It was not speech (`tts_resumed`): go on from there. */
+  resume() {
+    if (this.ctx) this.ctx.resume();
+  }
+
+  /** The answer was interrupted: drop what is scheduled, ready for the next one. */
+  stop() {
+    for (const src of this.sources) src.stop();
+    this.sources.clear();
+    this.next = 0;
+    this.resume();
   }
 
   /** Must be called from a user gesture (browsers start audio only then). */
@@ -38,6 +57,8 @@ export class TtsPlayer {
     const src = this.ctx.createBufferSource();
     src.buffer = buf;
     src.connect(this.ctx.destination);
+    src.onended = () => this.sources.delete(src);
+    this.sources.add(src);
     const at = Math.max(this.ctx.currentTime + 0.02, this.next);
     src.start(at);
     this.next = at + buf.duration;

@@ -686,6 +686,27 @@ pub struct TtsProgress {
     pub text: String,
 }
 
+/// `tts_paused`: playback of the turn's speech paused because someone started talking over
+/// it (barge-in by voice). What they said decides: a transcript interrupts the turn, no
+/// speech resumes it (`tts_resumed`). A client that plays `tts_audio` pauses too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TtsPaused {
+    /// The turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+}
+
+/// `tts_resumed`: playback of the turn's speech goes on from where it paused: what was
+/// heard over it was not speech (no transcript).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TtsResumed {
+    /// The turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+    /// How long it was paused, ms.
+    pub paused_ms: f64,
+}
+
 /// `tts_result`: speech finished (or was interrupted: `played: false`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TtsResult {
@@ -1135,6 +1156,8 @@ event_data! {
     LlmError,
     TtsStart,
     TtsProgress,
+    TtsPaused,
+    TtsResumed,
     TtsResult,
     TtsError,
     TtsAudio,

@@ -89,6 +89,10 @@ name_enum! {
         TtsStart = "tts_start",
         /// Text-to-speech reached the next sentence.
         TtsProgress = "tts_progress",
+        /// Playback of a turn's speech paused: someone started talking over it.
+        TtsPaused = "tts_paused",
+        /// Playback of a turn's speech went on: what was heard was not speech.
+        TtsResumed = "tts_resumed",
         /// Text-to-speech finished (or was interrupted).
         TtsResult = "tts_result",
         /// Text-to-speech failed.

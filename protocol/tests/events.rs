@@ -228,6 +228,12 @@ fn samples() -> Vec<EventData> {
             text: "Hi there!".into(),
         }
         .into(),
+        TtsPaused { turn_id: turn() }.into(),
+        TtsResumed {
+            turn_id: turn(),
+            paused_ms: 840.0,
+        }
+        .into(),
         TtsResult {
             turn_id: turn(),
             duration_ms: 600.0,

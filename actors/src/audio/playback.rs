@@ -29,6 +29,8 @@ enum Cmd {
     Stop {
         done: oneshot::Sender<Duration>,
     },
+    /// Hold what is queued where it is (`true`) or go on with it (`false`).
+    Pause(bool),
 }
 
 /// A handle to the playback thread.
@@ -226,6 +228,13 @@ impl Speaker {
         let _ = self.tx.send(Cmd::Stop { done });
     }
 
+    /// Pauses (`true`) or resumes (`false`) playback without dropping what is queued: the
+    /// sound playing goes on from the sample where it paused, and sounds queued while
+    /// paused wait. A stop clears the pause.
+    pub fn pause_now(&self, paused: bool) {
+        let _ = self.tx.send(Cmd::Pause(paused));
+    }
+
     /// When the output device last pulled one of our samples.
     pub fn last_pull(&self) -> Option<Instant> {
         match self.last_pull.load(Ordering::Relaxed) {
@@ -244,6 +253,7 @@ fn run(
 ) {
     let player = rodio::Player::connect_new(sink.mixer());
     let mut queued: VecDeque<oneshot::Sender<PlayOutcome>> = VecDeque::new();
+    let mut paused = false;
     loop {
         // While something plays, wake every 5 ms to notice what finished.
         let cmd = if queued.is_empty() {
@@ -286,16 +296,28 @@ fn run(
                     }),
                 };
                 player.append(source);
-                player.play();
+                if !paused {
+                    player.play();
+                }
                 queued.push_back(done);
             }
             Some(Cmd::Stop { done }) => {
                 let t = Instant::now();
+                paused = false;
                 player.clear();
                 for d in queued.drain(..) {
                     let _ = d.send(PlayOutcome::Stopped);
                 }
                 let _ = done.send(t.elapsed());
+            }
+            Some(Cmd::Pause(on)) => {
+                paused = on;
+                // The player's own flag: its sources hand out silence, unpulled, while set.
+                if on {
+                    player.pause();
+                } else if !queued.is_empty() {
+                    player.play();
+                }
             }
             None => {}
         }

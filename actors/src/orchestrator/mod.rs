@@ -16,7 +16,10 @@
 //!
 //! `interrupt` (barge-in) cancels generation and speech at once and keeps only what was
 //! actually spoken in the context. A new input in a session interrupts that session's
-//! turn in flight. Turns of different sessions run side by side.
+//! turn in flight. Speech heard over an answer being spoken first only pauses its playback
+//! (`hold`): its transcript is the new input that interrupts it; no speech (a cough, the
+//! assistant's own voice let through by echo cancellation) resumes it (`release`).
+//! Turns of different sessions run side by side.
 
 mod alarm;
 pub mod phase;
@@ -38,7 +41,8 @@ use crate::llm::actor::{CancelGeneration, Generate, LlmActor, LlmUpdate};
 use crate::llm::{ChatMessage, ChatRequest, ChatRole, LlmError};
 use crate::supervise::Supervision;
 use crate::tts::{
-    CancelTurn, FinishTurn, SentenceProgress, SentenceSplitter, Speak, TtsActor, TtsUpdate,
+    CancelTurn, FinishTurn, HoldTurn, SentenceProgress, SentenceSplitter, Speak, TtsActor,
+    TtsUpdate,
 };
 use phase::{Latency, Phase, Speech, Stage, TurnEvent};
 
@@ -63,8 +67,9 @@ pub struct ConversationSettings {
     /// After an answer to speech, how long a session listening in wake mode takes speech
     /// without the wake word (zero: never).
     pub follow_up: std::time::Duration,
-    /// Speech heard while the session's answer is being spoken interrupts it, as the
-    /// `interrupt` command does (barge-in by voice).
+    /// Speech heard while the session's answer is being spoken pauses it; its transcript
+    /// interrupts it as the `interrupt` command does, no speech resumes it (barge-in by
+    /// voice).
     pub barge_in: bool,
     /// Offer the model the tools (function calling, where the provider does it): its
     /// calls run through the Tools actor, with their permissions, and it answers from the
@@ -159,7 +164,8 @@ pub struct VoiceTurn {
 }
 
 /// Speech capture started (`on`) or stopped with nothing to say in a session: mode
-/// `listening`, or back to `idle`.
+/// `listening`, or back to `idle` (or to `speaking`, when the answer paused for it goes
+/// on).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Listening {
@@ -214,7 +220,13 @@ struct SessionState {
     last_used: std::time::Instant,
     /// When the open follow-up window closes.
     follow_up_until: Option<Instant>,
+    /// The turn whose speech is paused while someone talks over it.
+    held: Option<String>,
 }
+
+/// Longest a turn's speech stays paused for an utterance that never ends in a transcript
+/// or in nothing (the longest utterance, 30 s by default, and its transcription).
+const HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(45);
 
 struct Turn {
     id: String,
@@ -264,6 +276,8 @@ pub struct Engines {
     pub finish_speech: Recipient<FinishTurn>,
     /// Speech: drop a turn's speech now.
     pub cancel_speech: Recipient<CancelTurn>,
+    /// Speech: pause a turn's playback, or go on with it.
+    pub hold_speech: Recipient<HoldTurn>,
 }
 
 impl Engines {
@@ -276,6 +290,7 @@ impl Engines {
             speak: tts.clone().recipient(),
             finish_speech: tts.clone().recipient(),
             cancel_speech: tts.clone().recipient(),
+            hold_speech: tts.clone().recipient(),
         }
     }
 }
@@ -429,6 +444,7 @@ impl Orchestrator {
                     active: None,
                     last_used: std::time::Instant::now(),
                     follow_up_until: None,
+                    held: None,
                 },
             );
         }
@@ -1115,18 +1131,78 @@ impl Orchestrator {
                 ),
             },
         );
+        let mut listening = false;
         if let Some(s) = self.sessions.get_mut(&turn.session_id) {
             if s.active.as_deref() == Some(turn.id.as_str()) {
                 s.active = None;
             }
+            if s.held.as_deref() == Some(turn.id.as_str()) {
+                s.held = None;
+            }
+            listening = matches!(s.mode, Mode::Listening | Mode::ListeningFollowUp);
         }
-        self.set_mode(&turn.session_id, Mode::Idle);
+        // Someone is talking (over the answer, or after it): that decides the mode.
+        if !listening {
+            self.set_mode(&turn.session_id, Mode::Idle);
+        }
     }
 
     // ---- barge-in -------------------------------------------------------------------------
 
+    /// Someone started talking over the session's answer: its playback pauses until what
+    /// they said is known (a transcript interrupts it, no speech resumes it).
+    fn hold(&mut self, session_id: &str, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let Some(turn_id) = s.active.clone() else {
+            return;
+        };
+        tracing::info!(session = %session_id, turn = %turn_id, "barge-in: speech over the answer; its playback pauses");
+        s.held = Some(turn_id.clone());
+        self.engines.hold_speech.do_send(HoldTurn {
+            turn_id: turn_id.clone(),
+            hold: true,
+        });
+        let session = session_id.to_string();
+        ctx.run_later(HOLD_MAX, move |act, _| {
+            if act
+                .sessions
+                .get(&session)
+                .is_some_and(|s| s.held.as_deref() == Some(turn_id.as_str()))
+            {
+                tracing::warn!(session = %session, turn = %turn_id, "no end to the utterance over the answer; it goes on");
+                act.release(&session);
+            }
+        });
+    }
+
+    /// What was said over the answer was not speech: it goes on. False when nothing was
+    /// held.
+    fn release(&mut self, session_id: &str) -> bool {
+        let Some(turn_id) = self
+            .sessions
+            .get_mut(session_id)
+            .and_then(|s| s.held.take())
+        else {
+            return false;
+        };
+        if !self.turns.contains_key(&turn_id) {
+            return false;
+        }
+        tracing::info!(session = %session_id, turn = %turn_id, "no speech over the answer; it goes on");
+        self.engines.hold_speech.do_send(HoldTurn {
+            turn_id,
+            hold: false,
+        });
+        self.set_mode(session_id, Mode::Speaking);
+        true
+    }
+
     fn interrupt_session(&mut self, session_id: &str) -> Option<(String, String, String)> {
-        let active = self.sessions.get_mut(session_id)?.active.take()?;
+        let session = self.sessions.get_mut(session_id)?;
+        session.held = None;
+        let active = session.active.take()?;
         let mut turn = self.turns.remove(&active)?;
         turn.phase = phase::next(turn.phase, TurnEvent::Interrupted, turn.speech);
         self.engines.cancel_generation.do_send(CancelGeneration {
@@ -1403,7 +1479,7 @@ impl Handler<Listening> for Orchestrator {
         self.guarded(
             ctx,
             |_| (),
-            |act, _| {
+            |act, ctx| {
                 if msg.on {
                     act.silence(&msg.session_id, "stopped");
                     act.ensure_session(&msg.session_id);
@@ -1412,14 +1488,13 @@ impl Handler<Listening> for Orchestrator {
                         .get(&msg.session_id)
                         .is_some_and(|s| s.mode == Mode::Speaking && s.active.is_some());
                     if speaking && act.settings.barge_in {
-                        tracing::info!(session = %msg.session_id, "barge-in: speech while the answer is spoken");
-                        act.interrupt_session(&msg.session_id);
+                        act.hold(&msg.session_id, ctx);
                     }
                     act.set_mode(&msg.session_id, Mode::Listening);
-                } else if act
-                    .sessions
-                    .get(&msg.session_id)
-                    .is_some_and(|s| matches!(s.mode, Mode::Listening | Mode::ListeningFollowUp))
+                } else if !act.release(&msg.session_id)
+                    && act.sessions.get(&msg.session_id).is_some_and(|s| {
+                        matches!(s.mode, Mode::Listening | Mode::ListeningFollowUp)
+                    })
                 {
                     act.set_mode(&msg.session_id, Mode::Idle);
                 }

@@ -12,7 +12,7 @@ use super::*;
 use crate::components::ComponentRegistry;
 use crate::hub::{record_events, EventHub, HubSettings, Recorded, TypeMask};
 use crate::llm::actor::{CancelGeneration, Generate, LlmUpdate};
-use crate::tts::{CancelTurn, FinishTurn, Speak, TtsUpdate};
+use crate::tts::{CancelTurn, FinishTurn, HoldTurn, Speak, TtsUpdate};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -166,6 +166,17 @@ impl Handler<CancelTurn> for Speech {
     }
 }
 
+impl Handler<HoldTurn> for Speech {
+    type Result = ();
+    fn handle(&mut self, h: HoldTurn, _: &mut Context<Self>) {
+        let what = if h.hold { "hold" } else { "go on with" };
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{what} speech {}", h.turn_id));
+    }
+}
+
 struct Rig {
     orchestrator: Addr<Orchestrator>,
     events: Recorded,
@@ -198,7 +209,8 @@ fn rig_with(script: Script, voice: Voice, settings: ConversationSettings) -> Rig
         cancel_generation: model.recipient(),
         speak: speech.clone().recipient(),
         finish_speech: speech.clone().recipient(),
-        cancel_speech: speech.recipient(),
+        cancel_speech: speech.clone().recipient(),
+        hold_speech: speech.recipient(),
     };
     let components = ComponentRegistry::new();
     let sup = Supervision::new("orchestrator", Default::default(), hub, components);
@@ -260,13 +272,42 @@ impl Rig {
 
     /// Speech began in `session` (what Stt says when an utterance opens).
     async fn speech_starts(&self, session: &str) {
+        self.listening(session, true).await;
+    }
+
+    /// The utterance in `session` held no speech (what Stt says for an empty transcript).
+    async fn no_speech(&self, session: &str) {
+        self.listening(session, false).await;
+    }
+
+    async fn listening(&self, session: &str, on: bool) {
         self.orchestrator
             .send(Listening {
                 session_id: session.into(),
-                on: true,
+                on,
             })
             .await
             .expect("the orchestrator runs");
+    }
+
+    /// The modes `session` went through, in order, once the last is `mode` (or after 1 s).
+    async fn modes_until(&self, session: &str, mode: &str) -> Vec<String> {
+        let mut modes = Vec::new();
+        for _ in 0..100 {
+            modes = self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|e| e.event_type == "mode_change" && e.session_id == session)
+                .filter_map(|e| e.data["mode"].as_str().map(str::to_string))
+                .collect();
+            if modes.last().is_some_and(|m| m == mode) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        modes
     }
 
     fn log(&self) -> Vec<String> {
@@ -501,18 +542,64 @@ impl Rig {
     }
 }
 
+/// Speech over the answer pauses its playback and nothing else; its transcript, the next
+/// turn, interrupts it.
 #[actix_rt::test]
-async fn speech_while_the_answer_is_spoken_interrupts_it() {
+async fn speech_over_the_answer_pauses_it_and_its_transcript_interrupts_it() {
     let (r, turn) = speaking_rig(true).await;
     r.speech_starts("s").await;
+    let log = r.log();
+    assert!(log.contains(&format!("hold speech {turn}")), "{log:?}");
+    assert!(!log.iter().any(|l| l.starts_with("cancel")), "{log:?}");
+    let modes = r.modes_until("s", "listening").await;
+    assert_eq!(
+        modes.last().map(String::as_str),
+        Some("listening"),
+        "{modes:?}"
+    );
+
+    let next = r.turn("stop, what time is it?").await;
     let log = r.log();
     assert!(log.contains(&format!("cancel speech {turn}")), "{log:?}");
     assert!(
         log.contains(&format!("cancel generation {turn}")),
         "{log:?}"
     );
+    assert!(!log.iter().any(|l| l.starts_with("go on")), "{log:?}");
     let cut = r.interrupted_message().await;
     assert_eq!(cut["content"], "The first sentence is spoken.", "{cut}");
+    assert_ne!(next, turn);
+}
+
+/// What turns out not to be speech (no transcript) lets the answer go on: playback
+/// resumes, mode speaking again, nothing cancelled, and the answer ends whole.
+#[actix_rt::test]
+async fn speech_over_the_answer_that_was_no_speech_lets_it_go_on() {
+    let (r, turn) = speaking_rig(true).await;
+    r.speech_starts("s").await;
+    r.no_speech("s").await;
+    let log = r.log();
+    assert!(
+        log.contains(&format!("go on with speech {turn}")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("cancel")), "{log:?}");
+    let modes = r.modes_until("s", "speaking").await;
+    assert!(
+        modes.ends_with(&["listening".into(), "speaking".into()]),
+        "{modes:?}"
+    );
+    // A second false start is held and released the same way.
+    r.speech_starts("s").await;
+    r.no_speech("s").await;
+    let holds = r.log().iter().filter(|l| l.starts_with("hold")).count();
+    assert_eq!(holds, 2);
+    assert!(r.types(&turn).iter().all(|t| t != "latency_trace"));
+    assert_eq!(
+        r.count("conversation_message"),
+        1,
+        "only the user's message"
+    );
 }
 
 /// Played on a device, what counts as said is what the device played: 40 % of the
@@ -521,6 +608,7 @@ async fn speech_while_the_answer_is_spoken_interrupts_it() {
 async fn an_interrupted_answer_keeps_only_what_was_played() {
     let (r, _) = speaking_rig_with(true, Voice::PlaysPart).await;
     r.speech_starts("s").await;
+    r.turn("stop").await;
     let m = r.interrupted_message().await;
     assert_eq!(m["content"], "The first", "{m}");
     assert!(
@@ -549,7 +637,11 @@ async fn without_barge_in_speech_waits_for_its_turn() {
     let (r, turn) = speaking_rig(false).await;
     r.speech_starts("s").await;
     let log = r.log();
-    assert!(!log.iter().any(|l| l.starts_with("cancel")), "{log:?}");
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("cancel") || l.starts_with("hold")),
+        "{log:?}"
+    );
     assert!(r.types(&turn).iter().all(|t| t != "latency_trace"));
 }
 

@@ -718,6 +718,11 @@ impl actix::Supervised for SttActor {
                 );
             }
             self.abort_session(&s);
+            // An answer paused for this utterance goes on.
+            self.orchestrator.do_send(Listening {
+                session_id: s,
+                on: false,
+            });
         }
         // The model is reloaded fresh after a crash.
         self.slot = Arc::new(EngineSlot::default());

@@ -7,11 +7,12 @@
 //! remote ones stream their HTTP answer; espeak-ng gives one piece): with playback on
 //! ([`TtsOutput::play`]) each piece is queued on the output device as it arrives (the next
 //! sentence is synthesised while this one plays), and the turn ends when the last one has
-//! played. Publishes `tts_start`
-//! (first sentence), `tts_progress` (each sentence), `tts_audio` (audio chunks, only while
-//! a client subscribed to them), `tts_result` (turn done; `played` true only when every
-//! sentence went to a device) and `tts_error`, and tells the Orchestrator through
-//! [`TtsUpdate`].
+//! played. A turn's playback can be held ([`HoldTurn`]: someone talks over it) and go on
+//! from where it paused; synthesis does not wait. Publishes `tts_start` (first sentence),
+//! `tts_progress` (each sentence), `tts_audio` (audio chunks, only while a client
+//! subscribed to them), `tts_paused` / `tts_resumed`, `tts_result` (turn done; `played`
+//! true only when every sentence went to a device) and `tts_error`, and tells the
+//! Orchestrator through [`TtsUpdate`].
 
 pub mod espeak;
 pub mod registry;
@@ -27,7 +28,9 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use base64::Engine as _;
-use coda_protocol::{EventType, Level, TtsAudio, TtsError, TtsProgress, TtsResult, TtsStart};
+use coda_protocol::{
+    EventType, Level, TtsAudio, TtsError, TtsPaused, TtsProgress, TtsResult, TtsResumed, TtsStart,
+};
 
 use crate::supervise::Supervision;
 
@@ -293,8 +296,19 @@ pub struct CancelTurn {
     pub turn_id: String,
 }
 
+/// Barge-in by voice: hold this turn's playback where it is (`hold`) while someone talks
+/// over it, or go on with it (what they said was not speech). Synthesis goes on either way.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HoldTurn {
+    pub turn_id: String,
+    pub hold: bool,
+}
+
 struct TurnSpeech {
     session_id: String,
+    /// Since when its playback is held.
+    held: Option<Instant>,
     reply_to: Recipient<TtsUpdate>,
     pending: VecDeque<(u32, String)>,
     busy: Option<SpawnHandle>,
@@ -332,6 +346,8 @@ pub struct TtsActor {
     speaker: SpeakerState,
     /// Where what the speaker plays goes for echo cancellation.
     echo: Option<crate::audio::echo::EchoReference>,
+    /// The speaker is paused (some turn is held).
+    paused: bool,
 }
 
 impl TtsActor {
@@ -344,6 +360,7 @@ impl TtsActor {
             output: TtsOutput::default(),
             speaker: SpeakerState::Off,
             echo: None,
+            paused: false,
         }
     }
 
@@ -370,7 +387,8 @@ impl TtsActor {
             return;
         }
         let Some((index, text)) = turn.pending.pop_front() else {
-            if turn.finishing && turn.playing == 0 {
+            // A held turn is not over: a client may hold its audio, paused, to go on with.
+            if turn.finishing && turn.playing == 0 && turn.held.is_none() {
                 self.finish(turn_id);
             }
             return;
@@ -530,6 +548,7 @@ impl TtsActor {
                     error,
                 });
                 if let Some(turn) = self.turns.remove(turn_id) {
+                    self.sync_pause();
                     self.end_audio_stream(turn_id, &turn);
                 }
             }
@@ -586,6 +605,52 @@ impl TtsActor {
         self.pump(turn_id, ctx);
     }
 
+    /// Pauses the speaker while some turn is held, and only then: a held turn that ends
+    /// (cancelled, failed, or done with nothing left to play) must not leave it paused.
+    fn sync_pause(&mut self) {
+        let hold = self.turns.values().any(|t| t.held.is_some());
+        if hold == self.paused {
+            return;
+        }
+        self.paused = hold;
+        #[cfg(feature = "audio")]
+        if let SpeakerState::Open(s) = &self.speaker {
+            s.pause_now(hold);
+        }
+    }
+
+    fn hold(&mut self, turn_id: &str, hold: bool, ctx: &mut Context<Self>) {
+        let Some(turn) = self.turns.get_mut(turn_id) else {
+            return;
+        };
+        let session = turn.session_id.clone();
+        let hub = self.sup.hub().clone();
+        match (hold, turn.held) {
+            (true, None) => {
+                turn.held = Some(Instant::now());
+                hub.publish(
+                    &session,
+                    &TtsPaused {
+                        turn_id: Some(turn_id.to_string()),
+                    },
+                );
+            }
+            (false, Some(since)) => {
+                turn.held = None;
+                hub.publish(
+                    &session,
+                    &TtsResumed {
+                        turn_id: Some(turn_id.to_string()),
+                        paused_ms: since.elapsed().as_secs_f64() * 1000.0,
+                    },
+                );
+            }
+            _ => return,
+        }
+        self.sync_pause();
+        self.pump(turn_id, ctx);
+    }
+
     /// The closing `tts_audio` chunk (`last: true`, no samples) for clients that got some.
     fn end_audio_stream(&self, turn_id: &str, turn: &TurnSpeech) {
         if turn.chunks > 0 {
@@ -606,6 +671,7 @@ impl TtsActor {
 
     fn finish(&mut self, turn_id: &str) {
         if let Some(turn) = self.turns.remove(turn_id) {
+            self.sync_pause();
             let duration_ms = turn.started.elapsed().as_secs_f64() * 1000.0;
             self.end_audio_stream(turn_id, &turn);
             if turn.announced {
@@ -685,6 +751,7 @@ impl actix::Supervised for TtsActor {
                 error: TtsEngineError::Failed("the tts component restarted".into()),
             });
         }
+        self.sync_pause();
         self.sup.restarting();
     }
 }
@@ -701,6 +768,7 @@ impl Handler<Speak> for TtsActor {
             .entry(msg.turn_id.clone())
             .or_insert_with(|| TurnSpeech {
                 session_id: msg.session_id.clone(),
+                held: None,
                 reply_to: msg.reply_to.clone(),
                 pending: VecDeque::new(),
                 busy: None,
@@ -740,13 +808,16 @@ impl Handler<CancelTurn> for TtsActor {
             if let Some(h) = turn.busy.take() {
                 ctx.cancel_future(h);
             }
-            // Silence now: the assistant has one voice, so the whole queue goes.
+            // Silence now: the assistant has one voice, so the whole queue goes (and with
+            // it the speaker's pause).
             #[cfg(feature = "audio")]
             if turn.playing > 0 {
                 if let SpeakerState::Open(s) = &self.speaker {
                     s.stop_now();
+                    self.paused = false;
                 }
             }
+            self.sync_pause();
             self.end_audio_stream(&msg.turn_id, &turn);
             if turn.announced {
                 self.sup.hub().publish(
@@ -760,6 +831,14 @@ impl Handler<CancelTurn> for TtsActor {
                 );
             }
         }
+    }
+}
+
+impl Handler<HoldTurn> for TtsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HoldTurn, ctx: &mut Context<Self>) {
+        self.hold(&msg.turn_id, msg.hold, ctx);
     }
 }
 

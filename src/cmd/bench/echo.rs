@@ -92,8 +92,11 @@ struct Row {
     vad_clean_start_ms: Option<f64>,
     /// Utterances the VAD starts on the cancelled audio while the assistant speaks alone,
     /// over the whole of its speech (`assistant_speech_s`): each one, with barge-in on,
-    /// would have stopped the answer.
+    /// pauses the answer until it is transcribed.
     vad_false_starts_echo_only: usize,
+    /// What whisper makes of each of them (AEC3's linear output over the utterance, as
+    /// Coda cuts it): an empty text lets the answer go on, words interrupt it.
+    false_starts_heard: Option<Vec<String>>,
     assistant_speech_s: f64,
     /// CPU of the canceller, % of one core in real time.
     cpu_percent_of_one_core: f64,
@@ -254,13 +257,30 @@ fn speech_onset(audio: &[f32]) -> usize {
 
 /// Utterance starts of the VAD over `audio`, as sample positions where it fired.
 fn vad_starts(audio: &[f32], settings: VadSettings) -> Vec<usize> {
-    let mut vad = Vad::new(settings);
-    audio
-        .chunks_exact(VAD_FRAME)
-        .enumerate()
-        .filter(|(_, f)| matches!(vad.push_frame(f), VadEvent::SpeechStart { .. }))
-        .map(|(i, _)| (i + 1) * VAD_FRAME)
+    vad_utterances(audio, settings)
+        .into_iter()
+        .map(|u| u.start)
         .collect()
+}
+
+/// The VAD's utterances over `audio`: from where it fired to where it declared the end
+/// (or the end of the audio).
+fn vad_utterances(audio: &[f32], settings: VadSettings) -> Vec<std::ops::Range<usize>> {
+    let mut vad = Vad::new(settings);
+    let mut found: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, f) in audio.chunks_exact(VAD_FRAME).enumerate() {
+        let at = (i + 1) * VAD_FRAME;
+        match vad.push_frame(f) {
+            VadEvent::SpeechStart { .. } => found.push(at..audio.len()),
+            VadEvent::SpeechEnd { .. } => {
+                if let Some(u) = found.last_mut() {
+                    u.end = at;
+                }
+            }
+            VadEvent::None => {}
+        }
+    }
+    found
 }
 
 /// "N ms in", or "never".
@@ -375,7 +395,20 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         let out = &measured.out;
         // The echo alone through the canceller, for its reduction while both talk.
         let echo_only: Vec<f32> = echo.iter().zip(&floor).map(|(e, n)| e + n).collect();
-        let echo_out = cancel(&far, &echo_only)?.out;
+        let echo_alone = cancel(&far, &echo_only)?;
+        let false_starts = vad_utterances(&echo_alone.out, vad_settings);
+        let mut false_starts_heard = Some(Vec::new());
+        for u in &false_starts {
+            let window = u.start.saturating_sub(preroll)..u.end;
+            match (
+                hear(&echo_alone.linear, window)?,
+                false_starts_heard.as_mut(),
+            ) {
+                (Some(h), Some(texts)) => texts.push(h.text),
+                _ => false_starts_heard = None,
+            }
+        }
+        let echo_out = echo_alone.out;
         let secs = len as f64 / RATE as f64;
         rows.push(Row {
             delay_ms,
@@ -387,7 +420,8 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
             said: said.to_string(),
             clean: hear(&clean, cut(start))?,
             vad_clean_start_ms: heard_in(&vad_starts(&clean, vad_settings)).map(after_onset),
-            vad_false_starts_echo_only: vad_starts(&echo_out, vad_settings).len(),
+            vad_false_starts_echo_only: false_starts.len(),
+            false_starts_heard,
             assistant_speech_s: secs,
             barge_in,
             talk_over,
@@ -425,6 +459,14 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
             r.assistant_speech_s,
             ms_in(r.vad_clean_start_ms)
         );
+        if let Some(texts) = r.false_starts_heard.as_ref().filter(|t| !t.is_empty()) {
+            let worded: Vec<&String> = texts.iter().filter(|t| !t.is_empty()).collect();
+            println!(
+                "      transcribed: {} without words (the answer goes on), {} with words (it stops): {worded:?}",
+                texts.len() - worded.len(),
+                worded.len()
+            );
+        }
         if let Some(h) = &r.clean {
             println!(
                 "    clean                 WER {:>5.1}%  {:?}",
