@@ -117,7 +117,11 @@ async fn speech_over_the_answer_stops_it_and_becomes_the_next_turn() {
             .into_iter()
             .filter(|v| v["data"]["turn_id"] == question)
             .collect();
-        check_turn(&events, QUESTION);
+        let trace = check_turn(&events, QUESTION);
+        eprintln!(
+            "the question's turn: stt {} ms, first audio {} ms after its end",
+            trace["stt_ms"], trace["tts_first_audio_ms"]
+        );
         return;
     }
     panic!("three stories were told before the question over them was heard");

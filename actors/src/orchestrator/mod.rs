@@ -245,6 +245,9 @@ struct Turn {
     answer: String,
     splitter: SentenceSplitter,
     spoken: Vec<String>,
+    /// How many of `spoken` there were when its playback was held: what is synthesised
+    /// while held is not heard.
+    spoken_at_hold: Option<usize>,
     /// Every sentence sent to speech, with how much of it was played.
     sentences: Vec<(String, Arc<SentenceProgress>)>,
     /// The input was speech.
@@ -523,6 +526,7 @@ impl Orchestrator {
                 answer: String::new(),
                 splitter: SentenceSplitter::new().first_clause(self.settings.speak_first_clause),
                 spoken: Vec::new(),
+                spoken_at_hold: None,
                 sentences: Vec::new(),
                 voice: voice.is_some(),
                 span,
@@ -1160,6 +1164,9 @@ impl Orchestrator {
         };
         tracing::info!(session = %session_id, turn = %turn_id, "barge-in: speech over the answer; its playback pauses");
         s.held = Some(turn_id.clone());
+        if let Some(turn) = self.turns.get_mut(&turn_id) {
+            turn.spoken_at_hold = Some(turn.spoken.len());
+        }
         self.engines.hold_speech.do_send(HoldTurn {
             turn_id: turn_id.clone(),
             hold: true,
@@ -1187,9 +1194,10 @@ impl Orchestrator {
         else {
             return false;
         };
-        if !self.turns.contains_key(&turn_id) {
+        let Some(turn) = self.turns.get_mut(&turn_id) else {
             return false;
-        }
+        };
+        turn.spoken_at_hold = None;
         tracing::info!(session = %session_id, turn = %turn_id, "no speech over the answer; it goes on");
         self.engines.hold_speech.do_send(HoldTurn {
             turn_id,
@@ -1213,7 +1221,10 @@ impl Orchestrator {
         });
         // What the listener heard when the speech went to a device; otherwise (a client
         // plays the audio, or nothing does) the sentences whose audio was produced.
-        let said = heard(&turn.sentences).unwrap_or_else(|| turn.spoken.clone());
+        let said = heard(&turn.sentences).unwrap_or_else(|| {
+            let n = turn.spoken_at_hold.unwrap_or(turn.spoken.len());
+            turn.spoken[..n.min(turn.spoken.len())].to_vec()
+        });
         let spoken = said.join(" ");
         let cut = cut_part(&turn.answer, &said);
         tracing::info!(turn = %active, spoken_chars = spoken.len(), cut_chars = cut.len(), "interrupted");

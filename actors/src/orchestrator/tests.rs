@@ -602,6 +602,36 @@ async fn speech_over_the_answer_that_was_no_speech_lets_it_go_on() {
     );
 }
 
+/// A client plays the audio: what was synthesised while the answer was held was never
+/// heard, so it is cut, not kept as said.
+#[actix_rt::test]
+async fn sentences_made_while_the_answer_is_held_are_not_said() {
+    let (r, turn) = speaking_rig(true).await;
+    r.speech_starts("s").await;
+    r.orchestrator
+        .send(LlmUpdate::Token {
+            turn_id: turn.clone(),
+            text: " still. The third one. And".into(),
+        })
+        .await
+        .expect("the orchestrator runs");
+    for _ in 0..100 {
+        if r.log().iter().any(|l| l.contains("The third one.")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    r.turn("stop").await;
+    let m = r.interrupted_message().await;
+    assert_eq!(m["content"], "The first sentence is spoken.", "{m}");
+    assert!(
+        m["cut"]
+            .as_str()
+            .is_some_and(|c| c.contains("The third one.")),
+        "{m}"
+    );
+}
+
 /// Played on a device, what counts as said is what the device played: 40 % of the
 /// sentence's samples is its first two words, the rest is cut.
 #[actix_rt::test]
