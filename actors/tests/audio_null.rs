@@ -369,6 +369,24 @@ async fn speaking_on_null(
     (tts, updates, rec)
 }
 
+/// Turn `t1` of session `s1` says "Hello." (its updates go nowhere).
+async fn say_hello(tts: &Addr<TtsActor>) {
+    let rec = Updates(Arc::new(Mutex::new(Vec::new())))
+        .start()
+        .recipient();
+    tts.send(Speak {
+        turn_id: "t1".into(),
+        session_id: "s1".into(),
+        index: 0,
+        text: "Hello.".into(),
+        progress: Default::default(),
+        reply_to: rec,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
 fn espeak() -> Arc<EspeakEngine> {
     Arc::new(EspeakEngine::new(EspeakConfig {
         binary: "espeak-ng".into(),
@@ -466,23 +484,10 @@ async fn tts_audio_is_not_produced_for_wildcard_subscribers_and_no_playback_is_n
     let tts = TtsActor::new(sup, espeak())
         .with_output(TtsOutput::default())
         .start();
-    let rec = Updates(Arc::new(Mutex::new(Vec::new())))
-        .start()
-        .recipient();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!hub.wants(EventType::TtsAudio));
     assert!(hub.wants(EventType::TtsResult));
-    tts.send(Speak {
-        turn_id: "t1".into(),
-        session_id: "s1".into(),
-        index: 0,
-        text: "Hello.".into(),
-        progress: Default::default(),
-        reply_to: rec,
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    say_hello(&tts).await;
     tts.do_send(FinishTurn {
         turn_id: "t1".into(),
     });
@@ -725,20 +730,7 @@ async fn a_held_turn_without_a_speaker_ends_only_once_it_goes_on() {
     let tts = TtsActor::new(sup, Arc::new(ToneEngine { secs: 0.5 }))
         .with_output(TtsOutput::default())
         .start();
-    let rec = Updates(Arc::new(Mutex::new(Vec::new())))
-        .start()
-        .recipient();
-    tts.send(Speak {
-        turn_id: "t1".into(),
-        session_id: "s1".into(),
-        index: 0,
-        text: "Hello.".into(),
-        progress: Default::default(),
-        reply_to: rec,
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    say_hello(&tts).await;
     tts.do_send(HoldTurn {
         turn_id: "t1".into(),
         hold: true,
