@@ -45,7 +45,10 @@ impl WsSession {
                 session_id,
                 mode: c.mode,
             });
-            ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            // `spawn`, not `wait`: a wake start waits for the reference (seconds, right
+            // after start), and events must keep flowing meanwhile — held in the mailbox
+            // they would age past `server.max_lag_ms` and cut this client off as slow.
+            ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                 Ok(()) => act.reply_ok(
                     id,
                     serde_json::json!({"listening": true, "source": "device"}),
@@ -56,9 +59,10 @@ impl WsSession {
             return;
         }
         if c.mode == SttMode::Wake {
-            // Right after start the reference may still be loading: wait for it.
+            // Right after start the reference may still be loading: wait for it (audio
+            // sent before the answer is not listened to).
             let loaded = self.shared.kernel.wake_loaded();
-            ctx.wait(
+            ctx.spawn(
                 loaded
                     .into_actor(self)
                     .map(move |(), act, ctx| act.client_stt_start(id, c, ctx)),
