@@ -164,6 +164,7 @@ async fn a_noise_over_the_answer_pauses_it_and_it_goes_on() {
             .await;
         assert_eq!(ty(&v), "tts_resumed", "{v}");
         assert_eq!(v["data"]["turn_id"], story, "{v}");
+        assert_eq!(v["data"]["reason"], json!("no_speech"), "{v}");
         assert!(speaking, "no mode_change to speaking before {v}");
         let paused_ms = v["data"]["paused_ms"].as_f64().unwrap_or_default();
         assert!(paused_ms > 400.0, "{v}");

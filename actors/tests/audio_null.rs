@@ -18,7 +18,7 @@ use coda_actors::hub::{HubHandle, TypeMask};
 use coda_actors::supervise::Supervision;
 use coda_actors::tts::espeak::{EspeakConfig, EspeakEngine};
 use coda_actors::tts::{
-    CancelTurn, FinishTurn, HoldTurn, SentenceProgress, Speak, TtsActor, TtsOutput, TtsUpdate,
+    CancelTurn, FinishTurn, Hold, HoldTurn, SentenceProgress, Speak, TtsActor, TtsOutput, TtsUpdate,
 };
 use coda_actors::voice::SpeechAudio;
 use coda_protocol::{EventType, RawEnvelope, SttMode};
@@ -655,7 +655,7 @@ async fn a_held_turn_pauses_and_goes_on_and_a_cancelled_one_frees_the_speaker() 
     wait_until("the sentence to play", || (heard() > 0.0).then_some(())).await;
     tts.do_send(HoldTurn {
         turn_id: "t1".into(),
-        hold: true,
+        hold: Hold::Pause,
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let at_pause = heard();
@@ -664,7 +664,10 @@ async fn a_held_turn_pauses_and_goes_on_and_a_cancelled_one_frees_the_speaker() 
     assert!(at_pause < 1.0);
     tts.do_send(HoldTurn {
         turn_id: "t1".into(),
-        hold: false,
+        hold: Hold::Resume {
+            reason: "no_speech",
+            heard: None,
+        },
     });
     let result = tts_result(&events).await;
     assert_eq!(result["played"], true, "{result}");
@@ -694,6 +697,7 @@ async fn a_held_turn_pauses_and_goes_on_and_a_cancelled_one_frees_the_speaker() 
         .map(|e| e.data.clone())
         .unwrap();
     assert!(resumed["paused_ms"].as_f64().unwrap() >= 300.0, "{resumed}");
+    assert_eq!(resumed["reason"], "no_speech", "{resumed}");
 
     // Held, then cancelled (the transcript interrupts it): the next turn plays.
     events.lock().unwrap().clear();
@@ -703,7 +707,7 @@ async fn a_held_turn_pauses_and_goes_on_and_a_cancelled_one_frees_the_speaker() 
         .unwrap();
     tts.do_send(HoldTurn {
         turn_id: "t2".into(),
-        hold: true,
+        hold: Hold::Pause,
     });
     tts.do_send(CancelTurn {
         turn_id: "t2".into(),
@@ -733,7 +737,7 @@ async fn a_held_turn_without_a_speaker_ends_only_once_it_goes_on() {
     say_hello(&tts).await;
     tts.do_send(HoldTurn {
         turn_id: "t1".into(),
-        hold: true,
+        hold: Hold::Pause,
     });
     tts.do_send(FinishTurn {
         turn_id: "t1".into(),
@@ -749,7 +753,10 @@ async fn a_held_turn_without_a_speaker_ends_only_once_it_goes_on() {
     assert!(!ended(&events), "ended while held");
     tts.do_send(HoldTurn {
         turn_id: "t1".into(),
-        hold: false,
+        hold: Hold::Resume {
+            reason: "no_speech",
+            heard: None,
+        },
     });
     let result = tts_result(&events).await;
     assert_eq!(result["played"], false, "{result}");

@@ -697,7 +697,7 @@ pub struct TtsPaused {
 }
 
 /// `tts_resumed`: playback of the turn's speech goes on from where it paused: what was
-/// heard over it was not speech (no transcript).
+/// heard over it was no one speaking to the assistant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TtsResumed {
     /// The turn.
@@ -705,6 +705,13 @@ pub struct TtsResumed {
     pub turn_id: Option<String>,
     /// How long it was paused, ms.
     pub paused_ms: f64,
+    /// Why: `no_speech` (no words in it), `own_voice` (its words were the answer's own,
+    /// echo cancellation let some through), `timeout` (the utterance never ended). An open
+    /// set: show unknown ones as text.
+    pub reason: String,
+    /// The transcript, when it was the answer's own voice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard: Option<String>,
 }
 
 /// `tts_result`: speech finished (or was interrupted: `played: false`).

@@ -232,6 +232,8 @@ fn samples() -> Vec<EventData> {
         TtsResumed {
             turn_id: turn(),
             paused_ms: 840.0,
+            reason: "own_voice".into(),
+            heard: Some("on the smooth left".into()),
         }
         .into(),
         TtsResult {

@@ -22,6 +22,7 @@
 //! Turns of different sessions run side by side.
 
 mod alarm;
+pub mod own_voice;
 pub mod phase;
 #[cfg(test)]
 mod tests;
@@ -41,7 +42,7 @@ use crate::llm::actor::{CancelGeneration, Generate, LlmActor, LlmUpdate};
 use crate::llm::{ChatMessage, ChatRequest, ChatRole, LlmError};
 use crate::supervise::Supervision;
 use crate::tts::{
-    CancelTurn, FinishTurn, HoldTurn, SentenceProgress, SentenceSplitter, Speak, TtsActor,
+    CancelTurn, FinishTurn, Hold, HoldTurn, SentenceProgress, SentenceSplitter, Speak, TtsActor,
     TtsUpdate,
 };
 use phase::{Latency, Phase, Speech, Stage, TurnEvent};
@@ -1169,7 +1170,7 @@ impl Orchestrator {
         }
         self.engines.hold_speech.do_send(HoldTurn {
             turn_id: turn_id.clone(),
-            hold: true,
+            hold: Hold::Pause,
         });
         let session = session_id.to_string();
         ctx.run_later(HOLD_MAX, move |act, _| {
@@ -1179,14 +1180,14 @@ impl Orchestrator {
                 .is_some_and(|s| s.held.as_deref() == Some(turn_id.as_str()))
             {
                 tracing::warn!(session = %session, turn = %turn_id, "no end to the utterance over the answer; it goes on");
-                act.release(&session);
+                act.release(&session, "timeout", None);
             }
         });
     }
 
-    /// What was said over the answer was not speech: it goes on. False when nothing was
-    /// held.
-    fn release(&mut self, session_id: &str) -> bool {
+    /// What was said over the answer was not someone speaking to the assistant (`reason`,
+    /// for `tts_resumed`): it goes on. False when nothing was held.
+    fn release(&mut self, session_id: &str, reason: &'static str, heard: Option<String>) -> bool {
         let Some(turn_id) = self
             .sessions
             .get_mut(session_id)
@@ -1198,13 +1199,29 @@ impl Orchestrator {
             return false;
         };
         turn.spoken_at_hold = None;
-        tracing::info!(session = %session_id, turn = %turn_id, "no speech over the answer; it goes on");
+        tracing::info!(session = %session_id, turn = %turn_id, reason, "nobody spoke over the answer; it goes on");
         self.engines.hold_speech.do_send(HoldTurn {
             turn_id,
-            hold: false,
+            hold: Hold::Resume { reason, heard },
         });
         self.set_mode(session_id, Mode::Speaking);
         true
+    }
+
+    /// `text`, heard over the session's held answer, is that answer's own voice: garbled
+    /// words of the sentences being played when it was held.
+    fn own_voice(&self, session_id: &str, text: &str) -> bool {
+        let Some(turn) = self
+            .sessions
+            .get(session_id)
+            .and_then(|s| s.held.as_ref())
+            .and_then(|id| self.turns.get(id))
+        else {
+            return false;
+        };
+        let n = turn.spoken_at_hold.unwrap_or(turn.spoken.len());
+        let recent = turn.spoken[n.saturating_sub(3)..n.min(turn.spoken.len())].join(" ");
+        own_voice::is_own_voice(text, &recent)
     }
 
     fn interrupt_session(&mut self, session_id: &str) -> Option<(String, String, String)> {
@@ -1467,6 +1484,12 @@ impl Handler<VoiceTurn> for Orchestrator {
     type Result = Result<TurnStarted, TurnStartError>;
 
     fn handle(&mut self, msg: VoiceTurn, ctx: &mut Context<Self>) -> Self::Result {
+        if self.own_voice(&msg.session_id, &msg.text) {
+            self.release(&msg.session_id, "own_voice", Some(msg.text));
+            return Err(TurnStartError::Invalid(
+                "the answer's own voice, heard over it".into(),
+            ));
+        }
         let voice = VoiceInput {
             turn_id: msg.turn_id,
             stt_ms: msg.stt_ms,
@@ -1502,7 +1525,7 @@ impl Handler<Listening> for Orchestrator {
                         act.hold(&msg.session_id, ctx);
                     }
                     act.set_mode(&msg.session_id, Mode::Listening);
-                } else if !act.release(&msg.session_id)
+                } else if !act.release(&msg.session_id, "no_speech", None)
                     && act.sessions.get(&msg.session_id).is_some_and(|s| {
                         matches!(s.mode, Mode::Listening | Mode::ListeningFollowUp)
                     })

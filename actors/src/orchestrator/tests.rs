@@ -12,7 +12,7 @@ use super::*;
 use crate::components::ComponentRegistry;
 use crate::hub::{record_events, EventHub, HubSettings, Recorded, TypeMask};
 use crate::llm::actor::{CancelGeneration, Generate, LlmUpdate};
-use crate::tts::{CancelTurn, FinishTurn, HoldTurn, Speak, TtsUpdate};
+use crate::tts::{CancelTurn, FinishTurn, Hold, HoldTurn, Speak, TtsUpdate};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -169,7 +169,10 @@ impl Handler<CancelTurn> for Speech {
 impl Handler<HoldTurn> for Speech {
     type Result = ();
     fn handle(&mut self, h: HoldTurn, _: &mut Context<Self>) {
-        let what = if h.hold { "hold" } else { "go on with" };
+        let what = match h.hold {
+            Hold::Pause => "hold".to_string(),
+            Hold::Resume { reason, .. } => format!("go on ({reason}) with"),
+        };
         self.log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -273,6 +276,23 @@ impl Rig {
     /// Speech began in `session` (what Stt says when an utterance opens).
     async fn speech_starts(&self, session: &str) {
         self.listening(session, true).await;
+    }
+
+    /// A transcript of speech in `session`, as Stt hands it over.
+    async fn transcript(&self, session: &str, text: &str) -> Result<TurnStarted, TurnStartError> {
+        let now = std::time::Instant::now();
+        self.orchestrator
+            .send(VoiceTurn {
+                session_id: session.into(),
+                text: text.into(),
+                turn_id: "t-v0001".into(),
+                stt_ms: 1.0,
+                speech_ended: now,
+                utterance_ended: now,
+                span: tracing::Span::none(),
+            })
+            .await
+            .expect("the orchestrator runs")
     }
 
     /// The utterance in `session` held no speech (what Stt says for an empty transcript).
@@ -580,7 +600,7 @@ async fn speech_over_the_answer_that_was_no_speech_lets_it_go_on() {
     r.no_speech("s").await;
     let log = r.log();
     assert!(
-        log.contains(&format!("go on with speech {turn}")),
+        log.contains(&format!("go on (no_speech) with speech {turn}")),
         "{log:?}"
     );
     assert!(!log.iter().any(|l| l.starts_with("cancel")), "{log:?}");
@@ -600,6 +620,27 @@ async fn speech_over_the_answer_that_was_no_speech_lets_it_go_on() {
         1,
         "only the user's message"
     );
+}
+
+/// A transcript that is the answer's own words, garbled (echo cancellation let some of its
+/// voice through), lets it go on; a question over it interrupts it.
+#[actix_rt::test]
+async fn the_answers_own_voice_heard_over_it_lets_it_go_on() {
+    let (r, turn) = speaking_rig(true).await;
+    r.speech_starts("s").await;
+    let heard = r.transcript("s", "the first sentence is spoke").await;
+    assert!(heard.is_err(), "{heard:?}");
+    let log = r.log();
+    assert!(
+        log.contains(&format!("go on (own_voice) with speech {turn}")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("cancel")), "{log:?}");
+
+    r.speech_starts("s").await;
+    let next = r.transcript("s", "what time is it in Tokyo").await;
+    assert_eq!(next.map(|t| t.turn_id), Ok("t-v0001".to_string()));
+    assert!(r.log().contains(&format!("cancel speech {turn}")));
 }
 
 /// A client plays the audio: what was synthesised while the answer was held was never

@@ -296,13 +296,26 @@ pub struct CancelTurn {
     pub turn_id: String,
 }
 
-/// Barge-in by voice: hold this turn's playback where it is (`hold`) while someone talks
-/// over it, or go on with it (what they said was not speech). Synthesis goes on either way.
+/// Barge-in by voice: hold this turn's playback where it is while someone talks over it,
+/// or go on with it. Synthesis goes on either way.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct HoldTurn {
     pub turn_id: String,
-    pub hold: bool,
+    pub hold: Hold,
+}
+
+/// What to do with a turn's playback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hold {
+    /// Someone talks over it: pause where it is.
+    Pause,
+    /// Go on from there: why (`tts_resumed.reason`), and the transcript when it was the
+    /// answer's own voice.
+    Resume {
+        reason: &'static str,
+        heard: Option<String>,
+    },
 }
 
 struct TurnSpeech {
@@ -619,14 +632,14 @@ impl TtsActor {
         }
     }
 
-    fn hold(&mut self, turn_id: &str, hold: bool, ctx: &mut Context<Self>) {
+    fn hold(&mut self, turn_id: &str, hold: Hold, ctx: &mut Context<Self>) {
         let Some(turn) = self.turns.get_mut(turn_id) else {
             return;
         };
         let session = turn.session_id.clone();
         let hub = self.sup.hub().clone();
         match (hold, turn.held) {
-            (true, None) => {
+            (Hold::Pause, None) => {
                 turn.held = Some(Instant::now());
                 hub.publish(
                     &session,
@@ -635,13 +648,15 @@ impl TtsActor {
                     },
                 );
             }
-            (false, Some(since)) => {
+            (Hold::Resume { reason, heard }, Some(since)) => {
                 turn.held = None;
                 hub.publish(
                     &session,
                     &TtsResumed {
                         turn_id: Some(turn_id.to_string()),
                         paused_ms: since.elapsed().as_secs_f64() * 1000.0,
+                        reason: reason.to_string(),
+                        heard,
                     },
                 );
             }

@@ -95,8 +95,12 @@ struct Row {
     /// pauses the answer until it is transcribed.
     vad_false_starts_echo_only: usize,
     /// What whisper makes of each of them (AEC3's linear output over the utterance, as
-    /// Coda cuts it): an empty text lets the answer go on, words interrupt it.
+    /// Coda cuts it): an empty text lets the answer go on, and so do words that are the
+    /// answer's own (`false_starts_own_voice`); other words interrupt it.
     false_starts_heard: Option<Vec<String>>,
+    /// Of those with words, how many the orchestrator takes for the answer's own voice
+    /// (matched here against the whole answer; Coda matches the sentences being played).
+    false_starts_own_voice: Option<usize>,
     assistant_speech_s: f64,
     /// CPU of the canceller, % of one core in real time.
     cpu_percent_of_one_core: f64,
@@ -421,6 +425,12 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
             clean: hear(&clean, cut(start))?,
             vad_clean_start_ms: heard_in(&vad_starts(&clean, vad_settings)).map(after_onset),
             vad_false_starts_echo_only: false_starts.len(),
+            false_starts_own_voice: false_starts_heard.as_ref().map(|texts| {
+                texts
+                    .iter()
+                    .filter(|t| coda_actors::orchestrator::own_voice::is_own_voice(t, ASSISTANT))
+                    .count()
+            }),
             false_starts_heard,
             assistant_speech_s: secs,
             barge_in,
@@ -462,9 +472,10 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         if let Some(texts) = r.false_starts_heard.as_ref().filter(|t| !t.is_empty()) {
             let worded: Vec<&String> = texts.iter().filter(|t| !t.is_empty()).collect();
             println!(
-                "      transcribed: {} without words (the answer goes on), {} with words (it stops): {worded:?}",
+                "      transcribed: {} without words, {} the answer's own words (it goes on), {} other words (it stops): {worded:?}",
                 texts.len() - worded.len(),
-                worded.len()
+                r.false_starts_own_voice.unwrap_or(0),
+                worded.len() - r.false_starts_own_voice.unwrap_or(0)
             );
         }
         if let Some(h) = &r.clean {
