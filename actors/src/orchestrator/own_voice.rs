@@ -49,7 +49,8 @@ pub fn is_own_voice(heard: &str, said: &str) -> bool {
 mod tests {
     use super::*;
 
-    const SAID: &str = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background.";
+    const SAID: &str =
+        "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background.";
 
     #[test]
     fn garbled_bits_of_the_answer_are_its_own_voice() {
@@ -60,7 +61,11 @@ mod tests {
             "The Dark Blueback Drum.",
             "Glue the sheet.",
         ] {
-            assert!(is_own_voice(heard, SAID), "{heard}: {}", similarity(heard, SAID));
+            assert!(
+                is_own_voice(heard, SAID),
+                "{heard}: {}",
+                similarity(heard, SAID)
+            );
         }
     }
 
@@ -72,7 +77,11 @@ mod tests {
             "turn off the lights in the living room",
             "what is a birch canoe",
         ] {
-            assert!(!is_own_voice(heard, SAID), "{heard}: {}", similarity(heard, SAID));
+            assert!(
+                !is_own_voice(heard, SAID),
+                "{heard}: {}",
+                similarity(heard, SAID)
+            );
         }
     }
 
