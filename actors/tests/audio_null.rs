@@ -596,6 +596,17 @@ async fn remote_speech_plays_as_it_streams_in() {
     );
 }
 
+/// What was heard over `turn` was not speech: its playback goes on.
+fn go_on(tts: &Addr<TtsActor>, turn: &str) {
+    tts.do_send(HoldTurn {
+        turn_id: turn.into(),
+        hold: Hold::Resume {
+            reason: "no_speech",
+            heard: None,
+        },
+    });
+}
+
 /// Speaks every sentence as `secs` of a tone (long enough to be caught playing).
 #[derive(Debug)]
 struct ToneEngine {
@@ -662,13 +673,7 @@ async fn a_held_turn_pauses_and_goes_on_and_a_cancelled_one_frees_the_speaker() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(heard(), at_pause, "played while held");
     assert!(at_pause < 1.0);
-    tts.do_send(HoldTurn {
-        turn_id: "t1".into(),
-        hold: Hold::Resume {
-            reason: "no_speech",
-            heard: None,
-        },
-    });
+    go_on(&tts, "t1");
     let result = tts_result(&events).await;
     assert_eq!(result["played"], true, "{result}");
     assert_eq!(progress.heard(), Some(1.0));
@@ -751,13 +756,7 @@ async fn a_held_turn_without_a_speaker_ends_only_once_it_goes_on() {
             .any(|e| e.event_type == "tts_result")
     };
     assert!(!ended(&events), "ended while held");
-    tts.do_send(HoldTurn {
-        turn_id: "t1".into(),
-        hold: Hold::Resume {
-            reason: "no_speech",
-            heard: None,
-        },
-    });
+    go_on(&tts, "t1");
     let result = tts_result(&events).await;
     assert_eq!(result["played"], false, "{result}");
 }
