@@ -401,17 +401,14 @@ pub fn run(loaded: &Loaded, args: EchoBenchArgs) -> anyhow::Result<()> {
         let echo_only: Vec<f32> = echo.iter().zip(&floor).map(|(e, n)| e + n).collect();
         let echo_alone = cancel(&far, &echo_only)?;
         let false_starts = vad_utterances(&echo_alone.out, vad_settings);
-        let mut false_starts_heard = Some(Vec::new());
-        for u in &false_starts {
-            let window = u.start.saturating_sub(preroll)..u.end;
-            match (
-                hear(&echo_alone.linear, window)?,
-                false_starts_heard.as_mut(),
-            ) {
-                (Some(h), Some(texts)) => texts.push(h.text),
-                _ => false_starts_heard = None,
-            }
-        }
+        // `None` without whisper (`--no-stt`).
+        let false_starts_heard: Option<Vec<String>> = false_starts
+            .iter()
+            .map(|u| hear(&echo_alone.linear, u.start.saturating_sub(preroll)..u.end))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|h| h.map(|h| h.text))
+            .collect();
         let echo_out = echo_alone.out;
         let secs = len as f64 / RATE as f64;
         rows.push(Row {
