@@ -635,6 +635,7 @@ fn start_kernel(
             max_turns_in_flight: s.conversation.max_turns_in_flight,
             follow_up: crate::config::Settings::secs(s.conversation.follow_up_s),
             barge_in: s.audio.barge_in,
+            hold_max: coda_actors::orchestrator::HOLD_MAX,
             llm_tools: s.conversation.llm_tools,
             max_tool_rounds: s.conversation.max_tool_rounds,
         },

@@ -72,6 +72,9 @@ pub struct ConversationSettings {
     /// interrupts it as the `interrupt` command does, no speech resumes it (barge-in by
     /// voice).
     pub barge_in: bool,
+    /// Longest an answer stays paused for an utterance over it that never ends in a
+    /// transcript or in nothing; then it goes on.
+    pub hold_max: std::time::Duration,
     /// Offer the model the tools (function calling, where the provider does it): its
     /// calls run through the Tools actor, with their permissions, and it answers from the
     /// results. At most `max_tool_rounds` rounds of calls per turn.
@@ -90,6 +93,7 @@ impl Default for ConversationSettings {
             max_turns_in_flight: 16,
             follow_up: std::time::Duration::from_secs(5),
             barge_in: true,
+            hold_max: HOLD_MAX,
             llm_tools: true,
             max_tool_rounds: 5,
         }
@@ -221,13 +225,20 @@ struct SessionState {
     last_used: std::time::Instant,
     /// When the open follow-up window closes.
     follow_up_until: Option<Instant>,
-    /// The turn whose speech is paused while someone talks over it.
-    held: Option<String>,
+    /// The answer paused while someone talks over it.
+    held: Option<Held>,
 }
 
-/// Longest a turn's speech stays paused for an utterance that never ends in a transcript
-/// or in nothing (the longest utterance, 30 s by default, and its transcription).
-const HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(45);
+/// A pause of a turn's speech. `seq` tells this pause from a later one of the same turn,
+/// so the first one's guard cannot end the second.
+struct Held {
+    turn_id: String,
+    seq: u64,
+}
+
+/// Default [`ConversationSettings::hold_max`]: the longest utterance (30 s by default) and
+/// its transcription.
+pub const HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(45);
 
 struct Turn {
     id: String,
@@ -313,6 +324,7 @@ pub struct Orchestrator {
     me: Option<Addr<Orchestrator>>,
     /// Alarms ringing, by session.
     alarms: HashMap<String, alarm::Ringing>,
+    holds: u64,
 }
 
 /// A follow-up window closed: mode back to idle unless something happened since.
@@ -351,6 +363,7 @@ impl Orchestrator {
             follow_ups: crate::voice::FollowUps::default(),
             me: None,
             alarms: HashMap::new(),
+            holds: 0,
         }
     }
 
@@ -1141,7 +1154,7 @@ impl Orchestrator {
             if s.active.as_deref() == Some(turn.id.as_str()) {
                 s.active = None;
             }
-            if s.held.as_deref() == Some(turn.id.as_str()) {
+            if s.held.as_ref().is_some_and(|h| h.turn_id == turn.id) {
                 s.held = None;
             }
             listening = matches!(s.mode, Mode::Listening | Mode::ListeningFollowUp);
@@ -1164,7 +1177,12 @@ impl Orchestrator {
             return;
         };
         tracing::info!(session = %session_id, turn = %turn_id, "barge-in: speech over the answer; its playback pauses");
-        s.held = Some(turn_id.clone());
+        self.holds += 1;
+        let seq = self.holds;
+        s.held = Some(Held {
+            turn_id: turn_id.clone(),
+            seq,
+        });
         if let Some(turn) = self.turns.get_mut(&turn_id) {
             turn.spoken_at_hold = Some(turn.spoken.len());
         }
@@ -1173,11 +1191,11 @@ impl Orchestrator {
             hold: Hold::Pause,
         });
         let session = session_id.to_string();
-        ctx.run_later(HOLD_MAX, move |act, _| {
+        ctx.run_later(self.settings.hold_max, move |act, _| {
             if act
                 .sessions
                 .get(&session)
-                .is_some_and(|s| s.held.as_deref() == Some(turn_id.as_str()))
+                .is_some_and(|s| s.held.as_ref().is_some_and(|h| h.seq == seq))
             {
                 tracing::warn!(session = %session, turn = %turn_id, "no end to the utterance over the answer; it goes on");
                 act.release(&session, "timeout", None);
@@ -1192,6 +1210,7 @@ impl Orchestrator {
             .sessions
             .get_mut(session_id)
             .and_then(|s| s.held.take())
+            .map(|h| h.turn_id)
         else {
             return false;
         };
@@ -1215,7 +1234,7 @@ impl Orchestrator {
             .sessions
             .get(session_id)
             .and_then(|s| s.held.as_ref())
-            .and_then(|id| self.turns.get(id))
+            .and_then(|h| self.turns.get(&h.turn_id))
         else {
             return false;
         };

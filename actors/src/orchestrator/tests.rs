@@ -524,13 +524,21 @@ async fn speaking_rig(barge_in: bool) -> (Rig, String) {
 }
 
 async fn speaking_rig_with(barge_in: bool, voice: Voice) -> (Rig, String) {
-    let r = rig_with(
-        Script::Hang(vec!["The first sentence is spoken. ", "and more"]),
+    speaking_rig_settings(
         voice,
         ConversationSettings {
             barge_in,
             ..Default::default()
         },
+    )
+    .await
+}
+
+async fn speaking_rig_settings(voice: Voice, settings: ConversationSettings) -> (Rig, String) {
+    let r = rig_with(
+        Script::Hang(vec!["The first sentence is spoken. ", "and more"]),
+        voice,
+        settings,
     );
     let turn = r.turn("tell me a story").await;
     for _ in 0..300 {
@@ -619,6 +627,51 @@ async fn speech_over_the_answer_that_was_no_speech_lets_it_go_on() {
         r.count("conversation_message"),
         1,
         "only the user's message"
+    );
+}
+
+/// An utterance over the answer that never ends lets it go on after `hold_max`; the guard
+/// of an earlier pause of the same answer does not end a later one early.
+#[actix_rt::test]
+async fn a_pause_that_never_ends_goes_on_after_its_own_guard() {
+    let (r, turn) = speaking_rig_settings(
+        Voice::Speaks,
+        ConversationSettings {
+            hold_max: Duration::from_millis(1000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let timeouts = || {
+        r.log()
+            .iter()
+            .filter(|l| l.starts_with("go on (timeout)"))
+            .count()
+    };
+    r.speech_starts("s").await;
+    r.no_speech("s").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The second pause's guard ends it at ~1.5 s; the first one's fires at ~1 s.
+    r.speech_starts("s").await;
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    assert_eq!(timeouts(), 0, "{:?}", r.log());
+    assert_eq!(
+        r.modes_until("s", "listening")
+            .await
+            .last()
+            .map(String::as_str),
+        Some("listening")
+    );
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    assert_eq!(timeouts(), 1, "{:?}", r.log());
+    assert!(r
+        .log()
+        .contains(&format!("go on (timeout) with speech {turn}")));
+    let modes = r.modes_until("s", "speaking").await;
+    assert_eq!(
+        modes.last().map(String::as_str),
+        Some("speaking"),
+        "{modes:?}"
     );
 }
 
