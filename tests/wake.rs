@@ -140,6 +140,34 @@ async fn the_wake_word_a_question_and_a_follow_up_on_client_audio() {
     assert_eq!(ty(&r), "command_result", "{r}");
 }
 
+/// The word is reported when whisper's check of it answers, not with the client's next
+/// frame: a client that stops sending just after the word still hears it.
+#[tokio::test]
+async fn the_wake_word_is_reported_when_its_check_answers_without_more_audio() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let server = server(home.path(), &[]);
+    let mut c = server.client().await;
+    let r = start_wake(&mut c).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+    // The word and 200 ms after its last sound: the matcher reports ~120 ms after it,
+    // whisper's check (a debug build here) answers after the last frame went.
+    let (word, _wav) = speech("Hey Coda.", 0);
+    let loud = word
+        .chunks_exact(2)
+        .rposition(|b| i16::from_le_bytes([b[0], b[1]]).unsigned_abs() > 300)
+        .expect("espeak-ng said something");
+    let end = ((loud + 1) * 2 + 200 * 32).min(word.len());
+    let mut pcm = vec![0u8; 500 * 32];
+    pcm.extend_from_slice(&word[..end]);
+    pcm.extend(std::iter::repeat_n(0u8, (640 - pcm.len() % 640) % 640));
+    stream(&mut c, &pcm).await;
+    let wake = c.wait_type("wake_detected", Duration::from_secs(10)).await;
+    assert_eq!(wake["data"]["word"], json!("hey coda"), "{wake}");
+    assert!(wake["data"]["verified"].as_f64().is_some(), "{wake}");
+    let r = c.request("stt_stop", json!({})).await;
+    assert_eq!(ty(&r), "command_result", "{r}");
+}
+
 #[tokio::test]
 async fn wake_mode_without_a_reference_is_refused_and_says_why() {
     let home = tempfile::tempdir().expect("tempdir");

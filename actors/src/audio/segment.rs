@@ -173,6 +173,24 @@ fn frames(ms: u32) -> usize {
     (ms as usize / 20).max(1)
 }
 
+/// The word that opened `u` read again to a later end ("hey co…" first, then "hey coda"):
+/// what was taken for speech after it was the rest of the word, so `u` opens afresh where
+/// the word ended. True when it did (the VAD starts over).
+fn reread(u: &mut Utterance, d: &crate::wake::Detection, now: Instant) -> bool {
+    let Some(end) = u.wake_end else {
+        return false;
+    };
+    if d.start >= end || d.end <= end {
+        return false;
+    }
+    let n = usize::try_from(d.end - end).unwrap_or(usize::MAX);
+    let rest: Vec<f32> = u.samples.drain(n.min(u.samples.len())..).collect();
+    *u = Utterance::new(rest, now);
+    u.wake_deadline = Some(now + WAKE_LISTEN);
+    u.wake_end = Some(d.end);
+    true
+}
+
 impl Segmenter {
     /// A segmenter for one listening in `mode` (push-to-talk opens its utterance now).
     pub fn new(settings: SegmentSettings, mode: SttMode, now: Instant) -> Segmenter {
@@ -269,22 +287,8 @@ impl Segmenter {
         let max = self.max_samples();
         let Some(u) = self.utterance.as_mut() else {
             if let Some((d, pos)) = detection {
-                // The utterance starts where the word ended (the part of it in this frame
-                // and the frames kept before).
                 self.recent.extend(frame.iter().copied());
-                let after = (pos.saturating_sub(d.end) as usize).min(self.recent.len());
-                let skip = self.recent.len() - after;
-                let samples: Vec<f32> = self.recent.drain(..).skip(skip).collect();
-                let mut u = Utterance::new(samples, now);
-                u.wake_deadline = Some(now + WAKE_LISTEN);
-                u.wake_end = Some(d.end);
-                self.utterance = Some(u);
-                out.push(Segment::Wake {
-                    word: d.word,
-                    score: d.score,
-                    verified: d.verified,
-                });
-                out.push(Segment::Started);
+                self.open_after_word(d, pos, now, out);
                 return;
             }
             let opens = self.mode == SttMode::Continuous || follow_up;
@@ -314,16 +318,8 @@ impl Segmenter {
             }
             return;
         };
-        if let (Some((d, _)), Some(end)) = (&detection, u.wake_end) {
-            // The word read again to a later end ("hey co…" first, then "hey coda"): what
-            // was taken for speech after it was the rest of the word.
-            // It opens afresh where the word ended.
-            if d.start < end && d.end > end {
-                let n = usize::try_from(d.end - end).unwrap_or(usize::MAX);
-                let rest: Vec<f32> = u.samples.drain(n.min(u.samples.len())..).collect();
-                *u = Utterance::new(rest, now);
-                u.wake_deadline = Some(now + WAKE_LISTEN);
-                u.wake_end = Some(d.end);
+        if let Some((d, _)) = &detection {
+            if reread(u, d, now) {
                 self.vad.reset();
             }
         }
@@ -401,6 +397,50 @@ impl Segmenter {
                 settle: None,
             });
         }
+    }
+
+    /// Takes what the wake word's detector decided since the last frame (a check answered:
+    /// [`crate::wake::WakeDetector::wake_on_answer`]) without waiting for the next one.
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<Segment>) {
+        let Some(g) = self.wake.as_mut() else {
+            return;
+        };
+        let Some(d) = g.detector.push(&[]) else {
+            return;
+        };
+        let pos = g.pos;
+        match self.utterance.as_mut() {
+            None => self.open_after_word(d, pos, now, out),
+            Some(u) => {
+                if reread(u, &d, now) {
+                    self.vad.reset();
+                }
+            }
+        }
+    }
+
+    /// The wake word `d` was heard, the stream being at `pos`: the utterance starts where
+    /// the word ended (the part of the audio kept since).
+    fn open_after_word(
+        &mut self,
+        d: crate::wake::Detection,
+        pos: u64,
+        now: Instant,
+        out: &mut Vec<Segment>,
+    ) {
+        let after = (pos.saturating_sub(d.end) as usize).min(self.recent.len());
+        let skip = self.recent.len() - after;
+        let samples: Vec<f32> = self.recent.drain(..).skip(skip).collect();
+        let mut u = Utterance::new(samples, now);
+        u.wake_deadline = Some(now + WAKE_LISTEN);
+        u.wake_end = Some(d.end);
+        self.utterance = Some(u);
+        out.push(Segment::Wake {
+            word: d.word,
+            score: d.score,
+            verified: d.verified,
+        });
+        out.push(Segment::Started);
     }
 
     /// Ends the open utterance, keeping 200 ms of the `silent_frames` that ended it.
@@ -678,6 +718,58 @@ mod tests {
             loud > 16_000 * 14 / 10 * 7 / 10,
             "the whole request is there: {loud}"
         );
+    }
+
+    /// Reports the word (ending at 1.0 s) on the first push after `answered` is set, as a
+    /// detector waiting for its check does.
+    struct Answered(std::sync::Arc<std::sync::atomic::AtomicBool>, bool);
+
+    impl WakeDetector for Answered {
+        fn word(&self) -> &str {
+            "hey test"
+        }
+        fn push(&mut self, _: &[f32]) -> Option<crate::wake::Detection> {
+            let fire = !self.1 && self.0.load(Ordering::Relaxed);
+            self.1 |= fire;
+            fire.then(|| crate::wake::Detection {
+                word: "hey test".into(),
+                score: 0.9,
+                start: 8_000,
+                end: 16_000,
+                verified: Some(-2.0),
+            })
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn a_wake_word_answered_between_frames_is_taken_without_the_next_one() {
+        let mut t = Instant::now();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut seg = Segmenter::with_wake(
+            SegmentSettings::default(),
+            WakeListening {
+                detector: Box::new(Answered(answered.clone(), false)),
+                follow_up: crate::voice::FollowUps::default().register("s"),
+            },
+            t,
+        );
+        let mut out = Vec::new();
+        seg.poll(t, &mut out);
+        assert!(out.is_empty());
+        let mut sig = quiet(500);
+        sig.extend(tone(500, 0.3));
+        sig.extend(quiet(140));
+        assert!(feed(&mut seg, &sig, &mut t).is_empty());
+        answered.store(true, Ordering::Relaxed);
+        seg.poll(t, &mut out);
+        assert_eq!(names(&out), ["wake", "started"]);
+        // The utterance holds what came after the word, and what comes next.
+        let mut sig = quiet(760);
+        sig.extend(tone(800, 0.3));
+        sig.extend(quiet(1_000));
+        out.extend(feed(&mut seg, &sig, &mut t));
+        starts_after_the_word(&out);
     }
 
     #[test]

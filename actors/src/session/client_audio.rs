@@ -91,6 +91,16 @@ impl ClientAudio {
             .collect())
     }
 
+    /// What the wake word's detector decided since the last frame (its check answered),
+    /// without waiting for the next frame.
+    pub fn poll(&mut self) -> Vec<SpeechAudio> {
+        let mut out = Vec::new();
+        self.seg.poll(Instant::now(), &mut out);
+        out.into_iter()
+            .filter_map(|segment| self.report(segment))
+            .collect()
+    }
+
     fn report(&self, segment: Segment) -> Option<SpeechAudio> {
         if let Segment::Ended {
             cause: EndCause::MaxLength,

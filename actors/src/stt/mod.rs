@@ -838,17 +838,22 @@ impl Handler<VerifyWake> for SttActor {
     fn handle(&mut self, msg: VerifyWake, ctx: &mut Context<Self>) {
         let VerifyWake(r) = msg;
         if self.sup.is_degraded() {
-            let _ = r.reply.send(Err(self.sup.unavailable()));
+            r.answer(Err(self.sup.unavailable()));
             return;
         }
         if r.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let (audio, phrases, reply, cancel) = (r.audio, r.phrases, r.reply, r.cancel);
+        let (audio, phrases, reply, cancel, answered) =
+            (r.audio, r.phrases, r.reply, r.cancel, r.answered);
         self.run(
             move |e| e.phrase_score(&audio, &phrases, Some(&cancel)),
             move |_, res, _| {
-                let _ = reply.send(res.map_err(|e| e.to_string()));
+                crate::wake::verify::answer(
+                    &reply,
+                    answered.as_ref(),
+                    res.map_err(|e| e.to_string()),
+                );
             },
             ctx,
         );
@@ -871,11 +876,11 @@ pub struct EngineVerifier(pub Arc<WhisperEngine>);
 
 impl crate::wake::verify::WakeVerify for EngineVerifier {
     fn verify(&self, r: crate::wake::verify::VerifyRequest) {
-        let _ = r.reply.send(
-            self.0
-                .phrase_score(&r.audio, &r.phrases, Some(&r.cancel))
-                .map_err(|e| e.to_string()),
-        );
+        let result = self
+            .0
+            .phrase_score(&r.audio, &r.phrases, Some(&r.cancel))
+            .map_err(|e| e.to_string());
+        r.answer(result);
     }
 }
 

@@ -61,7 +61,14 @@ pub trait WakeDetector: Send {
     fn paused_after(&self, _d: &Detection) -> bool {
         false
     }
+    /// `waker` is called when an answer the detector waits for comes in between pushes
+    /// (a [`verify`] check): pushing no samples then reports what it decided at once,
+    /// instead of with the next frame of audio.
+    fn wake_on_answer(&mut self, _waker: Waker) {}
 }
+
+/// Called from another thread when a detector has something to report ([`WakeDetector::wake_on_answer`]).
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// What detectors are made from.
 pub trait WakeModel: Send + Sync {

@@ -104,6 +104,28 @@ pub struct VerifyRequest {
     /// checked instead, the stream was reset): a check not yet run is skipped, one
     /// running stops at whisper.cpp's next step, so the check that matters has the CPU.
     pub cancel: Arc<AtomicBool>,
+    /// Called once the answer is sent (see [`WakeDetector::wake_on_answer`]).
+    pub answered: Option<super::Waker>,
+}
+
+impl VerifyRequest {
+    /// Answers the check and wakes whoever waits for it.
+    pub fn answer(self, result: Result<f64, String>) {
+        answer(&self.reply, self.answered.as_ref(), result);
+    }
+}
+
+/// Sends `result` to `reply`, then calls `answered` (the parts of a [`VerifyRequest`] kept
+/// while the check runs).
+pub fn answer(
+    reply: &mpsc::Sender<Result<f64, String>>,
+    answered: Option<&super::Waker>,
+    result: Result<f64, String>,
+) {
+    let _ = reply.send(result);
+    if let Some(wake) = answered {
+        wake();
+    }
 }
 
 /// Scores clips for the wake word (the Stt actor, or an engine in this thread for the
@@ -181,6 +203,7 @@ pub struct Verified {
     pending: Option<Pending>,
     /// The last detection reported: a later reading of the same word needs no check.
     reported: Option<Detection>,
+    waker: Option<super::Waker>,
 }
 
 impl Verified {
@@ -203,6 +226,7 @@ impl Verified {
             pos: 0,
             pending: None,
             reported: None,
+            waker: None,
         }
     }
 
@@ -279,6 +303,7 @@ impl Verified {
             phrases: self.phrases.clone(),
             reply,
             cancel: cancel.clone(),
+            answered: self.waker.clone(),
         });
         self.pending = Some(Pending {
             detection: d,
@@ -381,6 +406,10 @@ impl WakeDetector for Verified {
         self.pending = None;
         self.reported = None;
     }
+
+    fn wake_on_answer(&mut self, waker: super::Waker) {
+        self.waker = Some(waker);
+    }
 }
 
 #[cfg(test)]
@@ -454,6 +483,7 @@ mod tests {
         heard: std::sync::Mutex<Vec<(usize, Vec<Phrase>)>>,
         hold: std::sync::Mutex<Vec<mpsc::Sender<Result<f64, String>>>>,
         cancels: std::sync::Mutex<Vec<Arc<AtomicBool>>>,
+        wakers: std::sync::Mutex<Vec<Option<crate::wake::Waker>>>,
     }
 
     impl WakeVerify for Fixed {
@@ -463,6 +493,7 @@ mod tests {
                 .unwrap()
                 .push((r.audio.len(), r.phrases.clone()));
             self.cancels.lock().unwrap().push(r.cancel);
+            self.wakers.lock().unwrap().push(r.answered);
             match &self.answer {
                 Some(a) => {
                     let _ = r.reply.send(a.clone());
@@ -490,6 +521,7 @@ mod tests {
             heard: Default::default(),
             hold: Default::default(),
             cancels: Default::default(),
+            wakers: Default::default(),
         })
     }
 
@@ -572,6 +604,33 @@ mod tests {
         let mut d = asked(&v);
         v.hold.lock().unwrap().clear();
         assert!(d.push(&[0.0; 320]).is_some());
+    }
+
+    #[test]
+    fn the_answer_wakes_the_owner_and_an_empty_push_reports_it() {
+        let v = fixed(None);
+        let inner = Box::new(At {
+            fire: 16_000,
+            heard: 0,
+            score: 0.06,
+        });
+        let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut d = Verified::new(inner, v.clone(), -7.0, 0.05);
+        let w = woken.clone();
+        d.wake_on_answer(Arc::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        }));
+        for _ in 0..51 {
+            assert!(d.push(&[0.0; 320]).is_none());
+        }
+        assert!(d.push(&[]).is_none(), "no answer yet");
+        let reply = v.hold.lock().unwrap().pop().expect("asked");
+        let waker = v.wakers.lock().unwrap().pop().flatten();
+        assert!(waker.is_some(), "the request carries the waker");
+        answer(&reply, waker.as_ref(), Ok(-2.0));
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        let found = d.push(&[]).expect("reported without more audio");
+        assert!(found.verified.is_some_and(|v| v >= -7.0), "{found:?}");
     }
 
     /// Proposes each (start, end, score) when the stream reaches its end.

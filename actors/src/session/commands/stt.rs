@@ -85,7 +85,17 @@ impl WsSession {
         };
         let wake = if c.mode == SttMode::Wake {
             match self.shared.kernel.wake_listening(&session_id) {
-                Ok(w) => Some(w),
+                Ok(mut w) => {
+                    // The word's check answers on Stt's thread: report it then, not with
+                    // the client's next frame (up to 20 ms later).
+                    let me = ctx.address().downgrade();
+                    w.detector.wake_on_answer(std::sync::Arc::new(move || {
+                        if let Some(me) = me.upgrade() {
+                            me.do_send(WakeAnswered);
+                        }
+                    }));
+                    Some(w)
+                }
                 Err(e) => {
                     self.reply_err(id, ErrorCode::Unavailable, e.to_string(), ctx);
                     return;
@@ -179,11 +189,7 @@ impl WsSession {
         match audio.push(bin) {
             Ok(reports) => {
                 self.violations = 0;
-                if let Some(stt) = self.stt() {
-                    for r in reports {
-                        stt.do_send(r);
-                    }
-                }
+                self.to_stt(reports);
             }
             Err(e @ ClientAudioError::OddLength(_)) => {
                 self.violation(None, ErrorCode::InvalidData, e.to_string(), ctx);
@@ -199,5 +205,31 @@ impl WsSession {
                 self.reply_err(None, ErrorCode::TooLarge, e.to_string(), ctx);
             }
         }
+    }
+
+    fn to_stt(&self, reports: Vec<SpeechAudio>) {
+        if let Some(stt) = self.stt() {
+            for r in reports {
+                stt.do_send(r);
+            }
+        }
+    }
+}
+
+/// The wake word's check answered for this session's client audio.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(in crate::session) struct WakeAnswered;
+
+impl Handler<WakeAnswered> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, _: WakeAnswered, _: &mut Context<Self>) {
+        let reports = self
+            .audio
+            .as_mut()
+            .map(ClientAudio::poll)
+            .unwrap_or_default();
+        self.to_stt(reports);
     }
 }
