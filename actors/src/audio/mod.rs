@@ -261,14 +261,21 @@ impl AudioCapture {
         &self,
         session_id: &str,
         mode: SttMode,
+        ctx: &Context<Self>,
     ) -> Result<Option<crate::voice::WakeListening>, AudioError> {
         if mode != SttMode::Wake {
             return Ok(None);
         }
-        self.hands
+        let mut w = self
+            .hands
             .listen(session_id)
-            .map(Some)
-            .map_err(|e| AudioError::Unavailable(e.to_string()))
+            .map_err(|e| AudioError::Unavailable(e.to_string()))?;
+        // Reported when the word's check answers, not with the device's next chunk.
+        w.detector
+            .wake_on_answer(crate::wake::actor_waker::<_, WakeAnswered>(
+                ctx.address().downgrade(),
+            ));
+        Ok(Some(w))
     }
 
     fn report(&mut self, msg: SpeechAudio) {
@@ -507,10 +514,10 @@ impl AudioCapture {
 impl Handler<StartCapture> for AudioCapture {
     type Result = AtomicResponse<Self, Result<CaptureStarted, AudioError>>;
 
-    fn handle(&mut self, msg: StartCapture, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StartCapture, ctx: &mut Context<Self>) -> Self::Result {
         let wake = self
             .may_start(&msg.session_id)
-            .and_then(|()| self.wake_for(&msg.session_id, msg.mode));
+            .and_then(|()| self.wake_for(&msg.session_id, msg.mode, ctx));
         let wake = match wake {
             Ok(w) => w,
             Err(e) => {
@@ -593,9 +600,9 @@ impl Handler<StartCapture> for AudioCapture {
 impl Handler<StartFeed> for AudioCapture {
     type Result = Result<CaptureStarted, AudioError>;
 
-    fn handle(&mut self, msg: StartFeed, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StartFeed, ctx: &mut Context<Self>) -> Self::Result {
         self.may_start(&msg.session_id)?;
-        let wake = self.wake_for(&msg.session_id, msg.mode)?;
+        let wake = self.wake_for(&msg.session_id, msg.mode, ctx)?;
         self.generation += 1;
         let l = self.begin(msg.session_id.clone(), msg.mode, self.generation, wake);
         self.listening = Some(l);
@@ -607,6 +614,26 @@ impl Handler<StartFeed> for AudioCapture {
             rate: SPEECH_SAMPLE_RATE,
             channels: 1,
         })
+    }
+}
+
+/// The wake word's check answered (see [`AudioCapture::wake_for`]).
+#[derive(Message, Default)]
+#[rtype(result = "()")]
+struct WakeAnswered;
+
+impl Handler<WakeAnswered> for AudioCapture {
+    type Result = ();
+
+    fn handle(&mut self, _: WakeAnswered, _: &mut Context<Self>) {
+        let Some(l) = self.listening.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        l.seg.poll(Instant::now(), &mut out);
+        for segment in out {
+            self.on_segment(segment);
+        }
     }
 }
 

@@ -70,6 +70,20 @@ pub trait WakeDetector: Send {
 /// Called from another thread when a detector has something to report ([`WakeDetector::wake_on_answer`]).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
+/// A [`Waker`] that sends `M` to the actor owning the detector, while it runs (it does not
+/// keep the actor alive).
+pub fn actor_waker<A, M>(addr: actix::WeakAddr<A>) -> Waker
+where
+    A: actix::Actor<Context = actix::Context<A>> + actix::Handler<M>,
+    M: actix::Message<Result = ()> + Default + Send + 'static,
+{
+    Arc::new(move || {
+        if let Some(a) = addr.upgrade() {
+            a.do_send(M::default());
+        }
+    })
+}
+
 /// What detectors are made from.
 pub trait WakeModel: Send + Sync {
     fn word(&self) -> &str;

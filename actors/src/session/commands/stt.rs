@@ -88,12 +88,10 @@ impl WsSession {
                 Ok(mut w) => {
                     // The word's check answers on Stt's thread: report it then, not with
                     // the client's next frame (up to 20 ms later).
-                    let me = ctx.address().downgrade();
-                    w.detector.wake_on_answer(std::sync::Arc::new(move || {
-                        if let Some(me) = me.upgrade() {
-                            me.do_send(WakeAnswered);
-                        }
-                    }));
+                    w.detector
+                        .wake_on_answer(crate::wake::actor_waker::<_, WakeAnswered>(
+                            ctx.address().downgrade(),
+                        ));
                     Some(w)
                 }
                 Err(e) => {
@@ -217,7 +215,7 @@ impl WsSession {
 }
 
 /// The wake word's check answered for this session's client audio.
-#[derive(Message)]
+#[derive(Message, Default)]
 #[rtype(result = "()")]
 pub(in crate::session) struct WakeAnswered;
 
