@@ -225,15 +225,10 @@ struct SessionState {
     last_used: std::time::Instant,
     /// When the open follow-up window closes.
     follow_up_until: Option<Instant>,
-    /// The answer paused while someone talks over it.
-    held: Option<Held>,
-}
-
-/// A pause of a turn's speech. `seq` tells this pause from a later one of the same turn,
-/// so the first one's guard cannot end the second.
-struct Held {
-    turn_id: String,
-    seq: u64,
+    /// The `active` turn's speech is paused while someone talks over it: this pause's
+    /// number, which tells it from a later pause of the same turn (so the first one's guard
+    /// cannot end the second).
+    held: Option<u64>,
 }
 
 /// Default [`ConversationSettings::hold_max`]: the longest utterance (30 s by default) and
@@ -1153,8 +1148,6 @@ impl Orchestrator {
         if let Some(s) = self.sessions.get_mut(&turn.session_id) {
             if s.active.as_deref() == Some(turn.id.as_str()) {
                 s.active = None;
-            }
-            if s.held.as_ref().is_some_and(|h| h.turn_id == turn.id) {
                 s.held = None;
             }
             listening = matches!(s.mode, Mode::Listening | Mode::ListeningFollowUp);
@@ -1179,10 +1172,7 @@ impl Orchestrator {
         tracing::info!(session = %session_id, turn = %turn_id, "barge-in: speech over the answer; its playback pauses");
         self.holds += 1;
         let seq = self.holds;
-        s.held = Some(Held {
-            turn_id: turn_id.clone(),
-            seq,
-        });
+        s.held = Some(seq);
         if let Some(turn) = self.turns.get_mut(&turn_id) {
             turn.spoken_at_hold = Some(turn.spoken.len());
         }
@@ -1195,7 +1185,7 @@ impl Orchestrator {
             if act
                 .sessions
                 .get(&session)
-                .is_some_and(|s| s.held.as_ref().is_some_and(|h| h.seq == seq))
+                .is_some_and(|s| s.held == Some(seq))
             {
                 tracing::warn!(session = %session, turn = %turn_id, "no end to the utterance over the answer; it goes on");
                 act.release(&session, "timeout", None);
@@ -1206,12 +1196,10 @@ impl Orchestrator {
     /// What was said over the answer was not someone speaking to the assistant (`reason`,
     /// for `tts_resumed`): it goes on. False when nothing was held.
     fn release(&mut self, session_id: &str, reason: &'static str, heard: Option<String>) -> bool {
-        let Some(turn_id) = self
-            .sessions
-            .get_mut(session_id)
-            .and_then(|s| s.held.take())
-            .map(|h| h.turn_id)
-        else {
+        let Some(s) = self.sessions.get_mut(session_id) else {
+            return false;
+        };
+        let Some(turn_id) = s.held.take().and(s.active.clone()) else {
             return false;
         };
         let Some(turn) = self.turns.get_mut(&turn_id) else {
@@ -1233,8 +1221,9 @@ impl Orchestrator {
         let Some(turn) = self
             .sessions
             .get(session_id)
-            .and_then(|s| s.held.as_ref())
-            .and_then(|h| self.turns.get(&h.turn_id))
+            .filter(|s| s.held.is_some())
+            .and_then(|s| s.active.as_ref())
+            .and_then(|id| self.turns.get(id))
         else {
             return false;
         };

@@ -25,7 +25,10 @@ fn words(text: &str) -> Vec<String> {
 /// How alike `heard` is to the most alike run of words in `said` (0–1): runs of one word
 /// fewer to one more than `heard` has, compared letter by letter.
 pub fn similarity(heard: &str, said: &str) -> f64 {
-    let heard = words(heard);
+    similarity_of(&words(heard), said)
+}
+
+fn similarity_of(heard: &[String], said: &str) -> f64 {
     let said = words(said);
     if heard.is_empty() || said.is_empty() {
         return 0.0;
@@ -42,7 +45,8 @@ pub fn similarity(heard: &str, said: &str) -> f64 {
 
 /// `heard` is the answer's own voice: long enough, and like a run of what `said`.
 pub fn is_own_voice(heard: &str, said: &str) -> bool {
-    words(heard).len() >= MIN_WORDS && similarity(heard, said) >= MIN_SIMILARITY
+    let heard = words(heard);
+    heard.len() >= MIN_WORDS && similarity_of(&heard, said) >= MIN_SIMILARITY
 }
 
 #[cfg(test)]
